@@ -1,0 +1,125 @@
+"""The Scheduler seam: render a pilot script, submit, status (batched), cancel.
+
+Backends are small classes. Native batch states map through explicit tables to
+:class:`PilotState`; walltime expiry is TIMEOUT, not FAILED.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import shlex
+import string
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Protocol
+
+from ..config import SiteConfig
+from ..errors import TemplateError
+
+log = logging.getLogger(__name__)
+
+
+class PilotState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    HELD = "held"
+    DONE = "done"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+    @property
+    def active(self) -> bool:
+        return self in (PilotState.QUEUED, PilotState.RUNNING, PilotState.HELD, PilotState.UNKNOWN)
+
+
+@dataclass(frozen=True)
+class PilotLaunch:
+    """Everything a backend needs to start one pilot."""
+
+    pilot_id: int
+    site: SiteConfig
+    workdir: str  # per-pilot directory on the site's filesystem (holds the token file)
+    token_file: str
+    pilot_argv: tuple[str, ...]  # the glidein-pilot command line, already complete
+
+    @property
+    def tag(self) -> str:
+        """Name the pilot carries in the batch queue, so a restarted client finds its own pilots."""
+        return f"glidein-{self.site.name}-{self.pilot_id}"
+
+
+@dataclass(frozen=True)
+class PilotJob:
+    batch_id: str
+    pilot_id: int
+    state: PilotState
+    native_state: str = ""
+    submitted_at: float | None = None
+    reason: str = ""
+
+
+class Scheduler(Protocol):
+    name: str
+
+    def render(self, launch: PilotLaunch) -> str:
+        """The batch script for one pilot."""
+        ...
+
+    async def submit(self, launch: PilotLaunch) -> str:
+        """Submit one pilot; return its batch id."""
+        ...
+
+    async def status(self) -> list[PilotJob]:
+        """All of this site's pilots that the batch system still knows, in one call."""
+        ...
+
+    async def cancel(self, batch_ids: list[str]) -> None: ...
+
+
+def pilot_id_from_tag(site: str, name: str) -> int | None:
+    prefix = f"glidein-{site}-"
+    if name.startswith(prefix) and name[len(prefix) :].isdigit():
+        return int(name[len(prefix) :])
+    return None
+
+
+@dataclass
+class StateTable:
+    """Explicit native-state -> PilotState table; an unknown native state is logged once."""
+
+    scheduler: str
+    table: dict[str, PilotState]
+    _seen_unknown: set[str] = field(default_factory=set)
+
+    def map(self, native: str) -> PilotState:
+        state = self.table.get(native.strip().upper())
+        if state is None:
+            if native not in self._seen_unknown:
+                self._seen_unknown.add(native)
+                log.warning("%s reported a state glidein does not know: %r (treated as unknown)",
+                            self.scheduler, native)
+            return PilotState.UNKNOWN
+        return state
+
+
+def render_template(name: str, values: dict[str, str], *, quote: bool = True) -> str:
+    """Render ``templates/<name>`` strictly: a missing key is a named :class:`TemplateError`.
+
+    Values are shell-quoted unless ``quote`` is false; keys ending in ``_lines`` are
+    inserted verbatim (site-admin-provided directives and set-up lines).
+    """
+    text = resources.files(__package__).joinpath("templates", name).read_text()
+    tmpl = string.Template(text)
+    safe = {k: (v if (not quote or k.endswith("_lines")) else shlex.quote(v)) for k, v in values.items()}
+    try:
+        return tmpl.substitute(safe)
+    except KeyError as exc:
+        raise TemplateError(
+            f"The template {name} needs the value {exc.args[0]!r}, which was not supplied.",
+            hint="This is a bug in the backend or an edited template; restore the shipped template.",
+        ) from None
+    except ValueError as exc:
+        raise TemplateError(f"The template {name} is malformed: {exc}.") from None

@@ -1,0 +1,88 @@
+"""The server's state directory: config.toml, the SQLite database and stored files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+from msgspec import Meta, Struct
+
+from glidein_client.errors import ConfigError, ValidationError
+from glidein_client.schema import convert
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_NAME = "config.toml"
+
+
+class ServerSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8321
+    public_url: str = ""  # how clients and pilots reach this server; default http(s)://host:port
+    database: str = "glidein.db"
+    files_dir: str = "files"
+    lease_s: Annotated[float, Meta(ge=1)] = 60.0  # an attempt without news for this long is requeued
+    heartbeat_s: Annotated[float, Meta(ge=0.1)] = 10.0  # pilots report at least this often
+    pilot_timeout_s: Annotated[float, Meta(ge=1)] = 180.0  # a silent pilot is considered lost
+    max_request_mb: Annotated[int, Meta(ge=1)] = 64
+    max_file_mb: Annotated[int, Meta(ge=1)] = 4096
+    tls_cert: str = ""  # PEM certificate; TLS is on when both tls_cert and tls_key are set
+    tls_key: str = ""
+
+
+class StateDir:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    def load(self) -> ServerSettings:
+        if not self.config_path.exists():
+            raise ConfigError(
+                f"{self.root} is not a glidein server state directory (no {CONFIG_NAME}).",
+                hint=f"Create one with: glidein-server init {self.root}",
+            )
+        try:
+            raw: dict[str, Any] = tomllib.loads(self.config_path.read_text())
+            return convert(raw.get("server", {}), ServerSettings, what=f"server config {self.config_path}")
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{self.config_path} is not valid TOML: {exc}.") from None
+        except ValidationError as exc:
+            raise ConfigError(exc.message, hint=exc.hint, **exc.fields) from None
+
+    def database(self, s: ServerSettings) -> Path:
+        return self.root / s.database
+
+    def files(self, s: ServerSettings) -> Path:
+        return self.root / s.files_dir
+
+    def url(self, s: ServerSettings) -> str:
+        if s.public_url:
+            return s.public_url
+        scheme = "https" if s.tls_cert and s.tls_key else "http"
+        return f"{scheme}://{s.host}:{s.port}"
+
+    def write(self, s: ServerSettings) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lines = ["# glidein server settings; see `glidein-server --help`.", "[server]"]
+        for field in s.__struct_fields__:
+            value = getattr(s, field)
+            if isinstance(value, str):
+                lines.append(f'{field} = "{_toml_escape(value)}"')
+            else:
+                lines.append(f"{field} = {value}")
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.config_path)
+
+
+def _toml_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')

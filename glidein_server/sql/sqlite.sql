@@ -1,0 +1,228 @@
+-- SQL of the SQLite store, in named blocks (`-- name: NAME`), loaded by glidein_server.sqlfile.
+
+-- name: schema
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    hash TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS sites (
+    name TEXT PRIMARY KEY,
+    shape TEXT,
+    last_seen REAL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    spec BLOB NOT NULL,
+    cpus INTEGER NOT NULL,
+    memory_mb INTEGER NOT NULL,
+    gpus INTEGER NOT NULL,
+    disk_mb INTEGER NOT NULL,
+    walltime_s INTEGER NOT NULL,
+    sites TEXT NOT NULL,            -- '' = any site, else ',a,b,'
+    priority INTEGER NOT NULL,
+    max_retries INTEGER NOT NULL,
+    retries_used INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    submitted_at REAL NOT NULL,
+    finished_at REAL,
+    exit_code INTEGER,
+    reason TEXT,
+    site TEXT,
+    result_attempt INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_idle ON jobs (priority DESC, cpus DESC, id) WHERE state = 'idle';
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, id);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    pilot_id INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    lease TEXT NOT NULL,
+    state TEXT NOT NULL,            -- claimed | running | ended
+    outcome TEXT,
+    exit_code INTEGER,
+    reason TEXT,
+    claimed_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    lease_expires REAL NOT NULL,
+    wall_s REAL,
+    max_rss_mb REAL,
+    stdout_tail TEXT NOT NULL DEFAULT '',
+    stderr_tail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job_id);
+CREATE INDEX IF NOT EXISTS attempts_pilot_active ON attempts (pilot_id) WHERE state != 'ended';
+CREATE INDEX IF NOT EXISTS attempts_lease ON attempts (lease_expires) WHERE state != 'ended';
+CREATE TABLE IF NOT EXISTS outputs (
+    attempt_id INTEGER NOT NULL,
+    job_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (attempt_id, name)
+);
+CREATE TABLE IF NOT EXISTS file_owners (
+    sha256 TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (sha256, owner)
+);
+CREATE TABLE IF NOT EXISTS pilots (
+    id INTEGER PRIMARY KEY,
+    site TEXT NOT NULL,
+    state TEXT NOT NULL,            -- pending | running | ended
+    batch_id TEXT NOT NULL DEFAULT '',
+    host TEXT NOT NULL DEFAULT '',
+    cpus INTEGER NOT NULL DEFAULT 0,
+    memory_mb INTEGER NOT NULL DEFAULT 0,
+    gpus INTEGER NOT NULL DEFAULT 0,
+    disk_mb INTEGER NOT NULL DEFAULT 0,
+    end_time REAL,
+    free_cpus INTEGER NOT NULL DEFAULT 0,
+    free_memory_mb INTEGER NOT NULL DEFAULT 0,
+    free_gpus INTEGER NOT NULL DEFAULT 0,
+    free_disk_mb INTEGER NOT NULL DEFAULT 0,
+    lifetime_s REAL NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    last_seen REAL,
+    ended_at REAL,
+    occupancy REAL,
+    jobs_run INTEGER NOT NULL DEFAULT 0,
+    exit_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS pilots_live ON pilots (site) WHERE state != 'ended';
+-- Running aggregate of idle jobs by shape: the demand is computed from this, never by a rescan.
+CREATE TABLE IF NOT EXISTS idle_shapes (
+    cpus INTEGER NOT NULL,
+    memory_mb INTEGER NOT NULL,
+    gpus INTEGER NOT NULL,
+    disk_mb INTEGER NOT NULL,
+    walltime_s INTEGER NOT NULL,
+    sites TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (cpus, memory_mb, gpus, disk_mb, walltime_s, sites)
+);
+CREATE TRIGGER IF NOT EXISTS jobs_idle_insert AFTER INSERT ON jobs WHEN NEW.state = 'idle'
+BEGIN
+    INSERT INTO idle_shapes VALUES (NEW.cpus, NEW.memory_mb, NEW.gpus, NEW.disk_mb, NEW.walltime_s, NEW.sites, 1)
+    ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_idle_enter AFTER UPDATE OF state ON jobs
+WHEN NEW.state = 'idle' AND OLD.state != 'idle'
+BEGIN
+    INSERT INTO idle_shapes VALUES (NEW.cpus, NEW.memory_mb, NEW.gpus, NEW.disk_mb, NEW.walltime_s, NEW.sites, 1)
+    ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_idle_leave AFTER UPDATE OF state ON jobs
+WHEN OLD.state = 'idle' AND NEW.state != 'idle'
+BEGIN
+    UPDATE idle_shapes SET n = n - 1
+    WHERE cpus = OLD.cpus AND memory_mb = OLD.memory_mb AND gpus = OLD.gpus AND disk_mb = OLD.disk_mb
+      AND walltime_s = OLD.walltime_s AND sites = OLD.sites;
+END;
+
+-- name: token_insert
+INSERT INTO tokens (hash, role, subject, created_at, expires_at) VALUES (?, ?, ?, ?, ?);
+
+-- name: token_lookup
+SELECT role, subject, expires_at FROM tokens WHERE hash = ? AND revoked = 0;
+
+-- name: job_insert
+INSERT INTO jobs (owner, state, spec, cpus, memory_mb, gpus, disk_mb, walltime_s, sites, priority,
+                  max_retries, submitted_at)
+VALUES (?, 'idle', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: job_columns
+j.id, j.owner, j.state, j.spec, j.retries_used, j.attempts, j.submitted_at, j.finished_at, j.exit_code,
+j.reason, j.site, j.result_attempt
+
+-- name: idle_candidates
+SELECT id, cpus, memory_mb, gpus, disk_mb, walltime_s
+FROM jobs
+WHERE state = 'idle' AND cpus <= ? AND memory_mb <= ? AND gpus <= ? AND disk_mb <= ? AND walltime_s <= ?
+  AND (sites = '' OR instr(sites, ?) > 0)
+ORDER BY priority DESC, cpus DESC, id
+LIMIT ?;
+
+-- name: claim_jobs
+UPDATE jobs SET state = 'claimed', attempts = attempts + 1, site = ?
+WHERE id IN (SELECT value FROM json_each(?)) AND state = 'idle'
+RETURNING id, spec;
+
+-- name: attempt_insert
+INSERT INTO attempts (job_id, pilot_id, site, lease, state, claimed_at, lease_expires)
+VALUES (?, ?, ?, ?, 'claimed', ?, ?)
+RETURNING id;
+
+-- name: attempt_active
+SELECT a.job_id, a.state, j.state, j.max_retries, j.retries_used
+FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.id = ? AND a.lease = ? AND a.pilot_id = ? AND a.state != 'ended';
+
+-- name: attempt_start
+UPDATE attempts SET state = 'running', started_at = ? WHERE id = ? AND lease = ? AND pilot_id = ? AND state = 'claimed'
+RETURNING job_id;
+
+-- name: job_running
+UPDATE jobs SET state = 'running' WHERE id = ? AND state = 'claimed';
+
+-- name: attempt_end
+UPDATE attempts SET state = 'ended', outcome = ?, exit_code = ?, reason = ?, finished_at = ?, wall_s = ?,
+    max_rss_mb = ?, stdout_tail = ?, stderr_tail = ?
+WHERE id = ?;
+
+-- name: job_done
+UPDATE jobs SET state = 'done', finished_at = ?, exit_code = ?, reason = NULL, result_attempt = ?
+WHERE id = ? AND state IN ('claimed', 'running');
+
+-- name: job_failed
+UPDATE jobs SET state = 'failed', finished_at = ?, exit_code = ?, reason = ?, retries_used = retries_used + 1
+WHERE id = ? AND state IN ('claimed', 'running');
+
+-- name: job_retry
+UPDATE jobs SET state = 'idle', exit_code = ?, reason = ?, retries_used = retries_used + 1
+WHERE id = ? AND state IN ('claimed', 'running');
+
+-- name: job_requeue
+UPDATE jobs SET state = 'idle', reason = ? WHERE id = ? AND state IN ('claimed', 'running');
+
+-- name: outputs_of_attempt
+SELECT name, sha256, size FROM outputs WHERE attempt_id = ? ORDER BY name;
+
+-- name: output_insert
+INSERT OR REPLACE INTO outputs (attempt_id, job_id, name, sha256, size) VALUES (?, ?, ?, ?, ?);
+
+-- name: pilot_leases
+UPDATE attempts SET lease_expires = ? WHERE pilot_id = ? AND state != 'ended';
+
+-- name: pilot_cancels
+SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.pilot_id = ? AND a.state != 'ended' AND j.state = 'cancelled';
+
+-- name: pilot_update
+UPDATE pilots SET free_cpus = ?, free_memory_mb = ?, free_gpus = ?, free_disk_mb = ?, lifetime_s = ?,
+    last_seen = ?, occupancy = ?
+WHERE id = ? AND state = 'running';
+
+-- name: expired_attempts
+SELECT a.id, a.job_id FROM attempts a WHERE a.state != 'ended' AND a.lease_expires < ?;
+
+-- name: active_attempts_of_pilot
+SELECT id, job_id FROM attempts WHERE pilot_id = ? AND state != 'ended';
+
+-- name: idle_shapes
+SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites, n FROM idle_shapes WHERE n > 0;
+
+-- name: live_pilots_free
+SELECT free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s FROM pilots
+WHERE site = ? AND state = 'running' AND last_seen >= ?;

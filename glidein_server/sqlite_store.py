@@ -1,0 +1,508 @@
+"""SQLite implementation of the Store: the embedded default.
+
+One connection lives in one worker thread; every public method is one transaction run
+there, so the event loop never blocks on the database and writes never interleave.
+WAL mode with synchronous=NORMAL survives a killed server process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import msgspec
+
+from glidein_client.errors import ConflictError, NotFoundError, ValidationError
+from glidein_client.schema import (
+    AttemptView,
+    ClaimedJob,
+    Demand,
+    Finish,
+    JobSpec,
+    JobState,
+    JobView,
+    Outcome,
+    OutputFile,
+    PilotRegister,
+    PilotShape,
+    Refusal,
+    Role,
+    SiteView,
+    Summary,
+    SyncRequest,
+    SyncResponse,
+)
+
+from . import demand as dm
+from . import sqlfile
+from .matchmaking import Candidate, Capacity, select
+from .store import JobFilter, Principal
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Q = sqlfile.load("sqlite.sql")
+_spec_decoder = msgspec.json.Decoder(JobSpec)
+_spec_encoder = msgspec.json.Encoder()
+TERMINAL_BATCH_STATES = {"done", "failed", "timeout", "cancelled"}
+CLAIM_SCAN = 2000
+
+
+def sites_key(sites: Sequence[str] | None) -> str:
+    return "" if not sites else "," + ",".join(sorted(set(sites))) + ","
+
+
+def sites_from_key(key: str) -> frozenset[str] | None:
+    return None if not key else frozenset(s for s in key.split(",") if s)
+
+
+class SqliteStore:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._site_shapes: dict[str, PilotShape] = {}
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=OFF")
+        db.executescript(Q["schema"])
+        self._db = db
+        for name, shape in db.execute("SELECT name, shape FROM sites WHERE shape IS NOT NULL"):
+            self._site_shapes[name] = msgspec.json.decode(shape, type=PilotShape)
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        if self._db is not None:
+            await self._run(self._db.close)
+        self._pool.shutdown(wait=True)
+        self._pool = None
+        self._db = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _tx(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._run(self._in_tx, fn, *args)
+
+    def _in_tx(self, fn: Callable[..., T], *args: Any) -> T:
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db, *args)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    # --- tokens -----------------------------------------------------------------------------
+
+    async def add_token(self, token_hash: str, role: Role, subject: str, expires_at: float | None) -> None:
+        await self._tx(lambda db: db.execute(Q["token_insert"],
+                                             (token_hash, role.value, subject, time.time(), expires_at)))
+
+    async def lookup_token(self, token_hash: str, now: float) -> Principal | None:
+        row = await self._run(lambda: self._conn.execute(Q["token_lookup"], (token_hash,)).fetchone())
+        if row is None or (row[2] is not None and row[2] < now):
+            return None
+        return Principal(Role(row[0]), row[1])
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    async def add_jobs(self, owner: str, specs: Sequence[JobSpec], now: float) -> list[int]:
+        rows = [
+            (owner, _spec_encoder.encode(s), s.cpus, s.memory_mb, s.gpus, s.disk_mb, s.walltime_s,
+             sites_key(s.sites), s.priority, s.max_retries, now)
+            for s in specs
+        ]
+
+        def tx(db: sqlite3.Connection) -> list[int]:
+            before = db.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0]
+            db.executemany(Q["job_insert"], rows)
+            return [r[0] for r in db.execute("SELECT id FROM jobs WHERE id > ? ORDER BY id", (before,))]
+
+        return await self._tx(tx)
+
+    def _job_view(self, db: sqlite3.Connection, row: Sequence[Any]) -> JobView:
+        (jid, owner, state, spec_b, retries, attempts, submitted, finished, exit_code, reason, site,
+         result_attempt) = row
+        spec = _spec_decoder.decode(spec_b)
+        outputs: list[OutputFile] = []
+        if result_attempt is not None:
+            outputs = [OutputFile(name=n, sha256=h, size=sz)
+                       for n, h, sz in db.execute(Q["outputs_of_attempt"], (result_attempt,))]
+        note = None
+        if state == JobState.IDLE.value:
+            note = dm.unrunnable_note(spec.cpus, spec.memory_mb, spec.gpus, spec.disk_mb, spec.walltime_s,
+                                      frozenset(spec.sites) if spec.sites else None, self._site_shapes)
+        return JobView(id=jid, owner=owner, state=JobState(state), spec=spec, retries_used=retries,
+                       attempts=attempts, submitted_at=submitted, finished_at=finished, exit_code=exit_code,
+                       reason=reason, site=site, outputs=outputs, note=note)
+
+    async def list_jobs(self, flt: JobFilter) -> tuple[list[JobView], dict[str, int]]:
+        where, args = [], []
+        if flt.owner is not None:
+            where.append("j.owner = ?")
+            args.append(flt.owner)
+        if flt.label is not None:
+            where.append("json_extract(j.spec, '$.labels.' || json_quote(?)) = ?")
+            args.extend(flt.label)
+        if flt.ids is not None:
+            where.append("j.id IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps(list(flt.ids)))
+        base = " AND ".join(where) or "1"
+        state_clause = " AND j.state = ?" if flt.state else ""
+        state_args = [flt.state] if flt.state else []
+
+        def read(db: sqlite3.Connection) -> tuple[list[JobView], dict[str, int]]:
+            rows = db.execute(
+                f"SELECT {Q['job_columns']} FROM jobs j WHERE {base}{state_clause} "
+                "ORDER BY j.id LIMIT ? OFFSET ?", [*args, *state_args, flt.limit, flt.offset]).fetchall()
+            counts = dict(db.execute(f"SELECT j.state, count(*) FROM jobs j WHERE {base} GROUP BY j.state",
+                                     args).fetchall())
+            return [self._job_view(db, r) for r in rows], counts
+
+        return await self._run(read, self._conn)
+
+    async def get_job(self, job_id: int) -> JobView | None:
+        def read(db: sqlite3.Connection) -> JobView | None:
+            row = db.execute(f"SELECT {Q['job_columns']} FROM jobs j WHERE j.id = ?", (job_id,)).fetchone()
+            return None if row is None else self._job_view(db, row)
+
+        return await self._run(read, self._conn)
+
+    async def cancel_job(self, job_id: int, now: float) -> JobView:
+        def tx(db: sqlite3.Connection) -> JobView:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"Job {job_id} does not exist.")
+            if not JobState(row[0]).final:
+                db.execute("UPDATE jobs SET state = 'cancelled', finished_at = ?, reason = ? WHERE id = ?",
+                           (now, "cancelled by request", job_id))
+            return self._job_view(db, db.execute(f"SELECT {Q['job_columns']} FROM jobs j WHERE j.id = ?",
+                                                 (job_id,)).fetchone())
+
+        return await self._tx(tx)
+
+    async def retry_job(self, job_id: int) -> JobView:
+        def tx(db: sqlite3.Connection) -> JobView:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"Job {job_id} does not exist.")
+            if row[0] not in (JobState.FAILED.value, JobState.CANCELLED.value):
+                raise ConflictError(f"Job {job_id} is {row[0]}; only failed or cancelled jobs can be retried.")
+            active = db.execute("SELECT 1 FROM attempts WHERE job_id = ? AND state != 'ended'",
+                                (job_id,)).fetchone()
+            if active:
+                raise ConflictError(f"Job {job_id} still has an attempt winding down; retry it in a minute.")
+            db.execute("UPDATE jobs SET state = 'idle', retries_used = 0, finished_at = NULL, exit_code = NULL, "
+                       "reason = 'retried by request' WHERE id = ?", (job_id,))
+            return self._job_view(db, db.execute(f"SELECT {Q['job_columns']} FROM jobs j WHERE j.id = ?",
+                                                 (job_id,)).fetchone())
+
+        return await self._tx(tx)
+
+    async def attempts_of(self, job_id: int) -> list[AttemptView]:
+        def read(db: sqlite3.Connection) -> list[AttemptView]:
+            rows = db.execute(
+                "SELECT id, pilot_id, site, outcome, exit_code, reason, claimed_at, started_at, finished_at, "
+                "stdout_tail, stderr_tail FROM attempts WHERE job_id = ? ORDER BY id", (job_id,)).fetchall()
+            return [AttemptView(id=r[0], pilot_id=r[1], site=r[2], outcome=r[3], exit_code=r[4], reason=r[5],
+                                claimed_at=r[6], started_at=r[7], finished_at=r[8], stdout_tail=r[9],
+                                stderr_tail=r[10]) for r in rows]
+
+        return await self._run(read, self._conn)
+
+    async def job_output(self, job_id: int, name: str) -> OutputFile | None:
+        def read(db: sqlite3.Connection) -> OutputFile | None:
+            row = db.execute(
+                "SELECT o.name, o.sha256, o.size FROM outputs o JOIN jobs j ON j.result_attempt = o.attempt_id "
+                "WHERE j.id = ? AND o.name = ?", (job_id, name)).fetchone()
+            return None if row is None else OutputFile(name=row[0], sha256=row[1], size=row[2])
+
+        return await self._run(read, self._conn)
+
+    # --- files ------------------------------------------------------------------------------
+
+    async def add_file_owner(self, sha256: str, owner: str, size: int) -> None:
+        await self._tx(lambda db: db.execute(
+            "INSERT OR IGNORE INTO file_owners (sha256, owner, size) VALUES (?, ?, ?)", (sha256, owner, size)))
+
+    async def may_read_file(self, sha256: str, principal: Principal) -> bool:
+        def read(db: sqlite3.Connection) -> bool:
+            if principal.role is Role.OPERATOR:
+                return True
+            if principal.role is Role.USER:
+                return db.execute("SELECT 1 FROM file_owners WHERE sha256 = ? AND owner = ? UNION ALL "
+                                  "SELECT 1 FROM outputs o JOIN jobs j ON j.id = o.job_id "
+                                  "WHERE o.sha256 = ? AND j.owner = ? LIMIT 1",
+                                  (sha256, principal.subject, sha256, principal.subject)).fetchone() is not None
+            if principal.role is Role.PILOT:
+                return db.execute(
+                    "SELECT 1 FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.pilot_id = ? "
+                    "AND a.state != 'ended' AND instr(j.spec, ?) > 0 LIMIT 1",
+                    (int(principal.subject), sha256)).fetchone() is not None
+            return False
+
+        return await self._run(read, self._conn)
+
+    # --- sites and demand -------------------------------------------------------------------
+
+    async def report_site(self, site: str, shape: PilotShape, now: float) -> None:
+        self._site_shapes[site] = shape
+        await self._tx(lambda db: db.execute(
+            "INSERT INTO sites (name, shape, last_seen) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET shape = excluded.shape, last_seen = excluded.last_seen",
+            (site, msgspec.json.encode(shape), now)))
+
+    async def site_shapes(self) -> dict[str, PilotShape]:
+        return dict(self._site_shapes)
+
+    async def site_demand(self, site: str, now: float, live_after: float) -> Demand:
+        def read(db: sqlite3.Connection) -> Demand:
+            shapes = [dm.Shape(c, m, g, d, w, sites_from_key(s), n) for c, m, g, d, w, s, n
+                      in db.execute(Q["idle_shapes"])]
+            free = [dm.FreeCapacity(*r) for r in db.execute(Q["live_pilots_free"], (site, live_after))]
+            return dm.site_demand(site, shapes, self._site_shapes, free)
+
+        return await self._run(read, self._conn)
+
+    async def new_pilot(self, site: str, now: float) -> int:
+        def tx(db: sqlite3.Connection) -> int:
+            cur = db.execute("INSERT INTO pilots (site, state, created_at) VALUES (?, 'pending', ?)", (site, now))
+            return int(cur.lastrowid or 0)
+
+        return await self._tx(tx)
+
+    async def pilot_states(self, site: str, states: dict[int, str], now: float) -> int:
+        """Apply the batch system's view; pilots it reports as ended release their jobs at once."""
+
+        def tx(db: sqlite3.Connection) -> int:
+            ended = 0
+            for pid, state in states.items():
+                if state not in TERMINAL_BATCH_STATES:
+                    continue
+                row = db.execute("SELECT state FROM pilots WHERE id = ? AND site = ?", (pid, site)).fetchone()
+                if row is None or row[0] == "ended":
+                    continue
+                self._end_pilot(db, pid, f"the batch system reports the pilot {state}", now)
+                ended += 1
+            return ended
+
+        return await self._tx(tx)
+
+    def _end_pilot(self, db: sqlite3.Connection, pilot_id: int, reason: str, now: float) -> None:
+        db.execute("UPDATE pilots SET state = 'ended', ended_at = ?, exit_reason = coalesce(exit_reason, ?) "
+                   "WHERE id = ?", (now, reason, pilot_id))
+        for attempt_id, job_id in db.execute(Q["active_attempts_of_pilot"], (pilot_id,)).fetchall():
+            self._end_attempt(db, attempt_id, job_id, Outcome.INTERRUPTED, None,
+                              f"its pilot ended: {reason}", now)
+
+    # --- pilots -----------------------------------------------------------------------------
+
+    async def register_pilot(self, pilot_id: int, req: PilotRegister, now: float) -> None:
+        r = req.resources
+
+        def tx(db: sqlite3.Connection) -> None:
+            row = db.execute("SELECT state FROM pilots WHERE id = ?", (pilot_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"Pilot {pilot_id} is not known.")
+            if row[0] == "ended":
+                raise ConflictError(f"Pilot {pilot_id} has already ended; a pilot token serves one pilot.")
+            state = "running" if req.selftest_ok else "ended"
+            db.execute(
+                "UPDATE pilots SET state = ?, batch_id = ?, host = ?, cpus = ?, memory_mb = ?, gpus = ?, "
+                "disk_mb = ?, end_time = ?, free_cpus = ?, free_memory_mb = ?, free_gpus = ?, free_disk_mb = ?, "
+                "lifetime_s = ?, started_at = ?, last_seen = ?, exit_reason = ?, "
+                "ended_at = CASE WHEN ? = 'ended' THEN ? END WHERE id = ?",
+                (state, req.batch_id, req.host, r.cpus, r.memory_mb, r.gpus, r.disk_mb, req.end_time,
+                 r.cpus, r.memory_mb, r.gpus, r.disk_mb, max(0.0, req.end_time - now), now, now,
+                 None if req.selftest_ok else f"self-test failed: {req.selftest_reason}", state, now, pilot_id))
+
+        await self._tx(tx)
+
+    async def sync(self, pilot_id: int, req: SyncRequest, now: float, lease_s: float) -> SyncResponse:
+        return await self._tx(self._sync, pilot_id, req, now, lease_s)
+
+    def _sync(self, db: sqlite3.Connection, pilot_id: int, req: SyncRequest, now: float,
+              lease_s: float) -> SyncResponse:
+        prow = db.execute("SELECT state, site, cpus, memory_mb, gpus, disk_mb FROM pilots WHERE id = ?",
+                          (pilot_id,)).fetchone()
+        if prow is None or prow[0] != "running":
+            raise ConflictError(
+                f"Pilot {pilot_id} is not running on the server (it ended or never registered).",
+                hint="The pilot should stop; its jobs have been requeued.")
+        _, site, tcpus, tmem, tgpus, tdisk = prow
+        refused: list[Refusal] = []
+        finished_ids = {f.attempt_id for f in req.finished}
+        for ref in req.started:
+            if ref.attempt_id in finished_ids:
+                continue
+            row = db.execute(Q["attempt_start"], (now, ref.attempt_id, ref.lease, pilot_id)).fetchone()
+            if row is None:
+                refused.append(Refusal(attempt_id=ref.attempt_id, reason="stale or unknown lease"))
+            else:
+                db.execute(Q["job_running"], (row[0],))
+        ran = 0
+        for fin in req.finished:
+            reason = self._finish(db, pilot_id, fin, now)
+            if reason:
+                refused.append(Refusal(attempt_id=fin.attempt_id, reason=reason))
+            else:
+                ran += 1
+        f = req.free
+        db.execute(Q["pilot_update"], (f.cpus, f.memory_mb, f.gpus, f.disk_mb, req.lifetime_s, now,
+                                       req.occupancy, pilot_id))
+        if ran:
+            db.execute("UPDATE pilots SET jobs_run = jobs_run + ? WHERE id = ?", (ran, pilot_id))
+        db.execute(Q["pilot_leases"], (now + lease_s, pilot_id))
+        cancel = [r[0] for r in db.execute(Q["pilot_cancels"], (pilot_id,))]
+        jobs: list[ClaimedJob] = []
+        if not req.draining and (f.cpus > 0 or req.want > 0):
+            jobs = self._claim(db, pilot_id, site, req, Capacity(tcpus, tmem, tgpus, tdisk), now, lease_s)
+        return SyncResponse(jobs=jobs, cancel=cancel, refused=refused)
+
+    def _claim(self, db: sqlite3.Connection, pilot_id: int, site: str, req: SyncRequest, total: Capacity,
+               now: float, lease_s: float) -> list[ClaimedJob]:
+        f = req.free
+        # Candidates individually fit the larger of free-now and (for the backlog) the whole pilot.
+        cap = total if req.want > 0 else Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
+        rows = db.execute(Q["idle_candidates"], (cap.cpus, cap.memory_mb, cap.gpus, cap.disk_mb,
+                                                 int(req.lifetime_s), f",{site},", CLAIM_SCAN)).fetchall()
+        if not rows:
+            return []
+        chosen = select((Candidate(*r) for r in rows), Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb),
+                        total, req.lifetime_s, req.want)
+        if not chosen:
+            return []
+        claimed = db.execute(Q["claim_jobs"], (site, json.dumps(chosen))).fetchall()
+        specs = dict(claimed)
+        out: list[ClaimedJob] = []
+        expires = now + lease_s
+        for job_id in chosen:  # keep the matchmaking order
+            spec = specs.get(job_id)
+            if spec is None:
+                continue
+            lease = secrets.token_hex(16)
+            attempt_id = db.execute(Q["attempt_insert"], (job_id, pilot_id, site, lease, now, expires)).fetchone()[0]
+            out.append(ClaimedJob(attempt_id=attempt_id, job_id=job_id, lease=lease, spec=_spec_decoder.decode(spec)))
+        return out
+
+    def _finish(self, db: sqlite3.Connection, pilot_id: int, fin: Finish, now: float) -> str | None:
+        row = db.execute(Q["attempt_active"], (fin.attempt_id, fin.lease, pilot_id)).fetchone()
+        if row is None:
+            return "stale or unknown lease: this attempt no longer owns the job"
+        job_id = row[0]
+        outcome = fin.outcome
+        if outcome is Outcome.DONE:
+            have = {n: (h, s) for n, h, s in db.execute(Q["outputs_of_attempt"], (fin.attempt_id,))}
+            missing = [o.name for o in fin.outputs if have.get(o.name) != (o.sha256, o.size)]
+            if missing:
+                outcome = Outcome.FAILED
+                fin = msgspec.structs.replace(
+                    fin, reason=f"outputs {', '.join(missing)} were reported but not uploaded intact")
+        self._end_attempt(db, fin.attempt_id, job_id, outcome, fin.exit_code, fin.reason, now, fin)
+        return None
+
+    def _end_attempt(self, db: sqlite3.Connection, attempt_id: int, job_id: int, outcome: Outcome,
+                     exit_code: int | None, reason: str | None, now: float, fin: Finish | None = None) -> None:
+        db.execute(Q["attempt_end"], (
+            outcome.value, exit_code, reason, now, fin.wall_s if fin else None, fin.max_rss_mb if fin else None,
+            fin.stdout_tail if fin else "", fin.stderr_tail if fin else "", attempt_id))
+        if outcome is Outcome.DONE:
+            db.execute(Q["job_done"], (now, exit_code, attempt_id, job_id))
+        elif outcome.counts_as_retry:
+            row = db.execute("SELECT retries_used, max_retries FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row and row[0] < row[1]:
+                db.execute(Q["job_retry"], (exit_code, reason, job_id))
+            else:
+                db.execute(Q["job_failed"], (now, exit_code, reason, job_id))
+        elif outcome is not Outcome.CANCELLED:
+            db.execute(Q["job_requeue"], (reason, job_id))
+
+    async def record_output(self, pilot_id: int, attempt_id: int, lease: str, name: str,
+                            sha256: str, size: int) -> None:
+        def tx(db: sqlite3.Connection) -> None:
+            row = db.execute("SELECT a.job_id, j.spec FROM attempts a JOIN jobs j ON j.id = a.job_id "
+                             "WHERE a.id = ? AND a.lease = ? AND a.pilot_id = ? AND a.state != 'ended'",
+                             (attempt_id, lease, pilot_id)).fetchone()
+            if row is None:
+                raise ConflictError("This attempt no longer owns its job (stale lease); the output was not kept.")
+            spec = _spec_decoder.decode(row[1])
+            if name not in spec.outputs:
+                raise ValidationError(f"{name!r} is not one of the job's declared outputs.", field="name")
+            db.execute(Q["output_insert"], (attempt_id, row[0], name, sha256, size))
+
+        await self._tx(tx)
+
+    async def pilot_exit(self, pilot_id: int, reason: str, occupancy: float, jobs_run: int, now: float) -> None:
+        def tx(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE pilots SET occupancy = ?, exit_reason = ? WHERE id = ?",
+                       (occupancy, reason, pilot_id))
+            self._end_pilot(db, pilot_id, reason, now)
+
+        await self._tx(tx)
+
+    async def expire(self, now: float, pilot_timeout_s: float) -> int:
+        """Requeue attempts whose lease ran out; end pilots that stopped reporting."""
+
+        def tx(db: sqlite3.Connection) -> int:
+            expired = db.execute(Q["expired_attempts"], (now,)).fetchall()
+            for attempt_id, job_id in expired:
+                self._end_attempt(db, attempt_id, job_id, Outcome.LOST, None,
+                                  "its pilot stopped reporting (lease expired)", now)
+            for (pid,) in db.execute("SELECT id FROM pilots WHERE state = 'running' AND last_seen < ?",
+                                     (now - pilot_timeout_s,)).fetchall():
+                self._end_pilot(db, pid, "lost: it stopped reporting", now)
+            return len(expired)
+
+        return await self._tx(tx)
+
+    async def summary(self, owner: str | None) -> Summary:
+        def read(db: sqlite3.Connection) -> Summary:
+            if owner is None:
+                jobs = dict(db.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall())
+            else:
+                jobs = dict(db.execute("SELECT state, count(*) FROM jobs WHERE owner = ? GROUP BY state",
+                                       (owner,)).fetchall())
+            pilots = dict(db.execute("SELECT state, count(*) FROM pilots GROUP BY state").fetchall())
+            occ = db.execute(
+                "SELECT sum(occupancy * cpus * (ended_at - started_at)), sum(cpus * (ended_at - started_at)) "
+                "FROM pilots WHERE state = 'ended' AND occupancy IS NOT NULL AND started_at IS NOT NULL"
+            ).fetchone()
+            sites = []
+            for name, shape, seen in db.execute("SELECT name, shape, last_seen FROM sites ORDER BY name"):
+                counts = dict(db.execute("SELECT state, count(*) FROM pilots WHERE site = ? AND state != 'ended' "
+                                         "GROUP BY state", (name,)).fetchall())
+                sites.append(SiteView(name=name, shape=msgspec.json.decode(shape, type=PilotShape) if shape else None,
+                                      pilots_running=counts.get("running", 0),
+                                      pilots_pending=counts.get("pending", 0), last_seen=seen))
+            occupancy = occ[0] / occ[1] if occ and occ[1] else None
+            return Summary(jobs=jobs, pilots=pilots, sites=sites, occupancy=occupancy)
+
+        return await self._run(read, self._conn)
+
