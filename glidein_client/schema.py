@@ -85,7 +85,7 @@ class JobSpec(_Strict, kw_only=True):
     cpus: Annotated[int, Meta(ge=1, le=4096)] = 1
     memory_mb: Annotated[int, Meta(ge=1)] = 1024
     gpus: Annotated[int, Meta(ge=0, le=64)] = 0
-    disk_mb: NonNegInt = 1024
+    disk_mb: NonNegInt = 100
     walltime_s: Annotated[int, Meta(ge=1, le=30 * 86400)] = 3600
     inputs: list[InputFile] = []
     outputs: list[str] = []

@@ -1,0 +1,78 @@
+"""`glidein-pilot run | self-test`: started by the pilot job on a worker node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from ..config import read_secret_file
+from ..errors import GlideinError
+from .channel import DirectChannel
+from .pilot import Pilot, PilotSettings
+from .resources import detect
+from .selftest import self_test
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glidein-pilot", description="A glidein pilot: claims and runs jobs.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, text in (("run", "run the pilot"), ("self-test", "check this node and the server, then exit")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--server-url", required=True)
+        sp.add_argument("--token-file", required=True, help="the pilot's token (mode 0600)")
+        sp.add_argument("--ca-file", help="CA certificate to trust for the server")
+        sp.add_argument("--site", default="", help="site name (for logs)")
+        sp.add_argument("--scratch", default=os.environ.get("TMPDIR", "/tmp"), help="scratch directory")
+        sp.add_argument("--cpus", type=int, help="slots to offer (default: detected)")
+        sp.add_argument("--memory-mb", type=int, help="memory to offer (default: detected)")
+        sp.add_argument("--gpus", type=int, help="GPUs to offer (default: detected)")
+        sp.add_argument("--disk-mb", type=int, help="scratch space to offer (default: detected)")
+        sp.add_argument("--walltime-s", type=int, help="own walltime (default: from the batch system)")
+        sp.add_argument("--idle-timeout-s", type=float, default=120.0)
+        sp.add_argument("--prefetch-s", type=float, default=2.0,
+                        help="keep about this many seconds of short jobs per slot claimed ahead (0: never)")
+        sp.add_argument("--min-disk-mb", type=int, default=100)
+        sp.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s pilot: %(message)s")
+    try:
+        sys.exit(asyncio.run(_main(args)))
+    except GlideinError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    token = read_secret_file(args.token_file, what="pilot token")
+    scratch = Path(args.scratch)
+    async with DirectChannel(args.server_url, token, ca_file=args.ca_file) as channel:
+        if args.cmd == "self-test":
+            result = await self_test(scratch, min_disk_mb=args.min_disk_mb, server_check=channel.check)
+            for check in result.checks:
+                print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+            return 0 if result.ok else 1
+        detected = await detect(scratch, cpus=args.cpus, memory_mb=args.memory_mb, gpus=args.gpus,
+                                disk_mb=args.disk_mb, walltime_s=args.walltime_s)
+        pilot = Pilot(channel, detected, PilotSettings(scratch=scratch, idle_timeout_s=args.idle_timeout_s,
+                                                       prefetch_s=args.prefetch_s, min_disk_mb=args.min_disk_mb))
+        loop = asyncio.get_running_loop()
+        for sig, why in ((signal.SIGTERM, "received SIGTERM"), (signal.SIGINT, "received SIGINT"),
+                         (signal.SIGUSR1, "received SIGUSR1")):
+            loop.add_signal_handler(sig, pilot.request_stop, why)
+        return await pilot.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,501 @@
+"""Run one job attempt as its own process tree: pinned to its cores, walltime and memory enforced.
+
+Spawning is the hot path of a pilot full of short jobs, so it stays lean: the job is started
+with :class:`subprocess.Popen` (vfork, no ``preexec_fn``) while the calling thread's CPU mask
+is set to the job's cores, which the child inherits; its exit is noticed through a pidfd
+watched by the event loop, not by a thread per job. Memory is sampled every ``poll_s`` only
+after the first ``poll_s``, so a job shorter than that costs no sampling at all.
+
+The job runs in a session of its own. Killing it signals that whole process group and every
+descendant that left it; when the main process ends, whatever it left behind is killed too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from ..schema import LOG_TAIL_BYTES, JobSpec, Outcome
+
+log = logging.getLogger(__name__)
+
+STDOUT_NAME = ".glidein-stdout"
+STDERR_NAME = ".glidein-stderr"
+SCRIPT_NAME = ".glidein-job.sh"
+FALLBACK_POLL_S = 0.05
+_MB = 1024 * 1024
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class JobRun:
+    attempt_id: int
+    job_id: int
+    spec: JobSpec
+    sandbox: Path  # exists already, inputs placed by the caller
+    cores: frozenset[int]  # physical cores to pin to; empty means not pinned
+    gpus: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    outcome: Outcome
+    exit_code: int | None  # negative: killed by that signal; None: never started or status lost
+    reason: str | None  # plain words, e.g. "exited with code 3"
+    wall_s: float
+    max_rss_mb: float
+    stdout_tail: str  # last LOG_TAIL_BYTES of stdout
+    stderr_tail: str
+
+
+def job_argv(run: JobRun) -> list[str]:
+    """The command line of a job; a script is run from ``SCRIPT_NAME`` in its sandbox.
+
+    A script is started through the interpreter its ``#!`` line names (as the kernel would, but
+    also from scratch filesystems mounted ``noexec``), else through ``/bin/sh``.
+    """
+    spec = run.spec
+    if spec.script is None:
+        return list(spec.argv or [])
+    path = os.path.join(run.sandbox, SCRIPT_NAME)
+    if spec.script.startswith("#!"):
+        interpreter, _, argument = spec.script[2:].partition("\n")[0].strip().partition(" ")
+        if interpreter:
+            return [interpreter, *([argument.strip()] if argument.strip() else []), path]
+    return ["/bin/sh", path]
+
+
+def job_env(run: JobRun, base_env: Mapping[str, str]) -> dict[str, str]:
+    """The job's environment: the pilot's, without its tokens, plus the job's and glidein's own."""
+    spec = run.spec
+    env = {k: v for k, v in base_env.items() if not k.startswith("GLIDEIN_TOKEN")}
+    env["OMP_NUM_THREADS"] = str(spec.cpus)
+    env.update(spec.env)
+    env["GLIDEIN_JOB_ID"] = str(run.job_id)
+    env["GLIDEIN_ATTEMPT_ID"] = str(run.attempt_id)
+    env["GLIDEIN_CPUS"] = str(spec.cpus)
+    env["GLIDEIN_MEMORY_MB"] = str(spec.memory_mb)
+    env["GLIDEIN_SANDBOX"] = os.fspath(run.sandbox)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(run.gpus)
+    return env
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def exit_reason(returncode: int) -> str | None:
+    if returncode == 0:
+        return None
+    if returncode < 0:
+        return f"killed by signal {signal_name(-returncode)}"
+    return f"exited with code {returncode}"
+
+
+def read_tail(path: str | Path, size: int = LOG_TAIL_BYTES) -> str:
+    """The last ``size`` bytes of a file as text; a character cut in half at the start is dropped."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            length = f.tell()
+            f.seek(max(0, length - size))
+            data = f.read(size)
+    except OSError:
+        return ""
+    if length > size:
+        cut = 0
+        while cut < min(3, len(data)) and 0x80 <= data[cut] < 0xC0:
+            cut += 1
+        data = data[cut:]
+    return data.decode("utf-8", errors="replace")
+
+
+@functools.cache
+def _proc_children_supported() -> bool:
+    return os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def descendant_pids(pid: int) -> list[int]:
+    """Pids of every descendant of ``pid`` (children first); processes that vanish are skipped.
+
+    Walks ``/proc/PID/task/TID/children``, which costs time in proportion to the job's own tree,
+    not to every process on the node as a scan of all parents does; falls back to psutil where
+    the kernel lacks that file.
+    """
+    if not _proc_children_supported():
+        try:
+            return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+        except psutil.Error:
+            return []
+    found: list[int] = []
+    seen = {pid}
+    stack = [pid]
+    while stack:
+        parent = stack.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
+                    children = f.read().split()
+            except OSError:
+                continue
+            for raw in children:
+                child = int(raw)
+                if child not in seen:
+                    seen.add(child)
+                    found.append(child)
+                    stack.append(child)
+    return found
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Summed resident memory of ``pid`` and its descendants, in MB (0 for vanished processes)."""
+    pages = 0
+    for member in (pid, *descendant_pids(pid)):
+        try:
+            with open(f"/proc/{member}/statm", "rb") as f:
+                pages += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    return pages * _PAGE_BYTES / _MB
+
+
+class JobProcess:
+    """One attempt of one job. ``start()``, then ``wait()``; ``kill()`` at any time.
+
+    Cancelling ``wait()`` leaves the job running: call ``kill()`` and ``wait()`` again.
+    """
+
+    def __init__(
+        self,
+        run: JobRun,
+        *,
+        poll_s: float = 1.0,
+        grace_s: float = 5.0,
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.run = run
+        self._sandbox = os.fspath(run.sandbox)
+        self._poll_s = poll_s
+        self._grace_s = grace_s
+        self._base_env = base_env
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._exited: asyncio.Future[None] | None = None
+        self._pidfd = -1
+        self._poll_handle: asyncio.TimerHandle | None = None
+        self._kill_timer: asyncio.TimerHandle | None = None
+        self._killed: tuple[Outcome, str] | None = None
+        self._doomed: dict[int, psutil.Process] = {}
+        self._no_start: tuple[Outcome, str] | None = None
+        self._result: RunResult | None = None
+        self._status_lost = False
+        self._started_at = 0.0
+        self._ended_at = 0.0
+        self._max_rss_mb = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen is not None else None
+
+    @property
+    def done(self) -> bool:
+        """True once the main process has ended (or never started)."""
+        return self._no_start is not None or (self._exited is not None and self._exited.done())
+
+    # --- start ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._loop is not None:
+            raise RuntimeError("start() was called twice for the same attempt; make a new JobProcess.")
+        self._loop = asyncio.get_running_loop()
+        self._started_at = time.monotonic()
+        if self._killed is not None:
+            self._no_start = self._killed
+            return
+        run = self.run
+        sandbox = self._sandbox
+        argv = job_argv(run)
+        try:
+            if run.spec.script is not None:
+                _write_script(os.path.join(sandbox, SCRIPT_NAME), run.spec.script)
+            out = os.open(os.path.join(sandbox, STDOUT_NAME), _LOG_FLAGS, 0o644)
+            try:
+                err = os.open(os.path.join(sandbox, STDERR_NAME), _LOG_FLAGS, 0o644)
+            except OSError:
+                os.close(out)
+                raise
+        except OSError as exc:
+            self._no_start = (
+                Outcome.INTERRUPTED,
+                f"the pilot could not prepare the job's directory {run.sandbox}: {exc.strerror or exc}",
+            )
+            return
+        try:
+            env = job_env(run, os.environ if self._base_env is None else self._base_env)
+            self._popen = self._spawn(argv, env, out, err)
+        except (OSError, ValueError) as exc:
+            self._no_start = self._spawn_failure(argv, exc)
+            log.info("attempt %d of job %d did not start: %s", run.attempt_id, run.job_id, self._no_start[1])
+            return
+        finally:
+            os.close(out)
+            os.close(err)
+        self._exited = self._loop.create_future()
+        try:
+            self._pidfd = os.pidfd_open(self._popen.pid)
+        except OSError:
+            self._poll_handle = self._loop.call_later(FALLBACK_POLL_S, self._poll_exit)
+        else:
+            self._loop.add_reader(self._pidfd, self._on_pidfd)
+        log.info(
+            "attempt %d of job %d started as pid %d on cores %s",
+            run.attempt_id,
+            run.job_id,
+            self._popen.pid,
+            ",".join(map(str, sorted(run.cores))) or "any",
+        )
+
+    def _spawn(self, argv: list[str], env: dict[str, str], out: int, err: int) -> subprocess.Popen[bytes]:
+        cores = self.run.cores
+        previous: set[int] | None = None
+        if cores:
+            previous = os.sched_getaffinity(0)
+            try:
+                os.sched_setaffinity(0, cores)
+            except OSError as exc:
+                log.warning("could not pin attempt %d to cores %s (%s)", self.run.attempt_id, sorted(cores), exc)
+                previous = None
+        try:
+            # The child inherits this thread's CPU mask; nothing may await between set and spawn.
+            return subprocess.Popen(
+                argv,
+                cwd=self._sandbox,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                close_fds=True,
+            )
+        finally:
+            if previous is not None:
+                try:
+                    os.sched_setaffinity(0, previous)
+                except OSError as exc:
+                    log.warning("could not restore the pilot's CPU mask %s (%s)", sorted(previous), exc)
+
+    def _spawn_failure(self, argv: list[str], exc: OSError | ValueError) -> tuple[Outcome, str]:
+        if isinstance(exc, ValueError):
+            return Outcome.FAILED, "the command or its environment contains a NUL character"
+        if self.run.spec.script is not None:
+            what = "the job's script"
+            if isinstance(exc, (FileNotFoundError, PermissionError)) and self.run.spec.script.startswith("#!"):
+                first = self.run.spec.script.splitlines()[0]
+                problem = "was not found" if isinstance(exc, FileNotFoundError) else "cannot be run"
+                return Outcome.FAILED, f"the interpreter in the script's first line ({first}) {problem}"
+        else:
+            what = f"command {argv[0]!r}" if argv else "the job's command"
+        if isinstance(exc, FileNotFoundError) and exc.filename == self._sandbox:
+            return Outcome.INTERRUPTED, f"the job's directory {self.run.sandbox} is missing"
+        if isinstance(exc, FileNotFoundError):
+            return Outcome.FAILED, f"{what} was not found"
+        if isinstance(exc, NotADirectoryError):
+            return Outcome.FAILED, f"{what} was not found: a part of its path is not a directory"
+        if isinstance(exc, PermissionError):
+            return Outcome.FAILED, f"{what} could not be run: permission denied"
+        if exc.errno in (errno.ENOEXEC, errno.EISDIR, errno.ENAMETOOLONG, errno.E2BIG, errno.ELOOP):
+            return Outcome.FAILED, f"{what} could not be run: {exc.strerror}"
+        return Outcome.INTERRUPTED, f"the pilot could not start the job: {exc.strerror or exc}"
+
+    # --- exit ----------------------------------------------------------------------------
+
+    def _on_pidfd(self) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = -1
+        self._reap()
+
+    def _poll_exit(self) -> None:
+        assert self._popen is not None and self._loop is not None
+        self._poll_handle = None
+        try:
+            info = os.waitid(os.P_PID, self._popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            info = None
+            self._status_lost = True
+            self._popen.returncode = 0  # as Popen does itself; the result reports no exit code
+        if info is None and not self._status_lost:
+            self._poll_handle = self._loop.call_later(FALLBACK_POLL_S, self._poll_exit)
+            return
+        self._reap()
+
+    def _reap(self) -> None:
+        """The main process has ended but is not reaped yet, so its process group id is still ours."""
+        assert self._popen is not None and self._exited is not None
+        self._ended_at = time.monotonic()
+        # Whatever it left behind; if another waiter reaped it, its pid may be reused already.
+        self._signal_tree(signal.SIGKILL, group=not self._status_lost)
+        if not self._status_lost:
+            try:
+                _, status, usage = os.wait4(self._popen.pid, 0)
+            except ChildProcessError:
+                self._status_lost = True
+                self._popen.returncode = 0  # as Popen does itself; the result reports no exit code
+            else:
+                self._popen.returncode = os.waitstatus_to_exitcode(status)
+                self._max_rss_mb = max(self._max_rss_mb, usage.ru_maxrss / 1024)
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+            self._kill_timer = None
+        self._doomed.clear()
+        self._exited.set_result(None)
+
+    # --- kill ----------------------------------------------------------------------------
+
+    def kill(self, outcome: Outcome, reason: str) -> None:
+        """Stop the whole tree: SIGTERM now, SIGKILL after ``grace_s``; the first kill's words stand.
+
+        Has no effect once the main process has ended on its own.
+        """
+        if self._killed is not None or self.done:
+            return
+        self._killed = (outcome, reason)
+        if self._popen is None or self._loop is None:
+            return  # start() will not spawn it
+        log.info("stopping attempt %d of job %d: %s", self.run.attempt_id, self.run.job_id, reason)
+        self._mark_descendants()
+        self._signal_tree(signal.SIGTERM)
+        self._kill_timer = self._loop.call_later(self._grace_s, self._escalate)
+
+    def _escalate(self) -> None:
+        self._kill_timer = None
+        if not self.done:
+            self._mark_descendants()
+            self._signal_tree(signal.SIGKILL)
+
+    def _mark_descendants(self) -> None:
+        """Remember descendants now: once their parent dies they can no longer be found from it."""
+        assert self._popen is not None
+        for pid in descendant_pids(self._popen.pid):
+            if pid not in self._doomed:
+                try:
+                    self._doomed[pid] = psutil.Process(pid)  # signals to it are safe from pid reuse
+                except psutil.Error:
+                    pass
+
+    def _signal_tree(self, sig: signal.Signals, *, group: bool = True) -> None:
+        assert self._popen is not None
+        pid = self._popen.pid
+        for send in (os.killpg, os.kill) if group else ():
+            try:
+                send(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for proc in self._doomed.values():
+            try:
+                proc.send_signal(sig)
+            except psutil.Error:
+                pass
+
+    # --- wait ----------------------------------------------------------------------------
+
+    def rss_mb(self) -> float:
+        """Summed resident memory of the main process and all its descendants, in MB."""
+        return tree_rss_mb(self._popen.pid) if self._popen is not None and not self.done else 0.0
+
+    async def wait(self) -> RunResult:
+        """Wait for the main process to end, enforcing walltime and memory meanwhile."""
+        if self._result is not None:
+            return self._result
+        if self._no_start is not None:
+            self._result = self._unstarted(*self._no_start)
+            return self._result
+        if self._exited is None:
+            raise RuntimeError("wait() was called before start(); start the attempt first.")
+        spec = self.run.spec
+        deadline = self._started_at + spec.walltime_s
+        next_check = self._started_at + self._poll_s
+        while not self._exited.done():
+            now = time.monotonic()
+            if self._killed is None and now >= deadline:
+                self.kill(Outcome.WALLTIME, f"exceeded its walltime of {spec.walltime_s} s")
+            elif self._killed is None and now >= next_check:
+                next_check = now + self._poll_s
+                self._check_memory(spec)
+            timeout = None if self._killed is not None else max(0.0, min(deadline, next_check) - now)
+            await asyncio.wait((self._exited,), timeout=timeout)
+        if self._result is None:  # another waiter may have built it already
+            self._result = self._finished()
+        return self._result
+
+    def _check_memory(self, spec: JobSpec) -> None:
+        rss_mb = self.rss_mb()
+        self._max_rss_mb = max(self._max_rss_mb, rss_mb)
+        if rss_mb > spec.memory_mb:
+            self.kill(Outcome.MEMORY, f"used {rss_mb:.0f} MB, more than its {spec.memory_mb} MB")
+
+    def _finished(self) -> RunResult:
+        assert self._popen is not None
+        returncode = None if self._status_lost else self._popen.returncode
+        reason: str | None
+        if self._killed is not None:
+            outcome, reason = self._killed
+        elif returncode is None:
+            outcome, reason = Outcome.INTERRUPTED, "the pilot lost track of its exit status"
+        else:
+            outcome = Outcome.DONE if returncode == 0 else Outcome.FAILED
+            reason = exit_reason(returncode)
+        result = RunResult(
+            outcome=outcome,
+            exit_code=returncode,
+            reason=reason,
+            wall_s=self._ended_at - self._started_at,
+            max_rss_mb=round(self._max_rss_mb, 1),
+            stdout_tail=read_tail(os.path.join(self._sandbox, STDOUT_NAME)),
+            stderr_tail=read_tail(os.path.join(self._sandbox, STDERR_NAME)),
+        )
+        log.info(
+            "attempt %d of job %d ended: %s%s",
+            self.run.attempt_id,
+            self.run.job_id,
+            outcome.value,
+            f" ({reason})" if reason else "",
+        )
+        return result
+
+    def _unstarted(self, outcome: Outcome, reason: str) -> RunResult:
+        return RunResult(
+            outcome=outcome,
+            exit_code=None,
+            reason=reason,
+            wall_s=0.0,
+            max_rss_mb=0.0,
+            stdout_tail="",
+            stderr_tail="",
+        )
+
+
+def _write_script(path: str, text: str) -> None:
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o700), "wb") as f:
+        os.fchmod(f.fileno(), 0o700)
+        f.write(text.encode())

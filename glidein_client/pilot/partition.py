@@ -1,0 +1,125 @@
+"""Split a pilot's slots (cpus) and GPUs among its jobs: pure bookkeeping, no I/O.
+
+A pilot offers ``slots`` numbered ``0 .. slots-1``. Each job gets as many slots as it asked
+for cpus, preferably a contiguous run of ids, so that :func:`cores_for` maps it onto
+neighbouring physical cores. A pilot may offer more slots than it has cores
+(oversubscription); slot ``i`` then shares core ``core_ids[i % len(core_ids)]``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What one job holds: slot ids (ascending) and GPU ids (in the pool's order)."""
+
+    slots: tuple[int, ...]
+    gpus: tuple[str, ...]
+
+
+class SlotPool:
+    """Free and allocated slots and GPUs of one pilot.
+
+    ``allocate`` answers ``None`` when not enough is free; it never hands a slot or GPU to two
+    live allocations. Slots go to the smallest contiguous run of free ids that fits (best fit,
+    lowest ids on ties), else to the lowest free ids.
+    """
+
+    def __init__(self, slots: int, gpu_ids: Sequence[str]) -> None:
+        if slots < 0:
+            raise ValueError(f"A pilot cannot offer {slots} slots; give zero or more.")
+        if len(set(gpu_ids)) != len(gpu_ids):
+            raise ValueError(f"GPU ids must be unique, got {list(gpu_ids)}.")
+        self._slot_free = [True] * slots
+        self._gpu_ids = tuple(gpu_ids)
+        self._gpu_free = dict.fromkeys(self._gpu_ids, True)
+        self._free_slots = slots
+        self._free_gpus = len(self._gpu_ids)
+        self._live: Counter[Allocation] = Counter()
+
+    @property
+    def total_slots(self) -> int:
+        return len(self._slot_free)
+
+    @property
+    def total_gpus(self) -> int:
+        return len(self._gpu_ids)
+
+    @property
+    def free_slots(self) -> int:
+        return self._free_slots
+
+    @property
+    def free_gpus(self) -> int:
+        return self._free_gpus
+
+    def allocate(self, cpus: int, gpus: int) -> Allocation | None:
+        """Take ``cpus`` slots and ``gpus`` GPUs, or answer ``None`` if not enough are free."""
+        if cpus < 0 or gpus < 0:
+            raise ValueError(f"Cannot allocate {cpus} cpus and {gpus} GPUs; ask for zero or more.")
+        if cpus > self._free_slots or gpus > self._free_gpus:
+            return None
+        slots = self._pick_slots(cpus)
+        chosen_gpus = tuple(g for g in self._gpu_ids if self._gpu_free[g])[:gpus]
+        for s in slots:
+            self._slot_free[s] = False
+        for g in chosen_gpus:
+            self._gpu_free[g] = False
+        self._free_slots -= len(slots)
+        self._free_gpus -= len(chosen_gpus)
+        alloc = Allocation(slots=slots, gpus=chosen_gpus)
+        self._live[alloc] += 1
+        return alloc
+
+    def release(self, alloc: Allocation) -> None:
+        """Give back an allocation; one that is not live (never made, or released) is a ValueError."""
+        if self._live[alloc] <= 0:
+            raise ValueError(f"{alloc} is not allocated from this pool; it was released already or never made.")
+        self._live[alloc] -= 1
+        if not self._live[alloc]:
+            del self._live[alloc]
+        for s in alloc.slots:
+            self._slot_free[s] = True
+        for g in alloc.gpus:
+            self._gpu_free[g] = True
+        self._free_slots += len(alloc.slots)
+        self._free_gpus += len(alloc.gpus)
+
+    def _pick_slots(self, cpus: int) -> tuple[int, ...]:
+        if cpus == 0:
+            return ()
+        best_start, best_len = -1, 0
+        for start, length in _free_runs(self._slot_free):
+            if length >= cpus and (best_start < 0 or length < best_len):
+                best_start, best_len = start, length
+                if length == cpus:
+                    break
+        if best_start >= 0:
+            return tuple(range(best_start, best_start + cpus))
+        free = [i for i, f in enumerate(self._slot_free) if f]
+        return tuple(free[:cpus])
+
+
+def _free_runs(free: Sequence[bool]) -> Iterable[tuple[int, int]]:
+    """(start, length) of each maximal run of free ids, in ascending order."""
+    start = -1
+    for i, f in enumerate(free):
+        if f and start < 0:
+            start = i
+        elif not f and start >= 0:
+            yield start, i - start
+            start = -1
+    if start >= 0:
+        yield start, len(free) - start
+
+
+def cores_for(slots: Iterable[int], core_ids: Sequence[int]) -> frozenset[int]:
+    """The physical cores that run these slots: slot ``i`` runs on ``core_ids[i % len(core_ids)]``."""
+    if not core_ids:
+        raise ValueError("No cores to map slots onto; the pilot needs at least one core.")
+    n = len(core_ids)
+    return frozenset(core_ids[s % n] for s in slots)

@@ -1,0 +1,419 @@
+"""The pilot's main loop: claim jobs that fit, run them pinned to their cores, report, repeat.
+
+Reports, heartbeat and claims travel together in one ``sync`` round trip, sent whenever
+there is news; while it is in flight, jobs keep starting from a short local backlog. The
+backlog holds work only for jobs seen to be short (about ``prefetch_s`` seconds of work per
+slot), so long jobs are never held by a pilot that cannot start them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConflictError, GlideinError, ServerUnreachable
+from ..schema import (
+    LOG_TAIL_BYTES,
+    AttemptRef,
+    ClaimedJob,
+    Finish,
+    InputFile,
+    Outcome,
+    OutputFile,
+    PilotExit,
+    PilotRegister,
+    Resources,
+    SyncRequest,
+    SyncResponse,
+)
+from .channel import Channel
+from .executor import JobProcess, JobRun, RunResult
+from .partition import Allocation, SlotPool, cores_for
+from .resources import Detected
+from .selftest import self_test
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PilotSettings:
+    scratch: Path
+    idle_timeout_s: float = 120.0
+    prefetch_s: float = 2.0  # local backlog: about this many seconds of short work per slot
+    max_backlog: int = 256
+    end_margin_s: float = 5.0  # leave this long before the end time
+    min_disk_mb: int = 100
+    poll_s: float = 1.0  # memory checks
+    grace_s: float = 5.0  # SIGTERM -> SIGKILL for jobs
+
+
+@dataclass
+class _Running:
+    claim: ClaimedJob
+    alloc: Allocation
+    started_at: float
+    proc: JobProcess | None = None
+    kill: tuple[Outcome, str] | None = None
+
+    def requested_kill(self) -> tuple[Outcome, str] | None:
+        return self.kill
+
+
+@dataclass
+class _Stats:
+    start: float = field(default_factory=time.time)
+    core_s: float = 0.0
+    jobs: int = 0
+    runtime_ewma_s: float | None = None
+
+    def add(self, cpus: int, wall_s: float) -> None:
+        self.core_s += cpus * wall_s
+        self.jobs += 1
+        prev = self.runtime_ewma_s
+        self.runtime_ewma_s = wall_s if prev is None else 0.8 * prev + 0.2 * wall_s
+
+
+class Pilot:
+    def __init__(self, channel: Channel, detected: Detected, settings: PilotSettings) -> None:
+        self.channel = channel
+        self.res = detected
+        self.settings = settings
+        self.pool = SlotPool(detected.slots, detected.gpu_ids)
+        self.mem_free = detected.memory_mb
+        self.disk_free = detected.disk_mb
+        self.end_time = detected.end_time if detected.end_time is not None else time.time() + 30 * 86400
+        self.backlog: deque[ClaimedJob] = deque()
+        self.running: dict[int, _Running] = {}
+        self.started: list[AttemptRef] = []
+        self.finished: list[Finish] = []
+        self.stale: set[int] = set()
+        self.stats = _Stats()
+        self.heartbeat_s = 10.0
+        self.pilot_id = 0
+        self._wake = asyncio.Event()
+        self._stop_reason: str | None = None
+        self._draining = False
+        self._server_empty = False
+        self._server_gone = False
+        self._cache_locks: dict[str, asyncio.Lock] = {}
+        self._workdir = settings.scratch
+        self._env = dict(os.environ)  # one snapshot: reading os.environ per job is slow
+
+    # --- public -------------------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            log.info("stopping: %s", reason)
+        self._wake.set()
+
+    @property
+    def occupancy(self) -> float:
+        elapsed = max(time.time() - self.stats.start, 1e-6)
+        return min(1.0, self.stats.core_s / (self.res.slots * elapsed))
+
+    async def run(self) -> int:
+        """Self-test, register, work until idle, end of life or stop. Returns the exit code."""
+        result = await self_test(self.settings.scratch, min_disk_mb=self.settings.min_disk_mb,
+                                 server_check=self.channel.check)
+        reg = await self.channel.register(PilotRegister(
+            batch_id=self.res.batch_id, host=socket.gethostname(), end_time=self.end_time,
+            resources=Resources(cpus=self.res.slots, memory_mb=self.res.memory_mb, gpus=len(self.res.gpu_ids),
+                                disk_mb=self.res.disk_mb),
+            selftest_ok=result.ok, selftest_reason=result.reason))
+        if not result.ok:
+            log.error("self-test failed, taking no work: %s", result.reason)
+            return 1
+        self.pilot_id = reg.pilot_id
+        self.heartbeat_s = reg.heartbeat_s
+        self._workdir = self.settings.scratch / f"pilot-{self.pilot_id}"
+        self._workdir.mkdir(parents=True, exist_ok=True)
+        log.info("pilot %d started: %d slots on cores %s, %d MB, GPUs %s, %d MB disk, %.0f s to live",
+                 self.pilot_id, self.res.slots, list(self.res.core_ids), self.res.memory_mb,
+                 list(self.res.gpu_ids) or "none", self.res.disk_mb, self.end_time - time.time())
+        reason = await self._loop()
+        await self._leave(reason)
+        shutil.rmtree(self._workdir, ignore_errors=True)
+        return 0
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def _loop(self) -> str:
+        sync_task: asyncio.Task[SyncResponse] | None = None
+        in_flight: tuple[list[AttemptRef], list[Finish]] = ([], [])
+        last_sync = 0.0
+        idle_since = time.monotonic()
+        backoff_s = 0.0
+        retry_at = 0.0
+        drain_deadline = math.inf
+        while True:
+            now = time.time()
+            if self._stop_reason is None and self.end_time - now <= self.settings.end_margin_s:
+                self.request_stop("reached its end time")
+            if self._stop_reason is not None and not self._draining:
+                self._drain(self._stop_reason)
+            if not self._draining:
+                self._dispatch(now)
+            if self.running or self.backlog:
+                idle_since = time.monotonic()
+            elif self._stop_reason is None and time.monotonic() - idle_since >= self.settings.idle_timeout_s:
+                self.request_stop(f"idle for {self.settings.idle_timeout_s:.0f} s")
+                continue
+            if self._draining and not self.running and sync_task is None:
+                if self._server_gone or not (self.started or self.finished) or time.monotonic() > drain_deadline:
+                    return self._stop_reason or "stopped"
+            if self._draining and drain_deadline == math.inf:
+                drain_deadline = time.monotonic() + 2 * self.settings.grace_s + 30.0
+            if self._server_gone:
+                self.started.clear()
+                self.finished.clear()
+
+            if sync_task is None and time.monotonic() >= retry_at and self._sync_due(time.monotonic() - last_sync):
+                in_flight = (self.started, self.finished)
+                self.started, self.finished = [], []
+                sync_task = asyncio.create_task(self.channel.sync(self._sync_request(in_flight)))
+                last_sync = time.monotonic()
+
+            self._wake.clear()
+            waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(self._wake.wait())]
+            if sync_task is not None:
+                waiters.append(sync_task)  # type: ignore[arg-type]
+            timeout = max(0.05, min(self.heartbeat_s, retry_at - time.monotonic() if retry_at else self.heartbeat_s))
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            waiters[0].cancel()
+
+            if sync_task is not None and sync_task.done():
+                task, sync_task = sync_task, None
+                try:
+                    self._absorb(task.result())
+                    backoff_s, retry_at = 0.0, 0.0
+                except ConflictError as exc:
+                    log.error("the server refused this pilot: %s", exc)
+                    self._server_gone = True
+                    self.stale.update(self.running)
+                    self.request_stop("the server no longer knows this pilot")
+                    self._drain("the server no longer knows this pilot")
+                    self.started.clear()
+                    self.finished.clear()
+                except GlideinError as exc:
+                    # Keep the reports and send them again later; jobs keep running meanwhile.
+                    self.started = in_flight[0] + self.started
+                    self.finished = in_flight[1] + self.finished
+                    backoff_s = min(30.0, max(1.0, backoff_s * 2))
+                    retry_at = time.monotonic() + backoff_s
+                    if isinstance(exc, ServerUnreachable) and backoff_s == 1.0:
+                        log.warning("server unreachable, keeping %d reports and retrying: %s",
+                                    len(self.finished), exc)
+                    elif not isinstance(exc, ServerUnreachable):
+                        log.warning("sync refused: %s", exc)
+
+    def _sync_due(self, since_last_s: float) -> bool:
+        if self.started or self.finished:
+            return True
+        if since_last_s >= self.heartbeat_s:
+            return True
+        if self._draining:
+            return False
+        if self._server_empty:
+            return False  # the next long poll (heartbeat) asks again
+        return self._free_after_backlog()[0] > 0 or len(self.backlog) < self._want() // 2
+
+    def _want(self) -> int:
+        r = self.stats.runtime_ewma_s
+        if r is None or r >= self.settings.prefetch_s:
+            return 0
+        return min(self.settings.max_backlog, math.ceil(self.res.slots * self.settings.prefetch_s / max(r, 1e-3)))
+
+    def _free_after_backlog(self) -> tuple[int, int, int, int]:
+        cpus, mem, gpus, disk = self.pool.free_slots, self.mem_free, self.pool.free_gpus, self.disk_free
+        for c in self.backlog:
+            cpus -= c.spec.cpus
+            mem -= c.spec.memory_mb
+            gpus -= c.spec.gpus
+            disk -= c.spec.disk_mb
+        return max(cpus, 0), max(mem, 0), max(gpus, 0), max(disk, 0)
+
+    def _sync_request(self, reports: tuple[list[AttemptRef], list[Finish]]) -> SyncRequest:
+        cpus, mem, gpus, disk = self._free_after_backlog()
+        idle = not self.running and not self.backlog and not reports[0] and not reports[1]
+        wait_s = 0.0
+        if not self._draining and (self._server_empty or idle):
+            # Long poll: the server answers as soon as work arrives. Short while jobs run, so reports flow.
+            wait_s = self.heartbeat_s if not self.running else min(1.0, self.heartbeat_s)
+        return SyncRequest(
+            started=reports[0], finished=reports[1],
+            free=Resources(cpus=cpus, memory_mb=mem, gpus=gpus, disk_mb=disk),
+            lifetime_s=max(0.0, self.end_time - time.time() - self.settings.end_margin_s),
+            want=max(0, self._want() - len(self.backlog)) if not self._draining else 0,
+            wait_s=wait_s, occupancy=self.occupancy, draining=self._draining)
+
+    def _absorb(self, resp: SyncResponse) -> None:
+        self._server_empty = not resp.jobs
+        self.backlog.extend(resp.jobs)
+        for attempt_id in resp.cancel:
+            self._kill(attempt_id, Outcome.CANCELLED, "cancelled by its owner")
+            self._drop_backlog(attempt_id, Outcome.CANCELLED, "cancelled by its owner")
+        for ref in resp.refused:
+            log.warning("server refused the report of attempt %d: %s", ref.attempt_id, ref.reason)
+            if ref.attempt_id in self.running:
+                self.stale.add(ref.attempt_id)
+                self._kill(ref.attempt_id, Outcome.INTERRUPTED, "another attempt owns this job now")
+        if resp.jobs:
+            log.debug("claimed %d jobs", len(resp.jobs))
+
+    # --- starting and stopping jobs -----------------------------------------------------------
+
+    def _dispatch(self, now: float) -> None:
+        left = self.end_time - now - self.settings.end_margin_s
+        kept: deque[ClaimedJob] = deque()
+        while self.backlog:
+            claim = self.backlog.popleft()
+            spec = claim.spec
+            if spec.walltime_s > left:
+                self._report_unstarted(claim, "it would not finish before the pilot's end")
+                continue
+            if spec.memory_mb > self.mem_free or spec.disk_mb > self.disk_free:
+                kept.append(claim)
+                continue
+            alloc = self.pool.allocate(spec.cpus, spec.gpus)
+            if alloc is None:
+                kept.append(claim)
+                continue
+            self.mem_free -= spec.memory_mb
+            self.disk_free -= spec.disk_mb
+            entry = _Running(claim, alloc, time.time())
+            self.running[claim.attempt_id] = entry
+            asyncio.create_task(self._run_job(entry))
+        self.backlog = kept
+
+    def _report_unstarted(self, claim: ClaimedJob, reason: str) -> None:
+        self.finished.append(Finish(attempt_id=claim.attempt_id, lease=claim.lease, outcome=Outcome.INTERRUPTED,
+                                    reason=reason))
+
+    def _drop_backlog(self, attempt_id: int, outcome: Outcome, reason: str) -> None:
+        for claim in list(self.backlog):
+            if claim.attempt_id == attempt_id:
+                self.backlog.remove(claim)
+                self.finished.append(Finish(attempt_id=attempt_id, lease=claim.lease, outcome=outcome, reason=reason))
+
+    def _kill(self, attempt_id: int, outcome: Outcome, reason: str) -> None:
+        entry = self.running.get(attempt_id)
+        if entry is None:
+            return
+        entry.kill = (outcome, reason)
+        if entry.proc is not None:
+            entry.proc.kill(outcome, reason)
+
+    def _drain(self, reason: str) -> None:
+        """Stop taking work: release the backlog and interrupt running jobs (not their fault)."""
+        self._draining = True
+        while self.backlog:
+            self._report_unstarted(self.backlog.popleft(), f"the pilot is stopping: {reason}")
+        for attempt_id in list(self.running):
+            self._kill(attempt_id, Outcome.INTERRUPTED, f"the pilot is stopping: {reason}")
+
+    async def _run_job(self, entry: _Running) -> None:
+        claim, spec = entry.claim, entry.claim.spec
+        sandbox = self._workdir / f"job-{claim.job_id}-{claim.attempt_id}"
+        result: RunResult | None = None
+        outputs: list[OutputFile] = []
+        try:
+            sandbox.mkdir()
+            for inp in spec.inputs:
+                await self._place_input(inp, sandbox)
+            if entry.kill is None:
+                proc = JobProcess(JobRun(attempt_id=claim.attempt_id, job_id=claim.job_id, spec=spec, sandbox=sandbox,
+                                         cores=cores_for(entry.alloc.slots, self.res.core_ids), gpus=entry.alloc.gpus),
+                                  poll_s=self.settings.poll_s, grace_s=self.settings.grace_s, base_env=self._env)
+                entry.proc = proc
+                await proc.start()
+                kill = entry.requested_kill()  # may have been set while starting
+                if kill is not None:
+                    proc.kill(*kill)
+                self.started.append(AttemptRef(attempt_id=claim.attempt_id, lease=claim.lease))
+                self._wake.set()
+                result = await proc.wait()
+                if result.outcome is Outcome.DONE:
+                    outputs, result = await self._upload_outputs(claim, sandbox, result)
+        except GlideinError as exc:
+            outcome = Outcome.INTERRUPTED if isinstance(exc, ServerUnreachable) else Outcome.FAILED
+            result = RunResult(outcome=outcome, exit_code=None, reason=f"staging failed: {exc}", wall_s=0.0,
+                               max_rss_mb=0.0, stdout_tail="", stderr_tail="")
+        except OSError as exc:
+            result = RunResult(outcome=Outcome.INTERRUPTED, exit_code=None, reason=f"the pilot's scratch failed: {exc}",
+                               wall_s=0.0, max_rss_mb=0.0, stdout_tail="", stderr_tail="")
+        finally:
+            if result is None:
+                outcome, reason = entry.kill or (Outcome.INTERRUPTED, "the pilot stopped before the job began")
+                result = RunResult(outcome=outcome, exit_code=None, reason=reason, wall_s=0.0, max_rss_mb=0.0,
+                                   stdout_tail="", stderr_tail="")
+            self._release(entry, result, outputs)
+            shutil.rmtree(sandbox, ignore_errors=True)
+
+    def _release(self, entry: _Running, result: RunResult, outputs: list[OutputFile]) -> None:
+        claim = entry.claim
+        self.running.pop(claim.attempt_id, None)
+        self.pool.release(entry.alloc)
+        self.mem_free += claim.spec.memory_mb
+        self.disk_free += claim.spec.disk_mb
+        wall = time.time() - entry.started_at
+        self.stats.add(claim.spec.cpus, wall)
+        if claim.attempt_id in self.stale:
+            self.stale.discard(claim.attempt_id)
+        else:
+            self.finished.append(Finish(
+                attempt_id=claim.attempt_id, lease=claim.lease, outcome=result.outcome, exit_code=result.exit_code,
+                reason=result.reason, wall_s=result.wall_s, max_rss_mb=result.max_rss_mb,
+                stdout_tail=result.stdout_tail[-LOG_TAIL_BYTES:], stderr_tail=result.stderr_tail[-LOG_TAIL_BYTES:],
+                outputs=outputs))
+        if result.outcome is not Outcome.DONE:
+            log.info("job %d (attempt %d) ended %s: %s", claim.job_id, claim.attempt_id, result.outcome.value,
+                     result.reason)
+        self._wake.set()
+
+    async def _place_input(self, inp: InputFile, sandbox: Path) -> None:
+        dest = sandbox / inp.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if inp.sha256 is None:
+            await self.channel.fetch_input(inp, dest)
+            return
+        cached = self._workdir / "cache" / inp.sha256
+        lock = self._cache_locks.setdefault(inp.sha256, asyncio.Lock())
+        async with lock:
+            if not cached.exists():
+                cached.parent.mkdir(exist_ok=True)
+                await self.channel.fetch_input(inp, cached)
+        try:
+            os.link(cached, dest)
+        except OSError:
+            await asyncio.to_thread(shutil.copyfile, cached, dest)
+
+    async def _upload_outputs(self, claim: ClaimedJob, sandbox: Path,
+                              result: RunResult) -> tuple[list[OutputFile], RunResult]:
+        missing = [name for name in claim.spec.outputs if not (sandbox / name).is_file()]
+        if missing:
+            return [], _replace(result, Outcome.FAILED, f"the job did not produce {', '.join(missing)}")
+        uploaded = []
+        for name in claim.spec.outputs:
+            uploaded.append(await self.channel.upload_output(claim.attempt_id, claim.lease, name, sandbox / name))
+        return uploaded, result
+
+    async def _leave(self, reason: str) -> None:
+        log.info("pilot %d leaving: %s (ran %d jobs, occupancy %.0f%%)", self.pilot_id, reason, self.stats.jobs,
+                 100 * self.occupancy)
+        with contextlib.suppress(GlideinError):
+            await self.channel.exit(PilotExit(reason=reason, occupancy=self.occupancy, jobs_run=self.stats.jobs))
+
+
+def _replace(result: RunResult, outcome: Outcome, reason: str) -> RunResult:
+    return RunResult(outcome=outcome, exit_code=result.exit_code, reason=reason, wall_s=result.wall_s,
+                     max_rss_mb=result.max_rss_mb, stdout_tail=result.stdout_tail, stderr_tail=result.stderr_tail)
