@@ -430,9 +430,10 @@ class SqliteStore:
 
     def _end_attempt(self, db: sqlite3.Connection, attempt_id: int, job_id: int, outcome: Outcome,
                      exit_code: int | None, reason: str | None, now: float, fin: Finish | None = None) -> None:
+        wall = fin.wall_s if fin else 0.0
         db.execute(Q["attempt_end"], (
             outcome.value, exit_code, reason, now, fin.wall_s if fin else None, fin.max_rss_mb if fin else None,
-            fin.stdout_tail if fin else "", fin.stderr_tail if fin else "", attempt_id))
+            fin.stdout_tail if fin else "", fin.stderr_tail if fin else "", wall, now - wall, attempt_id))
         if outcome is Outcome.DONE:
             db.execute(Q["job_done"], (now, exit_code, attempt_id, job_id))
         elif outcome.counts_as_retry:

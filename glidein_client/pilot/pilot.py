@@ -13,8 +13,10 @@ import contextlib
 import logging
 import math
 import os
+import queue
 import shutil
 import socket
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -42,6 +44,8 @@ from .resources import Detected
 from .selftest import self_test
 
 log = logging.getLogger(__name__)
+REPORT_DELAY_S = 0.05
+REPORT_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class Pilot:
         self._cache_locks: dict[str, asyncio.Lock] = {}
         self._workdir = settings.scratch
         self._env = dict(os.environ)  # one snapshot: reading os.environ per job is slow
+        self._janitor: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
 
     # --- public -------------------------------------------------------------------------------
 
@@ -140,10 +145,21 @@ class Pilot:
         log.info("pilot %d started: %d slots on cores %s, %d MB, GPUs %s, %d MB disk, %.0f s to live",
                  self.pilot_id, self.res.slots, list(self.res.core_ids), self.res.memory_mb,
                  list(self.res.gpu_ids) or "none", self.res.disk_mb, self.end_time - time.time())
-        reason = await self._loop()
-        await self._leave(reason)
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        janitor = threading.Thread(target=self._sweep, name="sandbox-janitor", daemon=True)
+        janitor.start()
+        try:
+            reason = await self._loop()
+            await self._leave(reason)
+        finally:
+            self._janitor.put(None)
+            await asyncio.to_thread(janitor.join)
+            shutil.rmtree(self._workdir, ignore_errors=True)
         return 0
+
+    def _sweep(self) -> None:
+        """Remove finished sandboxes off the event loop (directory removal can take a while)."""
+        while (path := self._janitor.get()) is not None:
+            shutil.rmtree(path, ignore_errors=True)
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -187,7 +203,10 @@ class Pilot:
             waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(self._wake.wait())]
             if sync_task is not None:
                 waiters.append(sync_task)  # type: ignore[arg-type]
-            timeout = max(0.05, min(self.heartbeat_s, retry_at - time.monotonic() if retry_at else self.heartbeat_s))
+            timeout = min(self.heartbeat_s, retry_at - time.monotonic() if retry_at else self.heartbeat_s)
+            if self.started or self.finished:
+                timeout = min(timeout, REPORT_DELAY_S)
+            timeout = max(0.01, timeout)
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             waiters[0].cancel()
 
@@ -217,15 +236,15 @@ class Pilot:
                         log.warning("sync refused: %s", exc)
 
     def _sync_due(self, since_last_s: float) -> bool:
-        if self.started or self.finished:
-            return True
         if since_last_s >= self.heartbeat_s:
             return True
-        if self._draining:
-            return False
-        if self._server_empty:
-            return False  # the next long poll (heartbeat) asks again
-        return self._free_after_backlog()[0] > 0 or len(self.backlog) < self._want() // 2
+        urgent = (not self._draining and not self._server_empty
+                  and (self._free_after_backlog()[0] > 0 or len(self.backlog) < self._want() // 2))
+        if urgent or self._draining:
+            return urgent or bool(self.started or self.finished)
+        # Only reports to send: gather them for a moment so one round trip carries many.
+        return bool(self.started or self.finished) and (
+            since_last_s >= REPORT_DELAY_S or len(self.finished) >= REPORT_BATCH)
 
     def _want(self) -> int:
         r = self.stats.runtime_ewma_s
@@ -275,7 +294,7 @@ class Pilot:
     def _dispatch(self, now: float) -> None:
         left = self.end_time - now - self.settings.end_margin_s
         kept: deque[ClaimedJob] = deque()
-        while self.backlog:
+        while self.backlog and self.pool.free_slots > 0:
             claim = self.backlog.popleft()
             spec = claim.spec
             if spec.walltime_s > left:
@@ -293,6 +312,7 @@ class Pilot:
             entry = _Running(claim, alloc, time.time())
             self.running[claim.attempt_id] = entry
             asyncio.create_task(self._run_job(entry))
+        kept.extend(self.backlog)
         self.backlog = kept
 
     def _report_unstarted(self, claim: ClaimedJob, reason: str) -> None:
@@ -357,7 +377,7 @@ class Pilot:
                 result = RunResult(outcome=outcome, exit_code=None, reason=reason, wall_s=0.0, max_rss_mb=0.0,
                                    stdout_tail="", stderr_tail="")
             self._release(entry, result, outputs)
-            shutil.rmtree(sandbox, ignore_errors=True)
+            self._janitor.put(sandbox)
 
     def _release(self, entry: _Running, result: RunResult, outputs: list[OutputFile]) -> None:
         claim = entry.claim

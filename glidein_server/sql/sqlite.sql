@@ -178,7 +178,8 @@ UPDATE jobs SET state = 'running' WHERE id = ? AND state = 'claimed';
 
 -- name: attempt_end
 UPDATE attempts SET state = 'ended', outcome = ?, exit_code = ?, reason = ?, finished_at = ?, wall_s = ?,
-    max_rss_mb = ?, stdout_tail = ?, stderr_tail = ?
+    max_rss_mb = ?, stdout_tail = ?, stderr_tail = ?,
+    started_at = coalesce(started_at, CASE WHEN ? > 0 THEN ? END)
 WHERE id = ?;
 
 -- name: job_done

@@ -1,0 +1,135 @@
+"""End-to-end throughput: N `/bin/true` jobs (submit -> done) through one pilot vs bare asyncio spawning.
+
+Run with `make bench` (or `python -m benchmarks.throughput --jobs 2000`). Prints a table and writes
+benchmarks/results/throughput.json. Both measurements run in the same invocation, on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from glidein_client.api import ApiClient
+from glidein_client.schema import JobSpec, PilotShape, Role
+from glidein_server.server import Server, mint_token
+from glidein_server.settings import ServerSettings, StateDir
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+async def bare_spawn(n: int, concurrency: int) -> float:
+    """Rate of spawning `/bin/true` with asyncio, `concurrency` at a time (the baseline)."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with sem:
+            proc = await asyncio.create_subprocess_exec("/bin/true", stdout=asyncio.subprocess.DEVNULL,
+                                                        stderr=asyncio.subprocess.DEVNULL)
+            await proc.wait()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    return n / (time.perf_counter() - t0)
+
+
+async def through_pilot(n: int, cpus: int, tmp: Path) -> dict[str, float]:
+    state = StateDir(tmp / "server")
+    state.write(ServerSettings(port=0, heartbeat_s=2.0))
+    async with Server(str(state.root)) as srv:
+        user = await mint_token(srv.store, Role.USER, "bench")
+        site = await mint_token(srv.store, Role.SITE, "bench")
+        async with ApiClient(srv.url, site) as api:
+            await api.demand("bench", PilotShape(cpus=cpus, memory_mb=cpus * 1024, disk_mb=10_000, walltime_s=3600))
+            grant = await api.new_pilot("bench")
+        token = tmp / "pilot.token"
+        token.write_text(grant.token)
+        token.chmod(0o600)
+        log = open(tmp / "pilot.log", "wb")  # noqa: SIM115 - handed to the child
+        pilot = await asyncio.create_subprocess_exec(
+            sys.executable, *os.environ.get("GLIDEIN_BENCH_PILOT_PREFIX", "").split(), "-m", "glidein_client.pilot", "run", "--server-url", srv.url, "--token-file", str(token),
+            "--cpus", str(cpus), "--memory-mb", str(cpus * 1024), "--disk-mb", "10000", "--walltime-s", "3600",
+            "--idle-timeout-s", "30", "--scratch", str(tmp / "scratch"),
+            stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        log.close()
+        try:
+            async with ApiClient(srv.url, user) as api:
+                await asyncio.sleep(1.0)  # let the pilot start and long-poll, as a warm pilot would
+                t0 = time.perf_counter()
+                await api.submit([JobSpec(argv=["/bin/true"], memory_mb=100, disk_mb=1, walltime_s=60)
+                                  for _ in range(n)])
+                t_submitted = time.perf_counter() - t0
+                first_done = None
+                while True:
+                    counts = (await api.summary()).jobs
+                    done = counts.get("done", 0) + counts.get("failed", 0)
+                    if done and first_done is None:
+                        first_done = time.perf_counter() - t0
+                    if done >= n:
+                        break
+                    await asyncio.sleep(0.05)
+                elapsed = time.perf_counter() - t0
+                failed = counts.get("failed", 0)
+        finally:
+            os.killpg(pilot.pid, signal.SIGTERM)
+            await pilot.wait()
+    return {"rate_per_s": n / elapsed, "elapsed_s": elapsed, "submit_s": t_submitted,
+            "first_done_s": first_done or elapsed, "failed": failed}
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, object]:
+    bare = await bare_spawn(args.jobs, args.cpus)
+    with tempfile.TemporaryDirectory(prefix="glidein-bench-") as tmp:
+        pilot = await through_pilot(args.jobs, args.cpus, Path(tmp))
+    bare_after = await bare_spawn(args.jobs, args.cpus)
+    baseline = (bare + bare_after) / 2
+    return {
+        "benchmark": "true-jobs-end-to-end",
+        "jobs": args.jobs,
+        "pilot_cpus": args.cpus,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "bare_asyncio_spawn_per_s": round(baseline, 1),
+        "bare_runs_per_s": [round(bare, 1), round(bare_after, 1)],
+        "glidein_per_s": round(pilot["rate_per_s"], 1),
+        "ratio": round(pilot["rate_per_s"] / baseline, 3),
+        "target_ratio": 0.7,
+        "submit_s": round(pilot["submit_s"], 3),
+        "first_done_s": round(pilot["first_done_s"], 3),
+        "elapsed_s": round(pilot["elapsed_s"], 3),
+        "failed": pilot["failed"],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--jobs", type=int, default=2000)
+    p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--out", type=Path, default=RESULTS / "throughput.json")
+    args = p.parse_args()
+    result = asyncio.run(main_async(args))
+    rows = [
+        ("bare asyncio spawn (baseline)", f"{result['bare_asyncio_spawn_per_s']:.0f} jobs/s"),
+        (f"glidein, 1 pilot x {args.cpus} slots", f"{result['glidein_per_s']:.0f} jobs/s"),
+        ("ratio (target >= 0.7)", f"{result['ratio']:.2f}"),
+        (f"submit of {args.jobs} jobs", f"{result['submit_s']:.2f} s"),
+        ("first job done after submit", f"{result['first_done_s']:.3f} s"),
+        ("failed jobs", str(result["failed"])),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  value")
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

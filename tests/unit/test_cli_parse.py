@@ -1,0 +1,342 @@
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+
+from glidein_client import cli, render
+from glidein_client.errors import ValidationError
+from glidein_client.jobfile import LocalFiles
+from glidein_client.schema import InputFile, JobList, JobSpec, JobState, JobView
+
+SHA_DATA = "a" * 64
+
+
+# --- ids -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("words", "ids"),
+    [
+        (["7"], [7]),
+        (["1-5"], [1, 2, 3, 4, 5]),
+        (["1-3,7", "5"], [1, 2, 3, 7, 5]),
+        (["3", "1-4"], [3, 1, 2, 4]),
+        (["2-2"], [2]),
+        (["1,,2,"], [1, 2]),
+    ],
+)
+def test_parse_ids(words: list[str], ids: list[int]) -> None:
+    assert cli.parse_ids(words) == ids
+
+
+@pytest.mark.parametrize("word", ["0", "5-3", "a", "1-", "-3", "1-2-3", "1.5", "1-2000000"])
+def test_parse_ids_rejects(word: str) -> None:
+    with pytest.raises(ValueError):
+        cli.parse_ids([word])
+
+
+def test_ids_round_trip_through_compressed_form() -> None:
+    ids = [1, 2, 3, 5, 7, 8, 9, 20]
+    text = render.compress_ids(ids)
+    assert text == "1-3,5,7-9,20"
+    assert cli.parse_ids([text]) == ids
+    assert render.compress_ids(range(1, 121)) == "1-120"
+    assert render.compress_ids([]) == ""
+
+
+def test_bad_ids_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.parse_args(["status", "9-3"])
+    assert exit_.value.code == 2
+    assert "not a valid range" in capsys.readouterr().err
+
+
+def test_ids_flatten_and_dedupe() -> None:
+    args = cli.parse_args(["cancel", "1-3", "2", "7,8"])
+    assert args.ids == [1, 2, 3, 7, 8]
+
+
+# --- submit ----------------------------------------------------------------------------------
+
+EXAMPLE = (
+    "submit --cpus 4 --memory 2G --walltime 10m --gpus 0 --disk 1G -i data.txt -o result.txt "
+    "--label dataset=run42 --site NAME --priority 3 --max-retries 5 --env K=V -- python3 analyse.py data.txt"
+).split()
+
+
+def test_submit_example_builds_the_right_spec(tmp_path: Path) -> None:
+    args = cli.parse_args(EXAMPLE)
+    (draft,) = cli.submit_drafts(args, tmp_path)
+    files = LocalFiles(digests={tmp_path / "data.txt": (SHA_DATA, 123)})
+    assert draft.resolve(files) == JobSpec(
+        argv=["python3", "analyse.py", "data.txt"],
+        cpus=4,
+        memory_mb=2048,
+        walltime_s=600,
+        gpus=0,
+        disk_mb=1024,
+        inputs=[InputFile(name="data.txt", sha256=SHA_DATA, size=123)],
+        outputs=["result.txt"],
+        labels={"dataset": "run42"},
+        sites=["NAME"],
+        priority=3,
+        max_retries=5,
+        env={"K": "V"},
+    )
+
+
+def test_submit_command_keeps_its_own_options() -> None:
+    args = cli.parse_args(["submit", "--cpus", "2", "--", "grep", "--count", "-e", "x", "--", "f"])
+    assert args.argv == ["grep", "--count", "-e", "x", "--", "f"]
+    assert args.cpus == 2
+
+
+def test_submit_defaults(tmp_path: Path) -> None:
+    (draft,) = cli.submit_drafts(cli.parse_args(["submit", "--", "true"]), tmp_path)
+    assert draft.resolve(LocalFiles()) == JobSpec(argv=["true"])
+
+
+def test_submit_inputs_urls_and_renames(tmp_path: Path) -> None:
+    args = cli.parse_args(
+        ["submit", "-i", "https://example.org/d/x.dat?v=1", "-i", "sub/a.txt:in/a.txt", "-i", "/abs/b", "--", "ls"]
+    )
+    (draft,) = cli.submit_drafts(args, tmp_path)
+    assert draft.spec.inputs == [
+        InputFile(name="x.dat", url="https://example.org/d/x.dat?v=1"),
+        InputFile(name="in/a.txt"),
+        InputFile(name="b"),
+    ]
+    assert [li.path for li in draft.local_inputs] == [tmp_path / "sub" / "a.txt", Path("/abs/b")]
+
+
+def test_submit_script(tmp_path: Path) -> None:
+    args = cli.parse_args(["submit", "--script", "run.sh", "--walltime", "1:00:00"])
+    (draft,) = cli.submit_drafts(args, tmp_path)
+    assert draft.script_path == tmp_path / "run.sh"
+    spec = draft.resolve(LocalFiles(scripts={tmp_path / "run.sh": "echo hi\n"}))
+    assert spec.script == "echo hi\n" and spec.argv is None and spec.walltime_s == 3600
+
+
+def test_submit_script_and_command_conflict(tmp_path: Path) -> None:
+    args = cli.parse_args(["submit", "--script", "run.sh", "--", "true"])
+    with pytest.raises(ValidationError, match="exactly one of a command"):
+        cli.submit_drafts(args, tmp_path)
+
+
+def test_submit_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="Nothing to submit"):
+        cli.submit_drafts(cli.parse_args(["submit", "--cpus", "2"]), tmp_path)
+
+
+def test_submit_job_file_with_flags_is_refused(tmp_path: Path) -> None:
+    args = cli.parse_args(["submit", "jobs.toml", "--cpus", "2", "-i", "x"])
+    with pytest.raises(ValidationError, match=r"Options --cpus, -i cannot be combined with the job file"):
+        cli.submit_drafts(args, tmp_path)
+
+
+def test_submit_job_file(tmp_path: Path) -> None:
+    (tmp_path / "jobs.toml").write_text('[[job]]\nargv = ["true"]\ncount = 3\n')
+    args = cli.parse_args(["submit", str(tmp_path / "jobs.toml")])
+    assert len(cli.submit_drafts(args, Path("/elsewhere"))) == 3
+
+
+def test_submit_bad_output(tmp_path: Path) -> None:
+    args = cli.parse_args(["submit", "-o", "../x", "--", "true"])
+    with pytest.raises(ValidationError, match=r"command line: outputs\[0\]: '../x' points outside"):
+        cli.submit_drafts(args, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["submit", "--memory", "2X", "--", "true"], "argument --memory: cannot read '2X' as a size"),
+        (["submit", "--walltime", "soon", "--", "true"], "argument --walltime: cannot read 'soon'"),
+        (["submit", "--cpus", "0", "--", "true"], "argument --cpus"),
+        (["submit", "--env", "NOVALUE", "--", "true"], "'NOVALUE' is not KEY=VALUE"),
+        (["submit", "--"], "nothing follows '--'"),
+        (["status", "--state", "sleeping"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.parse_args(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# --- global options --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--json", "--url", "https://x", "--token-file", "t", "status"],
+        ["status", "--json", "--url", "https://x", "--token-file", "t"],
+        ["--url", "https://x", "status", "--token-file", "t", "--json"],
+    ],
+)
+def test_global_options_anywhere(argv: list[str]) -> None:
+    args = cli.parse_args(argv)
+    assert (args.json, args.url, args.token_file) == (True, "https://x", "t")
+
+
+def test_global_options_default() -> None:
+    args = cli.parse_args(["wait", "1-3", "--timeout", "10m", "--label", "dataset=run42"])
+    assert (args.json, args.url, args.token_file) == (False, None, None)
+    assert (args.ids, args.timeout, args.label) == ([1, 2, 3], 600, "dataset=run42")
+
+
+def test_submit_split_skips_global_option_values() -> None:
+    args = cli.parse_args(["--url", "https://submit", "submit", "--", "echo", "hi"])
+    assert args.argv == ["echo", "hi"]
+
+
+# --- error handling at the edge ------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in ("GLIDEIN_URL", "GLIDEIN_TOKEN", "GLIDEIN_TOKEN_FILE", "GLIDEIN_CA_FILE", "GLIDEIN_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("GLIDEIN_DEBUG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_missing_url_is_a_plain_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.run(["status"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: No glidein server URL is set.\nhint: ")
+    assert "GLIDEIN_URL" in err and "Traceback" not in err
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_unexpected_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    async def boom(args: argparse.Namespace) -> int:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(cli._HANDLERS, "status", boom)
+    assert cli.run(["status"]) == 1
+    assert capsys.readouterr().err == "error: unexpected RuntimeError: boom (set GLIDEIN_DEBUG=1 for details)\n"
+    monkeypatch.setenv("GLIDEIN_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        cli.run(["status"])
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_interrupt_exits_130_quietly(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    async def interrupted(args: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli._HANDLERS, "status", interrupted)
+    assert cli.run(["status"]) == 130
+    assert capsys.readouterr().err == ""
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+def test_progress_line() -> None:
+    line = render.progress_line({"done": 60, "failed": 2, "running": 38}, 100, width=10)
+    assert line == "[######----] 60/100 done 2 failed 38 running"
+    assert render.progress_line({}, 0, width=4) == "[####] 0/0 done"
+
+
+def test_counts_and_table() -> None:
+    assert render.format_counts({"idle": 1, "done": 3, "failed": 0}) == "3 done, 1 idle"
+    job = JobView(
+        id=12,
+        owner="ann",
+        state=JobState.IDLE,
+        spec=JobSpec(argv=["true"], cpus=64, memory_mb=2048),
+        submitted_at=1000.0,
+        note="no site has pilots with 64 cpus",
+    )
+    text = render.jobs_table([job], now=1030.0)
+    header, row = text.splitlines()
+    assert header.split() == ["ID", "STATE", "CPUS", "MEM", "SITE", "AGE/TOOK", "EXIT", "NOTE"]
+    assert row.split()[:7] == ["12", "idle", "64", "2G", "-", "30s", "-"]
+    assert row.endswith("no site has pilots with 64 cpus")
+
+
+# --- fetch safety ----------------------------------------------------------------------------
+
+
+class FakeOutputs:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.calls = 0
+
+    async def fetch_output(self, job_id: int, name: str) -> bytes:
+        self.calls += 1
+        return self.data
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def test_fetch_writes_under_job_dir_and_skips_fresh_copies(tmp_path: Path) -> None:
+    api = FakeOutputs(b"result")
+    path, fresh = await cli._fetch_one(api, tmp_path, 7, "sub/r.txt", sha(b"result"))  # type: ignore[arg-type]
+    assert (path, fresh) == (tmp_path / "7" / "sub" / "r.txt", True)
+    assert path.read_bytes() == b"result"
+    assert await cli._fetch_one(api, tmp_path, 7, "sub/r.txt", sha(b"result")) == (path, False)  # type: ignore[arg-type]
+    assert api.calls == 1
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../x", ""])
+async def test_fetch_refuses_names_outside(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValidationError):
+        await cli._fetch_one(FakeOutputs(b""), tmp_path, 1, name, sha(b""))  # type: ignore[arg-type]
+
+
+async def test_fetch_refuses_symlink_escape(tmp_path: Path) -> None:
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "link").symlink_to(tmp_path.parent)
+    with pytest.raises(ValidationError, match="outside"):
+        await cli._fetch_one(FakeOutputs(b""), tmp_path, 1, "link/x", sha(b""))  # type: ignore[arg-type]
+
+
+async def test_fetch_checks_sha256(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="sha256"):
+        await cli._fetch_one(FakeOutputs(b"corrupt"), tmp_path, 1, "r.txt", sha(b"good"))  # type: ignore[arg-type]
+    assert not (tmp_path / "1" / "r.txt").exists()
+
+
+# --- status paging ---------------------------------------------------------------------------
+
+
+class FakeListing:
+    def __init__(self, n: int) -> None:
+        self.jobs = [
+            JobView(id=i, owner="ann", state=JobState.IDLE, spec=JobSpec(argv=["true"]), submitted_at=0.0)
+            for i in range(1, n + 1)
+        ]
+
+    async def list_jobs(
+        self, *, state: str | None = None, label: str | None = None, limit: int = 1000, offset: int = 0
+    ) -> JobList:
+        return JobList(jobs=self.jobs[offset : offset + limit], counts={"idle": len(self.jobs)})
+
+
+@pytest.mark.parametrize(("flags", "first", "shown"), [([], 71, 50), (["--all"], 1, 120), (["--json"], 1, 120)])
+async def test_status_shows_newest_rows_unless_all(flags: list[str], first: int, shown: int) -> None:
+    args = cli.parse_args(["status", *flags])
+    result = await cli._status_list(FakeListing(120), args)  # type: ignore[arg-type]
+    assert (result.jobs[0].id, len(result.jobs), result.counts) == (first, shown, {"idle": 120})
+
+
+def test_progress_without_terminal_prints_lines_sparingly() -> None:
+    stream = io.StringIO()
+    progress = render.Progress(stream)
+    progress.show("[--] 0/2 done 2 idle")
+    progress.show("[#-] 1/2 done 1 idle")  # too soon for another line
+    progress.message("note: 1 job (2): waiting")
+    progress.close()
+    assert stream.getvalue() == "[--] 0/2 done 2 idle\nnote: 1 job (2): waiting\n"
