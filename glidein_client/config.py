@@ -94,7 +94,7 @@ class SiteConfig(Struct, frozen=True, kw_only=True):
         return self.site.name
 
     def read_token(self) -> str:
-        return read_secret_file(self.site.token_file, what="site token", config=self.path)
+        return read_secret_file(self.site.token_file, what="site token", config=f"{self.path} as site.token_file")
 
 
 def read_secret_file(path: str, *, what: str, config: str | None = None) -> str:
@@ -144,10 +144,12 @@ def parse_site_config(raw: dict[str, Any], path: str = "<config>") -> SiteConfig
         idle = parse_duration_s(pilot.idle_timeout, field="pilot.idle_timeout")
         max_queued = parse_duration_s(data.limits.max_queued_s, field="limits.max_queued_s")
     except ValidationError as exc:
-        msg = exc.message
-        if not msg.startswith("The site config"):
+        msg, hint = exc.message, exc.hint
+        if msg.startswith("The site config"):  # from the schema layer, whose hint speaks of requests
+            hint = None
+        else:
             msg = f"Site config {path}: {msg}"
-        raise ConfigError(msg, hint=exc.hint or "See site_configs/local.toml for every key.", **exc.fields) from None
+        raise ConfigError(msg, hint=hint or "See site_configs/local.toml for every key.", **exc.fields) from None
     except msgspec.ValidationError as exc:  # pragma: no cover - convert() wraps these
         raise ConfigError(f"Site config {path}: {exc}") from None
     if shape.memory_mb < 1 or shape.walltime_s < 60:
@@ -155,9 +157,15 @@ def parse_site_config(raw: dict[str, Any], path: str = "<config>") -> SiteConfig
             f"Site config {path}: pilot.walltime must be at least 1 minute and pilot.memory positive.",
             field="pilot.walltime",
         )
+    site = msgspec.structs.replace(  # "~" in paths means the home directory of the client's user
+        data.site,
+        token_file=os.path.expanduser(data.site.token_file),
+        ca_file=os.path.expanduser(data.site.ca_file) if data.site.ca_file else None,
+        scratch_dir=os.path.expanduser(data.site.scratch_dir),
+    )
     return SiteConfig(
         path=path,
-        site=data.site,
+        site=site,
         limits=data.limits,
         batch=data.batch,
         shape=shape,

@@ -1,0 +1,244 @@
+"""The site client: one cycle (demand -> batch status -> decision -> cancel/submit) and the daemon loop.
+
+Use as::
+
+    async with SiteClient(load_site_config(path)) as client:
+        report = await client.cycle()          # cron mode
+        await client.run_forever(stop=event)   # daemon mode
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from types import TracebackType
+
+from .api import ApiClient
+from .config import SiteConfig
+from .decisions import decide
+from .errors import GlideinError, SchedulerError, ServerUnreachable
+from .runner import LocalRunner, Runner
+from .schedulers import make_scheduler
+from .schedulers.base import PilotLaunch, PilotState, Scheduler
+
+log = logging.getLogger(__name__)
+
+#: Back-off while the server is unreachable: first retry after this, doubling up to cycle_s.
+FIRST_RETRY_S = 1.0
+
+
+@dataclass(frozen=True)
+class CycleReport:
+    demand_pilots: int
+    queued: int  # pilots not running yet (queued, held, unknown)
+    running: int
+    submitted: tuple[str, ...]  # batch ids
+    removed: tuple[str, ...]  # batch ids
+    reasons: tuple[str, ...]
+
+    def summary(self) -> str:
+        text = (
+            f"demand {self.demand_pilots} pilot(s), {self.queued} queued, {self.running} running; "
+            f"submitted {len(self.submitted)}, removed {len(self.removed)}"
+        )
+        return f"{text} ({'; '.join(self.reasons)})" if self.reasons else text
+
+
+def pilot_command(site: SiteConfig, workdir: str) -> tuple[str, ...]:
+    """The complete ``glidein_client.pilot run`` command line of one pilot of ``site``.
+
+    ``workdir`` is the pilot's own directory on the site's filesystem; it holds the pilot
+    token (``<workdir>/token``). Batch backends put this command into their scripts.
+    """
+    shape = site.shape
+    options = {
+        "--server-url": site.site.server_url,
+        "--token-file": os.path.join(workdir, "token"),
+        "--site": site.name,
+        "--cpus": str(shape.cpus),
+        "--memory-mb": str(shape.memory_mb),
+        "--gpus": str(shape.gpus),
+        "--disk-mb": str(shape.disk_mb),
+        "--walltime-s": str(shape.walltime_s),
+        "--idle-timeout-s": str(site.idle_timeout_s),
+        "--scratch": os.path.join(site.site.scratch_dir, "pilots"),
+    }
+    if site.site.ca_file:
+        options["--ca-file"] = site.site.ca_file
+    argv = [site.batch.python or sys.executable, "-m", "glidein_client.pilot", "run"]
+    for flag, value in options.items():
+        argv += [flag, value]
+    return tuple(argv)
+
+
+class SiteClient:
+    """Keeps a site's pilots in line with its demand; one :meth:`cycle` at a time."""
+
+    def __init__(self, site: SiteConfig, *, runner: Runner | None = None, scheduler: Scheduler | None = None) -> None:
+        self.site = site
+        self.runner: Runner = runner if runner is not None else LocalRunner()
+        self.scheduler: Scheduler = scheduler if scheduler is not None else make_scheduler(site, self.runner)
+        self._api: ApiClient | None = None
+
+    async def __aenter__(self) -> SiteClient:
+        token = await asyncio.to_thread(self.site.read_token)
+        api = ApiClient(self.site.site.server_url, token, ca_file=self.site.site.ca_file)
+        self._api = await api.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._api is not None:
+            api, self._api = self._api, None
+            await api.__aexit__(et, e, tb)
+
+    @property
+    def api(self) -> ApiClient:
+        if self._api is None:
+            raise RuntimeError("SiteClient used outside 'async with'")
+        return self._api
+
+    # --- one cycle ---------------------------------------------------------------------------
+
+    async def cycle(self) -> CycleReport:
+        """Read the demand and the batch queue, then cancel and submit pilots to match.
+
+        A failed submission stops this cycle's submissions; it is logged with the command,
+        exit code and stderr and raised as a :class:`SchedulerError` after the cycle's report
+        line (the report travels with it as ``fields["report"]``).
+        """
+        site = self.site
+        demand = await self.api.demand(site.name, site.shape)
+        pilots = await self.scheduler.status()
+        states = {str(p.pilot_id): p.state.value for p in pilots if p.pilot_id > 0}
+        if states:
+            await self.api.pilot_states(site.name, states)
+        decision = decide(demand.pilots, pilots, site.limits, now=time.time(), max_queued_s=site.max_queued_s)
+
+        failure: GlideinError | None = None
+        removed: tuple[str, ...] = ()
+        if decision.remove:
+            try:
+                await self.scheduler.cancel(list(decision.remove))
+                removed = decision.remove
+            except SchedulerError as exc:
+                _log_scheduler_error("removing pilots", exc)
+                failure = exc
+        submitted: list[str] = []
+        if failure is None:
+            for _ in range(decision.submit):
+                try:
+                    submitted.append(await self._submit_one())
+                except SchedulerError as exc:
+                    _log_scheduler_error("submitting a pilot", exc)
+                    failure = exc
+                    break
+                except GlideinError as exc:
+                    failure = exc
+                    break
+
+        queued = sum(1 for p in pilots if p.state.active and p.state is not PilotState.RUNNING)
+        running = sum(1 for p in pilots if p.state is PilotState.RUNNING)
+        report = CycleReport(
+            demand_pilots=demand.pilots,
+            queued=queued,
+            running=running,
+            submitted=tuple(submitted),
+            removed=removed,
+            reasons=decision.reasons,
+        )
+        (log.warning if failure else log.info)("site %s: %s", site.name, report.summary())
+        if isinstance(failure, SchedulerError):
+            done = f"{len(submitted)} of {decision.submit} pilot(s) submitted this cycle"
+            raise SchedulerError(
+                f"The {self.scheduler.name} scheduler failed: {failure.message} ({done}).",
+                hint=failure.hint or "The next cycle will try again; the log has the command and its output.",
+                report=report,
+            ) from None
+        if failure is not None:
+            failure.fields.setdefault("report", report)
+            raise failure
+        return report
+
+    async def _submit_one(self) -> str:
+        site = self.site
+        grant = await self.api.new_pilot(site.name)
+        workdir = os.path.join(site.site.scratch_dir, "pilots-meta", f"glidein-{site.name}-{grant.pilot_id}")
+        launch = PilotLaunch(
+            pilot_id=grant.pilot_id,
+            site=site,
+            workdir=workdir,
+            token_file=os.path.join(workdir, "token"),
+            pilot_argv=pilot_command(site, workdir),
+        )
+        try:
+            await self.runner.makedirs(workdir, mode=0o700)
+            await self.runner.write_file(launch.token_file, grant.token.encode(), mode=0o600)
+        except OSError as exc:
+            raise SchedulerError(
+                f"Cannot write the token of pilot {launch.tag} to {launch.token_file}: {exc.strerror or exc}.",
+                hint="Check that site.scratch_dir exists and is writable by the user running glidein-client.",
+            ) from None
+        batch_id = await self.scheduler.submit(launch)
+        log.info("submitted pilot %s as %s", launch.tag, batch_id)
+        return batch_id
+
+    # --- daemon ------------------------------------------------------------------------------
+
+    async def run_forever(self, *, stop: asyncio.Event | None = None) -> None:
+        """Run a cycle every ``site.cycle_s`` until ``stop`` is set.
+
+        While the server is unreachable, retry after 1 s, doubling up to ``cycle_s``; one line
+        is logged when it becomes unreachable and one when it answers again. Other errors are
+        logged as one plain line and the loop goes on.
+        """
+        stop = stop if stop is not None else asyncio.Event()
+        cycle_s = self.site.site.cycle_s
+        retry_s = FIRST_RETRY_S
+        unreachable = False
+        log.info("site %s: checking demand every %.0f s", self.site.name, cycle_s)
+        while not stop.is_set():
+            started = time.monotonic()
+            reachable = True
+            try:
+                await self.cycle()
+            except ServerUnreachable as exc:
+                reachable = False
+                if not unreachable:
+                    log.warning(
+                        "site %s: %s Retrying with back-off up to %.0f s.", self.site.name, exc.message, cycle_s
+                    )
+                    unreachable = True
+            except GlideinError as exc:
+                log.error("site %s: %s", self.site.name, exc)
+            if reachable:
+                if unreachable:
+                    log.info("site %s: the server at %s answers again", self.site.name, self.site.site.server_url)
+                    unreachable = False
+                retry_s = FIRST_RETRY_S
+                delay = cycle_s - (time.monotonic() - started)
+            else:
+                delay = retry_s
+                retry_s = min(retry_s * 2, cycle_s)
+            try:
+                await asyncio.wait_for(stop.wait(), max(0.0, delay))
+            except asyncio.TimeoutError:
+                pass
+        log.info("site %s: stopped", self.site.name)
+
+
+def _log_scheduler_error(what: str, exc: SchedulerError) -> None:
+    command = exc.fields.get("command")
+    log.error(
+        "%s failed: %s | command: %s | exit code: %s | stderr: %s",
+        what,
+        exc.message,
+        " ".join(command) if isinstance(command, list) else command,
+        exc.fields.get("exit_code"),
+        str(exc.fields.get("stderr") or "").strip().replace("\n", " / ")[:2000],
+    )

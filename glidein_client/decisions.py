@@ -1,0 +1,104 @@
+"""How many pilots to submit and which to remove: a pure function over plain data.
+
+The site client asks the server for its demand (pilots still needed, already net of
+the free capacity of running pilots), asks the batch system for its pilots, and lets
+:func:`decide` pick the numbers within the site's limits. No I/O happens here, so the
+same function drives the real client, the tests and a simulation.
+
+Pilots that are not running yet (queued, held or in a state the batch system did not
+explain) are capacity on its way, so they count against the demand. Running pilots are
+never removed: they leave by themselves when they run out of work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import LimitsSection
+from .schedulers.base import PilotJob, PilotState
+from .units import format_duration
+
+#: States of pilots that will bring capacity but do not run yet.
+WAITING = frozenset({PilotState.QUEUED, PilotState.HELD, PilotState.UNKNOWN})
+#: Waiting states the client may remove. UNKNOWN is left alone: it may be a running pilot
+#: that the batch system failed to describe.
+REMOVABLE = frozenset({PilotState.QUEUED, PilotState.HELD})
+
+
+@dataclass(frozen=True)
+class Decision:
+    submit: int
+    remove: tuple[str, ...]  # batch ids to cancel
+    reasons: tuple[str, ...]  # one short human line each (why this number)
+
+
+def decide(
+    demand_pilots: int,
+    pilots: Sequence[PilotJob],
+    limits: LimitsSection,
+    *,
+    now: float,
+    max_queued_s: float,
+) -> Decision:
+    """Choose how many pilots to submit and which waiting pilots to remove.
+
+    ``submit = max(0, min(demand - waiting, max_idle_pilots - waiting, max_pilots - active,
+    max_submit_per_cycle))``. Removed are waiting pilots queued longer than ``max_queued_s``
+    (oldest first; ``max_queued_s <= 0`` turns this off) and waiting pilots beyond the demand
+    (newest first). Pilots being removed still count as waiting in this cycle's submit
+    number, so a cancel that the batch system carries out late never leads to over-submission;
+    their replacements, if still needed, follow in the next cycle.
+    """
+    demand = max(0, demand_pilots)
+    active = [p for p in pilots if p.state.active]
+    waiting = [p for p in active if p.state in WAITING]
+    running = len(active) - len(waiting)
+    n_waiting = len(waiting)
+    reasons: list[str] = []
+
+    # --- removals ----------------------------------------------------------------------------
+    removable = [p for p in waiting if p.state in REMOVABLE]
+    stale: list[PilotJob] = []
+    if max_queued_s > 0:
+        stale = sorted(
+            (p for p in removable if p.submitted_at is not None and now - p.submitted_at > max_queued_s),
+            key=lambda p: (p.submitted_at or 0.0, p.batch_id),
+        )
+        if stale:
+            reasons.append(
+                f"removing {len(stale)} pilot(s) waiting longer than limits.max_queued_s "
+                f"({format_duration(max_queued_s)})"
+            )
+    stale_ids = {p.batch_id for p in stale}
+    left = [p for p in removable if p.batch_id not in stale_ids]
+    excess = min(len(left), n_waiting - len(stale) - demand)
+    surplus: list[PilotJob] = []
+    if excess > 0:
+        newest_first = sorted(left, key=lambda p: (_age_key(p, now), p.batch_id), reverse=True)
+        surplus = newest_first[:excess]
+        what = "no demand left" if demand == 0 else f"demand is {demand} pilot(s)"
+        reasons.append(f"removing {len(surplus)} waiting pilot(s) beyond the demand ({what})")
+    remove = tuple(p.batch_id for p in stale + surplus)
+
+    # --- submissions -------------------------------------------------------------------------
+    bounds = (
+        (demand - n_waiting, f"demand {demand}, {n_waiting} waiting"),
+        (limits.max_idle_pilots - n_waiting, f"limits.max_idle_pilots={limits.max_idle_pilots}, {n_waiting} waiting"),
+        (limits.max_pilots - len(active), f"limits.max_pilots={limits.max_pilots}, {len(active)} active"),
+        (limits.max_submit_per_cycle, f"limits.max_submit_per_cycle={limits.max_submit_per_cycle}"),
+    )
+    value, why = min(bounds, key=lambda b: b[0])
+    submit = max(0, value)
+    if submit > 0:
+        reasons.append(f"submitting {submit}: {why}")
+    elif demand == 0:
+        reasons.append(f"submitting none: no demand ({running} running, {n_waiting} waiting)")
+    else:
+        reasons.append(f"submitting none: {why}")
+    return Decision(submit=submit, remove=remove, reasons=tuple(reasons))
+
+
+def _age_key(p: PilotJob, now: float) -> float:
+    """Submission time; a pilot of unknown age counts as just submitted."""
+    return p.submitted_at if p.submitted_at is not None else now

@@ -1,0 +1,32 @@
+#!/bin/sh
+# glidein pilot glidein-test-42, started by glidein-client's local scheduler as a detached process.
+# Rendered from glidein_client/schedulers/templates/local.sh; every value is shell-quoted.
+# Files in this directory: started (epoch seconds), exitcode (written when the pilot ends),
+# stdout and stderr (the pilot's output), cancelled (written when the pilot is cancelled).
+cd '/scratch/glidein sites/local-batch/glidein-test-42' || exit 97
+date +%s >started.tmp && mv -f started.tmp started
+
+# A TERM sent to this script (a cancel) is passed on to the pilot; before the pilot has
+# started it ends the script.
+child=
+on_term() {
+    if [ -z "$child" ]; then exit 143; fi
+    kill -TERM "$child" 2>/dev/null
+}
+trap on_term TERM INT HUP
+
+# Site set-up (batch.env_setup).
+module load python/3.11
+. /opt/glidein/env.sh
+
+# The walltime ends the pilot as a batch system would: TERM at 43200 s, KILL
+# 30 s later (exit code 124, or 137 when KILL was needed).
+timeout --signal=TERM --kill-after=30 43200 /opt/glidein/bin/python -m glidein_client.pilot run --server-url http://127.0.0.1:1 --token-file '/scratch/glidein sites/pilots-meta/glidein-test-42/token' --site test --cpus 1 --memory-mb 2048 --gpus 0 --disk-mb 10240 --walltime-s 43200 --idle-timeout-s 120 --scratch '/scratch/glidein sites/pilots' --ca-file /etc/glidein/ca.pem &
+child=$!
+while :; do
+    wait "$child"
+    code=$?
+    kill -0 "$child" 2>/dev/null || break
+done
+echo "$code" >exitcode.tmp && mv -f exitcode.tmp exitcode
+exit "$code"
