@@ -23,6 +23,8 @@ from glidein_server.server import Server, mint_token
 from glidein_server.settings import ServerSettings, StateDir
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Extra interpreter arguments for the pilot, e.g. "-m cProfile -o /tmp/pilot.prof" to profile it.
+PILOT_PREFIX = os.environ.get("GLIDEIN_BENCH_PILOT_PREFIX", "").split()
 
 
 async def bare_spawn(n: int, concurrency: int) -> float:
@@ -52,9 +54,10 @@ async def through_pilot(n: int, cpus: int, tmp: Path) -> dict[str, float]:
         token = tmp / "pilot.token"
         token.write_text(grant.token)
         token.chmod(0o600)
-        log = open(tmp / "pilot.log", "wb")  # noqa: SIM115 - handed to the child
+        log = open(tmp / "pilot.log", "wb")  # noqa: ASYNC230 - handed to the child
         pilot = await asyncio.create_subprocess_exec(
-            sys.executable, *os.environ.get("GLIDEIN_BENCH_PILOT_PREFIX", "").split(), "-m", "glidein_client.pilot", "run", "--server-url", srv.url, "--token-file", str(token),
+            sys.executable, *PILOT_PREFIX, "-m", "glidein_client.pilot", "run",
+            "--server-url", srv.url, "--token-file", str(token),
             "--cpus", str(cpus), "--memory-mb", str(cpus * 1024), "--disk-mb", "10000", "--walltime-s", "3600",
             "--idle-timeout-s", "30", "--scratch", str(tmp / "scratch"),
             stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True)

@@ -84,8 +84,9 @@ class Demo:
         self.env = dict(os.environ)
 
     def cli(self, module: str, *args: str, capture: bool = True) -> str:
-        proc = subprocess.run([sys.executable, "-m", module, *args], env=self.env, check=False,
-                              stdout=subprocess.PIPE if capture else None, stderr=None if not capture else subprocess.PIPE)
+        pipe = subprocess.PIPE if capture else None
+        proc = subprocess.run([sys.executable, "-m", module, *args], env=self.env, check=False, stdout=pipe,
+                              stderr=pipe)
         if proc.returncode != 0:
             err = proc.stderr.decode() if proc.stderr else ""
             raise SystemExit(f"demo: `{module} {' '.join(args)}` failed (exit {proc.returncode}): {err.strip()}")
@@ -98,7 +99,7 @@ class Demo:
         return path
 
     def start(self, name: str, module: str, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child
+        log = open(self.root / f"{name}.log", "wb")
         proc = subprocess.Popen([sys.executable, "-m", module, *args], env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         log.close()

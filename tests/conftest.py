@@ -53,7 +53,7 @@ class LiveServer:
         token_file = self.write_secret(f"pilot-{grant.pilot_id}.token", grant.token)
         scratch = self.tmp / "scratch"
         scratch.mkdir(exist_ok=True)
-        log = open(self.tmp / f"pilot-{grant.pilot_id}.log", "wb")  # noqa: SIM115 - handed to the child
+        log = open(self.tmp / f"pilot-{grant.pilot_id}.log", "wb")  # noqa: ASYNC230 - handed to the child
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "glidein_client.pilot", "run", "--server-url", self.url,
             "--token-file", str(token_file), "--site", site, "--cpus", str(cpus), "--memory-mb", str(memory_mb),
