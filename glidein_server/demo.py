@@ -181,7 +181,9 @@ max_submit_per_cycle = 3
             pilots = [p for p in await sched.status() if p.state.active]
             await sched.cancel([p.batch_id for p in pilots])
             deadline = time.monotonic() + 30
-            while any(p.state.active for p in await sched.status()) and time.monotonic() < deadline:
+            while time.monotonic() < deadline:  # the pilots are other processes: poll their state
+                if not any(p.state.active for p in await sched.status()):
+                    break
                 await asyncio.sleep(0.2)
             return len(pilots)
 
