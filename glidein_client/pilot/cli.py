@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--prefetch-s", type=float, default=2.0,
                         help="keep about this many seconds of short jobs per slot claimed ahead (0: never)")
         sp.add_argument("--min-disk-mb", type=int, default=100)
+        sp.add_argument("--require", action="append", default=[], metavar="CMD",
+                        help="a command jobs need on this node; the self-test fails without it (repeatable)")
         sp.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -59,14 +61,16 @@ async def _main(args: argparse.Namespace) -> int:
     scratch = Path(args.scratch)
     async with DirectChannel(args.server_url, token, ca_file=args.ca_file) as channel:
         if args.cmd == "self-test":
-            result = await self_test(scratch, min_disk_mb=args.min_disk_mb, server_check=channel.check)
+            result = await self_test(scratch, min_disk_mb=args.min_disk_mb, required_commands=args.require,
+                                     server_check=channel.check)
             for check in result.checks:
                 print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
             return 0 if result.ok else 1
         detected = await detect(scratch, cpus=args.cpus, memory_mb=args.memory_mb, gpus=args.gpus,
                                 disk_mb=args.disk_mb, walltime_s=args.walltime_s)
         pilot = Pilot(channel, detected, PilotSettings(scratch=scratch, idle_timeout_s=args.idle_timeout_s,
-                                                       prefetch_s=args.prefetch_s, min_disk_mb=args.min_disk_mb))
+                                                       prefetch_s=args.prefetch_s, min_disk_mb=args.min_disk_mb,
+                                                       required_commands=tuple(args.require)))
         loop = asyncio.get_running_loop()
         for sig, why in ((signal.SIGTERM, "received SIGTERM"), (signal.SIGINT, "received SIGINT"),
                          (signal.SIGUSR1, "received SIGUSR1")):

@@ -56,6 +56,7 @@ class PilotSettings:
     max_backlog: int = 256
     end_margin_s: float = 5.0  # leave this long before the end time
     min_disk_mb: int = 100
+    required_commands: tuple[str, ...] = ()
     poll_s: float = 1.0  # memory checks
     grace_s: float = 5.0  # SIGTERM -> SIGKILL for jobs
 
@@ -129,7 +130,7 @@ class Pilot:
     async def run(self) -> int:
         """Self-test, register, work until idle, end of life or stop. Returns the exit code."""
         result = await self_test(self.settings.scratch, min_disk_mb=self.settings.min_disk_mb,
-                                 server_check=self.channel.check)
+                                 required_commands=self.settings.required_commands, server_check=self.channel.check)
         reg = await self.channel.register(PilotRegister(
             batch_id=self.res.batch_id, host=socket.gethostname(), end_time=self.end_time,
             resources=Resources(cpus=self.res.slots, memory_mb=self.res.memory_mb, gpus=len(self.res.gpu_ids),

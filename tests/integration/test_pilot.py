@@ -160,3 +160,14 @@ async def test_pilot_exits_when_idle_and_reports_occupancy(live_server: LiveServ
         summary = await op.summary()
     assert summary.pilots.get("ended") == 1
     assert summary.occupancy is not None and 0.1 < summary.occupancy <= 1.0
+
+
+async def test_failed_self_test_takes_no_work_and_says_why(live_server: LiveServer) -> None:
+    async with await user_api(live_server) as api:
+        (job_id,) = await api.submit([JobSpec(argv=["true"], walltime_s=60)])
+        pilot = await live_server.start_pilot(cpus=1, extra=("--require", "no-such-command-xyz"))
+        assert await asyncio.wait_for(pilot.wait(), 20) == 1
+        assert (await api.get_job(job_id)).state is JobState.IDLE
+    assert "no-such-command-xyz" in live_server.pilot_logs()
+    async with live_server.api(live_server.operator_token) as op:
+        assert (await op.summary()).pilots == {"ended": 1}
