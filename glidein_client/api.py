@@ -38,6 +38,8 @@ from .schema import (
     PilotRegistered,
     PilotShape,
     PilotStates,
+    SiteWait,
+    SiteWaitResult,
     Summary,
     SyncRequest,
     SyncResponse,
@@ -177,6 +179,11 @@ class ApiClient:
 
     async def new_pilot(self, site: str) -> PilotGrant:
         return await self._json("POST", f"/sites/{site}/pilots", PilotGrant, body={})
+
+    async def site_wait(self, site: str, timeout_s: float, since: int | None = None) -> SiteWaitResult:
+        """Wait until new work may change the site's demand, or ``timeout_s`` passes."""
+        return await self._json("POST", f"/sites/{site}/wait", SiteWaitResult,
+                                body=SiteWait(timeout_s=timeout_s, since=since),)
 
     async def pilot_states(self, site: str, states: dict[str, str]) -> None:
         await self._request("POST", f"/sites/{site}/pilot-states", body=PilotStates(states=states))

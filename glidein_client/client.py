@@ -83,6 +83,7 @@ class SiteClient:
         self.runner: Runner = runner if runner is not None else LocalRunner()
         self.scheduler: Scheduler = scheduler if scheduler is not None else make_scheduler(site, self.runner)
         self._api: ApiClient | None = None
+        self._generation: int | None = None  # of the server's work signal, last seen
 
     async def __aenter__(self) -> SiteClient:
         token = await asyncio.to_thread(self.site.read_token)
@@ -118,7 +119,8 @@ class SiteClient:
         states = {str(p.pilot_id): p.state.value for p in pilots if p.pilot_id > 0}
         if states:
             await self.api.pilot_states(site.name, states)
-        decision = decide(demand.pilots, pilots, site.limits, now=time.time(), max_queued_s=site.max_queued_s)
+        decision = decide(demand.pilots, pilots, site.limits, now=time.time(), max_queued_s=site.max_queued_s,
+                          start_failures=demand.start_failures, backoff_s=demand.backoff_s)
 
         failure: GlideinError | None = None
         removed: tuple[str, ...] = ()
@@ -225,11 +227,38 @@ class SiteClient:
             else:
                 delay = retry_s
                 retry_s = min(retry_s * 2, cycle_s)
-            try:
-                await asyncio.wait_for(stop.wait(), max(0.0, delay))
-            except asyncio.TimeoutError:
-                pass
+            if reachable:
+                await self._wait_for_news(stop, max(0.0, delay))
+            else:
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
         log.info("site %s: stopped", self.site.name)
+
+    async def _wait_for_news(self, stop: asyncio.Event, timeout_s: float) -> None:
+        """Sleep until the next cycle is due, new work arrives at the server, or ``stop`` is set.
+
+        The server answers the long poll as soon as jobs are submitted or requeued, so a daemon
+        reacts to new demand at once instead of on its next timer tick.
+        """
+        poll = asyncio.ensure_future(self.api.site_wait(self.site.name, timeout_s, since=self._generation))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([poll, stopped], timeout=timeout_s + 5, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not poll.done():
+                poll.cancel()
+        if poll.done() and not poll.cancelled():
+            try:
+                result = poll.result()
+            except GlideinError:
+                await asyncio.sleep(min(timeout_s, FIRST_RETRY_S))  # the next cycle will say what is wrong
+                return
+            self._generation = result.generation
+            if result.changed:
+                log.debug("site %s: new work at the server", self.site.name)
 
 
 def _log_scheduler_error(what: str, exc: SchedulerError) -> None:

@@ -24,6 +24,8 @@ WAITING = frozenset({PilotState.QUEUED, PilotState.HELD, PilotState.UNKNOWN})
 #: Waiting states the client may remove. UNKNOWN is left alone: it may be a running pilot
 #: that the batch system failed to describe.
 REMOVABLE = frozenset({PilotState.QUEUED, PilotState.HELD})
+#: After this many pilots in a row failed at start, submit one pilot at a time (a probe).
+FAILURES_BEFORE_PROBING = 3
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ def decide(
     *,
     now: float,
     max_queued_s: float,
+    start_failures: int = 0,
+    backoff_s: float = 0.0,
 ) -> Decision:
     """Choose how many pilots to submit and which waiting pilots to remove.
 
@@ -49,6 +53,10 @@ def decide(
     (newest first). Pilots being removed still count as waiting in this cycle's submit
     number, so a cancel that the batch system carries out late never leads to over-submission;
     their replacements, if still needed, follow in the next cycle.
+
+    A site whose last ``start_failures`` pilots ended without starting work is in back-off:
+    nothing is submitted while ``backoff_s`` (from the server) is positive, then one probe
+    pilot at a time until a pilot starts.
     """
     demand = max(0, demand_pilots)
     active = [p for p in pilots if p.state.active]
@@ -90,6 +98,16 @@ def decide(
     )
     value, why = min(bounds, key=lambda b: b[0])
     submit = max(0, value)
+    if submit > 0 and backoff_s > 0:
+        submit, why = 0, (f"back-off: {start_failures} pilots in a row failed at start; "
+                          f"next try in {format_duration(backoff_s)}")
+        reasons.append(f"submitting none: {why}")
+        return Decision(submit=0, remove=remove, reasons=tuple(reasons))
+    if submit > 0 and start_failures >= FAILURES_BEFORE_PROBING:
+        if n_waiting:
+            reasons.append(f"submitting none: {start_failures} pilots failed at start; waiting for the probe pilot")
+            return Decision(submit=0, remove=remove, reasons=tuple(reasons))
+        submit, why = 1, f"one probe pilot: {start_failures} pilots in a row failed at start"
     if submit > 0:
         reasons.append(f"submitting {submit}: {why}")
     elif demand == 0:

@@ -169,6 +169,20 @@ class Demand(_Strict, kw_only=True):
     gpus: float
     pilots: int  # pilots of the reported shape needed, net of free capacity of live pilots
     unfit_jobs: int = 0  # idle jobs eligible here that do not fit this site's pilot shape
+    start_failures: int = 0  # pilots in a row that ended without ever starting work
+    backoff_s: float = 0.0  # seconds before this site should submit again (0: no back-off)
+
+
+class SiteWait(_Strict, kw_only=True):
+    """A site client's long poll: answered when new work may change the demand, or at the timeout."""
+
+    timeout_s: Annotated[float, Meta(ge=0, le=300)] = 30.0
+    since: int | None = None  # the generation last seen: answer at once if anything happened since
+
+
+class SiteWaitResult(_Strict, kw_only=True):
+    changed: bool
+    generation: int
 
 
 class PilotGrant(_Strict, kw_only=True):
@@ -258,6 +272,8 @@ class SiteView(_Strict, kw_only=True):
     pilots_running: int = 0
     pilots_pending: int = 0
     last_seen: float | None = None
+    start_failures: int = 0
+    backoff_s: float = 0.0
 
 
 class Summary(_Strict, kw_only=True):

@@ -31,6 +31,8 @@ from glidein_client.schema import (
     PilotShape,
     PilotStates,
     Role,
+    SiteWait,
+    SiteWaitResult,
     Summary,
     SyncRequest,
     SyncResponse,
@@ -75,17 +77,22 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
 
 
 class WorkSignal:
-    """Wakes long-polling pilots when new work may be claimable."""
+    """Wakes long pollers when new work may be claimable; ``generation`` counts the notifications."""
 
     def __init__(self) -> None:
         self._fut: asyncio.Future[None] | None = None
+        self.generation = 0
 
     def notify(self) -> None:
+        self.generation += 1
         if self._fut is not None and not self._fut.done():
             self._fut.set_result(None)
         self._fut = None
 
-    async def wait(self, timeout_s: float) -> bool:
+    async def wait(self, timeout_s: float, since: int | None = None) -> bool:
+        """True when notified; at once when ``since`` is an older generation than the current one."""
+        if since is not None and since != self.generation:
+            return True
         if self._fut is None:
             self._fut = asyncio.get_running_loop().create_future()
         try:
@@ -101,7 +108,8 @@ class Api:
         self.files = files
         self.config = config
         self.auth = auth.Authenticator(store)
-        self.work = WorkSignal()
+        self.work = WorkSignal()  # wakes pilots waiting for something to claim
+        self.demand_changed = WorkSignal()  # wakes site clients waiting for new demand
         self.routes = self._routes()
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -131,6 +139,9 @@ class Api:
                   "Report the site's pilot shape and get its demand.", (S, OP), PilotShape, Demand),
             Route("POST", "/sites/{site}/pilots", self.new_pilot, "Mint a pilot id and its token.", (S, OP),
                   None, PilotGrant),
+            Route("POST", "/sites/{site}/wait", self.site_wait,
+                  "Long poll: answers as soon as new work may change the demand, or at the timeout.", (S, OP),
+                  SiteWait, SiteWaitResult),
             Route("POST", "/sites/{site}/pilot-states", self.pilot_states,
                   "Report the batch system's view of the site's pilots.", (S, OP), PilotStates, None),
             Route("POST", "/pilot/register", self.register, "A pilot starts and reports its resources.", (P,),
@@ -150,7 +161,13 @@ class Api:
         for r in self.routes:
             app.router.add_route(r.method, API + r.path, r.handler)
         app.cleanup_ctx.append(self._reaper_ctx)
+        app.on_shutdown.append(self._wake_long_polls)
         return app
+
+    async def _wake_long_polls(self, app: web.Application) -> None:
+        """Answer waiting pilots and clients at once so that shutting down does not wait for them."""
+        self.work.notify()
+        self.demand_changed.notify()
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -190,9 +207,13 @@ class Api:
                 n = await self.store.expire(time.time(), self.config.pilot_timeout_s)
                 if n:
                     log.info("requeued %d attempts whose lease expired", n)
-                    self.work.notify()
+                    self._new_work()
             except Exception:
                 log.exception("lease reaper failed; will try again")
+
+    def _new_work(self) -> None:
+        self.work.notify()
+        self.demand_changed.notify()
 
     async def _who(self, request: web.Request, *roles: Role) -> Principal:
         principal = await self.auth.principal(request.headers.get("Authorization"))
@@ -233,7 +254,7 @@ class Api:
                         hint="Upload the file first (glidein submit does that for you).", field=f"jobs[{i}].inputs")
         ids = await self.store.add_jobs(principal.subject, body.jobs, time.time())
         log.info("%s submitted %d jobs (%d-%d)", principal.subject, len(ids), ids[0], ids[-1])
-        self.work.notify()
+        self._new_work()
         return json_response(JobIds(ids=ids), status=201)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
@@ -267,7 +288,7 @@ class Api:
     async def retry(self, request: web.Request) -> web.Response:
         _, job_id = await self._own_job(request)
         job = await self.store.retry_job(job_id)
-        self.work.notify()
+        self._new_work()
         return json_response(job)
 
     async def attempts(self, request: web.Request) -> web.Response:
@@ -322,6 +343,13 @@ class Api:
         log.info("site %s: minted pilot %d", site, pilot_id)
         return json_response(PilotGrant(pilot_id=pilot_id, token=token), status=201)
 
+    async def site_wait(self, request: web.Request) -> web.Response:
+        site = request.match_info["site"]
+        auth.require_site(await self._who(request, Role.SITE, Role.OPERATOR), site)
+        body: SiteWait = await self._body(request, SiteWait, "site wait")
+        changed = await self.demand_changed.wait(body.timeout_s, body.since)
+        return json_response(SiteWaitResult(changed=changed, generation=self.demand_changed.generation))
+
     async def pilot_states(self, request: web.Request) -> web.Response:
         site = request.match_info["site"]
         auth.require_site(await self._who(request, Role.SITE, Role.OPERATOR), site)
@@ -330,7 +358,7 @@ class Api:
         ended = await self.store.pilot_states(site, states, time.time())
         if ended:
             log.info("site %s: %d pilots ended in the batch system; their jobs are back in the queue", site, ended)
-            self.work.notify()
+            self._new_work()
         return json_response({"ended": ended})
 
     # --- handlers: pilots -------------------------------------------------------------------

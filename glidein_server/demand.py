@@ -35,6 +35,17 @@ class FreeCapacity:
     lifetime_s: float
 
 
+#: Pilots in a row that may fail at start before a site backs off.
+START_FAILURES_BEFORE_BACKOFF = 3
+
+
+def start_backoff_s(failures: int) -> float:
+    """How long a site waits after its last pilot failed at start: 0 until 3 in a row, then 1 min doubling to 1 h."""
+    if failures < START_FAILURES_BEFORE_BACKOFF:
+        return 0.0
+    return float(min(60 * 2 ** (failures - START_FAILURES_BEFORE_BACKOFF), 3600))
+
+
 def fits(shape: Shape, cpus: int, memory_mb: int, gpus: int, disk_mb: int, lifetime_s: float) -> bool:
     return (shape.cpus <= cpus and shape.memory_mb <= memory_mb and shape.gpus <= gpus
             and shape.disk_mb <= disk_mb and shape.walltime_s <= lifetime_s)

@@ -287,9 +287,19 @@ class SqliteStore:
             shapes = [dm.Shape(c, m, g, d, w, sites_from_key(s), n) for c, m, g, d, w, s, n
                       in db.execute(Q["idle_shapes"])]
             free = [dm.FreeCapacity(*r) for r in db.execute(Q["live_pilots_free"], (site, live_after))]
-            return dm.site_demand(site, shapes, self._site_shapes, free)
+            demand = dm.site_demand(site, shapes, self._site_shapes, free)
+            failures, backoff = self._site_backoff(db, site, now)
+            return msgspec.structs.replace(demand, start_failures=failures, backoff_s=backoff)
 
         return await self._run(read, self._conn)
+
+    @staticmethod
+    def _site_backoff(db: sqlite3.Connection, site: str, now: float) -> tuple[int, float]:
+        row = db.execute("SELECT start_failures, last_failure_at FROM sites WHERE name = ?", (site,)).fetchone()
+        if row is None or not row[0]:
+            return 0, 0.0
+        left = dm.start_backoff_s(row[0]) - (now - (row[1] or now))
+        return row[0], round(max(0.0, left), 1)
 
     async def new_pilot(self, site: str, now: float) -> int:
         def tx(db: sqlite3.Connection) -> int:
@@ -309,6 +319,8 @@ class SqliteStore:
                 row = db.execute("SELECT state FROM pilots WHERE id = ? AND site = ?", (pid, site)).fetchone()
                 if row is None or row[0] == "ended":
                     continue
+                if row[0] == "pending":  # it ended without ever reaching the server
+                    db.execute(Q["site_start_failed"], (site, now))
                 self._end_pilot(db, pid, f"the batch system reports the pilot {state}", now)
                 ended += 1
             return ended
@@ -342,6 +354,11 @@ class SqliteStore:
                 (state, req.batch_id, req.host, r.cpus, r.memory_mb, r.gpus, r.disk_mb, req.end_time,
                  r.cpus, r.memory_mb, r.gpus, r.disk_mb, max(0.0, req.end_time - now), now, now,
                  None if req.selftest_ok else f"self-test failed: {req.selftest_reason}", state, now, pilot_id))
+            if req.selftest_ok:
+                db.execute(Q["site_start_ok"], (pilot_id,))
+            else:
+                site = db.execute("SELECT site FROM pilots WHERE id = ?", (pilot_id,)).fetchone()[0]
+                db.execute(Q["site_start_failed"], (site, now))
 
         await self._tx(tx)
 
@@ -496,12 +513,15 @@ class SqliteStore:
                 "FROM pilots WHERE state = 'ended' AND occupancy IS NOT NULL AND started_at IS NOT NULL"
             ).fetchone()
             sites = []
-            for name, shape, seen in db.execute("SELECT name, shape, last_seen FROM sites ORDER BY name"):
+            now = time.time()
+            for name, shape, seen in db.execute("SELECT name, shape, last_seen FROM sites ORDER BY name").fetchall():
+                failures, backoff = self._site_backoff(db, name, now)
                 counts = dict(db.execute("SELECT state, count(*) FROM pilots WHERE site = ? AND state != 'ended' "
                                          "GROUP BY state", (name,)).fetchall())
                 sites.append(SiteView(name=name, shape=msgspec.json.decode(shape, type=PilotShape) if shape else None,
                                       pilots_running=counts.get("running", 0),
-                                      pilots_pending=counts.get("pending", 0), last_seen=seen))
+                                      pilots_pending=counts.get("pending", 0), last_seen=seen,
+                                      start_failures=failures, backoff_s=backoff))
             occupancy = occ[0] / occ[1] if occ and occ[1] else None
             return Summary(jobs=jobs, pilots=pilots, sites=sites, occupancy=occupancy)
 

@@ -13,7 +13,9 @@ CREATE TABLE IF NOT EXISTS tokens (
 CREATE TABLE IF NOT EXISTS sites (
     name TEXT PRIMARY KEY,
     shape TEXT,
-    last_seen REAL
+    last_seen REAL,
+    start_failures INTEGER NOT NULL DEFAULT 0,   -- pilots in a row that ended before starting work
+    last_failure_at REAL
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY,
@@ -227,3 +229,10 @@ SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites, n FROM idle_shapes WHE
 -- name: live_pilots_free
 SELECT free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s FROM pilots
 WHERE site = ? AND state = 'running' AND last_seen >= ?;
+
+-- name: site_start_failed
+INSERT INTO sites (name, start_failures, last_failure_at) VALUES (?, 1, ?)
+ON CONFLICT (name) DO UPDATE SET start_failures = start_failures + 1, last_failure_at = excluded.last_failure_at;
+
+-- name: site_start_ok
+UPDATE sites SET start_failures = 0 WHERE name = (SELECT site FROM pilots WHERE id = ?);

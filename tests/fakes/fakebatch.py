@@ -1,0 +1,596 @@
+"""Fake PBS (PBS Pro 2022.1, Torque 6.1, Slurm 22.05's Torque wrapper) and HTCondor 23 commands.
+
+The executables in ``tests/fakes/bin`` (``qsub``, ``qstat``, ``qdel``, ``condor_submit``,
+``condor_q``, ``condor_rm``, ``condor_release``, ``condor_history``) call :func:`main`. They
+keep their jobs in ``$FAKE_BATCH_DIR/state.json``, append every call (argv) to
+``$FAKE_BATCH_DIR/calls.jsonl`` and print what the real tools print, in the formats of the
+captured samples in ``tests/fakes/samples`` (same layout, key order and messages). A test
+moves a job through its states by editing the state file (see ``tests/fakes/__init__.py``).
+
+Only the Python standard library is used: the commands run under whatever ``python3`` is
+first on PATH.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+PBS_VERSION = "2022.1.3"
+TORQUE_VERSION = "6.1.3"
+CONDOR_USER = "alice"
+SUBMIT_HOST = "login01.example.org"
+
+
+def state_dir() -> str:
+    path = os.environ.get("FAKE_BATCH_DIR")
+    if not path:
+        sys.stderr.write("fake batch command: FAKE_BATCH_DIR is not set\n")
+        sys.exit(99)
+    return path
+
+
+def new_state(flavour: str = "pro") -> dict[str, Any]:
+    server = {"pro": "pbs01", "torque": "torque01.example.org", "slurm": ""}[flavour]
+    return {
+        "flavour": flavour,
+        "server": server,
+        "queues": {"pro": ["workq", "gpu"], "torque": ["batch", "gpu"], "slurm": ["debug"]}[flavour],
+        "next_id": 1000,
+        "jobs": {},
+        "condor": {"next_cluster": 500, "queue": {}, "history": []},
+        "fail": {},
+    }
+
+
+@contextlib.contextmanager
+def locked_state(directory: str) -> Iterator[dict[str, Any]]:
+    """The state, locked for the duration; written back on exit."""
+    path = os.path.join(directory, "state.json")
+    with open(os.path.join(directory, "state.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with open(path) as fh:
+                state = json.load(fh)
+            yield state
+            tmp = path + ".tmp"
+            with open(tmp, "w") as fh:
+                json.dump(state, fh, indent=1)
+            os.replace(tmp, path)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def ctime(epoch: float) -> str:
+    return time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(epoch))
+
+
+def hms(seconds: int) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def hms_s(text: str) -> int:
+    total = 0
+    for part in text.split(":"):
+        total = total * 60 + int(part)
+    return total
+
+
+class Exit(Exception):
+    def __init__(self, code: int, stdout: str = "", stderr: str = "") -> None:
+        super().__init__(code)
+        self.code, self.stdout, self.stderr = code, stdout, stderr
+
+
+# --- PBS ---------------------------------------------------------------------------------------
+
+
+def _directives(script: str) -> list[list[str]]:
+    """The ``#PBS`` directives before the first command line, split like words."""
+    out = []
+    for line in script.splitlines()[1:]:
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not stripped.startswith("#"):
+            break
+        if stripped.startswith("#PBS"):
+            out.append(re.findall(r'"[^"]*"|\S+', stripped[4:]))
+    return out
+
+
+def qsub(state: dict[str, Any], args: list[str]) -> str:
+    flavour = state["flavour"]
+    options: list[list[str]] = []
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        options.append(args[i : i + 2])
+        i += 2
+    if i != len(args) - 1:
+        raise Exit(2, stderr="usage: qsub [options] script\n")
+    with open(args[i]) as fh:
+        script = fh.read()
+    opts: dict[str, str] = {}
+    resources: dict[str, str] = {}
+    for words in [*_directives(script), *options]:
+        if len(words) < 2 and words and words[0] != "-n":
+            raise Exit(2, stderr=f"qsub: illegal {words[0]} value\n")
+        flag = words[0]
+        value = " ".join(words[1:]).strip('"')
+        if flag == "-l":
+            for part in re.split(r",(?=[a-z_]+=)", value):
+                key, _, val = part.partition("=")
+                resources[key] = val
+        else:
+            opts[flag] = value
+    queue = opts.get("-q", state["queues"][0])
+    if queue not in state["queues"]:
+        if flavour == "pro":
+            raise Exit(170, stderr="qsub: Unknown queue\n")
+        if flavour == "torque":
+            raise Exit(1, stderr="qsub: submit error (Unknown queue MSG=requested queue not found)\n")
+        raise Exit(
+            1,
+            stdout=(
+                "There was an error running the Slurm sbatch command.\nThe command was:\n"
+                f"'/usr/bin/sbatch -o {opts.get('-o', '')} -p {queue} {args[i]} 2>&1'\n"
+                f"and the output was:\n'sbatch: error: invalid partition specified: {queue}\n"
+                " sbatch: error: Batch job submission failed: Invalid partition name specified\n'\n"
+            ),
+        )
+    number = state["next_id"]
+    state["next_id"] += 1
+    batch_id = f"{number}.{state['server']}" if state["server"] else str(number)
+    now = time.time()
+    state["jobs"][batch_id] = {
+        "name": opts.get("-N", os.path.basename(args[i])),
+        "state": "Q",
+        "substate": 10,
+        "exit_status": None,
+        "qtime": now,
+        "stime": None,
+        "queue": queue,
+        "script": args[i],
+        "output": opts.get("-o", ""),
+        "join": opts.get("-j", "n"),
+        "resources": resources,
+        "used_walltime_s": 0,
+        "comment": "Not Running: Insufficient amount of resource: ncpus (R: 8 A: 2 T: 64)",
+        "submit_args": " ".join(args),
+    }
+    return batch_id + "\n"
+
+
+def qstat(state: dict[str, Any], args: list[str]) -> str:
+    flavour = state["flavour"]
+    if args == ["--version"]:
+        if flavour == "pro":
+            return f"pbs_version = {PBS_VERSION}\n"
+        if flavour == "torque":
+            return f"Version: {TORQUE_VERSION}\nCommit: 2c51d8ca4f0b2da8f5d3c8c9a3c7ff9e5b1b9c74\n"
+        raise Exit(
+            2,
+            stderr="Unknown option: version\nUsage:\n    qstat [-f] [-a|-i|-r] [-n [-1]] [-G|-M] "
+            "[-u user_list] [-? | --help]\n    [--man] [job_id...]\n\n    qstat -Q [-f]\n\n    qstat -q\n\n",
+        )
+    jobs = state["jobs"]
+    if flavour == "pro":
+        if args != ["-f", "-F", "json", "-x"]:
+            raise Exit(2, stderr=f"fake qstat: unexpected arguments {args}\n")
+        doc: dict[str, Any] = {"timestamp": int(time.time()), "pbs_version": PBS_VERSION, "pbs_server": state["server"]}
+        if jobs:
+            doc["Jobs"] = {batch_id: pro_job(batch_id, job, state) for batch_id, job in jobs.items()}
+        return json.dumps(doc, indent=4, separators=(",", ":")) + "\n"
+    if args != ["-f"]:
+        raise Exit(2, stderr=f"fake qstat: unexpected arguments {args}\n")
+    if flavour == "slurm":
+        if not jobs:
+            raise Exit(153)
+        return "".join(slurm_job(batch_id, job) for batch_id, job in jobs.items())
+    return "".join(torque_job(batch_id, job, state) for batch_id, job in jobs.items())
+
+
+def _walltime(job: dict[str, Any]) -> str:
+    return str(job["resources"].get("walltime", "01:00:00"))
+
+
+def _chunk(job: dict[str, Any], key: str, default: str) -> str:
+    """A resource of the job's PBS Pro select chunk (``1:ncpus=4:mem=4096mb``)."""
+    for part in job["resources"].get("select", "").split(":"):
+        name, _, value = part.partition("=")
+        if name == key:
+            return str(value)
+    return default
+
+
+def pro_job(batch_id: str, job: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """One job as PBS Pro 2022.1 ``qstat -f -F json -x`` prints it (key order as in the sample)."""
+    server, ran = state["server"], job["stime"] is not None
+    out: dict[str, Any] = {"Job_Name": job["name"], "Job_Owner": f"{CONDOR_USER}@{SUBMIT_HOST}"}
+    if ran:
+        out["resources_used"] = {
+            "cpupercent": 98,
+            "cput": hms(job["used_walltime_s"]),
+            "mem": "51200kb",
+            "ncpus": 4,
+            "vmem": "412500kb",
+            "walltime": hms(job["used_walltime_s"]),
+        }
+    out.update(
+        {
+            "job_state": job["state"],
+            "queue": job["queue"],
+            "server": server,
+            "Checkpoint": "u",
+            "ctime": ctime(job["qtime"]),
+            "Error_Path": f"{SUBMIT_HOST}:{job['output']}",
+        }
+    )
+    if ran:
+        out.update({"exec_host": "node01/0*4", "exec_vnode": "(node01:ncpus=4:mem=4194304kb)"})
+    out.update(
+        {
+            "Hold_Types": "u" if job["state"] == "H" else "n",
+            "Join_Path": job["join"],
+            "Keep_Files": "n",
+            "Mail_Points": "a",
+            "mtime": ctime(job["qtime"]),
+            "Output_Path": f"{SUBMIT_HOST}:{job['output']}",
+            "Priority": 0,
+            "qtime": ctime(job["qtime"]),
+            "Rerunable": "True",
+            "Resource_List": {
+                "mem": _chunk(job, "mem", "4096mb"),
+                "ncpus": int(_chunk(job, "ncpus", "4")),
+                "nodect": 1,
+                "place": "pack",
+                "select": job["resources"].get("select", "1:ncpus=4"),
+                "walltime": _walltime(job),
+            },
+        }
+    )
+    if ran:
+        out.update({"stime": ctime(job["stime"]), "session_id": 48211, "jobdir": f"/home/{CONDOR_USER}"})
+    out["substate"] = job["substate"]
+    out["Variable_List"] = {
+        "PBS_O_HOME": f"/home/{CONDOR_USER}",
+        "PBS_O_LANG": "en_US.UTF-8",
+        "PBS_O_LOGNAME": CONDOR_USER,
+        "PBS_O_PATH": "/usr/local/bin:/usr/bin:/bin",
+        "PBS_O_MAIL": f"/var/spool/mail/{CONDOR_USER}",
+        "PBS_O_SHELL": "/bin/bash",
+        "PBS_O_WORKDIR": f"/home/{CONDOR_USER}",
+        "PBS_O_SYSTEM": "Linux",
+        "PBS_O_QUEUE": job["queue"],
+        "PBS_O_HOST": SUBMIT_HOST,
+    }
+    out["comment"] = job["comment"]
+    out["etime"] = ctime(job["qtime"])
+    if ran:
+        out["run_count"] = 1
+    if job["exit_status"] is not None:
+        out["Exit_status"] = job["exit_status"]
+    out["Submit_arguments"] = job["submit_args"]
+    if job["state"] == "F":
+        out["history_timestamp"] = int(time.time())
+    out["project"] = "_pbs_project_default"
+    return out
+
+
+def torque_job(batch_id: str, job: dict[str, Any], state: dict[str, Any]) -> str:
+    """One job as Torque 6.1 ``qstat -f`` prints it (long values wrapped with a tab)."""
+    ran, server = job["stime"] is not None, state["server"]
+    lines = [f"Job Id: {batch_id}", f"Job_Name = {job['name']}", f"Job_Owner = {CONDOR_USER}@{SUBMIT_HOST}"]
+    if ran:
+        lines += [
+            f"resources_used.cput = {hms(job['used_walltime_s'])}",
+            "resources_used.energy_used = 0",
+            "resources_used.mem = 51200kb",
+            "resources_used.vmem = 412500kb",
+            f"resources_used.walltime = {hms(job['used_walltime_s'])}",
+        ]
+    lines += [
+        f"job_state = {job['state']}",
+        f"queue = {job['queue']}",
+        f"server = {server}",
+        "Checkpoint = u",
+        f"ctime = {ctime(job['qtime'])}",
+        f"Error_Path = {SUBMIT_HOST}:{job['output']}",
+    ]
+    if ran:
+        lines.append("exec_host = node01.example.org/0-3")
+    lines += [
+        f"Hold_Types = {'u' if job['state'] == 'H' else 'n'}",
+        f"Join_Path = {job['join']}",
+        "Keep_Files = n",
+        "Mail_Points = a",
+        f"mtime = {ctime(job['qtime'])}",
+        f"Output_Path = {SUBMIT_HOST}:{job['output']}",
+        "Priority = 0",
+        f"qtime = {ctime(job['qtime'])}",
+        "Rerunable = True",
+        f"Resource_List.mem = {job['resources'].get('mem', '4096mb')}",
+        "Resource_List.nodect = 1",
+        f"Resource_List.nodes = {job['resources'].get('nodes', '1:ppn=4')}",
+        f"Resource_List.walltime = {_walltime(job)}",
+    ]
+    if ran:
+        lines.append("session_id = 48211")
+    lines += [
+        "Shell_Path_List = /bin/bash",
+        f"euser = {CONDOR_USER}",
+        f"egroup = {CONDOR_USER}",
+        "queue_type = E",
+        f"Variable_List = PBS_O_QUEUE={job['queue']},PBS_O_HOME=/home/{CONDOR_USER},\n"
+        f"\tPBS_O_LOGNAME={CONDOR_USER},PBS_O_PATH=/usr/local/bin:/usr/bin:/bin,\n"
+        f"\tPBS_O_MAIL=/var/spool/mail/{CONDOR_USER},PBS_O_SHELL=/bin/bash,\n"
+        f"\tPBS_O_LANG=en_US.UTF-8,PBS_O_WORKDIR=/home/{CONDOR_USER},\n"
+        f"\tPBS_O_HOST={SUBMIT_HOST},PBS_O_SERVER={server}",
+        f"etime = {ctime(job['qtime'])}",
+    ]
+    if job["exit_status"] is not None:
+        lines.append(f"exit_status = {job['exit_status']}")
+    lines.append(f"submit_args = {job['submit_args']}")
+    if ran:
+        lines += [f"start_time = {ctime(job['stime'])}", "start_count = 1"]
+    if job["state"] == "C":
+        lines += [
+            f"comp_time = {ctime(job['stime'] or job['qtime'])}",
+            f"total_runtime = {job['used_walltime_s']}.214133",
+        ]
+    lines += [
+        "fault_tolerant = False",
+        "job_radix = 0",
+        f"submit_host = {SUBMIT_HOST}",
+        f"init_work_dir = /home/{CONDOR_USER}",
+        "request_version = 1",
+    ]
+    return lines[0] + "\n" + "".join(f"    {line}\n" for line in lines[1:]) + "\n"
+
+
+def slurm_job(batch_id: str, job: dict[str, Any]) -> str:
+    """One job as Slurm 22.05's Torque wrapper ``qstat -f`` prints it (tabs, no exit status)."""
+    lines = [
+        f"Job Id:\t{batch_id}",
+        f"\tJob_Name = {job['name']}",
+        "\tJob_Owner = root@localhost",
+        f"\tjob_state = {job['state']}",
+        f"\tqueue = {job['queue']}",
+        f"\tqtime = {ctime(job['qtime'])}",
+    ]
+    if job["stime"] is not None:
+        lines += [
+            f"\tmtime = {ctime(job['stime'])}",
+            f"\tctime = {ctime(job['stime'] + 60)}",
+            "\texec_host = localhost/1",
+        ]
+    lines += [
+        "\tPriority = 4294901759",
+        "\teuser = root(0)",
+        "\tegroup = root(0)",
+        f"\tResource_List.walltime = {_walltime(job)}",
+        "\tResource_List.nodect = 1",
+        "\tResource_List.ncpus = 1",
+    ]
+    return "\n".join(lines) + "\n\n"
+
+
+def qdel(state: dict[str, Any], args: list[str]) -> tuple[str, str, int]:
+    flavour, jobs = state["flavour"], state["jobs"]
+    errors, rc = [], 0
+    for batch_id in args:
+        job = jobs.get(batch_id)
+        if job is None:
+            rc = 1
+            if flavour == "pro":
+                errors.append(f"qdel: Unknown Job Id {batch_id}")
+            elif flavour == "torque":
+                errors.append(f"qdel: Unknown Job Id Error {batch_id}")
+            continue
+        if job["state"] in ("F", "C"):
+            rc = 1
+            if flavour == "pro":
+                errors.append(f"qdel: Job {batch_id} has finished")
+            elif flavour == "torque":
+                errors.append(f"qdel: Request invalid for state of job MSG=invalid state for job - COMPLETE {batch_id}")
+            continue
+        ran = job["stime"] is not None
+        if flavour == "pro":
+            job.update(state="F", substate=91, exit_status=271 if ran else None)
+        elif flavour == "torque":
+            if not ran:
+                del jobs[batch_id]
+                continue
+            job.update(state="C", exit_status=271)
+        else:
+            job.update(state="C")
+    return "", "".join(e + "\n" for e in errors), rc
+
+
+# --- HTCondor ----------------------------------------------------------------------------------
+
+ALL_ATTRS = (
+    "ClusterId",
+    "ProcId",
+    "JobStatus",
+    "GlideinTag",
+    "JobBatchName",
+    "HoldReason",
+    "HoldReasonCode",
+    "HoldReasonSubCode",
+    "QDate",
+    "EnteredCurrentStatus",
+    "ExitCode",
+    "RemoveReason",
+)
+
+
+def condor_json(ads: list[dict[str, Any]], attributes: list[str]) -> str:
+    """Job ads as HTCondor 23 ``-json`` prints them: only defined attributes, sorted."""
+    if not ads:
+        return ""  # condor_q and condor_history print nothing when no job matches
+    chunks = []
+    for ad in ads:
+        shown = {k: ad[k] for k in sorted(attributes, key=str.lower) if ad.get(k) is not None}
+        body = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in shown.items())
+        chunks.append("{\n" + body + "\n}")
+    return "[\n" + "\n,\n".join(chunks) + "\n]\n"
+
+
+def _submit_description(text: str) -> dict[str, str]:
+    commands: dict[str, str] = {}
+    queued = False
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if re.fullmatch(r"queue(\s+\d+)?", stripped, re.I):
+            queued = True
+            continue
+        key, eq, value = stripped.partition("=")
+        if not eq or not key.strip():
+            raise Exit(1, stderr=f"\nERROR: on Line {number} of submit file: \nsubmit: unknown command {stripped!r}\n")
+        commands[key.strip().lower()] = value.strip()
+    if not queued:
+        raise Exit(1, stderr="\nERROR: no 'queue' statement in the submit file\n")
+    return commands
+
+
+def condor_submit(state: dict[str, Any], args: list[str]) -> str:
+    if len(args) != 1:
+        raise Exit(1, stderr="Usage: condor_submit [options] [submit-file]\n")
+    with open(args[0]) as fh:
+        commands = _submit_description(fh.read())
+    if "executable" not in commands:
+        raise Exit(1, stderr="\nERROR: Executable file  does not exist\n")
+    requirements = commands.get("requirements", "")
+    if requirements.count("(") != requirements.count(")"):
+        raise Exit(
+            1,
+            stderr=f"\nERROR: Parse error in expression: \n\t{requirements}\n\t^^^\n"
+            "ERROR: Failed to parse Requirements expression\n",
+        )
+    condor = state["condor"]
+    cluster = condor["next_cluster"]
+    condor["next_cluster"] += 1
+    now = int(time.time())
+    tag = commands.get("+glideintag", "").strip('"')
+    condor["queue"][f"{cluster}.0"] = {
+        "ClusterId": cluster,
+        "ProcId": 0,
+        "JobStatus": 1,
+        "GlideinTag": tag or None,
+        "JobBatchName": commands.get("batch_name"),
+        "QDate": now,
+        "EnteredCurrentStatus": now,
+        "commands": commands,
+    }
+    return f"Submitting job(s).\n1 job(s) submitted to cluster {cluster}.\n"
+
+
+def _expect_query(args: list[str], extra: int = 0) -> tuple[list[str], str]:
+    if len(args) != 5 + extra or args[0] != "-json" or args[1] != "-attributes" or args[3] != "-constraint":
+        raise Exit(1, stderr=f"fake condor tool: unexpected arguments {args}\n")
+    return args[2].split(","), args[4]
+
+
+def condor_q(state: dict[str, Any], args: list[str]) -> str:
+    attributes, constraint = _expect_query(args)
+    if constraint != "GlideinTag =!= undefined":
+        raise Exit(1, stderr=f"fake condor_q: unexpected constraint {constraint!r}\n")
+    ads = [ad for ad in state["condor"]["queue"].values() if ad.get("GlideinTag") is not None]
+    return condor_json(ads, attributes)
+
+
+def condor_history(state: dict[str, Any], args: list[str]) -> str:
+    attributes, constraint = _expect_query(args, extra=2)
+    if args[5] != "-limit":
+        raise Exit(1, stderr=f"fake condor_history: unexpected arguments {args}\n")
+    wanted = {(int(c), int(p)) for c, p in re.findall(r"ClusterId == (\d+) && ProcId == (\d+)", constraint)}
+    ads = [ad for ad in reversed(state["condor"]["history"]) if (ad["ClusterId"], ad["ProcId"]) in wanted]
+    return condor_json(ads[: int(args[6])], attributes)
+
+
+def condor_rm(state: dict[str, Any], args: list[str]) -> tuple[str, str, int]:
+    condor, out, err, rc = state["condor"], [], [], 0
+    for job_id in args:
+        ad = condor["queue"].pop(job_id, None)
+        if ad is None:
+            err.append(f"Job {job_id} not found")
+            rc = 1
+            continue
+        ad.update(
+            JobStatus=3, EnteredCurrentStatus=int(time.time()), RemoveReason=f"via condor_rm (by user {CONDOR_USER})"
+        )
+        condor["history"].append(ad)
+        out.append(f"Job {job_id} marked for removal")
+    return "".join(o + "\n" for o in out), "".join(e + "\n" for e in err), rc
+
+
+def condor_release(state: dict[str, Any], args: list[str]) -> tuple[str, str, int]:
+    queue, out, err, rc = state["condor"]["queue"], [], [], 0
+    for job_id in args:
+        ad = queue.get(job_id)
+        if ad is None:
+            err.append(f"Job {job_id} not found")
+            rc = 1
+        elif ad["JobStatus"] != 5:
+            err.append(f"Job {job_id} not held to be released")
+            rc = 1
+        else:
+            ad.update(
+                JobStatus=1,
+                EnteredCurrentStatus=int(time.time()),
+                HoldReason=None,
+                HoldReasonCode=None,
+                HoldReasonSubCode=None,
+            )
+            out.append(f"Job {job_id} released")
+    return "".join(o + "\n" for o in out), "".join(e + "\n" for e in err), rc
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+COMMANDS = {
+    "qsub": qsub,
+    "qstat": qstat,
+    "qdel": qdel,
+    "condor_submit": condor_submit,
+    "condor_q": condor_q,
+    "condor_history": condor_history,
+    "condor_rm": condor_rm,
+    "condor_release": condor_release,
+}
+
+
+def main(command: str, args: list[str]) -> int:
+    directory = state_dir()
+    with open(os.path.join(directory, "calls.jsonl"), "a") as log:
+        log.write(json.dumps({"command": command, "args": args}) + "\n")
+    with locked_state(directory) as state:
+        failure = state["fail"].pop(command, None)
+        if failure is not None:
+            sys.stdout.write(failure.get("stdout", ""))
+            sys.stderr.write(failure.get("stderr", ""))
+            return int(failure.get("rc", 1))
+        try:
+            result = COMMANDS[command](state, args)
+        except Exit as exc:
+            sys.stdout.write(exc.stdout)
+            sys.stderr.write(exc.stderr)
+            return exc.code
+    if isinstance(result, tuple):
+        stdout, stderr, rc = result
+    else:
+        stdout, stderr, rc = str(result), "", 0
+    sys.stdout.write(str(stdout))
+    sys.stderr.write(str(stderr))
+    return int(rc)

@@ -1,0 +1,411 @@
+"""The PBS and HTCondor backends through the real LocalRunner against fake batch commands.
+
+The fakes (``tests/fakes``) print the formats of PBS Pro 2022.1 (``qstat -f -F json -x``),
+Torque 6.1.3 (``qstat -f``), Slurm 22.05.8's Torque wrapper and HTCondor 23 (``condor_submit``,
+``condor_q -json``, ``condor_history -json``, ``condor_rm``, ``condor_release``), and record
+every command line, so these tests check both what the backends run and what they make of
+the answers while a test moves each job through its states.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from glidein_client.config import SiteConfig, parse_site_config
+from glidein_client.errors import SchedulerError
+from glidein_client.runner import LocalRunner
+from glidein_client.schedulers.base import PilotJob, PilotLaunch, PilotState
+from glidein_client.schedulers.htcondor import ATTRIBUTES, CONSTRAINT, HTCondorScheduler
+from glidein_client.schedulers.pbs import PbsScheduler
+from tests.fakes import FakeBatch, sample
+
+CONFIG = "site_configs/hpc1.toml"
+
+
+def site_config(tmp_path: Path, scheduler: str, batch: dict[str, Any] | None = None) -> SiteConfig:
+    raw: dict[str, Any] = {
+        "site": {
+            "name": "hpc1",
+            "server_url": "https://glidein.example.org",
+            "token_file": str(tmp_path / "site.token"),
+            "scratch_dir": str(tmp_path / "scratch"),
+            "scheduler": scheduler,
+        },
+        "pilot": {"cpus": 4, "memory": "4G", "walltime": "1h"},
+        "batch": batch or {},
+    }
+    return parse_site_config(raw, CONFIG)
+
+
+def launch(site: SiteConfig, pilot_id: int) -> PilotLaunch:
+    workdir = os.path.join(site.site.scratch_dir, "pilots", str(pilot_id))
+    return PilotLaunch(
+        pilot_id=pilot_id,
+        site=site,
+        workdir=workdir,
+        token_file=f"{workdir}/token",
+        pilot_argv=("glidein-pilot", "run", "--token-file", f"{workdir}/token"),
+    )
+
+
+def file_mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def read(path: Path) -> str:
+    return path.read_text()
+
+
+def by_pilot(jobs: list[PilotJob]) -> dict[int, PilotJob]:
+    return {j.pilot_id: j for j in jobs}
+
+
+def states(jobs: list[PilotJob]) -> dict[int, PilotState]:
+    return {j.pilot_id: j.state for j in jobs}
+
+
+# --- PBS Pro -------------------------------------------------------------------------------------
+
+
+async def test_pbs_pro_pilot_lifecycle(tmp_path: Path) -> None:
+    fake = FakeBatch(tmp_path / "batch", "pro")
+    site = site_config(tmp_path, "pbs", {"partition": "workq"})
+    sched = PbsScheduler(site, LocalRunner(), env=fake.env)
+
+    first = launch(site, 1)
+    batch_id = await sched.submit(first)
+    assert batch_id == "1000.pbs01"
+    assert sched.flavour == "pro"
+    script = Path(first.workdir, "pilot.pbs")
+    assert file_mode(script) == 0o700
+    assert "#PBS -l select=1:ncpus=4:mem=4096mb\n" in read(script)
+    out = f"{first.workdir}/pilot.out"
+    assert fake.calls() == [["qstat", "--version"], ["qsub", "-j", "oe", "-o", out, str(script)]]
+    assert fake.job(batch_id)["name"] == "glidein-hpc1-1"
+    assert fake.job(batch_id)["queue"] == "workq"
+
+    ids = [batch_id] + [await sched.submit(launch(site, n)) for n in (2, 3, 4, 5)]
+    fake.add_job("900.pbs01", "analysis")  # another user's job
+    fake.add_job("901.pbs01", "glidein-hpc2-1")  # another site's pilot
+
+    jobs = await sched.status()
+    assert states(jobs) == dict.fromkeys((1, 2, 3, 4, 5), PilotState.QUEUED)
+    assert by_pilot(jobs)[1].batch_id == batch_id
+    assert by_pilot(jobs)[1].native_state == "Q"
+    assert by_pilot(jobs)[1].reason.startswith("Not Running")
+    assert by_pilot(jobs)[1].submitted_at == pytest.approx(fake.job(batch_id)["qtime"], abs=1.0)
+
+    for job_id in ids[:4]:
+        fake.start(job_id)
+    fake.finish(ids[1], 0)
+    fake.finish(ids[2], -29, used_walltime_s=3605)  # JOB_EXEC_KILL_WALLTIME
+    fake.update_job(ids[4], state="H", comment="Job held by alice")
+    assert states(await sched.status()) == {
+        1: PilotState.RUNNING,
+        2: PilotState.DONE,
+        3: PilotState.TIMEOUT,
+        4: PilotState.RUNNING,
+        5: PilotState.HELD,
+    }
+
+    await sched.cancel([ids[3], ids[4]])  # a running and a held pilot
+    ended = by_pilot(await sched.status())
+    assert (ended[4].state, ended[4].native_state) == (PilotState.CANCELLED, "F")
+    assert ended[5].state is PilotState.CANCELLED
+    assert fake.job(ids[3])["exit_status"] == 271 and fake.job(ids[4])["exit_status"] is None
+
+    # Gone or finished ids: qdel complains and exits non-zero; the goal is reached all the same.
+    await sched.cancel([ids[1], "4242.pbs01"])
+    assert fake.calls("qdel")[-1] == ["qdel", ids[1], "4242.pbs01"]
+    assert fake.calls("qstat").count(["qstat", "--version"]) == 1
+    assert fake.calls("qstat")[1:] == [["qstat", "-f", "-F", "json", "-x"]] * 3
+
+
+async def test_pbs_pro_refusal_names_the_queue_key(tmp_path: Path) -> None:
+    fake = FakeBatch(tmp_path / "batch", "pro")
+    site = site_config(tmp_path, "pbs", {"partition": "nosuch"})
+    sched = PbsScheduler(site, LocalRunner(), env=fake.env)
+    with pytest.raises(SchedulerError) as err:
+        await sched.submit(launch(site, 1))
+    assert str(err.value) == (
+        "qsub refused the pilot: the queue 'nosuch' does not exist or takes no jobs — check `batch.partition` "
+        f"in {CONFIG}. (qsub said: Unknown queue)"
+    )
+    assert err.value.fields["exit_code"] == 170
+    assert err.value.fields["stderr"] == "qsub: Unknown queue\n"
+    assert err.value.fields["command"][0] == "qsub"
+    assert fake.state()["jobs"] == {}
+
+
+async def test_qstat_failure_is_a_scheduler_error(tmp_path: Path) -> None:
+    fake = FakeBatch(tmp_path / "batch", "pro")
+    sched = PbsScheduler(site_config(tmp_path, "pbs"), LocalRunner(), env=fake.env, flavour="pro")
+    fake.fail_next("qstat", rc=1, stderr="Connection refused\nqstat: cannot connect to server pbs01 (errno=15010)\n")
+    with pytest.raises(SchedulerError) as err:
+        await sched.status()
+    assert "qstat" in err.value.message and "cannot connect to server" in err.value.message
+    assert err.value.fields["exit_code"] == 1
+    assert fake.calls() == [["qstat", "-f", "-F", "json", "-x"]]  # no --version: flavour given
+
+
+async def test_qdel_failure_that_is_not_gone_is_an_error(tmp_path: Path) -> None:
+    fake = FakeBatch(tmp_path / "batch", "pro")
+    site = site_config(tmp_path, "pbs")
+    sched = PbsScheduler(site, LocalRunner(), env=fake.env)
+    batch_id = await sched.submit(launch(site, 1))
+    fake.fail_next("qdel", rc=159, stderr=f"qdel: Unauthorized Request  {batch_id}\n")
+    with pytest.raises(SchedulerError, match="Unauthorized Request"):
+        await sched.cancel([batch_id])
+
+
+async def test_cancel_refuses_ids_that_are_not_pbs_ids(tmp_path: Path) -> None:
+    fake = FakeBatch(tmp_path / "batch", "pro")
+    sched = PbsScheduler(site_config(tmp_path, "pbs"), LocalRunner(), env=fake.env, flavour="pro")
+    with pytest.raises(SchedulerError, match="not a PBS job id"):
+        await sched.cancel(["1; rm -rf /"])
+    await sched.cancel([])
+    assert fake.calls() == []
+
+
+# --- Torque and Slurm's Torque wrapper ----------------------------------------------------------------
+
+
+async def test_torque_pilot_lifecycle(tmp_path: Path) -> None:
+    fake = FakeBatch(tmp_path / "batch", "torque")
+    site = site_config(tmp_path, "pbs", {"qos": "normal"})
+    sched = PbsScheduler(site, LocalRunner(), env=fake.env)
+    ids = [await sched.submit(launch(site, n)) for n in (1, 2, 3, 4, 5)]
+    assert sched.flavour == "torque"
+    assert ids[0] == "1000.torque01.example.org"
+    script = read(Path(launch(site, 1).workdir, "pilot.pbs"))
+    assert "#PBS -l nodes=1:ppn=4,mem=4096mb\n" in script and "#PBS -l qos=normal\n" in script
+    assert fake.job(ids[0])["resources"] == {
+        "nodes": "1:ppn=4",
+        "mem": "4096mb",
+        "walltime": "01:00:00",
+        "qos": "normal",
+    }
+
+    for job_id in ids[:4]:
+        fake.start(job_id)
+    fake.finish(ids[0], 0)
+    fake.finish(ids[1], -11, used_walltime_s=3601)  # JOB_EXEC_OVERLIMIT_WT
+    fake.finish(ids[2], 1)
+    assert states(await sched.status()) == {
+        1: PilotState.DONE,
+        2: PilotState.TIMEOUT,
+        3: PilotState.FAILED,
+        4: PilotState.RUNNING,
+        5: PilotState.QUEUED,
+    }
+
+    await sched.cancel([ids[3], ids[4], ids[0]])  # running, queued, completed
+    jobs = by_pilot(await sched.status())
+    assert jobs[4].state is PilotState.CANCELLED  # exit_status 271
+    assert 5 not in jobs  # a queued job that is deleted is gone at once
+    assert fake.calls("qstat")[1:] == [["qstat", "-f"]] * 2
+
+
+async def test_slurm_torque_wrapper_flavour(tmp_path: Path) -> None:
+    fake = FakeBatch(tmp_path / "batch", "slurm")
+    site = site_config(tmp_path, "pbs")
+    sched = PbsScheduler(site, LocalRunner(), env=fake.env)
+    assert await sched.status() == []  # qstat -f exits 153 with nothing to say when there are no jobs
+    assert sched.flavour == "torque"  # qstat --version is refused (exit 2): Torque dialect
+    batch_id = await sched.submit(launch(site, 1))
+    assert batch_id == "1000"
+    fake.start(batch_id)
+    assert states(await sched.status()) == {1: PilotState.RUNNING}
+    await sched.cancel([batch_id])
+    (job,) = await sched.status()
+    assert (job.state, job.reason) == (PilotState.DONE, "ended; the batch system reports no exit status")
+    await sched.cancel([batch_id])  # the wrapper's qdel exits 1 without a word for a finished job
+
+
+async def test_slurm_torque_wrapper_refusal(tmp_path: Path) -> None:
+    fake = FakeBatch(tmp_path / "batch", "slurm")
+    site = site_config(tmp_path, "pbs", {"partition": "gpu"})
+    sched = PbsScheduler(site, LocalRunner(), env=fake.env, flavour="torque")
+    with pytest.raises(SchedulerError) as err:
+        await sched.submit(launch(site, 1))
+    assert "check `batch.partition`" in err.value.message
+    assert err.value.hint == "(qsub said: Batch job submission failed: Invalid partition name specified)"
+
+
+# --- HTCondor ------------------------------------------------------------------------------------
+
+
+async def test_htcondor_pilot_lifecycle(tmp_path: Path) -> None:
+    fake = FakeBatch(tmp_path / "batch")
+    site = site_config(tmp_path, "htcondor", {"constraint": 'OpSys == "LINUX"'})
+    sched = HTCondorScheduler(site, LocalRunner(), env=fake.env)
+    query = ["condor_q", "-json", "-attributes", ATTRIBUTES, "-constraint", CONSTRAINT]
+
+    assert await sched.status() == []  # condor_q prints nothing when no job matches
+    first = launch(site, 1)
+    batch_id = await sched.submit(first)
+    assert batch_id == "500.0"
+    sub, wrapper = Path(first.workdir, "pilot.sub"), Path(first.workdir, "pilot.sh")
+    assert file_mode(wrapper) == 0o700
+    assert fake.calls() == [query, ["condor_submit", str(sub)]]
+    commands = fake.condor_ad(batch_id)["commands"]
+    assert commands["executable"] == str(wrapper)
+    assert commands["requirements"] == 'OpSys == "LINUX"'
+    assert commands["request_memory"] == "4096"
+    ids = [batch_id] + [await sched.submit(launch(site, n)) for n in (2, 3, 4, 5)]
+    fake.condor_add("900.0")  # a job without a GlideinTag: not selected by the constraint
+    fake.condor_add("901.0", GlideinTag="glidein-hpc2-1", JobBatchName="glidein-hpc2-1")
+
+    jobs = by_pilot(await sched.status())
+    assert states(list(jobs.values())) == dict.fromkeys((1, 2, 3, 4, 5), PilotState.QUEUED)
+    assert (jobs[1].batch_id, jobs[1].native_state) == (batch_id, "Idle")
+    assert jobs[1].submitted_at == pytest.approx(fake.condor_ad(batch_id)["QDate"])
+
+    fake.condor_update(ids[0], JobStatus=2)
+    fake.condor_hold(ids[1], 47, "The job exceeded allowed execute duration of 3600")
+    fake.condor_hold(ids[2], 12, "Transfer output files failure", subcode=2)
+    fake.condor_update(ids[3], JobStatus=7)
+    jobs = by_pilot(await sched.status())
+    assert states(list(jobs.values())) == {
+        1: PilotState.RUNNING,
+        2: PilotState.TIMEOUT,
+        3: PilotState.HELD,
+        4: PilotState.HELD,
+        5: PilotState.QUEUED,
+    }
+    assert jobs[3].reason == "held (HoldReasonCode 12, HoldReasonSubCode 2): Transfer output files failure"
+    hold = sched.hold_reason(ids[2])
+    assert hold is not None and (hold.code, hold.subcode, hold.walltime) == (12, 2, False)
+    walltime_hold = sched.hold_reason(ids[1])
+    assert walltime_hold is not None and walltime_hold.walltime
+    assert sched.hold_reason(ids[0]) is None
+
+    await sched.release([ids[2], ids[0], "777.0"])  # not held and unknown ids are skipped
+    assert fake.calls("condor_release") == [["condor_release", ids[2], ids[0], "777.0"]]
+    assert by_pilot(await sched.status())[3].state is PilotState.QUEUED
+    assert sched.hold_reason(ids[2]) is None
+
+    fake.condor_leave(ids[0], JobStatus=4, ExitCode=0)
+    fake.condor_leave(
+        ids[1],
+        JobStatus=3,
+        RemoveReason=(
+            "The job attribute PeriodicRemove expression 'GlideinWalltimeHeld && ((time() - EnteredCurrentStatus) > "
+            "1800)' evaluated to TRUE"
+        ),
+    )
+    await sched.cancel([ids[2], ids[3], ids[4], "4242.0"])  # "Job 4242.0 not found": already gone
+    assert await sched.status() == []  # completed and removed pilots leave the queue
+
+    ended = by_pilot(await sched.history(ids))
+    assert states(list(ended.values())) == {
+        1: PilotState.DONE,
+        2: PilotState.TIMEOUT,
+        3: PilotState.CANCELLED,
+        4: PilotState.CANCELLED,
+        5: PilotState.CANCELLED,
+    }
+    assert ended[4].reason == "via condor_rm (by user alice)"
+    history_call = fake.calls("condor_history")[-1]
+    assert history_call[:4] == ["condor_history", "-json", "-attributes", ATTRIBUTES]
+    assert history_call[-2:] == ["-limit", "5"]
+
+
+async def test_htcondor_refusal_names_the_key(tmp_path: Path) -> None:
+    fake = FakeBatch(tmp_path / "batch")
+    site = site_config(tmp_path, "htcondor", {"constraint": '(OpSys == "LINUX"'})
+    sched = HTCondorScheduler(site, LocalRunner(), env=fake.env)
+    with pytest.raises(SchedulerError) as err:
+        await sched.submit(launch(site, 1))
+    assert "check `batch.constraint`" in err.value.message
+    assert err.value.fields["command"][0] == "condor_submit"
+    assert "Parse error" in err.value.fields["stderr"]
+
+
+async def test_condor_rm_failure_that_is_not_gone_is_an_error(tmp_path: Path) -> None:
+    fake = FakeBatch(tmp_path / "batch")
+    site = site_config(tmp_path, "htcondor")
+    sched = HTCondorScheduler(site, LocalRunner(), env=fake.env)
+    batch_id = await sched.submit(launch(site, 1))
+    fake.fail_next("condor_rm", rc=1, stderr=f"Permission denied to remove job {batch_id}\n")
+    with pytest.raises(SchedulerError, match="Permission denied"):
+        await sched.cancel([batch_id])
+    fake.fail_next("condor_rm", rc=1, stderr="")
+    with pytest.raises(SchedulerError, match="exit code 1"):
+        await sched.cancel([batch_id])
+
+
+async def test_condor_q_failure_is_a_scheduler_error(tmp_path: Path) -> None:
+    fake = FakeBatch(tmp_path / "batch")
+    sched = HTCondorScheduler(site_config(tmp_path, "htcondor"), LocalRunner(), env=fake.env)
+    fake.fail_next(
+        "condor_q",
+        rc=1,
+        stderr="\n-- Failed to fetch ads from: <10.0.0.1:9618> : login01\nSECMAN:2007:Failed to end classad message.\n",
+    )
+    with pytest.raises(SchedulerError, match="condor_q"):
+        await sched.status()
+
+
+async def test_missing_commands_are_named(tmp_path: Path) -> None:
+    env = {"PATH": str(tmp_path)}
+    with pytest.raises(SchedulerError, match="'condor_q' was not found"):
+        await HTCondorScheduler(site_config(tmp_path, "htcondor"), LocalRunner(), env=env).status()
+    with pytest.raises(SchedulerError, match="'qstat' was not found"):
+        await PbsScheduler(site_config(tmp_path, "pbs"), LocalRunner(), env=env).status()
+
+
+# --- the fakes print what the real tools print ----------------------------------------------------------
+
+
+def _run_fake(fake: FakeBatch, *argv: str) -> str:
+    env = {**os.environ, **fake.env}
+    return subprocess.run(list(argv), env=env, capture_output=True, text=True, timeout=30, check=True).stdout
+
+
+def _torque_keys(text: str) -> list[list[str]]:
+    jobs: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("Job Id:"):
+            jobs.append([])
+        elif line.startswith("    ") and " = " in line:
+            jobs[-1].append(line.split(" = ", 1)[0].strip())
+    return jobs
+
+
+def test_fakes_print_the_sample_formats(tmp_path: Path) -> None:
+    script = tmp_path / "job.pbs"
+    script.write_text("#!/bin/bash\n#PBS -N glidein-hpc1-1\n#PBS -l walltime=01:00:00\nexit 0\n")
+
+    pro = FakeBatch(tmp_path / "pro", "pro")
+    batch_id = _run_fake(pro, "qsub", "-j", "oe", "-o", "/x/pilot.out", str(script)).strip()
+    pro.start(batch_id)
+    pro.finish(batch_id, 0)
+    fake_job = json.loads(_run_fake(pro, "qstat", "-f", "-F", "json", "-x"))["Jobs"][batch_id]
+    sample_job = json.loads(sample("pbspro-2022.1-qstat-f-F-json-x.json"))["Jobs"]["1003.pbs01"]
+    assert list(fake_job) == list(sample_job)
+
+    torque = FakeBatch(tmp_path / "torque", "torque")
+    batch_id = _run_fake(torque, "qsub", "-j", "oe", "-o", "/x/pilot.out", str(script)).strip()
+    torque.start(batch_id)
+    torque.finish(batch_id, 0)
+    (fake_keys,) = _torque_keys(_run_fake(torque, "qstat", "-f"))
+    sample_keys = _torque_keys(sample("torque-6.1.3-qstat-f.txt"))[2]  # 2003: completed
+    assert fake_keys == [k for k in sample_keys if k in fake_keys]
+    assert set(sample_keys) - set(fake_keys) <= {"Walltime.Remaining"} | {
+        k for k in sample_keys if k.startswith("req_information.")
+    }
+
+    condor = FakeBatch(tmp_path / "condor")
+    condor.condor_add("501.0", JobStatus=1, GlideinTag="glidein-hpc1-21", JobBatchName="glidein-hpc1-21")
+    text = _run_fake(condor, "condor_q", "-json", "-attributes", ATTRIBUTES, "-constraint", CONSTRAINT)
+    sample_text = sample("htcondor-23-condor_q-json.json")
+    assert text.splitlines()[:2] == sample_text.splitlines()[:2] == ["[", "{"]
+    assert list(json.loads(text)[0]) == list(json.loads(sample_text)[0])
