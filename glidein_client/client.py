@@ -52,21 +52,26 @@ def pilot_command(site: SiteConfig, workdir: str) -> tuple[str, ...]:
     """The complete ``glidein_client.pilot run`` command line of one pilot of ``site``.
 
     ``workdir`` is the pilot's own directory on the site's filesystem; it holds the pilot
-    token (``<workdir>/token``). Batch backends put this command into their scripts.
+    token (``<workdir>/token``). Batch backends put this command into their scripts. Pilots
+    under a batch system take their cores, memory, GPUs and end time from their allocation;
+    local pilots are given them.
     """
     shape = site.shape
     options = {
         "--server-url": site.site.server_url,
         "--token-file": os.path.join(workdir, "token"),
         "--site": site.name,
-        "--cpus": str(shape.cpus),
-        "--memory-mb": str(shape.memory_mb),
-        "--gpus": str(shape.gpus),
         "--disk-mb": str(shape.disk_mb),
-        "--walltime-s": str(shape.walltime_s),
         "--idle-timeout-s": str(site.idle_timeout_s),
         "--scratch": os.path.join(site.site.scratch_dir, "pilots"),
     }
+    if site.site.scheduler == "local":
+        # No batch system hands out an allocation: the config is the allocation.
+        options.update({"--cpus": str(shape.cpus), "--memory-mb": str(shape.memory_mb), "--gpus": str(shape.gpus),
+                        "--walltime-s": str(shape.walltime_s)})
+    else:
+        # The pilot reads its real cores, memory, GPUs and end time from the batch system.
+        options["--fallback-walltime-s"] = str(shape.walltime_s)
     if site.site.ca_file:
         options["--ca-file"] = site.site.ca_file
     argv = [site.batch.python or sys.executable, "-m", "glidein_client.pilot", "run"]

@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--gpus", type=int, help="GPUs to offer (default: detected)")
         sp.add_argument("--disk-mb", type=int, help="scratch space to offer (default: detected)")
         sp.add_argument("--walltime-s", type=int, help="own walltime (default: from the batch system)")
+        sp.add_argument("--fallback-walltime-s", type=int,
+                        help="walltime to assume when the batch system does not tell the pilot's end time")
         sp.add_argument("--idle-timeout-s", type=float, default=120.0)
         sp.add_argument("--prefetch-s", type=float, default=2.0,
                         help="keep about this many seconds of short jobs per slot claimed ahead (0: never)")
@@ -67,7 +69,8 @@ async def _main(args: argparse.Namespace) -> int:
                 print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
             return 0 if result.ok else 1
         detected = await detect(scratch, cpus=args.cpus, memory_mb=args.memory_mb, gpus=args.gpus,
-                                disk_mb=args.disk_mb, walltime_s=args.walltime_s)
+                                disk_mb=args.disk_mb, walltime_s=args.walltime_s,
+                                fallback_walltime_s=args.fallback_walltime_s)
         pilot = Pilot(channel, detected, PilotSettings(scratch=scratch, idle_timeout_s=args.idle_timeout_s,
                                                        prefetch_s=args.prefetch_s, min_disk_mb=args.min_disk_mb,
                                                        required_commands=tuple(args.require)))

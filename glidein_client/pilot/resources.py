@@ -290,6 +290,7 @@ def resolve(
     gpus: int | None = None,
     disk_mb: int | None = None,
     walltime_s: int | None = None,
+    fallback_walltime_s: int | None = None,
 ) -> Detected:
     """Combine raw facts and explicit numbers into what the pilot offers."""
     for name, value, minimum in (
@@ -320,6 +321,9 @@ def resolve(
     elif (end := parse_squeue_end(facts.squeue_end)) is not None:
         end_time = end
         notes.append(f"end time: in {max(0, end - facts.now):.0f} s, from squeue")
+    elif fallback_walltime_s is not None:
+        end_time = facts.now + fallback_walltime_s
+        notes.append(f"end time: in {fallback_walltime_s} s, the site's pilot walltime (the batch system did not say)")
     else:
         notes.append("end time: unknown; give a walltime to stop taking jobs that cannot finish")
     return Detected(
@@ -515,6 +519,7 @@ async def detect(
     gpus: int | None = None,
     disk_mb: int | None = None,
     walltime_s: int | None = None,
+    fallback_walltime_s: int | None = None,
     env: Mapping[str, str] | None = None,
     now: float | None = None,
 ) -> Detected:
@@ -545,7 +550,8 @@ async def detect(
         job_ad=files.job_ad,
         pbs_nodefile=files.pbs_nodefile,
     )
-    detected = resolve(facts, cpus=cpus, memory_mb=memory_mb, gpus=gpus, disk_mb=disk_mb, walltime_s=walltime_s)
+    detected = resolve(facts, cpus=cpus, memory_mb=memory_mb, gpus=gpus, disk_mb=disk_mb, walltime_s=walltime_s,
+                       fallback_walltime_s=fallback_walltime_s)
     for note in detected.notes:
         log.info("detected %s", note)
     return detected

@@ -21,7 +21,7 @@ module load python/3.11
 
 # The walltime ends the pilot as a batch system would: TERM at 43200 s, KILL
 # 30 s later (exit code 124, or 137 when KILL was needed).
-timeout --signal=TERM --kill-after=30 43200 /opt/glidein/bin/python -m glidein_client.pilot run --server-url http://127.0.0.1:1 --token-file '/scratch/glidein sites/pilots-meta/glidein-test-42/token' --site test --cpus 1 --memory-mb 2048 --gpus 0 --disk-mb 10240 --walltime-s 43200 --idle-timeout-s 120 --scratch '/scratch/glidein sites/pilots' --ca-file /etc/glidein/ca.pem &
+timeout --signal=TERM --kill-after=30 43200 /opt/glidein/bin/python -m glidein_client.pilot run --server-url http://127.0.0.1:1 --token-file '/scratch/glidein sites/pilots-meta/glidein-test-42/token' --site test --disk-mb 10240 --idle-timeout-s 120 --scratch '/scratch/glidein sites/pilots' --cpus 1 --memory-mb 2048 --gpus 0 --walltime-s 43200 --ca-file /etc/glidein/ca.pem &
 child=$!
 while :; do
     wait "$child"
