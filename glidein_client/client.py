@@ -19,11 +19,11 @@ from types import TracebackType
 
 from .api import ApiClient
 from .config import SiteConfig
-from .decisions import decide
+from .decisions import Decision, decide, hold_actions
 from .errors import GlideinError, SchedulerError, ServerUnreachable
 from .runner import LocalRunner, Runner
 from .schedulers import make_scheduler
-from .schedulers.base import PilotLaunch, PilotState, Scheduler
+from .schedulers.base import HoldHandler, PilotJob, PilotLaunch, PilotState, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,22 @@ def pilot_command(site: SiteConfig, workdir: str) -> tuple[str, ...]:
     return tuple(argv)
 
 
+def make_runner(site: SiteConfig) -> Runner:
+    """The runner for ``site``: over SSH to the login node when ``[ssh]`` is set, else this host."""
+    if site.ssh is None:
+        return LocalRunner()
+    from .ssh_runner import SshRunner  # asyncssh is imported only in remote mode
+
+    return SshRunner(site.ssh, config_path=site.path)
+
+
 class SiteClient:
     """Keeps a site's pilots in line with its demand; one :meth:`cycle` at a time."""
 
     def __init__(self, site: SiteConfig, *, runner: Runner | None = None, scheduler: Scheduler | None = None) -> None:
         self.site = site
-        self.runner: Runner = runner if runner is not None else LocalRunner()
+        self._own_runner = runner is None  # made here from the config (SSH in remote mode): closed here
+        self.runner: Runner = runner if runner is not None else make_runner(site)
         self.scheduler: Scheduler = scheduler if scheduler is not None else make_scheduler(site, self.runner)
         self._api: ApiClient | None = None
         self._generation: int | None = None  # of the server's work signal, last seen
@@ -102,6 +112,9 @@ class SiteClient:
         if self._api is not None:
             api, self._api = self._api, None
             await api.__aexit__(et, e, tb)
+        aclose = getattr(self.runner, "aclose", None)
+        if self._own_runner and aclose is not None:
+            await aclose()
 
     @property
     def api(self) -> ApiClient:
@@ -126,6 +139,7 @@ class SiteClient:
             await self.api.pilot_states(site.name, states)
         decision = decide(demand.pilots, pilots, site.limits, now=time.time(), max_queued_s=site.max_queued_s,
                           start_failures=demand.start_failures, backoff_s=demand.backoff_s)
+        decision = await self._handle_holds(pilots, decision)
 
         failure: GlideinError | None = None
         removed: tuple[str, ...] = ()
@@ -171,6 +185,24 @@ class SiteClient:
             failure.fields.setdefault("report", report)
             raise failure
         return report
+
+    async def _handle_holds(self, pilots: list[PilotJob], decision: Decision) -> Decision:
+        """Release held pilots whose trouble passes; add the others to this cycle's removals."""
+        sched = self.scheduler
+        if not isinstance(sched, HoldHandler):
+            return decision
+        held = [(p, info) for p in pilots if p.state is PilotState.HELD
+                if (info := sched.hold_reason(p.batch_id)) is not None]
+        if not held:
+            return decision
+        holds = hold_actions(held, now=time.time())
+        if holds.release:
+            try:
+                await sched.release(list(holds.release))
+            except SchedulerError as exc:
+                _log_scheduler_error("releasing held pilots", exc)
+        remove = tuple(dict.fromkeys(decision.remove + holds.remove))
+        return Decision(submit=decision.submit, remove=remove, reasons=decision.reasons + holds.reasons)
 
     async def _submit_one(self) -> str:
         site = self.site

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import LimitsSection
-from .schedulers.base import PilotJob, PilotState
+from .schedulers.base import HoldInfo, PilotJob, PilotState
 from .units import format_duration
 
 #: States of pilots that will bring capacity but do not run yet.
@@ -120,3 +120,55 @@ def decide(
 def _age_key(p: PilotJob, now: float) -> float:
     """Submission time; a pilot of unknown age counts as just submitted."""
     return p.submitted_at if p.submitted_at is not None else now
+
+
+# --- held pilots -------------------------------------------------------------------------------
+
+#: HTCondor HoldReasonCode values of passing trouble on a node or in a transfer, worth a release:
+#: FailedToCreateProcess, UnableToOpen{Output,Input}{,Stream}, InvalidTransferAck, TransferOutputError,
+#: TransferInputError, InvalidTransferGoAhead, HookPrepareJobFailure, StartdHeldJob, UnableToInitUserLog,
+#: NoCompatibleShadow, SingularityTestFailed, HookShadowPrepareJobFailure (HTCondor 23 hold codes).
+RECOVERABLE_HOLD_CODES = frozenset({6, 7, 8, 9, 10, 11, 12, 13, 18, 19, 21, 22, 24, 45, 48})
+#: A pilot held more often than this is removed rather than released again.
+MAX_HOLDS = 5
+#: The first release waits this long after the hold; each further hold doubles it (at most an hour).
+FIRST_RELEASE_S = 60.0
+
+
+@dataclass(frozen=True)
+class HoldDecision:
+    release: tuple[str, ...]
+    remove: tuple[str, ...]
+    reasons: tuple[str, ...]
+
+
+def release_after_s(num_holds: int) -> float:
+    return float(min(FIRST_RELEASE_S * 2.0 ** max(0, num_holds - 1), 3600.0))
+
+
+def hold_actions(held: Sequence[tuple[PilotJob, HoldInfo]], *, now: float) -> HoldDecision:
+    """Release pilots held for passing trouble (with a back-off per pilot), remove the others.
+
+    Holds put on purpose (by a person or a policy) or caused by the pilot's own request
+    (bad working directory, too large, wrong image) will not go away by themselves: those
+    pilots are removed, and the demand brings new ones. A pilot held ``MAX_HOLDS`` times is
+    removed too. The back-off needs no local state: it comes from the batch system's own
+    count of holds and the time the pilot entered the hold.
+    """
+    release: list[str] = []
+    remove: list[str] = []
+    reasons: list[str] = []
+    for pilot, hold in held:
+        holds = hold.num_holds or 1
+        if hold.walltime:
+            continue  # the backend reports these as TIMEOUT; nothing to release
+        if hold.code not in RECOVERABLE_HOLD_CODES:
+            remove.append(pilot.batch_id)
+            reasons.append(f"removing held pilot {pilot.batch_id}: {hold} (will not clear by itself)")
+        elif holds > MAX_HOLDS:
+            remove.append(pilot.batch_id)
+            reasons.append(f"removing pilot {pilot.batch_id}: held {holds} times, last {hold}")
+        elif hold.since is None or now - hold.since >= release_after_s(holds):
+            release.append(pilot.batch_id)
+            reasons.append(f"releasing pilot {pilot.batch_id} (hold {holds} of at most {MAX_HOLDS}): {hold}")
+    return HoldDecision(release=tuple(release), remove=tuple(remove), reasons=tuple(reasons))

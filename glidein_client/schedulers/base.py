@@ -12,7 +12,7 @@ import shlex
 import string
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..config import SiteConfig
 from ..errors import TemplateError
@@ -61,6 +61,29 @@ class PilotJob:
     reason: str = ""
 
 
+#: HoldReasonCode values that mean "ran out of its allowed time" (HTCondor: JobDurationExceeded, JobExecuteExceeded).
+WALLTIME_HOLD_CODES = frozenset({46, 47})
+
+
+@dataclass(frozen=True)
+class HoldInfo:
+    """Why the batch system holds a pilot (HTCondor: ``HoldReasonCode``, ``HoldReasonSubCode``, ``HoldReason``)."""
+
+    code: int | None
+    subcode: int | None
+    reason: str
+    num_holds: int | None = None  # how often this pilot has been held so far
+    since: float | None = None  # when it entered the held state (epoch seconds)
+
+    @property
+    def walltime(self) -> bool:
+        """The hold ends a pilot that ran out of its walltime."""
+        return self.code in WALLTIME_HOLD_CODES
+
+    def __str__(self) -> str:
+        return f"held (HoldReasonCode {self.code}, HoldReasonSubCode {self.subcode}): {self.reason}"
+
+
 class Scheduler(Protocol):
     name: str
 
@@ -77,6 +100,17 @@ class Scheduler(Protocol):
         ...
 
     async def cancel(self, batch_ids: list[str]) -> None: ...
+
+
+@runtime_checkable
+class HoldHandler(Protocol):
+    """A backend whose held pilots can be inspected and released (HTCondor)."""
+
+    def hold_reason(self, batch_id: str) -> HoldInfo | None:
+        """Why a pilot is held, as of the last ``status()``; None when it is not held."""
+        ...
+
+    async def release(self, batch_ids: list[str]) -> None: ...
 
 
 def pilot_id_from_tag(site: str, name: str) -> int | None:

@@ -45,7 +45,15 @@ from typing import Any
 from ..config import SiteConfig
 from ..errors import ConfigError, SchedulerError
 from ..runner import CommandResult, Runner
-from .base import PilotJob, PilotLaunch, PilotState, StateTable, pilot_id_from_tag, render_template
+from .base import (
+    HoldInfo,
+    PilotJob,
+    PilotLaunch,
+    PilotState,
+    StateTable,
+    pilot_id_from_tag,
+    render_template,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +65,6 @@ USER_LOG = "pilot.log"
 
 #: Seconds a pilot held at its walltime stays in the queue (visible as TIMEOUT) before removal.
 WALLTIME_GRACE_S = 1800
-#: HoldReasonCode values that mean "ran out of its allowed time".
-WALLTIME_HOLD_CODES = frozenset({46, 47})  # JobDurationExceeded, JobExecuteExceeded
 #: A held pilot whose input is still being spooled has not failed; it waits.
 SPOOLING_HOLD_CODE = 16
 #: Marker in the RemoveReason of a pilot removed after a walltime hold.
@@ -67,7 +73,7 @@ WALLTIME_REMOVE_MARKER = "GlideinWalltimeHeld"
 #: The job attributes ``status`` and ``history`` ask for.
 ATTRIBUTES = (
     "ClusterId,ProcId,JobStatus,GlideinTag,JobBatchName,HoldReason,HoldReasonCode,HoldReasonSubCode,"
-    "QDate,EnteredCurrentStatus,ExitCode,RemoveReason"
+    "QDate,EnteredCurrentStatus,ExitCode,RemoveReason,NumHolds"
 )
 CONSTRAINT = "GlideinTag =!= undefined"
 
@@ -108,23 +114,6 @@ _JOB_LINE = re.compile(r"^Job \d+\.\d+ ")
 _TRANSIENT = re.compile(
     r"Failed to connect|Can't find address|Failed to fetch ads|SECMAN|timed out|Connection refused", re.I
 )
-
-
-@dataclass(frozen=True)
-class HoldInfo:
-    """Why HTCondor holds a pilot: ``HoldReasonCode``, ``HoldReasonSubCode``, ``HoldReason``."""
-
-    code: int | None
-    subcode: int | None
-    reason: str
-
-    @property
-    def walltime(self) -> bool:
-        """The hold ends a pilot that ran out of its walltime."""
-        return self.code in WALLTIME_HOLD_CODES
-
-    def __str__(self) -> str:
-        return f"held (HoldReasonCode {self.code}, HoldReasonSubCode {self.subcode}): {self.reason}"
 
 
 def classad_string(value: str) -> str:
@@ -185,10 +174,13 @@ def ad_state(ad: Mapping[str, Any]) -> tuple[str, PilotState | None, str]:
 
 
 def hold_info(ad: Mapping[str, Any]) -> HoldInfo:
+    since = _int(ad.get("EnteredCurrentStatus"))
     return HoldInfo(
         code=_int(ad.get("HoldReasonCode")),
         subcode=_int(ad.get("HoldReasonSubCode")),
         reason=str(ad.get("HoldReason", "")),
+        num_holds=_int(ad.get("NumHolds")),
+        since=float(since) if since is not None else None,
     )
 
 

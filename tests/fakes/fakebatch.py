@@ -430,6 +430,7 @@ ALL_ATTRS = (
     "EnteredCurrentStatus",
     "ExitCode",
     "RemoveReason",
+    "NumHolds",
 )
 
 

@@ -203,3 +203,21 @@ async def test_openapi_document_lists_every_route(live_server: LiveServer) -> No
     schema = doc["components"]["schemas"]["JobSpec"]
     assert schema["properties"]["cpus"]["minimum"] == 1
     assert schema["additionalProperties"] is False
+
+
+async def test_pilots_failing_at_start_put_the_site_in_backoff(live_server: LiveServer) -> None:
+    async with live_server.api(await live_server.token(Role.SITE, "flaky")) as site:
+        await site.demand("flaky", SHAPE)
+        grants = [await site.new_pilot("flaky") for _ in range(4)]
+        # Three pilots end in the batch system without ever reaching the server.
+        await site.pilot_states("flaky", {str(g.pilot_id): "failed" for g in grants[:3]})
+        demand = await site.demand("flaky", SHAPE)
+        assert demand.start_failures == 3 and 0 < demand.backoff_s <= 60
+        async with live_server.api(live_server.operator_token) as op:
+            (view,) = [s for s in (await op.summary()).sites if s.name == "flaky"]
+        assert view.start_failures == 3 and view.backoff_s > 0
+        # A pilot that starts ends the back-off.
+        async with live_server.api(grants[3].token) as pilot:
+            await pilot.register(PilotRegister(resources=FREE, end_time=time.time() + 3600))
+        demand = await site.demand("flaky", SHAPE)
+        assert demand.start_failures == 0 and demand.backoff_s == 0
