@@ -70,11 +70,33 @@ class BatchSection(_Section, kw_only=True, frozen=True):
     python: str | None = None
 
 
+#: ``[user@]host[:port]``; an IPv6 address goes in brackets: ``user@[2001:db8::1]:2222``.
+_JUMP_HOST = r"^([A-Za-z0-9._][A-Za-z0-9._-]*@)?([A-Za-z0-9_][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$"
+
+
+class SshSection(_Section, kw_only=True, frozen=True):
+    """Remote mode: drive the site's login node over SSH (key + one-time code); see site_configs/remote-slurm.toml."""
+
+    host: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_:][A-Za-z0-9._:-]*$")]
+    port: Annotated[int, Meta(ge=1, le=65535)] = 22
+    user: Annotated[str, Meta(pattern=r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")] | None = None
+    key_file: str | None = None
+    known_hosts: str = "~/.ssh/known_hosts"
+    totp_secret_file: str | None = None
+    jump_host: Annotated[str, Meta(pattern=_JUMP_HOST)] | None = None
+    keepalive_s: Annotated[float, Meta(ge=1)] = 30.0
+    connect_timeout_s: Annotated[float, Meta(ge=1)] = 30.0
+    remote_dir: Annotated[str, Meta(min_length=1)] = "glidein"
+    remote_python: Annotated[str, Meta(min_length=1)] = "python3"
+    cron_minutes: Annotated[int, Meta(ge=1, le=59)] = 5
+
+
 class SiteFile(_Section, kw_only=True, frozen=True):
     site: SiteSection
     pilot: PilotSection = PilotSection()
     limits: LimitsSection = LimitsSection()
     batch: BatchSection = BatchSection()
+    ssh: SshSection | None = None
 
 
 class SiteConfig(Struct, frozen=True, kw_only=True):
@@ -88,6 +110,8 @@ class SiteConfig(Struct, frozen=True, kw_only=True):
     idle_timeout_s: int
     whole_node: bool
     max_queued_s: int
+    #: Remote mode: the login node is reached over SSH (None: this host is the login node).
+    ssh: SshSection | None = None
 
     @property
     def name(self) -> str:
@@ -157,11 +181,12 @@ def parse_site_config(raw: dict[str, Any], path: str = "<config>") -> SiteConfig
             f"Site config {path}: pilot.walltime must be at least 1 minute and pilot.memory positive.",
             field="pilot.walltime",
         )
+    ssh = _check_ssh(data, path) if data.ssh is not None else None
     site = msgspec.structs.replace(  # "~" in paths means the home directory of the client's user
         data.site,
         token_file=os.path.expanduser(data.site.token_file),
         ca_file=os.path.expanduser(data.site.ca_file) if data.site.ca_file else None,
-        scratch_dir=os.path.expanduser(data.site.scratch_dir),
+        scratch_dir=os.path.expanduser(data.site.scratch_dir) if ssh is None else data.site.scratch_dir,
     )
     return SiteConfig(
         path=path,
@@ -172,4 +197,36 @@ def parse_site_config(raw: dict[str, Any], path: str = "<config>") -> SiteConfig
         idle_timeout_s=idle,
         whole_node=pilot.whole_node,
         max_queued_s=max_queued,
+        ssh=ssh,
+    )
+
+
+def _check_ssh(data: SiteFile, path: str) -> SshSection:
+    """Remote-mode rules; local paths of the [ssh] section resolved ("~": this user's home)."""
+    ssh = data.ssh
+    assert ssh is not None
+    hint = "In remote mode, paths in [site] and [batch] are on the login node. See site_configs/remote-slurm.toml."
+    if not data.site.scratch_dir.startswith("/"):
+        raise ConfigError(
+            f"Site config {path}: site.scratch_dir must be an absolute path on the login node when [ssh] is set "
+            f"(it is {data.site.scratch_dir!r}).",
+            hint=hint,
+            field="site.scratch_dir",
+        )
+    if not data.batch.python:
+        raise ConfigError(
+            f"Site config {path}: batch.python must name the Python on the site's nodes when [ssh] is set.",
+            hint="After `glidein-client deploy`, that is <ssh.remote_dir>/venv/bin/python, as an absolute path. "
+            + hint,
+            field="batch.python",
+        )
+
+    def local(value: str | None) -> str | None:
+        return os.path.expanduser(value) if value else None
+
+    return msgspec.structs.replace(
+        ssh,
+        key_file=local(ssh.key_file),
+        known_hosts=os.path.expanduser(ssh.known_hosts),
+        totp_secret_file=local(ssh.totp_secret_file),
     )

@@ -76,3 +76,9 @@ class SchedulerError(GlideinError):
 
 class TemplateError(GlideinError):
     """A batch-script template references a key that was not supplied."""
+
+
+class SshError(GlideinError):
+    """The login node could not be reached, refused the login, or dropped the connection."""
+
+    http_status = 502
