@@ -175,3 +175,39 @@ def test_invalid_toml_names_file(tmp_path: Path) -> None:
         load_site_config(path)
     assert str(path) in str(info.value)
     assert "not valid TOML" in str(info.value)
+
+
+BATCH_EXAMPLES = ["slurm", "pbs", "htcondor"]
+
+
+@pytest.mark.parametrize("name", BATCH_EXAMPLES)
+@pytest.mark.parametrize("section", [SiteSection, PilotSection, LimitsSection, BatchSection])
+def test_batch_examples_document_every_key(name: str, section: type[msgspec.Struct]) -> None:
+    text = (EXAMPLE.parent / f"{name}.toml").read_text()
+    table = {SiteSection: "site", PilotSection: "pilot", LimitsSection: "limits", BatchSection: "batch"}[section]
+    body = text.split(f"[{table}]\n", 1)[1].split("\n[", 1)[0]
+    for field in msgspec.structs.fields(section):
+        match = re.search(rf"^(# )?{field.name} = ", body, re.MULTILINE)
+        assert match, f"site_configs/{name}.toml does not document {table}.{field.name}"
+        assert body[: match.start()].rstrip("\n").splitlines()[-1].startswith("#")
+
+
+@pytest.mark.parametrize("name", BATCH_EXAMPLES)
+def test_batch_examples_render_a_pilot_script(name: str) -> None:
+    """Each example is accepted by its own backend, which renders the pilot job from it."""
+    from glidein_client.client import pilot_command
+    from glidein_client.runner import LocalRunner
+    from glidein_client.schedulers import make_scheduler
+    from glidein_client.schedulers.base import PilotLaunch
+    from glidein_client.schedulers.pbs import PbsScheduler
+
+    site = load_site_config(EXAMPLE.parent / f"{name}.toml")
+    assert site.site.scheduler == name
+    sched = make_scheduler(site, LocalRunner())
+    if isinstance(sched, PbsScheduler):
+        sched = PbsScheduler(site, LocalRunner(), flavour="pro")
+    workdir = f"{site.site.scratch_dir}/pilots-meta/glidein-{site.name}-7"
+    script = sched.render(PilotLaunch(pilot_id=7, site=site, workdir=workdir, token_file=f"{workdir}/token",
+                                      pilot_argv=pilot_command(site, workdir)))
+    assert f"glidein-{site.name}-7" in script
+    assert "--fallback-walltime-s" in script and "--cpus " not in script  # the allocation decides
