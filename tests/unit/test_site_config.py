@@ -199,6 +199,7 @@ def test_batch_examples_render_a_pilot_script(name: str) -> None:
     from glidein_client.runner import LocalRunner
     from glidein_client.schedulers import make_scheduler
     from glidein_client.schedulers.base import PilotLaunch
+    from glidein_client.schedulers.htcondor import HTCondorScheduler
     from glidein_client.schedulers.pbs import PbsScheduler
 
     site = load_site_config(EXAMPLE.parent / f"{name}.toml")
@@ -207,7 +208,10 @@ def test_batch_examples_render_a_pilot_script(name: str) -> None:
     if isinstance(sched, PbsScheduler):
         sched = PbsScheduler(site, LocalRunner(), flavour="pro")
     workdir = f"{site.site.scratch_dir}/pilots-meta/glidein-{site.name}-7"
-    script = sched.render(PilotLaunch(pilot_id=7, site=site, workdir=workdir, token_file=f"{workdir}/token",
-                                      pilot_argv=pilot_command(site, workdir)))
+    launch = PilotLaunch(pilot_id=7, site=site, workdir=workdir, token_file=f"{workdir}/token",
+                         pilot_argv=pilot_command(site, workdir))
+    script = sched.render(launch)
+    if isinstance(sched, HTCondorScheduler):
+        script += sched.render_wrapper(launch)  # HTCondor's executable holds the pilot command
     assert f"glidein-{site.name}-7" in script
     assert "--fallback-walltime-s" in script and "--cpus " not in script  # the allocation decides
