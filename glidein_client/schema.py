@@ -281,6 +281,7 @@ class Summary(_Strict, kw_only=True):
     pilots: dict[str, int]
     sites: list[SiteView]
     occupancy: float | None = None  # allocated core-seconds / available core-seconds of ended pilots
+    problems: list[str] = []  # pilots of the last day that found their node broken (black hole, self-test)
 
 
 class ErrorBody(_Strict, kw_only=True):

@@ -75,13 +75,27 @@ def per_pilot(shape: Shape, pilot: PilotShape) -> int:
     return max(n, 1)
 
 
+#: A site never drops below this weight, so it keeps getting some work and can show it recovered.
+MIN_WEIGHT = 0.1
+
+
+def site_weight(health: Mapping[str, float] | None, site: str) -> float:
+    return max(MIN_WEIGHT, health.get(site, 1.0)) if health else 1.0
+
+
 def site_demand(
     site: str,
     shapes: Sequence[Shape],
     site_shapes: Mapping[str, PilotShape],
     free: Sequence[FreeCapacity],
+    health: Mapping[str, float] | None = None,
 ) -> Demand:
-    """Demand of ``site`` (whose pilot shape must be in ``site_shapes``)."""
+    """Demand of ``site`` (whose pilot shape must be in ``site_shapes``).
+
+    A shape eligible at several sites is split among them by weight: each site's recent
+    success rate (``health``, 1.0 when unknown), never below ``MIN_WEIGHT``. Healthy sites
+    weigh the same, so a job eligible at k healthy sites counts 1/k at each.
+    """
     pilot = site_shapes[site]
     share: dict[Shape, float] = {}
     unfit = 0
@@ -94,8 +108,8 @@ def site_demand(
         if not fits_pilot(shape, pilot):
             unfit += shape.count
             continue
-        k = len(eligible_sites(shape, site_shapes))
-        share[shape] = shape.count / max(k, 1)
+        total = sum(site_weight(health, s) for s in eligible_sites(shape, site_shapes))
+        share[shape] = shape.count * site_weight(health, site) / max(total, 1e-9)
 
     # Net of what live pilots of this site can take right now (largest jobs first).
     order = sorted(share, key=lambda s: (-s.cpus, -s.gpus, -s.memory_mb))

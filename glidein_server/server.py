@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from types import TracebackType
 
 from aiohttp import web
@@ -13,6 +14,7 @@ from glidein_client.schema import Role
 from . import auth
 from .app import Api, ServerConfig
 from .files import FileStore
+from .retry import RetryPolicy
 from .settings import ServerSettings, StateDir
 from .sqlite_store import SqliteStore
 from .store import Store
@@ -21,7 +23,10 @@ log = logging.getLogger(__name__)
 
 
 def open_store(state: StateDir, settings: ServerSettings) -> Store:
-    return SqliteStore(str(state.database(settings)))
+    s = settings
+    retry = RetryPolicy(memory_factor=s.retry_memory_factor, max_memory_mb=s.retry_max_memory_mb,
+                        walltime_factor=s.retry_walltime_factor, max_walltime_s=s.retry_max_walltime_s)
+    return SqliteStore(str(state.database(settings)), retry=retry)
 
 
 async def mint_token(store: Store, role: Role, subject: str, expires_at: float | None = None) -> str:
@@ -54,6 +59,7 @@ class Server:
     async def __aenter__(self) -> Server:
         s = self.settings
         await self.store.open()
+        await self.store.recover(time.time(), s.lease_s)
         files = FileStore(self.state.files(s), max_bytes=s.max_file_mb << 20)
         api = Api(self.store, files, ServerConfig(lease_s=s.lease_s, heartbeat_s=s.heartbeat_s,
                                                   pilot_timeout_s=s.pilot_timeout_s,

@@ -31,6 +31,10 @@ class ServerSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     pilot_timeout_s: Annotated[float, Meta(ge=1)] = 180.0  # a silent pilot is considered lost
     max_request_mb: Annotated[int, Meta(ge=1)] = 64
     max_file_mb: Annotated[int, Meta(ge=1)] = 4096
+    retry_memory_factor: Annotated[float, Meta(ge=1)] = 1.5  # a job killed for memory retries with this much more
+    retry_max_memory_mb: Annotated[int, Meta(ge=1)] = 256 * 1024
+    retry_walltime_factor: Annotated[float, Meta(ge=1)] = 1.5  # ... and one killed for walltime with this much more
+    retry_max_walltime_s: Annotated[int, Meta(ge=1)] = 7 * 86400
     tls_cert: str = ""  # PEM certificate; TLS is on when both tls_cert and tls_key are set
     tls_key: str = ""
 

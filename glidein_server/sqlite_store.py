@@ -43,6 +43,7 @@ from glidein_client.schema import (
 from . import demand as dm
 from . import sqlfile
 from .matchmaking import Candidate, Capacity, select
+from .retry import RetryPolicy, next_spec
 from .store import JobFilter, Principal
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,11 @@ _spec_decoder = msgspec.json.Decoder(JobSpec)
 _spec_encoder = msgspec.json.Encoder()
 TERMINAL_BATCH_STATES = {"done", "failed", "timeout", "cancelled"}
 CLAIM_SCAN = 2000
+#: How attempts move a site's health (a moving average): success 1, failure 0. Jobs interrupted
+#: by a pilot's end or cancelled say nothing about the site; a lost pilot does.
+SITE_HEALTH = {Outcome.DONE: 1.0, Outcome.FAILED: 0.0, Outcome.MEMORY: 0.0, Outcome.WALLTIME: 0.0,
+               Outcome.LOST: 0.0}
+HEALTH_ALPHA = 0.05
 
 
 def sites_key(sites: Sequence[str] | None) -> str:
@@ -63,8 +69,9 @@ def sites_from_key(key: str) -> frozenset[str] | None:
 
 
 class SqliteStore:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, retry: RetryPolicy | None = None) -> None:
         self.path = path
+        self.retry = retry or RetryPolicy()
         self._db: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._site_shapes: dict[str, PilotShape] = {}
@@ -84,6 +91,15 @@ class SqliteStore:
         self._db = db
         for name, shape in db.execute("SELECT name, shape FROM sites WHERE shape IS NOT NULL"):
             self._site_shapes[name] = msgspec.json.decode(shape, type=PilotShape)
+
+    async def recover(self, now: float, grace_s: float) -> None:
+        """After a restart: give pilots ``grace_s`` to reconnect before their jobs count as lost."""
+
+        def tx(db: sqlite3.Connection) -> None:
+            db.execute(Q["recover_leases"], (now + grace_s,))
+            db.execute(Q["recover_pilots"], (now,))
+
+        await self._tx(tx)
 
     async def close(self) -> None:
         if self._pool is None:
@@ -287,7 +303,8 @@ class SqliteStore:
             shapes = [dm.Shape(c, m, g, d, w, sites_from_key(s), n) for c, m, g, d, w, s, n
                       in db.execute(Q["idle_shapes"])]
             free = [dm.FreeCapacity(*r) for r in db.execute(Q["live_pilots_free"], (site, live_after))]
-            demand = dm.site_demand(site, shapes, self._site_shapes, free)
+            health = dict(db.execute("SELECT name, health FROM sites").fetchall())
+            demand = dm.site_demand(site, shapes, self._site_shapes, free, health)
             failures, backoff = self._site_backoff(db, site, now)
             return msgspec.structs.replace(demand, start_failures=failures, backoff_s=backoff)
 
@@ -454,13 +471,21 @@ class SqliteStore:
         if outcome is Outcome.DONE:
             db.execute(Q["job_done"], (now, exit_code, attempt_id, job_id))
         elif outcome.counts_as_retry:
-            row = db.execute("SELECT retries_used, max_retries FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute("SELECT retries_used, max_retries, spec FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row and row[0] < row[1]:
-                db.execute(Q["job_retry"], (exit_code, reason, job_id))
+                grown = next_spec(_spec_decoder.decode(row[2]), outcome, self.retry)
+                if grown is None:
+                    db.execute(Q["job_retry"], (exit_code, reason, job_id))
+                else:
+                    spec, note = grown
+                    db.execute(Q["job_retry_grown"], (exit_code, f"{reason}; {note}", spec.memory_mb,
+                                                      spec.walltime_s, _spec_encoder.encode(spec), job_id))
             else:
                 db.execute(Q["job_failed"], (now, exit_code, reason, job_id))
         elif outcome is not Outcome.CANCELLED:
             db.execute(Q["job_requeue"], (reason, job_id))
+        if outcome in SITE_HEALTH:
+            db.execute(Q["site_health"], (1 - HEALTH_ALPHA, HEALTH_ALPHA * SITE_HEALTH[outcome], attempt_id))
 
     async def record_output(self, pilot_id: int, attempt_id: int, lease: str, name: str,
                             sha256: str, size: int) -> None:
@@ -523,7 +548,12 @@ class SqliteStore:
                                       pilots_pending=counts.get("pending", 0), last_seen=seen,
                                       start_failures=failures, backoff_s=backoff))
             occupancy = occ[0] / occ[1] if occ and occ[1] else None
-            return Summary(jobs=jobs, pilots=pilots, sites=sites, occupancy=occupancy)
+            problems = [f"pilot {pid} at site {site} on {host or 'an unknown host'}: {reason}"
+                        for pid, site, host, reason in db.execute(
+                            "SELECT id, site, host, exit_reason FROM pilots WHERE ended_at > ? AND "
+                            "(exit_reason LIKE 'black hole%' OR exit_reason LIKE 'self-test failed%') "
+                            "ORDER BY id DESC LIMIT 50", (now - 86400,))]
+            return Summary(jobs=jobs, pilots=pilots, sites=sites, occupancy=occupancy, problems=problems)
 
         return await self._run(read, self._conn)
 

@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
 import queue
 import shutil
+import signal
 import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from ..errors import ConflictError, GlideinError, ServerUnreachable
 from ..schema import (
@@ -44,8 +48,13 @@ from .resources import Detected
 from .selftest import self_test
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 REPORT_DELAY_S = 0.05
 REPORT_BATCH = 64
+#: A batch system ends a pilot by signalling every process of its job (scancel, time limit): a job
+#: killed by one of these while the pilot's own signal is on its way was interrupted, not at fault.
+STOP_SIGNALS = frozenset({-signal.SIGTERM, -signal.SIGKILL, -signal.SIGINT, -signal.SIGHUP})
+STOP_SIGNAL_GRACE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,9 @@ class PilotSettings:
     required_commands: tuple[str, ...] = ()
     poll_s: float = 1.0  # memory checks
     grace_s: float = 5.0  # SIGTERM -> SIGKILL for jobs
+    black_hole_failures: int = 5  # this many jobs in a row failing fast: stop taking work
+    fast_failure_s: float = 10.0
+    outage_s: float = 300.0  # keep retrying transfers and registration this long while the server is away
 
 
 @dataclass
@@ -110,6 +122,7 @@ class Pilot:
         self._server_empty = False
         self._server_gone = False
         self._cache_locks: dict[str, asyncio.Lock] = {}
+        self._fast_failures = 0
         self._workdir = settings.scratch
         self._env = dict(os.environ)  # one snapshot: reading os.environ per job is slow
         self._janitor: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
@@ -131,11 +144,11 @@ class Pilot:
         """Self-test, register, work until idle, end of life or stop. Returns the exit code."""
         result = await self_test(self.settings.scratch, min_disk_mb=self.settings.min_disk_mb,
                                  required_commands=self.settings.required_commands, server_check=self.channel.check)
-        reg = await self.channel.register(PilotRegister(
+        reg = await self._patiently("register", lambda: self.channel.register(PilotRegister(
             batch_id=self.res.batch_id, host=socket.gethostname(), end_time=self.end_time,
             resources=Resources(cpus=self.res.slots, memory_mb=self.res.memory_mb, gpus=len(self.res.gpu_ids),
                                 disk_mb=self.res.disk_mb),
-            selftest_ok=result.ok, selftest_reason=result.reason))
+            selftest_ok=result.ok, selftest_reason=result.reason)))
         if not result.ok:
             log.error("self-test failed, taking no work: %s", result.reason)
             return 1
@@ -363,6 +376,11 @@ class Pilot:
                 self.started.append(AttemptRef(attempt_id=claim.attempt_id, lease=claim.lease))
                 self._wake.set()
                 result = await proc.wait()
+                if result.outcome is Outcome.FAILED and result.exit_code in STOP_SIGNALS:
+                    await asyncio.sleep(STOP_SIGNAL_GRACE_S)  # let the pilot's own signal arrive
+                    if self._stop_reason is not None:
+                        result = _replace(result, Outcome.INTERRUPTED,
+                                          f"the pilot is stopping: {self._stop_reason} ({result.reason})")
                 if result.outcome is Outcome.DONE:
                     outputs, result = await self._upload_outputs(claim, sandbox, result)
         except GlideinError as exc:
@@ -399,20 +417,33 @@ class Pilot:
         if result.outcome is not Outcome.DONE:
             log.info("job %d (attempt %d) ended %s: %s", claim.job_id, claim.attempt_id, result.outcome.value,
                      result.reason)
+        self._watch_for_black_hole(result)
         self._wake.set()
+
+    def _watch_for_black_hole(self, result: RunResult) -> None:
+        """Stop taking work when job after job fails within seconds: the node, not the jobs, is likely broken."""
+        if result.outcome is Outcome.DONE:
+            self._fast_failures = 0
+        elif result.outcome is Outcome.FAILED and result.wall_s < self.settings.fast_failure_s:
+            self._fast_failures += 1
+            if self._fast_failures >= self.settings.black_hole_failures:
+                log.error("black hole: the last %d jobs all failed within %.0f s; taking no more work",
+                          self._fast_failures, self.settings.fast_failure_s)
+                self.request_stop(f"black hole: the last {self._fast_failures} jobs all failed within "
+                                  f"{self.settings.fast_failure_s:.0f} s of starting; check this node")
 
     async def _place_input(self, inp: InputFile, sandbox: Path) -> None:
         dest = sandbox / inp.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         if inp.sha256 is None:
-            await self.channel.fetch_input(inp, dest)
+            await self._patiently(f"download {inp.name}", lambda: self.channel.fetch_input(inp, dest))
             return
         cached = self._workdir / "cache" / inp.sha256
         lock = self._cache_locks.setdefault(inp.sha256, asyncio.Lock())
         async with lock:
             if not cached.exists():
                 cached.parent.mkdir(exist_ok=True)
-                await self.channel.fetch_input(inp, cached)
+                await self._patiently(f"download {inp.name}", lambda: self.channel.fetch_input(inp, cached))
         try:
             os.link(cached, dest)
         except OSError:
@@ -425,8 +456,23 @@ class Pilot:
             return [], _replace(result, Outcome.FAILED, f"the job did not produce {', '.join(missing)}")
         uploaded = []
         for name in claim.spec.outputs:
-            uploaded.append(await self.channel.upload_output(claim.attempt_id, claim.lease, name, sandbox / name))
+            upload = functools.partial(self.channel.upload_output, claim.attempt_id, claim.lease, name, sandbox / name)
+            uploaded.append(await self._patiently(f"upload {name}", upload))
         return uploaded, result
+
+    async def _patiently(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry ``call`` while the server is unreachable (1 s doubling to 30 s), up to ``outage_s``."""
+        deadline = time.monotonic() + self.settings.outage_s
+        delay = 1.0
+        while True:
+            try:
+                return await call()
+            except ServerUnreachable as exc:
+                if time.monotonic() + delay > deadline or self._server_gone:
+                    raise
+                log.warning("%s: server unreachable (%s); retrying in %.0f s", what, exc.message, delay)
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
 
     async def _leave(self, reason: str) -> None:
         log.info("pilot %d leaving: %s (ran %d jobs, occupancy %.0f%%)", self.pilot_id, reason, self.stats.jobs,

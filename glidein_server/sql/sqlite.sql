@@ -15,7 +15,8 @@ CREATE TABLE IF NOT EXISTS sites (
     shape TEXT,
     last_seen REAL,
     start_failures INTEGER NOT NULL DEFAULT 0,   -- pilots in a row that ended before starting work
-    last_failure_at REAL
+    last_failure_at REAL,
+    health REAL NOT NULL DEFAULT 1.0              -- moving average of attempt success (1) and failure (0)
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY,
@@ -236,3 +237,17 @@ ON CONFLICT (name) DO UPDATE SET start_failures = start_failures + 1, last_failu
 
 -- name: site_start_ok
 UPDATE sites SET start_failures = 0 WHERE name = (SELECT site FROM pilots WHERE id = ?);
+
+-- name: job_retry_grown
+UPDATE jobs SET state = 'idle', exit_code = ?, reason = ?, retries_used = retries_used + 1,
+    memory_mb = ?, walltime_s = ?, spec = ?
+WHERE id = ? AND state IN ('claimed', 'running');
+
+-- name: site_health
+UPDATE sites SET health = health * ? + ? WHERE name = (SELECT site FROM attempts WHERE id = ?);
+
+-- name: recover_leases
+UPDATE attempts SET lease_expires = max(lease_expires, ?) WHERE state != 'ended';
+
+-- name: recover_pilots
+UPDATE pilots SET last_seen = max(coalesce(last_seen, 0), ?) WHERE state = 'running';

@@ -171,3 +171,29 @@ async def test_failed_self_test_takes_no_work_and_says_why(live_server: LiveServ
     assert "no-such-command-xyz" in live_server.pilot_logs()
     async with live_server.api(live_server.operator_token) as op:
         assert (await op.summary()).pilots == {"ended": 1}
+
+
+async def test_memory_killed_job_is_retried_with_more_memory(live_server: LiveServer) -> None:
+    grow = "b = bytearray(130 * 1024 * 1024); import time; time.sleep(3)"
+    async with await user_api(live_server) as api:
+        (job_id,) = await api.submit([JobSpec(argv=["python3", "-c", grow], memory_mb=100, max_retries=3,
+                                              walltime_s=60)])
+        await live_server.start_pilot(cpus=1, memory_mb=2000, idle_timeout_s=3, extra=("--prefetch-s", "0"))
+        assert (await wait_jobs(api, [job_id], timeout_s=60))[job_id] is JobState.DONE
+        job = await api.get_job(job_id)
+        outcomes = [a.outcome for a in await api.attempts(job_id)]
+    assert outcomes[0] == "memory" and outcomes[-1] == "done"
+    assert job.spec.memory_mb >= 150  # 100 MB, then 150 (and 225 if needed)
+    assert job.retries_used == len(outcomes) - 1
+
+
+async def test_black_hole_pilot_stops_taking_work_and_is_reported(live_server: LiveServer) -> None:
+    async with await user_api(live_server) as api:
+        ids = await api.submit([JobSpec(argv=["false"], max_retries=0, walltime_s=60) for _ in range(8)])
+        pilot = await live_server.start_pilot(cpus=1, idle_timeout_s=30, extra=("--prefetch-s", "0"))
+        assert await asyncio.wait_for(pilot.wait(), 30) == 0
+        states = [j.state for j in (await api.list_jobs(ids=ids)).jobs]
+    assert states.count(JobState.FAILED) == 5 and states.count(JobState.IDLE) == 3
+    async with live_server.api(live_server.operator_token) as op:
+        problems = (await op.summary()).problems
+    assert len(problems) == 1 and "black hole" in problems[0]

@@ -87,3 +87,15 @@ def test_shares_never_exceed_the_jobs(specs: list[tuple[int, int, frozenset[str]
     assert abs(total - runnable) < 1e-6  # every runnable job is counted exactly once across sites
     for name in sites:
         assert site_demand(name, shapes, sites, []).pilots >= 0
+
+
+def test_unhealthy_site_gets_a_smaller_share_until_it_recovers() -> None:
+    sites = {"good": FOUR, "bad": FOUR}
+    jobs = [shape(1, 100)]
+    health = {"good": 1.0, "bad": 0.25}
+    good = site_demand("good", jobs, sites, [], health).jobs
+    bad = site_demand("bad", jobs, sites, [], health).jobs
+    assert good == 80 and bad == 20 and good + bad == 100
+    # never below the floor, so a broken site still gets a little work to show it recovered
+    assert site_demand("bad", jobs, sites, [], {"good": 1.0, "bad": 0.0}).jobs > 0
+    assert site_demand("bad", jobs, sites, [], {"good": 1.0, "bad": 1.0}).jobs == 50
