@@ -247,6 +247,9 @@ class SyncRequest(_Strict, kw_only=True):
     wait_s: Annotated[float, Meta(ge=0, le=60)] = 0.0  # long-poll: hold the claim until work arrives
     occupancy: float = 0.0
     draining: bool = False
+    # Every attempt the pilot still holds (running, waiting in its backlog, or in a report not yet
+    # answered). The server requeues the pilot's other claims: their answer was lost on the way.
+    held: list[int] | None = None
 
 
 class Refusal(_Strict, kw_only=True):

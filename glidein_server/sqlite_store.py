@@ -408,6 +408,8 @@ class SqliteStore:
                 refused.append(Refusal(attempt_id=fin.attempt_id, reason=reason))
             else:
                 ran += 1
+        if req.held is not None:
+            self._drop_lost_claims(db, pilot_id, set(req.held), now)
         f = req.free
         db.execute(Q["pilot_update"], (f.cpus, f.memory_mb, f.gpus, f.disk_mb, req.lifetime_s, now,
                                        req.occupancy, pilot_id))
@@ -419,6 +421,13 @@ class SqliteStore:
         if not req.draining and (f.cpus > 0 or req.want > 0):
             jobs = self._claim(db, pilot_id, site, req, Capacity(tcpus, tmem, tgpus, tdisk), now, lease_s)
         return SyncResponse(jobs=jobs, cancel=cancel, refused=refused)
+
+    def _drop_lost_claims(self, db: sqlite3.Connection, pilot_id: int, held: set[int], now: float) -> None:
+        """Requeue claims the pilot does not hold: the answer that carried them never reached it."""
+        for attempt_id, job_id in db.execute(Q["active_attempts_of_pilot"], (pilot_id,)).fetchall():
+            if attempt_id not in held:
+                self._end_attempt(db, attempt_id, job_id, Outcome.INTERRUPTED, None,
+                                  "its claim never reached the pilot (the answer was lost on the way)", now)
 
     def _claim(self, db: sqlite3.Connection, pilot_id: int, site: str, req: SyncRequest, total: Capacity,
                now: float, lease_s: float) -> list[ClaimedJob]:

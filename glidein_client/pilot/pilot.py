@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import queue
+import random
 import shutil
 import signal
 import socket
@@ -50,6 +51,7 @@ from .selftest import self_test
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 REPORT_DELAY_S = 0.05
+MAX_RETRY_S = 10.0  # longest wait between tries while the server is unreachable
 REPORT_BATCH = 64
 #: A batch system ends a pilot by signalling every process of its job (scancel, time limit): a job
 #: killed by one of these while the pilot's own signal is on its way was interrupted, not at fault.
@@ -241,8 +243,8 @@ class Pilot:
                     # Keep the reports and send them again later; jobs keep running meanwhile.
                     self.started = in_flight[0] + self.started
                     self.finished = in_flight[1] + self.finished
-                    backoff_s = min(30.0, max(1.0, backoff_s * 2))
-                    retry_at = time.monotonic() + backoff_s
+                    backoff_s = min(MAX_RETRY_S, max(1.0, backoff_s * 2))
+                    retry_at = time.monotonic() + backoff_s * random.uniform(0.75, 1.25)
                     if isinstance(exc, ServerUnreachable) and backoff_s == 1.0:
                         log.warning("server unreachable, keeping %d reports and retrying: %s",
                                     len(self.finished), exc)
@@ -282,8 +284,11 @@ class Pilot:
         if not self._draining and (self._server_empty or idle):
             # Long poll: the server answers as soon as work arrives. Short while jobs run, so reports flow.
             wait_s = self.heartbeat_s if not self.running else min(1.0, self.heartbeat_s)
+        held = set(self.running) | {c.attempt_id for c in self.backlog}
+        held.update(r.attempt_id for r in reports[0])
+        held.update(f.attempt_id for f in reports[1])
         return SyncRequest(
-            started=reports[0], finished=reports[1],
+            held=sorted(held), started=reports[0], finished=reports[1],
             free=Resources(cpus=cpus, memory_mb=mem, gpus=gpus, disk_mb=disk),
             lifetime_s=max(0.0, self.end_time - time.time() - self.settings.end_margin_s),
             want=max(0, self._want() - len(self.backlog)) if not self._draining else 0,
@@ -461,7 +466,7 @@ class Pilot:
         return uploaded, result
 
     async def _patiently(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry ``call`` while the server is unreachable (1 s doubling to 30 s), up to ``outage_s``."""
+        """Retry ``call`` while the server is unreachable (1 s doubling to 10 s), up to ``outage_s``."""
         deadline = time.monotonic() + self.settings.outage_s
         delay = 1.0
         while True:
@@ -471,8 +476,8 @@ class Pilot:
                 if time.monotonic() + delay > deadline or self._server_gone:
                     raise
                 log.warning("%s: server unreachable (%s); retrying in %.0f s", what, exc.message, delay)
-                await asyncio.sleep(delay)
-                delay = min(30.0, delay * 2)
+                await asyncio.sleep(delay * random.uniform(0.75, 1.25))  # jitter: pilots do not return in step
+                delay = min(MAX_RETRY_S, delay * 2)
 
     async def _leave(self, reason: str) -> None:
         log.info("pilot %d leaving: %s (ran %d jobs, occupancy %.0f%%)", self.pilot_id, reason, self.stats.jobs,

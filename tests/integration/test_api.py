@@ -221,3 +221,19 @@ async def test_pilots_failing_at_start_put_the_site_in_backoff(live_server: Live
             await pilot.register(PilotRegister(resources=FREE, end_time=time.time() + 3600))
         demand = await site.demand("flaky", SHAPE)
         assert demand.start_failures == 0 and demand.backoff_s == 0
+
+
+async def test_a_claim_whose_answer_was_lost_goes_back_to_the_queue(live_server: LiveServer) -> None:
+    async with live_server.api(await live_server.token(Role.USER, "alice")) as api:
+        (job_id,) = await api.submit([JobSpec(argv=["true"], walltime_s=60)])
+        pilot = await pilot_client(live_server)
+        try:
+            (lost,) = (await pilot.sync(SyncRequest(free=FREE, lifetime_s=3000, held=[]))).jobs
+            # The pilot never saw that answer: its next sync says it holds nothing.
+            (again,) = (await pilot.sync(SyncRequest(free=FREE, lifetime_s=3000, held=[]))).jobs
+        finally:
+            await pilot.__aexit__(None, None, None)
+        assert again.job_id == job_id and again.attempt_id != lost.attempt_id
+        attempts = await api.attempts(job_id)
+        assert attempts[0].outcome == "interrupted" and "never reached the pilot" in (attempts[0].reason or "")
+        assert (await api.get_job(job_id)).retries_used == 0
