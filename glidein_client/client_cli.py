@@ -4,6 +4,12 @@
 - ``run``: a cycle every ``site.cycle_s`` until SIGTERM or SIGINT.
 - ``check``: validates the config, the token file, the batch commands, the scratch directory
   and the server (reachable, token accepted); one line per check, exit 0 when all pass.
+- ``deploy``: installs or upgrades the client on the login node named in ``[ssh]`` (a wheel of
+  this checkout in a virtualenv there, the config, the token and a crontab line running
+  ``once``); ``--dry-run`` shows what it would do and changes nothing.
+
+With an ``[ssh]`` section in the config, ``once``, ``run`` and ``check`` drive that login node
+over one SSH connection (remote mode).
 
 Logs go to stderr, one line per event. A problem prints ``error: <what> <what to do>`` and
 exits 1, without a traceback unless ``GLIDEIN_DEBUG=1``.
@@ -24,10 +30,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .api import ApiClient
-from .client import CycleReport, SiteClient
+from .client import CycleReport, SiteClient, make_runner
 from .config import SiteConfig, load_site_config
 from .errors import GlideinError
-from .runner import LocalRunner, Runner
+from .runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +56,16 @@ def _parser() -> argparse.ArgumentParser:
         ("once", "run one cycle (for cron) and print what was done"),
         ("run", "run a cycle every site.cycle_s until stopped (SIGTERM or SIGINT)"),
         ("check", "check the config, token, batch commands and server, one line per check"),
+        ("deploy", "install or upgrade the client on the login node of [ssh], with a crontab line running `once`"),
     )
     for name, text in commands:
         sp = sub.add_parser(name, help=text, description=text)
         sp.add_argument("config", metavar="CONFIG", help="site config file (see site_configs/local.toml)")
         if name != "run":
             sp.add_argument("--json", action="store_true", help="print JSON for scripts")
+        if name == "deploy":
+            sp.add_argument("--dry-run", action="store_true", help="show what would change; change nothing")
+            sp.add_argument("--source", metavar="DIR", help="glidein checkout to build (default: the running one)")
         sp.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
     return p
 
@@ -168,7 +178,7 @@ class Check:
 
 
 async def _check(args: argparse.Namespace) -> int:
-    checks = await run_checks(args.config, LocalRunner())
+    checks = await run_checks(args.config)
     ok = all(c.ok for c in checks)
     if args.json:
         print(json.dumps({"ok": ok, "checks": [asdict(c) for c in checks]}))
@@ -178,8 +188,11 @@ async def _check(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-async def run_checks(config: str, runner: Runner) -> list[Check]:
-    """Every check of ``glidein-client check``; a check that others depend on stops the rest."""
+async def run_checks(config: str, runner: Runner | None = None) -> list[Check]:
+    """Every check of ``glidein-client check``; a check that others depend on stops the rest.
+
+    Without ``runner``, the config's own is used: over SSH in remote mode, else this host.
+    """
     out: list[Check] = []
 
     async def step(name: str, fn: Callable[[], Awaitable[str]]) -> bool:
@@ -215,7 +228,47 @@ async def run_checks(config: str, runner: Runner) -> list[Check]:
         return f"{site.site.token_file} is readable by its owner only"
 
     token_ok = await step("token file", read_token)
+    own = runner is None
+    runner = runner if runner is not None else make_runner(site)
+    try:
+        if own and site.ssh is not None and not await _ssh_login(site, runner, step):
+            return out
+        return await _host_checks(site, runner, out, step, token if token_ok else None)
+    finally:
+        aclose = getattr(runner, "aclose", None)
+        if own and aclose is not None:
+            await aclose()
 
+
+_Step = Callable[[str, Callable[[], Awaitable[str]]], Awaitable[bool]]
+
+
+async def _ssh_login(site: SiteConfig, runner: Runner, step: _Step) -> bool:
+    """Remote mode: the TOTP secret and the login, before the checks that go over it."""
+    from .ssh_runner import SshRunner, read_totp_secret
+
+    assert site.ssh is not None and isinstance(runner, SshRunner)
+    secret = site.ssh.totp_secret_file
+    if secret:
+
+        async def totp() -> str:
+            await asyncio.to_thread(read_totp_secret, secret, config=site.path)
+            return f"{secret} is readable by its owner only and holds a TOTP secret"
+
+        if not await step("totp secret", totp):
+            return False
+
+    async def login() -> str:
+        await runner.connection()
+        return f"logged in to {runner.target}"
+
+    return await step("ssh login", login)
+
+
+async def _host_checks(
+    site: SiteConfig, runner: Runner, out: list[Check], step: _Step, token: str | None
+) -> list[Check]:
+    """The checks of the login node (over ``runner``) and of the server."""
     for command in REQUIRED_COMMANDS.get(site.site.scheduler, ()):
         await step(f"command {command}", functools.partial(_find_command, runner, command))
 
@@ -227,14 +280,14 @@ async def run_checks(config: str, runner: Runner) -> list[Check]:
 
     await step("scratch dir", scratch)
     # the health check needs no token, so the server is checked even when the token file is bad
-    async with ApiClient(site.site.server_url, token or None, ca_file=site.site.ca_file, timeout_s=30) as api:
+    async with ApiClient(site.site.server_url, token, ca_file=site.site.ca_file, timeout_s=30) as api:
 
         async def health() -> str:
             info = await api.health()
             api_version = info.get("api")
             return f"{site.site.server_url} answers" + (f" (API {api_version})" if api_version else "")
 
-        if not await step("server", health) or not token_ok:
+        if not await step("server", health) or token is None:
             return out
 
         async def demand() -> str:
@@ -243,6 +296,23 @@ async def run_checks(config: str, runner: Runner) -> list[Check]:
 
         await step("site token", demand)
     return out
+
+
+# --- deploy ----------------------------------------------------------------------------------------
+
+
+async def _deploy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .deploy import deploy
+
+    site = await asyncio.to_thread(load_site_config, args.config)
+    report = await deploy(site, dry_run=args.dry_run, source=Path(args.source) if args.source else None)
+    if args.json:
+        print(json.dumps({**asdict(report), "changed": report.changed}))
+    else:
+        print(report.text())
+    return 0
 
 
 async def _find_command(runner: Runner, command: str) -> str:
@@ -261,6 +331,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "once": _once,
     "run": _run,
     "check": _check,
+    "deploy": _deploy,
 }
 
 

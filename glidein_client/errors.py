@@ -68,6 +68,16 @@ class ServerUnreachable(GlideinError):
     http_status = 502
 
 
+class RateLimited(ServerUnreachable):
+    """The server asked to slow down (HTTP 429) for longer than the client was willing to wait."""
+
+    http_status = 429
+
+
+class TlsError(ConfigError):
+    """The server's TLS certificate is not trusted: a missing or wrong CA file, or another host name."""
+
+
 class SchedulerError(GlideinError):
     """A batch-system command failed."""
 

@@ -25,10 +25,9 @@ backend works remotely unchanged:
 
 Commands go as one command line built with :func:`shlex.join` from the argv list (the remote
 user's login shell must be a POSIX shell); environment additions go through ``env NAME=VALUE``.
-A command whose connection drops before it started is run again on a new connection; one that
-was under way when the connection dropped is reported as such (it may have run), never
-repeated, so a submission is never made twice. File operations are idempotent and are retried
-once on a new connection.
+A command whose connection dropped before it started runs on a new connection; one under way
+when it dropped is reported (it may have run) and never repeated, so nothing is submitted
+twice. File operations (SFTP) are idempotent and are retried once on a new connection.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import getpass
 import json
 import logging
@@ -59,6 +59,8 @@ from .errors import ConfigError, SchedulerError, SshError
 from .runner import CommandResult
 
 log = logging.getLogger(__name__)
+if logging.getLogger("asyncssh").level == logging.NOTSET:  # it logs every channel at INFO
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 T = TypeVar("T")
 
@@ -66,16 +68,12 @@ T = TypeVar("T")
 _SLOW_REASONS = frozenset({"code-refused", "key-refused", "host-key-unknown", "host-key-changed", "prompt"})
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _JUMP = re.compile(r"^(?:(?P<user>[^@]+)@)?(?:\[(?P<ip6>[^\]]+)\]|(?P<host>[^:]+))(?::(?P<port>\d+))?$")
+#: SFTP status -> errno, so that file errors are the same OSError subclasses as the local runner's.
 _SFTP_ERRNO = {
-    _c.FX_NO_SUCH_FILE: (FileNotFoundError, 2),
-    _c.FX_NO_SUCH_PATH: (FileNotFoundError, 2),
-    _c.FX_PERMISSION_DENIED: (PermissionError, 13),
-    _c.FX_WRITE_PROTECT: (PermissionError, 30),
-    _c.FX_FILE_ALREADY_EXISTS: (FileExistsError, 17),
-    _c.FX_NOT_A_DIRECTORY: (NotADirectoryError, 20),
-    _c.FX_FILE_IS_A_DIRECTORY: (IsADirectoryError, 21),
-    _c.FX_NO_SPACE_ON_FILESYSTEM: (OSError, 28),
-    _c.FX_QUOTA_EXCEEDED: (OSError, 122),
+    _c.FX_NO_SUCH_FILE: errno.ENOENT, _c.FX_NO_SUCH_PATH: errno.ENOENT, _c.FX_PERMISSION_DENIED: errno.EACCES,
+    _c.FX_WRITE_PROTECT: errno.EROFS, _c.FX_FILE_ALREADY_EXISTS: errno.EEXIST, _c.FX_NOT_A_DIRECTORY: errno.ENOTDIR,
+    _c.FX_FILE_IS_A_DIRECTORY: errno.EISDIR, _c.FX_NO_SPACE_ON_FILESYSTEM: errno.ENOSPC,
+    _c.FX_QUOTA_EXCEEDED: errno.EDQUOT,
 }
 _SFTP_LOST = frozenset({_c.FX_CONNECTION_LOST, _c.FX_NO_CONNECTION})
 _LOST = (asyncssh.ConnectionLost, asyncssh.DisconnectError, ConnectionError, asyncssh.ChannelOpenError)
@@ -161,10 +159,8 @@ class _CodeLedger:
 
     @staticmethod
     def _read(state_file: str | None) -> dict[str, object]:
-        if not state_file:
-            return {}
         try:
-            with open(state_file, encoding="utf-8") as fh:
+            with open(state_file or "", encoding="utf-8") as fh:
                 data = json.load(fh)
         except (OSError, ValueError):
             return {}
@@ -172,18 +168,14 @@ class _CodeLedger:
 
     @classmethod
     def _write(cls, state_file: str | None, target: str, counter: int) -> None:
-        if not state_file:
-            return
-        data = cls._read(state_file)
-        data[target] = counter
-        tmp = f"{state_file}.tmp{os.getpid()}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh)
-            os.replace(tmp, state_file)
-        except OSError as exc:  # the in-process record still holds
-            log.debug("cannot record the used one-time code in %s: %s", state_file, exc)
+        if state_file:
+            tmp = f"{state_file}.tmp{os.getpid()}"
+            try:
+                with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+                    json.dump({**cls._read(state_file), target: counter}, fh)
+                os.replace(tmp, state_file)
+            except OSError as exc:  # the in-process record still holds
+                log.debug("cannot record the used one-time code in %s: %s", state_file, exc)
 
 
 class _Client(asyncssh.SSHClient):
@@ -194,7 +186,6 @@ class _Client(asyncssh.SSHClient):
         self.target = target
         self.conn: asyncssh.SSHClientConnection | None = None
         self.code_sent = False
-        self.prompted = False  # the server asked for a code: the key was accepted
         self.unanswerable: str | None = None  # a prompt that could not be answered, and why
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
@@ -216,7 +207,6 @@ class _Client(asyncssh.SSHClient):
             return []  # an information round (PAM sends one after the code)
         if self.code_sent or self.unanswerable:
             return None  # one code per login: a refused code is never tried again here
-        self.prompted = True
         answers = await self.runner._answer(self, instructions, prompts)
         if answers is not None:
             self.code_sent = True
@@ -230,17 +220,9 @@ class SshRunner:
     to log out. ``interactive`` says whether a person can type a code (default: stdin is a TTY).
     """
 
-    def __init__(
-        self,
-        settings: SshSection,
-        *,
-        config_path: str = "<config>",
-        interactive: bool | None = None,
-        retry_s: float = 5.0,
-        auth_retry_s: float = 60.0,
-        max_retry_s: float = 900.0,
-        max_channels: int = 8,
-    ) -> None:
+    def __init__(self, settings: SshSection, *, config_path: str = "<config>", interactive: bool | None = None,
+                 retry_s: float = 5.0, auth_retry_s: float = 60.0, max_retry_s: float = 900.0,
+                 max_channels: int = 6) -> None:
         self.settings = settings
         self.config_path = config_path
         self.target = _Target(settings.host, settings.port, settings.user or getpass.getuser())
@@ -256,17 +238,15 @@ class SshRunner:
         self._sftp_conn: asyncssh.SSHClientConnection | None = None
         self._lock = asyncio.Lock()
         self._sftp_lock = asyncio.Lock()
-        self._channels = asyncio.Semaphore(max_channels)  # sshd allows 10 sessions per connection
+        self._channels = asyncio.Semaphore(max_channels)  # sshd's default MaxSessions is 10 (SFTP takes one)
         self._failures = 0
         self._delay_s = 0.0
         self._retry_at = 0.0
         self._last_error: SshError | None = None
         self._blocked: SshError | None = None
         self._typed: dict[str, str] = {}
+        self._totp: pyotp.TOTP | None = None
         self._closing = False
-
-    def __str__(self) -> str:
-        return str(self.target)
 
     @property
     def connected(self) -> bool:
@@ -288,40 +268,38 @@ class SshRunner:
         for conn in conns:
             conn.close()
         for conn in conns:
-            with contextlib.suppress(Exception):
-                await conn.wait_closed()
+            try:
+                await asyncio.wait_for(conn.wait_closed(), 5)
+            except Exception:  # a login node that stopped answering: drop it
+                conn.abort()
         self._closing = False
 
     # --- Runner protocol -----------------------------------------------------------------------
 
-    async def run(
-        self,
-        argv: list[str],
-        *,
-        stdin: bytes | None = None,
-        env: dict[str, str] | None = None,
-        timeout_s: float = 60.0,
-    ) -> CommandResult:
+    async def run(self, argv: list[str], *, stdin: bytes | None = None, env: dict[str, str] | None = None,
+                  timeout_s: float = 60.0) -> CommandResult:
         command = remote_command(argv, env)
-        for attempt in (1, 2):
+        reopened = False
+        for attempt in range(8):
             conn = await self.connection()
             try:
                 async with self._channels:
                     return await self._run_on(conn, argv, command, stdin, timeout_s)
-            except asyncssh.ChannelOpenError as exc:
-                if exc.code != asyncssh.OPEN_CONNECT_FAILED:
-                    raise SshError(
-                        f"{self.target} refused to run `{argv[0]}`: {exc.reason}.",
-                        hint="The login node may limit sessions per connection (sshd MaxSessions).",
-                        command=argv,
-                        reason="channel-refused",
-                    ) from None
+            except asyncssh.ChannelOpenError as exc:  # the command did not start
+                if conn is self._conn and not conn.is_closed():  # refused for now (sshd MaxSessions, load)
+                    if attempt < 7:
+                        log.debug("%s refused a channel (%s); trying again", self.target, exc.reason)
+                        await asyncio.sleep(0.05 * 2**attempt)
+                        continue
+                    raise SshError(f"{self.target} refused to run `{argv[0]}`: {exc.reason}.", command=argv,
+                                   hint="The login node may limit sessions per connection (sshd MaxSessions).",
+                                   reason="channel-refused") from None
                 self._drop(conn, exc)
-                if attempt == 1:  # the command was never sent: run it on a new connection
-                    log.info("connection to %s lost before `%s` started; running it after a new login",
-                             self.target, argv[0])
-                    continue
-                raise self._lost_error(argv, started=False) from None
+                if reopened:
+                    raise self._lost_error(argv, started=False) from None
+                reopened = True  # the command was never sent: run it on a new connection
+                log.info("connection to %s lost before `%s` started; running it after a new login",
+                         self.target, argv[0])
             except _LostWhileRunning as exc:
                 self._drop(conn, exc.__cause__)
                 raise self._lost_error(argv, started=True) from None
@@ -392,13 +370,9 @@ class SshRunner:
             wait_s = self._retry_at - time.monotonic()
             if wait_s > 0 and self._last_error is not None:
                 last = self._last_error
-                raise SshError(
-                    f"Not logging in to {self.target} for another {wait_s:.0f} s; the last attempt failed: "
-                    f"{last.message}",
-                    hint=last.fields.get("fix") or None,
-                    reason="backoff",
-                    last_reason=last.fields.get("reason"),
-                )
+                raise SshError(f"Not logging in to {self.target} for another {wait_s:.0f} s; the last attempt failed: "
+                               f"{last.message}", hint=last.fields.get("fix") or None, reason="backoff",
+                               last_reason=last.fields.get("reason"))
             try:
                 self._conn, self._jump = await self._login()
             except SshError as exc:
@@ -422,13 +396,15 @@ class SshRunner:
         self._failures += 1
         self._retry_at = time.monotonic() + self._delay_s
         self._last_error = exc
-        again = f"glidein tries again in {self._delay_s:.0f} s at the earliest, not before."
+        again = f"glidein tries this login again in {self._delay_s:.0f} s at the earliest."
         exc.hint = f"{exc.hint} {again}" if exc.hint else again
         log.warning("login to %s failed: %s", self.target, exc.message)
 
     async def _login(self) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientConnection | None]:
         keys = await asyncio.to_thread(self._load_keys)
         known = await asyncio.to_thread(self._load_known_hosts)
+        secret = self.settings.totp_secret_file  # read (and its mode checked) before any connection
+        self._totp = await asyncio.to_thread(read_totp_secret, secret, config=self.config_path) if secret else None
         jump: asyncssh.SSHClientConnection | None = None
         if self.settings.jump_host:
             jump_target = _parse_jump(self.settings.jump_host, self.target.user)
@@ -454,19 +430,11 @@ class SshRunner:
         code_wait_s = 35.0 if self.settings.totp_secret_file else 600.0
         try:
             conn, _ = await asyncssh.create_connection(
-                lambda: client,
-                target.host,
-                target.port,
-                tunnel=tunnel or (),
-                username=target.user,
-                known_hosts=known,
-                client_keys=keys if keys is not None else (),
-                agent_path=None if keys is not None else (),
-                preferred_auth="publickey,keyboard-interactive",
-                gss_host=None,
-                config=None,
-                keepalive_interval=self.settings.keepalive_s,
-                keepalive_count_max=3,
+                lambda: client, target.host, target.port, tunnel=tunnel or (), username=target.user,
+                known_hosts=known, client_keys=keys if keys is not None else (),
+                agent_path=None if keys is not None else (),  # with a key file: that key only
+                preferred_auth="publickey,keyboard-interactive", gss_host=None, config=None,
+                keepalive_interval=self.settings.keepalive_s, keepalive_count_max=3,
                 connect_timeout=self.settings.connect_timeout_s + code_wait_s,
             )
         except asyncssh.HostKeyNotVerifiable:
@@ -476,18 +444,13 @@ class SshRunner:
         except asyncssh.DisconnectError as exc:
             if client.code_sent:
                 raise self._denied(target, client) from None
-            raise SshError(
-                f"{target} ended the login: {exc.reason}.",
-                hint=f"Check the [ssh] section of {self.config_path}.",
-                reason="disconnected",
-            ) from None
+            raise SshError(f"{target} ended the login: {exc.reason}.", reason="disconnected",
+                           hint=f"Check the [ssh] section of {self.config_path}.") from None
         except (OSError, asyncio.TimeoutError) as exc:
             what = getattr(exc, "strerror", None) or str(exc) or "no answer in time"
-            raise SshError(
-                f"Cannot reach {target}: {what}.",
-                hint=f"Check ssh.host and ssh.port in {self.config_path} and that the login node is up.",
-                reason="unreachable",
-            ) from None
+            raise SshError(f"Cannot reach {target}: {what}.", reason="unreachable",
+                           hint=f"Check ssh.host and ssh.port in {self.config_path} and that the login node is up.",
+                           ) from None
         assert isinstance(conn, asyncssh.SSHClientConnection)
         return conn
 
@@ -499,12 +462,9 @@ class SshRunner:
             return [asyncssh.read_private_key(path)]
         except (OSError, asyncssh.KeyImportError) as exc:
             text = getattr(exc, "strerror", None) or str(exc)
-            raise SshError(
-                f"Cannot use the key file {path} (named in {self.config_path} as ssh.key_file): {text}.",
-                hint="glidein needs a key it can read unattended: a key without passphrase, or leave "
-                "ssh.key_file unset and load the key into ssh-agent.",
-                reason="key-file",
-            ) from None
+            raise SshError(f"Cannot use the key file {path} (named in {self.config_path} as ssh.key_file): {text}.",
+                           hint="glidein needs a key it can read unattended: a key without passphrase, or leave "
+                           "ssh.key_file unset and load the key into ssh-agent.", reason="key-file") from None
 
     def _load_known_hosts(self) -> asyncssh.SSHKnownHosts:
         path = self.settings.known_hosts
@@ -513,10 +473,8 @@ class SshRunner:
         try:
             return asyncssh.read_known_hosts(path)
         except (OSError, ValueError) as exc:
-            raise SshError(
-                f"Cannot read the known_hosts file {path} (ssh.known_hosts in {self.config_path}): {exc}.",
-                reason="known-hosts",
-            ) from None
+            raise SshError(f"Cannot read the known_hosts file {path} (ssh.known_hosts in {self.config_path}): "
+                           f"{exc}.", reason="known-hosts") from None
 
     async def _host_key_error(
         self, target: _Target, tunnel: asyncssh.SSHClientConnection | None, known: asyncssh.SSHKnownHosts
@@ -528,21 +486,15 @@ class SshRunner:
         key: asyncssh.SSHKey | None = None
         with contextlib.suppress(Exception):
             key = await asyncssh.get_server_host_key(target.host, target.port, tunnel=tunnel or (), config=None)
-        if key is None:
-            seen = "glidein could not read its key a second time to show the fingerprint"
-            line = ""
-        else:
-            algorithm, data = key.export_public_key("openssh").decode().split()[:2]
-            fingerprint = key.get_fingerprint("sha256")
-            seen = f"The key it offers is {algorithm} {fingerprint}"
-            line = f" If it matches, add this line to {path}:\n    {name} {algorithm} {data}"
         fields = {"reason": "host-key-changed" if changed else "host-key-unknown", "host": str(target)}
+        seen, line = "glidein could not read its key a second time to show the fingerprint", ""
         if key is not None:
+            algorithm, data = key.export_public_key("openssh").decode().split()[:2]
             fields["fingerprint"] = key.get_fingerprint("sha256")
-        check = (
-            "Compare it with the fingerprint the site publishes, or that its admins read on the login node "
-            "with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`."
-        )
+            seen = f"The key it offers is {algorithm} {fields['fingerprint']}"
+            line = f" If it matches, add this line to {path}:\n    {name} {algorithm} {data}"
+        check = ("Compare it with the fingerprint the site publishes, or that its admins read on the login node "
+                 "with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`.")
         if changed:
             return SshError(
                 f"The host key of {target.host}:{target.port} has CHANGED: it is not the one in {path}. "
@@ -560,22 +512,14 @@ class SshRunner:
     def _denied(self, target: _Target, client: _Client) -> SshError:
         secret = self.settings.totp_secret_file
         if client.unanswerable:
-            reason = "prompt"
-            message = f"{target} asks for a one-time code, and {client.unanswerable}."
-            hint = (
-                f"Set ssh.totp_secret_file in {self.config_path} to the TOTP secret enrolled for this login, "
-                "or run glidein-client in a terminal. glidein does not try this login again until restarted: "
-                "repeated attempts could lock the account."
-            )
+            reason, message = "prompt", f"{target} asks for a one-time code, and {client.unanswerable}."
+            hint = (f"Set ssh.totp_secret_file in {self.config_path} to the TOTP secret enrolled for this login, "
+                    "or run glidein-client in a terminal. glidein does not try this login again until restarted: "
+                    "repeated attempts could lock the account.")
         elif client.code_sent:
-            reason = "code-refused"
-            message = f"{target} refused the one-time code (the key was accepted)."
-            hint = (
-                f"Check that {secret} holds the secret enrolled for {target.user} there and that this "
-                "machine's clock is right (`date -u`)."
-                if secret
-                else "Type the current code of the login's authenticator."
-            )
+            reason, message = "code-refused", f"{target} refused the one-time code (the key was accepted)."
+            hint = (f"Check that {secret} holds the secret enrolled for {target.user} there and that this "
+                    "machine's clock is right (`date -u`)." if secret else "Type the current code of the login.")
         else:
             reason = "key-refused"
             key = self.settings.key_file or "the ssh-agent's and ~/.ssh's keys"
@@ -592,9 +536,8 @@ class SshRunner:
             client.unanswerable = f"asks for a password ({asked!r}), which glidein does not send"
             return None
         key = str(client.target)
-        secret = self.settings.totp_secret_file
-        if secret:
-            totp = await asyncio.to_thread(read_totp_secret, secret, config=self.config_path)
+        secret, totp = self.settings.totp_secret_file, self._totp
+        if secret and totp is not None:
             ledger = os.path.join(os.path.dirname(secret), f".{os.path.basename(secret)}.used")
             counter, wait_s = _CodeLedger.reserve(key, totp.interval, ledger)
             if wait_s > 0:
@@ -613,13 +556,15 @@ class SshRunner:
             print(instructions.strip(), file=sys.stderr)
         answers = []
         for prompt, echo in prompts:
-            for _ in range(3):
-                answer = (await _ask_terminal(f"{client.target} {prompt.strip()} ", echo)).strip()
-                if answer and answer != self._typed.get(key):
-                    break
+            answer = await _ask_terminal(f"{client.target} {prompt.strip()} ", echo)
+            while answer is not None and answer.strip() == self._typed.get(key):
                 print("That code was used for the last login; wait for the next one.", file=sys.stderr)
-            self._typed[key] = answer
-            answers.append(answer)
+                answer = await _ask_terminal(f"{client.target} {prompt.strip()} ", echo)
+            if answer is None:
+                client.unanswerable = "the terminal closed before a code was typed"
+                return None
+            self._typed[key] = answer.strip()
+            answers.append(answer.strip())
         return answers
 
     # --- connection losses ------------------------------------------------------------------------
@@ -648,12 +593,9 @@ class SshRunner:
         if not started:
             return SshError(f"The connection to {self.target} dropped again before `{argv[0]}` started.",
                             hint="The next cycle tries again.", command=argv, reason="lost")
-        return SshError(
-            f"The connection to {self.target} was lost while `{argv[0]}` ran; it may or may not have finished.",
-            hint="It is not repeated: the next cycle reads the batch queue and goes on from what it finds.",
-            command=argv,
-            reason="lost",
-        )
+        return SshError(f"The connection to {self.target} was lost while `{argv[0]}` ran; it may or may not have "
+                        "finished.", command=argv, reason="lost",
+                        hint="It is not repeated: the next cycle reads the batch queue and goes on from what it finds.")
 
     # --- commands and files ---------------------------------------------------------------------
 
@@ -663,19 +605,16 @@ class SshRunner:
         proc = await conn.create_process(command, encoding=None)
         try:
             try:
-                if stdin:
-                    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout_s)
-                else:
-                    proc.stdin.write_eof()
-                    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+                if not stdin:
+                    proc.stdin.write_eof()  # (communicate() sends stdin and its end when there is some)
+                out, err = await asyncio.wait_for(proc.communicate(stdin or None), timeout_s)
             except asyncio.TimeoutError:
                 with contextlib.suppress(Exception):
                     proc.kill()
-                raise SchedulerError(
-                    f"The command {argv[0]!r} did not answer within {timeout_s:.0f} s on {self.target}.",
-                    hint="The batch system may be overloaded; the next cycle will try again.",
-                    command=argv,
-                ) from None
+                raise SchedulerError(f"The command {argv[0]!r} did not answer within {timeout_s:.0f} s on "
+                                     f"{self.target}.", command=argv,
+                                     hint="The batch system may be overloaded; the next cycle will try again.",
+                                     ) from None
             except _LOST as exc:
                 raise _LostWhileRunning() from exc
         finally:
@@ -688,14 +627,9 @@ class SshRunner:
         stdout = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
         stderr = err.decode(errors="replace") if isinstance(err, bytes) else str(err)
         if code == 127 and argv[0] in stderr and ("not found" in stderr or "No such file" in stderr):
-            raise SchedulerError(
-                f"The command {argv[0]!r} was not found on {self.target}.",
-                hint=f"Install it there or put its directory on PATH for {self.target.user} in non-interactive "
-                "logins (for bash: ~/.bashrc).",
-                command=argv,
-                exit_code=code,
-                stderr=stderr,
-            )
+            raise SchedulerError(f"The command {argv[0]!r} was not found on {self.target}.", command=argv,
+                                 hint=f"Install it there or put its directory on PATH for {self.target.user} in "
+                                 "non-interactive logins (for bash: ~/.bashrc).", exit_code=code, stderr=stderr)
         log.debug("ran %s on %s -> %d", argv[0], self.target, code)
         return CommandResult(tuple(argv), code, stdout, stderr)
 
@@ -714,20 +648,17 @@ class SshRunner:
             try:
                 return await op(sftp)
             except asyncssh.SFTPError as exc:
-                if exc.code not in _SFTP_LOST:
-                    kind, errno = _SFTP_ERRNO.get(exc.code, (OSError, 5))
-                    raise kind(errno, f"{exc.reason} (on {self.target})", path) from None
+                if exc.code not in _SFTP_LOST:  # OSError() makes the subclass that matches the errno
+                    raise OSError(_SFTP_ERRNO.get(exc.code, errno.EIO), f"{exc.reason} (on {self.target})",
+                                  path) from None
                 lost: BaseException = exc
             except _LOST as exc:
                 lost = exc
             if conn is not None:
                 self._drop(conn, lost)
             if attempt == 2:
-                raise SshError(
-                    f"The connection to {self.target} dropped twice while writing or reading {path}.",
-                    hint="The next cycle tries again.",
-                    reason="lost",
-                )
+                raise SshError(f"The connection to {self.target} dropped twice while writing or reading {path}.",
+                               hint="The next cycle tries again.", reason="lost")
         raise AssertionError("unreachable")
 
 
@@ -749,30 +680,27 @@ def _parse_jump(text: str, default_user: str) -> _Target:
     return _Target(m["ip6"] or m["host"], int(m["port"] or 22), m["user"] or default_user)
 
 
-async def _ask_terminal(prompt: str, echo: bool) -> str:
-    """Read one answer from the terminal in a daemon thread (so a stop never waits for a person)."""
+async def _ask_terminal(prompt: str, echo: bool) -> str | None:
+    """One answer typed at the terminal (None at end of input), read in a daemon thread so that
+    stopping the client never waits for a person."""
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[str] = loop.create_future()
+    future: asyncio.Future[str | None] = loop.create_future()
 
-    def settle(value: str | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value or "")
+    def settle(value: str | None) -> None:
+        if not future.done():
+            future.set_result(value)
 
     def read() -> None:
+        value: str | None = None
         try:
             if echo:
                 print(prompt, end="", file=sys.stderr, flush=True)
-                value = sys.stdin.readline().rstrip("\n")
+                value = sys.stdin.readline().rstrip("\n") or None
             else:
                 value = getpass.getpass(prompt)
-        except (EOFError, OSError) as exc:
-            loop.call_soon_threadsafe(settle, None, SshError(f"Could not read the code from the terminal: {exc}."))
-            return
-        loop.call_soon_threadsafe(settle, value, None)
+        except (EOFError, OSError):
+            pass
+        loop.call_soon_threadsafe(settle, value)
 
     threading.Thread(target=read, name="glidein-code-prompt", daemon=True).start()
     return await future

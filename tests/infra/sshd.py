@@ -19,11 +19,17 @@ drops them the way a network failure or a login-node reboot would.
 The fixture :func:`sshd` yields a started server per test (a fresh port, so one-time codes of
 other tests never collide). It skips with one line when not root or when sshd or the PAM
 module is missing -- except when ``CI`` is set, where a missing piece fails the tests.
+
+:func:`shared_wheels` builds the wheels of this checkout once per test process, and
+:func:`shared_remote_python` installs them into a virtualenv that the test user can run (its
+``python`` is what pilots started over SSH need as ``batch.python``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import glob
 import os
@@ -33,6 +39,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -43,6 +50,8 @@ from typing import Any
 
 import pyotp
 import pytest
+
+from glidein_client.deploy import Wheels, build_wheels
 
 SSHD = "/usr/sbin/sshd"
 TEST_USER = "glidein-ssh-test"
@@ -130,6 +139,7 @@ class SshServer:
         disallow_reuse: bool = False,
         setenv: Mapping[str, str] | None = None,
         user: str = TEST_USER,
+        secret: str | None = None,
         parent_dir: str = "/tmp",
     ) -> None:
         self.host = "127.0.0.1"
@@ -137,7 +147,7 @@ class SshServer:
         self.user = user
         self.disallow_reuse = disallow_reuse
         self.setenv = dict(setenv or {})
-        self.secret = pyotp.random_base32()
+        self.secret = secret or pyotp.random_base32()
         self._parent_dir = parent_dir
         self.base_dir = Path()
         self.service = f"glidein-test-sshd-{uuid.uuid4().hex[:10]}"
@@ -258,15 +268,24 @@ class SshServer:
     ) -> None:
         self.stop()
 
-    def kill_sessions(self) -> int:
-        """SIGKILL the sshd processes (and their commands) serving open connections; how many."""
+    def kill_sessions(self, sig: signal.Signals = signal.SIGKILL) -> int:
+        """Signal the sshd processes (and their commands) serving open connections; how many.
+
+        SIGKILL drops the connections at once; SIGSTOP leaves them open but silent, as a
+        network that stopped passing packets would (:meth:`stop` ends them).
+        """
         if self._proc is None:
             return 0
         pids = _children(self._proc.pid)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, sig)
         return len(pids)
+
+    def authorize(self, public_key_file: Path) -> None:
+        """Accept logins with another key too (e.g. another server's client key)."""
+        with open(self.base_dir / "etc" / "authorized_keys", "a") as fh:
+            fh.write(public_key_file.read_text())
 
     def session_count(self) -> int:
         """sshd processes serving connections (one or two per connection)."""
@@ -377,6 +396,70 @@ class SshServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=5)
+
+
+_shared: dict[str, Any] = {}
+
+
+def shared_wheels() -> Wheels:
+    """The wheels of this checkout and its dependencies, built once per test process (world-readable)."""
+    if "wheels" not in _shared:
+        dest = Path(tempfile.mkdtemp(prefix="glidein-test-wheels-"))
+        atexit.register(shutil.rmtree, dest, True)
+        os.chmod(dest, 0o755)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # its own event loop, not the test's
+            wheels = pool.submit(asyncio.run, build_wheels(dest)).result()
+        for wheel in wheels.files:
+            os.chmod(wheel, 0o644)
+        _shared["wheels"] = wheels
+    wheels: Wheels = _shared["wheels"]
+    return wheels
+
+
+def user_python() -> str | None:
+    """A system Python of this interpreter's version (the wheels are built for it) that any user can run."""
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    for candidate in (f"/usr/bin/python{version}", "/usr/bin/python3", f"/usr/local/bin/python{version}"):
+        if os.access(candidate, os.X_OK):
+            out = subprocess.run([candidate, "-c", "import sys, venv; print(*sys.version_info[:2], sep='.')"],
+                                 capture_output=True, text=True, timeout=_CMD_TIMEOUT_S)
+            if out.returncode == 0 and out.stdout.strip() == version:
+                return candidate
+    return None
+
+
+def require_user_python() -> str:
+    python = user_python()
+    if python is None:
+        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        reason = f"no system Python {version} with venv (the version running the tests) for the test user"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but there is {reason}.", pytrace=False)
+        pytest.skip(reason)
+    return python
+
+
+def shared_remote_python(user: str = TEST_USER) -> str:
+    """The python of a virtualenv with glidein that ``user`` owns, made once per test process."""
+    key = f"venv-{user}"
+    if key not in _shared:
+        system_python = require_user_python()
+        wheels = shared_wheels()
+        account = ensure_user(user)
+        base = Path(tempfile.mkdtemp(prefix="glidein-test-venv-"))
+        atexit.register(shutil.rmtree, base, True)
+        os.chmod(base, 0o755)
+        os.chown(base, account.pw_uid, account.pw_gid)
+        venv = base / "venv"
+        as_user = ["runuser", "-u", user, "--"]
+        subprocess.run([*as_user, system_python, "-m", "venv", str(venv)],
+                       check=True, capture_output=True, timeout=120, cwd="/")
+        subprocess.run([*as_user, str(venv / "bin" / "python"), "-m", "pip", "--isolated", "install", "--quiet",
+                        "--no-index", "--no-deps", "--disable-pip-version-check", *map(str, wheels.files)],
+                       check=True, capture_output=True, timeout=300, cwd="/")
+        _shared[key] = str(venv / "bin" / "python")
+    python: str = _shared[key]
+    return python
 
 
 def skip_reason() -> str | None:
