@@ -44,7 +44,7 @@ async def bare_spawn(n: int, concurrency: int) -> float:
 
 async def through_pilot(n: int, cpus: int, tmp: Path) -> dict[str, float]:
     state = StateDir(tmp / "server")
-    state.write(ServerSettings(port=0, heartbeat_s=2.0))
+    state.write(ServerSettings(port=0, heartbeat_s=2.0, insecure_http=True))  # loopback only
     async with Server(str(state.root)) as srv:
         user = await mint_token(srv.store, Role.USER, "bench")
         site = await mint_token(srv.store, Role.SITE, "bench")

@@ -20,7 +20,8 @@ from types import TracebackType
 from .api import ApiClient
 from .config import SiteConfig
 from .decisions import Decision, decide, hold_actions
-from .errors import GlideinError, SchedulerError, ServerUnreachable
+from .errors import ConfigError, GlideinError, SchedulerError, ServerUnreachable
+from .firewall import Firewall, pilot_network_options
 from .runner import LocalRunner, Runner
 from .schedulers import make_scheduler
 from .schedulers.base import HoldHandler, PilotJob, PilotLaunch, PilotState, Scheduler
@@ -74,6 +75,7 @@ def pilot_command(site: SiteConfig, workdir: str) -> tuple[str, ...]:
         options["--fallback-walltime-s"] = str(shape.walltime_s)
     if site.site.ca_file:
         options["--ca-file"] = site.site.ca_file
+    options.update(pilot_network_options(site, workdir))  # firewalled sites: relay or mailbox, staged files
     argv = [site.batch.python or sys.executable, "-m", "glidein_client.pilot", "run"]
     for flag, value in options.items():
         argv += [flag, value]
@@ -84,6 +86,14 @@ def make_runner(site: SiteConfig) -> Runner:
     """The runner for ``site``: over SSH to the login node when ``[ssh]`` is set, else this host."""
     if site.ssh is None:
         return LocalRunner()
+    if site.site.scheduler == "local":
+        raise ConfigError(
+            f"Site config {site.path}: the local scheduler runs pilots on the host of glidein-client, so it "
+            "cannot work through [ssh].",
+            hint="Choose site.scheduler slurm, pbs or htcondor, or install the client on that host with "
+            "`glidein-client deploy` (it runs there without [ssh]).",
+            field="site.scheduler",
+        )
     from .ssh_runner import SshRunner  # asyncssh is imported only in remote mode
 
     return SshRunner(site.ssh, config_path=site.path)
@@ -99,16 +109,22 @@ class SiteClient:
         self.scheduler: Scheduler = scheduler if scheduler is not None else make_scheduler(site, self.runner)
         self._api: ApiClient | None = None
         self._generation: int | None = None  # of the server's work signal, last seen
+        self.firewall: Firewall | None = None  # staging, relay or mailbox of a firewalled site
 
     async def __aenter__(self) -> SiteClient:
         token = await asyncio.to_thread(self.site.read_token)
         api = ApiClient(self.site.site.server_url, token, ca_file=self.site.site.ca_file)
         self._api = await api.__aenter__()
+        if self.site.network.stages:
+            self.firewall = await Firewall(self.site, self._api).__aenter__()
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self.firewall is not None:
+            firewall, self.firewall = self.firewall, None
+            await firewall.__aexit__(et, e, tb)
         if self._api is not None:
             api, self._api = self._api, None
             await api.__aexit__(et, e, tb)
@@ -132,7 +148,11 @@ class SiteClient:
         line (the report travels with it as ``fields["report"]``).
         """
         site = self.site
+        if self.firewall is not None:
+            await self.firewall.before_cycle()
         demand = await self.api.demand(site.name, site.shape)
+        if self.firewall is not None:
+            demand = self.firewall.cap(demand)
         pilots = await self.scheduler.status()
         states = {str(p.pilot_id): p.state.value for p in pilots if p.pilot_id > 0}
         if states:
@@ -206,7 +226,7 @@ class SiteClient:
 
     async def _submit_one(self) -> str:
         site = self.site
-        grant = await self.api.new_pilot(site.name)
+        grant = await self.api.new_pilot(site.name, walltime_s=site.shape.walltime_s, max_queued_s=site.max_queued_s)
         workdir = os.path.join(site.site.scratch_dir, "pilots-meta", f"glidein-{site.name}-{grant.pilot_id}")
         launch = PilotLaunch(
             pilot_id=grant.pilot_id,
@@ -223,6 +243,8 @@ class SiteClient:
                 f"Cannot write the token of pilot {launch.tag} to {launch.token_file}: {exc.strerror or exc}.",
                 hint="Check that site.scratch_dir exists and is writable by the user running glidein-client.",
             ) from None
+        if self.firewall is not None:
+            await self.firewall.add_pilot(grant.pilot_id, grant.token)
         batch_id = await self.scheduler.submit(launch)
         log.info("submitted pilot %s as %s", launch.tag, batch_id)
         return batch_id
@@ -237,10 +259,18 @@ class SiteClient:
         logged as one plain line and the loop goes on.
         """
         stop = stop if stop is not None else asyncio.Event()
+        if self.firewall is not None and not self.firewall.serving:
+            async with self.firewall.serve():  # a firewalled site's pilots talk through this client
+                await self.run_forever(stop=stop)
+            return
         cycle_s = self.site.site.cycle_s
         retry_s = FIRST_RETRY_S
         unreachable = False
         log.info("site %s: checking demand every %.0f s", self.site.name, cycle_s)
+        try:  # learn the server's work generation first, so work arriving during the first cycle is not missed
+            self._generation = (await self.api.site_wait(self.site.name, 0)).generation
+        except GlideinError:
+            pass  # the first cycle reports what is wrong
         while not stop.is_set():
             started = time.monotonic()
             reachable = True
@@ -296,6 +326,8 @@ class SiteClient:
             self._generation = result.generation
             if result.changed:
                 log.debug("site %s: new work at the server", self.site.name)
+                if self.firewall is not None:
+                    self.firewall.wake()
 
 
 def _log_scheduler_error(what: str, exc: SchedulerError) -> None:

@@ -16,7 +16,8 @@ import msgspec
 from msgspec import Meta, Struct
 
 from .errors import ConfigError, ValidationError
-from .schema import Name, PilotShape, convert
+from .firewall_config import MailboxSection, RelaySection, StagingSection, check_network
+from .schema import Name, Network, PilotShape, convert
 from .units import parse_duration_s, parse_memory_mb
 
 if sys.version_info >= (3, 11):
@@ -39,6 +40,7 @@ class SiteSection(_Section, kw_only=True, frozen=True):
     scheduler: SchedulerName = "local"
     scratch_dir: str
     cycle_s: Annotated[float, Meta(ge=1)] = 30.0
+    network: Network = Network.DIRECT
 
 
 class PilotSection(_Section, kw_only=True, frozen=True):
@@ -97,6 +99,9 @@ class SiteFile(_Section, kw_only=True, frozen=True):
     limits: LimitsSection = LimitsSection()
     batch: BatchSection = BatchSection()
     ssh: SshSection | None = None
+    relay: RelaySection | None = None
+    mailbox: MailboxSection | None = None
+    staging: StagingSection | None = None
 
 
 class SiteConfig(Struct, frozen=True, kw_only=True):
@@ -112,6 +117,16 @@ class SiteConfig(Struct, frozen=True, kw_only=True):
     max_queued_s: int
     #: Remote mode: the login node is reached over SSH (None: this host is the login node).
     ssh: SshSection | None = None
+    #: Firewalled sites (site.network "relay" or "none"): see :mod:`glidein_client.firewall_config`.
+    relay: RelaySection | None = None
+    mailbox: MailboxSection | None = None
+    staging: StagingSection | None = None
+    staging_quota_mb: int = 0
+    mailbox_stale_s: int = 3600
+
+    @property
+    def network(self) -> Network:
+        return self.site.network
 
     @property
     def name(self) -> str:
@@ -167,6 +182,8 @@ def parse_site_config(raw: dict[str, Any], path: str = "<config>") -> SiteConfig
         )
         idle = parse_duration_s(pilot.idle_timeout, field="pilot.idle_timeout")
         max_queued = parse_duration_s(data.limits.max_queued_s, field="limits.max_queued_s")
+        quota_mb = parse_memory_mb(data.staging.quota, field="staging.quota") if data.staging else 0
+        stale_s = parse_duration_s(data.mailbox.stale_after, field="mailbox.stale_after") if data.mailbox else 3600
     except ValidationError as exc:
         msg, hint = exc.message, exc.hint
         if msg.startswith("The site config"):  # from the schema layer, whose hint speaks of requests
@@ -182,6 +199,8 @@ def parse_site_config(raw: dict[str, Any], path: str = "<config>") -> SiteConfig
             field="pilot.walltime",
         )
     ssh = _check_ssh(data, path) if data.ssh is not None else None
+    relay, mailbox, staging = check_network(data.site.network, data.relay, data.mailbox, data.staging,
+                                            remote=ssh is not None, path=path)
     site = msgspec.structs.replace(  # "~" in paths means the home directory of the client's user
         data.site,
         token_file=os.path.expanduser(data.site.token_file),
@@ -198,6 +217,11 @@ def parse_site_config(raw: dict[str, Any], path: str = "<config>") -> SiteConfig
         whole_node=pilot.whole_node,
         max_queued_s=max_queued,
         ssh=ssh,
+        relay=relay,
+        mailbox=mailbox,
+        staging=staging,
+        staging_quota_mb=quota_mb,
+        mailbox_stale_s=stale_s,
     )
 
 

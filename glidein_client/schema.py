@@ -19,8 +19,9 @@ from .errors import ValidationError
 
 Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
-PosInt = Annotated[int, Meta(ge=1)]
-NonNegInt = Annotated[int, Meta(ge=0)]
+MAX_INT = 2**63 - 1  # what the databases store in an integer column
+PosInt = Annotated[int, Meta(ge=1, le=MAX_INT)]
+NonNegInt = Annotated[int, Meta(ge=0, le=MAX_INT)]
 
 MAX_JOBS_PER_REQUEST = 10_000
 LOG_TAIL_BYTES = 64 * 1024
@@ -60,6 +61,23 @@ class Role(str, enum.Enum):
     USER = "user"
     SITE = "site"
     PILOT = "pilot"
+
+
+class Scope(str, enum.Enum):
+    """What a token may do, within what its role may do: read (GET), write (the rest), admin (operators)."""
+
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
+#: The scopes of a token minted without an explicit list.
+ROLE_SCOPES: dict[Role, tuple[Scope, ...]] = {
+    Role.OPERATOR: (Scope.READ, Scope.WRITE, Scope.ADMIN),
+    Role.USER: (Scope.READ, Scope.WRITE),
+    Role.SITE: (Scope.READ, Scope.WRITE),
+    Role.PILOT: (Scope.READ, Scope.WRITE),
+}
 
 
 class _Strict(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -185,9 +203,17 @@ class SiteWaitResult(_Strict, kw_only=True):
     generation: int
 
 
+class PilotGrantRequest(_Strict, kw_only=True):
+    """Optional body of a pilot grant: the pilot token lives for the queue wait plus the walltime."""
+
+    walltime_s: PosInt | None = None  # default: the walltime of the site's reported pilot shape
+    max_queued_s: NonNegInt | None = None  # how long the pilot may wait in the batch queue (0: no limit)
+
+
 class PilotGrant(_Strict, kw_only=True):
     pilot_id: int
     token: str
+    expires_at: float | None = None  # the pilot's token is renewed by its heartbeats once it runs
 
 
 class PilotStates(_Strict, kw_only=True):
@@ -287,6 +313,49 @@ class Summary(_Strict, kw_only=True):
     problems: list[str] = []  # pilots of the last day that found their node broken (black hole, self-test)
 
 
+class NewSubject(_Strict, kw_only=True):
+    """An operator adds a user or a site: a first token is minted for it."""
+
+    name: Name
+    expires_in_s: PosInt | None = None  # default: the token never expires (revoke it to end it)
+
+
+class TokenRequest(_Strict, kw_only=True):
+    role: Role
+    subject: Name
+    scopes: Annotated[list[Scope], Meta(min_length=1)] | None = None  # default: every scope of the role
+    expires_in_s: PosInt | None = None
+
+
+class TokenGrant(_Strict, kw_only=True):
+    """A new token: shown once, stored by the server only as a hash."""
+
+    id: str
+    token: str
+    role: Role
+    subject: str
+    scopes: list[Scope]
+    expires_at: float | None = None
+
+
+class TokenInfo(_Strict, kw_only=True):
+    id: str
+    role: Role
+    subject: str
+    scopes: list[Scope]
+    created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+
+class TokenList(_Strict, kw_only=True):
+    tokens: list[TokenInfo]
+
+
+class Revoked(_Strict, kw_only=True):
+    revoked: int  # how many tokens were revoked by this request
+
+
 class ErrorBody(_Strict, kw_only=True):
     error: str
     hint: str | None = None
@@ -383,3 +452,59 @@ def check_job(spec: JobSpec, index: int | None = None) -> JobSpec:
         if not key or "=" in key or "\x00" in key:
             raise ValidationError(f"{at}env: {key!r} is not a valid variable name.", field=f"{at}env")
     return spec
+
+
+# --- firewalled sites: out-of-job staging ----------------------------------------------------
+
+
+class Network(str, enum.Enum):
+    """How a site's pilots reach the server (the site config's ``site.network``)."""
+
+    DIRECT = "direct"  # pilots talk to the server; files travel inside the job
+    RELAY = "relay"  # through the site client's relay on the login node; files staged outside the job
+    NONE = "none"  # through a mailbox on the shared filesystem; files staged outside the job
+
+    @property
+    def stages(self) -> bool:
+        return self is not Network.DIRECT
+
+
+class SiteNetwork(_Strict, kw_only=True):
+    """A site client declares how its pilots reach the server; staging sites claim only staged jobs."""
+
+    network: Network = Network.DIRECT
+
+
+class StagingJob(_Strict, kw_only=True):
+    job_id: int
+    state: JobState
+    site: str | None = None  # where the job was last claimed
+    cpus: PosInt = 1
+    inputs: list[InputFile] = []
+
+
+class StagingView(_Strict, kw_only=True):
+    """What a staging site's client works from."""
+
+    staged: list[StagingJob] = []  # jobs reported staged at this site, in whatever state they are now
+    eligible: list[StagingJob] = []  # idle jobs this site could run that are not staged here, in claim order
+
+
+class StagingReport(_Strict, kw_only=True):
+    staged: list[int] = []  # jobs whose inputs are now verified in the site's staging area
+    released: list[int] = []  # jobs whose staged inputs are gone (or being staged again)
+
+
+class StagingResult(_Strict, kw_only=True):
+    staged: int
+    released: int
+
+
+class StagedOutput(_Strict, kw_only=True):
+    """A pilot asks its site client to upload an output it wrote into the staging area."""
+
+    attempt_id: int
+    lease: str
+    name: str
+    sha256: Sha256
+    size: NonNegInt

@@ -7,7 +7,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -15,6 +15,7 @@ from aiohttp import web
 
 from glidein_client.errors import GlideinError, NotFoundError, ValidationError
 from glidein_client.schema import (
+    MAX_INT,
     MAX_JOBS_PER_REQUEST,
     AttemptView,
     Demand,
@@ -26,6 +27,7 @@ from glidein_client.schema import (
     OutputFile,
     PilotExit,
     PilotGrant,
+    PilotGrantRequest,
     PilotRegister,
     PilotRegistered,
     PilotShape,
@@ -41,8 +43,10 @@ from glidein_client.schema import (
     decode,
 )
 
-from . import auth
+from . import auth, ratelimit
+from .admin import AdminApi
 from .files import FileStore
+from .staging import StagingApi
 from .store import JobFilter, Principal, Store
 
 log = logging.getLogger(__name__)
@@ -70,6 +74,10 @@ class ServerConfig:
     pilot_timeout_s: float = 180.0
     max_request_bytes: int = 64 << 20
     reaper_interval_s: float = 2.0
+    rate_limits: ratelimit.RateLimits = field(default_factory=ratelimit.RateLimits)
+    totp_key: bytes | None = field(default=None, repr=False)  # encrypts operators' TOTP secrets
+    pilot_token_grace_s: float = 3600.0  # pilot tokens outlive their queue wait plus walltime by this
+    pilot_token_max_s: float = 30 * 86400.0
 
 
 def json_response(obj: Any, status: int = 200) -> web.Response:
@@ -110,6 +118,9 @@ class Api:
         self.auth = auth.Authenticator(store)
         self.work = WorkSignal()  # wakes pilots waiting for something to claim
         self.demand_changed = WorkSignal()  # wakes site clients waiting for new demand
+        self.limiter = ratelimit.RateLimiter(config.rate_limits)
+        self.admin = AdminApi(self, config.totp_key)
+        self._tokens_purged_at = 0.0
         self.routes = self._routes()
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -137,8 +148,9 @@ class Api:
             Route("GET", "/files/{sha256}", self.get_file, "Download a stored file.", (U, OP, P), None, None, True),
             Route("POST", "/sites/{site}/demand", self.demand,
                   "Report the site's pilot shape and get its demand.", (S, OP), PilotShape, Demand),
-            Route("POST", "/sites/{site}/pilots", self.new_pilot, "Mint a pilot id and its token.", (S, OP),
-                  None, PilotGrant),
+            Route("POST", "/sites/{site}/pilots", self.new_pilot,
+                  "Mint a pilot id and its token, valid for the pilot's queue wait plus walltime and renewed by "
+                  "its heartbeats.", (S, OP), PilotGrantRequest, PilotGrant),
             Route("POST", "/sites/{site}/wait", self.site_wait,
                   "Long poll: answers as soon as new work may change the demand, or at the timeout.", (S, OP),
                   SiteWait, SiteWaitResult),
@@ -154,10 +166,13 @@ class Api:
             Route("POST", "/pilot/exit", self.pilot_exit, "A pilot leaves.", (P,), PilotExit, None),
             Route("GET", "/summary", self.summary, "Counts of jobs and pilots, sites, occupancy.", (U, OP),
                   None, Summary),
+            *StagingApi(self).routes(),
+            *self.admin.routes(),
         ]
 
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware], client_max_size=self.config.max_request_bytes)
+        app = web.Application(middlewares=[self._middleware, ratelimit.middleware(self.limiter, self.auth)],
+                              client_max_size=self.config.max_request_bytes)
         for r in self.routes:
             app.router.add_route(r.method, API + r.path, r.handler)
         app.cleanup_ctx.append(self._reaper_ctx)
@@ -175,6 +190,9 @@ class Api:
             return await handler(request)
         except GlideinError as exc:
             return json_response(exc.to_wire(), status=exc.http_status)
+        except OverflowError:  # a number beyond what the database stores; its transaction was rolled back
+            return json_response(ErrorBody(error="A number in the request is too large (at most 2^63 - 1).",
+                                           hint="Send the value the API expects; nothing was changed."), status=400)
         except web.HTTPRequestEntityTooLarge:
             return json_response(ErrorBody(
                 error=f"The request is larger than {self.config.max_request_bytes >> 20} MB.",
@@ -216,8 +234,13 @@ class Api:
         self.demand_changed.notify()
 
     async def _who(self, request: web.Request, *roles: Role) -> Principal:
-        principal = await self.auth.principal(request.headers.get("Authorization"))
+        seen = auth.resolved.get()  # the rate limit resolved the token already
+        if seen is not None and seen[0] is request:
+            principal = seen[1]
+        else:
+            principal = await self.auth.principal(request.headers.get("Authorization"))
         auth.require(principal, *roles)
+        auth.require_scope(principal, auth.scope_of(request.method, request.path))
         return principal
 
     async def _body(self, request: web.Request, type_: type[Any], what: str) -> Any:
@@ -336,12 +359,38 @@ class Api:
     async def new_pilot(self, request: web.Request) -> web.Response:
         site = request.match_info["site"]
         auth.require_site(await self._who(request, Role.SITE, Role.OPERATOR), site)
+        grant: PilotGrantRequest = decode(await request.read() or b"{}", PilotGrantRequest, what="pilot grant")
         now = time.time()
+        expires_at = now + await self._pilot_token_life_s(site, grant)
         pilot_id = await self.store.new_pilot(site, now)
         token = auth.new_token()
-        await self.store.add_token(auth.hash_token(token), Role.PILOT, str(pilot_id), None)
-        log.info("site %s: minted pilot %d", site, pilot_id)
-        return json_response(PilotGrant(pilot_id=pilot_id, token=token), status=201)
+        token_id = await self.store.add_token(auth.hash_token(token), Role.PILOT, str(pilot_id), expires_at)
+        log.info("site %s: minted pilot %d (token %s, valid %.1f h unless renewed)", site, pilot_id, token_id,
+                 (expires_at - now) / 3600)
+        if now - self._tokens_purged_at > 3600:
+            self._tokens_purged_at = now
+            await self.store.purge_tokens(now - 7 * 86400)  # expired or revoked a week ago
+        return json_response(PilotGrant(pilot_id=pilot_id, token=token, expires_at=expires_at), status=201)
+
+    async def _pilot_token_life_s(self, site: str, grant: PilotGrantRequest) -> float:
+        """A pilot token lives for the pilot's queue wait plus its walltime, plus a grace period."""
+        walltime_s = grant.walltime_s
+        if walltime_s is None:
+            shape = (await self.store.site_shapes()).get(site)
+            walltime_s = shape.walltime_s if shape else 86400
+        queued_s = 86400 if grant.max_queued_s is None else grant.max_queued_s or self.config.pilot_token_max_s
+        return min(queued_s + walltime_s, self.config.pilot_token_max_s) + self.config.pilot_token_grace_s
+
+    async def _renew_pilot_token(self, principal: Principal, lifetime_s: float) -> None:
+        """A running pilot's heartbeat keeps its token valid until its end (plus the grace period)."""
+        if principal.expires_at is None:
+            return
+        grace = self.config.pilot_token_grace_s
+        now = time.time()
+        want = now + min(max(lifetime_s, 0.0), self.config.pilot_token_max_s) + grace
+        if principal.expires_at < want - grace / 2:  # renew rarely: not on every heartbeat
+            await self.store.renew_token(principal.token_id, want)
+            self.auth.renewed(principal.token_id, want)
 
     async def site_wait(self, request: web.Request) -> web.Response:
         site = request.match_info["site"]
@@ -367,6 +416,7 @@ class Api:
         principal = await self._who(request, Role.PILOT)
         req: PilotRegister = await self._body(request, PilotRegister, "pilot registration")
         await self.store.register_pilot(int(principal.subject), req, time.time())
+        await self._renew_pilot_token(principal, req.end_time - time.time())
         r = req.resources
         log.info("pilot %s registered: %d cpus, %d MB, %d GPUs on %s (%s)%s", principal.subject, r.cpus,
                  r.memory_mb, r.gpus, req.host, req.batch_id,
@@ -380,6 +430,7 @@ class Api:
         req: SyncRequest = await self._body(request, SyncRequest, "pilot sync")
         t0 = time.time()
         resp = await self.store.sync(pilot_id, req, t0, self.config.lease_s)
+        await self._renew_pilot_token(principal, req.lifetime_s)
         if req.finished:
             self.work.notify()  # requeued or retried jobs may be claimable elsewhere
         if not resp.jobs and not resp.cancel and req.wait_s > 0 and not req.draining:
@@ -413,9 +464,12 @@ class Api:
 
 def _int(text: str, what: str) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise ValidationError(f"{what}: {text!r} is not a whole number.", field=what) from None
+    if not -MAX_INT - 1 <= value <= MAX_INT:
+        raise ValidationError(f"{what}: {text} is too large.", field=what)
+    return value
 
 
 def _sha(text: str) -> str:

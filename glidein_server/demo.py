@@ -82,6 +82,7 @@ class Demo:
         self.n_jobs = jobs
         self.procs: list[subprocess.Popen[bytes]] = []
         self.env = dict(os.environ)
+        self.ca_file = ""
 
     def cli(self, module: str, *args: str, capture: bool = True) -> str:
         pipe = subprocess.PIPE if capture else None
@@ -112,14 +113,16 @@ class Demo:
         init = json.loads(self.cli("glidein_server.cli", "init", str(server_dir), "--port", str(port), "--json"))
         user = json.loads(self.cli("glidein_server.cli", "--dir", str(server_dir), "user", "add", "demo", "--json"))
         site = json.loads(self.cli("glidein_server.cli", "--dir", str(server_dir), "site", "add", "local", "--json"))
-        url = init["url"]
-        self.env.update(GLIDEIN_URL=url, GLIDEIN_TOKEN_FILE=str(self.secret("user.token", user["token"])))
+        url, self.ca_file = init["url"], init["ca_file"]  # HTTPS, with the CA that init made
+        self.env.update(GLIDEIN_URL=url, GLIDEIN_CA_FILE=self.ca_file,
+                        GLIDEIN_TOKEN_FILE=str(self.secret("user.token", user["token"])))
         self.env.pop("GLIDEIN_TOKEN", None)
         site_config = self.root / "local.toml"
         site_config.write_text(f"""\
 [site]
 name = "local"
 server_url = "{url}"
+ca_file = "{self.ca_file}"
 token_file = "{self.secret('site.token', site['token'])}"
 scheduler = "local"
 scratch_dir = "{self.root / 'site'}"
@@ -137,7 +140,7 @@ max_pilots = 3
 max_idle_pilots = 3
 max_submit_per_cycle = 3
 """)
-        say(f"  server     {url}  (SQLite in {server_dir})")
+        say(f"  server     {url}  (SQLite in {server_dir}; TLS with the CA in {self.ca_file})")
         self.start("server", "glidein_server.cli", "--dir", str(server_dir), "serve")
         deadline = time.monotonic() + 20
         while True:
@@ -232,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
         token = (root / "user.token").read_text().strip()
 
         async def summary() -> tuple[dict[str, int], dict[str, int], float | None]:
-            async with ApiClient(url, token) as api:
+            async with ApiClient(url, token, ca_file=demo.ca_file) as api:
                 s = await api.summary()
                 return s.jobs, s.pilots, s.occupancy
 

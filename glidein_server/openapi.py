@@ -13,6 +13,32 @@ from glidein_client.schema import ErrorBody
 from .app import API, Route
 
 _REF = "#/components/schemas/{name}"
+#: Routes that answer 201 Created (besides every PUT).
+_CREATED = {("POST", "/jobs"), ("POST", "/sites/{site}/pilots"), ("POST", "/admin/users"), ("POST", "/admin/sites"),
+            ("POST", "/admin/tokens")}
+_STR = {"type": "string"}
+#: Query parameters: (name, required, schema).
+_QUERY: dict[tuple[str, str], list[tuple[str, bool, dict[str, Any]]]] = {
+    ("GET", "/jobs"): [("state", False, _STR), ("owner", False, _STR), ("label", False, _STR),
+                       ("ids", False, _STR), ("limit", False, {"type": "integer", "minimum": 0}),
+                       ("offset", False, {"type": "integer", "minimum": 0})],
+    ("GET", "/jobs/{job_id}/outputs"): [("name", True, _STR)],
+    ("PUT", "/pilot/attempts/{attempt_id}/outputs"): [("name", True, _STR)],
+    ("GET", "/admin/tokens"): [("role", False, {"enum": ["operator", "user", "site", "pilot"]}),
+                               ("subject", False, _STR), ("revoked", False, {"enum": ["0", "1"]})],
+}
+#: Header parameters besides the bearer token.
+_HEADERS: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {
+    ("PUT", "/pilot/attempts/{attempt_id}/outputs"): [("X-Glidein-Lease", _STR),
+                                                     ("X-Glidein-Sha256", {"type": "string",
+                                                                           "pattern": "^[0-9a-f]{64}$"})],
+}
+_TOTP = ("X-Glidein-TOTP", {"type": "string", "pattern": "^[0-9]{6}$"})
+_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
+#: Path parameters by name (others are plain strings).
+_PATH = {"job_id": {"type": "integer", "minimum": 1}, "attempt_id": {"type": "integer", "minimum": 1},
+         "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "site": _NAME, "name": _NAME,
+         "token_id": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}
 
 
 def document(routes: Sequence[Route]) -> dict[str, Any]:
@@ -31,8 +57,12 @@ def document(routes: Sequence[Route]) -> dict[str, Any]:
                 "4XX": {"description": "Refused, with a plain message and a hint", "content": error},
             },
         }
-        params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+        params = [{"name": p, "in": "path", "required": True, "schema": _PATH.get(p, _STR)}
                   for p in re.findall(r"{(\w+)}", r.path)]
+        params += [{"name": n, "in": "query", "required": req, "schema": sch}
+                   for n, req, sch in _QUERY.get((r.method, r.path), [])]
+        headers = _HEADERS.get((r.method, r.path), []) + ([_TOTP] if r.path.startswith("/admin/") else [])
+        params += [{"name": n, "in": "header", "required": True, "schema": sch} for n, sch in headers]
         if params:
             op["parameters"] = params
         if r.roles:
@@ -45,8 +75,7 @@ def document(routes: Sequence[Route]) -> dict[str, Any]:
             op["requestBody"] = {"required": True,
                                  "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                                       "format": "binary"}}}}
-        ok = "201" if r.method in ("PUT",) or r.path in ("/jobs", "/sites/{site}/pilots") and r.method == "POST" \
-            else "200"
+        ok = "201" if r.method == "PUT" or (r.method, r.path) in _CREATED else "200"
         if r.response is not None:
             op["responses"][ok] = {"description": "OK",
                                    "content": {"application/json": {"schema": by_type[r.response]}}}

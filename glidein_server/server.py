@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 import ssl
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
 from aiohttp import web
 
-from glidein_client.schema import Role
+from glidein_client.errors import ConfigError
+from glidein_client.schema import Role, Scope
 
-from . import auth
+from . import auth, tls, totp
 from .app import Api, ServerConfig
 from .files import FileStore
+from .ratelimit import Rate, RateLimits
 from .retry import RetryPolicy
 from .settings import ServerSettings, StateDir
 from .sqlite_store import SqliteStore
@@ -29,11 +32,20 @@ def open_store(state: StateDir, settings: ServerSettings) -> Store:
     return SqliteStore(str(state.database(settings)), retry=retry)
 
 
-async def mint_token(store: Store, role: Role, subject: str, expires_at: float | None = None) -> str:
+async def mint_token(store: Store, role: Role, subject: str, expires_at: float | None = None,
+                     scopes: Sequence[Scope] | None = None) -> str:
     """Create a token and store only its hash; the token itself is returned once."""
     token = auth.new_token()
-    await store.add_token(auth.hash_token(token), role, subject, expires_at)
+    await store.add_token(auth.hash_token(token), role, subject, expires_at, scopes)
     return token
+
+
+def rate_limits(s: ServerSettings) -> RateLimits:
+    return RateLimits(operator=Rate(s.rate_operator_per_s, s.rate_operator_burst),
+                      user=Rate(s.rate_user_per_s, s.rate_user_burst),
+                      site=Rate(s.rate_site_per_s, s.rate_site_burst),
+                      pilot=Rate(s.rate_pilot_per_s, s.rate_pilot_burst),
+                      anonymous=Rate(s.rate_anonymous_per_s, s.rate_anonymous_burst))
 
 
 class Server:
@@ -46,31 +58,48 @@ class Server:
         self._port = self.settings.port if port is None else port
         self.store = open_store(self.state, self.settings)
         self._runner: web.AppRunner | None = None
+        self.api: Api | None = None
         self.url = ""
 
     def _ssl(self) -> ssl.SSLContext | None:
+        """The TLS context; plain HTTP only when the config says so, and then on loopback unless forced."""
         s = self.settings
-        if not (s.tls_cert and s.tls_key):
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(str(self.state.root / s.tls_cert), str(self.state.root / s.tls_key))
-        return ctx
+        if s.tls_cert and s.tls_key:
+            return tls.server_context(self.state.root / s.tls_cert, self.state.root / s.tls_key)
+        if not s.insecure_http:
+            raise ConfigError(
+                f"The server in {self.state.root} has no TLS certificate (tls_cert and tls_key in config.toml).",
+                hint="Make one with `glidein-server tls renew`, or set insecure_http = true in config.toml to "
+                     "serve plain HTTP on this host's loopback address only.")
+        if not tls.is_loopback(self._host) and not s.insecure_http_any_host:
+            raise ConfigError(
+                f"Plain HTTP is served on loopback addresses only, not on {self._host}: tokens would travel in "
+                "clear text.",
+                hint="Turn TLS on (`glidein-server tls renew`), or set insecure_http_any_host = true in "
+                     "config.toml if a TLS proxy in front of the server handles the network.")
+        log.warning("serving plain HTTP without TLS on %s: tokens and data travel unencrypted", self._host)
+        return None
 
     async def __aenter__(self) -> Server:
         s = self.settings
+        tls_context = self._ssl()
+        key = totp.load_key(self.state.root / s.totp_key_file)
         await self.store.open()
         await self.store.recover(time.time(), s.lease_s)
         files = FileStore(self.state.files(s), max_bytes=s.max_file_mb << 20)
         api = Api(self.store, files, ServerConfig(lease_s=s.lease_s, heartbeat_s=s.heartbeat_s,
                                                   pilot_timeout_s=s.pilot_timeout_s,
-                                                  max_request_bytes=s.max_request_mb << 20))
+                                                  max_request_bytes=s.max_request_mb << 20,
+                                                  rate_limits=rate_limits(s), totp_key=key,
+                                                  pilot_token_grace_s=s.pilot_token_grace_s,
+                                                  pilot_token_max_s=s.pilot_token_max_s))
+        self.api = api
         self._runner = web.AppRunner(api.make_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        tls = self._ssl()
-        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=tls, backlog=512)
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=tls_context, backlog=512)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.url = s.public_url or f"{'https' if tls else 'http'}://{self._host}:{port}"
+        self.url = s.public_url or f"{'https' if tls_context else 'http'}://{self._host}:{port}"
         log.info("glidein server listening on %s (state in %s)", self.url, self.state.root)
         return self
 

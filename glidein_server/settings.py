@@ -37,6 +37,23 @@ class ServerSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     retry_max_walltime_s: Annotated[int, Meta(ge=1)] = 7 * 86400
     tls_cert: str = ""  # PEM certificate; TLS is on when both tls_cert and tls_key are set
     tls_key: str = ""
+    tls_ca: str = ""  # the CA that signed tls_cert (made by init); clients trust this file
+    insecure_http: bool = False  # serve plain HTTP without TLS: only with this set, on loopback only
+    insecure_http_any_host: bool = False  # ... and on other addresses too (traffic and tokens in clear text)
+    totp_key_file: str = "totp.key"  # key that encrypts operators' TOTP secrets; 0600, apart from the database
+    pilot_token_grace_s: Annotated[float, Meta(ge=60)] = 3600.0  # pilot tokens outlive queue wait + walltime by this
+    pilot_token_max_s: Annotated[float, Meta(ge=3600)] = 30 * 86400.0  # longest lifetime of a pilot token
+    # Requests per second and burst, per token (anonymous: per address); 0 per second: no limit.
+    rate_operator_per_s: Annotated[float, Meta(ge=0)] = 50.0
+    rate_operator_burst: Annotated[int, Meta(ge=1)] = 500
+    rate_user_per_s: Annotated[float, Meta(ge=0)] = 50.0
+    rate_user_burst: Annotated[int, Meta(ge=1)] = 500
+    rate_site_per_s: Annotated[float, Meta(ge=0)] = 20.0
+    rate_site_burst: Annotated[int, Meta(ge=1)] = 1000
+    rate_pilot_per_s: Annotated[float, Meta(ge=0)] = 100.0
+    rate_pilot_burst: Annotated[int, Meta(ge=1)] = 1000
+    rate_anonymous_per_s: Annotated[float, Meta(ge=0)] = 20.0
+    rate_anonymous_burst: Annotated[int, Meta(ge=1)] = 200
 
 
 class StateDir:
@@ -67,6 +84,10 @@ class StateDir:
     def files(self, s: ServerSettings) -> Path:
         return self.root / s.files_dir
 
+    def ca_file(self, s: ServerSettings) -> Path | None:
+        """The CA file clients trust for this server, when init made one."""
+        return self.root / s.tls_ca if s.tls_ca else None
+
     def url(self, s: ServerSettings) -> str:
         if s.public_url:
             return s.public_url
@@ -80,6 +101,8 @@ class StateDir:
             value = getattr(s, field)
             if isinstance(value, str):
                 lines.append(f'{field} = "{_toml_escape(value)}"')
+            elif isinstance(value, bool):
+                lines.append(f"{field} = {'true' if value else 'false'}")
             else:
                 lines.append(f"{field} = {value}")
         tmp = self.config_path.with_suffix(".tmp")

@@ -21,6 +21,7 @@ import msgspec
 
 from glidein_client.errors import ConflictError, NotFoundError, ValidationError
 from glidein_client.schema import (
+    ROLE_SCOPES,
     AttemptView,
     ClaimedJob,
     Demand,
@@ -28,16 +29,21 @@ from glidein_client.schema import (
     JobSpec,
     JobState,
     JobView,
+    Network,
     Outcome,
     OutputFile,
     PilotRegister,
     PilotShape,
     Refusal,
     Role,
+    Scope,
     SiteView,
+    StagingJob,
+    StagingView,
     Summary,
     SyncRequest,
     SyncResponse,
+    TokenInfo,
 )
 
 from . import demand as dm
@@ -68,6 +74,12 @@ def sites_from_key(key: str) -> frozenset[str] | None:
     return None if not key else frozenset(s for s in key.split(",") if s)
 
 
+def _scopes(role: Role, text: str) -> frozenset[Scope]:
+    """A token's stored scopes ('' = every scope of its role), never beyond what the role may do."""
+    allowed = frozenset(ROLE_SCOPES[role])
+    return allowed if not text else allowed & {Scope(s) for s in text.split() if s in Scope._value2member_map_}
+
+
 class SqliteStore:
     def __init__(self, path: str, *, retry: RetryPolicy | None = None) -> None:
         self.path = path
@@ -88,6 +100,8 @@ class SqliteStore:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA foreign_keys=OFF")
         db.executescript(Q["schema"])
+        self._migrate_tokens(db)
+        db.executescript(Q["staging_schema"])
         self._db = db
         for name, shape in db.execute("SELECT name, shape FROM sites WHERE shape IS NOT NULL"):
             self._site_shapes[name] = msgspec.json.decode(shape, type=PilotShape)
@@ -137,15 +151,73 @@ class SqliteStore:
 
     # --- tokens -----------------------------------------------------------------------------
 
-    async def add_token(self, token_hash: str, role: Role, subject: str, expires_at: float | None) -> None:
-        await self._tx(lambda db: db.execute(Q["token_insert"],
-                                             (token_hash, role.value, subject, time.time(), expires_at)))
+    @staticmethod
+    def _migrate_tokens(db: sqlite3.Connection) -> None:
+        """Add the token columns of later releases to an older database, then their indexes."""
+        have = {row[1] for row in db.execute("PRAGMA table_info(tokens)")}
+        for column in Q["tokens_migrate"].splitlines():
+            if column.strip() and not column.startswith("--") and column.split()[0] not in have:
+                db.execute(f"ALTER TABLE tokens ADD COLUMN {column}")
+        db.executescript(Q["tokens_index"])
+
+    async def add_token(self, token_hash: str, role: Role, subject: str, expires_at: float | None,
+                        scopes: Sequence[Scope] | None = None) -> str:
+        """Store a token's hash; returns its public id."""
+        token_id = token_hash[:16]
+        text = " ".join(sorted({s.value for s in scopes})) if scopes else ""
+        await self._tx(lambda db: db.execute(Q["token_insert"], (token_hash, role.value, subject, time.time(),
+                                                                 expires_at, token_id, text)))
+        return token_id
 
     async def lookup_token(self, token_hash: str, now: float) -> Principal | None:
+        """The token's principal (expired ones too: the caller says so); None if unknown or revoked."""
         row = await self._run(lambda: self._conn.execute(Q["token_lookup"], (token_hash,)).fetchone())
-        if row is None or (row[2] is not None and row[2] < now):
+        if row is None:
             return None
-        return Principal(Role(row[0]), row[1])
+        role = Role(row[0])
+        return Principal(role, row[1], token_id=row[3], scopes=_scopes(role, row[4]), expires_at=row[2])
+
+    async def list_tokens(self, role: Role | None, subject: str | None, *, revoked: bool = False,
+                          limit: int = 1000) -> list[TokenInfo]:
+        r = role.value if role else None
+
+        def read(db: sqlite3.Connection) -> list[TokenInfo]:
+            rows = db.execute(Q["token_list"], (r, r, subject, subject, revoked, limit)).fetchall()
+            return [TokenInfo(id=i, role=Role(ro), subject=su, scopes=sorted(_scopes(Role(ro), sc)),
+                              created_at=c, expires_at=e, revoked_at=rv) for i, ro, su, sc, c, e, rv in rows]
+
+        return await self._run(read, self._conn)
+
+    async def revoke_token(self, token_id: str, now: float) -> list[str]:
+        return await self._tx(lambda db: [r[0] for r in db.execute(Q["token_revoke"], (now, token_id))])
+
+    async def revoke_subject(self, role: Role, subject: str, now: float) -> list[str]:
+        """Revoke every token of a user, site or operator; a site's pilots lose theirs too."""
+
+        def tx(db: sqlite3.Connection) -> list[str]:
+            ids = [r[0] for r in db.execute(Q["token_revoke_subject"], (now, role.value, subject))]
+            if role is Role.SITE:
+                ids += [r[0] for r in db.execute(Q["token_revoke_site_pilots"], (now, subject))]
+            return ids
+
+        return await self._tx(tx)
+
+    async def renew_token(self, token_id: str, expires_at: float) -> None:
+        await self._tx(lambda db: db.execute(Q["token_renew"], (expires_at, token_id, expires_at)))
+
+    async def purge_tokens(self, before: float) -> int:
+        return await self._tx(lambda db: db.execute(Q["token_purge"], (before, before)).rowcount)
+
+    async def set_totp(self, subject: str, secret: bytes, now: float) -> None:
+        await self._tx(lambda db: db.execute(Q["totp_set"], (subject, secret, now)))
+
+    async def get_totp(self, subject: str) -> bytes | None:
+        row = await self._run(lambda: self._conn.execute(Q["totp_get"], (subject,)).fetchone())
+        return None if row is None else bytes(row[0])
+
+    async def use_totp_step(self, subject: str, step: int) -> bool:
+        """Record that the code of time step ``step`` was used; False if it (or a newer one) was already."""
+        return await self._tx(lambda db: db.execute(Q["totp_use"], (step, subject, step)).rowcount == 1)
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -269,6 +341,9 @@ class SqliteStore:
             "INSERT OR IGNORE INTO file_owners (sha256, owner, size) VALUES (?, ?, ?)", (sha256, owner, size)))
 
     async def may_read_file(self, sha256: str, principal: Principal) -> bool:
+        if principal.role is Role.SITE:  # inputs of jobs that may run at the site, for out-of-job staging
+            return await self._run(self._site_may_read, self._conn, principal.subject, sha256)
+
         def read(db: sqlite3.Connection) -> bool:
             if principal.role is Role.OPERATOR:
                 return True
@@ -434,8 +509,11 @@ class SqliteStore:
         f = req.free
         # Candidates individually fit the larger of free-now and (for the backlog) the whole pilot.
         cap = total if req.want > 0 else Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
-        rows = db.execute(Q["idle_candidates"], (cap.cpus, cap.memory_mb, cap.gpus, cap.disk_mb,
-                                                 int(req.lifetime_s), f",{site},", CLAIM_SCAN)).fetchall()
+        args = (cap.cpus, cap.memory_mb, cap.gpus, cap.disk_mb, int(req.lifetime_s), f",{site},", CLAIM_SCAN)
+        if self._site_stages(db, site):  # its client stages inputs out of the job: only jobs staged there
+            rows = db.execute(Q["idle_candidates_staged"], (site, *args)).fetchall()
+        else:
+            rows = db.execute(Q["idle_candidates"], args).fetchall()
         if not rows:
             return []
         chosen = select((Candidate(*r) for r in rows), Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb),
@@ -566,3 +644,50 @@ class SqliteStore:
 
         return await self._run(read, self._conn)
 
+    # --- firewalled sites: out-of-job staging ----------------------------------------------------
+
+    async def set_site_network(self, site: str, network: Network, now: float) -> bool:
+        """Record how the site's pilots reach the server; True when that changed."""
+
+        def tx(db: sqlite3.Connection) -> bool:
+            row = db.execute(Q["site_network_get"], (site,)).fetchone()
+            db.execute(Q["site_network_set"], (site, network.value, now))
+            return row is None or row[0] != network.value
+
+        return await self._tx(tx)
+
+    @staticmethod
+    def _site_stages(db: sqlite3.Connection, site: str) -> bool:
+        row = db.execute(Q["site_network_get"], (site,)).fetchone()
+        return row is not None and Network(row[0]).stages
+
+    @staticmethod
+    def _site_may_read(db: sqlite3.Connection, site: str, sha256: str) -> bool:
+        """A site reads the inputs of jobs that may run there and are not finished."""
+        return db.execute(Q["site_may_read_file"], (f",{site},", sha256, sha256)).fetchone() is not None
+
+    async def staging_view(self, site: str, limit: int) -> StagingView:
+        shape = self._site_shapes.get(site)
+        fit = ((shape.cpus, shape.memory_mb, shape.gpus, shape.disk_mb, shape.walltime_s) if shape is not None
+               else (1 << 62,) * 5)
+
+        def job(row: Sequence[Any]) -> StagingJob:
+            spec = _spec_decoder.decode(row[3])
+            return StagingJob(job_id=row[0], state=JobState(row[1]), site=row[2], cpus=spec.cpus, inputs=spec.inputs)
+
+        def read(db: sqlite3.Connection) -> StagingView:
+            staged = [job(r) for r in db.execute(Q["staging_staged"], (site,))]
+            eligible = [job(r) for r in db.execute(Q["staging_eligible"], (f",{site},", *fit, site, limit))]
+            return StagingView(staged=staged, eligible=eligible)
+
+        return await self._run(read, self._conn)
+
+    async def report_staging(self, site: str, staged: Sequence[int], released: Sequence[int],
+                             now: float) -> tuple[int, int]:
+        def tx(db: sqlite3.Connection) -> tuple[int, int]:
+            added = sum(db.execute(Q["staged_insert"], (site, now, job_id, f",{site},")).rowcount
+                        for job_id in staged)
+            dropped = sum(db.execute(Q["staged_delete"], (site, job_id)).rowcount for job_id in released)
+            return added, dropped
+
+        return await self._tx(tx)

@@ -6,14 +6,17 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyotp
 import pytest
 
 from glidein_client.api import ApiClient
 from glidein_client.schema import PilotShape, Role
+from glidein_server import totp
 from glidein_server.server import Server, mint_token
 from glidein_server.settings import ServerSettings, StateDir
 
@@ -28,6 +31,30 @@ class LiveServer:
     server: Server
     tmp: Path
     pilots: list[asyncio.subprocess.Process] = field(default_factory=list)
+    ca_file: str | None = None  # the server's CA, when it serves HTTPS
+    totp_secret: str = ""  # set by enable_totp
+
+    async def enable_totp(self, subject: str = "operator") -> Callable[[], str]:
+        """Enrol ``subject`` for one-time codes; returns a function giving a fresh code per call.
+
+        The server's TOTP clock is replaced by one that moves a 30-second step per code, so
+        tests need not wait for the next code (each code is accepted once).
+        """
+        api = self.server.api
+        assert api is not None
+        key = totp.load_or_create_key(self.state_dir / "totp.key")
+        secret, _ = await totp.enrol(self.server.store, key, subject)
+        self.totp_secret = secret
+        guard = api.admin.totp
+        guard.key = key
+        clock = [time.time()]
+        guard.clock = lambda: clock[0]
+
+        def code() -> str:
+            clock[0] += totp.STEP_S
+            return pyotp.TOTP(secret).at(clock[0])
+
+        return code
 
     async def token(self, role: Role, subject: str) -> str:
         return await mint_token(self.server.store, role, subject)
@@ -39,7 +66,7 @@ class LiveServer:
         return path
 
     def api(self, token: str) -> ApiClient:
-        return ApiClient(self.url, token)
+        return ApiClient(self.url, token, ca_file=self.ca_file)
 
     async def start_pilot(self, *, site: str = "local", cpus: int = 2, memory_mb: int = 2048, disk_mb: int = 1000,
                           walltime_s: int = 600, idle_timeout_s: float = 5.0, shape: PilotShape | None = None,
@@ -58,7 +85,7 @@ class LiveServer:
             sys.executable, "-m", "glidein_client.pilot", "run", "--server-url", self.url,
             "--token-file", str(token_file), "--site", site, "--cpus", str(cpus), "--memory-mb", str(memory_mb),
             "--disk-mb", str(disk_mb), "--walltime-s", str(walltime_s), "--idle-timeout-s", str(idle_timeout_s),
-            "--scratch", str(scratch), *extra,
+            "--scratch", str(scratch), *(("--ca-file", self.ca_file) if self.ca_file else ()), *extra,
             stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         )
         log.close()
@@ -72,7 +99,8 @@ class LiveServer:
 @pytest.fixture
 async def live_server(tmp_path: Path) -> AsyncIterator[LiveServer]:
     state = StateDir(tmp_path / "server")
-    state.write(ServerSettings(port=0, lease_s=5.0, heartbeat_s=1.0, pilot_timeout_s=10.0))
+    # Plain HTTP on loopback keeps the fixture fast; tests/integration/test_tls.py covers HTTPS.
+    state.write(ServerSettings(port=0, lease_s=5.0, heartbeat_s=1.0, pilot_timeout_s=10.0, insecure_http=True))
     srv = Server(str(state.root))
     async with srv:
         op = await mint_token(srv.store, Role.OPERATOR, "operator")

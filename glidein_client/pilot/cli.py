@@ -12,10 +12,10 @@ from pathlib import Path
 
 from ..config import read_secret_file
 from ..errors import GlideinError
-from .channel import DirectChannel
 from .pilot import Pilot, PilotSettings
 from .resources import detect
 from .selftest import self_test
+from .staged import CHANNELS, open_channel
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--server-url", required=True)
         sp.add_argument("--token-file", required=True, help="the pilot's token (mode 0600)")
-        sp.add_argument("--ca-file", help="CA certificate to trust for the server")
+        sp.add_argument("--ca-file", default=os.environ.get("GLIDEIN_CA_FILE") or None,
+                        help="CA certificate to trust for the server (default: $GLIDEIN_CA_FILE)")
         sp.add_argument("--site", default="", help="site name (for logs)")
         sp.add_argument("--scratch", default=os.environ.get("TMPDIR", "/tmp"), help="scratch directory")
         sp.add_argument("--cpus", type=int, help="slots to offer (default: detected)")
@@ -41,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--min-disk-mb", type=int, default=100)
         sp.add_argument("--require", action="append", default=[], metavar="CMD",
                         help="a command jobs need on this node; the self-test fails without it (repeatable)")
+        sp.add_argument("--channel", choices=CHANNELS, default="direct",
+                        help="how to reach the server: direct; relay (--server-url is the login node's relay); "
+                             "mailbox (files in --mailbox-dir); relay and mailbox take files from --staging-dir")
+        sp.add_argument("--staging-dir", help="the site's staging area on the shared filesystem (relay, mailbox)")
+        sp.add_argument("--mailbox-dir", help="this pilot's mailbox directory on the shared filesystem (mailbox)")
         sp.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -61,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
 async def _main(args: argparse.Namespace) -> int:
     token = read_secret_file(args.token_file, what="pilot token")
     scratch = Path(args.scratch)
-    async with DirectChannel(args.server_url, token, ca_file=args.ca_file) as channel:
+    async with open_channel(args.channel, server_url=args.server_url, token=token, ca_file=args.ca_file,
+                            staging_dir=args.staging_dir, mailbox_dir=args.mailbox_dir) as channel:
         if args.cmd == "self-test":
             result = await self_test(scratch, min_disk_mb=args.min_disk_mb, required_commands=args.require,
                                      server_check=channel.check)

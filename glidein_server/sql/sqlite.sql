@@ -3,12 +3,21 @@
 -- name: schema
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (
-    hash TEXT PRIMARY KEY,
+    hash TEXT PRIMARY KEY,          -- sha256 of the token; the token itself is never stored
     role TEXT NOT NULL,
     subject TEXT NOT NULL,
     created_at REAL NOT NULL,
     expires_at REAL,
-    revoked INTEGER NOT NULL DEFAULT 0
+    revoked INTEGER NOT NULL DEFAULT 0,
+    id TEXT,                        -- public id: the first 16 hex digits of the hash
+    scopes TEXT NOT NULL DEFAULT '', -- space-separated; '' = every scope of the role
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS totp (
+    subject TEXT PRIMARY KEY,       -- an operator
+    secret BLOB NOT NULL,           -- encrypted with the key file named by totp_key_file
+    created_at REAL NOT NULL,
+    last_step INTEGER NOT NULL DEFAULT 0  -- newest time step used: a code is accepted once
 );
 CREATE TABLE IF NOT EXISTS sites (
     name TEXT PRIMARY KEY,
@@ -134,11 +143,54 @@ BEGIN
       AND walltime_s = OLD.walltime_s AND sites = OLD.sites;
 END;
 
+-- name: tokens_migrate
+-- Columns added after the first release: ALTER TABLE runs for each one missing (see SqliteStore).
+id TEXT
+scopes TEXT NOT NULL DEFAULT ''
+revoked_at REAL
+
+-- name: tokens_index
+UPDATE tokens SET id = substr(hash, 1, 16) WHERE id IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS tokens_id ON tokens (id);
+CREATE INDEX IF NOT EXISTS tokens_subject ON tokens (role, subject);
+
 -- name: token_insert
-INSERT INTO tokens (hash, role, subject, created_at, expires_at) VALUES (?, ?, ?, ?, ?);
+INSERT INTO tokens (hash, role, subject, created_at, expires_at, id, scopes) VALUES (?, ?, ?, ?, ?, ?, ?);
 
 -- name: token_lookup
-SELECT role, subject, expires_at FROM tokens WHERE hash = ? AND revoked = 0;
+SELECT role, subject, expires_at, id, scopes FROM tokens WHERE hash = ? AND revoked = 0;
+
+-- name: token_list
+SELECT id, role, subject, scopes, created_at, expires_at, revoked_at FROM tokens
+WHERE (? IS NULL OR role = ?) AND (? IS NULL OR subject = ?) AND (? OR revoked = 0)
+ORDER BY created_at DESC LIMIT ?;
+
+-- name: token_revoke
+UPDATE tokens SET revoked = 1, revoked_at = ? WHERE id = ? AND revoked = 0 RETURNING id;
+
+-- name: token_revoke_subject
+UPDATE tokens SET revoked = 1, revoked_at = ? WHERE role = ? AND subject = ? AND revoked = 0 RETURNING id;
+
+-- name: token_revoke_site_pilots
+UPDATE tokens SET revoked = 1, revoked_at = ?
+WHERE role = 'pilot' AND revoked = 0 AND subject IN (SELECT CAST(id AS TEXT) FROM pilots WHERE site = ?)
+RETURNING id;
+
+-- name: token_renew
+UPDATE tokens SET expires_at = ? WHERE id = ? AND revoked = 0 AND expires_at IS NOT NULL AND expires_at < ?;
+
+-- name: token_purge
+DELETE FROM tokens WHERE (expires_at IS NOT NULL AND expires_at < ?) OR (revoked_at IS NOT NULL AND revoked_at < ?);
+
+-- name: totp_set
+INSERT INTO totp (subject, secret, created_at) VALUES (?, ?, ?)
+ON CONFLICT (subject) DO UPDATE SET secret = excluded.secret, created_at = excluded.created_at, last_step = 0;
+
+-- name: totp_get
+SELECT secret FROM totp WHERE subject = ?;
+
+-- name: totp_use
+UPDATE totp SET last_step = ? WHERE subject = ? AND last_step < ?;
 
 -- name: job_insert
 INSERT INTO jobs (owner, state, spec, cpus, memory_mb, gpus, disk_mb, walltime_s, sites, priority,
@@ -251,3 +303,62 @@ UPDATE attempts SET lease_expires = max(lease_expires, ?) WHERE state != 'ended'
 
 -- name: recover_pilots
 UPDATE pilots SET last_seen = max(coalesce(last_seen, 0), ?) WHERE state = 'running';
+
+-- Firewalled sites: out-of-job staging. A site whose client declared a staging network
+-- ("relay" or "none") claims only jobs that its client reported staged there.
+
+-- name: staging_schema
+CREATE TABLE IF NOT EXISTS site_networks (
+    site TEXT PRIMARY KEY,
+    network TEXT NOT NULL,          -- direct | relay | none
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS staged_jobs (
+    site TEXT NOT NULL,
+    job_id INTEGER NOT NULL,
+    staged_at REAL NOT NULL,
+    PRIMARY KEY (site, job_id)
+);
+CREATE INDEX IF NOT EXISTS staged_jobs_job ON staged_jobs (job_id);
+
+-- name: site_network_set
+INSERT INTO site_networks (site, network, updated_at) VALUES (?, ?, ?)
+ON CONFLICT (site) DO UPDATE SET network = excluded.network, updated_at = excluded.updated_at;
+
+-- name: site_network_get
+SELECT network FROM site_networks WHERE site = ?;
+
+-- name: idle_candidates_staged
+SELECT j.id, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s
+FROM staged_jobs s JOIN jobs j ON j.id = s.job_id
+WHERE s.site = ? AND j.state = 'idle' AND j.cpus <= ? AND j.memory_mb <= ? AND j.gpus <= ? AND j.disk_mb <= ?
+  AND j.walltime_s <= ? AND (j.sites = '' OR instr(j.sites, ?) > 0)
+ORDER BY j.priority DESC, j.cpus DESC, j.id
+LIMIT ?;
+
+-- name: staging_eligible
+SELECT j.id, j.state, j.site, j.spec FROM jobs j
+WHERE j.state = 'idle' AND (j.sites = '' OR instr(j.sites, ?) > 0)
+  AND j.cpus <= ? AND j.memory_mb <= ? AND j.gpus <= ? AND j.disk_mb <= ? AND j.walltime_s <= ?
+  AND NOT EXISTS (SELECT 1 FROM staged_jobs s WHERE s.site = ? AND s.job_id = j.id)
+ORDER BY j.priority DESC, j.cpus DESC, j.id
+LIMIT ?;
+
+-- name: staging_staged
+SELECT j.id, j.state, j.site, j.spec FROM staged_jobs s JOIN jobs j ON j.id = s.job_id
+WHERE s.site = ?
+ORDER BY j.id;
+
+-- name: staged_insert
+INSERT OR IGNORE INTO staged_jobs (site, job_id, staged_at)
+SELECT ?, id, ? FROM jobs WHERE id = ? AND (sites = '' OR instr(sites, ?) > 0);
+
+-- name: staged_delete
+DELETE FROM staged_jobs WHERE site = ? AND job_id = ?;
+
+-- name: site_may_read_file
+SELECT 1 FROM jobs j
+WHERE j.state IN ('idle', 'claimed', 'running') AND (j.sites = '' OR instr(j.sites, ?) > 0)
+  AND instr(j.spec, ?) > 0
+  AND EXISTS (SELECT 1 FROM json_each(j.spec, '$.inputs') i WHERE json_extract(i.value, '$.sha256') = ?)
+LIMIT 1;

@@ -237,3 +237,29 @@ async def test_a_claim_whose_answer_was_lost_goes_back_to_the_queue(live_server:
         attempts = await api.attempts(job_id)
         assert attempts[0].outcome == "interrupted" and "never reached the pilot" in (attempts[0].reason or "")
         assert (await api.get_job(job_id)).retries_used == 0
+
+
+async def test_input_urls_elsewhere_are_fetched_without_the_token(live_server: LiveServer) -> None:
+    from aiohttp import web
+
+    seen: list[str | None] = []
+
+    async def serve(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(body=b"data")
+
+    app = web.Application()
+    app.router.add_get("/x.dat", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with live_server.api("a-secret-token") as api:
+            dest = live_server.tmp / "x.dat"
+            await api.download_url(f"http://127.0.0.1:{port}/x.dat", dest, hashlib.sha256(b"data").hexdigest())
+        assert dest.read_bytes() == b"data"
+        assert seen == [None]
+    finally:
+        await runner.cleanup()
