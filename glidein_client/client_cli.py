@@ -245,7 +245,8 @@ _Step = Callable[[str, Callable[[], Awaitable[str]]], Awaitable[bool]]
 
 async def _ssh_login(site: SiteConfig, runner: Runner, step: _Step) -> bool:
     """Remote mode: the TOTP secret and the login, before the checks that go over it."""
-    from .ssh_runner import SshRunner, read_totp_secret
+    from .ssh_codes import read_totp_secret
+    from .ssh_runner import SshRunner
 
     assert site.ssh is not None and isinstance(runner, SshRunner)
     secret = site.ssh.totp_secret_file

@@ -33,11 +33,9 @@ twice. File operations (SFTP) are idempotent and are retried once on a new conne
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import errno
 import getpass
-import json
 import logging
 import os
 import re
@@ -48,15 +46,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar, TypeVar
+from typing import TypeVar
 
 import asyncssh
 import asyncssh.constants as _c
 import pyotp
 
-from .config import SshSection, read_secret_file
+from .config import SshSection
 from .errors import ConfigError, SchedulerError, SshError
 from .runner import CommandResult
+from .ssh_codes import CodeLedger, read_totp_secret
 
 log = logging.getLogger(__name__)
 if logging.getLogger("asyncssh").level == logging.NOTSET:  # it logs every channel at INFO
@@ -92,33 +91,6 @@ def remote_command(argv: list[str], env: dict[str, str] | None = None) -> str:
     return shlex.join(words)
 
 
-def read_totp_secret(path: str, *, config: str | None = None) -> pyotp.TOTP:
-    """The TOTP generator of a secret file: a base32 secret on its first line, or an otpauth:// URI.
-
-    The file must be readable by its owner only (chmod 600), like every secret of glidein.
-    """
-    where = f"{config} as ssh.totp_secret_file" if config else None
-    text = read_secret_file(path, what="TOTP secret", config=where).splitlines()[0].strip()
-    bad = ConfigError(
-        f"The TOTP secret file {path} holds neither a base32 secret nor an otpauth:// URI on its first line.",
-        hint="Put the secret that was shown when the login was enrolled (e.g. by google-authenticator) there.",
-    )
-    if text.startswith("otpauth://"):
-        try:
-            otp = pyotp.parse_uri(text)
-        except ValueError:
-            raise bad from None
-        if not isinstance(otp, pyotp.TOTP):
-            raise bad
-        return otp
-    secret = text.replace(" ", "").upper()
-    try:
-        base64.b32decode(secret + "=" * (-len(secret) % 8))
-    except ValueError:
-        raise bad from None
-    return pyotp.TOTP(secret)
-
-
 @dataclass(frozen=True)
 class _Target:
     host: str
@@ -128,54 +100,6 @@ class _Target:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.user}@{host}:{self.port}"
-
-
-class _CodeLedger:
-    """The TOTP window (counter) of the last code sent per login target.
-
-    Shared by every runner of this process, and saved in a small file beside the secret so that
-    another glidein process (a cron run after ``check``) does not send the same code either.
-    """
-
-    _used: ClassVar[dict[str, int]] = {}
-
-    @classmethod
-    def reserve(cls, target: str, interval_s: int, state_file: str | None) -> tuple[int, float]:
-        """Take the first window not used yet for ``target``; return it and the seconds until it starts.
-
-        Runs without awaiting, so two logins of this process never take the same window.
-        """
-        saved = cls._read(state_file).get(target)
-        last = max((v for v in (cls._used.get(target), saved) if isinstance(v, int)), default=None)
-        now = time.time()
-        counter = int(now // interval_s)
-        wait_s = 0.0
-        if last is not None and counter <= last:
-            counter = last + 1
-            wait_s = counter * interval_s - now + 0.2
-        cls._used[target] = counter
-        cls._write(state_file, target, counter)
-        return counter, wait_s
-
-    @staticmethod
-    def _read(state_file: str | None) -> dict[str, object]:
-        try:
-            with open(state_file or "", encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    @classmethod
-    def _write(cls, state_file: str | None, target: str, counter: int) -> None:
-        if state_file:
-            tmp = f"{state_file}.tmp{os.getpid()}"
-            try:
-                with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
-                    json.dump({**cls._read(state_file), target: counter}, fh)
-                os.replace(tmp, state_file)
-            except OSError as exc:  # the in-process record still holds
-                log.debug("cannot record the used one-time code in %s: %s", state_file, exc)
 
 
 class _Client(asyncssh.SSHClient):
@@ -539,7 +463,7 @@ class SshRunner:
         secret, totp = self.settings.totp_secret_file, self._totp
         if secret and totp is not None:
             ledger = os.path.join(os.path.dirname(secret), f".{os.path.basename(secret)}.used")
-            counter, wait_s = _CodeLedger.reserve(key, totp.interval, ledger)
+            counter, wait_s = CodeLedger.reserve(key, totp.interval, ledger)
             if wait_s > 0:
                 log.info("waiting %.0f s for a fresh one-time code for %s: the current one was sent already",
                          wait_s, client.target)

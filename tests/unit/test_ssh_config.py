@@ -16,7 +16,8 @@ from glidein_client.config import SshSection, load_site_config, tomllib
 from glidein_client.deploy import _toml, cron_line, remote_config_text
 from glidein_client.errors import ConfigError
 from glidein_client.runner import LocalRunner
-from glidein_client.ssh_runner import SshRunner, _CodeLedger, read_totp_secret, remote_command
+from glidein_client.ssh_codes import CodeLedger, read_totp_secret
+from glidein_client.ssh_runner import SshRunner, remote_command
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "site_configs" / "remote-slurm.toml"
 
@@ -165,15 +166,15 @@ def test_totp_secret_forms(tmp_path: Path) -> None:
 
 
 def test_code_ledger_never_hands_out_a_window_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_CodeLedger, "_used", {})  # this process's record, restored afterwards
+    monkeypatch.setattr(CodeLedger, "_used", {})  # this process's record, restored afterwards
     state = str(tmp_path / ".secret.used")
-    first, wait1 = _CodeLedger.reserve("u@h:1", 30, state)
-    second, wait2 = _CodeLedger.reserve("u@h:1", 30, state)
+    first, wait1 = CodeLedger.reserve("u@h:1", 30, state)
+    second, wait2 = CodeLedger.reserve("u@h:1", 30, state)
     assert second == first + 1 and 0 < wait2 <= 30.2
-    other, wait3 = _CodeLedger.reserve("u@h:2", 30, state)  # another login target: its own windows
+    other, wait3 = CodeLedger.reserve("u@h:2", 30, state)  # another login target: its own windows
     assert wait3 == 0 and other == first
-    monkeypatch.setattr(_CodeLedger, "_used", {})  # as another process: only the file remembers
-    third, _ = _CodeLedger.reserve("u@h:1", 30, state)
+    monkeypatch.setattr(CodeLedger, "_used", {})  # as another process: only the file remembers
+    third, _ = CodeLedger.reserve("u@h:1", 30, state)
     assert third == second + 1
     assert os.stat(state).st_mode & 0o777 == 0o600
 
