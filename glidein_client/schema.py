@@ -276,6 +276,8 @@ class SyncRequest(_Strict, kw_only=True):
     # Every attempt the pilot still holds (running, waiting in its backlog, or in a report not yet
     # answered). The server requeues the pilot's other claims: their answer was lost on the way.
     held: list[int] | None = None
+    # False: reports only, sent while the pilot's claiming sync waits for work; claims nothing.
+    claim: bool = True
 
 
 class Refusal(_Strict, kw_only=True):

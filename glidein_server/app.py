@@ -433,7 +433,7 @@ class Api:
         await self._renew_pilot_token(principal, req.lifetime_s)
         if req.finished:
             self.work.notify()  # requeued or retried jobs may be claimable elsewhere
-        if not resp.jobs and not resp.cancel and req.wait_s > 0 and not req.draining:
+        if req.claim and not resp.jobs and not resp.cancel and req.wait_s > 0 and not req.draining:
             if await self.work.wait(min(req.wait_s, self.config.heartbeat_s)):
                 waited = time.time() - t0
                 again = SyncRequest(free=req.free, lifetime_s=req.lifetime_s - waited, want=req.want,

@@ -36,7 +36,7 @@ SCRIPT_NAME = ".glidein-job.sh"
 FALLBACK_POLL_S = 0.05
 _MB = 1024 * 1024
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+_LOG_FLAGS = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -110,11 +110,22 @@ def exit_reason(returncode: int) -> str | None:
 def read_tail(path: str | Path, size: int = LOG_TAIL_BYTES) -> str:
     """The last ``size`` bytes of a file as text; a character cut in half at the start is dropped."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            length = f.tell()
-            f.seek(max(0, length - size))
-            data = f.read(size)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        return fd_tail(fd, size)
+    finally:
+        os.close(fd)
+
+
+def fd_tail(fd: int, size: int = LOG_TAIL_BYTES) -> str:
+    """Like :func:`read_tail`, from a file open for reading; an empty file costs one ``fstat``."""
+    try:
+        length = os.fstat(fd).st_size
+        if length == 0:
+            return ""
+        data = os.pread(fd, size, max(0, length - size))
     except OSError:
         return ""
     if length > size:
@@ -123,6 +134,12 @@ def read_tail(path: str | Path, size: int = LOG_TAIL_BYTES) -> str:
             cut += 1
         data = data[cut:]
     return data.decode("utf-8", errors="replace")
+
+
+@functools.cache
+def _devnull() -> int:
+    """One descriptor on /dev/null for every job's stdin, rather than an open per job."""
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
 
 @functools.cache
@@ -203,6 +220,8 @@ class JobProcess:
         self._pidfd = -1
         self._poll_handle: asyncio.TimerHandle | None = None
         self._kill_timer: asyncio.TimerHandle | None = None
+        self._walltime_timer: asyncio.TimerHandle | None = None
+        self._memory_timer: asyncio.TimerHandle | None = None
         self._killed: tuple[Outcome, str] | None = None
         self._doomed: dict[int, psutil.Process] = {}
         self._no_start: tuple[Outcome, str] | None = None
@@ -211,6 +230,8 @@ class JobProcess:
         self._started_at = 0.0
         self._ended_at = 0.0
         self._max_rss_mb = 0.0
+        self._logs: tuple[int, int] | None = None
+        self._tails = ("", "")
 
     @property
     def pid(self) -> int | None:
@@ -237,12 +258,7 @@ class JobProcess:
         try:
             if run.spec.script is not None:
                 _write_script(os.path.join(sandbox, SCRIPT_NAME), run.spec.script)
-            out = os.open(os.path.join(sandbox, STDOUT_NAME), _LOG_FLAGS, 0o644)
-            try:
-                err = os.open(os.path.join(sandbox, STDERR_NAME), _LOG_FLAGS, 0o644)
-            except OSError:
-                os.close(out)
-                raise
+            out, err = _open_logs(sandbox)
         except OSError as exc:
             self._no_start = (
                 Outcome.INTERRUPTED,
@@ -253,12 +269,11 @@ class JobProcess:
             env = job_env(run, os.environ if self._base_env is None else self._base_env)
             self._popen = self._spawn(argv, env, out, err)
         except (OSError, ValueError) as exc:
+            _close_fds((out, err))
             self._no_start = self._spawn_failure(argv, exc)
             log.info("attempt %d of job %d did not start: %s", run.attempt_id, run.job_id, self._no_start[1])
             return
-        finally:
-            os.close(out)
-            os.close(err)
+        self._logs = (out, err)  # kept open to read their tails when the job ends
         self._exited = self._loop.create_future()
         try:
             self._pidfd = os.pidfd_open(self._popen.pid)
@@ -266,13 +281,15 @@ class JobProcess:
             self._poll_handle = self._loop.call_later(FALLBACK_POLL_S, self._poll_exit)
         else:
             self._loop.add_reader(self._pidfd, self._on_pidfd)
-        log.info(
-            "attempt %d of job %d started as pid %d on cores %s",
-            run.attempt_id,
-            run.job_id,
-            self._popen.pid,
-            ",".join(map(str, sorted(run.cores))) or "any",
-        )
+        self._watch()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "attempt %d of job %d started as pid %d on cores %s",
+                run.attempt_id,
+                run.job_id,
+                self._popen.pid,
+                ",".join(map(str, sorted(run.cores))) or "any",
+            )
 
     def _spawn(self, argv: list[str], env: dict[str, str], out: int, err: int) -> subprocess.Popen[bytes]:
         cores = self.run.cores
@@ -290,7 +307,7 @@ class JobProcess:
                 argv,
                 cwd=self._sandbox,
                 env=env,
-                stdin=subprocess.DEVNULL,
+                stdin=_devnull(),
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
@@ -367,7 +384,13 @@ class JobProcess:
         if self._kill_timer is not None:
             self._kill_timer.cancel()
             self._kill_timer = None
+        self._stop_timers()
         self._doomed.clear()
+        if self._logs is not None:
+            out, err = self._logs
+            self._logs = None
+            self._tails = (fd_tail(out), fd_tail(err))
+            _close_fds((out, err))
         self._exited.set_result(None)
 
     # --- kill ----------------------------------------------------------------------------
@@ -424,7 +447,7 @@ class JobProcess:
         return tree_rss_mb(self._popen.pid) if self._popen is not None and not self.done else 0.0
 
     async def wait(self) -> RunResult:
-        """Wait for the main process to end, enforcing walltime and memory meanwhile."""
+        """Wait for the main process to end; walltime and memory are enforced by timers meanwhile."""
         if self._result is not None:
             return self._result
         if self._no_start is not None:
@@ -432,27 +455,41 @@ class JobProcess:
             return self._result
         if self._exited is None:
             raise RuntimeError("wait() was called before start(); start the attempt first.")
-        spec = self.run.spec
-        deadline = self._started_at + spec.walltime_s
-        next_check = self._started_at + self._poll_s
-        while not self._exited.done():
-            now = time.monotonic()
-            if self._killed is None and now >= deadline:
-                self.kill(Outcome.WALLTIME, f"exceeded its walltime of {spec.walltime_s} s")
-            elif self._killed is None and now >= next_check:
-                next_check = now + self._poll_s
-                self._check_memory(spec)
-            timeout = None if self._killed is not None else max(0.0, min(deadline, next_check) - now)
-            await asyncio.wait((self._exited,), timeout=timeout)
+        await asyncio.shield(self._exited)
         if self._result is None:  # another waiter may have built it already
             self._result = self._finished()
         return self._result
+
+    def _watch(self) -> None:
+        """Arm the walltime and memory timers of a started job (cancelled when it ends)."""
+        assert self._loop is not None
+        spec = self.run.spec
+        # The loop's clock is time.monotonic, as is _started_at.
+        self._walltime_timer = self._loop.call_at(self._started_at + spec.walltime_s, self._on_walltime)
+        self._memory_timer = self._loop.call_at(self._started_at + self._poll_s, self._on_memory_check)
+
+    def _on_walltime(self) -> None:
+        self._walltime_timer = None
+        self.kill(Outcome.WALLTIME, f"exceeded its walltime of {self.run.spec.walltime_s} s")
+
+    def _on_memory_check(self) -> None:
+        assert self._loop is not None
+        self._memory_timer = None
+        if self._killed is None and not self.done:
+            self._check_memory(self.run.spec)
+            self._memory_timer = self._loop.call_at(self._loop.time() + self._poll_s, self._on_memory_check)
 
     def _check_memory(self, spec: JobSpec) -> None:
         rss_mb = self.rss_mb()
         self._max_rss_mb = max(self._max_rss_mb, rss_mb)
         if rss_mb > spec.memory_mb:
             self.kill(Outcome.MEMORY, f"used {rss_mb:.0f} MB, more than its {spec.memory_mb} MB")
+
+    def _stop_timers(self) -> None:
+        for timer in (self._walltime_timer, self._memory_timer):
+            if timer is not None:
+                timer.cancel()
+        self._walltime_timer = self._memory_timer = None
 
     def _finished(self) -> RunResult:
         assert self._popen is not None
@@ -471,10 +508,10 @@ class JobProcess:
             reason=reason,
             wall_s=self._ended_at - self._started_at,
             max_rss_mb=round(self._max_rss_mb, 1),
-            stdout_tail=read_tail(os.path.join(self._sandbox, STDOUT_NAME)),
-            stderr_tail=read_tail(os.path.join(self._sandbox, STDERR_NAME)),
+            stdout_tail=self._tails[0],
+            stderr_tail=self._tails[1],
         )
-        log.info(
+        log.debug(
             "attempt %d of job %d ended: %s%s",
             self.run.attempt_id,
             self.run.job_id,
@@ -493,6 +530,23 @@ class JobProcess:
             stdout_tail="",
             stderr_tail="",
         )
+
+
+def _open_logs(sandbox: str) -> tuple[int, int]:
+    out = os.open(os.path.join(sandbox, STDOUT_NAME), _LOG_FLAGS, 0o644)
+    try:
+        return out, os.open(os.path.join(sandbox, STDERR_NAME), _LOG_FLAGS, 0o644)
+    except OSError:
+        os.close(out)
+        raise
+
+
+def _close_fds(fds: tuple[int, int] | None) -> None:
+    for fd in fds or ():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _write_script(path: str, text: str) -> None:

@@ -21,7 +21,6 @@ import signal
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +41,9 @@ from ..schema import (
     SyncRequest,
     SyncResponse,
 )
+from .backlog import Backlog
 from .channel import Channel
-from .executor import JobProcess, JobRun, RunResult
+from .executor import STDERR_NAME, STDOUT_NAME, JobProcess, JobRun, RunResult
 from .partition import Allocation, SlotPool, cores_for
 from .resources import Detected
 from .selftest import self_test
@@ -87,6 +87,14 @@ class _Running:
         return self.kill
 
 
+@dataclass(frozen=True)
+class _Flight:
+    task: asyncio.Task[SyncResponse]
+    reports: tuple[list[AttemptRef], list[Finish]]
+    claims: bool
+    long_poll: bool
+
+
 @dataclass
 class _Stats:
     start: float = field(default_factory=time.time)
@@ -110,7 +118,7 @@ class Pilot:
         self.mem_free = detected.memory_mb
         self.disk_free = detected.disk_mb
         self.end_time = detected.end_time if detected.end_time is not None else time.time() + 30 * 86400
-        self.backlog: deque[ClaimedJob] = deque()
+        self.backlog = Backlog()
         self.running: dict[int, _Running] = {}
         self.started: list[AttemptRef] = []
         self.finished: list[Finish] = []
@@ -118,11 +126,13 @@ class Pilot:
         self.stats = _Stats()
         self.heartbeat_s = 10.0
         self.pilot_id = 0
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # the main loop's sleep; _poke ends it
         self._stop_reason: str | None = None
         self._draining = False
         self._server_empty = False
         self._server_gone = False
+        self._server_away = False
+        self._reporting: set[int] = set()  # attempts whose reports are on their way
         self._cache_locks: dict[str, asyncio.Lock] = {}
         self._fast_failures = 0
         self._workdir = settings.scratch
@@ -135,7 +145,7 @@ class Pilot:
         if self._stop_reason is None:
             self._stop_reason = reason
             log.info("stopping: %s", reason)
-        self._wake.set()
+        self._poke()
 
     @property
     def occupancy(self) -> float:
@@ -172,17 +182,28 @@ class Pilot:
             shutil.rmtree(self._workdir, ignore_errors=True)
         return 0
 
+    def _remove_sandbox(self, sandbox: Path) -> None:
+        """Remove a finished sandbox at once when it holds only the job's two logs (three calls);
+        hand anything bigger to the janitor thread. Prompt removal keeps the scratch directory small,
+        which keeps creating the next sandboxes in it fast."""
+        try:
+            os.unlink(sandbox / STDOUT_NAME)
+            os.unlink(sandbox / STDERR_NAME)
+            os.rmdir(sandbox)
+        except OSError:
+            self._janitor.put(sandbox)
+
     def _sweep(self) -> None:
-        """Remove finished sandboxes off the event loop (directory removal can take a while)."""
+        """Remove bigger sandboxes off the event loop (a tree walk can take a while)."""
         while (path := self._janitor.get()) is not None:
             shutil.rmtree(path, ignore_errors=True)
 
     # --- the loop -----------------------------------------------------------------------------
 
     async def _loop(self) -> str:
-        sync_task: asyncio.Task[SyncResponse] | None = None
-        in_flight: tuple[list[AttemptRef], list[Finish]] = ([], [])
-        last_sync = 0.0
+        sync: _Flight | None = None  # the sync that claims (maybe a long poll)
+        report: _Flight | None = None  # reports sent while that long poll waits for work
+        last_sync = last_report = 0.0
         idle_since = time.monotonic()
         backoff_s = 0.0
         retry_at = 0.0
@@ -200,7 +221,7 @@ class Pilot:
             elif self._stop_reason is None and time.monotonic() - idle_since >= self.settings.idle_timeout_s:
                 self.request_stop(f"idle for {self.settings.idle_timeout_s:.0f} s")
                 continue
-            if self._draining and not self.running and sync_task is None:
+            if self._draining and not self.running and sync is None and report is None:
                 if self._server_gone or not (self.started or self.finished) or time.monotonic() > drain_deadline:
                     return self._stop_reason or "stopped"
             if self._draining and drain_deadline == math.inf:
@@ -209,58 +230,114 @@ class Pilot:
                 self.started.clear()
                 self.finished.clear()
 
-            if sync_task is None and time.monotonic() >= retry_at and self._sync_due(time.monotonic() - last_sync):
-                in_flight = (self.started, self.finished)
-                self.started, self.finished = [], []
-                sync_task = asyncio.create_task(self.channel.sync(self._sync_request(in_flight)))
-                last_sync = time.monotonic()
+            mono = time.monotonic()
+            if sync is None and mono >= retry_at and self._sync_due(mono - last_sync):
+                sync = self._send(claims=True)
+                last_sync = mono
+            elif (sync is not None and sync.long_poll and report is None and (self.started or self.finished)
+                  and mono - max(last_sync, last_report) >= self._report_delay()):
+                report = self._send(claims=False)  # reports never wait behind a long poll
+                last_report = mono
 
-            self._wake.clear()
-            waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(self._wake.wait())]
-            if sync_task is not None:
-                waiters.append(sync_task)  # type: ignore[arg-type]
             timeout = min(self.heartbeat_s, retry_at - time.monotonic() if retry_at else self.heartbeat_s)
             if self.started or self.finished:
-                timeout = min(timeout, REPORT_DELAY_S)
-            timeout = max(0.01, timeout)
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            waiters[0].cancel()
+                timeout = min(timeout, self._report_delay())
+            await self._sleep(max(0.01, timeout))
 
-            if sync_task is not None and sync_task.done():
-                task, sync_task = sync_task, None
-                try:
-                    self._absorb(task.result())
-                    backoff_s, retry_at = 0.0, 0.0
-                except ConflictError as exc:
-                    log.error("the server refused this pilot: %s", exc)
-                    self._server_gone = True
-                    self.stale.update(self.running)
-                    self.request_stop("the server no longer knows this pilot")
-                    self._drain("the server no longer knows this pilot")
-                    self.started.clear()
-                    self.finished.clear()
-                except GlideinError as exc:
-                    # Keep the reports and send them again later; jobs keep running meanwhile.
-                    self.started = in_flight[0] + self.started
-                    self.finished = in_flight[1] + self.finished
+            for flight in (sync, report):
+                if flight is None or not flight.task.done():
+                    continue
+                if flight is sync:
+                    sync = None
+                else:
+                    report = None
+                if self._settle(flight):
+                    if flight.claims:
+                        backoff_s, retry_at = 0.0, 0.0
+                elif flight.claims:
                     backoff_s = min(MAX_RETRY_S, max(1.0, backoff_s * 2))
                     retry_at = time.monotonic() + backoff_s * random.uniform(0.75, 1.25)
-                    if isinstance(exc, ServerUnreachable) and backoff_s == 1.0:
-                        log.warning("server unreachable, keeping %d reports and retrying: %s",
-                                    len(self.finished), exc)
-                    elif not isinstance(exc, ServerUnreachable):
-                        log.warning("sync refused: %s", exc)
+
+    async def _sleep(self, timeout: float) -> None:
+        """Sleep until ``timeout`` passes or something calls :meth:`_poke`."""
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, self._poke)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _poke(self, *_: object) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _nudge(self) -> None:
+        """Wake the main loop when a new report or a free slot may call for a sync (not for every job)."""
+        pending = len(self.started) + len(self.finished)
+        if pending == 1 or pending >= REPORT_BATCH or self._draining or self._claim_urgent():
+            self._poke()
+
+    def _send(self, *, claims: bool) -> _Flight:
+        """Send the waiting reports; with ``claims``, also heartbeat and claim (the full sync)."""
+        reports = (self.started, self.finished)
+        self.started, self.finished = [], []
+        req = self._sync_request(reports) if claims else self._report_request(reports)
+        self._reporting.update(r.attempt_id for r in reports[0])
+        self._reporting.update(f.attempt_id for f in reports[1])
+        task = asyncio.create_task(self.channel.sync(req))
+        task.add_done_callback(self._poke)
+        return _Flight(task, reports, claims, req.wait_s > 0)
+
+    def _settle(self, flight: _Flight) -> bool:
+        """Take in the answer of a finished sync; False when it failed and its reports wait for another."""
+        started, finished = flight.reports
+        self._reporting.difference_update(r.attempt_id for r in started)
+        self._reporting.difference_update(f.attempt_id for f in finished)
+        try:
+            self._absorb(flight.task.result(), claimed=flight.claims)
+            self._server_away = False
+            return True
+        except ConflictError as exc:
+            log.error("the server refused this pilot: %s", exc)
+            self._server_gone = True
+            self.stale.update(self.running)
+            self.request_stop("the server no longer knows this pilot")
+            self._drain("the server no longer knows this pilot")
+            self.started.clear()
+            self.finished.clear()
+            return True
+        except GlideinError as exc:
+            # Keep the reports and send them again later; jobs keep running meanwhile.
+            self.started = started + self.started
+            self.finished = finished + self.finished
+            if isinstance(exc, ServerUnreachable):
+                if flight.claims and not self._server_away:
+                    log.warning("server unreachable, keeping %d reports and retrying: %s", len(self.finished), exc)
+                self._server_away = True
+            else:
+                log.warning("sync refused: %s", exc)
+            return False
 
     def _sync_due(self, since_last_s: float) -> bool:
         if since_last_s >= self.heartbeat_s:
             return True
-        urgent = (not self._draining and not self._server_empty
-                  and (self._free_after_backlog()[0] > 0 or len(self.backlog) < self._want() // 2))
+        urgent = self._claim_urgent()
         if urgent or self._draining:
             return urgent or bool(self.started or self.finished)
         # Only reports to send: gather them for a moment so one round trip carries many.
         return bool(self.started or self.finished) and (
-            since_last_s >= REPORT_DELAY_S or len(self.finished) >= REPORT_BATCH)
+            since_last_s >= self._report_delay() or len(self.finished) >= REPORT_BATCH)
+
+    def _report_delay(self) -> float:
+        """How long reports gather before they are sent: a moment while more jobs wait to start, none after."""
+        return REPORT_DELAY_S if self.backlog else 0.0
+
+    def _claim_urgent(self) -> bool:
+        """Cores would stand idle, or the backlog runs low, while the server may have work."""
+        return (not self._draining and not self._server_empty
+                and (self._free_after_backlog()[0] > 0 or len(self.backlog) < self._want() // 2))
 
     def _want(self) -> int:
         r = self.stats.runtime_ewma_s
@@ -269,13 +346,9 @@ class Pilot:
         return min(self.settings.max_backlog, math.ceil(self.res.slots * self.settings.prefetch_s / max(r, 1e-3)))
 
     def _free_after_backlog(self) -> tuple[int, int, int, int]:
-        cpus, mem, gpus, disk = self.pool.free_slots, self.mem_free, self.pool.free_gpus, self.disk_free
-        for c in self.backlog:
-            cpus -= c.spec.cpus
-            mem -= c.spec.memory_mb
-            gpus -= c.spec.gpus
-            disk -= c.spec.disk_mb
-        return max(cpus, 0), max(mem, 0), max(gpus, 0), max(disk, 0)
+        b = self.backlog
+        return (max(self.pool.free_slots - b.cpus, 0), max(self.mem_free - b.memory_mb, 0),
+                max(self.pool.free_gpus - b.gpus, 0), max(self.disk_free - b.disk_mb, 0))
 
     def _sync_request(self, reports: tuple[list[AttemptRef], list[Finish]]) -> SyncRequest:
         cpus, mem, gpus, disk = self._free_after_backlog()
@@ -287,6 +360,7 @@ class Pilot:
         held = set(self.running) | {c.attempt_id for c in self.backlog}
         held.update(r.attempt_id for r in reports[0])
         held.update(f.attempt_id for f in reports[1])
+        held.update(self._reporting)
         return SyncRequest(
             held=sorted(held), started=reports[0], finished=reports[1],
             free=Resources(cpus=cpus, memory_mb=mem, gpus=gpus, disk_mb=disk),
@@ -294,8 +368,16 @@ class Pilot:
             want=max(0, self._want() - len(self.backlog)) if not self._draining else 0,
             wait_s=wait_s, occupancy=self.occupancy, draining=self._draining)
 
-    def _absorb(self, resp: SyncResponse) -> None:
-        self._server_empty = not resp.jobs
+    def _report_request(self, reports: tuple[list[AttemptRef], list[Finish]]) -> SyncRequest:
+        cpus, mem, gpus, disk = self._free_after_backlog()
+        return SyncRequest(started=reports[0], finished=reports[1],
+                           free=Resources(cpus=cpus, memory_mb=mem, gpus=gpus, disk_mb=disk),
+                           lifetime_s=max(0.0, self.end_time - time.time() - self.settings.end_margin_s),
+                           occupancy=self.occupancy, draining=self._draining, claim=False)
+
+    def _absorb(self, resp: SyncResponse, *, claimed: bool = True) -> None:
+        if claimed:
+            self._server_empty = not resp.jobs
         self.backlog.extend(resp.jobs)
         for attempt_id in resp.cancel:
             self._kill(attempt_id, Outcome.CANCELLED, "cancelled by its owner")
@@ -312,7 +394,7 @@ class Pilot:
 
     def _dispatch(self, now: float) -> None:
         left = self.end_time - now - self.settings.end_margin_s
-        kept: deque[ClaimedJob] = deque()
+        kept: list[ClaimedJob] = []
         while self.backlog and self.pool.free_slots > 0:
             claim = self.backlog.popleft()
             spec = claim.spec
@@ -331,18 +413,16 @@ class Pilot:
             entry = _Running(claim, alloc, time.time())
             self.running[claim.attempt_id] = entry
             asyncio.create_task(self._run_job(entry))
-        kept.extend(self.backlog)
-        self.backlog = kept
+        self.backlog.putback(kept)
 
     def _report_unstarted(self, claim: ClaimedJob, reason: str) -> None:
         self.finished.append(Finish(attempt_id=claim.attempt_id, lease=claim.lease, outcome=Outcome.INTERRUPTED,
                                     reason=reason))
 
     def _drop_backlog(self, attempt_id: int, outcome: Outcome, reason: str) -> None:
-        for claim in list(self.backlog):
-            if claim.attempt_id == attempt_id:
-                self.backlog.remove(claim)
-                self.finished.append(Finish(attempt_id=attempt_id, lease=claim.lease, outcome=outcome, reason=reason))
+        claim = self.backlog.take(attempt_id)
+        if claim is not None:
+            self.finished.append(Finish(attempt_id=attempt_id, lease=claim.lease, outcome=outcome, reason=reason))
 
     def _kill(self, attempt_id: int, outcome: Outcome, reason: str) -> None:
         entry = self.running.get(attempt_id)
@@ -379,7 +459,7 @@ class Pilot:
                 if kill is not None:
                     proc.kill(*kill)
                 self.started.append(AttemptRef(attempt_id=claim.attempt_id, lease=claim.lease))
-                self._wake.set()
+                self._nudge()
                 result = await proc.wait()
                 if result.outcome is Outcome.FAILED and result.exit_code in STOP_SIGNALS:
                     await asyncio.sleep(STOP_SIGNAL_GRACE_S)  # let the pilot's own signal arrive
@@ -401,7 +481,8 @@ class Pilot:
                 result = RunResult(outcome=outcome, exit_code=None, reason=reason, wall_s=0.0, max_rss_mb=0.0,
                                    stdout_tail="", stderr_tail="")
             self._release(entry, result, outputs)
-            self._janitor.put(sandbox)
+            # After the job that takes over the slot has started: removal is not on that path.
+            asyncio.get_running_loop().call_soon(self._remove_sandbox, sandbox)
 
     def _release(self, entry: _Running, result: RunResult, outputs: list[OutputFile]) -> None:
         claim = entry.claim
@@ -423,7 +504,9 @@ class Pilot:
             log.info("job %d (attempt %d) ended %s: %s", claim.job_id, claim.attempt_id, result.outcome.value,
                      result.reason)
         self._watch_for_black_hole(result)
-        self._wake.set()
+        if not self._draining and self._stop_reason is None:
+            self._dispatch(time.time())  # the freed slot takes the next job at once
+        self._nudge()
 
     def _watch_for_black_hole(self, result: RunResult) -> None:
         """Stop taking work when job after job fails within seconds: the node, not the jobs, is likely broken."""

@@ -259,7 +259,7 @@ SELECT name, sha256, size FROM outputs WHERE attempt_id = ? ORDER BY name;
 INSERT OR REPLACE INTO outputs (attempt_id, job_id, name, sha256, size) VALUES (?, ?, ?, ?, ?);
 
 -- name: pilot_leases
-UPDATE attempts SET lease_expires = ? WHERE pilot_id = ? AND state != 'ended';
+UPDATE attempts SET lease_expires = ? WHERE pilot_id = ? AND state != 'ended' AND lease_expires < ?;
 
 -- name: pilot_cancels
 SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 
@@ -263,3 +264,27 @@ async def test_input_urls_elsewhere_are_fetched_without_the_token(live_server: L
         assert seen == [None]
     finally:
         await runner.cleanup()
+
+
+async def test_reports_pass_a_waiting_long_poll_and_claim_nothing(live_server: LiveServer) -> None:
+    async with live_server.api(await live_server.token(Role.USER, "alice")) as api:
+        (first,) = await api.submit([JobSpec(argv=["true"], walltime_s=60)])
+        pilot = await pilot_client(live_server)
+        try:
+            (claim,) = (await pilot.sync(SyncRequest(free=FREE, lifetime_s=3000))).jobs
+            # The pilot long-polls for more work while its job runs ...
+            long_poll = asyncio.create_task(pilot.sync(SyncRequest(free=FREE, lifetime_s=3000, wait_s=30)))
+            await asyncio.sleep(0.2)
+            (second,) = await api.submit([JobSpec(argv=["true"], walltime_s=60)])
+            assert (await long_poll).jobs[0].job_id == second
+            # ... and reports the finished job on the side: it lands at once, and takes no new work.
+            long_poll = asyncio.create_task(pilot.sync(SyncRequest(free=FREE, lifetime_s=3000, wait_s=30)))
+            await asyncio.sleep(0.2)
+            (third,) = await api.submit([JobSpec(argv=["true"], walltime_s=60)])
+            done = Finish(attempt_id=claim.attempt_id, lease=claim.lease, outcome=Outcome.DONE, exit_code=0)
+            side = await pilot.sync(SyncRequest(free=FREE, lifetime_s=3000, finished=[done], claim=False))
+            assert side.jobs == [] and side.refused == []
+            assert (await api.get_job(first)).state is JobState.DONE
+            assert (await long_poll).jobs[0].job_id == third
+        finally:
+            await pilot.__aexit__(None, None, None)
