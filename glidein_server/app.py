@@ -435,10 +435,7 @@ class Api:
             self.work.notify()  # requeued or retried jobs may be claimable elsewhere
         if req.claim and not resp.jobs and not resp.cancel and req.wait_s > 0 and not req.draining:
             if await self.work.wait(min(req.wait_s, self.config.heartbeat_s)):
-                waited = time.time() - t0
-                again = SyncRequest(free=req.free, lifetime_s=req.lifetime_s - waited, want=req.want,
-                                    occupancy=req.occupancy)
-                more = await self.store.sync(pilot_id, again, time.time(), self.config.lease_s)
+                more = await self.store.claim_more(pilot_id, req.want, time.time(), self.config.lease_s)
                 resp = SyncResponse(jobs=more.jobs, cancel=more.cancel, refused=resp.refused)
         return json_response(resp)
 

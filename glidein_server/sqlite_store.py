@@ -35,6 +35,7 @@ from glidein_client.schema import (
     PilotRegister,
     PilotShape,
     Refusal,
+    Resources,
     Role,
     Scope,
     SiteView,
@@ -64,6 +65,7 @@ CLAIM_SCAN = 2000
 SITE_HEALTH = {Outcome.DONE: 1.0, Outcome.FAILED: 0.0, Outcome.MEMORY: 0.0, Outcome.WALLTIME: 0.0,
                Outcome.LOST: 0.0}
 HEALTH_ALPHA = 0.05
+NOTHING_FREE = Resources(cpus=0, memory_mb=0)
 
 
 def sites_key(sites: Sequence[str] | None) -> str:
@@ -486,9 +488,9 @@ class SqliteStore:
                 ran += 1
         if req.held is not None:
             self._drop_lost_claims(db, pilot_id, set(req.held), now)
-        f = req.free
-        db.execute(Q["pilot_update"], (f.cpus, f.memory_mb, f.gpus, f.disk_mb, req.lifetime_s, now,
-                                       req.occupancy, pilot_id))
+        f = NOTHING_FREE if req.draining else req.free  # a stopping pilot's free cores serve no one
+        db.execute(Q["pilot_update"], (f.cpus, f.memory_mb, f.gpus, f.disk_mb,
+                                       0.0 if req.draining else req.lifetime_s, now, req.occupancy, pilot_id))
         if ran:
             db.execute("UPDATE pilots SET jobs_run = jobs_run + ? WHERE id = ?", (ran, pilot_id))
         if health:
@@ -505,6 +507,26 @@ class SqliteStore:
         if req.claim and not req.draining and (f.cpus > 0 or req.want > 0):
             jobs = self._claim(db, pilot_id, site, req, Capacity(tcpus, tmem, tgpus, tdisk), now, lease_s)
         return SyncResponse(jobs=jobs, cancel=cancel, refused=refused)
+
+    async def claim_more(self, pilot_id: int, want: int, now: float, lease_s: float) -> SyncResponse:
+        return await self._tx(self._claim_more, pilot_id, want, now, lease_s)
+
+    def _claim_more(self, db: sqlite3.Connection, pilot_id: int, want: int, now: float,
+                    lease_s: float) -> SyncResponse:
+        """Claim for a waiting long poll from what the pilot reported last: a report sent while the
+        poll waited may have used slots, or said the pilot is stopping (no lifetime left)."""
+        row = db.execute(Q["pilot_capacity"], (pilot_id,)).fetchone()
+        if row is None:
+            return SyncResponse()
+        site, tcpus, tmem, tgpus, tdisk, fcpus, fmem, fgpus, fdisk, lifetime_s, last_seen = row
+        lifetime_s -= now - (last_seen or now)
+        cancel = [r[0] for r in db.execute(Q["pilot_cancels"], (pilot_id,))]
+        if lifetime_s < 1 or (fcpus <= 0 and want <= 0):
+            return SyncResponse(cancel=cancel)
+        req = SyncRequest(free=Resources(cpus=fcpus, memory_mb=fmem, gpus=fgpus, disk_mb=fdisk),
+                          lifetime_s=lifetime_s, want=want)
+        jobs = self._claim(db, pilot_id, site, req, Capacity(tcpus, tmem, tgpus, tdisk), now, lease_s)
+        return SyncResponse(jobs=jobs, cancel=cancel)
 
     def _drop_lost_claims(self, db: sqlite3.Connection, pilot_id: int, held: set[int], now: float) -> None:
         """Requeue claims the pilot does not hold: the answer that carried them never reached it."""

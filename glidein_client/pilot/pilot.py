@@ -378,7 +378,11 @@ class Pilot:
     def _absorb(self, resp: SyncResponse, *, claimed: bool = True) -> None:
         if claimed:
             self._server_empty = not resp.jobs
-        self.backlog.extend(resp.jobs)
+        if self._draining:  # claimed on the way while the pilot began to stop: back to the queue at once
+            for claim in resp.jobs:
+                self._report_unstarted(claim, f"the pilot is stopping: {self._stop_reason}")
+        else:
+            self.backlog.extend(resp.jobs)
         for attempt_id in resp.cancel:
             self._kill(attempt_id, Outcome.CANCELLED, "cancelled by its owner")
             self._drop_backlog(attempt_id, Outcome.CANCELLED, "cancelled by its owner")

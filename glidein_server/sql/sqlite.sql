@@ -265,6 +265,10 @@ UPDATE attempts SET lease_expires = ? WHERE pilot_id = ? AND state != 'ended' AN
 SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
 WHERE a.pilot_id = ? AND a.state != 'ended' AND j.state = 'cancelled';
 
+-- name: pilot_capacity
+SELECT site, cpus, memory_mb, gpus, disk_mb, free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s, last_seen
+FROM pilots WHERE id = ? AND state = 'running';
+
 -- name: pilot_update
 UPDATE pilots SET free_cpus = ?, free_memory_mb = ?, free_gpus = ?, free_disk_mb = ?, lifetime_s = ?,
     last_seen = ?, occupancy = ?

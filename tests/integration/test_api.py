@@ -288,3 +288,30 @@ async def test_reports_pass_a_waiting_long_poll_and_claim_nothing(live_server: L
             assert (await long_poll).jobs[0].job_id == third
         finally:
             await pilot.__aexit__(None, None, None)
+
+
+async def test_a_stopping_pilot_waiting_long_poll_does_not_take_back_the_job_it_gave_up(
+    live_server: LiveServer,
+) -> None:
+    async with live_server.api(await live_server.token(Role.USER, "alice")) as api:
+        (job_id,) = await api.submit([JobSpec(argv=["true"], walltime_s=60)])
+        pilot = await pilot_client(live_server)
+        other = await pilot_client(live_server)
+        try:
+            (claim,) = (await pilot.sync(SyncRequest(free=FREE, lifetime_s=3000))).jobs
+            long_poll = asyncio.create_task(pilot.sync(SyncRequest(free=FREE, lifetime_s=3000, wait_s=5)))
+            await asyncio.sleep(0.2)
+            # SIGTERM: the pilot reports its job interrupted on the side while the poll still waits.
+            stop = Finish(attempt_id=claim.attempt_id, lease=claim.lease, outcome=Outcome.INTERRUPTED,
+                          reason="the pilot is stopping")
+            side = await pilot.sync(SyncRequest(free=FREE, lifetime_s=3000, finished=[stop], claim=False,
+                                                draining=True))
+            assert side.refused == []
+            assert (await long_poll).jobs == []
+            assert (await api.get_job(job_id)).state is JobState.IDLE
+            (again,) = (await other.sync(SyncRequest(free=FREE, lifetime_s=3000))).jobs
+            assert again.job_id == job_id
+            assert [a.outcome for a in await api.attempts(job_id)] == ["interrupted", None]
+        finally:
+            await pilot.__aexit__(None, None, None)
+            await other.__aexit__(None, None, None)

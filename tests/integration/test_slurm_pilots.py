@@ -284,7 +284,7 @@ async def test_scancel_of_a_pilot_requeues_its_job_which_finishes_in_another_pil
         assert view.state is JobState.DONE, f"{view}\n{pilot_logs(site)}"
         assert view.retries_used == 0
         attempts = await api.attempts(job_id)
-        assert [a.outcome for a in attempts][1:] == ["done"] and len(attempts) == 2
+        assert [a.outcome for a in attempts][1:] == ["done"] and len(attempts) == 2, f"{attempts}\n{pilot_logs(site)}"
         assert attempts[0].pilot_id != attempts[1].pilot_id
         assert (await api.fetch_output(job_id, "out.txt")).decode() == f"ran in Slurm job {second_batch}\n"
         assert (await pilot_of(client, first_batch)).state is PilotState.CANCELLED
