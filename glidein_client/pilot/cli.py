@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    # Absolute paths only: jobs are spawned with their sandbox as the working directory (spawn.py).
+    for name in ("scratch", "staging_dir", "mailbox_dir"):
+        if getattr(args, name, None):
+            setattr(args, name, os.path.abspath(getattr(args, name)))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s pilot: %(message)s")
     try:

@@ -1,9 +1,8 @@
 """Run one job attempt as its own process tree: pinned to its cores, walltime and memory enforced.
 
 Spawning is the hot path of a pilot full of short jobs, so it stays lean: the job is started
-with :class:`subprocess.Popen` (vfork, no ``preexec_fn``) while the calling thread's CPU mask
-is set to the job's cores, which the child inherits; its exit is noticed through a pidfd
-watched by the event loop, not by a thread per job. Memory is sampled every ``poll_s`` only
+by :func:`.spawn.spawn` (posix_spawn, pinned through the calling thread's CPU mask); its exit
+is noticed through a pidfd watched by the event loop, not by a thread per job. Memory is sampled every ``poll_s`` only
 after the first ``poll_s``, so a job shorter than that costs no sampling at all.
 
 The job runs in a session of its own. Killing it signals that whole process group and every
@@ -18,7 +17,6 @@ import functools
 import logging
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from pathlib import Path
 import psutil
 
 from ..schema import LOG_TAIL_BYTES, JobSpec, Outcome
+from .spawn import spawn
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +214,8 @@ class JobProcess:
         self._grace_s = grace_s
         self._base_env = base_env
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._popen: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None
+        self._returncode: int | None = None
         self._exited: asyncio.Future[None] | None = None
         self._pidfd = -1
         self._poll_handle: asyncio.TimerHandle | None = None
@@ -235,7 +235,7 @@ class JobProcess:
 
     @property
     def pid(self) -> int | None:
-        return self._popen.pid if self._popen is not None else None
+        return self._pid
 
     @property
     def done(self) -> bool:
@@ -267,7 +267,7 @@ class JobProcess:
             return
         try:
             env = job_env(run, os.environ if self._base_env is None else self._base_env)
-            self._popen = self._spawn(argv, env, out, err)
+            self._pid = spawn(argv, cwd=sandbox, env=env, stdin=_devnull(), stdout=out, stderr=err, cores=run.cores)
         except (OSError, ValueError) as exc:
             _close_fds((out, err))
             self._no_start = self._spawn_failure(argv, exc)
@@ -276,7 +276,7 @@ class JobProcess:
         self._logs = (out, err)  # kept open to read their tails when the job ends
         self._exited = self._loop.create_future()
         try:
-            self._pidfd = os.pidfd_open(self._popen.pid)
+            self._pidfd = os.pidfd_open(self._pid)
         except OSError:
             self._poll_handle = self._loop.call_later(FALLBACK_POLL_S, self._poll_exit)
         else:
@@ -287,38 +287,9 @@ class JobProcess:
                 "attempt %d of job %d started as pid %d on cores %s",
                 run.attempt_id,
                 run.job_id,
-                self._popen.pid,
+                self._pid,
                 ",".join(map(str, sorted(run.cores))) or "any",
             )
-
-    def _spawn(self, argv: list[str], env: dict[str, str], out: int, err: int) -> subprocess.Popen[bytes]:
-        cores = self.run.cores
-        previous: set[int] | None = None
-        if cores:
-            previous = os.sched_getaffinity(0)
-            try:
-                os.sched_setaffinity(0, cores)
-            except OSError as exc:
-                log.warning("could not pin attempt %d to cores %s (%s)", self.run.attempt_id, sorted(cores), exc)
-                previous = None
-        try:
-            # The child inherits this thread's CPU mask; nothing may await between set and spawn.
-            return subprocess.Popen(
-                argv,
-                cwd=self._sandbox,
-                env=env,
-                stdin=_devnull(),
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-                close_fds=True,
-            )
-        finally:
-            if previous is not None:
-                try:
-                    os.sched_setaffinity(0, previous)
-                except OSError as exc:
-                    log.warning("could not restore the pilot's CPU mask %s (%s)", sorted(previous), exc)
 
     def _spawn_failure(self, argv: list[str], exc: OSError | ValueError) -> tuple[Outcome, str]:
         if isinstance(exc, ValueError):
@@ -353,14 +324,13 @@ class JobProcess:
         self._reap()
 
     def _poll_exit(self) -> None:
-        assert self._popen is not None and self._loop is not None
+        assert self._pid is not None and self._loop is not None
         self._poll_handle = None
         try:
-            info = os.waitid(os.P_PID, self._popen.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            info = os.waitid(os.P_PID, self._pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             info = None
             self._status_lost = True
-            self._popen.returncode = 0  # as Popen does itself; the result reports no exit code
         if info is None and not self._status_lost:
             self._poll_handle = self._loop.call_later(FALLBACK_POLL_S, self._poll_exit)
             return
@@ -368,18 +338,17 @@ class JobProcess:
 
     def _reap(self) -> None:
         """The main process has ended but is not reaped yet, so its process group id is still ours."""
-        assert self._popen is not None and self._exited is not None
+        assert self._pid is not None and self._exited is not None
         self._ended_at = time.monotonic()
         # Whatever it left behind; if another waiter reaped it, its pid may be reused already.
         self._signal_tree(signal.SIGKILL, group=not self._status_lost)
         if not self._status_lost:
             try:
-                _, status, usage = os.wait4(self._popen.pid, 0)
+                _, status, usage = os.wait4(self._pid, 0)
             except ChildProcessError:
                 self._status_lost = True
-                self._popen.returncode = 0  # as Popen does itself; the result reports no exit code
             else:
-                self._popen.returncode = os.waitstatus_to_exitcode(status)
+                self._returncode = os.waitstatus_to_exitcode(status)
                 self._max_rss_mb = max(self._max_rss_mb, usage.ru_maxrss / 1024)
         if self._kill_timer is not None:
             self._kill_timer.cancel()
@@ -403,7 +372,7 @@ class JobProcess:
         if self._killed is not None or self.done:
             return
         self._killed = (outcome, reason)
-        if self._popen is None or self._loop is None:
+        if self._pid is None or self._loop is None:
             return  # start() will not spawn it
         log.info("stopping attempt %d of job %d: %s", self.run.attempt_id, self.run.job_id, reason)
         self._mark_descendants()
@@ -418,8 +387,8 @@ class JobProcess:
 
     def _mark_descendants(self) -> None:
         """Remember descendants now: once their parent dies they can no longer be found from it."""
-        assert self._popen is not None
-        for pid in descendant_pids(self._popen.pid):
+        assert self._pid is not None
+        for pid in descendant_pids(self._pid):
             if pid not in self._doomed:
                 try:
                     self._doomed[pid] = psutil.Process(pid)  # signals to it are safe from pid reuse
@@ -427,8 +396,8 @@ class JobProcess:
                     pass
 
     def _signal_tree(self, sig: signal.Signals, *, group: bool = True) -> None:
-        assert self._popen is not None
-        pid = self._popen.pid
+        assert self._pid is not None
+        pid = self._pid
         for send in (os.killpg, os.kill) if group else ():
             try:
                 send(pid, sig)
@@ -444,7 +413,7 @@ class JobProcess:
 
     def rss_mb(self) -> float:
         """Summed resident memory of the main process and all its descendants, in MB."""
-        return tree_rss_mb(self._popen.pid) if self._popen is not None and not self.done else 0.0
+        return tree_rss_mb(self._pid) if self._pid is not None and not self.done else 0.0
 
     async def wait(self) -> RunResult:
         """Wait for the main process to end; walltime and memory are enforced by timers meanwhile."""
@@ -492,8 +461,8 @@ class JobProcess:
         self._walltime_timer = self._memory_timer = None
 
     def _finished(self) -> RunResult:
-        assert self._popen is not None
-        returncode = None if self._status_lost else self._popen.returncode
+        assert self._pid is not None
+        returncode = None if self._status_lost else self._returncode
         reason: str | None
         if self._killed is not None:
             outcome, reason = self._killed

@@ -14,12 +14,10 @@ import functools
 import logging
 import math
 import os
-import queue
 import random
 import shutil
 import signal
 import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,9 +41,10 @@ from ..schema import (
 )
 from .backlog import Backlog
 from .channel import Channel
-from .executor import STDERR_NAME, STDOUT_NAME, JobProcess, JobRun, RunResult
+from .executor import JobProcess, JobRun, RunResult
 from .partition import Allocation, SlotPool, cores_for
 from .resources import Detected
+from .sandboxes import Sandboxes
 from .selftest import self_test
 
 log = logging.getLogger(__name__)
@@ -137,7 +136,7 @@ class Pilot:
         self._fast_failures = 0
         self._workdir = settings.scratch
         self._env = dict(os.environ)  # one snapshot: reading os.environ per job is slow
-        self._janitor: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._sandboxes = Sandboxes(self._workdir, keep=detected.slots)
 
     # --- public -------------------------------------------------------------------------------
 
@@ -167,36 +166,14 @@ class Pilot:
         self.pilot_id = reg.pilot_id
         self.heartbeat_s = reg.heartbeat_s
         self._workdir = self.settings.scratch / f"pilot-{self.pilot_id}"
-        self._workdir.mkdir(parents=True, exist_ok=True)
+        self._sandboxes = Sandboxes(self._workdir, keep=self.res.slots)
         log.info("pilot %d started: %d slots on cores %s, %d MB, GPUs %s, %d MB disk, %.0f s to live",
                  self.pilot_id, self.res.slots, list(self.res.core_ids), self.res.memory_mb,
                  list(self.res.gpu_ids) or "none", self.res.disk_mb, self.end_time - time.time())
-        janitor = threading.Thread(target=self._sweep, name="sandbox-janitor", daemon=True)
-        janitor.start()
-        try:
+        async with self._sandboxes:
             reason = await self._loop()
             await self._leave(reason)
-        finally:
-            self._janitor.put(None)
-            await asyncio.to_thread(janitor.join)
-            shutil.rmtree(self._workdir, ignore_errors=True)
         return 0
-
-    def _remove_sandbox(self, sandbox: Path) -> None:
-        """Remove a finished sandbox at once when it holds only the job's two logs (three calls);
-        hand anything bigger to the janitor thread. Prompt removal keeps the scratch directory small,
-        which keeps creating the next sandboxes in it fast."""
-        try:
-            os.unlink(sandbox / STDOUT_NAME)
-            os.unlink(sandbox / STDERR_NAME)
-            os.rmdir(sandbox)
-        except OSError:
-            self._janitor.put(sandbox)
-
-    def _sweep(self) -> None:
-        """Remove bigger sandboxes off the event loop (a tree walk can take a while)."""
-        while (path := self._janitor.get()) is not None:
-            shutil.rmtree(path, ignore_errors=True)
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -446,11 +423,11 @@ class Pilot:
 
     async def _run_job(self, entry: _Running) -> None:
         claim, spec = entry.claim, entry.claim.spec
-        sandbox = self._workdir / f"job-{claim.job_id}-{claim.attempt_id}"
+        sandbox: Path | None = None
         result: RunResult | None = None
         outputs: list[OutputFile] = []
         try:
-            sandbox.mkdir()
+            sandbox = self._sandboxes.make(f"job-{claim.job_id}-{claim.attempt_id}")
             for inp in spec.inputs:
                 await self._place_input(inp, sandbox)
             if entry.kill is None:
@@ -484,9 +461,9 @@ class Pilot:
                 outcome, reason = entry.kill or (Outcome.INTERRUPTED, "the pilot stopped before the job began")
                 result = RunResult(outcome=outcome, exit_code=None, reason=reason, wall_s=0.0, max_rss_mb=0.0,
                                    stdout_tail="", stderr_tail="")
+            if sandbox is not None:
+                self._sandboxes.release(sandbox, reuse=entry.proc is not None and entry.proc.pid is not None)
             self._release(entry, result, outputs)
-            # After the job that takes over the slot has started: removal is not on that path.
-            asyncio.get_running_loop().call_soon(self._remove_sandbox, sandbox)
 
     def _release(self, entry: _Running, result: RunResult, outputs: list[OutputFile]) -> None:
         claim = entry.claim
