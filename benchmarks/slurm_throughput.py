@@ -235,8 +235,6 @@ def first_job_marks(t0: float, accepted: float, cycles: list[tuple[float, float]
         ("pilot detected its allocation (Python start, imports, squeue)", at("^detected ", last=True)),
         ("pilot self-test done", at("^self-test ", last=True)),
         ("pilot registered", at(r"^pilot \d+ started")),
-        ("first job started (claimed)", at(r"^attempt \d+ of job \d+ started")),
-        ("first job ended in the pilot", at(r"^attempt \d+ of job \d+ ended")),
         ("first job done at the server (reported)", first_done),
     ]
     return {name: None if t is None else round(t - t0, 3) for name, t in marks}
