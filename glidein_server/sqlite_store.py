@@ -1,27 +1,20 @@
-"""SQLite implementation of the Store: the embedded default.
-
-One connection lives in one worker thread; every public method is one transaction run
-there, so the event loop never blocks on the database and writes never interleave.
-WAL mode with synchronous=NORMAL survives a killed server process.
-"""
+"""SQLite implementation of the Store: the embedded default (plumbing in sqlite_base, tokens in
+sqlite_tokens): jobs, files, sites and demand, pilots and their attempts, staging."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
 from glidein_client.errors import ConflictError, NotFoundError, ValidationError
 from glidein_client.schema import (
-    ROLE_SCOPES,
     AttemptView,
     ClaimedJob,
     Demand,
@@ -37,25 +30,22 @@ from glidein_client.schema import (
     Refusal,
     Resources,
     Role,
-    Scope,
     SiteView,
     StagingJob,
     StagingView,
     Summary,
     SyncRequest,
     SyncResponse,
-    TokenInfo,
 )
 
 from . import demand as dm
-from . import sqlfile
 from .matchmaking import Candidate, Capacity, select
 from .retry import RetryPolicy, next_spec
+from .sqlite_base import Q
+from .sqlite_tokens import SqliteTokens
 from .store import JobFilter, Principal
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-Q = sqlfile.load("sqlite.sql")
 _spec_decoder = msgspec.json.Decoder(JobSpec)
 _spec_encoder = msgspec.json.Encoder()
 TERMINAL_BATCH_STATES = {"done", "failed", "timeout", "cancelled"}
@@ -76,35 +66,16 @@ def sites_from_key(key: str) -> frozenset[str] | None:
     return None if not key else frozenset(s for s in key.split(",") if s)
 
 
-def _scopes(role: Role, text: str) -> frozenset[Scope]:
-    """A token's stored scopes ('' = every scope of its role), never beyond what the role may do."""
-    allowed = frozenset(ROLE_SCOPES[role])
-    return allowed if not text else allowed & {Scope(s) for s in text.split() if s in Scope._value2member_map_}
-
-
-class SqliteStore:
+class SqliteStore(SqliteTokens):
     def __init__(self, path: str, *, retry: RetryPolicy | None = None) -> None:
-        self.path = path
+        super().__init__(path)
         self.retry = retry or RetryPolicy()
-        self._db: sqlite3.Connection | None = None
-        self._pool: ThreadPoolExecutor | None = None
         self._site_shapes: dict[str, PilotShape] = {}
 
-    # --- plumbing ---------------------------------------------------------------------------
-
-    async def open(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-        await self._run(self._open)
-
-    def _open(self) -> None:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA foreign_keys=OFF")
+    def _prepare(self, db: sqlite3.Connection) -> None:
         db.executescript(Q["schema"])
         self._migrate_tokens(db)
         db.executescript(Q["staging_schema"])
-        self._db = db
         for name, shape in db.execute("SELECT name, shape FROM sites WHERE shape IS NOT NULL"):
             self._site_shapes[name] = msgspec.json.decode(shape, type=PilotShape)
 
@@ -116,110 +87,6 @@ class SqliteStore:
             db.execute(Q["recover_pilots"], (now,))
 
         await self._tx(tx)
-
-    async def close(self) -> None:
-        if self._pool is None:
-            return
-        if self._db is not None:
-            await self._run(self._db.close)
-        self._pool.shutdown(wait=True)
-        self._pool = None
-        self._db = None
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._pool is None:
-            raise RuntimeError("store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
-    async def _tx(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._run(self._in_tx, fn, *args)
-
-    def _in_tx(self, fn: Callable[..., T], *args: Any) -> T:
-        db = self._conn
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(db, *args)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return result
-
-    @property
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("store is not open")
-        return self._db
-
-    # --- tokens -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _migrate_tokens(db: sqlite3.Connection) -> None:
-        """Add the token columns of later releases to an older database, then their indexes."""
-        have = {row[1] for row in db.execute("PRAGMA table_info(tokens)")}
-        for column in Q["tokens_migrate"].splitlines():
-            if column.strip() and not column.startswith("--") and column.split()[0] not in have:
-                db.execute(f"ALTER TABLE tokens ADD COLUMN {column}")
-        db.executescript(Q["tokens_index"])
-
-    async def add_token(self, token_hash: str, role: Role, subject: str, expires_at: float | None,
-                        scopes: Sequence[Scope] | None = None) -> str:
-        """Store a token's hash; returns its public id."""
-        token_id = token_hash[:16]
-        text = " ".join(sorted({s.value for s in scopes})) if scopes else ""
-        await self._tx(lambda db: db.execute(Q["token_insert"], (token_hash, role.value, subject, time.time(),
-                                                                 expires_at, token_id, text)))
-        return token_id
-
-    async def lookup_token(self, token_hash: str, now: float) -> Principal | None:
-        """The token's principal (expired ones too: the caller says so); None if unknown or revoked."""
-        row = await self._run(lambda: self._conn.execute(Q["token_lookup"], (token_hash,)).fetchone())
-        if row is None:
-            return None
-        role = Role(row[0])
-        return Principal(role, row[1], token_id=row[3], scopes=_scopes(role, row[4]), expires_at=row[2])
-
-    async def list_tokens(self, role: Role | None, subject: str | None, *, revoked: bool = False,
-                          limit: int = 1000) -> list[TokenInfo]:
-        r = role.value if role else None
-
-        def read(db: sqlite3.Connection) -> list[TokenInfo]:
-            rows = db.execute(Q["token_list"], (r, r, subject, subject, revoked, limit)).fetchall()
-            return [TokenInfo(id=i, role=Role(ro), subject=su, scopes=sorted(_scopes(Role(ro), sc)),
-                              created_at=c, expires_at=e, revoked_at=rv) for i, ro, su, sc, c, e, rv in rows]
-
-        return await self._run(read, self._conn)
-
-    async def revoke_token(self, token_id: str, now: float) -> list[str]:
-        return await self._tx(lambda db: [r[0] for r in db.execute(Q["token_revoke"], (now, token_id))])
-
-    async def revoke_subject(self, role: Role, subject: str, now: float) -> list[str]:
-        """Revoke every token of a user, site or operator; a site's pilots lose theirs too."""
-
-        def tx(db: sqlite3.Connection) -> list[str]:
-            ids = [r[0] for r in db.execute(Q["token_revoke_subject"], (now, role.value, subject))]
-            if role is Role.SITE:
-                ids += [r[0] for r in db.execute(Q["token_revoke_site_pilots"], (now, subject))]
-            return ids
-
-        return await self._tx(tx)
-
-    async def renew_token(self, token_id: str, expires_at: float) -> None:
-        await self._tx(lambda db: db.execute(Q["token_renew"], (expires_at, token_id, expires_at)))
-
-    async def purge_tokens(self, before: float) -> int:
-        return await self._tx(lambda db: db.execute(Q["token_purge"], (before, before)).rowcount)
-
-    async def set_totp(self, subject: str, secret: bytes, now: float) -> None:
-        await self._tx(lambda db: db.execute(Q["totp_set"], (subject, secret, now)))
-
-    async def get_totp(self, subject: str) -> bytes | None:
-        row = await self._run(lambda: self._conn.execute(Q["totp_get"], (subject,)).fetchone())
-        return None if row is None else bytes(row[0])
-
-    async def use_totp_step(self, subject: str, step: int) -> bool:
-        """Record that the code of time step ``step`` was used; False if it (or a newer one) was already."""
-        return await self._tx(lambda db: db.execute(Q["totp_use"], (step, subject, step)).rowcount == 1)
 
     # --- jobs -------------------------------------------------------------------------------
 
