@@ -2,8 +2,9 @@
 
 Spawning is the hot path of a pilot full of short jobs, so it stays lean: the job is started
 by :func:`.spawn.spawn` (posix_spawn, pinned through the calling thread's CPU mask); its exit
-is noticed through a pidfd watched by the event loop, not by a thread per job. Memory is sampled every ``poll_s`` only
-after the first ``poll_s``, so a job shorter than that costs no sampling at all.
+is noticed through a pidfd watched by the event loop, not by a thread per job. Memory is
+sampled every ``poll_s`` only after the first ``poll_s``, so a job shorter than that costs no
+sampling at all.
 
 The job runs in a session of its own. Killing it signals that whole process group and every
 descendant that left it; when the main process ends, whatever it left behind is killed too.
