@@ -91,6 +91,7 @@ class SshSection(_Section, kw_only=True, frozen=True):
     remote_dir: Annotated[str, Meta(min_length=1)] = "glidein"
     remote_python: Annotated[str, Meta(min_length=1)] = "python3"
     cron_minutes: Annotated[int, Meta(ge=1, le=59)] = 5
+    service: Literal["cron", "systemd"] = "cron"  # how deploy keeps the client running on the login node
 
 
 class SiteFile(_Section, kw_only=True, frozen=True):

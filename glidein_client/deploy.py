@@ -10,13 +10,17 @@ Over the same key + one-time-code login as remote mode (:class:`~glidein_client.
    (``pip install --no-index --no-deps``);
 4. writes the site config as ``<remote_dir>/site.toml`` -- without its ``[ssh]`` section and with
    ``site.token_file`` pointing at the copy of the token ``<remote_dir>/site.token`` (mode 0600);
-5. installs a crontab line that runs ``glidein-client once`` every ``ssh.cron_minutes`` minutes,
-   logging to ``<remote_dir>/cron.log``.
+5. keeps the client going, as ``ssh.service`` says: a crontab line that runs ``glidein-client
+   once`` every ``ssh.cron_minutes`` minutes, logging to ``<remote_dir>/cron.log`` (``cron``), or a
+   ``systemd --user`` unit ``glidein-client-<site>.service`` that runs the daemon ``glidein-client
+   run``, enabled, started, and restarted when the install, config or token changed (``systemd``;
+   checked first: the login node must give the user a systemd instance with lingering on). What
+   the other way installed before is removed.
 
 Each step compares first: wheels by a fingerprint of their contents (the sha256 of their RECORD,
 which lists every file's hash; rebuilding an unchanged checkout gives the same fingerprint),
-files by content, the crontab by its line. A second deploy of the same checkout and config
-changes nothing and says so. ``dry_run`` reports what would change and changes nothing.
+files by content, the crontab by its line, the unit by its text and state. A second deploy of
+the same checkout and config changes nothing and says so. ``dry_run`` reports what would change and changes nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any
 from .config import SiteConfig
 from .errors import ConfigError, GlideinError, SchedulerError, SshError
 from .runner import LocalRunner
+from .schedulers.base import render_template
 from .ssh_runner import SshRunner
 
 if sys.version_info >= (3, 11):
@@ -51,7 +56,7 @@ log = logging.getLogger(__name__)
 
 RECORD_FILE = "deployed.json"
 _BUILD_IGNORE = (".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis",
-                 "tests", "benchmarks", "site_configs", "examples")
+                 "tests", "benchmarks", "site_configs", "examples", "packaging")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -193,6 +198,29 @@ def cron_line(site: SiteConfig, remote_dir: str) -> tuple[str, str]:
     return marker, f"*/{site.ssh.cron_minutes} * * * * " + command.replace("%", "\\%")
 
 
+def unit_name(site: SiteConfig) -> str:
+    return f"glidein-client-{site.name}.service"
+
+
+def unit_text(site: SiteConfig, remote_dir: str) -> str:
+    """The ``systemd --user`` unit that runs ``glidein-client run`` for ``site`` deployed in ``remote_dir``."""
+    argv = [posixpath.join(remote_dir, "venv", "bin", "glidein-client"), "run", posixpath.join(remote_dir, "site.toml")]
+    return render_template("glidein-client.service", {
+        "site": site.name,
+        "config_source": site.path.replace("\n", " "),
+        "exec_start": " ".join(_systemd_word(word) for word in argv),
+    }, quote=False, package="glidein_client")
+
+
+def _systemd_word(word: str) -> str:
+    """One word of a unit's ExecStart: double-quoted, specifiers (%) and variables ($) kept literal."""
+    if "\n" in word:
+        raise ConfigError(f"The path {word!r} has a line break, which a systemd unit cannot hold.",
+                          hint="Choose an ssh.remote_dir without one.", field="ssh.remote_dir")
+    escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return f'"{escaped}"'
+
+
 async def deploy(
     site: SiteConfig,
     *,
@@ -243,12 +271,21 @@ class _Deployment:
         self.dir = posixpath.normpath(posixpath.join(home, remote))
         record = await self._read_record()
         await self._check_python()
+        if self.ssh.service == "systemd":
+            await self._check_systemd()
         await self._makedirs(self.dir)
         wheels_changed = await self._copy_wheels(record)
         await self._install(record, wheels_changed)
         await self._put("config", "site.toml", remote_config_text(self.site, self._path("site.token")).encode(), 0o600)
         await self._put("token", "site.token", (self.token + "\n").encode(), 0o600)
-        await self._crontab()
+        renewed = any(s.changed for s in self.steps if s.name in ("install", "config", "token"))
+        unit_path = posixpath.join(home, ".config", "systemd", "user", unit_name(self.site))
+        if self.ssh.service == "systemd":
+            await self._crontab(install=False)
+            await self._unit(unit_path, restart=renewed)
+        else:
+            await self._crontab(install=True)
+            await self._remove_unit(unit_path)
         new_record = {"version": self.wheels.version, "fingerprint": self.wheels.fingerprint,
                       "wheels": self.wheels.fingerprints, "python": self.wheels.python}
         if record != new_record and not self.dry_run:
@@ -373,12 +410,21 @@ class _Deployment:
         done, would = (("wrote", "write") if current is None else ("updated", "update"))
         self.step(name, changed, f"{done} {path} (mode {mode:o})", f"would {would} {path}", same=f"{path} is current")
 
-    async def _crontab(self) -> None:
+    async def _crontab(self, *, install: bool) -> None:
+        """Put this site's crontab line in (``install``) or take it out; other lines stay as they are."""
         marker, line = cron_line(self.site, self.dir)
-        listed = await self.runner.run(["crontab", "-l"], timeout_s=30)
+        try:
+            listed = await self.runner.run(["crontab", "-l"], timeout_s=30)
+        except SchedulerError:
+            if not install:
+                return  # no cron here, so no line of ours either
+            raise
         if listed.returncode != 0 and "no crontab" not in (listed.stderr + listed.stdout).lower():
+            if not install:
+                return
             raise SshError(f"`crontab -l` failed on {self.runner.target}: {listed.stderr.strip()}",
-                           hint="deploy installs a crontab line; this site may not allow cron for this user.",
+                           hint='deploy installs a crontab line; this site may not allow cron for this user '
+                           '(ssh.service = "systemd" runs the client as a systemd --user unit instead).',
                            command=list(listed.argv), exit_code=listed.returncode, stderr=listed.stderr)
         old = listed.stdout.splitlines() if listed.returncode == 0 else []
         kept: list[str] = []
@@ -391,13 +437,87 @@ class _Deployment:
                 skip = True  # the marker and the job line after it are ours
                 continue
             kept.append(text)
-        new = [*kept, marker, line]
+        new = [*kept, marker, line] if install else kept
         changed = new != old
+        if not install and not changed:
+            return
         if changed and not self.dry_run:
             (await self.runner.run(["crontab", "-"], stdin=("\n".join(new) + "\n").encode(), timeout_s=30)).check(
-                "Installing the crontab line")
+                "Installing the crontab line" if install else "Removing the crontab line")
+        if not install:
+            self.step("crontab", True, f"removed: {line}", f"would remove: {line}")
+            return
         verb = "replaced" if marker in old else "added"
         self.step("crontab", changed, f"{verb}: {line}", f"would {verb[:-1]}: {line}", same=f"has: {line}")
+
+    async def _systemctl(self, *args: str) -> str:
+        """``systemctl --user ARGS`` on the login node; its answer, or the plain words of its failure."""
+        return await self._check(["systemctl", "--user", *args], f"`systemctl --user {' '.join(args)}`", timeout_s=60)
+
+    async def _check_systemd(self) -> None:
+        """Before anything changes: a systemd user instance answers, and it outlives the session (lingering)."""
+        problem = ""
+        try:
+            probe = await self.runner.run(["systemctl", "--user", "show-environment"], timeout_s=30)
+            if probe.returncode != 0:
+                problem = (probe.stderr.strip() or f"exit code {probe.returncode}").splitlines()[-1]
+        except SchedulerError as exc:
+            problem = exc.message
+        if problem:
+            raise ConfigError(
+                f"ssh.service in {self.site.path} is \"systemd\", but {self.runner.target} gives this user no "
+                f"systemd user instance (systemctl --user: {problem}).",
+                hint='Set ssh.service = "cron", or ask the site for a systemd user instance with lingering on.',
+                field="ssh.service",
+            )
+        user = (await self._check(["id", "-un"], "`id -un`")).strip()
+        linger = await self.runner.run(["loginctl", "show-user", "--property=Linger", "--value", user], timeout_s=30)
+        if linger.returncode == 0 and linger.stdout.strip() == "no":
+            raise ConfigError(
+                f"Lingering is off for {user} on {self.runner.target}: a systemd --user unit would stop when "
+                "the last session of that user ends.",
+                hint=f'Ask the site to run `loginctl enable-linger {user}`, or set ssh.service = "cron" in '
+                f"{self.site.path}.",
+                field="ssh.service",
+            )
+        self.step("systemd", False, "", same=f"{user} has a systemd user instance that outlives the session")
+
+    async def _unit(self, path: str, *, restart: bool) -> None:
+        """Write the unit, then bring it to enabled and running (restarted when what it runs changed)."""
+        unit, text = unit_name(self.site), unit_text(self.site, self.dir).encode()
+        try:
+            current: bytes | None = await self.runner.read_file(path)
+        except FileNotFoundError:
+            current = None
+        written = current != text
+        if written and not self.dry_run:
+            await self.runner.makedirs(posixpath.dirname(path), mode=0o755)
+            await self.runner.write_file(path, text, mode=0o644)
+            await self._systemctl("daemon-reload")
+        enabled = (await self.runner.run(["systemctl", "--user", "is-enabled", unit], timeout_s=30)).stdout.strip()
+        active = (await self.runner.run(["systemctl", "--user", "is-active", unit], timeout_s=30)).stdout.strip()
+        actions = [] if enabled == "enabled" else ["enable"]
+        actions += ["start"] if active != "active" else ["restart"] if (written or restart) else []
+        if not self.dry_run:
+            for action in actions:
+                await self._systemctl(action, unit)
+        done = ([f"{'wrote' if current is None else 'updated'} {path}"] if written else []) + [
+            {"enable": "enabled", "start": "started", "restart": "restarted"}[a] + f" {unit}" for a in actions]
+        would = ([f"would {'write' if current is None else 'update'} {path}"] if written else []) + [
+            f"would {a} {unit}" for a in actions]
+        self.step("service", bool(done), "; ".join(done), "; ".join(would), same=f"{unit} is current, enabled, active")
+
+    async def _remove_unit(self, path: str) -> None:
+        """With cron: stop, disable and remove the unit an earlier ``systemd`` deploy installed, if any."""
+        if not await self.runner.exists(path):
+            return
+        unit = unit_name(self.site)
+        if not self.dry_run:
+            await self._systemctl("disable", "--now", unit)
+            await self._check(["rm", "-f", "--", path], f"Removing {path}")
+            await self._systemctl("daemon-reload")
+        self.step("service", True, f"stopped, disabled and removed {unit} (cron runs the client now)",
+                  f"would stop, disable and remove {unit}")
 
 
 def _toml(table: dict[str, Any], prefix: str = "") -> str:

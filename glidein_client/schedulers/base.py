@@ -139,13 +139,14 @@ class StateTable:
         return state
 
 
-def render_template(name: str, values: dict[str, str], *, quote: bool = True) -> str:
-    """Render ``templates/<name>`` strictly: a missing key is a named :class:`TemplateError`.
+def render_template(name: str, values: dict[str, str], *, quote: bool = True,
+                    package: str = "glidein_client.schedulers") -> str:
+    """Render ``templates/<name>`` of ``package`` strictly: a missing key is a named :class:`TemplateError`.
 
     Values are shell-quoted unless ``quote`` is false; keys ending in ``_lines`` are
     inserted verbatim (site-admin-provided directives and set-up lines).
     """
-    text = resources.files(__package__).joinpath("templates", name).read_text()
+    text = resources.files(package).joinpath("templates", name).read_text()
     tmpl = string.Template(text)
     safe = {k: (v if (not quote or k.endswith("_lines")) else shlex.quote(v)) for k, v in values.items()}
     try:

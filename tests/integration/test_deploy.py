@@ -1,12 +1,21 @@
 """`glidein-client deploy` for real: over a REAL sshd (key + TOTP) into the test user's account,
 then the crontab line it installed runs a cycle there against a REAL Slurm (its command is run
 over SSH directly; no cron daemon is needed for that).
+
+A systemd user instance cannot run here (no systemd as PID 1): the ``service = "systemd"`` tests
+drive a fake ``systemctl --user``/``loginctl`` that answers as systemd 252 (Debian 12) does and
+really runs the unit's ExecStart (tests/fakes/fakesystemd.py); the refusal where a login node has
+no user instance meets the real ``systemctl``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -177,3 +186,118 @@ async def test_a_remote_python_that_does_not_run_names_the_key(
     assert "'/no/python3.99' (ssh.remote_python in" in info.value.message
     assert info.value.fields["field"] == "ssh.remote_python"
     assert not (login_node.user_dir / "glidein").exists()  # nothing was changed
+
+
+SYSTEMD_FAKES = Path(__file__).resolve().parents[1] / "fakes" / "systemd-bin"
+
+
+@pytest.fixture
+def systemd_login_node(slurm_cluster: SlurmCluster) -> Iterator[SshServer]:
+    """sshd whose sessions find the fake systemd 252 user manager (tests/fakes/fakesystemd.py) first on
+    PATH; afterwards its services are stopped and its units, state and the crontab removed."""
+    sshd_infra.require_sshd()
+    sshd_infra.shared_wheels()
+    home = Path(sshd_infra.ensure_user(TEST_USER).pw_dir)
+    env = {**slurm_cluster.env, "PATH": f"{SYSTEMD_FAKES}:/usr/local/bin:/usr/bin:/bin"}
+    try:
+        with SshServer(setenv=env) as server:
+            yield server
+    finally:
+        for pid_file in (home / ".local" / "state" / "fake-systemd").glob("*.pid"):
+            with contextlib.suppress(ValueError, OSError):
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        for path in (home / ".config" / "systemd", home / ".local" / "state" / "fake-systemd"):
+            shutil.rmtree(path, ignore_errors=True)
+        subprocess.run(["crontab", "-r", "-u", TEST_USER], capture_output=True, timeout=30)
+        slurm_cluster.run(["scancel", "--user", TEST_USER])
+
+
+def service_starts(home: Path) -> list[dict[str, Any]]:
+    path = home / ".local" / "state" / "fake-systemd" / "starts.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def test_deploy_as_a_systemd_user_service_that_runs_the_daemon(
+    live_server: LiveServer, systemd_login_node: SshServer, tmp_path: Path
+) -> None:
+    server = systemd_login_node
+    home = Path(sshd_infra.ensure_user(TEST_USER).pw_dir)
+    site = await site_config(live_server, server, tmp_path)
+    site = await asyncio.to_thread(edit_config, site, "cron_minutes = 10", 'cron_minutes = 10\nservice = "systemd"')
+    remote = server.user_dir / "glidein"
+    unit = home / ".config" / "systemd" / "user" / f"glidein-client-{site.name}.service"
+    wheels = sshd_infra.shared_wheels()
+    assert site.ssh is not None and site.ssh.service == "systemd"
+    async with SshRunner(site.ssh, config_path=site.path) as runner:
+        await runner.run(["crontab", "-"], stdin=f"# glidein-client deploy: site {site.name} in {remote}\n"
+                         "*/5 * * * * an older cron deployment\n# someone else's line\n".encode())
+        dry = await deploy(site, runner=runner, wheels=wheels, dry_run=True)
+        assert [s.name for s in dry.steps if s.changed][-2:] == ["crontab", "service"]
+        assert not unit.exists() and service_starts(home) == []
+
+        first = await deploy(site, runner=runner, wheels=wheels)
+        changed = {s.name: s.text for s in first.steps if s.changed}
+        assert changed["crontab"].startswith("removed: ") and "service" in changed, first.text()
+        assert changed["service"] == (f"wrote {unit}; enabled glidein-client-{site.name}.service; "
+                                      f"started glidein-client-{site.name}.service")
+        assert (await runner.run(["crontab", "-l"])).stdout == "# someone else's line\n"  # ours went, theirs stays
+        text = unit.read_text()
+        assert f'ExecStart="{remote}/venv/bin/glidein-client" "run" "{remote}/site.toml"' in text
+        assert "Restart=on-failure" in text and "WantedBy=default.target" in text
+        [started] = service_starts(home)
+        assert started["argv"] == [f"{remote}/venv/bin/glidein-client", "run", f"{remote}/site.toml"]
+
+        # The daemon the unit runs answers new work: it submits a pilot to Slurm, which runs the job.
+        async with live_server.api(await live_server.token(Role.USER, "alice")) as api:
+            [job] = await api.submit([JobSpec(argv=["sh", "-c", "echo by systemd"], cpus=1, memory_mb=64,
+                                              disk_mb=10, walltime_s=60)])
+        assert await wait_for_job(live_server, job, 90) is JobState.DONE
+
+        again = await deploy(site, runner=runner, wheels=wheels)  # nothing to do, and the daemon keeps running
+        assert not again.changed, again.text()
+        assert len(service_starts(home)) == 1
+
+        site = await asyncio.to_thread(edit_config, site, "cycle_s = 30.0", "cycle_s = 45.0")
+        update = await deploy(site, runner=runner, wheels=wheels)  # a new config restarts the daemon
+        assert [s.name for s in update.steps if s.changed] == ["config", "service"]
+        assert [s.text for s in update.steps if s.name == "service"] == [
+            f"restarted glidein-client-{site.name}.service"]
+        assert len(service_starts(home)) == 2
+
+        site = await asyncio.to_thread(edit_config, site, 'service = "systemd"', 'service = "cron"')
+        back = await deploy(site, runner=runner, wheels=wheels)  # back to cron: the unit goes
+        assert [s.name for s in back.steps if s.changed] == ["crontab", "service"]
+        assert not unit.exists()
+        assert (await runner.run(["systemctl", "--user", "is-active", unit.name])).stdout.strip() == "inactive"
+        assert "glidein-client deploy: site" in (await runner.run(["crontab", "-l"])).stdout
+    assert server.logins() == 1
+
+
+async def test_systemd_where_the_login_node_has_no_user_instance_names_the_key(
+    live_server: LiveServer, login_node: SshServer, tmp_path: Path
+) -> None:
+    # The real systemctl (or none): no systemd runs as PID 1 here, as on many login nodes.
+    site = await site_config(live_server, login_node, tmp_path)
+    site = await asyncio.to_thread(edit_config, site, "cron_minutes = 10", 'cron_minutes = 10\nservice = "systemd"')
+    with pytest.raises(ConfigError) as info:
+        await deploy(site, wheels=sshd_infra.shared_wheels())
+    assert "gives this user no systemd user instance (systemctl --user: " in info.value.message
+    assert info.value.fields["field"] == "ssh.service"
+    assert 'ssh.service = "cron"' in (info.value.hint or "")
+    assert not (login_node.user_dir / "glidein").exists()  # nothing was changed
+
+
+async def test_systemd_without_lingering_is_refused_before_anything_changes(
+    live_server: LiveServer, slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    sshd_infra.require_sshd()
+    env = {**slurm_cluster.env, "PATH": f"{SYSTEMD_FAKES}:/usr/local/bin:/usr/bin:/bin", "FAKE_SYSTEMD_LINGER": "no"}
+    with SshServer(setenv=env) as server:
+        site = await site_config(live_server, server, tmp_path)
+        site = await asyncio.to_thread(edit_config, site, "cron_minutes = 10",
+                                       'cron_minutes = 10\nservice = "systemd"')
+        with pytest.raises(ConfigError) as info:
+            await deploy(site, wheels=sshd_infra.shared_wheels())
+        assert info.value.message.startswith(f"Lingering is off for {TEST_USER} on ")
+        assert f"loginctl enable-linger {TEST_USER}" in (info.value.hint or "")
+        assert not (server.user_dir / "glidein").exists()

@@ -8,8 +8,6 @@ Set GLIDEIN_UPDATE_GOLDEN=1 to rewrite the golden files after an intended change
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,8 +29,8 @@ from glidein_client.schedulers.htcondor import (
 )
 from tests.fakes import sample
 from tests.fakes.fakebatch import ALL_ATTRS
+from tests.golden_files import check_golden
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 CONFIG = "/etc/glidein/hpc1.toml"
 
 
@@ -89,14 +87,6 @@ class NoRunner:
 
 def scheduler(site: SiteConfig | None = None) -> HTCondorScheduler:
     return HTCondorScheduler(site or site_config(), NoRunner())
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("GLIDEIN_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.exists(), f"golden file {path} is missing; run with GLIDEIN_UPDATE_GOLDEN=1"
-    assert text == path.read_text()
 
 
 # --- rendering ---------------------------------------------------------------------------------

@@ -9,9 +9,7 @@ Set GLIDEIN_UPDATE_GOLDEN=1 to rewrite the golden files after an intended change
 from __future__ import annotations
 
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,8 +35,8 @@ from glidein_client.schedulers.pbs import (
     pbs_word,
 )
 from tests.fakes import sample
+from tests.golden_files import check_golden
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 CONFIG = "/etc/glidein/hpc1.toml"
 
 
@@ -98,14 +96,6 @@ class NoRunner:
 
 def scheduler(site: SiteConfig | None = None, flavour: Flavour | None = "pro") -> PbsScheduler:
     return PbsScheduler(site or site_config(), NoRunner(), flavour=flavour)
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("GLIDEIN_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.exists(), f"golden file {path} is missing; run with GLIDEIN_UPDATE_GOLDEN=1"
-    assert text == path.read_text()
 
 
 # --- rendering ---------------------------------------------------------------------------------

@@ -7,11 +7,9 @@ Set GLIDEIN_UPDATE_GOLDEN=1 to rewrite the golden files after an intended change
 from __future__ import annotations
 
 import logging
-import os
 import stat
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +28,8 @@ from glidein_client.schedulers.slurm import (
     parse_submit_time,
     sbatch_word,
 )
+from tests.golden_files import check_golden
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 SLURM_VERSION = "22.05.8"  # the Slurm that printed the texts in this file
 
 
@@ -73,13 +71,6 @@ FULL = site_config(
         "python": "/opt/python/bin/python3",
     },
 )
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("GLIDEIN_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert text == path.read_text(), f"rendered script differs from {path}"
 
 
 # --- rendering ----------------------------------------------------------------------------------

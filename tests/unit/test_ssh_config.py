@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import msgspec
@@ -13,11 +15,12 @@ import pytest
 
 from glidein_client.client import make_runner
 from glidein_client.config import SshSection, load_site_config, tomllib
-from glidein_client.deploy import _toml, cron_line, remote_config_text
+from glidein_client.deploy import _toml, cron_line, remote_config_text, unit_name, unit_text
 from glidein_client.errors import ConfigError
 from glidein_client.runner import LocalRunner
 from glidein_client.ssh_codes import CodeLedger, read_totp_secret
 from glidein_client.ssh_runner import SshRunner, remote_command
+from tests.golden_files import check_golden
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "site_configs" / "remote-slurm.toml"
 
@@ -221,3 +224,41 @@ def test_cron_line(tmp_path: Path, files: dict[str, Path]) -> None:
         "/home/glidein/gl 100%/venv/bin/glidein-client", "once", "/home/glidein/gl 100%/site.toml",
         ">>/home/glidein/gl 100%/cron.log", "2>&1",
     ]
+
+
+def test_systemd_unit_golden_and_its_words_kept_literal(tmp_path: Path, files: dict[str, Path]) -> None:
+    site = load_site_config(write(tmp_path, files, 'user = "glidein"', 'user = "glidein"\nservice = "systemd"'))
+    assert site.ssh is not None and site.ssh.service == "systemd" and unit_name(site) == "glidein-client-hpc1.service"
+    text = unit_text(site, "/home/glidein/glidein")
+    check_golden("glidein-client.service", text.replace(site.path, "SITE_CONFIG"))
+    # % is a specifier, $ a variable, a quote ends a word: each stays what the path says.
+    odd = unit_text(site, '/home/g l/100%$HOME"x')
+    [exec_start] = [ln for ln in odd.splitlines() if ln.startswith("ExecStart=")]
+    word = '"/home/g l/100%%$$HOME\\"x'
+    assert exec_start == f'ExecStart={word}/venv/bin/glidein-client" "run" {word}/site.toml"'
+    with pytest.raises(ConfigError) as info:
+        unit_text(site, "/home/g\nl")
+    assert info.value.fields["field"] == "ssh.remote_dir"
+
+
+def test_service_must_be_cron_or_systemd(tmp_path: Path, files: dict[str, Path]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_site_config(write(tmp_path, files, 'user = "glidein"', 'user = "glidein"\nservice = "upstart"'))
+    assert "ssh.service" in info.value.message
+
+
+def test_systemd_analyze_accepts_the_unit(tmp_path: Path, files: dict[str, Path]) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    site = load_site_config(write(tmp_path, files, 'user = "glidein"', 'user = "glidein"\nservice = "systemd"'))
+    remote = tmp_path / "remote 100%"
+    (remote / "venv" / "bin").mkdir(parents=True)
+    shutil.copy("/bin/true", remote / "venv" / "bin" / "glidein-client")  # ExecStart must name a program
+    unit = tmp_path / unit_name(site)
+    unit.write_text(unit_text(site, str(remote)))
+    checked = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and checked.stderr == "", checked.stderr
+    unit.write_text(unit.read_text().replace("Restart=on-failure", "Restart=on-failure\nRestrat=always"))
+    typo = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert "Unknown key 'Restrat'" in typo.stderr  # the check is real
