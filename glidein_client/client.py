@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -25,6 +26,7 @@ from .firewall import Firewall, pilot_network_options
 from .runner import LocalRunner, Runner
 from .schedulers import make_scheduler
 from .schedulers.base import HoldHandler, PilotJob, PilotLaunch, PilotState, Scheduler
+from .schema import Demand
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,22 @@ class CycleReport:
             f"submitted {len(self.submitted)}, removed {len(self.removed)}"
         )
         return f"{text} ({'; '.join(self.reasons)})" if self.reasons else text
+
+
+@dataclass(frozen=True)
+class SiteStatus:
+    """``glidein-client status``: what the server asks of the site and what the batch system holds."""
+
+    demand: Demand
+    pilots: tuple[PilotJob, ...]
+    next_cycle: Decision  # before holds are looked at
+
+    def counts(self) -> dict[str, int]:
+        """Pilots by state (queued, running, held, ... as far as the batch system still lists them)."""
+        out: dict[str, int] = {}
+        for p in self.pilots:
+            out[p.state.value] = out.get(p.state.value, 0) + 1
+        return out
 
 
 def pilot_command(site: SiteConfig, workdir: str) -> tuple[str, ...]:
@@ -157,9 +175,7 @@ class SiteClient:
         states = {str(p.pilot_id): p.state.value for p in pilots if p.pilot_id > 0}
         if states:
             await self.api.pilot_states(site.name, states)
-        decision = decide(demand.pilots, pilots, site.limits, now=time.time(), max_queued_s=site.max_queued_s,
-                          start_failures=demand.start_failures, backoff_s=demand.backoff_s)
-        decision = await self._handle_holds(pilots, decision)
+        decision = await self._handle_holds(pilots, self._decide(demand, pilots))
 
         failure: GlideinError | None = None
         removed: tuple[str, ...] = ()
@@ -205,6 +221,17 @@ class SiteClient:
             failure.fields.setdefault("report", report)
             raise failure
         return report
+
+    async def status(self) -> SiteStatus:
+        """The demand, the site's pilots in the batch system, and what a cycle would do now; changes nothing."""
+        demand = await self.api.demand(self.site.name, self.site.shape)
+        pilots = tuple(await self.scheduler.status())
+        return SiteStatus(demand=demand, pilots=pilots, next_cycle=self._decide(demand, pilots))
+
+    def _decide(self, demand: Demand, pilots: Sequence[PilotJob]) -> Decision:
+        site = self.site
+        return decide(demand.pilots, pilots, site.limits, now=time.time(), max_queued_s=site.max_queued_s,
+                      start_failures=demand.start_failures, backoff_s=demand.backoff_s)
 
     async def _handle_holds(self, pilots: list[PilotJob], decision: Decision) -> Decision:
         """Release held pilots whose trouble passes; add the others to this cycle's removals."""

@@ -1,12 +1,15 @@
-"""`glidein-client once | run | check CONFIG`: keep a site's pilots in line with its demand.
+"""`glidein-client once | run | check | status | deploy CONFIG`: keep a site's pilots in line with its demand.
 
 - ``once``: one cycle, for cron. Prints what it did (``--json`` for scripts).
 - ``run``: a cycle every ``site.cycle_s`` until SIGTERM or SIGINT.
 - ``check``: validates the config, the token file, the batch commands, the scratch directory
   and the server (reachable, token accepted); one line per check, exit 0 when all pass.
+- ``status``: the site's demand, its own pilots in the batch system by state, its back-off
+  (pilots failing at start) and what a cycle would do now; submits and removes nothing.
 - ``deploy``: installs or upgrades the client on the login node named in ``[ssh]`` (a wheel of
-  this checkout in a virtualenv there, the config, the token and a crontab line running
-  ``once``); ``--dry-run`` shows what it would do and changes nothing.
+  this checkout in a virtualenv there, the config, the token, and a crontab line running
+  ``once`` or a systemd --user unit running ``run``); ``--dry-run`` shows what it would do and
+  changes nothing.
 
 With an ``[ssh]`` section in the config, ``once``, ``run`` and ``check`` drive that login node
 over one SSH connection (remote mode).
@@ -29,11 +32,14 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import msgspec
+
 from .api import ApiClient
-from .client import CycleReport, SiteClient, make_runner
+from .client import CycleReport, SiteClient, SiteStatus, make_runner
 from .config import SiteConfig, load_site_config
 from .errors import GlideinError
 from .runner import Runner
+from .units import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
         ("once", "run one cycle (for cron) and print what was done"),
         ("run", "run a cycle every site.cycle_s until stopped (SIGTERM or SIGINT)"),
         ("check", "check the config, token, batch commands and server, one line per check"),
-        ("deploy", "install or upgrade the client on the login node of [ssh], with a crontab line running `once`"),
+        ("status", "show the site's demand, its pilots in the batch system, back-off, and what a cycle would do"),
+        ("deploy", "install or upgrade the client on the login node of [ssh] (a crontab line or a systemd unit)"),
     )
     for name, text in commands:
         sp = sub.add_parser(name, help=text, description=text)
@@ -129,6 +136,52 @@ def _report_text(site: SiteConfig, report: CycleReport) -> str:
         f"removed {len(report.removed)}: {' '.join(report.removed) or '-'}",
     ]
     lines += [f"  {reason}" for reason in report.reasons]
+    return "\n".join(lines)
+
+
+# --- status ----------------------------------------------------------------------------------------
+
+
+async def _status(args: argparse.Namespace) -> int:
+    site = await asyncio.to_thread(load_site_config, args.config)
+    async with SiteClient(site) as client:
+        status = await client.status()
+    if args.json:
+        print(json.dumps(_status_json(site, status)))
+    else:
+        print(_status_text(site, status))
+    return 0
+
+
+def _status_json(site: SiteConfig, status: SiteStatus) -> dict[str, Any]:
+    d, nxt = status.demand, status.next_cycle
+    return {
+        "site": site.name, "scheduler": site.site.scheduler, "demand": msgspec.to_builtins(d),
+        "pilots": status.counts(),
+        "backoff": {"active": d.backoff_s > 0, "start_failures": d.start_failures, "backoff_s": d.backoff_s},
+        "next_cycle": {"submit": nxt.submit, "remove": list(nxt.remove), "reasons": list(nxt.reasons)},
+    }
+
+
+def _status_text(site: SiteConfig, status: SiteStatus) -> str:
+    d, nxt, counts = status.demand, status.next_cycle, status.counts()
+    unfit = f"; {d.unfit_jobs} eligible job(s) fit no pilot of this shape" if d.unfit_jobs else ""
+    listed = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"
+    if d.backoff_s > 0:
+        backoff = (f"on: {d.start_failures} pilot(s) in a row ended before taking work; no submissions for "
+                   f"{format_duration(d.backoff_s)}, then one probe pilot")
+    elif d.start_failures:
+        backoff = f"probing: {d.start_failures} pilot(s) in a row ended before taking work; one pilot at a time"
+    else:
+        backoff = "none"
+    lines = [
+        f"site {site.name} ({site.site.scheduler}) at {site.site.server_url}",
+        f"  demand     {d.pilots} pilot(s) for {d.jobs:g} job(s), {d.cpus:g} cpus{unfit}",
+        f"  pilots     {listed} (its own, in the batch system)",
+        f"  back-off   {backoff}",
+        f"  next cycle would submit {nxt.submit} and remove {len(nxt.remove)}"
+        + (f" ({'; '.join(nxt.reasons)})" if nxt.reasons else ""),
+    ]
     return "\n".join(lines)
 
 
@@ -332,6 +385,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "once": _once,
     "run": _run,
     "check": _check,
+    "status": _status,
     "deploy": _deploy,
 }
 

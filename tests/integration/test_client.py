@@ -23,7 +23,7 @@ from glidein_client.errors import SchedulerError
 from glidein_client.runner import LocalRunner
 from glidein_client.schedulers.base import PilotJob, PilotLaunch, PilotState
 from glidein_client.schedulers.local import LocalScheduler
-from glidein_client.schema import JobSpec, JobState, Role
+from glidein_client.schema import JobSpec, JobState, PilotRegister, Resources, Role
 from tests.conftest import LiveServer
 
 SITE = "local"
@@ -514,3 +514,45 @@ async def test_cli_check_reports_an_open_token_file_and_still_checks_the_server(
     assert f"Run: chmod 600 {site.site.token_file}" in lines[1]
     assert f"ok   server: {live_server.url} answers (API v1)" in lines
     assert not any(line.split(":")[0].endswith("site token") for line in lines)
+
+
+async def test_cli_status_shows_back_off_and_what_a_cycle_would_do_and_changes_nothing(
+    live_server: LiveServer, tmp_path: Path, reap_pilots: None
+) -> None:
+    site = await site_config(live_server, tmp_path)
+    ids = await submit_jobs(live_server, 2, ["true"])
+    async with live_server.api(site.read_token()) as api:
+        await api.demand(SITE, site.shape)
+        grants = [await api.new_pilot(SITE) for _ in range(4)]
+        await api.pilot_states(SITE, {str(g.pilot_id): "failed" for g in grants[:3]})  # never reached the server
+
+    code, out, err = await cli("status", site.path, "--json")
+    assert code == 0, err
+    status = json.loads(out)
+    assert status["site"] == SITE and status["scheduler"] == "local"
+    assert status["demand"]["pilots"] == 2 and status["pilots"] == {}
+    assert status["backoff"]["active"] is True and status["backoff"]["start_failures"] == 3
+    assert 0 < status["backoff"]["backoff_s"] <= 60
+    assert status["next_cycle"]["submit"] == 0
+    assert status["next_cycle"]["reasons"][0].startswith("submitting none: back-off: 3 pilots in a row failed at start")
+
+    code, out, err = await cli("status", site.path)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"site {SITE} (local) at {live_server.url}"
+    assert lines[1].startswith("  demand     2 pilot(s) for 2 job(s), 2 cpus")
+    assert lines[2] == "  pilots     none (its own, in the batch system)"
+    assert lines[3].startswith("  back-off   on: 3 pilot(s) in a row ended before taking work; no submissions for ")
+    assert lines[4].startswith("  next cycle would submit 0 and remove 0 (submitting none: back-off: ")
+    assert set((await job_states(live_server, ids)).values()) == {JobState.IDLE}  # status submitted nothing
+    assert await LocalScheduler(site, LocalRunner()).status() == []
+
+    # Out of back-off (a pilot started), a cycle submits pilots, and status lists them.
+    async with live_server.api(grants[3].token) as pilot:
+        await pilot.register(PilotRegister(resources=Resources(cpus=1, memory_mb=512), end_time=time.time() + 60))
+    code, out, err = await cli("once", site.path)
+    assert code == 0 and "submitted 2:" in out, out + err
+    code, out, err = await cli("status", site.path, "--json")
+    status = json.loads(out)
+    assert status["backoff"] == {"active": False, "start_failures": 0, "backoff_s": 0.0}
+    assert sum(status["pilots"].values()) == 2, status  # listed by the scheduler, whatever their state now

@@ -112,7 +112,7 @@ def test_render_matches_golden_file() -> None:
 def test_render_quotes_the_pilot_command(tmp_path: Path) -> None:
     site = make_site(tmp_path)
     text = LocalScheduler(site).render(launch(site, 1, "echo", "$(touch pwned)", "a b"))
-    assert "timeout --signal=TERM --kill-after=30 3600 echo '$(touch pwned)' 'a b' &" in text
+    assert "timeout --foreground --signal=TERM --kill-after=30 3600 echo '$(touch pwned)' 'a b' &" in text
 
 
 def test_factory_makes_the_local_scheduler(tmp_path: Path) -> None:
@@ -250,9 +250,21 @@ async def test_killed_script_is_failed(scratch: Path) -> None:
     sched = LocalScheduler(site)
     batch_id = await sched.submit(launch(site, 8, "sleep", "30"))
     await wait_for(sched, 8, state(PilotState.RUNNING))
-    os.killpg(int(batch_id.removeprefix("local-")), signal.SIGKILL)
+    session = int(batch_id.removeprefix("local-"))
+    members = [p for p in psutil.process_iter(["cmdline"]) if _session_of(p.pid) == session]
+    assert ["sleep", "30"] in [p.info["cmdline"] for p in members]  # the pilot runs in the script's session ...
+    os.killpg(session, signal.SIGKILL)
     job = await wait_for(sched, 8, lambda j: not j.state.active)
     assert (job.state, job.native_state) == (PilotState.FAILED, "LOST")
+    gone, alive = psutil.wait_procs(members, timeout=5)
+    assert alive == []  # ... and in its process group: killing the "job" leaves nothing running
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
 
 
 async def test_cancel_ignores_unknown_and_finished_ids(scratch: Path) -> None:

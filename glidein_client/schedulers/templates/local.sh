@@ -19,8 +19,10 @@ trap on_term TERM INT HUP
 ${env_setup_lines}
 
 # The walltime ends the pilot as a batch system would: TERM at ${walltime_s} s, KILL
-# ${kill_after_s} s later (exit code 124, or 137 when KILL was needed).
-timeout --signal=TERM --kill-after=${kill_after_s} ${walltime_s} ${pilot_command_lines} &
+# ${kill_after_s} s later (exit code 124, or 137 when KILL was needed). --foreground keeps
+# timeout and the pilot in this script's process group, so a signal to the group (a cancel,
+# or a kill of the whole "job") reaches all of them, as a batch system's would.
+timeout --foreground --signal=TERM --kill-after=${kill_after_s} ${walltime_s} ${pilot_command_lines} &
 child=$$!
 while :; do
     wait "$$child"
