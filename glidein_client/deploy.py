@@ -398,12 +398,15 @@ class _Deployment:
         self.step("install", needed, f"installed {what}", f"would install {what}",
                   same=f"glidein {self.wheels.version} ({self.wheels.fingerprint}) is installed")
 
+    async def _read_or_none(self, path: str) -> bytes | None:
+        try:
+            return await self.runner.read_file(path)
+        except FileNotFoundError:
+            return None
+
     async def _put(self, name: str, filename: str, data: bytes, mode: int) -> None:
         path = self._path(filename)
-        try:
-            current: bytes | None = await self.runner.read_file(path)
-        except FileNotFoundError:
-            current = None
+        current = await self._read_or_none(path)
         changed = current != data
         if changed and not self.dry_run:
             await self.runner.write_file(path, data, mode=mode)
@@ -471,8 +474,13 @@ class _Deployment:
                 field="ssh.service",
             )
         user = (await self._check(["id", "-un"], "`id -un`")).strip()
-        linger = await self.runner.run(["loginctl", "show-user", "--property=Linger", "--value", user], timeout_s=30)
-        if linger.returncode == 0 and linger.stdout.strip() == "no":
+        try:
+            linger = await self.runner.run(["loginctl", "show-user", "--property=Linger", "--value", user],
+                                           timeout_s=30)
+            lingering = linger.stdout.strip() if linger.returncode == 0 else "unknown"
+        except SchedulerError:  # no loginctl: nothing to say either way
+            lingering = "unknown"
+        if lingering == "no":
             raise ConfigError(
                 f"Lingering is off for {user} on {self.runner.target}: a systemd --user unit would stop when "
                 "the last session of that user ends.",
@@ -485,10 +493,7 @@ class _Deployment:
     async def _unit(self, path: str, *, restart: bool) -> None:
         """Write the unit, then bring it to enabled and running (restarted when what it runs changed)."""
         unit, text = unit_name(self.site), unit_text(self.site, self.dir).encode()
-        try:
-            current: bytes | None = await self.runner.read_file(path)
-        except FileNotFoundError:
-            current = None
+        current = await self._read_or_none(path)
         written = current != text
         if written and not self.dry_run:
             await self.runner.makedirs(posixpath.dirname(path), mode=0o755)
