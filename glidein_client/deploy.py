@@ -20,7 +20,8 @@ Over the same key + one-time-code login as remote mode (:class:`~glidein_client.
 Each step compares first: wheels by a fingerprint of their contents (the sha256 of their RECORD,
 which lists every file's hash; rebuilding an unchanged checkout gives the same fingerprint),
 files by content, the crontab by its line, the unit by its text and state. A second deploy of
-the same checkout and config changes nothing and says so. ``dry_run`` reports what would change and changes nothing.
+the same checkout and config changes nothing and says so. ``dry_run`` reports what would change
+and changes nothing.
 """
 
 from __future__ import annotations

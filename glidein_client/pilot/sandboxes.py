@@ -3,8 +3,8 @@
 A pilot full of short jobs makes and removes a directory per job, and on a journaled filesystem
 ``mkdir`` and ``rmdir`` cost about as much as spawning the job. So a sandbox that its job left
 holding nothing but its two logs (plain files, not links) is kept, and the next job gets it by
-one ``rename``; its logs are truncated when that job opens them. Every other
-sandbox is removed by a janitor thread, so removal never holds up the event loop.
+one ``rename``; its logs are truncated when that job opens them. Every other sandbox is removed
+by a janitor thread, so removal never holds up the event loop.
 
 Jobs of one pilot run as one user, so a recycled directory gives a job nothing it could not
 reach anyway. A job that made its directory or logs unwritable makes the next job's start fail
@@ -14,7 +14,6 @@ reach anyway. A job that made its directory or logs unwritable makes the next jo
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import queue
 import shutil
@@ -23,7 +22,6 @@ from pathlib import Path
 
 from .executor import STDERR_NAME, STDOUT_NAME
 
-log = logging.getLogger(__name__)
 LOG_NAMES = frozenset({STDOUT_NAME, STDERR_NAME})
 
 
