@@ -35,13 +35,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from glidein_client.api import ApiClient
-from glidein_client.client import CycleReport, SiteClient
-from glidein_client.config import SiteConfig, parse_site_config
-from glidein_client.runner import LocalRunner
-from glidein_client.schedulers.base import PilotLaunch
-from glidein_client.schedulers.slurm import SlurmScheduler
-from glidein_client.schema import JobSpec, Role
+from glidein_client.site.client import CycleReport, SiteClient
+from glidein_client.site.config import SiteConfig, parse_site_config
+from glidein_client.site.runners.local import LocalRunner
+from glidein_client.site.schedulers.base import PilotLaunch
+from glidein_client.site.schedulers.slurm import SlurmScheduler
+from glidein_client.wire.api import ApiClient
+from glidein_client.wire.schema import JobSpec, Role
 from glidein_server.server import Server, mint_token
 from glidein_server.settings import ServerSettings, StateDir
 from tests.infra.slurm import NODE, SlurmCluster, missing_binaries

@@ -33,12 +33,12 @@ from typing import Any
 import asyncssh
 import msgspec
 
-from glidein_client.client import SiteClient
-from glidein_client.config import SshSection, load_site_config
-from glidein_client.deploy import _toml
-from glidein_client.runner import LocalRunner
-from glidein_client.schema import Role
-from glidein_client.ssh_runner import SshRunner
+from glidein_client.site.client import SiteClient
+from glidein_client.site.config import SshSection, load_site_config
+from glidein_client.site.deploy import _toml
+from glidein_client.site.runners.local import LocalRunner
+from glidein_client.site.runners.ssh import SshRunner
+from glidein_client.wire.schema import Role
 from glidein_server.server import Server, mint_token
 from glidein_server.settings import ServerSettings, StateDir
 from tests.infra.slurm import SlurmCluster
@@ -126,8 +126,8 @@ async def daemon_logins(server: SshServer, seconds: float, cycle_s: float, tmp: 
                 cycles += "site bench: demand" in record.getMessage()
 
         handler = Counter()
-        logging.getLogger("glidein_client.client").addHandler(handler)
-        logging.getLogger("glidein_client.client").setLevel(logging.INFO)
+        logging.getLogger("glidein_client.site.client").addHandler(handler)
+        logging.getLogger("glidein_client.site.client").setLevel(logging.INFO)
         before = server.logins()
         try:
             async with SiteClient(site) as client:
@@ -137,7 +137,7 @@ async def daemon_logins(server: SshServer, seconds: float, cycle_s: float, tmp: 
                 stop.set()
                 await task
         finally:
-            logging.getLogger("glidein_client.client").removeHandler(handler)
+            logging.getLogger("glidein_client.site.client").removeHandler(handler)
         logins = server.logins() - before
     relogins = logins - 1
     return {

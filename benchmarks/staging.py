@@ -34,15 +34,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from glidein_client.api import ApiClient
-from glidein_client.config import SiteConfig, parse_site_config
-from glidein_client.forwarder import PilotForwarder, PilotTokens
-from glidein_client.mailbox_service import HOT_S, MailboxService
-from glidein_client.pilot.channel import DirectChannel
-from glidein_client.pilot.mailbox import MailboxTransport
-from glidein_client.pilot.staged import RelayTransport
-from glidein_client.relay import Relay
-from glidein_client.schema import (
+from glidein_client.pilot.channels.base import DirectChannel
+from glidein_client.pilot.channels.mailbox import MailboxTransport
+from glidein_client.pilot.channels.staged import RelayTransport
+from glidein_client.sharedfs.staging_area import StagingArea, input_key
+from glidein_client.site.config import SiteConfig, parse_site_config
+from glidein_client.site.firewall.forwarder import PilotForwarder, PilotTokens
+from glidein_client.site.firewall.mailbox_service import HOT_S, MailboxService
+from glidein_client.site.firewall.relay import Relay
+from glidein_client.site.firewall.stager import Stager
+from glidein_client.wire.api import ApiClient
+from glidein_client.wire.schema import (
     Finish,
     InputFile,
     JobSpec,
@@ -53,8 +55,6 @@ from glidein_client.schema import (
     Role,
     SyncRequest,
 )
-from glidein_client.stager import Stager
-from glidein_client.staging_area import StagingArea, input_key
 from glidein_server.server import Server, mint_token
 from glidein_server.settings import ServerSettings, StateDir
 

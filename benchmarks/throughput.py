@@ -20,8 +20,8 @@ from pathlib import Path
 
 import psutil
 
-from glidein_client.api import ApiClient
-from glidein_client.schema import JobSpec, JobState, PilotShape, Role
+from glidein_client.wire.api import ApiClient
+from glidein_client.wire.schema import JobSpec, JobState, PilotShape, Role
 from glidein_server.server import Server, mint_token
 from glidein_server.settings import ServerSettings, StateDir
 

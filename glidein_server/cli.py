@@ -21,15 +21,14 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from glidein_client.errors import ConfigError, GlideinError, NotFoundError
-from glidein_client.schema import ROLE_SCOPES, Name, Role, Scope, convert
-from glidein_client.units import format_duration, parse_duration_s
-
-from . import tls, totp
-from .admin import mint
-from .server import Server, open_store
-from .settings import ServerSettings, StateDir
-from .store import Store
+from glidein_client.wire.errors import ConfigError, GlideinError, NotFoundError
+from glidein_client.wire.schema import ROLE_SCOPES, Name, Role, Scope, convert
+from glidein_client.wire.units import format_duration, parse_duration_s
+from glidein_server import tls, totp
+from glidein_server.http.admin import mint
+from glidein_server.server import Server, open_store
+from glidein_server.settings import ServerSettings, StateDir
+from glidein_server.store.base import Store
 
 ENV_DIR = "GLIDEIN_SERVER_DIR"
 

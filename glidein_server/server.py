@@ -10,17 +10,17 @@ from types import TracebackType
 
 from aiohttp import web
 
-from glidein_client.errors import ConfigError
-from glidein_client.schema import Role, Scope
-
-from . import auth, tls, totp
-from .app import Api, ServerConfig
-from .files import FileStore
-from .ratelimit import Rate, RateLimits
-from .retry import RetryPolicy
-from .settings import ServerSettings, StateDir
-from .sqlite_store import SqliteStore
-from .store import Store
+from glidein_client.wire.errors import ConfigError
+from glidein_client.wire.schema import Role, Scope
+from glidein_server import tls, totp
+from glidein_server.http import auth
+from glidein_server.http.app import Api, ServerConfig
+from glidein_server.http.ratelimit import Rate, RateLimits
+from glidein_server.policy.retry import RetryPolicy
+from glidein_server.settings import ServerSettings, StateDir
+from glidein_server.store.base import Store
+from glidein_server.store.files import FileStore
+from glidein_server.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from glidein_client.errors import ConfigError
+from glidein_client.wire.errors import ConfigError
 
 TLS_DIR = "tls"
 CA_CERT = "ca.pem"

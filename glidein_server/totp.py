@@ -18,10 +18,9 @@ from pathlib import Path
 import pyotp
 from cryptography.fernet import Fernet, InvalidToken
 
-from glidein_client.errors import AuthError, ConfigError
-
-from .store import Store
-from .tls import write_private
+from glidein_client.wire.errors import AuthError, ConfigError
+from glidein_server.store.base import Store
+from glidein_server.tls import write_private
 
 HEADER = "X-Glidein-TOTP"
 ISSUER = "glidein"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from glidein_client.api import ApiClient
-from glidein_client.schema import PilotShape, Role
+from glidein_client.wire.api import ApiClient
+from glidein_client.wire.schema import PilotShape, Role
 from glidein_server import totp
 from glidein_server.server import Server, mint_token
 from glidein_server.settings import ServerSettings, StateDir

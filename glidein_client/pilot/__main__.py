@@ -1,3 +1,3 @@
-from .cli import main
+from glidein_client.pilot.cli import main
 
 main()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 
-from ..schema import ClaimedJob
+from glidein_client.wire.schema import ClaimedJob
 
 
 class Backlog:

@@ -10,12 +10,12 @@ import signal
 import sys
 from pathlib import Path
 
-from ..config import read_secret_file
-from ..errors import GlideinError
-from .pilot import Pilot, PilotSettings
-from .resources import detect
-from .selftest import self_test
-from .staged import CHANNELS, open_channel
+from glidein_client.pilot.channels.staged import CHANNELS, open_channel
+from glidein_client.pilot.pilot import Pilot, PilotSettings
+from glidein_client.pilot.resources import detect
+from glidein_client.pilot.selftest import self_test
+from glidein_client.wire.errors import GlideinError
+from glidein_client.wire.secrets import read_secret_file
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import psutil
 
-from ..schema import LOG_TAIL_BYTES, JobSpec, Outcome
-from .spawn import spawn
+from glidein_client.pilot.spawn import spawn
+from glidein_client.wire.schema import LOG_TAIL_BYTES, JobSpec, Outcome
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from ..errors import ConflictError, GlideinError, ServerUnreachable
-from ..schema import (
+from glidein_client.pilot.backlog import Backlog
+from glidein_client.pilot.channels.base import Channel
+from glidein_client.pilot.executor import JobProcess, JobRun, RunResult
+from glidein_client.pilot.partition import Allocation, SlotPool, cores_for
+from glidein_client.pilot.resources import Detected
+from glidein_client.pilot.sandboxes import Sandboxes
+from glidein_client.pilot.selftest import self_test
+from glidein_client.wire.errors import ConflictError, GlideinError, ServerUnreachable
+from glidein_client.wire.schema import (
     LOG_TAIL_BYTES,
     AttemptRef,
     ClaimedJob,
@@ -39,13 +46,6 @@ from ..schema import (
     SyncRequest,
     SyncResponse,
 )
-from .backlog import Backlog
-from .channel import Channel
-from .executor import JobProcess, JobRun, RunResult
-from .partition import Allocation, SlotPool, cores_for
-from .resources import Detected
-from .sandboxes import Sandboxes
-from .selftest import self_test
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

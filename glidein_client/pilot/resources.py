@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from ..errors import ConfigError
+from glidein_client.wire.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

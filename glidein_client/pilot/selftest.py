@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import GlideinError
+from glidein_client.wire.errors import GlideinError
 
 log = logging.getLogger(__name__)
 

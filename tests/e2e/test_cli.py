@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from glidein_client.schema import JobList, Role, decode
+from glidein_client.wire.schema import JobList, Role, decode
 
 pytestmark = [pytest.mark.slow]
 
@@ -38,7 +38,7 @@ class Result:
 
 
 class Glidein:
-    """Runs ``python -m glidein_client.cli`` in ``cwd`` with a clean environment."""
+    """Runs ``python -m glidein_client.user.cli`` in ``cwd`` with a clean environment."""
 
     def __init__(self, cwd: Path, env: dict[str, str]) -> None:
         self.cwd = cwd
@@ -48,7 +48,7 @@ class Glidein:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "glidein_client.cli",
+            "glidein_client.user.cli",
             *args,
             cwd=self.cwd,
             env={**self.env, **(env or {})},

@@ -1,4 +1,4 @@
-"""The README's first command, end to end: `python -m glidein_server.demo` (what `make demo` runs)."""
+"""The README's first command, end to end: `python -m glidein_demo.demo` (what `make demo` runs)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.slow]
 
 
 def test_demo_runs_mixed_jobs_and_verifies_every_output() -> None:
-    proc = subprocess.run([sys.executable, "-m", "glidein_server.demo", "--jobs", "30", "--keep"],
+    proc = subprocess.run([sys.executable, "-m", "glidein_demo.demo", "--jobs", "30", "--keep"],
                           capture_output=True, text=True, timeout=110, check=False)
     out = proc.stdout
     kept = re.search(r"\(kept (.+)\)", out)

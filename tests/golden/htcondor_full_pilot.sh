@@ -1,6 +1,6 @@
 #!/bin/bash
 # glidein pilot glidein-hpc1-7, started by HTCondor (glidein-client's HTCondor backend).
-# Rendered from glidein_client/schedulers/templates/htcondor_pilot.sh and the site config
+# Rendered from glidein_client/site/schedulers/templates/htcondor_pilot.sh and the site config
 # /etc/glidein/hpc1.toml: change that file, not this script.
 
 # Site set-up (batch.env_setup).

@@ -1,6 +1,6 @@
 #!/bin/sh
 # glidein pilot glidein-test-42, started by glidein-client's local scheduler as a detached process.
-# Rendered from glidein_client/schedulers/templates/local.sh; every value is shell-quoted.
+# Rendered from glidein_client/site/schedulers/templates/local.sh; every value is shell-quoted.
 # Files in this directory: started (epoch seconds), exitcode (written when the pilot ends),
 # stdout and stderr (the pilot's output), cancelled (written when the pilot is cancelled).
 cd '/scratch/glidein sites/local-batch/glidein-test-42' || exit 97

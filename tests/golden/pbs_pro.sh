@@ -8,7 +8,7 @@
 
 #
 # glidein pilot glidein-hpc1-7, submitted by glidein-client's PBS backend (PBS Pro).
-# Rendered from glidein_client/schedulers/templates/pbs.sh and the site config
+# Rendered from glidein_client/site/schedulers/templates/pbs.sh and the site config
 # /etc/glidein/hpc1.toml: change that file, not this script.
 
 # Site set-up (batch.env_setup).

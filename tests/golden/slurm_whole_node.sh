@@ -12,7 +12,7 @@
 #SBATCH --partition=cpu
 #
 # glidein pilot glidein-hpc1-7, submitted by glidein-client's Slurm backend.
-# Rendered from glidein_client/schedulers/templates/slurm.sh and the site config
+# Rendered from glidein_client/site/schedulers/templates/slurm.sh and the site config
 # /etc/glidein/hpc1.toml: change that file, not this script.
 
 # Site set-up (batch.env_setup).

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from glidein_client.schedulers.base import PilotLaunch
-from glidein_client.schedulers.local import LocalScheduler
+from glidein_client.site.schedulers.base import PilotLaunch
+from glidein_client.site.schedulers.local import LocalScheduler
 
 PREFIX = "glns"
 _CMD_TIMEOUT_S = 15.0

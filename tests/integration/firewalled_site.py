@@ -9,9 +9,9 @@ import os
 import time
 from pathlib import Path
 
-from glidein_client.api import ApiClient
-from glidein_client.config import SiteConfig, load_site_config
-from glidein_client.schema import InputFile, JobSpec, JobState, Role
+from glidein_client.site.config import SiteConfig, load_site_config
+from glidein_client.wire.api import ApiClient
+from glidein_client.wire.schema import InputFile, JobSpec, JobState, Role
 from tests.conftest import LiveServer
 
 FINAL = {JobState.DONE, JobState.FAILED, JobState.CANCELLED}

@@ -22,7 +22,7 @@ import aiohttp
 import msgspec
 import pytest
 
-from glidein_client.schema import (
+from glidein_client.wire.schema import (
     AttemptRef,
     Finish,
     InputFile,
@@ -35,10 +35,10 @@ from glidein_client.schema import (
     Role,
     SyncRequest,
 )
-from glidein_server.app import API, Api, ServerConfig
-from glidein_server.auth import hash_token
-from glidein_server.files import FileStore
-from glidein_server.sqlite_store import SqliteStore
+from glidein_server.http.app import API, Api, ServerConfig
+from glidein_server.http.auth import hash_token
+from glidein_server.store.files import FileStore
+from glidein_server.store.sqlite import SqliteStore
 
 from ..conftest import LiveServer
 

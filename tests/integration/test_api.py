@@ -9,9 +9,9 @@ import time
 import aiohttp
 import pytest
 
-from glidein_client.api import ApiClient
-from glidein_client.errors import AuthError, ConflictError, ForbiddenError, NotFoundError, ValidationError
-from glidein_client.schema import (
+from glidein_client.wire.api import ApiClient
+from glidein_client.wire.errors import AuthError, ConflictError, ForbiddenError, NotFoundError, ValidationError
+from glidein_client.wire.schema import (
     Finish,
     JobSpec,
     JobState,

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from glidein_client.api import ApiClient
-from glidein_client.errors import GlideinError
-from glidein_client.schema import JobSpec, JobState, PilotShape
+from glidein_client.wire.api import ApiClient
+from glidein_client.wire.errors import GlideinError
+from glidein_client.wire.schema import JobSpec, JobState, PilotShape
 from glidein_server.settings import ServerSettings, StateDir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from glidein_client.client import CycleReport, SiteClient, pilot_command
-from glidein_client.config import SiteConfig, load_site_config
-from glidein_client.errors import SchedulerError
-from glidein_client.runner import LocalRunner
-from glidein_client.schedulers.base import PilotJob, PilotLaunch, PilotState
-from glidein_client.schedulers.local import LocalScheduler
-from glidein_client.schema import JobSpec, JobState, PilotRegister, Resources, Role
+from glidein_client.site.client import CycleReport, SiteClient, pilot_command
+from glidein_client.site.config import SiteConfig, load_site_config
+from glidein_client.site.runners.local import LocalRunner
+from glidein_client.site.schedulers.base import PilotJob, PilotLaunch, PilotState
+from glidein_client.site.schedulers.local import LocalScheduler
+from glidein_client.wire.errors import SchedulerError
+from glidein_client.wire.schema import JobSpec, JobState, PilotRegister, Resources, Role
 from tests.conftest import LiveServer
 
 SITE = "local"
@@ -323,7 +323,7 @@ async def test_run_forever_backs_off_while_the_server_is_down(
             stop.set()
             await asyncio.wait_for(task, 5)
 
-    lines = [r.getMessage() for r in caplog.records if r.name == "glidein_client.client"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "glidein_client.site.client"]
     down = [line for line in lines if "Cannot reach the glidein server" in line]
     assert len(down) == 1, lines
     assert "Retrying with back-off up to 30 s" in down[0]
@@ -357,7 +357,7 @@ async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, 
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "glidein_client.client_cli",
+        "glidein_client.site.cli",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -475,7 +475,7 @@ async def test_cli_run_stops_on_sigterm(live_server: LiveServer, tmp_path: Path)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "glidein_client.client_cli",
+        "glidein_client.site.cli",
         "run",
         site.path,
         stdout=asyncio.subprocess.PIPE,

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from glidein_client.client import SiteClient
-from glidein_client.config import parse_site_config
-from glidein_client.runner import LocalRunner
-from glidein_client.schedulers.htcondor import HTCondorScheduler
-from glidein_client.schema import JobSpec, Role
+from glidein_client.site.client import SiteClient
+from glidein_client.site.config import parse_site_config
+from glidein_client.site.runners.local import LocalRunner
+from glidein_client.site.schedulers.htcondor import HTCondorScheduler
+from glidein_client.wire.schema import JobSpec, Role
 from tests.fakes import FakeBatch, fakebatch
 
 from ..conftest import LiveServer

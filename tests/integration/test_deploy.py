@@ -26,11 +26,11 @@ from typing import Any
 
 import pytest
 
-from glidein_client.config import SiteConfig, load_site_config, tomllib
-from glidein_client.deploy import _toml, deploy
-from glidein_client.errors import ConfigError
-from glidein_client.schema import JobSpec, JobState, Role
-from glidein_client.ssh_runner import SshRunner
+from glidein_client.site.config import SiteConfig, load_site_config, tomllib
+from glidein_client.site.deploy import _toml, deploy
+from glidein_client.site.runners.ssh import SshRunner
+from glidein_client.wire.errors import ConfigError
+from glidein_client.wire.schema import JobSpec, JobState, Role
 from tests.conftest import LiveServer
 from tests.infra import slurm as slurm_infra
 from tests.infra import sshd as sshd_infra
@@ -160,7 +160,7 @@ async def test_cli_dry_run_shows_the_steps_and_changes_nothing(
     site = await site_config(live_server, login_node, tmp_path)
     before = await asyncio.to_thread(snapshot, login_node)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "glidein_client.client_cli", "deploy", site.path, "--dry-run",
+        sys.executable, "-m", "glidein_client.site.cli", "deploy", site.path, "--dry-run",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)

@@ -22,7 +22,7 @@ from glidein_client.pilot.executor import (
     read_tail,
     tree_rss_mb,
 )
-from glidein_client.schema import LOG_TAIL_BYTES, JobSpec, Outcome
+from glidein_client.wire.schema import LOG_TAIL_BYTES, JobSpec, Outcome
 
 PY = sys.executable
 

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from glidein_client.config import SiteConfig, parse_site_config
-from glidein_client.errors import SchedulerError
-from glidein_client.runner import LocalRunner
-from glidein_client.schedulers.base import PilotJob, PilotLaunch, PilotState
-from glidein_client.schedulers.htcondor import ATTRIBUTES, CONSTRAINT, HTCondorScheduler
-from glidein_client.schedulers.pbs import PbsScheduler
+from glidein_client.site.config import SiteConfig, parse_site_config
+from glidein_client.site.runners.local import LocalRunner
+from glidein_client.site.schedulers.base import PilotJob, PilotLaunch, PilotState
+from glidein_client.site.schedulers.htcondor import ATTRIBUTES, CONSTRAINT, HTCondorScheduler
+from glidein_client.site.schedulers.pbs import PbsScheduler
+from glidein_client.wire.errors import SchedulerError
 from tests.fakes import FakeBatch, sample
 
 CONFIG = "site_configs/hpc1.toml"

@@ -20,10 +20,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from glidein_client.client import SiteClient
-from glidein_client.config import SiteConfig
-from glidein_client.schema import InputFile, JobSpec, JobState, Role
-from glidein_client.staging_area import StagingArea
+from glidein_client.sharedfs.staging_area import StagingArea
+from glidein_client.site.client import SiteClient
+from glidein_client.site.config import SiteConfig
+from glidein_client.wire.schema import InputFile, JobSpec, JobState, Role
 from tests.conftest import LiveServer
 from tests.infra import netns as netns_infra
 from tests.infra.netns import NetnsScheduler, WorkerNamespace

@@ -14,13 +14,13 @@ import msgspec
 import psutil
 import pytest
 
-from glidein_client.client import pilot_command
-from glidein_client.config import SiteConfig, parse_site_config
-from glidein_client.errors import ConfigError, SchedulerError
-from glidein_client.runner import LocalRunner
-from glidein_client.schedulers import make_scheduler
-from glidein_client.schedulers.base import PilotJob, PilotLaunch, PilotState
-from glidein_client.schedulers.local import LocalScheduler
+from glidein_client.site.client import pilot_command
+from glidein_client.site.config import SiteConfig, parse_site_config
+from glidein_client.site.runners.local import LocalRunner
+from glidein_client.site.schedulers import make_scheduler
+from glidein_client.site.schedulers.base import PilotJob, PilotLaunch, PilotState
+from glidein_client.site.schedulers.local import LocalScheduler
+from glidein_client.wire.errors import ConfigError, SchedulerError
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "local.sh"
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-import glidein_client.api as client_api
-from glidein_client.errors import RateLimited
-from glidein_client.schema import Role
-from glidein_server import auth
-from glidein_server.ratelimit import Rate, RateLimits
+import glidein_client.wire.api as client_api
+from glidein_client.wire.errors import RateLimited
+from glidein_client.wire.schema import Role
+from glidein_server.http import auth
+from glidein_server.http.ratelimit import Rate, RateLimits
 
 from ..conftest import LiveServer
 
@@ -48,7 +48,7 @@ async def test_a_full_run_logs_no_secret(live_server: LiveServer, caplog: pytest
 
     async def glidein(*args: str) -> None:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "glidein_client.cli", *args, cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
+            sys.executable, "-m", "glidein_client.user.cli", *args, cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, env={**os.environ, "GLIDEIN_URL": live.url, "GLIDEIN_TOKEN": alice.token})
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
         outputs.append(out.decode())

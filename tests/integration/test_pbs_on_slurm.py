@@ -26,11 +26,11 @@ from typing import Any
 
 import pytest
 
-from glidein_client.config import SiteConfig, parse_site_config
-from glidein_client.errors import SchedulerError
-from glidein_client.runner import CommandResult, LocalRunner
-from glidein_client.schedulers.base import PilotJob, PilotLaunch, PilotState
-from glidein_client.schedulers.pbs import PbsScheduler
+from glidein_client.site.config import SiteConfig, parse_site_config
+from glidein_client.site.runners.local import CommandResult, LocalRunner
+from glidein_client.site.schedulers.base import PilotJob, PilotLaunch, PilotState
+from glidein_client.site.schedulers.pbs import PbsScheduler
+from glidein_client.wire.errors import SchedulerError
 from tests.infra import slurm as slurm_infra
 from tests.infra.slurm import SHORT_PARTITION, SlurmCluster
 

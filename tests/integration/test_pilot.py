@@ -9,8 +9,8 @@ import signal
 import time
 from pathlib import Path
 
-from glidein_client.api import ApiClient
-from glidein_client.schema import InputFile, JobSpec, JobState, Role
+from glidein_client.wire.api import ApiClient
+from glidein_client.wire.schema import InputFile, JobSpec, JobState, Role
 
 from ..conftest import LiveServer
 

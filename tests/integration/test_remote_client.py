@@ -18,12 +18,12 @@ from typing import Any
 import pyotp
 import pytest
 
-from glidein_client.client import SiteClient
-from glidein_client.config import SiteConfig, load_site_config
-from glidein_client.deploy import _toml
-from glidein_client.runner import CommandResult
-from glidein_client.schema import JobSpec, JobState, Role
-from glidein_client.ssh_runner import SshRunner
+from glidein_client.site.client import SiteClient
+from glidein_client.site.config import SiteConfig, load_site_config
+from glidein_client.site.deploy import _toml
+from glidein_client.site.runners.local import CommandResult
+from glidein_client.site.runners.ssh import SshRunner
+from glidein_client.wire.schema import JobSpec, JobState, Role
 from tests.conftest import LiveServer
 from tests.infra import slurm as slurm_infra
 from tests.infra import sshd as sshd_infra
@@ -187,7 +187,7 @@ async def test_wrong_code_gives_a_clear_error_and_no_retry_storm(
 async def test_daemon_keeps_one_login(live_server: LiveServer, remote: SshServer, tmp_path: Path,
                                       caplog: pytest.LogCaptureFixture) -> None:
     site = await remote_site(live_server, remote, tmp_path)
-    caplog.set_level(logging.INFO, logger="glidein_client.client")
+    caplog.set_level(logging.INFO, logger="glidein_client.site.client")
     async with SiteClient(site) as client:
         stop = asyncio.Event()
         task = asyncio.create_task(client.run_forever(stop=stop))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from glidein_client.pilot.executor import STDERR_NAME, STDOUT_NAME, JobProcess, JobRun
 from glidein_client.pilot.sandboxes import Sandboxes
-from glidein_client.schema import JobSpec, Outcome
+from glidein_client.wire.schema import JobSpec, Outcome
 
 
 async def run_in(sandbox: Path, argv: list[str]) -> str:

@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from glidein_client.api import ApiClient
-from glidein_client.schema import JobSpec, PilotRegister, PilotShape, Resources, Role
+from glidein_client.wire.api import ApiClient
+from glidein_client.wire.schema import JobSpec, PilotRegister, PilotShape, Resources, Role
 from glidein_server import totp
 from glidein_server.server import Server, mint_token
 from glidein_server.settings import ServerSettings, StateDir

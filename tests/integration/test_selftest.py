@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from glidein_client.errors import ServerUnreachable
 from glidein_client.pilot import selftest
 from glidein_client.pilot.selftest import self_test
+from glidein_client.wire.errors import ServerUnreachable
 
 
 async def test_all_pass_and_scratch_is_created(tmp_path: Path) -> None:

@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from glidein_client.api import ApiClient
-from glidein_client.client import CycleReport, SiteClient
-from glidein_client.config import SiteConfig, parse_site_config
-from glidein_client.runner import LocalRunner
-from glidein_client.schedulers.base import PilotJob, PilotLaunch, PilotState
-from glidein_client.schedulers.slurm import SlurmScheduler
-from glidein_client.schema import AttemptView, InputFile, JobSpec, JobState, Role
+from glidein_client.site.client import CycleReport, SiteClient
+from glidein_client.site.config import SiteConfig, parse_site_config
+from glidein_client.site.runners.local import LocalRunner
+from glidein_client.site.schedulers.base import PilotJob, PilotLaunch, PilotState
+from glidein_client.site.schedulers.slurm import SlurmScheduler
+from glidein_client.wire.api import ApiClient
+from glidein_client.wire.schema import AttemptView, InputFile, JobSpec, JobState, Role
 from tests.conftest import LiveServer
 from tests.infra import slurm as slurm_infra
 from tests.infra.slurm import SlurmCluster

@@ -23,9 +23,9 @@ import msgspec
 import pyotp
 import pytest
 
-from glidein_client.config import SshSection
-from glidein_client.errors import ConfigError, SchedulerError, SshError
-from glidein_client.ssh_runner import SshRunner
+from glidein_client.site.config import SshSection
+from glidein_client.site.runners.ssh import SshRunner
+from glidein_client.wire.errors import ConfigError, SchedulerError, SshError
 from tests.infra import sshd as sshd_infra
 from tests.infra.sshd import SshServer
 
@@ -188,7 +188,7 @@ async def test_connection_lost_during_a_command_is_reported_not_repeated(sshd: S
 
 
 async def test_silent_connection_is_ended_by_keepalives(sshd: SshServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="glidein_client.ssh_runner")
+    caplog.set_level(logging.WARNING, logger="glidein_client.site.runners.ssh")
     async with SshRunner(section(sshd, keepalive_s=1)) as runner:
         await runner.run(["true"])
         sshd.kill_sessions(signal.SIGSTOP)  # the login node stops answering, the TCP connection stays up
@@ -222,7 +222,7 @@ async def test_second_login_in_the_same_window_waits_for_the_next_code(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     sshd_infra.require_sshd()
-    caplog.set_level(logging.INFO, logger="glidein_client.ssh_runner")
+    caplog.set_level(logging.INFO, logger="glidein_client.site.runners.ssh")
     with SshServer(disallow_reuse=True) as server:
         totp = server.totp()
         async with SshRunner(section(server)) as first:
@@ -285,7 +285,7 @@ def test_code_typed_at_the_terminal(sshd: SshServer, tmp_path: Path) -> None:
     )
     fd, terminal = pty.openpty()
     proc = subprocess.Popen(  # its own session: the prompt goes to this terminal only
-        [sys.executable, "-m", "glidein_client.client_cli", "check", str(config)],
+        [sys.executable, "-m", "glidein_client.site.cli", "check", str(config)],
         stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True,
     )
     os.close(terminal)

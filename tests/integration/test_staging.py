@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from glidein_client.api import ApiClient
-from glidein_client.client import SiteClient
-from glidein_client.pilot.staged import StagedChannel
-from glidein_client.schema import (
+from glidein_client.pilot.channels.staged import StagedChannel
+from glidein_client.sharedfs.staging_area import StagingArea, StagingUnavailable, hash_file
+from glidein_client.site.client import SiteClient
+from glidein_client.site.firewall.stager import PassReport
+from glidein_client.wire.api import ApiClient
+from glidein_client.wire.schema import (
     Finish,
     JobState,
     Outcome,
@@ -29,8 +31,6 @@ from glidein_client.schema import (
     Role,
     SyncRequest,
 )
-from glidein_client.stager import PassReport
-from glidein_client.staging_area import StagingArea, StagingUnavailable, hash_file
 from tests.conftest import LiveServer
 
 from .firewalled_site import firewalled_site, jobs_with_inputs, upload, wait_jobs
@@ -168,7 +168,7 @@ async def test_killed_client_resumes_without_downloading_verified_files(
     # A real `glidein-client once` stages one file at a time; it is killed (SIGKILL) part-way.
     log = open(tmp_path / "client.log", "wb")  # noqa: ASYNC230 - handed to the child
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from glidein_client.client_cli import main; main()", "once", site.path,
+        sys.executable, "-c", "from glidein_client.site.cli import main; main()", "once", site.path,
         stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
     log.close()
     deadline = time.monotonic() + 30

@@ -21,9 +21,9 @@ import msgspec
 import pytest
 from cryptography import x509
 
-from glidein_client.api import ApiClient
-from glidein_client.errors import ConfigError, TlsError
-from glidein_client.schema import JobSpec, Role
+from glidein_client.wire.api import ApiClient
+from glidein_client.wire.errors import ConfigError, TlsError
+from glidein_client.wire.schema import JobSpec, Role
 from glidein_server import tls
 from glidein_server.cli import _dispatch, _parser
 from glidein_server.server import Server, mint_token
@@ -82,7 +82,7 @@ async def test_a_real_pilot_and_the_cli_work_over_https_with_the_generated_ca(ht
     env.pop("GLIDEIN_CONFIG", None)
 
     async def glidein(*args: str) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "glidein_client.cli", *args, env=env,
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "glidein_client.user.cli", *args, env=env,
                                                     cwd=live.tmp, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.STDOUT)
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
@@ -114,7 +114,7 @@ async def test_a_wrong_ca_is_refused_with_a_plain_message(https_server: LiveServ
         with pytest.raises(TlsError, match="does not trust"):
             await api.list_jobs()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "glidein_client.cli", "status",
+        sys.executable, "-m", "glidein_client.user.cli", "status",
         env={**os.environ, "GLIDEIN_URL": live.url, "GLIDEIN_TOKEN": user, "GLIDEIN_CA_FILE": str(wrong)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err_text = await asyncio.wait_for(proc.communicate(), 30)

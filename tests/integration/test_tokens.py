@@ -15,9 +15,9 @@ import time
 import aiohttp
 import pytest
 
-import glidein_client.api as client_api
-from glidein_client.errors import AuthError, ForbiddenError, NotFoundError, RateLimited, ValidationError
-from glidein_client.schema import (
+import glidein_client.wire.api as client_api
+from glidein_client.wire.errors import AuthError, ForbiddenError, NotFoundError, RateLimited, ValidationError
+from glidein_client.wire.schema import (
     JobSpec,
     PilotRegister,
     PilotShape,
@@ -27,8 +27,9 @@ from glidein_client.schema import (
     SyncRequest,
     TokenRequest,
 )
-from glidein_server import auth, cli
-from glidein_server.ratelimit import Rate, RateLimits
+from glidein_server import cli
+from glidein_server.http import auth
+from glidein_server.http.ratelimit import Rate, RateLimits
 from glidein_server.server import mint_token
 
 from ..conftest import LiveServer

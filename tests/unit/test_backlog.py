@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from glidein_client.pilot.backlog import Backlog
-from glidein_client.schema import ClaimedJob, JobSpec
+from glidein_client.wire.schema import ClaimedJob, JobSpec
 
 
 def claim(i: int, cpus: int, mem: int, gpus: int) -> ClaimedJob:

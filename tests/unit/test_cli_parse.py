@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from glidein_client import cli, render
-from glidein_client.errors import ValidationError
-from glidein_client.jobfile import LocalFiles
-from glidein_client.schema import InputFile, JobList, JobSpec, JobState, JobView
+from glidein_client.user import cli, render
+from glidein_client.user.jobfile import LocalFiles
+from glidein_client.wire.errors import ValidationError
+from glidein_client.wire.schema import InputFile, JobList, JobSpec, JobState, JobView
 
 SHA_DATA = "a" * 64
 

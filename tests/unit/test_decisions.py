@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glidein_client.config import LimitsSection
-from glidein_client.decisions import Decision, decide
-from glidein_client.schedulers.base import PilotJob, PilotState
+from glidein_client.site.config import LimitsSection
+from glidein_client.site.decisions import Decision, decide
+from glidein_client.site.schedulers.base import PilotJob, PilotState
 
 NOW = 1_000_000.0
 DAY = 86400.0

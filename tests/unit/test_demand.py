@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from glidein_client.schema import PilotShape
-from glidein_server.demand import FreeCapacity, Shape, eligible_sites, site_demand, unrunnable_note
+from glidein_client.wire.schema import PilotShape
+from glidein_server.policy.demand import FreeCapacity, Shape, eligible_sites, site_demand, unrunnable_note
 
 FOUR = PilotShape(cpus=4, memory_mb=8000, gpus=0, disk_mb=10_000, walltime_s=3600)
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from glidein_client import mailbox as mb
-from glidein_client.client import pilot_command
-from glidein_client.config import SiteSection, load_site_config, parse_site_config
-from glidein_client.errors import ConfigError
-from glidein_client.firewall_config import MailboxSection, RelaySection, StagingSection
-from glidein_client.schema import Network
+from glidein_client.sharedfs import mailbox as mb
+from glidein_client.site.client import pilot_command
+from glidein_client.site.config import SiteSection, load_site_config, parse_site_config
+from glidein_client.site.firewall.config import MailboxSection, RelaySection, StagingSection
+from glidein_client.wire.errors import ConfigError
+from glidein_client.wire.schema import Network
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "site_configs" / "firewalled.toml"
 

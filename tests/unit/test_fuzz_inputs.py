@@ -10,9 +10,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from glidein_client.config import parse_site_config
-from glidein_client.errors import GlideinError
-from glidein_client.jobfile import check_all, parse_jobfile
+from glidein_client.site.config import parse_site_config
+from glidein_client.user.jobfile import check_all, parse_jobfile
+from glidein_client.wire.errors import GlideinError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from glidein_client.decisions import MAX_HOLDS, hold_actions, release_after_s
-from glidein_client.schedulers.base import HoldInfo, PilotJob, PilotState
+from glidein_client.site.decisions import MAX_HOLDS, hold_actions, release_after_s
+from glidein_client.site.schedulers.base import HoldInfo, PilotJob, PilotState
 
 NOW = 1_800_000_000.0
 
@@ -38,8 +38,8 @@ def test_walltime_holds_are_left_to_the_timeout_path() -> None:
 
 
 def test_site_backoff_submits_nothing_then_one_probe() -> None:
-    from glidein_client.config import LimitsSection
-    from glidein_client.decisions import decide
+    from glidein_client.site.config import LimitsSection
+    from glidein_client.site.decisions import decide
 
     limits = LimitsSection(max_pilots=10, max_idle_pilots=5, max_submit_per_cycle=5)
     assert decide(8, [], limits, now=NOW, max_queued_s=0).submit == 5

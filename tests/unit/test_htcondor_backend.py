@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 
-from glidein_client.config import SiteConfig, parse_site_config
-from glidein_client.errors import ConfigError, SchedulerError
-from glidein_client.runner import CommandResult
-from glidein_client.schedulers.base import PilotLaunch, PilotState
-from glidein_client.schedulers.htcondor import (
+from glidein_client.site.config import SiteConfig, parse_site_config
+from glidein_client.site.runners.local import CommandResult
+from glidein_client.site.schedulers.base import PilotLaunch, PilotState
+from glidein_client.site.schedulers.htcondor import (
     ATTRIBUTES,
     JOB_STATUS,
     NATIVE_STATES,
@@ -27,6 +26,7 @@ from glidein_client.schedulers.htcondor import (
     parse_ads,
     parse_job_id,
 )
+from glidein_client.wire.errors import ConfigError, SchedulerError
 from tests.fakes import sample
 from tests.fakes.fakebatch import ALL_ATTRS
 from tests.golden_files import check_golden

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from glidein_client import jobfile
-from glidein_client.errors import ValidationError
-from glidein_client.jobfile import LocalFiles, load_jobfile, read_local_files, upload_files
-from glidein_client.schema import InputFile, OutputFile, check_job
+from glidein_client.user import jobfile
+from glidein_client.user.jobfile import LocalFiles, load_jobfile, read_local_files, upload_files
+from glidein_client.wire.errors import ValidationError
+from glidein_client.wire.schema import InputFile, OutputFile, check_job
 
 
 def write(path: Path, text: str) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from glidein_server.matchmaking import Candidate, Capacity, select
+from glidein_server.policy.matchmaking import Candidate, Capacity, select
 
 
 def cand(i: int, cpus: int = 1, mem: int = 100, gpus: int = 0, wall: int = 60) -> Candidate:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from glidein_client import client_cli
+from glidein_client.site import cli as client_cli
 from glidein_server import cli as server_cli
 
 PACKAGING = Path(__file__).resolve().parents[2] / "packaging"

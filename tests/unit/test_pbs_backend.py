@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 
-from glidein_client.config import SiteConfig, parse_site_config
-from glidein_client.errors import ConfigError, SchedulerError
-from glidein_client.runner import CommandResult
-from glidein_client.schedulers.base import PilotLaunch, PilotState
-from glidein_client.schedulers.pbs import (
+from glidein_client.site.config import SiteConfig, parse_site_config
+from glidein_client.site.runners.local import CommandResult
+from glidein_client.site.schedulers.base import PilotLaunch, PilotState
+from glidein_client.site.schedulers.pbs import (
     PBS_PRO_STATES,
     TORQUE_STATES,
     Flavour,
@@ -34,6 +33,7 @@ from glidein_client.schedulers.pbs import (
     parse_walltime,
     pbs_word,
 )
+from glidein_client.wire.errors import ConfigError, SchedulerError
 from tests.fakes import sample
 from tests.golden_files import check_golden
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from glidein_client.schema import Role
-from glidein_server.ratelimit import Rate, RateLimiter, RateLimits
+from glidein_client.wire.schema import Role
+from glidein_server.http.ratelimit import Rate, RateLimiter, RateLimits
 
 
 class Clock:

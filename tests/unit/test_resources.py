@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from glidein_client.errors import ConfigError
 from glidein_client.pilot.resources import (
     Facts,
     batch_id,
@@ -30,6 +29,7 @@ from glidein_client.pilot.resources import (
     slurm_cpus,
     slurm_memory_mb,
 )
+from glidein_client.wire.errors import ConfigError
 
 MACHINE_AD = """\
 Arch = "X86_64"

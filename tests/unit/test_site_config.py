@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from glidein_client.config import (
+from glidein_client.site.config import (
     BatchSection,
     LimitsSection,
     PilotSection,
@@ -17,7 +17,7 @@ from glidein_client.config import (
     SiteSection,
     load_site_config,
 )
-from glidein_client.errors import ConfigError
+from glidein_client.wire.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "site_configs" / "local.toml"
 
@@ -195,12 +195,12 @@ def test_batch_examples_document_every_key(name: str, section: type[msgspec.Stru
 @pytest.mark.parametrize("name", BATCH_EXAMPLES)
 def test_batch_examples_render_a_pilot_script(name: str) -> None:
     """Each example is accepted by its own backend, which renders the pilot job from it."""
-    from glidein_client.client import pilot_command
-    from glidein_client.runner import LocalRunner
-    from glidein_client.schedulers import make_scheduler
-    from glidein_client.schedulers.base import PilotLaunch
-    from glidein_client.schedulers.htcondor import HTCondorScheduler
-    from glidein_client.schedulers.pbs import PbsScheduler
+    from glidein_client.site.client import pilot_command
+    from glidein_client.site.runners.local import LocalRunner
+    from glidein_client.site.schedulers import make_scheduler
+    from glidein_client.site.schedulers.base import PilotLaunch
+    from glidein_client.site.schedulers.htcondor import HTCondorScheduler
+    from glidein_client.site.schedulers.pbs import PbsScheduler
 
     site = load_site_config(EXAMPLE.parent / f"{name}.toml")
     assert site.site.scheduler == name

@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 
-from glidein_client.config import SiteConfig, parse_site_config
-from glidein_client.errors import ConfigError, SchedulerError
-from glidein_client.runner import CommandResult
-from glidein_client.schedulers.base import PilotLaunch, PilotState, StateTable
-from glidein_client.schedulers.slurm import (
+from glidein_client.site.config import SiteConfig, parse_site_config
+from glidein_client.site.runners.local import CommandResult
+from glidein_client.site.schedulers.base import PilotLaunch, PilotState, StateTable
+from glidein_client.site.schedulers.slurm import (
     NATIVE_STATES,
     SQUEUE_FORMAT,
     SlurmScheduler,
@@ -28,6 +27,7 @@ from glidein_client.schedulers.slurm import (
     parse_submit_time,
     sbatch_word,
 )
+from glidein_client.wire.errors import ConfigError, SchedulerError
 from tests.golden_files import check_golden
 
 SLURM_VERSION = "22.05.8"  # the Slurm that printed the texts in this file

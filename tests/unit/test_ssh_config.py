@@ -13,13 +13,13 @@ import msgspec
 import pyotp
 import pytest
 
-from glidein_client.client import make_runner
-from glidein_client.config import SshSection, load_site_config, tomllib
-from glidein_client.deploy import _toml, cron_line, remote_config_text, unit_name, unit_text
-from glidein_client.errors import ConfigError
-from glidein_client.runner import LocalRunner
-from glidein_client.ssh_codes import CodeLedger, read_totp_secret
-from glidein_client.ssh_runner import SshRunner, remote_command
+from glidein_client.site.client import make_runner
+from glidein_client.site.config import SshSection, load_site_config, tomllib
+from glidein_client.site.deploy import _toml, cron_line, remote_config_text, unit_name, unit_text
+from glidein_client.site.runners.local import LocalRunner
+from glidein_client.site.runners.ssh import SshRunner, remote_command
+from glidein_client.site.runners.ssh_codes import CodeLedger, read_totp_secret
+from glidein_client.wire.errors import ConfigError
 from tests.golden_files import check_golden
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "site_configs" / "remote-slurm.toml"

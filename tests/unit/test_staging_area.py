@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from glidein_client.errors import ValidationError
-from glidein_client.schema import InputFile
-from glidein_client.staging_area import StagingArea, StagingUnavailable, input_key
+from glidein_client.sharedfs.staging_area import StagingArea, StagingUnavailable, input_key
+from glidein_client.wire.errors import ValidationError
+from glidein_client.wire.schema import InputFile
 
 
 def staged(tmp_path: Path, data: bytes = b"input data\n" * 1000) -> tuple[StagingArea, str]:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from glidein_client import user_config
-from glidein_client.errors import ConfigError
+from glidein_client.user import config as user_config
+from glidein_client.wire.errors import ConfigError
 
 
 def secret(path: Path, text: str) -> Path:

@@ -1,0 +1,490 @@
+"""The HTCondor backend: pilots are vanilla-universe jobs submitted with ``condor_submit``.
+
+- ``render`` fills ``templates/htcondor.sub``, the submit description; ``render_wrapper``
+  fills ``templates/htcondor_pilot.sh``, the executable it names (the site's set-up lines,
+  then ``exec`` of the pilot). The pilot carries its tag twice: ``+GlideinTag = "<tag>"`` and
+  ``batch_name`` (``JobBatchName``). ``pilot.cpus``/``memory``/``gpus``/``disk`` become
+  ``request_cpus``/``request_memory`` (MB)/``request_gpus``/``request_disk`` (KB);
+  ``batch.constraint`` is the ``requirements`` expression; ``batch.account`` the
+  ``accounting_group``; ``batch.extra_directives`` are submit commands, written verbatim
+  after glidein's own (so they win). HTCondor has no queues, partitions, QOS or whole-node
+  requests: ``batch.partition``, ``batch.qos`` and ``pilot.whole_node`` are refused with a
+  :class:`ConfigError`.
+- Walltime: ``allowed_execute_duration`` makes HTCondor put a pilot on hold once it has run
+  for ``pilot.walltime`` (``HoldReasonCode`` 47, JobExecuteExceeded; 46, JobDurationExceeded,
+  counts too). ``status`` reports such a pilot as TIMEOUT, not HELD. A ``periodic_remove``
+  takes it out of the queue :data:`WALLTIME_GRACE_S` seconds later; that removal is
+  recognised later (``condor_history``) by its ``RemoveReason``, which names the
+  ``GlideinWalltimeHeld`` expression.
+- ``submit`` writes ``<workdir>/pilot.sh`` and ``<workdir>/pilot.sub`` through the runner and
+  runs ``condor_submit pilot.sub``; ``1 job(s) submitted to cluster 123.`` gives ``123.0``.
+- ``status`` is one ``condor_q -json`` call (this user's jobs that carry a ``GlideinTag``,
+  kept to this site's pilots by tag). Pilots that completed or were removed leave the queue
+  at once, so they are simply absent from ``status``. :meth:`HTCondorScheduler.history`
+  (one ``condor_history`` call, optional) tells how given absent pilots ended.
+- ``cancel`` is ``condor_rm`` with the ids; ids that are gone already are not an error.
+  :meth:`HTCondorScheduler.release` runs ``condor_release``. After ``status``,
+  :meth:`HTCondorScheduler.hold_reason` gives the ``HoldReasonCode``, ``HoldReasonSubCode``
+  and ``HoldReason`` of a held pilot (they are in ``PilotJob.reason`` too), so the client
+  can choose between release and remove.
+
+``JobStatus`` numbers map through :data:`JOB_STATUS` (names) and :data:`NATIVE_STATES`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from glidein_client.site.config import SiteConfig
+from glidein_client.site.runners.local import CommandResult, Runner
+from glidein_client.site.schedulers.base import (
+    HoldInfo,
+    PilotJob,
+    PilotLaunch,
+    PilotState,
+    StateTable,
+    pilot_id_from_tag,
+    render_template,
+)
+from glidein_client.wire.errors import ConfigError, SchedulerError
+
+log = logging.getLogger(__name__)
+
+SUBMIT_FILE = "pilot.sub"
+WRAPPER = "pilot.sh"
+STDOUT = "pilot.out"
+STDERR = "pilot.err"
+USER_LOG = "pilot.log"
+
+#: Seconds a pilot held at its walltime stays in the queue (visible as TIMEOUT) before removal.
+WALLTIME_GRACE_S = 1800
+#: A held pilot whose input is still being spooled has not failed; it waits.
+SPOOLING_HOLD_CODE = 16
+#: Marker in the RemoveReason of a pilot removed after a walltime hold.
+WALLTIME_REMOVE_MARKER = "GlideinWalltimeHeld"
+
+#: The job attributes ``status`` and ``history`` ask for.
+ATTRIBUTES = (
+    "ClusterId,ProcId,JobStatus,GlideinTag,JobBatchName,HoldReason,HoldReasonCode,HoldReasonSubCode,"
+    "QDate,EnteredCurrentStatus,ExitCode,RemoveReason,NumHolds"
+)
+CONSTRAINT = "GlideinTag =!= undefined"
+
+#: HTCondor ``JobStatus`` numbers (job ClassAd attributes, HTCondor 23) and their names.
+JOB_STATUS: dict[int, str] = {
+    0: "Unexpanded",
+    1: "Idle",
+    2: "Running",
+    3: "Removed",
+    4: "Completed",
+    5: "Held",
+    6: "Transferring Output",
+    7: "Suspended",
+}
+
+#: What each ``JobStatus`` name means for a pilot (refined by exit code and hold reason).
+NATIVE_STATES: dict[str, PilotState] = {
+    "UNEXPANDED": PilotState.QUEUED,  # very old schedds: not yet idle
+    "IDLE": PilotState.QUEUED,
+    "RUNNING": PilotState.RUNNING,
+    "TRANSFERRING OUTPUT": PilotState.RUNNING,  # done running, output on its way back
+    "HELD": PilotState.HELD,  # TIMEOUT when held at its walltime
+    "SUSPENDED": PilotState.HELD,
+    "COMPLETED": PilotState.DONE,  # FAILED for a non-zero ExitCode
+    "REMOVED": PilotState.CANCELLED,  # TIMEOUT when removed after a walltime hold
+}
+
+RM_CHUNK = 100
+_JOB_ID = re.compile(r"^\d+\.\d+$")
+_SUBMITTED = re.compile(r"(\d+) job\(s\) submitted to cluster (\d+)\.")
+#: condor_rm / condor_release answers that mean there is nothing (more) to do.
+_NOTHING_TO_DO = re.compile(
+    r"Job \d+\.\d+ not found|already marked for removal|not held to be released|"
+    r"Couldn't find/(remove|release) all jobs|There are no jobs in the queue",
+    re.I,
+)
+_JOB_LINE = re.compile(r"^Job \d+\.\d+ ")
+_TRANSIENT = re.compile(
+    r"Failed to connect|Can't find address|Failed to fetch ads|SECMAN|timed out|Connection refused", re.I
+)
+
+
+def classad_string(value: str) -> str:
+    """``value`` as a ClassAd string literal."""
+    if "\n" in value or "\r" in value:
+        raise ValueError("line break")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def parse_job_id(stdout: str) -> str | None:
+    """``1 job(s) submitted to cluster 123.`` -> ``123.0`` (a pilot is always proc 0)."""
+    match = _SUBMITTED.search(stdout)
+    return f"{match.group(2)}.0" if match else None
+
+
+def parse_ads(text: str) -> list[dict[str, Any]]:
+    """The job ads in ``condor_q -json`` / ``condor_history -json`` output (empty when none)."""
+    if not text.strip():
+        return []  # condor_q prints nothing at all when no job matches
+    try:
+        ads = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SchedulerError(
+            f"HTCondor printed JSON that glidein cannot read ({exc.msg} at line {exc.lineno}).",
+            hint="Check `condor_q -json` by hand; the next cycle tries again.",
+        ) from None
+    if not isinstance(ads, list):
+        raise SchedulerError("HTCondor printed JSON that is not a list of job ads.")
+    return [ad for ad in ads if isinstance(ad, dict)]
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def ad_state(ad: Mapping[str, Any]) -> tuple[str, PilotState | None, str]:
+    """(native name, refined state or None to use the table, reason) for one job ad."""
+    number = _int(ad.get("JobStatus"))
+    native = JOB_STATUS.get(number, f"JobStatus {number}") if number is not None else "JobStatus undefined"
+    if number == 5:
+        hold = hold_info(ad)
+        if hold.walltime:
+            return native, PilotState.TIMEOUT, f"walltime reached: {hold.reason}"
+        if hold.code == SPOOLING_HOLD_CODE:
+            return native, PilotState.QUEUED, str(hold)
+        return native, None, str(hold)
+    if number == 4:
+        code = _int(ad.get("ExitCode"))
+        if code == 0:
+            return native, PilotState.DONE, ""
+        return native, PilotState.FAILED, f"exit code {code}" if code is not None else "killed by a signal"
+    if number == 3:
+        removed = str(ad.get("RemoveReason", ""))
+        if WALLTIME_REMOVE_MARKER in removed:
+            return native, PilotState.TIMEOUT, f"removed after reaching its walltime: {removed}"
+        return native, PilotState.CANCELLED, removed
+    return native, None, ""
+
+
+def hold_info(ad: Mapping[str, Any]) -> HoldInfo:
+    since = _int(ad.get("EnteredCurrentStatus"))
+    return HoldInfo(
+        code=_int(ad.get("HoldReasonCode")),
+        subcode=_int(ad.get("HoldReasonSubCode")),
+        reason=str(ad.get("HoldReason", "")),
+        num_holds=_int(ad.get("NumHolds")),
+        since=float(since) if since is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    pattern: re.Pattern[str]
+    what: str
+    key: str
+    also: str = ""
+
+
+_REFUSALS = (
+    _Refusal(
+        re.compile(r"Submit requirement", re.I),
+        "the pool's submit requirements refuse it",
+        "pilot.cpus",
+        also=", `pilot.memory`, `pilot.gpus`, `pilot.disk` and `batch.extra_directives`",
+    ),
+    _Refusal(re.compile(r"requirements", re.I), "the requirements {constraint!r} are not valid", "batch.constraint"),
+    _Refusal(re.compile(r"accounting.?group", re.I), "the accounting group {account!r} is not valid", "batch.account"),
+    _Refusal(
+        re.compile(r"request_memory|RequestMemory", re.I), "request_memory {memory_mb} is not valid", "pilot.memory"
+    ),
+    _Refusal(re.compile(r"request_cpus|RequestCpus", re.I), "request_cpus {cpus} is not valid", "pilot.cpus"),
+    _Refusal(re.compile(r"request_gpus|RequestGpus", re.I), "request_gpus {gpus} is not valid", "pilot.gpus"),
+    _Refusal(re.compile(r"request_disk|RequestDisk", re.I), "request_disk is not valid", "pilot.disk"),
+    _Refusal(
+        re.compile(r"on Line \d+|Parse error|Unknown command|Illegal|invalid", re.I),
+        "a submit command is not valid",
+        "batch.extra_directives",
+    ),
+)
+
+
+def _detail(result: CommandResult) -> str:
+    lines = [ln.strip() for ln in f"{result.stderr}\n{result.stdout}".splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.upper().startswith("ERROR") or "error" in ln.lower()] or lines
+    return errors[0] if errors else f"exit code {result.returncode}"
+
+
+class HTCondorScheduler:
+    """Submits pilots with ``condor_submit``; lists them with one ``condor_q``; removes them with ``condor_rm``.
+
+    ``env`` is added to the environment of every command (e.g. ``CONDOR_CONFIG``).
+    """
+
+    name = "htcondor"
+    command_timeout_s = 60.0
+
+    def __init__(self, site: SiteConfig, runner: Runner, *, env: Mapping[str, str] | None = None) -> None:
+        self.site = site
+        self.runner = runner
+        self.env: dict[str, str] | None = dict(env) if env else None
+        self._states = StateTable("htcondor", dict(NATIVE_STATES))
+        self._holds: dict[str, HoldInfo] = {}
+        self._check_config()
+
+    # --- Scheduler protocol ------------------------------------------------------------------
+
+    def render(self, launch: PilotLaunch) -> str:
+        """The submit description for one pilot."""
+        site = launch.site
+        workdir = launch.workdir.rstrip("/") or "/"
+        shape = site.shape
+        values = {
+            "tag": self._value(launch.tag, "the pilot's name"),
+            "tag_literal": classad_string(launch.tag),
+            "config": site.path.replace("\n", " "),
+            "executable": self._value(posixpath.join(workdir, WRAPPER), "the pilot's work directory"),
+            "workdir": self._value(workdir, "the pilot's work directory"),
+            "output": self._value(posixpath.join(workdir, STDOUT), "the pilot's work directory"),
+            "error": self._value(posixpath.join(workdir, STDERR), "the pilot's work directory"),
+            "log": self._value(posixpath.join(workdir, USER_LOG), "the pilot's work directory"),
+            "cpus": str(shape.cpus),
+            "memory_mb": str(shape.memory_mb),
+            "disk_kb": str(max(1, shape.disk_mb) * 1024),
+            "gpus": str(shape.gpus),
+            "walltime_s": str(shape.walltime_s),
+            "walltime_grace_s": str(WALLTIME_GRACE_S),
+            "directive_lines": "\n".join(self._directives(site)),
+        }
+        return render_template("htcondor.sub", values, quote=False)
+
+    def render_wrapper(self, launch: PilotLaunch) -> str:
+        """The executable the submit description names: set-up lines, then the pilot."""
+        site = launch.site
+        values = {
+            "tag": launch.tag,
+            "config": site.path.replace("\n", " "),
+            "env_setup_lines": "\n".join(site.batch.env_setup),
+            "workdir": shlex.quote(launch.workdir.rstrip("/") or "/"),
+            "pilot_command_lines": shlex.join(launch.pilot_argv),
+        }
+        return render_template("htcondor_pilot.sh", values, quote=False)
+
+    async def submit(self, launch: PilotLaunch) -> str:
+        description = self.render(launch)
+        wrapper = self.render_wrapper(launch)
+        path = posixpath.join(launch.workdir, SUBMIT_FILE)
+        await self.runner.makedirs(launch.workdir, mode=0o700)
+        await self.runner.write_file(posixpath.join(launch.workdir, WRAPPER), wrapper.encode(), mode=0o700)
+        await self.runner.write_file(path, description.encode(), mode=0o600)
+        result = await self._run(["condor_submit", path])
+        if result.returncode != 0:
+            raise self.submit_error(result)
+        batch_id = parse_job_id(result.stdout)
+        if batch_id is None:
+            raise SchedulerError(
+                f"condor_submit accepted the pilot {launch.tag} but printed no cluster id: {result.stdout.strip()!r}.",
+                hint="Check that `condor_submit` on this host is HTCondor's.",
+                command=list(result.argv),
+                exit_code=result.returncode,
+                stderr=result.stderr,
+            )
+        for line in result.stderr.splitlines():
+            if line.strip():
+                log.warning("condor_submit (pilot %s): %s", launch.tag, line.strip())
+        log.info("submitted pilot %s as HTCondor job %s", launch.tag, batch_id)
+        return batch_id
+
+    async def status(self) -> list[PilotJob]:
+        result = await self._run(["condor_q", "-json", "-attributes", ATTRIBUTES, "-constraint", CONSTRAINT])
+        result.check(
+            "Listing this site's pilots with condor_q",
+            hint="Check that the schedd answers on this host (`condor_q`); the next cycle tries again.",
+        )
+        jobs = self._jobs(parse_ads(result.stdout))
+        self._holds = {job.batch_id: info for job, info in jobs if info is not None}
+        return [job for job, _ in jobs]
+
+    async def cancel(self, batch_ids: list[str]) -> None:
+        await self._act("condor_rm", "cancel", batch_ids)
+        log.info("removed %d HTCondor job(s): %s", len(batch_ids), " ".join(batch_ids))
+
+    # --- HTCondor extras ---------------------------------------------------------------------
+
+    async def release(self, batch_ids: list[str]) -> None:
+        """Release held pilots (``condor_release``); ids that are not held or gone are skipped."""
+        await self._act("condor_release", "release", batch_ids)
+        log.info("released %d HTCondor job(s): %s", len(batch_ids), " ".join(batch_ids))
+
+    def hold_reason(self, batch_id: str) -> HoldInfo | None:
+        """Why a pilot was held, as of the last :meth:`status`; None when it was not held."""
+        return self._holds.get(batch_id)
+
+    async def history(self, batch_ids: Sequence[str]) -> list[PilotJob]:
+        """How pilots that left the queue ended, from one ``condor_history`` call.
+
+        ``condor_history`` reads the schedd's history file newest first and stops after
+        ``len(batch_ids)`` matches; pilots it no longer has are absent from the answer.
+        """
+        ids = [b for b in batch_ids if _JOB_ID.match(b)]
+        if not ids:
+            return []
+        wanted = " || ".join(f"(ClusterId == {c} && ProcId == {p})" for c, p in (b.split(".") for b in ids))
+        result = await self._run(
+            [
+                "condor_history",
+                "-json",
+                "-attributes",
+                ATTRIBUTES,
+                "-constraint",
+                f"{CONSTRAINT} && ({wanted})",
+                "-limit",
+                str(len(ids)),
+            ]
+        )
+        result.check(
+            "Reading how pilots ended with condor_history",
+            hint="Check that `condor_history` works on this host; the next cycle tries again.",
+        )
+        return [job for job, _ in self._jobs(parse_ads(result.stdout))]
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _jobs(self, ads: list[dict[str, Any]]) -> list[tuple[PilotJob, HoldInfo | None]]:
+        out: list[tuple[PilotJob, HoldInfo | None]] = []
+        for ad in ads:
+            tag = ad.get("GlideinTag", ad.get("JobBatchName"))
+            pilot_id = pilot_id_from_tag(self.site.name, tag) if isinstance(tag, str) else None
+            cluster, proc = _int(ad.get("ClusterId")), _int(ad.get("ProcId"))
+            if pilot_id is None or cluster is None or proc is None:
+                continue
+            native, refined, reason = ad_state(ad)
+            state = refined if refined is not None else self._states.map(native)
+            qdate = _int(ad.get("QDate"))
+            job = PilotJob(
+                batch_id=f"{cluster}.{proc}",
+                pilot_id=pilot_id,
+                state=state,
+                native_state=native,
+                submitted_at=float(qdate) if qdate is not None else None,
+                reason=reason,
+            )
+            out.append((job, hold_info(ad) if _int(ad.get("JobStatus")) == 5 else None))
+        return out
+
+    async def _act(self, command: str, verb: str, batch_ids: list[str]) -> None:
+        bad = [b for b in batch_ids if not _JOB_ID.match(b)]
+        if bad:
+            raise SchedulerError(
+                f"Cannot {verb} {', '.join(map(repr, bad))}: not an HTCondor job id (cluster.proc).",
+                hint="This is a bug in the caller: pass ids that submit() or status() returned.",
+            )
+        for start in range(0, len(batch_ids), RM_CHUNK):
+            result = await self._run([command, *batch_ids[start : start + RM_CHUNK]])
+            if result.returncode == 0:
+                continue
+            lines = [ln.strip() for ln in f"{result.stderr}\n{result.stdout}".splitlines() if ln.strip()]
+            serious = [ln for ln in lines if not _NOTHING_TO_DO.search(ln) and not self._succeeded(ln)]
+            if serious or not lines:
+                raise SchedulerError(
+                    f"{command} could not {verb} every pilot: "
+                    f"{serious[0] if serious else f'exit code {result.returncode}'}",
+                    hint="The next cycle tries again; check the jobs with `condor_q`.",
+                    command=list(result.argv),
+                    exit_code=result.returncode,
+                    stderr=result.stderr,
+                )
+            log.debug("%s: nothing to do for some jobs: %s", command, "; ".join(lines))
+
+    @staticmethod
+    def _succeeded(line: str) -> bool:
+        return bool(_JOB_LINE.match(line)) and line.rstrip(".").endswith(("marked for removal", "released"))
+
+    def submit_error(self, result: CommandResult) -> SchedulerError:
+        """A plain message for a condor_submit refusal, naming the config key to change."""
+        fields = {"command": list(result.argv), "exit_code": result.returncode, "stderr": result.stderr}
+        detail = _detail(result)
+        text = f"{result.stderr}\n{result.stdout}"
+        if _TRANSIENT.search(text):
+            return SchedulerError(
+                f"condor_submit could not reach the schedd: {detail}",
+                hint="The next cycle tries again; if this persists, check HTCondor on this host (`condor_q`).",
+                **fields,
+            )
+        site, batch, shape = self.site, self.site.batch, self.site.shape
+        for refusal in _REFUSALS:
+            if refusal.pattern.search(text) is None:
+                continue
+            what = refusal.what.format(
+                constraint=batch.constraint or "",
+                account=batch.account or "",
+                memory_mb=shape.memory_mb,
+                cpus=shape.cpus,
+                gpus=shape.gpus,
+            )
+            return SchedulerError(
+                f"condor_submit refused the pilot: {what} — check `{refusal.key}`{refusal.also} in {site.path}.",
+                hint=f"(condor_submit said: {detail})",
+                field=refusal.key,
+                **fields,
+            )
+        return SchedulerError(
+            f"condor_submit refused the pilot: {detail}",
+            hint=f"Check the [pilot] and [batch] sections of {site.path}.",
+            **fields,
+        )
+
+    def _check_config(self) -> None:
+        site = self.site
+        for key, value in (("batch.partition", site.batch.partition), ("batch.qos", site.batch.qos)):
+            if value:
+                raise ConfigError(
+                    f"Site config {site.path}: `{key}` is set, but HTCondor has no queues, partitions or QOS.",
+                    hint=f"Remove `{key}`; steer pilots with `batch.constraint` (a requirements expression) "
+                    "or `batch.extra_directives`.",
+                    field=key,
+                )
+        if site.whole_node:
+            raise ConfigError(
+                f"Site config {site.path}: `pilot.whole_node` is set, but HTCondor pilots ask for "
+                "cpus and memory, not nodes.",
+                hint="Set `pilot.whole_node = false` and size `pilot.cpus` and `pilot.memory` to a whole machine.",
+                field="pilot.whole_node",
+            )
+
+    def _directives(self, site: SiteConfig) -> list[str]:
+        batch = site.batch
+        out: list[str] = []
+        if batch.account:
+            out.append(f"accounting_group         = {self._config_value(batch.account, 'batch.account')}")
+        if batch.constraint:
+            out.append(f"requirements             = {self._config_value(batch.constraint, 'batch.constraint')}")
+        for line in batch.extra_directives:
+            out.append(self._config_value(line.strip(), "batch.extra_directives"))
+        return [line for line in out if line]
+
+    def _value(self, value: str, what: str) -> str:
+        if "\n" in value or "\r" in value:
+            raise SchedulerError(
+                f"Cannot write an HTCondor submit description: {what} {value!r} has a line break.",
+                hint=f"Choose a `site.scratch_dir` without line breaks in {self.site.path}.",
+            )
+        return value
+
+    def _config_value(self, value: str, key: str) -> str:
+        if "\n" in value or "\r" in value:
+            raise ConfigError(
+                f"Site config {self.site.path}: `{key}`: the value has a line break.",
+                hint="Write one submit command per list entry, without line breaks.",
+                field=key,
+            )
+        return value
+
+    async def _run(self, argv: list[str]) -> CommandResult:
+        return await self.runner.run(argv, env=self.env, timeout_s=self.command_timeout_s)

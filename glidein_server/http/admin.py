@@ -1,0 +1,164 @@
+"""Operator actions over the API (``/api/v1/admin/...``): add and revoke users, sites and tokens.
+
+Every one needs an operator token with the admin scope and a fresh one-time code (TOTP) in
+the ``X-Glidein-TOTP`` header. New tokens are shown once, in the answer; the server keeps
+only their hashes. Revocations take effect at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from aiohttp import web
+
+from glidein_client.wire.errors import NotFoundError, ValidationError
+from glidein_client.wire.schema import (
+    ROLE_SCOPES,
+    Name,
+    NewSubject,
+    Revoked,
+    Role,
+    Scope,
+    TokenGrant,
+    TokenList,
+    TokenRequest,
+    convert,
+    decode,
+)
+from glidein_server.http import auth
+from glidein_server.store.base import Principal, Store
+from glidein_server.totp import HEADER, TotpGuard
+
+if TYPE_CHECKING:
+    from glidein_server.http.app import Api, Route
+
+log = logging.getLogger(__name__)
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=msgspec.json.encode(obj), status=status, content_type="application/json")
+
+
+async def mint(store: Store, role: Role, subject: str, *, expires_at: float | None = None,
+               scopes: list[Scope] | None = None) -> TokenGrant:
+    """Create a token and store only its hash; the token itself is in the answer, once."""
+    token = auth.new_token()
+    token_id = await store.add_token(auth.hash_token(token), role, subject, expires_at, scopes)
+    allowed = ROLE_SCOPES[role]
+    return TokenGrant(id=token_id, token=token, role=role, subject=subject,
+                      scopes=[s for s in allowed if scopes is None or s in scopes], expires_at=expires_at)
+
+
+class AdminApi:
+    """Handlers of the operator routes; the route table of :class:`~glidein_server.http.app.Api` lists them."""
+
+    def __init__(self, api: Api, totp_key: bytes | None) -> None:
+        self.api = api
+        self.store = api.store
+        self.totp = TotpGuard(api.store, totp_key)
+
+    def routes(self) -> list[Route]:
+        from glidein_server.http.app import (
+            Route,  # the route table's type lives with the app, which imports this module
+        )
+
+        OP = (Role.OPERATOR,)
+        return [
+            Route("POST", "/admin/users", self.add_user, "Add a user: mint its first token (shown once).", OP,
+                  NewSubject, TokenGrant),
+            Route("DELETE", "/admin/users/{name}", self.revoke_user, "Revoke every token of a user.", OP,
+                  None, Revoked),
+            Route("POST", "/admin/sites", self.add_site, "Add a site: mint its first token (shown once).", OP,
+                  NewSubject, TokenGrant),
+            Route("DELETE", "/admin/sites/{name}", self.revoke_site,
+                  "Revoke every token of a site and of its pilots.", OP, None, Revoked),
+            Route("POST", "/admin/tokens", self.add_token, "Mint a token with a role, subject, scopes and expiry.",
+                  OP, TokenRequest, TokenGrant),
+            Route("GET", "/admin/tokens", self.list_tokens,
+                  "List tokens (never the tokens themselves); filters: role, subject, revoked=1.", OP,
+                  None, TokenList),
+            Route("DELETE", "/admin/tokens/{token_id}", self.revoke_token, "Revoke one token by its id.", OP,
+                  None, Revoked),
+        ]
+
+    async def _operator(self, request: web.Request) -> Principal:
+        principal = await self.api._who(request, Role.OPERATOR)
+        await self.totp.check(principal.subject, request.headers.get(HEADER))
+        return principal
+
+    async def _revoked(self, by: Principal, ids: list[str], what: str) -> web.Response:
+        self.api.auth.forget(ids)
+        log.info("operator %s revoked %d token(s) of %s", by.subject, len(ids), what)
+        return _json(Revoked(revoked=len(ids)))
+
+    async def _add(self, request: web.Request, role: Role) -> web.Response:
+        by = await self._operator(request)
+        body: NewSubject = decode(await request.read(), NewSubject, what=f"new {role.value}")
+        expires = time.time() + body.expires_in_s if body.expires_in_s else None
+        grant = await mint(self.store, role, body.name, expires_at=expires)
+        log.info("operator %s added %s %s (token %s)", by.subject, role.value, body.name, grant.id)
+        return _json(grant, status=201)
+
+    async def add_user(self, request: web.Request) -> web.Response:
+        return await self._add(request, Role.USER)
+
+    async def add_site(self, request: web.Request) -> web.Response:
+        return await self._add(request, Role.SITE)
+
+    async def revoke_user(self, request: web.Request) -> web.Response:
+        by = await self._operator(request)
+        name = _name(request.match_info["name"])
+        ids = await self.store.revoke_subject(Role.USER, name, time.time())
+        return await self._revoked(by, ids, f"user {name}")
+
+    async def revoke_site(self, request: web.Request) -> web.Response:
+        by = await self._operator(request)
+        name = _name(request.match_info["name"])
+        ids = await self.store.revoke_subject(Role.SITE, name, time.time())
+        return await self._revoked(by, ids, f"site {name} and its pilots")
+
+    async def add_token(self, request: web.Request) -> web.Response:
+        by = await self._operator(request)
+        body: TokenRequest = decode(await request.read(), TokenRequest, what="token request")
+        if body.role is Role.PILOT:
+            raise ValidationError("Pilot tokens are minted per pilot by their site's client.",
+                                  hint="Mint a site token instead.", field="role")
+        extra = set(body.scopes or ()) - set(ROLE_SCOPES[body.role])
+        if extra:
+            raise ValidationError(f"A {body.role.value} token cannot have the scope "
+                                  f"{', '.join(sorted(s.value for s in extra))}.", field="scopes")
+        expires = time.time() + body.expires_in_s if body.expires_in_s else None
+        grant = await mint(self.store, body.role, body.subject, expires_at=expires, scopes=body.scopes)
+        log.info("operator %s minted a %s token %s for %s (scopes %s)", by.subject, body.role.value, grant.id,
+                 body.subject, " ".join(s.value for s in grant.scopes))
+        return _json(grant, status=201)
+
+    async def list_tokens(self, request: web.Request) -> web.Response:
+        await self._operator(request)
+        q = request.query
+        role = None
+        if q.get("role"):
+            try:
+                role = Role(q["role"])
+            except ValueError:
+                raise ValidationError(f"role: {q['role']!r} is not one of "
+                                      f"{', '.join(r.value for r in Role)}.", field="role") from None
+        subject = _name(q["subject"]) if q.get("subject") else None
+        tokens = await self.store.list_tokens(role, subject, revoked=q.get("revoked") in ("1", "true"))
+        return _json(TokenList(tokens=tokens))
+
+    async def revoke_token(self, request: web.Request) -> web.Response:
+        by = await self._operator(request)
+        token_id = request.match_info["token_id"]
+        ids = await self.store.revoke_token(token_id, time.time())
+        if not ids:
+            raise NotFoundError(f"No token with id {token_id!r} is active.",
+                                hint="GET /api/v1/admin/tokens lists the tokens and their ids.")
+        return await self._revoked(by, ids, f"token {token_id}")
+
+
+def _name(text: str) -> str:
+    return convert(text, Name, what="name")

@@ -1,0 +1,474 @@
+"""The REST API (``/api/v1``) as an aiohttp application."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from glidein_client.wire.errors import GlideinError, NotFoundError, ValidationError
+from glidein_client.wire.schema import (
+    MAX_INT,
+    MAX_JOBS_PER_REQUEST,
+    AttemptView,
+    Demand,
+    ErrorBody,
+    JobIds,
+    JobList,
+    JobSubmit,
+    JobView,
+    OutputFile,
+    PilotExit,
+    PilotGrant,
+    PilotGrantRequest,
+    PilotRegister,
+    PilotRegistered,
+    PilotShape,
+    PilotStates,
+    Role,
+    SiteWait,
+    SiteWaitResult,
+    Summary,
+    SyncRequest,
+    SyncResponse,
+    check_job,
+    check_relative_path,
+    decode,
+)
+from glidein_server.http import auth, ratelimit
+from glidein_server.http.admin import AdminApi
+from glidein_server.http.staging import StagingApi
+from glidein_server.store.base import JobFilter, Principal, Store
+from glidein_server.store.files import FileStore
+
+log = logging.getLogger(__name__)
+API = "/api/v1"
+SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    roles: tuple[Role, ...]
+    request: Any = None
+    response: Any = None
+    binary: bool = False
+
+
+@dataclass
+class ServerConfig:
+    lease_s: float = 60.0
+    heartbeat_s: float = 10.0
+    pilot_timeout_s: float = 180.0
+    max_request_bytes: int = 64 << 20
+    reaper_interval_s: float = 2.0
+    rate_limits: ratelimit.RateLimits = field(default_factory=ratelimit.RateLimits)
+    totp_key: bytes | None = field(default=None, repr=False)  # encrypts operators' TOTP secrets
+    pilot_token_grace_s: float = 3600.0  # pilot tokens outlive their queue wait plus walltime by this
+    pilot_token_max_s: float = 30 * 86400.0
+
+
+def json_response(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=msgspec.json.encode(obj), status=status, content_type="application/json")
+
+
+class WorkSignal:
+    """Wakes long pollers when new work may be claimable; ``generation`` counts the notifications."""
+
+    def __init__(self) -> None:
+        self._fut: asyncio.Future[None] | None = None
+        self.generation = 0
+
+    def notify(self) -> None:
+        self.generation += 1
+        if self._fut is not None and not self._fut.done():
+            self._fut.set_result(None)
+        self._fut = None
+
+    async def wait(self, timeout_s: float, since: int | None = None) -> bool:
+        """True when notified; at once when ``since`` is an older generation than the current one."""
+        if since is not None and since != self.generation:
+            return True
+        if self._fut is None:
+            self._fut = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._fut), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+
+class Api:
+    def __init__(self, store: Store, files: FileStore, config: ServerConfig) -> None:
+        self.store = store
+        self.files = files
+        self.config = config
+        self.auth = auth.Authenticator(store)
+        self.work = WorkSignal()  # wakes pilots waiting for something to claim
+        self.demand_changed = WorkSignal()  # wakes site clients waiting for new demand
+        self.limiter = ratelimit.RateLimiter(config.rate_limits)
+        self.admin = AdminApi(self, config.totp_key)
+        self._tokens_purged_at = 0.0
+        self.routes = self._routes()
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _routes(self) -> list[Route]:
+        U, OP, S, P = Role.USER, Role.OPERATOR, Role.SITE, Role.PILOT
+        return [
+            Route("GET", "/health", self.health, "Liveness check; needs no token.", ()),
+            Route("GET", "/openapi.json", self.openapi, "This API's OpenAPI document.", ()),
+            Route("POST", "/jobs", self.submit, "Submit one or many jobs (up to 10,000 per request).", (U, OP),
+                  JobSubmit, JobIds),
+            Route("GET", "/jobs", self.list_jobs,
+                  "List jobs; filters: state, owner (operator), label=key=value, ids=1,2,3, limit, offset.",
+                  (U, OP), None, JobList),
+            Route("GET", "/jobs/{job_id}", self.get_job, "Show one job.", (U, OP), None, JobView),
+            Route("POST", "/jobs/{job_id}/cancel", self.cancel, "Cancel a job.", (U, OP), None, JobView),
+            Route("POST", "/jobs/{job_id}/retry", self.retry, "Put a failed or cancelled job back in the queue.",
+                  (U, OP), None, JobView),
+            Route("GET", "/jobs/{job_id}/attempts", self.attempts, "Attempts of a job, with log tails.", (U, OP),
+                  None, list[AttemptView]),
+            Route("GET", "/jobs/{job_id}/outputs", self.job_output, "Download an output (?name=).", (U, OP),
+                  None, None, True),
+            Route("PUT", "/files/{sha256}", self.put_file, "Upload an input file, addressed by its sha256.",
+                  (U, OP), None, OutputFile, True),
+            Route("GET", "/files/{sha256}", self.get_file, "Download a stored file.", (U, OP, P), None, None, True),
+            Route("POST", "/sites/{site}/demand", self.demand,
+                  "Report the site's pilot shape and get its demand.", (S, OP), PilotShape, Demand),
+            Route("POST", "/sites/{site}/pilots", self.new_pilot,
+                  "Mint a pilot id and its token, valid for the pilot's queue wait plus walltime and renewed by "
+                  "its heartbeats.", (S, OP), PilotGrantRequest, PilotGrant),
+            Route("POST", "/sites/{site}/wait", self.site_wait,
+                  "Long poll: answers as soon as new work may change the demand, or at the timeout.", (S, OP),
+                  SiteWait, SiteWaitResult),
+            Route("POST", "/sites/{site}/pilot-states", self.pilot_states,
+                  "Report the batch system's view of the site's pilots.", (S, OP), PilotStates, None),
+            Route("POST", "/pilot/register", self.register, "A pilot starts and reports its resources.", (P,),
+                  PilotRegister, PilotRegistered),
+            Route("POST", "/pilot/sync", self.sync, "Reports, heartbeat and claim in one round trip.", (P,),
+                  SyncRequest, SyncResponse),
+            Route("PUT", "/pilot/attempts/{attempt_id}/outputs", self.put_output,
+                  "Upload an output of an attempt (?name=; headers X-Glidein-Lease, X-Glidein-Sha256).", (P,),
+                  None, OutputFile, True),
+            Route("POST", "/pilot/exit", self.pilot_exit, "A pilot leaves.", (P,), PilotExit, None),
+            Route("GET", "/summary", self.summary, "Counts of jobs and pilots, sites, occupancy.", (U, OP),
+                  None, Summary),
+            *StagingApi(self).routes(),
+            *self.admin.routes(),
+        ]
+
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware, ratelimit.middleware(self.limiter, self.auth)],
+                              client_max_size=self.config.max_request_bytes)
+        for r in self.routes:
+            app.router.add_route(r.method, API + r.path, r.handler)
+        app.cleanup_ctx.append(self._reaper_ctx)
+        app.on_shutdown.append(self._wake_long_polls)
+        return app
+
+    async def _wake_long_polls(self, app: web.Application) -> None:
+        """Answer waiting pilots and clients at once so that shutting down does not wait for them."""
+        self.work.notify()
+        self.demand_changed.notify()
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except GlideinError as exc:
+            return json_response(exc.to_wire(), status=exc.http_status)
+        except OverflowError:  # a number beyond what the database stores; its transaction was rolled back
+            return json_response(ErrorBody(error="A number in the request is too large (at most 2^63 - 1).",
+                                           hint="Send the value the API expects; nothing was changed."), status=400)
+        except web.HTTPRequestEntityTooLarge:
+            return json_response(ErrorBody(
+                error=f"The request is larger than {self.config.max_request_bytes >> 20} MB.",
+                hint=f"Split it: at most {MAX_JOBS_PER_REQUEST} jobs per request."), status=413)
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return json_response(ErrorBody(error=exc.reason or "request refused",
+                                               hint="See /api/v1/openapi.json for the API."), status=exc.status)
+            raise
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.path)
+            return json_response(ErrorBody(error="The server hit an internal error; nothing was changed by "
+                                                 "this request unless it says otherwise.",
+                                           hint="Try again; if it persists, the operator can find "
+                                                "details in the server log."), status=500)
+
+    async def _reaper_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._reaper())
+        yield
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    async def _reaper(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reaper_interval_s)
+            try:
+                n = await self.store.expire(time.time(), self.config.pilot_timeout_s)
+                if n:
+                    log.info("requeued %d attempts whose lease expired", n)
+                    self._new_work()
+            except Exception:
+                log.exception("lease reaper failed; will try again")
+
+    def _new_work(self) -> None:
+        self.work.notify()
+        self.demand_changed.notify()
+
+    async def _who(self, request: web.Request, *roles: Role) -> Principal:
+        seen = auth.resolved.get()  # the rate limit resolved the token already
+        if seen is not None and seen[0] is request:
+            principal = seen[1]
+        else:
+            principal = await self.auth.principal(request.headers.get("Authorization"))
+        auth.require(principal, *roles)
+        auth.require_scope(principal, auth.scope_of(request.method, request.path))
+        return principal
+
+    async def _body(self, request: web.Request, type_: type[Any], what: str) -> Any:
+        return decode(await request.read(), type_, what=what)
+
+    async def _own_job(self, request: web.Request) -> tuple[Principal, int]:
+        principal = await self._who(request, Role.USER, Role.OPERATOR)
+        job_id = _int(request.match_info["job_id"], "job id")
+        if principal.role is Role.USER:
+            job = await self.store.get_job(job_id)
+            if job is None or job.owner != principal.subject:
+                raise NotFoundError(f"Job {job_id} does not exist or is not yours.")
+        return principal, job_id
+
+    # --- handlers: users --------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        return json_response({"ok": True, "api": "v1"})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        from glidein_server.http.openapi import document
+
+        return json_response(document(self.routes))
+
+    async def submit(self, request: web.Request) -> web.Response:
+        principal = await self._who(request, Role.USER, Role.OPERATOR)
+        body: JobSubmit = await self._body(request, JobSubmit, "job submission")
+        for i, spec in enumerate(body.jobs):
+            check_job(spec, i)
+            for inp in spec.inputs:
+                if inp.sha256 is not None and not self.files.exists(inp.sha256):
+                    raise ValidationError(
+                        f"jobs[{i}].inputs: {inp.name!r} (sha256 {inp.sha256[:12]}…) was never uploaded.",
+                        hint="Upload the file first (glidein submit does that for you).", field=f"jobs[{i}].inputs")
+        ids = await self.store.add_jobs(principal.subject, body.jobs, time.time())
+        log.info("%s submitted %d jobs (%d-%d)", principal.subject, len(ids), ids[0], ids[-1])
+        self._new_work()
+        return json_response(JobIds(ids=ids), status=201)
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        principal = await self._who(request, Role.USER, Role.OPERATOR)
+        q = request.query
+        owner = principal.subject if principal.role is Role.USER else q.get("owner")
+        label = None
+        if "label" in q:
+            key, sep, value = q["label"].partition("=")
+            if not sep:
+                raise ValidationError("label filter must look like key=value.", field="label")
+            label = (key, value)
+        ids = tuple(_int(x, "ids") for x in q["ids"].split(",") if x) if q.get("ids") else None
+        flt = JobFilter(owner=owner, state=q.get("state"), label=label, ids=ids,
+                        limit=min(_int(q.get("limit", "1000"), "limit"), 10_000),
+                        offset=_int(q.get("offset", "0"), "offset"))
+        jobs, counts = await self.store.list_jobs(flt)
+        return json_response(JobList(jobs=jobs, counts=counts))
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        _, job_id = await self._own_job(request)
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise NotFoundError(f"Job {job_id} does not exist.")
+        return json_response(job)
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        _, job_id = await self._own_job(request)
+        return json_response(await self.store.cancel_job(job_id, time.time()))
+
+    async def retry(self, request: web.Request) -> web.Response:
+        _, job_id = await self._own_job(request)
+        job = await self.store.retry_job(job_id)
+        self._new_work()
+        return json_response(job)
+
+    async def attempts(self, request: web.Request) -> web.Response:
+        _, job_id = await self._own_job(request)
+        return json_response(await self.store.attempts_of(job_id))
+
+    async def job_output(self, request: web.Request) -> web.StreamResponse:
+        _, job_id = await self._own_job(request)
+        name = request.query.get("name", "")
+        out = await self.store.job_output(job_id, name)
+        if out is None:
+            raise NotFoundError(f"Job {job_id} has no output named {name!r} (yet).",
+                                hint="`glidein status` shows a job's outputs once it is done.")
+        return web.FileResponse(self.files.path(out.sha256))
+
+    async def put_file(self, request: web.Request) -> web.Response:
+        principal = await self._who(request, Role.USER, Role.OPERATOR)
+        sha = _sha(request.match_info["sha256"])
+        size = await self.files.put(sha, request.content)
+        await self.store.add_file_owner(sha, principal.subject, size)
+        return json_response(OutputFile(name=sha, sha256=sha, size=size), status=201)
+
+    async def get_file(self, request: web.Request) -> web.StreamResponse:
+        principal = await self._who(request, Role.USER, Role.OPERATOR, Role.PILOT)
+        sha = _sha(request.match_info["sha256"])
+        if not self.files.exists(sha) or not await self.store.may_read_file(sha, principal):
+            raise NotFoundError("No such file, or it is not yours to read.")
+        return web.FileResponse(self.files.path(sha))
+
+    async def summary(self, request: web.Request) -> web.Response:
+        principal = await self._who(request, Role.USER, Role.OPERATOR)
+        owner = principal.subject if principal.role is Role.USER else None
+        return json_response(await self.store.summary(owner))
+
+    # --- handlers: site clients -------------------------------------------------------------
+
+    async def demand(self, request: web.Request) -> web.Response:
+        site = request.match_info["site"]
+        auth.require_site(await self._who(request, Role.SITE, Role.OPERATOR), site)
+        shape: PilotShape = await self._body(request, PilotShape, "pilot shape")
+        now = time.time()
+        await self.store.report_site(site, shape, now)
+        return json_response(await self.store.site_demand(site, now, now - self.config.pilot_timeout_s))
+
+    async def new_pilot(self, request: web.Request) -> web.Response:
+        site = request.match_info["site"]
+        auth.require_site(await self._who(request, Role.SITE, Role.OPERATOR), site)
+        grant: PilotGrantRequest = decode(await request.read() or b"{}", PilotGrantRequest, what="pilot grant")
+        now = time.time()
+        expires_at = now + await self._pilot_token_life_s(site, grant)
+        pilot_id = await self.store.new_pilot(site, now)
+        token = auth.new_token()
+        token_id = await self.store.add_token(auth.hash_token(token), Role.PILOT, str(pilot_id), expires_at)
+        log.info("site %s: minted pilot %d (token %s, valid %.1f h unless renewed)", site, pilot_id, token_id,
+                 (expires_at - now) / 3600)
+        if now - self._tokens_purged_at > 3600:
+            self._tokens_purged_at = now
+            await self.store.purge_tokens(now - 7 * 86400)  # expired or revoked a week ago
+        return json_response(PilotGrant(pilot_id=pilot_id, token=token, expires_at=expires_at), status=201)
+
+    async def _pilot_token_life_s(self, site: str, grant: PilotGrantRequest) -> float:
+        """A pilot token lives for the pilot's queue wait plus its walltime, plus a grace period."""
+        walltime_s = grant.walltime_s
+        if walltime_s is None:
+            shape = (await self.store.site_shapes()).get(site)
+            walltime_s = shape.walltime_s if shape else 86400
+        queued_s = 86400 if grant.max_queued_s is None else grant.max_queued_s or self.config.pilot_token_max_s
+        return min(queued_s + walltime_s, self.config.pilot_token_max_s) + self.config.pilot_token_grace_s
+
+    async def _renew_pilot_token(self, principal: Principal, lifetime_s: float) -> None:
+        """A running pilot's heartbeat keeps its token valid until its end (plus the grace period)."""
+        if principal.expires_at is None:
+            return
+        grace = self.config.pilot_token_grace_s
+        now = time.time()
+        want = now + min(max(lifetime_s, 0.0), self.config.pilot_token_max_s) + grace
+        if principal.expires_at < want - grace / 2:  # renew rarely: not on every heartbeat
+            await self.store.renew_token(principal.token_id, want)
+            self.auth.renewed(principal.token_id, want)
+
+    async def site_wait(self, request: web.Request) -> web.Response:
+        site = request.match_info["site"]
+        auth.require_site(await self._who(request, Role.SITE, Role.OPERATOR), site)
+        body: SiteWait = await self._body(request, SiteWait, "site wait")
+        changed = await self.demand_changed.wait(body.timeout_s, body.since)
+        return json_response(SiteWaitResult(changed=changed, generation=self.demand_changed.generation))
+
+    async def pilot_states(self, request: web.Request) -> web.Response:
+        site = request.match_info["site"]
+        auth.require_site(await self._who(request, Role.SITE, Role.OPERATOR), site)
+        body: PilotStates = await self._body(request, PilotStates, "pilot states")
+        states = {_int(k, "pilot id"): v for k, v in body.states.items()}
+        ended = await self.store.pilot_states(site, states, time.time())
+        if ended:
+            log.info("site %s: %d pilots ended in the batch system; their jobs are back in the queue", site, ended)
+            self._new_work()
+        return json_response({"ended": ended})
+
+    # --- handlers: pilots -------------------------------------------------------------------
+
+    async def register(self, request: web.Request) -> web.Response:
+        principal = await self._who(request, Role.PILOT)
+        req: PilotRegister = await self._body(request, PilotRegister, "pilot registration")
+        await self.store.register_pilot(int(principal.subject), req, time.time())
+        await self._renew_pilot_token(principal, req.end_time - time.time())
+        r = req.resources
+        log.info("pilot %s registered: %d cpus, %d MB, %d GPUs on %s (%s)%s", principal.subject, r.cpus,
+                 r.memory_mb, r.gpus, req.host, req.batch_id,
+                 "" if req.selftest_ok else f"; self-test FAILED: {req.selftest_reason}")
+        return json_response(PilotRegistered(pilot_id=int(principal.subject), heartbeat_s=self.config.heartbeat_s,
+                                             lease_s=self.config.lease_s))
+
+    async def sync(self, request: web.Request) -> web.Response:
+        principal = await self._who(request, Role.PILOT)
+        pilot_id = int(principal.subject)
+        req: SyncRequest = await self._body(request, SyncRequest, "pilot sync")
+        t0 = time.time()
+        resp = await self.store.sync(pilot_id, req, t0, self.config.lease_s)
+        await self._renew_pilot_token(principal, req.lifetime_s)
+        if req.finished:
+            self.work.notify()  # requeued or retried jobs may be claimable elsewhere
+        if req.claim and not resp.jobs and not resp.cancel and req.wait_s > 0 and not req.draining:
+            if await self.work.wait(min(req.wait_s, self.config.heartbeat_s)):
+                more = await self.store.claim_more(pilot_id, req.want, time.time(), self.config.lease_s)
+                resp = SyncResponse(jobs=more.jobs, cancel=more.cancel, refused=resp.refused)
+        return json_response(resp)
+
+    async def put_output(self, request: web.Request) -> web.Response:
+        principal = await self._who(request, Role.PILOT)
+        attempt_id = _int(request.match_info["attempt_id"], "attempt id")
+        name = check_relative_path(request.query.get("name", ""), field="name")
+        lease = request.headers.get("X-Glidein-Lease", "")
+        sha = _sha(request.headers.get("X-Glidein-Sha256", ""))
+        size = await self.files.put(sha, request.content)
+        await self.store.record_output(int(principal.subject), attempt_id, lease, name, sha, size)
+        return json_response(OutputFile(name=name, sha256=sha, size=size), status=201)
+
+    async def pilot_exit(self, request: web.Request) -> web.Response:
+        principal = await self._who(request, Role.PILOT)
+        req: PilotExit = await self._body(request, PilotExit, "pilot exit")
+        await self.store.pilot_exit(int(principal.subject), req.reason, req.occupancy, req.jobs_run, time.time())
+        log.info("pilot %s left: %s (occupancy %.0f%%, %d jobs)", principal.subject, req.reason,
+                 100 * req.occupancy, req.jobs_run)
+        self.work.notify()
+        return json_response({"ok": True})
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValidationError(f"{what}: {text!r} is not a whole number.", field=what) from None
+    if not -MAX_INT - 1 <= value <= MAX_INT:
+        raise ValidationError(f"{what}: {text} is too large.", field=what)
+    return value
+
+
+def _sha(text: str) -> str:
+    if not SHA_RE.match(text):
+        raise ValidationError("A sha256 must be 64 lowercase hexadecimal characters.", field="sha256")
+    return text

@@ -1,0 +1,368 @@
+-- SQL of the SQLite store, in named blocks (`-- name: NAME`), loaded by glidein_server.store.sqlfile.
+
+-- name: schema
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    hash TEXT PRIMARY KEY,          -- sha256 of the token; the token itself is never stored
+    role TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    id TEXT,                        -- public id: the first 16 hex digits of the hash
+    scopes TEXT NOT NULL DEFAULT '', -- space-separated; '' = every scope of the role
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS totp (
+    subject TEXT PRIMARY KEY,       -- an operator
+    secret BLOB NOT NULL,           -- encrypted with the key file named by totp_key_file
+    created_at REAL NOT NULL,
+    last_step INTEGER NOT NULL DEFAULT 0  -- newest time step used: a code is accepted once
+);
+CREATE TABLE IF NOT EXISTS sites (
+    name TEXT PRIMARY KEY,
+    shape TEXT,
+    last_seen REAL,
+    start_failures INTEGER NOT NULL DEFAULT 0,   -- pilots in a row that ended before starting work
+    last_failure_at REAL,
+    health REAL NOT NULL DEFAULT 1.0              -- moving average of attempt success (1) and failure (0)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    spec BLOB NOT NULL,
+    cpus INTEGER NOT NULL,
+    memory_mb INTEGER NOT NULL,
+    gpus INTEGER NOT NULL,
+    disk_mb INTEGER NOT NULL,
+    walltime_s INTEGER NOT NULL,
+    sites TEXT NOT NULL,            -- '' = any site, else ',a,b,'
+    priority INTEGER NOT NULL,
+    max_retries INTEGER NOT NULL,
+    retries_used INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    submitted_at REAL NOT NULL,
+    finished_at REAL,
+    exit_code INTEGER,
+    reason TEXT,
+    site TEXT,
+    result_attempt INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_idle ON jobs (priority DESC, cpus DESC, id) WHERE state = 'idle';
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, id);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    pilot_id INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    lease TEXT NOT NULL,
+    state TEXT NOT NULL,            -- claimed | running | ended
+    outcome TEXT,
+    exit_code INTEGER,
+    reason TEXT,
+    claimed_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    lease_expires REAL NOT NULL,
+    wall_s REAL,
+    max_rss_mb REAL,
+    stdout_tail TEXT NOT NULL DEFAULT '',
+    stderr_tail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job_id);
+CREATE INDEX IF NOT EXISTS attempts_pilot_active ON attempts (pilot_id) WHERE state != 'ended';
+CREATE INDEX IF NOT EXISTS attempts_lease ON attempts (lease_expires) WHERE state != 'ended';
+CREATE TABLE IF NOT EXISTS outputs (
+    attempt_id INTEGER NOT NULL,
+    job_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (attempt_id, name)
+);
+CREATE TABLE IF NOT EXISTS file_owners (
+    sha256 TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (sha256, owner)
+);
+CREATE TABLE IF NOT EXISTS pilots (
+    id INTEGER PRIMARY KEY,
+    site TEXT NOT NULL,
+    state TEXT NOT NULL,            -- pending | running | ended
+    batch_id TEXT NOT NULL DEFAULT '',
+    host TEXT NOT NULL DEFAULT '',
+    cpus INTEGER NOT NULL DEFAULT 0,
+    memory_mb INTEGER NOT NULL DEFAULT 0,
+    gpus INTEGER NOT NULL DEFAULT 0,
+    disk_mb INTEGER NOT NULL DEFAULT 0,
+    end_time REAL,
+    free_cpus INTEGER NOT NULL DEFAULT 0,
+    free_memory_mb INTEGER NOT NULL DEFAULT 0,
+    free_gpus INTEGER NOT NULL DEFAULT 0,
+    free_disk_mb INTEGER NOT NULL DEFAULT 0,
+    lifetime_s REAL NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    last_seen REAL,
+    ended_at REAL,
+    occupancy REAL,
+    jobs_run INTEGER NOT NULL DEFAULT 0,
+    exit_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS pilots_live ON pilots (site) WHERE state != 'ended';
+-- Running aggregate of idle jobs by shape: the demand is computed from this, never by a rescan.
+CREATE TABLE IF NOT EXISTS idle_shapes (
+    cpus INTEGER NOT NULL,
+    memory_mb INTEGER NOT NULL,
+    gpus INTEGER NOT NULL,
+    disk_mb INTEGER NOT NULL,
+    walltime_s INTEGER NOT NULL,
+    sites TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (cpus, memory_mb, gpus, disk_mb, walltime_s, sites)
+);
+CREATE TRIGGER IF NOT EXISTS jobs_idle_insert AFTER INSERT ON jobs WHEN NEW.state = 'idle'
+BEGIN
+    INSERT INTO idle_shapes VALUES (NEW.cpus, NEW.memory_mb, NEW.gpus, NEW.disk_mb, NEW.walltime_s, NEW.sites, 1)
+    ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_idle_enter AFTER UPDATE OF state ON jobs
+WHEN NEW.state = 'idle' AND OLD.state != 'idle'
+BEGIN
+    INSERT INTO idle_shapes VALUES (NEW.cpus, NEW.memory_mb, NEW.gpus, NEW.disk_mb, NEW.walltime_s, NEW.sites, 1)
+    ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_idle_leave AFTER UPDATE OF state ON jobs
+WHEN OLD.state = 'idle' AND NEW.state != 'idle'
+BEGIN
+    UPDATE idle_shapes SET n = n - 1
+    WHERE cpus = OLD.cpus AND memory_mb = OLD.memory_mb AND gpus = OLD.gpus AND disk_mb = OLD.disk_mb
+      AND walltime_s = OLD.walltime_s AND sites = OLD.sites;
+END;
+
+-- name: tokens_migrate
+-- Columns added after the first release: ALTER TABLE runs for each one missing (see SqliteStore).
+id TEXT
+scopes TEXT NOT NULL DEFAULT ''
+revoked_at REAL
+
+-- name: tokens_index
+UPDATE tokens SET id = substr(hash, 1, 16) WHERE id IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS tokens_id ON tokens (id);
+CREATE INDEX IF NOT EXISTS tokens_subject ON tokens (role, subject);
+
+-- name: token_insert
+INSERT INTO tokens (hash, role, subject, created_at, expires_at, id, scopes) VALUES (?, ?, ?, ?, ?, ?, ?);
+
+-- name: token_lookup
+SELECT role, subject, expires_at, id, scopes FROM tokens WHERE hash = ? AND revoked = 0;
+
+-- name: token_list
+SELECT id, role, subject, scopes, created_at, expires_at, revoked_at FROM tokens
+WHERE (? IS NULL OR role = ?) AND (? IS NULL OR subject = ?) AND (? OR revoked = 0)
+ORDER BY created_at DESC LIMIT ?;
+
+-- name: token_revoke
+UPDATE tokens SET revoked = 1, revoked_at = ? WHERE id = ? AND revoked = 0 RETURNING id;
+
+-- name: token_revoke_subject
+UPDATE tokens SET revoked = 1, revoked_at = ? WHERE role = ? AND subject = ? AND revoked = 0 RETURNING id;
+
+-- name: token_revoke_site_pilots
+UPDATE tokens SET revoked = 1, revoked_at = ?
+WHERE role = 'pilot' AND revoked = 0 AND subject IN (SELECT CAST(id AS TEXT) FROM pilots WHERE site = ?)
+RETURNING id;
+
+-- name: token_renew
+UPDATE tokens SET expires_at = ? WHERE id = ? AND revoked = 0 AND expires_at IS NOT NULL AND expires_at < ?;
+
+-- name: token_purge
+DELETE FROM tokens WHERE (expires_at IS NOT NULL AND expires_at < ?) OR (revoked_at IS NOT NULL AND revoked_at < ?);
+
+-- name: totp_set
+INSERT INTO totp (subject, secret, created_at) VALUES (?, ?, ?)
+ON CONFLICT (subject) DO UPDATE SET secret = excluded.secret, created_at = excluded.created_at, last_step = 0;
+
+-- name: totp_get
+SELECT secret FROM totp WHERE subject = ?;
+
+-- name: totp_use
+UPDATE totp SET last_step = ? WHERE subject = ? AND last_step < ?;
+
+-- name: job_insert
+INSERT INTO jobs (owner, state, spec, cpus, memory_mb, gpus, disk_mb, walltime_s, sites, priority,
+                  max_retries, submitted_at)
+VALUES (?, 'idle', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: job_columns
+j.id, j.owner, j.state, j.spec, j.retries_used, j.attempts, j.submitted_at, j.finished_at, j.exit_code,
+j.reason, j.site, j.result_attempt
+
+-- name: idle_candidates
+SELECT id, cpus, memory_mb, gpus, disk_mb, walltime_s
+FROM jobs
+WHERE state = 'idle' AND cpus <= ? AND memory_mb <= ? AND gpus <= ? AND disk_mb <= ? AND walltime_s <= ?
+  AND (sites = '' OR instr(sites, ?) > 0)
+ORDER BY priority DESC, cpus DESC, id
+LIMIT ?;
+
+-- name: claim_jobs
+UPDATE jobs SET state = 'claimed', attempts = attempts + 1, site = ?
+WHERE id IN (SELECT value FROM json_each(?)) AND state = 'idle'
+RETURNING id, spec;
+
+-- name: attempt_insert
+INSERT INTO attempts (job_id, pilot_id, site, lease, state, claimed_at, lease_expires)
+VALUES (?, ?, ?, ?, 'claimed', ?, ?)
+RETURNING id;
+
+-- name: attempt_active
+SELECT a.job_id, a.state, j.state, j.max_retries, j.retries_used
+FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.id = ? AND a.lease = ? AND a.pilot_id = ? AND a.state != 'ended';
+
+-- name: attempt_start
+UPDATE attempts SET state = 'running', started_at = ? WHERE id = ? AND lease = ? AND pilot_id = ? AND state = 'claimed'
+RETURNING job_id;
+
+-- name: job_running
+UPDATE jobs SET state = 'running' WHERE id = ? AND state = 'claimed';
+
+-- name: attempt_end
+UPDATE attempts SET state = 'ended', outcome = ?, exit_code = ?, reason = ?, finished_at = ?, wall_s = ?,
+    max_rss_mb = ?, stdout_tail = ?, stderr_tail = ?,
+    started_at = coalesce(started_at, CASE WHEN ? > 0 THEN ? END)
+WHERE id = ?;
+
+-- name: job_done
+UPDATE jobs SET state = 'done', finished_at = ?, exit_code = ?, reason = NULL, result_attempt = ?
+WHERE id = ? AND state IN ('claimed', 'running');
+
+-- name: job_failed
+UPDATE jobs SET state = 'failed', finished_at = ?, exit_code = ?, reason = ?, retries_used = retries_used + 1
+WHERE id = ? AND state IN ('claimed', 'running');
+
+-- name: job_retry
+UPDATE jobs SET state = 'idle', exit_code = ?, reason = ?, retries_used = retries_used + 1
+WHERE id = ? AND state IN ('claimed', 'running');
+
+-- name: job_requeue
+UPDATE jobs SET state = 'idle', reason = ? WHERE id = ? AND state IN ('claimed', 'running');
+
+-- name: outputs_of_attempt
+SELECT name, sha256, size FROM outputs WHERE attempt_id = ? ORDER BY name;
+
+-- name: output_insert
+INSERT OR REPLACE INTO outputs (attempt_id, job_id, name, sha256, size) VALUES (?, ?, ?, ?, ?);
+
+-- name: pilot_leases
+UPDATE attempts SET lease_expires = ? WHERE pilot_id = ? AND state != 'ended' AND lease_expires < ?;
+
+-- name: pilot_cancels
+SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.pilot_id = ? AND a.state != 'ended' AND j.state = 'cancelled';
+
+-- name: pilot_capacity
+SELECT site, cpus, memory_mb, gpus, disk_mb, free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s, last_seen
+FROM pilots WHERE id = ? AND state = 'running';
+
+-- name: pilot_update
+UPDATE pilots SET free_cpus = ?, free_memory_mb = ?, free_gpus = ?, free_disk_mb = ?, lifetime_s = ?,
+    last_seen = ?, occupancy = ?
+WHERE id = ? AND state = 'running';
+
+-- name: expired_attempts
+SELECT a.id, a.job_id FROM attempts a WHERE a.state != 'ended' AND a.lease_expires < ?;
+
+-- name: active_attempts_of_pilot
+SELECT id, job_id FROM attempts WHERE pilot_id = ? AND state != 'ended';
+
+-- name: idle_shapes
+SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites, n FROM idle_shapes WHERE n > 0;
+
+-- name: live_pilots_free
+SELECT free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s FROM pilots
+WHERE site = ? AND state = 'running' AND last_seen >= ?;
+
+-- name: site_start_failed
+INSERT INTO sites (name, start_failures, last_failure_at) VALUES (?, 1, ?)
+ON CONFLICT (name) DO UPDATE SET start_failures = start_failures + 1, last_failure_at = excluded.last_failure_at;
+
+-- name: site_start_ok
+UPDATE sites SET start_failures = 0 WHERE name = (SELECT site FROM pilots WHERE id = ?);
+
+-- name: job_retry_grown
+UPDATE jobs SET state = 'idle', exit_code = ?, reason = ?, retries_used = retries_used + 1,
+    memory_mb = ?, walltime_s = ?, spec = ?
+WHERE id = ? AND state IN ('claimed', 'running');
+
+-- name: site_health
+UPDATE sites SET health = health * ? + ? WHERE name = (SELECT site FROM attempts WHERE id = ?);
+
+-- name: recover_leases
+UPDATE attempts SET lease_expires = max(lease_expires, ?) WHERE state != 'ended';
+
+-- name: recover_pilots
+UPDATE pilots SET last_seen = max(coalesce(last_seen, 0), ?) WHERE state = 'running';
+
+-- Firewalled sites: out-of-job staging. A site whose client declared a staging network
+-- ("relay" or "none") claims only jobs that its client reported staged there.
+
+-- name: staging_schema
+CREATE TABLE IF NOT EXISTS site_networks (
+    site TEXT PRIMARY KEY,
+    network TEXT NOT NULL,          -- direct | relay | none
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS staged_jobs (
+    site TEXT NOT NULL,
+    job_id INTEGER NOT NULL,
+    staged_at REAL NOT NULL,
+    PRIMARY KEY (site, job_id)
+);
+CREATE INDEX IF NOT EXISTS staged_jobs_job ON staged_jobs (job_id);
+
+-- name: site_network_set
+INSERT INTO site_networks (site, network, updated_at) VALUES (?, ?, ?)
+ON CONFLICT (site) DO UPDATE SET network = excluded.network, updated_at = excluded.updated_at;
+
+-- name: site_network_get
+SELECT network FROM site_networks WHERE site = ?;
+
+-- name: idle_candidates_staged
+SELECT j.id, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s
+FROM staged_jobs s JOIN jobs j ON j.id = s.job_id
+WHERE s.site = ? AND j.state = 'idle' AND j.cpus <= ? AND j.memory_mb <= ? AND j.gpus <= ? AND j.disk_mb <= ?
+  AND j.walltime_s <= ? AND (j.sites = '' OR instr(j.sites, ?) > 0)
+ORDER BY j.priority DESC, j.cpus DESC, j.id
+LIMIT ?;
+
+-- name: staging_eligible
+SELECT j.id, j.state, j.site, j.spec FROM jobs j
+WHERE j.state = 'idle' AND (j.sites = '' OR instr(j.sites, ?) > 0)
+  AND j.cpus <= ? AND j.memory_mb <= ? AND j.gpus <= ? AND j.disk_mb <= ? AND j.walltime_s <= ?
+  AND NOT EXISTS (SELECT 1 FROM staged_jobs s WHERE s.site = ? AND s.job_id = j.id)
+ORDER BY j.priority DESC, j.cpus DESC, j.id
+LIMIT ?;
+
+-- name: staging_staged
+SELECT j.id, j.state, j.site, j.spec FROM staged_jobs s JOIN jobs j ON j.id = s.job_id
+WHERE s.site = ?
+ORDER BY j.id;
+
+-- name: staged_insert
+INSERT OR IGNORE INTO staged_jobs (site, job_id, staged_at)
+SELECT ?, id, ? FROM jobs WHERE id = ? AND (sites = '' OR instr(sites, ?) > 0);
+
+-- name: staged_delete
+DELETE FROM staged_jobs WHERE site = ? AND job_id = ?;
+
+-- name: site_may_read_file
+SELECT 1 FROM jobs j
+WHERE j.state IN ('idle', 'claimed', 'running') AND (j.sites = '' OR instr(j.sites, ?) > 0)
+  AND instr(j.spec, ?) > 0
+  AND EXISTS (SELECT 1 FROM json_each(j.spec, '$.inputs') i WHERE json_extract(i.value, '$.sha256') = ?)
+LIMIT 1;

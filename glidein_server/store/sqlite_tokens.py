@@ -1,0 +1,87 @@
+"""Tokens and TOTP secrets in the SQLite store: hashes only, scopes within the role, revocation."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+
+from glidein_client.wire.schema import ROLE_SCOPES, Role, Scope, TokenInfo
+from glidein_server.store.base import Principal
+from glidein_server.store.sqlite_base import Q, SqliteBase
+
+
+def _scopes(role: Role, text: str) -> frozenset[Scope]:
+    """A token's stored scopes ('' = every scope of its role), never beyond what the role may do."""
+    allowed = frozenset(ROLE_SCOPES[role])
+    return allowed if not text else allowed & {Scope(s) for s in text.split() if s in Scope._value2member_map_}
+
+
+class SqliteTokens(SqliteBase):
+    @staticmethod
+    def _migrate_tokens(db: sqlite3.Connection) -> None:
+        """Add the token columns of later releases to an older database, then their indexes."""
+        have = {row[1] for row in db.execute("PRAGMA table_info(tokens)")}
+        for column in Q["tokens_migrate"].splitlines():
+            if column.strip() and not column.startswith("--") and column.split()[0] not in have:
+                db.execute(f"ALTER TABLE tokens ADD COLUMN {column}")
+        db.executescript(Q["tokens_index"])
+
+    async def add_token(self, token_hash: str, role: Role, subject: str, expires_at: float | None,
+                        scopes: Sequence[Scope] | None = None) -> str:
+        """Store a token's hash; returns its public id."""
+        token_id = token_hash[:16]
+        text = " ".join(sorted({s.value for s in scopes})) if scopes else ""
+        await self._tx(lambda db: db.execute(Q["token_insert"], (token_hash, role.value, subject, time.time(),
+                                                                 expires_at, token_id, text)))
+        return token_id
+
+    async def lookup_token(self, token_hash: str, now: float) -> Principal | None:
+        """The token's principal (expired ones too: the caller says so); None if unknown or revoked."""
+        row = await self._run(lambda: self._conn.execute(Q["token_lookup"], (token_hash,)).fetchone())
+        if row is None:
+            return None
+        role = Role(row[0])
+        return Principal(role, row[1], token_id=row[3], scopes=_scopes(role, row[4]), expires_at=row[2])
+
+    async def list_tokens(self, role: Role | None, subject: str | None, *, revoked: bool = False,
+                          limit: int = 1000) -> list[TokenInfo]:
+        r = role.value if role else None
+
+        def read(db: sqlite3.Connection) -> list[TokenInfo]:
+            rows = db.execute(Q["token_list"], (r, r, subject, subject, revoked, limit)).fetchall()
+            return [TokenInfo(id=i, role=Role(ro), subject=su, scopes=sorted(_scopes(Role(ro), sc)),
+                              created_at=c, expires_at=e, revoked_at=rv) for i, ro, su, sc, c, e, rv in rows]
+
+        return await self._run(read, self._conn)
+
+    async def revoke_token(self, token_id: str, now: float) -> list[str]:
+        return await self._tx(lambda db: [r[0] for r in db.execute(Q["token_revoke"], (now, token_id))])
+
+    async def revoke_subject(self, role: Role, subject: str, now: float) -> list[str]:
+        """Revoke every token of a user, site or operator; a site's pilots lose theirs too."""
+
+        def tx(db: sqlite3.Connection) -> list[str]:
+            ids = [r[0] for r in db.execute(Q["token_revoke_subject"], (now, role.value, subject))]
+            if role is Role.SITE:
+                ids += [r[0] for r in db.execute(Q["token_revoke_site_pilots"], (now, subject))]
+            return ids
+
+        return await self._tx(tx)
+
+    async def renew_token(self, token_id: str, expires_at: float) -> None:
+        await self._tx(lambda db: db.execute(Q["token_renew"], (expires_at, token_id, expires_at)))
+
+    async def purge_tokens(self, before: float) -> int:
+        return await self._tx(lambda db: db.execute(Q["token_purge"], (before, before)).rowcount)
+
+    async def set_totp(self, subject: str, secret: bytes, now: float) -> None:
+        await self._tx(lambda db: db.execute(Q["totp_set"], (subject, secret, now)))
+
+    async def get_totp(self, subject: str) -> bytes | None:
+        row = await self._run(lambda: self._conn.execute(Q["totp_get"], (subject,)).fetchone())
+        return None if row is None else bytes(row[0])
+
+    async def use_totp_step(self, subject: str, step: int) -> bool:
+        """Record that the code of time step ``step`` was used; False if it (or a newer one) was already."""
+        return await self._tx(lambda db: db.execute(Q["totp_use"], (step, subject, step)).rowcount == 1)
