@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check glidein_client glidein_server glidein_demo tests benchmarks
+	$(BIN)/ruff format --check glidein_client glidein_server glidein_demo tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 

@@ -53,8 +53,17 @@ PILOT_CPUS = 2
 TARGET_RATIO = 100.0
 TARGET_FIRST_DONE_S = 2.0
 SCRIPT_MARK = "glidein-bench: pilot script started at"
-FINAL_SLURM_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                      "DEADLINE", "PREEMPTED"}
+FINAL_SLURM_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 
 
 class TimedSlurmScheduler(SlurmScheduler):
@@ -110,14 +119,23 @@ async def direct_sbatch(cluster: SlurmCluster, n: int, work: Path) -> dict[str, 
     t0 = time.time()
     ids: list[str] = []
     for _ in range(n):
-        out = await slurm(cluster, "sbatch", "--parsable", f"--job-name={DIRECT_NAME}", "--output=/dev/null",
-                          f"--chdir={work}", "--wrap", "true")
+        out = await slurm(
+            cluster,
+            "sbatch",
+            "--parsable",
+            f"--job-name={DIRECT_NAME}",
+            "--output=/dev/null",
+            f"--chdir={work}",
+            "--wrap",
+            "true",
+        )
         ids.append(out.strip().split(";")[0])
     submitted_s = time.time() - t0
     first_done_s: float | None = None
     while True:
-        out = await slurm(cluster, "squeue", "--me", "--states=all", "--noheader", "--format=%i %T",
-                          f"--name={DIRECT_NAME}")
+        out = await slurm(
+            cluster, "squeue", "--me", "--states=all", "--noheader", "--format=%i %T", f"--name={DIRECT_NAME}"
+        )
         states = dict(line.split() for line in out.splitlines() if line.strip())
         ended = [states[i] for i in ids if states.get(i) in FINAL_SLURM_STATES]
         if ended and first_done_s is None:
@@ -126,9 +144,14 @@ async def direct_sbatch(cluster: SlurmCluster, n: int, work: Path) -> dict[str, 
             break
         await asyncio.sleep(0.2)
     elapsed = time.time() - t0
-    return {"jobs": n, "submit_s": round(submitted_s, 3), "elapsed_s": round(elapsed, 3),
-            "rate_per_s": round(n / elapsed, 3), "first_done_s": round(first_done_s or elapsed, 3),
-            "failed": sum(1 for s in ended if s != "COMPLETED")}
+    return {
+        "jobs": n,
+        "submit_s": round(submitted_s, 3),
+        "elapsed_s": round(elapsed, 3),
+        "rate_per_s": round(n / elapsed, 3),
+        "first_done_s": round(first_done_s or elapsed, 3),
+        "failed": sum(1 for s in ended if s != "COMPLETED"),
+    }
 
 
 # --- through pilots --------------------------------------------------------------------------------
@@ -136,8 +159,14 @@ async def direct_sbatch(cluster: SlurmCluster, n: int, work: Path) -> dict[str, 
 
 def site_config(url: str, token_file: Path, scratch: Path, max_pilots: int) -> SiteConfig:
     raw = {
-        "site": {"name": SITE, "server_url": url, "token_file": str(token_file), "scratch_dir": str(scratch),
-                 "scheduler": "slurm", "cycle_s": 60},
+        "site": {
+            "name": SITE,
+            "server_url": url,
+            "token_file": str(token_file),
+            "scratch_dir": str(scratch),
+            "scheduler": "slurm",
+            "cycle_s": 60,
+        },
         "pilot": {"cpus": PILOT_CPUS, "memory": "2G", "disk": "1G", "walltime": "30m", "idle_timeout": "60s"},
         "limits": {"max_pilots": max_pilots, "max_idle_pilots": max_pilots, "max_submit_per_cycle": max_pilots},
         # Marks when Slurm started the pilot's script, before the pilot's Python starts.
@@ -166,8 +195,9 @@ async def through_pilots(cluster: SlurmCluster, n: int, work: Path, max_pilots: 
                 await asyncio.wait_for(client.cycled.wait(), 30)  # the first cycle finds no work...
                 await asyncio.sleep(0.5)  # ...and the daemon waits for news: its next tick is a minute away
                 t0 = time.time()
-                ids = await api.submit([JobSpec(argv=["/bin/true"], cpus=1, memory_mb=100, disk_mb=1, walltime_s=60)
-                                        for _ in range(n)])
+                ids = await api.submit(
+                    [JobSpec(argv=["/bin/true"], cpus=1, memory_mb=100, disk_mb=1, walltime_s=60) for _ in range(n)]
+                )
                 accepted = time.time()
                 while True:
                     counts = (await api.summary()).jobs
@@ -183,12 +213,19 @@ async def through_pilots(cluster: SlurmCluster, n: int, work: Path, max_pilots: 
     elapsed = finished[-1] - t0
     first = scheduler.submits[0]
     marks = first_job_marks(t0, accepted, client.cycles, first, finished[0], Path(first[2].workdir) / "pilot.err")
-    return {"jobs": n, "pilots_submitted": len(scheduler.submits), "pilot_cpus": PILOT_CPUS,
-            "client_cycles": len(client.cycles),
-            "submit_s": round(accepted - t0, 3), "elapsed_s": round(elapsed, 3), "rate_per_s": round(n / elapsed, 1),
-            "steady_rate_per_s": round((n - 1) / max(finished[-1] - finished[0], 1e-6), 1),
-            "first_done_s": round(finished[0] - t0, 3), "failed": sum(1 for j in jobs if j.state.value != "done"),
-            "first_job_marks": marks}
+    return {
+        "jobs": n,
+        "pilots_submitted": len(scheduler.submits),
+        "pilot_cpus": PILOT_CPUS,
+        "client_cycles": len(client.cycles),
+        "submit_s": round(accepted - t0, 3),
+        "elapsed_s": round(elapsed, 3),
+        "rate_per_s": round(n / elapsed, 1),
+        "steady_rate_per_s": round((n - 1) / max(finished[-1] - finished[0], 1e-6), 1),
+        "first_done_s": round(finished[0] - t0, 3),
+        "failed": sum(1 for j in jobs if j.state.value != "done"),
+        "first_job_marks": marks,
+    }
 
 
 async def end_pilots(cluster: SlurmCluster, scheduler: SlurmScheduler) -> None:
@@ -209,15 +246,20 @@ def pilot_log_times(path: Path) -> list[tuple[float, str]]:
         return out
     for line in text.splitlines():
         if line.startswith(SCRIPT_MARK):
-            out.append((float(line[len(SCRIPT_MARK):].strip()), "script started"))
+            out.append((float(line[len(SCRIPT_MARK) :].strip()), "script started"))
         elif m := _LOG_TIME.match(line):
             out.append((datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp(), m.group(2)))
     return out
 
 
-def first_job_marks(t0: float, accepted: float, cycles: list[tuple[float, float]],
-                    submit: tuple[float, float, PilotLaunch, str], first_done: float,
-                    pilot_log: Path) -> dict[str, float | None]:
+def first_job_marks(
+    t0: float,
+    accepted: float,
+    cycles: list[tuple[float, float]],
+    submit: tuple[float, float, PilotLaunch, str],
+    first_done: float,
+    pilot_log: Path,
+) -> dict[str, float | None]:
     """Seconds after the submit at which the first job passed each step (None: not seen)."""
     lines = pilot_log_times(pilot_log)
 
@@ -242,6 +284,7 @@ def first_job_marks(t0: float, accepted: float, cycles: list[tuple[float, float]
 
 async def import_cost_s() -> dict[str, float]:
     """Python start-up alone, and with the pilot's imports: the best of three runs each."""
+
     async def best(*argv: str) -> float:
         times = []
         for _ in range(3):
@@ -274,8 +317,14 @@ async def main_async(args: argparse.Namespace, cluster: SlurmCluster, work: Path
     ratio = pilots["rate_per_s"] / direct["rate_per_s"]
     return {
         "benchmark": "slurm-pilots-vs-direct-sbatch",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "slurm": version, "node_cpus": node_cpus, "load_avg_1m_at_start": round(load_1m, 2)},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "slurm": version,
+            "node_cpus": node_cpus,
+            "load_avg_1m_at_start": round(load_1m, 2),
+        },
         "direct": direct,
         "pilots": pilots,
         "ratio": round(ratio, 1),
@@ -290,11 +339,15 @@ def print_report(r: dict[str, Any]) -> None:
     d, p = r["direct"], r["pilots"]
     rows = [
         (f"direct sbatch --wrap true, {d['jobs']} jobs", f"{d['rate_per_s']:.2f} jobs/s ({d['elapsed_s']:.1f} s)"),
-        (f"glidein pilots, {p['jobs']} jobs ({p['pilots_submitted']} pilot(s) x {p['pilot_cpus']} cores)",
-         f"{p['rate_per_s']:.1f} jobs/s ({p['elapsed_s']:.2f} s; {p['steady_rate_per_s']:.0f} jobs/s once running)"),
+        (
+            f"glidein pilots, {p['jobs']} jobs ({p['pilots_submitted']} pilot(s) x {p['pilot_cpus']} cores)",
+            f"{p['rate_per_s']:.1f} jobs/s ({p['elapsed_s']:.2f} s; {p['steady_rate_per_s']:.0f} jobs/s once running)",
+        ),
         (f"ratio (target >= {r['target_ratio']:.0f}x)", f"{r['ratio']:.0f}x"),
-        (f"first job done after submit, no pilot running (target <= {r['target_first_done_s']:.0f} s)",
-         f"{p['first_done_s']:.2f} s"),
+        (
+            f"first job done after submit, no pilot running (target <= {r['target_first_done_s']:.0f} s)",
+            f"{p['first_done_s']:.2f} s",
+        ),
         ("direct: first job done after first sbatch", f"{d['first_done_s']:.2f} s"),
         ("failed jobs (direct / pilots)", f"{d['failed']} / {p['failed']}"),
     ]
@@ -311,8 +364,10 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"  {t:7.3f}  {name} (+{t - previous:.3f})")
         previous = t
     s = r["pilot_startup"]
-    print(f"\npython start-up {s['python_start_s']:.3f} s; with the pilot's imports "
-          f"{s['python_start_and_pilot_imports_s']:.3f} s (measured apart, best of 3)")
+    print(
+        f"\npython start-up {s['python_start_s']:.3f} s; with the pilot's imports "
+        f"{s['python_start_and_pilot_imports_s']:.3f} s (measured apart, best of 3)"
+    )
 
 
 def main() -> None:

@@ -74,13 +74,18 @@ async def fresh_login_command(server: SshServer) -> None:
         def kbdint_auth_requested(self) -> str:
             return ""
 
-        def kbdint_challenge_received(self, name: str, instructions: str, lang: str,
-                                      prompts: Any) -> list[str]:
+        def kbdint_challenge_received(self, name: str, instructions: str, lang: str, prompts: Any) -> list[str]:
             return [totp.now() for _ in prompts]
 
     conn, _ = await asyncssh.create_connection(
-        Client, server.host, server.port, username=server.user, client_keys=[str(server.client_key)],
-        known_hosts=str(server.known_hosts), agent_path=None, config=None,
+        Client,
+        server.host,
+        server.port,
+        username=server.user,
+        client_keys=[str(server.client_key)],
+        known_hosts=str(server.known_hosts),
+        agent_path=None,
+        config=None,
         preferred_auth="publickey,keyboard-interactive",
     )
     async with conn:
@@ -110,8 +115,14 @@ async def daemon_logins(server: SshServer, seconds: float, cycle_s: float, tmp: 
         token.write_text(await mint_token(srv.store, Role.SITE, "bench"))
         token.chmod(0o600)
         raw = {
-            "site": {"name": "bench", "server_url": srv.url, "token_file": str(token), "scheduler": "slurm",
-                     "scratch_dir": str(server.user_dir / "scratch"), "cycle_s": cycle_s},
+            "site": {
+                "name": "bench",
+                "server_url": srv.url,
+                "token_file": str(token),
+                "scheduler": "slurm",
+                "scratch_dir": str(server.user_dir / "scratch"),
+                "cycle_s": cycle_s,
+            },
             "batch": {"python": shared_remote_python()},
             "ssh": server.ssh_section(),
         }
@@ -152,8 +163,11 @@ async def daemon_logins(server: SshServer, seconds: float, cycle_s: float, tmp: 
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    with SlurmCluster() as cluster, SshServer(setenv=cluster.env) as server, \
-            tempfile.TemporaryDirectory(prefix="glidein-bench-") as tmp:
+    with (
+        SlurmCluster() as cluster,
+        SshServer(setenv=cluster.env) as server,
+        tempfile.TemporaryDirectory(prefix="glidein-bench-") as tmp,
+    ):
         lat = await latency(server, args.n)
         daemon = await daemon_logins(server, args.daemon_s, args.cycle_s, Path(tmp))
     return {"machine": platform.node(), "python": platform.python_version(), "latency": lat, "daemon": daemon}
@@ -172,13 +186,17 @@ def main() -> None:
     for name, row in lat.items():
         print(f"{name:<36} {row['n']:>4} {row['mean_ms']:>9.1f} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f}")
     added = lat["ssh, fresh connection + login"]["mean_ms"] - lat["ssh, shared connection"]["mean_ms"]
-    print(f"a fresh login per command adds {added:.1f} ms to each command "
-          f"({lat['ssh, shared connection']['mean_ms'] - lat['local subprocess']['mean_ms']:.1f} ms is what the "
-          "shared connection adds over a local subprocess)")
+    print(
+        f"a fresh login per command adds {added:.1f} ms to each command "
+        f"({lat['ssh, shared connection']['mean_ms'] - lat['local subprocess']['mean_ms']:.1f} ms is what the "
+        "shared connection adds over a local subprocess)"
+    )
     d = result["daemon"]
-    print(f"daemon: {d['logins']} login(s) in {d['seconds']:.0f} s, {d['cycles']} cycles at cycle_s={d['cycle_s']:g}; "
-          f"re-logins after the first: {d['relogins_after_the_first']} ({d['relogins_per_hour']:.0f}/h); "
-          f"one login per cycle would be {d['logins_per_hour_if_one_per_cycle']:.0f}/h")
+    print(
+        f"daemon: {d['logins']} login(s) in {d['seconds']:.0f} s, {d['cycles']} cycles at cycle_s={d['cycle_s']:g}; "
+        f"re-logins after the first: {d['relogins_after_the_first']} ({d['relogins_per_hour']:.0f}/h); "
+        f"one login per cycle would be {d['logins_per_hour_if_one_per_cycle']:.0f}/h"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

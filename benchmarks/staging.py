@@ -64,11 +64,21 @@ MB = 1 << 20
 
 def site_config(tmp: Path, name: str, url: str, token_file: Path, concurrency: int, poll_s: float) -> SiteConfig:
     raw = {
-        "site": {"name": name, "server_url": url, "token_file": str(token_file), "scratch_dir": str(tmp / name),
-                 "network": "none"},
+        "site": {
+            "name": name,
+            "server_url": url,
+            "token_file": str(token_file),
+            "scratch_dir": str(tmp / name),
+            "network": "none",
+        },
         "pilot": {"cpus": 1, "memory": "1G", "disk": "1G", "walltime": "1h"},
-        "staging": {"dir": str(tmp / name / "staging"), "quota": "1T", "max_jobs": 5000, "batch": 5000,
-                    "concurrency": concurrency},
+        "staging": {
+            "dir": str(tmp / name / "staging"),
+            "quota": "1T",
+            "max_jobs": 5000,
+            "batch": 5000,
+            "concurrency": concurrency,
+        },
         "mailbox": {"dir": str(tmp / name / "mailbox"), "poll_s": poll_s},
     }
     return parse_site_config(raw, f"<benchmark {name}>")
@@ -115,6 +125,7 @@ async def direct_download(url: str, token: str, inputs: list[InputFile], dest: P
     await asyncio.to_thread(dest.mkdir, parents=True)
     slots = asyncio.Semaphore(concurrency)
     async with DirectChannel(url, token) as channel:
+
         async def one(i: int, inp: InputFile) -> None:
             async with slots:
                 await channel.fetch_input(inp, dest / f"{i}.bin")
@@ -149,18 +160,29 @@ async def release(srv: Server, token: str, claims: list[Any]) -> None:
     """The pilot gives its claims back: the jobs are idle again (not their fault)."""
     free = Resources(cpus=len(claims), memory_mb=1 << 30, disk_mb=1 << 30)
     async with DirectChannel(srv.url, token) as pilot:
-        await pilot.sync(SyncRequest(free=free, lifetime_s=3000, draining=True, finished=[
-            Finish(attempt_id=c.attempt_id, lease=c.lease, outcome=Outcome.INTERRUPTED) for c in claims]))
+        await pilot.sync(
+            SyncRequest(
+                free=free,
+                lifetime_s=3000,
+                draining=True,
+                finished=[Finish(attempt_id=c.attempt_id, lease=c.lease, outcome=Outcome.INTERRUPTED) for c in claims],
+            )
+        )
 
 
-async def one_round(srv: Server, tmp: Path, name: str, inputs: list[InputFile], concurrency: int,
-                    direct_first: bool) -> dict[str, Any]:
+async def one_round(
+    srv: Server, tmp: Path, name: str, inputs: list[InputFile], concurrency: int, direct_first: bool
+) -> dict[str, Any]:
     """Direct download, staging pass and pilot copy of the inputs of fresh jobs, in the order asked."""
     total = sum(inp.size or 0 for inp in inputs)
     async with ApiClient(srv.url, await mint_token(srv.store, Role.USER, "bench")) as api:
         # Each job may run at the firewalled site or at a direct one.
-        await api.submit([JobSpec(argv=["true"], inputs=[inp], sites=[name, f"{name}-d"], memory_mb=64, disk_mb=1,
-                                  walltime_s=60) for inp in inputs])
+        await api.submit(
+            [
+                JobSpec(argv=["true"], inputs=[inp], sites=[name, f"{name}-d"], memory_mb=64, disk_mb=1, walltime_s=60)
+                for inp in inputs
+            ]
+        )
     token_file = tmp / f"{name}.token"
     token_file.write_text(await mint_token(srv.store, Role.SITE, name))
     token_file.chmod(0o600)
@@ -170,8 +192,9 @@ async def one_round(srv: Server, tmp: Path, name: str, inputs: list[InputFile], 
     async def direct() -> None:
         # A pilot of the direct site claims the jobs and downloads their inputs, as in a job.
         token, claims = await claiming_pilot(srv, f"{name}-d", len(inputs))
-        out["direct"] = await timed(total, lambda: direct_download(srv.url, token, inputs, tmp / f"{name}-direct",
-                                                                   concurrency))
+        out["direct"] = await timed(
+            total, lambda: direct_download(srv.url, token, inputs, tmp / f"{name}-direct", concurrency)
+        )
         await asyncio.to_thread(shutil.rmtree, tmp / f"{name}-direct")
         await release(srv, token, claims)
 
@@ -184,11 +207,12 @@ async def one_round(srv: Server, tmp: Path, name: str, inputs: list[InputFile], 
                 report = stager.last
         assert report is not None and report.staged == len(inputs) == report.downloaded, report
 
-    for step in ((direct, staged) if direct_first else (staged, direct)):
+    for step in (direct, staged) if direct_first else (staged, direct):
         await step()
     area = StagingArea(site.staging.dir if site.staging else "")
-    out["pilot_copy_from_staging"] = await timed(total, lambda: pilot_copy(area, inputs, tmp / f"{name}-sandbox",
-                                                                           concurrency))
+    out["pilot_copy_from_staging"] = await timed(
+        total, lambda: pilot_copy(area, inputs, tmp / f"{name}-sandbox", concurrency)
+    )
     await asyncio.to_thread(shutil.rmtree, tmp / name)
     await asyncio.to_thread(shutil.rmtree, tmp / f"{name}-sandbox")
     return out
@@ -221,8 +245,12 @@ async def claim_rtts(srv: Server, tmp: Path, rounds: int, spaced: int, poll_s: f
     assert site.mailbox is not None and site.staging is not None
     area = StagingArea(site.staging.dir)
     async with ApiClient(srv.url, user) as api:  # jobs without inputs, for the firewalled and a direct site
-        await api.submit([JobSpec(argv=["true"], sites=["rtt", "rtt-d"], memory_mb=64, disk_mb=1, walltime_s=60)
-                          for _ in range(3 * rounds + spaced + 10)])
+        await api.submit(
+            [
+                JobSpec(argv=["true"], sites=["rtt", "rtt-d"], memory_mb=64, disk_mb=1, walltime_s=60)
+                for _ in range(3 * rounds + spaced + 10)
+            ]
+        )
     async with ApiClient(srv.url, token_file.read_text()) as site_api:
         await site_api.set_site_network("rtt", Network.NONE)
         await site_api.demand("rtt", site.shape)
@@ -233,8 +261,9 @@ async def claim_rtts(srv: Server, tmp: Path, rounds: int, spaced: int, poll_s: f
         await direct_site.demand("rtt-d", site.shape)
         grants.insert(0, await direct_site.new_pilot("rtt-d"))
 
-        async def measure(kind: str, sync: Callable[[SyncRequest], Awaitable[Any]], n: int, gap_s: float,
-                          jitter_s: float = 0.0) -> None:
+        async def measure(
+            kind: str, sync: Callable[[SyncRequest], Awaitable[Any]], n: int, gap_s: float, jitter_s: float = 0.0
+        ) -> None:
             rtts = []
             for _ in range(n):
                 if gap_s:
@@ -243,12 +272,15 @@ async def claim_rtts(srv: Server, tmp: Path, rounds: int, spaced: int, poll_s: f
                 resp = await sync(SyncRequest(free=Resources(cpus=1, memory_mb=1024, disk_mb=1024), lifetime_s=3000))
                 rtts.append((time.perf_counter() - t0) * 1000)
                 assert len(resp.jobs) == 1, (kind, resp)
-            results[kind] = {"median_ms": round(statistics.median(rtts), 2),
-                             "p95_ms": round(sorted(rtts)[int(0.95 * (len(rtts) - 1))], 2),
-                             "max_ms": round(max(rtts), 2)}
+            results[kind] = {
+                "median_ms": round(statistics.median(rtts), 2),
+                "p95_ms": round(sorted(rtts)[int(0.95 * (len(rtts) - 1))], 2),
+                "max_ms": round(max(rtts), 2),
+            }
 
-        register = PilotRegister(resources=Resources(cpus=4 * rounds, memory_mb=1 << 20, disk_mb=1 << 20),
-                                 end_time=time.time() + 3600)
+        register = PilotRegister(
+            resources=Resources(cpus=4 * rounds, memory_mb=1 << 20, disk_mb=1 << 20), end_time=time.time() + 3600
+        )
         async with DirectChannel(srv.url, grants[0].token) as direct:
             await direct.register(register)
             await measure("direct", direct.sync, rounds, 0)
@@ -282,8 +314,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         state = StateDir(tmp / "server")
         # Plain HTTP on loopback; no rate limits: this measures the transfer paths, not the server's policy
         # (with the default rate_site_per_s, staging many small files runs at that many files per second).
-        state.write(ServerSettings(port=0, heartbeat_s=5.0, insecure_http=True, rate_user_per_s=0,
-                                   rate_site_per_s=0, rate_pilot_per_s=0))
+        state.write(
+            ServerSettings(
+                port=0, heartbeat_s=5.0, insecure_http=True, rate_user_per_s=0, rate_site_per_s=0, rate_pilot_per_s=0
+            )
+        )
         async with Server(str(state.root)) as srv:
             small = await transfers(srv, tmp, "small", args.small_files, MB, args.concurrency)
             large = await transfers(srv, tmp, "large", args.large_files, 100 * MB, args.concurrency)
@@ -291,8 +326,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "firewalled-sites-staging",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "note": ("server, client, staging area and sandboxes on one machine's disk (page cache warm); "
-                 "plain HTTP on loopback; server rate limits off"),
+        "note": (
+            "server, client, staging area and sandboxes on one machine's disk (page cache warm); "
+            "plain HTTP on loopback; server rate limits off"
+        ),
         "transfers": [small, large],
         "claim_round_trip": rtt,
     }
@@ -313,17 +350,34 @@ def main() -> None:
     rows = []
     for t in result["transfers"]:
         what = f"{t['files']} x {t['file_mb']} MB"
-        rows.append((f"{what}: direct (server -> sandbox)", f"{t['direct']['mb_per_s']:.0f} MB/s",
-                     f"{t['direct']['seconds']:.2f} s"))
-        rows.append((f"{what}: staged (server -> staging area)", f"{t['staged']['mb_per_s']:.0f} MB/s",
-                     f"{t['staged']['seconds']:.2f} s"))
-        rows.append((f"{what}: pilot copy (staging area -> sandbox)",
-                     f"{t['pilot_copy_from_staging']['mb_per_s']:.0f} MB/s",
-                     f"{t['pilot_copy_from_staging']['seconds']:.2f} s"))
+        rows.append(
+            (
+                f"{what}: direct (server -> sandbox)",
+                f"{t['direct']['mb_per_s']:.0f} MB/s",
+                f"{t['direct']['seconds']:.2f} s",
+            )
+        )
+        rows.append(
+            (
+                f"{what}: staged (server -> staging area)",
+                f"{t['staged']['mb_per_s']:.0f} MB/s",
+                f"{t['staged']['seconds']:.2f} s",
+            )
+        )
+        rows.append(
+            (
+                f"{what}: pilot copy (staging area -> sandbox)",
+                f"{t['pilot_copy_from_staging']['mb_per_s']:.0f} MB/s",
+                f"{t['pilot_copy_from_staging']['seconds']:.2f} s",
+            )
+        )
     rtt = result["claim_round_trip"]
-    for kind, label in (("direct", "claim round trip: direct"), ("relay", "claim round trip: relay"),
-                        ("mailbox", "claim round trip: mailbox, back to back"),
-                        ("mailbox_spaced", f"claim round trip: mailbox, spaced (poll_s {rtt['mailbox_poll_s']})")):
+    for kind, label in (
+        ("direct", "claim round trip: direct"),
+        ("relay", "claim round trip: relay"),
+        ("mailbox", "claim round trip: mailbox, back to back"),
+        ("mailbox_spaced", f"claim round trip: mailbox, spaced (poll_s {rtt['mailbox_poll_s']})"),
+    ):
         rows.append((label, f"median {rtt[kind]['median_ms']:.1f} ms", f"p95 {rtt[kind]['p95_ms']:.1f} ms"))
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'rate':>18}  time")

@@ -36,8 +36,9 @@ async def bare_spawn(n: int, concurrency: int) -> float:
 
     async def one() -> None:
         async with sem:
-            proc = await asyncio.create_subprocess_exec("/bin/true", stdout=asyncio.subprocess.DEVNULL,
-                                                        stderr=asyncio.subprocess.DEVNULL)
+            proc = await asyncio.create_subprocess_exec(
+                "/bin/true", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+            )
             await proc.wait()
 
     t0 = time.perf_counter()
@@ -59,18 +60,39 @@ async def through_pilot(n: int, cpus: int, tmp: Path) -> dict[str, float]:
         token.chmod(0o600)
         log = open(tmp / "pilot.log", "wb")  # noqa: ASYNC230 - handed to the child
         pilot = await asyncio.create_subprocess_exec(
-            sys.executable, *PILOT_PREFIX, "-m", "glidein_client.pilot", "run",
-            "--server-url", srv.url, "--token-file", str(token),
-            "--cpus", str(cpus), "--memory-mb", str(cpus * 1024), "--disk-mb", "10000", "--walltime-s", "3600",
-            "--idle-timeout-s", "30", "--scratch", str(tmp / "scratch"),
-            stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+            sys.executable,
+            *PILOT_PREFIX,
+            "-m",
+            "glidein_client.pilot",
+            "run",
+            "--server-url",
+            srv.url,
+            "--token-file",
+            str(token),
+            "--cpus",
+            str(cpus),
+            "--memory-mb",
+            str(cpus * 1024),
+            "--disk-mb",
+            "10000",
+            "--walltime-s",
+            "3600",
+            "--idle-timeout-s",
+            "30",
+            "--scratch",
+            str(tmp / "scratch"),
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         try:
             async with ApiClient(srv.url, user) as api:
                 await asyncio.sleep(1.0)  # let the pilot start and long-poll, as a warm pilot would
                 t0 = time.time()
-                ids = await api.submit([JobSpec(argv=["/bin/true"], memory_mb=100, disk_mb=1, walltime_s=60)
-                                        for _ in range(n)])
+                ids = await api.submit(
+                    [JobSpec(argv=["/bin/true"], memory_mb=100, disk_mb=1, walltime_s=60) for _ in range(n)]
+                )
                 t_submitted = time.time() - t0
                 # Watch from afar (4 polls a second, so as not to load the server), then take the
                 # times from the server's own record of when each job finished.
@@ -79,8 +101,9 @@ async def through_pilot(n: int, cpus: int, tmp: Path) -> dict[str, float]:
                     if counts.get("done", 0) + counts.get("failed", 0) >= n:
                         break
                     await asyncio.sleep(0.25)
-                jobs = [j for offset in range(0, n, 1000)
-                        for j in (await api.list_jobs(limit=1000, offset=offset)).jobs]  # only these on this server
+                jobs = [
+                    j for offset in range(0, n, 1000) for j in (await api.list_jobs(limit=1000, offset=offset)).jobs
+                ]  # only these on this server
                 assert len(jobs) == len(ids) == n
                 finished = [j.finished_at for j in jobs if j.finished_at is not None]
                 elapsed = max(finished) - t0
@@ -91,8 +114,14 @@ async def through_pilot(n: int, cpus: int, tmp: Path) -> dict[str, float]:
         finally:
             os.killpg(pilot.pid, signal.SIGTERM)
             await pilot.wait()
-    return {"rate_per_s": n / elapsed, "elapsed_s": elapsed, "submit_s": t_submitted,
-            "first_done_s": first_done, "failed": failed, "pilot_cpu_ms_per_job": 1000 * pilot_cpu_s / n}
+    return {
+        "rate_per_s": n / elapsed,
+        "elapsed_s": elapsed,
+        "submit_s": t_submitted,
+        "first_done_s": first_done,
+        "failed": failed,
+        "pilot_cpu_ms_per_job": 1000 * pilot_cpu_s / n,
+    }
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:

@@ -56,8 +56,10 @@ def main():
 if __name__ == "__main__":
     main()
 '''
-WORDS = ("pilot glidein slot core memory walltime site queue lease claim input output neutrino muon "
-         "detector event shower trigger photon cluster node login batch token demand").split()
+WORDS = (
+    "pilot glidein slot core memory walltime site queue lease claim input output neutrino muon "
+    "detector event shower trigger photon cluster node login batch token demand"
+).split()
 
 
 def expected_result(text: str) -> str:
@@ -86,8 +88,9 @@ class Demo:
 
     def cli(self, module: str, *args: str, capture: bool = True) -> str:
         pipe = subprocess.PIPE if capture else None
-        proc = subprocess.run([sys.executable, "-m", module, *args], env=self.env, check=False, stdout=pipe,
-                              stderr=pipe)
+        proc = subprocess.run(
+            [sys.executable, "-m", module, *args], env=self.env, check=False, stdout=pipe, stderr=pipe
+        )
         if proc.returncode != 0:
             err = proc.stderr.decode() if proc.stderr else ""
             raise SystemExit(f"demo: `{module} {' '.join(args)}` failed (exit {proc.returncode}): {err.strip()}")
@@ -101,8 +104,13 @@ class Demo:
 
     def start(self, name: str, module: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.root / f"{name}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", module, *args], env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         self.procs.append(proc)
         return proc
@@ -114,8 +122,11 @@ class Demo:
         user = json.loads(self.cli("glidein_server.cli", "--dir", str(server_dir), "user", "add", "demo", "--json"))
         site = json.loads(self.cli("glidein_server.cli", "--dir", str(server_dir), "site", "add", "local", "--json"))
         url, self.ca_file = init["url"], init["ca_file"]  # HTTPS, with the CA that init made
-        self.env.update(GLIDEIN_URL=url, GLIDEIN_CA_FILE=self.ca_file,
-                        GLIDEIN_TOKEN_FILE=str(self.secret("user.token", user["token"])))
+        self.env.update(
+            GLIDEIN_URL=url,
+            GLIDEIN_CA_FILE=self.ca_file,
+            GLIDEIN_TOKEN_FILE=str(self.secret("user.token", user["token"])),
+        )
         self.env.pop("GLIDEIN_TOKEN", None)
         site_config = self.root / "local.toml"
         site_config.write_text(f"""\
@@ -123,9 +134,9 @@ class Demo:
 name = "local"
 server_url = "{url}"
 ca_file = "{self.ca_file}"
-token_file = "{self.secret('site.token', site['token'])}"
+token_file = "{self.secret("site.token", site["token"])}"
 scheduler = "local"
-scratch_dir = "{self.root / 'site'}"
+scratch_dir = "{self.root / "site"}"
 cycle_s = 2
 
 [pilot]
@@ -162,17 +173,22 @@ max_submit_per_cycle = 3
         (work / "data").mkdir(parents=True)
         (work / "analyse.py").write_text(ANALYSE)
         expected: dict[int, str] = {}
-        lines = ['[defaults]', 'memory = "300M"', 'walltime = "5m"', 'labels = { dataset = "demo" }', '']
+        lines = ["[defaults]", 'memory = "300M"', 'walltime = "5m"', 'labels = { dataset = "demo" }', ""]
         for i in range(self.n_jobs):
             cpus = 1 if i % 3 else rng.choice((2, 3, 4))
             text = "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(5, 30))) for _ in range(rng.randint(50, 400)))
             (work / "data" / f"part-{i}.txt").write_text(text)
             expected[i] = expected_result(text)
             pause = round(rng.uniform(0.3, 1.0), 2)
-            lines += ['[[job]]', f'argv = ["python3", "analyse.py", "data.txt", "result.txt", "{pause}"]',
-                      f'inputs = ["analyse.py", {{ path = "data/part-{i}.txt", name = "data.txt" }}]',
-                      'outputs = ["result.txt"]', f'cpus = {cpus}', f'labels = {{ dataset = "demo", part = "{i}" }}',
-                      '']
+            lines += [
+                "[[job]]",
+                f'argv = ["python3", "analyse.py", "data.txt", "result.txt", "{pause}"]',
+                f'inputs = ["analyse.py", {{ path = "data/part-{i}.txt", name = "data.txt" }}]',
+                'outputs = ["result.txt"]',
+                f"cpus = {cpus}",
+                f'labels = {{ dataset = "demo", part = "{i}" }}',
+                "",
+            ]
         (work / "jobs.toml").write_text("\n".join(lines))
         return work, expected
 
@@ -218,15 +234,19 @@ def run(args: argparse.Namespace) -> int:
         t_submit = time.monotonic()
         say(f"  submitted jobs {ids[0]}-{ids[-1]}; the client sees the demand and starts pilots\n")
         say("3. Waiting for the jobs (glidein wait)")
-        subprocess.run([sys.executable, "-m", "glidein_client.user.cli", "wait", "--timeout", "5m"], env=demo.env,
-                       check=False)
+        subprocess.run(
+            [sys.executable, "-m", "glidein_client.user.cli", "wait", "--timeout", "5m"], env=demo.env, check=False
+        )
         t_done = time.monotonic()
         say("\n4. Fetching and verifying every output (glidein fetch)")
         out = root / "outputs"
         demo.cli("glidein_client.user.cli", "fetch", *map(str, ids), "-d", str(out))
-        bad = [i for i, job_id in enumerate(ids)
-               if not (out / str(job_id) / "result.txt").exists()
-               or (out / str(job_id) / "result.txt").read_text() != expected[i]]
+        bad = [
+            i
+            for i, job_id in enumerate(ids)
+            if not (out / str(job_id) / "result.txt").exists()
+            or (out / str(job_id) / "result.txt").read_text() != expected[i]
+        ]
         say(f"  {len(ids) - len(bad)} of {len(ids)} outputs match the result computed here")
         say("\n5. Stopping the pilots and the client")
         demo.procs[1].send_signal(signal.SIGTERM)
@@ -247,8 +267,10 @@ def run(args: argparse.Namespace) -> int:
         say(f"  pilots      {sum(pilots.values())} used (local scheduler, 4 slots each, on {os.cpu_count()} cores)")
         if occupancy is not None:
             say(f"  occupancy   {100 * occupancy:.0f}% of the pilots' slot-seconds were given to jobs")
-        say(f"  time        {t_done - t_submit:.1f} s from submit to the last job done, "
-            f"{time.monotonic() - t_start:.1f} s for the whole demo")
+        say(
+            f"  time        {t_done - t_submit:.1f} s from submit to the last job done, "
+            f"{time.monotonic() - t_start:.1f} s for the whole demo"
+        )
         ok = done == len(ids) and not bad
         say("\nAll jobs done and verified." if ok else f"\nSomething went wrong; logs are in {root}.")
         return 0 if ok else 1

@@ -27,13 +27,18 @@ log = logging.getLogger(__name__)
 
 def open_store(state: StateDir, settings: ServerSettings) -> Store:
     s = settings
-    retry = RetryPolicy(memory_factor=s.retry_memory_factor, max_memory_mb=s.retry_max_memory_mb,
-                        walltime_factor=s.retry_walltime_factor, max_walltime_s=s.retry_max_walltime_s)
+    retry = RetryPolicy(
+        memory_factor=s.retry_memory_factor,
+        max_memory_mb=s.retry_max_memory_mb,
+        walltime_factor=s.retry_walltime_factor,
+        max_walltime_s=s.retry_max_walltime_s,
+    )
     return SqliteStore(str(state.database(settings)), retry=retry)
 
 
-async def mint_token(store: Store, role: Role, subject: str, expires_at: float | None = None,
-                     scopes: Sequence[Scope] | None = None) -> str:
+async def mint_token(
+    store: Store, role: Role, subject: str, expires_at: float | None = None, scopes: Sequence[Scope] | None = None
+) -> str:
     """Create a token and store only its hash; the token itself is returned once."""
     token = auth.new_token()
     await store.add_token(auth.hash_token(token), role, subject, expires_at, scopes)
@@ -41,11 +46,13 @@ async def mint_token(store: Store, role: Role, subject: str, expires_at: float |
 
 
 def rate_limits(s: ServerSettings) -> RateLimits:
-    return RateLimits(operator=Rate(s.rate_operator_per_s, s.rate_operator_burst),
-                      user=Rate(s.rate_user_per_s, s.rate_user_burst),
-                      site=Rate(s.rate_site_per_s, s.rate_site_burst),
-                      pilot=Rate(s.rate_pilot_per_s, s.rate_pilot_burst),
-                      anonymous=Rate(s.rate_anonymous_per_s, s.rate_anonymous_burst))
+    return RateLimits(
+        operator=Rate(s.rate_operator_per_s, s.rate_operator_burst),
+        user=Rate(s.rate_user_per_s, s.rate_user_burst),
+        site=Rate(s.rate_site_per_s, s.rate_site_burst),
+        pilot=Rate(s.rate_pilot_per_s, s.rate_pilot_burst),
+        anonymous=Rate(s.rate_anonymous_per_s, s.rate_anonymous_burst),
+    )
 
 
 class Server:
@@ -70,13 +77,15 @@ class Server:
             raise ConfigError(
                 f"The server in {self.state.root} has no TLS certificate (tls_cert and tls_key in config.toml).",
                 hint="Make one with `glidein-server tls renew`, or set insecure_http = true in config.toml to "
-                     "serve plain HTTP on this host's loopback address only.")
+                "serve plain HTTP on this host's loopback address only.",
+            )
         if not tls.is_loopback(self._host) and not s.insecure_http_any_host:
             raise ConfigError(
                 f"Plain HTTP is served on loopback addresses only, not on {self._host}: tokens would travel in "
                 "clear text.",
                 hint="Turn TLS on (`glidein-server tls renew`), or set insecure_http_any_host = true in "
-                     "config.toml if a TLS proxy in front of the server handles the network.")
+                "config.toml if a TLS proxy in front of the server handles the network.",
+            )
         log.warning("serving plain HTTP without TLS on %s: tokens and data travel unencrypted", self._host)
         return None
 
@@ -87,12 +96,20 @@ class Server:
         await self.store.open()
         await self.store.recover(time.time(), s.lease_s)
         files = FileStore(self.state.files(s), max_bytes=s.max_file_mb << 20)
-        api = Api(self.store, files, ServerConfig(lease_s=s.lease_s, heartbeat_s=s.heartbeat_s,
-                                                  pilot_timeout_s=s.pilot_timeout_s,
-                                                  max_request_bytes=s.max_request_mb << 20,
-                                                  rate_limits=rate_limits(s), totp_key=key,
-                                                  pilot_token_grace_s=s.pilot_token_grace_s,
-                                                  pilot_token_max_s=s.pilot_token_max_s))
+        api = Api(
+            self.store,
+            files,
+            ServerConfig(
+                lease_s=s.lease_s,
+                heartbeat_s=s.heartbeat_s,
+                pilot_timeout_s=s.pilot_timeout_s,
+                max_request_bytes=s.max_request_mb << 20,
+                rate_limits=rate_limits(s),
+                totp_key=key,
+                pilot_token_grace_s=s.pilot_token_grace_s,
+                pilot_token_max_s=s.pilot_token_max_s,
+            ),
+        )
         self.api = api
         self._runner = web.AppRunner(api.make_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -103,8 +120,9 @@ class Server:
         log.info("glidein server listening on %s (state in %s)", self.url, self.state.root)
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.store.close()

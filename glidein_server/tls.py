@@ -46,8 +46,12 @@ class TlsFiles:
 
 
 def default_files() -> TlsFiles:
-    return TlsFiles(ca_cert=f"{TLS_DIR}/{CA_CERT}", ca_key=f"{TLS_DIR}/{CA_KEY}",
-                    cert=f"{TLS_DIR}/{SERVER_CERT}", key=f"{TLS_DIR}/{SERVER_KEY}")
+    return TlsFiles(
+        ca_cert=f"{TLS_DIR}/{CA_CERT}",
+        ca_key=f"{TLS_DIR}/{CA_KEY}",
+        cert=f"{TLS_DIR}/{SERVER_CERT}",
+        key=f"{TLS_DIR}/{SERVER_KEY}",
+    )
 
 
 def server_names(host: str, public_url: str = "", extra: Iterable[str] = ()) -> list[str]:
@@ -87,26 +91,41 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def make_ca(common_name: str) -> tuple[bytes, bytes]:
     """A new CA: (key PEM, certificate PEM)."""
     key = _key()
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "glidein"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    name = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "glidein"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    )
     now = _now()
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -124,15 +143,27 @@ def make_server_cert(ca_key_pem: bytes, ca_cert_pem: bytes, names: list[str]) ->
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca_cert.subject).public_key(key.public_key())
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=SERVER_DAYS))
         .add_extension(_san(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
-                                     crl_sign=False, content_commitment=False, data_encipherment=False,
-                                     key_agreement=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
@@ -166,9 +197,10 @@ def issue(root: Path, files: TlsFiles, names: list[str]) -> None:
         ca_key = (root / files.ca_key).read_bytes()
         ca_cert = (root / files.ca_cert).read_bytes()
     except OSError as exc:
-        raise ConfigError(f"Cannot read the server's CA ({exc.filename}): {exc.strerror}.",
-                          hint="The CA is made by `glidein-server init`; its files live in the state directory's "
-                               f"{TLS_DIR}/ folder.") from None
+        raise ConfigError(
+            f"Cannot read the server's CA ({exc.filename}): {exc.strerror}.",
+            hint=f"The CA is made by `glidein-server init`; its files live in the state directory's {TLS_DIR}/ folder.",
+        ) from None
     key, cert = make_server_cert(ca_key, ca_cert, names)
     write_private(root / files.key, key)
     (root / files.cert).write_bytes(cert)
@@ -177,8 +209,9 @@ def issue(root: Path, files: TlsFiles, names: list[str]) -> None:
 def cert_names(cert_pem: bytes) -> list[str]:
     cert = x509.load_pem_x509_certificate(cert_pem)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return [str(n) for n in san.get_values_for_type(x509.DNSName)] + \
-        [str(n) for n in san.get_values_for_type(x509.IPAddress)]
+    return [str(n) for n in san.get_values_for_type(x509.DNSName)] + [
+        str(n) for n in san.get_values_for_type(x509.IPAddress)
+    ]
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -188,9 +221,11 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(str(cert), str(key))
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"Cannot load the server's TLS certificate {cert} and key {key}: {exc}.",
-                          hint="Check tls_cert and tls_key in config.toml, or issue a new certificate with "
-                               "`glidein-server tls renew`.") from None
+        raise ConfigError(
+            f"Cannot load the server's TLS certificate {cert} and key {key}: {exc}.",
+            hint="Check tls_cert and tls_key in config.toml, or issue a new certificate with "
+            "`glidein-server tls renew`.",
+        ) from None
     return ctx
 
 

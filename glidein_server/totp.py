@@ -70,22 +70,33 @@ class TotpGuard:
             raise AuthError(f"Too many wrong one-time codes; wait {LOCKOUT_S - (now - since):.0f} s.")
         secret_enc = await self.store.get_totp(subject) if self.key is not None else None
         if secret_enc is None:
-            raise AuthError(f"The operator {subject!r} has no one-time code set up on this server.",
-                            hint=f"On the server host: glidein-server operator totp-enrol --subject {subject}")
+            raise AuthError(
+                f"The operator {subject!r} has no one-time code set up on this server.",
+                hint=f"On the server host: glidein-server operator totp-enrol --subject {subject}",
+            )
         try:
             secret = Fernet(self.key or b"").decrypt(secret_enc).decode()
         except (InvalidToken, ValueError):
-            raise AuthError("The server cannot read this operator's TOTP secret (the key file changed).",
-                            hint=f"On the server host: glidein-server operator totp-enrol --subject {subject}",
-                            ) from None
+            raise AuthError(
+                "The server cannot read this operator's TOTP secret (the key file changed).",
+                hint=f"On the server host: glidein-server operator totp-enrol --subject {subject}",
+            ) from None
         totp = pyotp.TOTP(secret, interval=STEP_S)
         step = int(now // STEP_S)
-        matched = next((s for s in range(step + WINDOW, step - WINDOW - 1, -1)
-                        if hmac.compare_digest(totp.generate_otp(s), code.strip())), None)
+        matched = next(
+            (
+                s
+                for s in range(step + WINDOW, step - WINDOW - 1, -1)
+                if hmac.compare_digest(totp.generate_otp(s), code.strip())
+            ),
+            None,
+        )
         if matched is None:
             self._failures[subject] = (fails + 1 if now - since < LOCKOUT_S else 1, now)
             raise AuthError("The one-time code is wrong or expired.", hint=hint)
         if not await self.store.use_totp_step(subject, matched):
-            raise AuthError("This one-time code was already used.",
-                            hint="Wait for the next code of your authenticator app (every 30 s).")
+            raise AuthError(
+                "This one-time code was already used.",
+                hint="Wait for the next code of your authenticator app (every 30 s).",
+            )
         self._failures.pop(subject, None)

@@ -68,25 +68,57 @@ class LiveServer:
     def api(self, token: str) -> ApiClient:
         return ApiClient(self.url, token, ca_file=self.ca_file)
 
-    async def start_pilot(self, *, site: str = "local", cpus: int = 2, memory_mb: int = 2048, disk_mb: int = 1000,
-                          walltime_s: int = 600, idle_timeout_s: float = 5.0, shape: PilotShape | None = None,
-                          extra: tuple[str, ...] = ()) -> asyncio.subprocess.Process:
+    async def start_pilot(
+        self,
+        *,
+        site: str = "local",
+        cpus: int = 2,
+        memory_mb: int = 2048,
+        disk_mb: int = 1000,
+        walltime_s: int = 600,
+        idle_timeout_s: float = 5.0,
+        shape: PilotShape | None = None,
+        extra: tuple[str, ...] = (),
+    ) -> asyncio.subprocess.Process:
         """Start a real pilot process for ``site`` (its site token is minted on the fly)."""
         site_token = await self.token(Role.SITE, site)
         async with self.api(site_token) as api:
-            await api.demand(site, shape or PilotShape(cpus=cpus, memory_mb=memory_mb, disk_mb=disk_mb,
-                                                       walltime_s=walltime_s))
+            await api.demand(
+                site, shape or PilotShape(cpus=cpus, memory_mb=memory_mb, disk_mb=disk_mb, walltime_s=walltime_s)
+            )
             grant = await api.new_pilot(site)
         token_file = self.write_secret(f"pilot-{grant.pilot_id}.token", grant.token)
         scratch = self.tmp / "scratch"
         scratch.mkdir(exist_ok=True)
         log = open(self.tmp / f"pilot-{grant.pilot_id}.log", "wb")  # noqa: ASYNC230 - handed to the child
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "glidein_client.pilot", "run", "--server-url", self.url,
-            "--token-file", str(token_file), "--site", site, "--cpus", str(cpus), "--memory-mb", str(memory_mb),
-            "--disk-mb", str(disk_mb), "--walltime-s", str(walltime_s), "--idle-timeout-s", str(idle_timeout_s),
-            "--scratch", str(scratch), *(("--ca-file", self.ca_file) if self.ca_file else ()), *extra,
-            stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            sys.executable,
+            "-m",
+            "glidein_client.pilot",
+            "run",
+            "--server-url",
+            self.url,
+            "--token-file",
+            str(token_file),
+            "--site",
+            site,
+            "--cpus",
+            str(cpus),
+            "--memory-mb",
+            str(memory_mb),
+            "--disk-mb",
+            str(disk_mb),
+            "--walltime-s",
+            str(walltime_s),
+            "--idle-timeout-s",
+            str(idle_timeout_s),
+            "--scratch",
+            str(scratch),
+            *(("--ca-file", self.ca_file) if self.ca_file else ()),
+            *extra,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         self.pilots.append(proc)

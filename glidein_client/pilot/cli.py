@@ -25,8 +25,11 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--server-url", required=True)
         sp.add_argument("--token-file", required=True, help="the pilot's token (mode 0600)")
-        sp.add_argument("--ca-file", default=os.environ.get("GLIDEIN_CA_FILE") or None,
-                        help="CA certificate to trust for the server (default: $GLIDEIN_CA_FILE)")
+        sp.add_argument(
+            "--ca-file",
+            default=os.environ.get("GLIDEIN_CA_FILE") or None,
+            help="CA certificate to trust for the server (default: $GLIDEIN_CA_FILE)",
+        )
         sp.add_argument("--site", default="", help="site name (for logs)")
         sp.add_argument("--scratch", default=os.environ.get("TMPDIR", "/tmp"), help="scratch directory")
         sp.add_argument("--cpus", type=int, help="slots to offer (default: detected)")
@@ -34,17 +37,33 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--gpus", type=int, help="GPUs to offer (default: detected)")
         sp.add_argument("--disk-mb", type=int, help="scratch space to offer (default: detected)")
         sp.add_argument("--walltime-s", type=int, help="own walltime (default: from the batch system)")
-        sp.add_argument("--fallback-walltime-s", type=int,
-                        help="walltime to assume when the batch system does not tell the pilot's end time")
+        sp.add_argument(
+            "--fallback-walltime-s",
+            type=int,
+            help="walltime to assume when the batch system does not tell the pilot's end time",
+        )
         sp.add_argument("--idle-timeout-s", type=float, default=120.0)
-        sp.add_argument("--prefetch-s", type=float, default=2.0,
-                        help="keep about this many seconds of short jobs per slot claimed ahead (0: never)")
+        sp.add_argument(
+            "--prefetch-s",
+            type=float,
+            default=2.0,
+            help="keep about this many seconds of short jobs per slot claimed ahead (0: never)",
+        )
         sp.add_argument("--min-disk-mb", type=int, default=100)
-        sp.add_argument("--require", action="append", default=[], metavar="CMD",
-                        help="a command jobs need on this node; the self-test fails without it (repeatable)")
-        sp.add_argument("--channel", choices=CHANNELS, default="direct",
-                        help="how to reach the server: direct; relay (--server-url is the login node's relay); "
-                             "mailbox (files in --mailbox-dir); relay and mailbox take files from --staging-dir")
+        sp.add_argument(
+            "--require",
+            action="append",
+            default=[],
+            metavar="CMD",
+            help="a command jobs need on this node; the self-test fails without it (repeatable)",
+        )
+        sp.add_argument(
+            "--channel",
+            choices=CHANNELS,
+            default="direct",
+            help="how to reach the server: direct; relay (--server-url is the login node's relay); "
+            "mailbox (files in --mailbox-dir); relay and mailbox take files from --staging-dir",
+        )
         sp.add_argument("--staging-dir", help="the site's staging area on the shared filesystem (relay, mailbox)")
         sp.add_argument("--mailbox-dir", help="this pilot's mailbox directory on the shared filesystem (mailbox)")
         sp.add_argument("-v", "--verbose", action="store_true")
@@ -57,8 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("scratch", "staging_dir", "mailbox_dir"):
         if getattr(args, name, None):
             setattr(args, name, os.path.abspath(getattr(args, name)))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s pilot: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s pilot: %(message)s"
+    )
     try:
         sys.exit(asyncio.run(_main(args)))
     except GlideinError as exc:
@@ -71,23 +91,47 @@ def main(argv: list[str] | None = None) -> None:
 async def _main(args: argparse.Namespace) -> int:
     token = read_secret_file(args.token_file, what="pilot token")
     scratch = Path(args.scratch)
-    async with open_channel(args.channel, server_url=args.server_url, token=token, ca_file=args.ca_file,
-                            staging_dir=args.staging_dir, mailbox_dir=args.mailbox_dir) as channel:
+    async with open_channel(
+        args.channel,
+        server_url=args.server_url,
+        token=token,
+        ca_file=args.ca_file,
+        staging_dir=args.staging_dir,
+        mailbox_dir=args.mailbox_dir,
+    ) as channel:
         if args.cmd == "self-test":
-            result = await self_test(scratch, min_disk_mb=args.min_disk_mb, required_commands=args.require,
-                                     server_check=channel.check)
+            result = await self_test(
+                scratch, min_disk_mb=args.min_disk_mb, required_commands=args.require, server_check=channel.check
+            )
             for check in result.checks:
                 print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
             return 0 if result.ok else 1
-        detected = await detect(scratch, cpus=args.cpus, memory_mb=args.memory_mb, gpus=args.gpus,
-                                disk_mb=args.disk_mb, walltime_s=args.walltime_s,
-                                fallback_walltime_s=args.fallback_walltime_s)
-        pilot = Pilot(channel, detected, PilotSettings(scratch=scratch, idle_timeout_s=args.idle_timeout_s,
-                                                       prefetch_s=args.prefetch_s, min_disk_mb=args.min_disk_mb,
-                                                       required_commands=tuple(args.require)))
+        detected = await detect(
+            scratch,
+            cpus=args.cpus,
+            memory_mb=args.memory_mb,
+            gpus=args.gpus,
+            disk_mb=args.disk_mb,
+            walltime_s=args.walltime_s,
+            fallback_walltime_s=args.fallback_walltime_s,
+        )
+        pilot = Pilot(
+            channel,
+            detected,
+            PilotSettings(
+                scratch=scratch,
+                idle_timeout_s=args.idle_timeout_s,
+                prefetch_s=args.prefetch_s,
+                min_disk_mb=args.min_disk_mb,
+                required_commands=tuple(args.require),
+            ),
+        )
         loop = asyncio.get_running_loop()
-        for sig, why in ((signal.SIGTERM, "received SIGTERM"), (signal.SIGINT, "received SIGINT"),
-                         (signal.SIGUSR1, "received SIGUSR1")):
+        for sig, why in (
+            (signal.SIGTERM, "received SIGTERM"),
+            (signal.SIGINT, "received SIGINT"),
+            (signal.SIGUSR1, "received SIGUSR1"),
+        ):
             loop.add_signal_handler(sig, pilot.request_stop, why)
         return await pilot.run()
 

@@ -81,6 +81,7 @@ class _Running:
     started_at: float
     proc: JobProcess | None = None
     kill: tuple[Outcome, str] | None = None
+    task: asyncio.Task[None] | None = None
 
     def requested_kill(self) -> tuple[Outcome, str] | None:
         return self.kill
@@ -153,13 +154,30 @@ class Pilot:
 
     async def run(self) -> int:
         """Self-test, register, work until idle, end of life or stop. Returns the exit code."""
-        result = await self_test(self.settings.scratch, min_disk_mb=self.settings.min_disk_mb,
-                                 required_commands=self.settings.required_commands, server_check=self.channel.check)
-        reg = await self._patiently("register", lambda: self.channel.register(PilotRegister(
-            batch_id=self.res.batch_id, host=socket.gethostname(), end_time=self.end_time,
-            resources=Resources(cpus=self.res.slots, memory_mb=self.res.memory_mb, gpus=len(self.res.gpu_ids),
-                                disk_mb=self.res.disk_mb),
-            selftest_ok=result.ok, selftest_reason=result.reason)))
+        result = await self_test(
+            self.settings.scratch,
+            min_disk_mb=self.settings.min_disk_mb,
+            required_commands=self.settings.required_commands,
+            server_check=self.channel.check,
+        )
+        reg = await self._patiently(
+            "register",
+            lambda: self.channel.register(
+                PilotRegister(
+                    batch_id=self.res.batch_id,
+                    host=socket.gethostname(),
+                    end_time=self.end_time,
+                    resources=Resources(
+                        cpus=self.res.slots,
+                        memory_mb=self.res.memory_mb,
+                        gpus=len(self.res.gpu_ids),
+                        disk_mb=self.res.disk_mb,
+                    ),
+                    selftest_ok=result.ok,
+                    selftest_reason=result.reason,
+                )
+            ),
+        )
         if not result.ok:
             log.error("self-test failed, taking no work: %s", result.reason)
             return 1
@@ -167,9 +185,16 @@ class Pilot:
         self.heartbeat_s = reg.heartbeat_s
         self._workdir = self.settings.scratch / f"pilot-{self.pilot_id}"
         self._sandboxes = Sandboxes(self._workdir, keep=self.res.slots)
-        log.info("pilot %d started: %d slots on cores %s, %d MB, GPUs %s, %d MB disk, %.0f s to live",
-                 self.pilot_id, self.res.slots, list(self.res.core_ids), self.res.memory_mb,
-                 list(self.res.gpu_ids) or "none", self.res.disk_mb, self.end_time - time.time())
+        log.info(
+            "pilot %d started: %d slots on cores %s, %d MB, GPUs %s, %d MB disk, %.0f s to live",
+            self.pilot_id,
+            self.res.slots,
+            list(self.res.core_ids),
+            self.res.memory_mb,
+            list(self.res.gpu_ids) or "none",
+            self.res.disk_mb,
+            self.end_time - time.time(),
+        )
         async with self._sandboxes:
             reason = await self._loop()
             await self._leave(reason)
@@ -177,7 +202,7 @@ class Pilot:
 
     # --- the loop -----------------------------------------------------------------------------
 
-    async def _loop(self) -> str:
+    async def _loop(self) -> str:  # noqa: C901  (to become a small state machine)
         sync: _Flight | None = None  # the sync that claims (maybe a long poll)
         report: _Flight | None = None  # reports sent while that long poll waits for work
         last_sync = last_report = 0.0
@@ -211,8 +236,13 @@ class Pilot:
             if sync is None and mono >= retry_at and self._sync_due(mono - last_sync):
                 sync = self._send(claims=True)
                 last_sync = mono
-            elif (sync is not None and sync.long_poll and report is None and (self.started or self.finished)
-                  and mono - max(last_sync, last_report) >= self._report_delay()):
+            elif (
+                sync is not None
+                and sync.long_poll
+                and report is None
+                and (self.started or self.finished)
+                and mono - max(last_sync, last_report) >= self._report_delay()
+            ):
                 report = self._send(claims=False)  # reports never wait behind a long poll
                 last_report = mono
 
@@ -305,7 +335,8 @@ class Pilot:
             return urgent or bool(self.started or self.finished)
         # Only reports to send: gather them for a moment so one round trip carries many.
         return bool(self.started or self.finished) and (
-            since_last_s >= self._report_delay() or len(self.finished) >= REPORT_BATCH)
+            since_last_s >= self._report_delay() or len(self.finished) >= REPORT_BATCH
+        )
 
     def _report_delay(self) -> float:
         """How long reports gather before they are sent: a moment while more jobs wait to start, none after."""
@@ -313,8 +344,11 @@ class Pilot:
 
     def _claim_urgent(self) -> bool:
         """Cores would stand idle, or the backlog runs low, while the server may have work."""
-        return (not self._draining and not self._server_empty
-                and (self._free_after_backlog()[0] > 0 or len(self.backlog) < self._want() // 2))
+        return (
+            not self._draining
+            and not self._server_empty
+            and (self._free_after_backlog()[0] > 0 or len(self.backlog) < self._want() // 2)
+        )
 
     def _want(self) -> int:
         r = self.stats.runtime_ewma_s
@@ -324,8 +358,12 @@ class Pilot:
 
     def _free_after_backlog(self) -> tuple[int, int, int, int]:
         b = self.backlog
-        return (max(self.pool.free_slots - b.cpus, 0), max(self.mem_free - b.memory_mb, 0),
-                max(self.pool.free_gpus - b.gpus, 0), max(self.disk_free - b.disk_mb, 0))
+        return (
+            max(self.pool.free_slots - b.cpus, 0),
+            max(self.mem_free - b.memory_mb, 0),
+            max(self.pool.free_gpus - b.gpus, 0),
+            max(self.disk_free - b.disk_mb, 0),
+        )
 
     def _sync_request(self, reports: tuple[list[AttemptRef], list[Finish]]) -> SyncRequest:
         cpus, mem, gpus, disk = self._free_after_backlog()
@@ -339,18 +377,28 @@ class Pilot:
         held.update(f.attempt_id for f in reports[1])
         held.update(self._reporting)
         return SyncRequest(
-            held=sorted(held), started=reports[0], finished=reports[1],
+            held=sorted(held),
+            started=reports[0],
+            finished=reports[1],
             free=Resources(cpus=cpus, memory_mb=mem, gpus=gpus, disk_mb=disk),
             lifetime_s=max(0.0, self.end_time - time.time() - self.settings.end_margin_s),
             want=max(0, self._want() - len(self.backlog)) if not self._draining else 0,
-            wait_s=wait_s, occupancy=self.occupancy, draining=self._draining)
+            wait_s=wait_s,
+            occupancy=self.occupancy,
+            draining=self._draining,
+        )
 
     def _report_request(self, reports: tuple[list[AttemptRef], list[Finish]]) -> SyncRequest:
         cpus, mem, gpus, disk = self._free_after_backlog()
-        return SyncRequest(started=reports[0], finished=reports[1],
-                           free=Resources(cpus=cpus, memory_mb=mem, gpus=gpus, disk_mb=disk),
-                           lifetime_s=max(0.0, self.end_time - time.time() - self.settings.end_margin_s),
-                           occupancy=self.occupancy, draining=self._draining, claim=False)
+        return SyncRequest(
+            started=reports[0],
+            finished=reports[1],
+            free=Resources(cpus=cpus, memory_mb=mem, gpus=gpus, disk_mb=disk),
+            lifetime_s=max(0.0, self.end_time - time.time() - self.settings.end_margin_s),
+            occupancy=self.occupancy,
+            draining=self._draining,
+            claim=False,
+        )
 
     def _absorb(self, resp: SyncResponse, *, claimed: bool = True) -> None:
         if claimed:
@@ -393,12 +441,13 @@ class Pilot:
             self.disk_free -= spec.disk_mb
             entry = _Running(claim, alloc, time.time())
             self.running[claim.attempt_id] = entry
-            asyncio.create_task(self._run_job(entry))
+            entry.task = asyncio.create_task(self._run_job(entry))
         self.backlog.putback(kept)
 
     def _report_unstarted(self, claim: ClaimedJob, reason: str) -> None:
-        self.finished.append(Finish(attempt_id=claim.attempt_id, lease=claim.lease, outcome=Outcome.INTERRUPTED,
-                                    reason=reason))
+        self.finished.append(
+            Finish(attempt_id=claim.attempt_id, lease=claim.lease, outcome=Outcome.INTERRUPTED, reason=reason)
+        )
 
     def _drop_backlog(self, attempt_id: int, outcome: Outcome, reason: str) -> None:
         claim = self.backlog.take(attempt_id)
@@ -431,9 +480,19 @@ class Pilot:
             for inp in spec.inputs:
                 await self._place_input(inp, sandbox)
             if entry.kill is None:
-                proc = JobProcess(JobRun(attempt_id=claim.attempt_id, job_id=claim.job_id, spec=spec, sandbox=sandbox,
-                                         cores=cores_for(entry.alloc.slots, self.res.core_ids), gpus=entry.alloc.gpus),
-                                  poll_s=self.settings.poll_s, grace_s=self.settings.grace_s, base_env=self._env)
+                proc = JobProcess(
+                    JobRun(
+                        attempt_id=claim.attempt_id,
+                        job_id=claim.job_id,
+                        spec=spec,
+                        sandbox=sandbox,
+                        cores=cores_for(entry.alloc.slots, self.res.core_ids),
+                        gpus=entry.alloc.gpus,
+                    ),
+                    poll_s=self.settings.poll_s,
+                    grace_s=self.settings.grace_s,
+                    base_env=self._env,
+                )
                 entry.proc = proc
                 await proc.start()
                 kill = entry.requested_kill()  # may have been set while starting
@@ -445,22 +504,44 @@ class Pilot:
                 if result.outcome is Outcome.FAILED and result.exit_code in STOP_SIGNALS:
                     await asyncio.sleep(STOP_SIGNAL_GRACE_S)  # let the pilot's own signal arrive
                     if self._stop_reason is not None:
-                        result = _replace(result, Outcome.INTERRUPTED,
-                                          f"the pilot is stopping: {self._stop_reason} ({result.reason})")
+                        result = _replace(
+                            result, Outcome.INTERRUPTED, f"the pilot is stopping: {self._stop_reason} ({result.reason})"
+                        )
                 if result.outcome is Outcome.DONE:
                     outputs, result = await self._upload_outputs(claim, sandbox, result)
         except GlideinError as exc:
             outcome = Outcome.INTERRUPTED if isinstance(exc, ServerUnreachable) else Outcome.FAILED
-            result = RunResult(outcome=outcome, exit_code=None, reason=f"staging failed: {exc}", wall_s=0.0,
-                               max_rss_mb=0.0, stdout_tail="", stderr_tail="")
+            result = RunResult(
+                outcome=outcome,
+                exit_code=None,
+                reason=f"staging failed: {exc}",
+                wall_s=0.0,
+                max_rss_mb=0.0,
+                stdout_tail="",
+                stderr_tail="",
+            )
         except OSError as exc:
-            result = RunResult(outcome=Outcome.INTERRUPTED, exit_code=None, reason=f"the pilot's scratch failed: {exc}",
-                               wall_s=0.0, max_rss_mb=0.0, stdout_tail="", stderr_tail="")
+            result = RunResult(
+                outcome=Outcome.INTERRUPTED,
+                exit_code=None,
+                reason=f"the pilot's scratch failed: {exc}",
+                wall_s=0.0,
+                max_rss_mb=0.0,
+                stdout_tail="",
+                stderr_tail="",
+            )
         finally:
             if result is None:
                 outcome, reason = entry.kill or (Outcome.INTERRUPTED, "the pilot stopped before the job began")
-                result = RunResult(outcome=outcome, exit_code=None, reason=reason, wall_s=0.0, max_rss_mb=0.0,
-                                   stdout_tail="", stderr_tail="")
+                result = RunResult(
+                    outcome=outcome,
+                    exit_code=None,
+                    reason=reason,
+                    wall_s=0.0,
+                    max_rss_mb=0.0,
+                    stdout_tail="",
+                    stderr_tail="",
+                )
             if sandbox is not None:
                 self._sandboxes.release(sandbox, reuse=entry.proc is not None and entry.proc.pid is not None)
             self._release(entry, result, outputs)
@@ -476,14 +557,24 @@ class Pilot:
         if claim.attempt_id in self.stale:
             self.stale.discard(claim.attempt_id)
         else:
-            self.finished.append(Finish(
-                attempt_id=claim.attempt_id, lease=claim.lease, outcome=result.outcome, exit_code=result.exit_code,
-                reason=result.reason, wall_s=result.wall_s, max_rss_mb=result.max_rss_mb,
-                stdout_tail=result.stdout_tail[-LOG_TAIL_BYTES:], stderr_tail=result.stderr_tail[-LOG_TAIL_BYTES:],
-                outputs=outputs))
+            self.finished.append(
+                Finish(
+                    attempt_id=claim.attempt_id,
+                    lease=claim.lease,
+                    outcome=result.outcome,
+                    exit_code=result.exit_code,
+                    reason=result.reason,
+                    wall_s=result.wall_s,
+                    max_rss_mb=result.max_rss_mb,
+                    stdout_tail=result.stdout_tail[-LOG_TAIL_BYTES:],
+                    stderr_tail=result.stderr_tail[-LOG_TAIL_BYTES:],
+                    outputs=outputs,
+                )
+            )
         if result.outcome is not Outcome.DONE:
-            log.info("job %d (attempt %d) ended %s: %s", claim.job_id, claim.attempt_id, result.outcome.value,
-                     result.reason)
+            log.info(
+                "job %d (attempt %d) ended %s: %s", claim.job_id, claim.attempt_id, result.outcome.value, result.reason
+            )
         self._watch_for_black_hole(result)
         if not self._draining and self._stop_reason is None:
             self._dispatch(time.time())  # the freed slot takes the next job at once
@@ -496,10 +587,15 @@ class Pilot:
         elif result.outcome is Outcome.FAILED and result.wall_s < self.settings.fast_failure_s:
             self._fast_failures += 1
             if self._fast_failures >= self.settings.black_hole_failures:
-                log.error("black hole: the last %d jobs all failed within %.0f s; taking no more work",
-                          self._fast_failures, self.settings.fast_failure_s)
-                self.request_stop(f"black hole: the last {self._fast_failures} jobs all failed within "
-                                  f"{self.settings.fast_failure_s:.0f} s of starting; check this node")
+                log.error(
+                    "black hole: the last %d jobs all failed within %.0f s; taking no more work",
+                    self._fast_failures,
+                    self.settings.fast_failure_s,
+                )
+                self.request_stop(
+                    f"black hole: the last {self._fast_failures} jobs all failed within "
+                    f"{self.settings.fast_failure_s:.0f} s of starting; check this node"
+                )
 
     async def _place_input(self, inp: InputFile, sandbox: Path) -> None:
         dest = sandbox / inp.name
@@ -518,8 +614,9 @@ class Pilot:
         except OSError:
             await asyncio.to_thread(shutil.copyfile, cached, dest)
 
-    async def _upload_outputs(self, claim: ClaimedJob, sandbox: Path,
-                              result: RunResult) -> tuple[list[OutputFile], RunResult]:
+    async def _upload_outputs(
+        self, claim: ClaimedJob, sandbox: Path, result: RunResult
+    ) -> tuple[list[OutputFile], RunResult]:
         missing = [name for name in claim.spec.outputs if not (sandbox / name).is_file()]
         if missing:
             return [], _replace(result, Outcome.FAILED, f"the job did not produce {', '.join(missing)}")
@@ -544,12 +641,24 @@ class Pilot:
                 delay = min(MAX_RETRY_S, delay * 2)
 
     async def _leave(self, reason: str) -> None:
-        log.info("pilot %d leaving: %s (ran %d jobs, occupancy %.0f%%)", self.pilot_id, reason, self.stats.jobs,
-                 100 * self.occupancy)
+        log.info(
+            "pilot %d leaving: %s (ran %d jobs, occupancy %.0f%%)",
+            self.pilot_id,
+            reason,
+            self.stats.jobs,
+            100 * self.occupancy,
+        )
         with contextlib.suppress(GlideinError):
             await self.channel.exit(PilotExit(reason=reason, occupancy=self.occupancy, jobs_run=self.stats.jobs))
 
 
 def _replace(result: RunResult, outcome: Outcome, reason: str) -> RunResult:
-    return RunResult(outcome=outcome, exit_code=result.exit_code, reason=reason, wall_s=result.wall_s,
-                     max_rss_mb=result.max_rss_mb, stdout_tail=result.stdout_tail, stderr_tail=result.stderr_tail)
+    return RunResult(
+        outcome=outcome,
+        exit_code=result.exit_code,
+        reason=reason,
+        wall_s=result.wall_s,
+        max_rss_mb=result.max_rss_mb,
+        stdout_tail=result.stdout_tail,
+        stderr_tail=result.stderr_tail,
+    )

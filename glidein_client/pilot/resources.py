@@ -550,8 +550,15 @@ async def detect(
         job_ad=files.job_ad,
         pbs_nodefile=files.pbs_nodefile,
     )
-    detected = resolve(facts, cpus=cpus, memory_mb=memory_mb, gpus=gpus, disk_mb=disk_mb, walltime_s=walltime_s,
-                       fallback_walltime_s=fallback_walltime_s)
+    detected = resolve(
+        facts,
+        cpus=cpus,
+        memory_mb=memory_mb,
+        gpus=gpus,
+        disk_mb=disk_mb,
+        walltime_s=walltime_s,
+        fallback_walltime_s=fallback_walltime_s,
+    )
     for note in detected.notes:
         log.info("detected %s", note)
     return detected

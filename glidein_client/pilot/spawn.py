@@ -27,8 +27,16 @@ log = logging.getLogger(__name__)
 _FOUND: dict[tuple[str, str], str] = {}
 
 
-def spawn(argv: list[str], *, cwd: str, env: Mapping[str, str], stdin: int, stdout: int, stderr: int,
-          cores: frozenset[int] = frozenset()) -> int:
+def spawn(
+    argv: list[str],
+    *,
+    cwd: str,
+    env: Mapping[str, str],
+    stdin: int,
+    stdout: int,
+    stderr: int,
+    cores: frozenset[int] = frozenset(),
+) -> int:
     """Start ``argv`` and return its pid; raises OSError (``filename`` says what was missing) or
     ValueError (a NUL character) when it cannot start."""
     _seal_inherited()

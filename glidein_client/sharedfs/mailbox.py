@@ -90,8 +90,10 @@ def read_message(path: Path, type_: type[T]) -> T:
     try:
         return msgspec.json.decode(data, type=type_)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ValidationError(f"The mailbox message {path.name} is not valid: {exc}.",
-                              hint="It was not written by glidein; it is ignored and removed.") from None
+        raise ValidationError(
+            f"The mailbox message {path.name} is not valid: {exc}.",
+            hint="It was not written by glidein; it is ignored and removed.",
+        ) from None
 
 
 def ring(box: Path, msg_id: str) -> None:
@@ -115,8 +117,7 @@ def rung(root: Path) -> tuple[set[str], list[Path]]:
 def requests_in(box: Path) -> list[Path]:
     """Pending requests of one box, oldest first."""
     try:
-        names = sorted(e.name for e in os.scandir(box) if e.name.startswith(REQUEST_PREFIX)
-                       and e.name.endswith(SUFFIX))
+        names = sorted(e.name for e in os.scandir(box) if e.name.startswith(REQUEST_PREFIX) and e.name.endswith(SUFFIX))
     except (FileNotFoundError, NotADirectoryError):
         return []
     return [box / n for n in names]
@@ -126,7 +127,7 @@ def message_id(path: Path) -> str:
     name = path.name
     for prefix in (REQUEST_PREFIX, RESPONSE_PREFIX):
         if name.startswith(prefix):
-            return name[len(prefix):-len(SUFFIX)]
+            return name[len(prefix) : -len(SUFFIX)]
     return name
 
 

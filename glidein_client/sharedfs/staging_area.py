@@ -194,7 +194,8 @@ class StagingArea:
         if mark is None:
             raise StagingUnavailable(
                 f"The input {key[:16]}… is not in the staging area {self.root} (yet).",
-                hint="The site client stages it again; check that glidein-client run is running on the login node.")
+                hint="The site client stages it again; check that glidein-client run is running on the login node.",
+            )
         expected = sha256 or mark.sha256
         try:
             with open(self.input_path(key), "rb") as src:
@@ -206,7 +207,8 @@ class StagingArea:
             dest.unlink(missing_ok=True)
             raise StagingUnavailable(
                 f"The staged input {key[:16]}… in {self.root} was damaged (its sha256 does not match); "
-                "it was removed so that the site client stages it again.")
+                "it was removed so that the site client stages it again."
+            )
 
     # --- outputs (written by pilots, read by the site client) ----------------------------------
 
@@ -228,8 +230,10 @@ class StagingArea:
         nothing but what the pilot wrote there can be sent to the server.
         """
         path = self.output_path(attempt_id, name)
-        missing = ValidationError(f"The output {name!r} of attempt {attempt_id} is not in the staging area.",
-                                  hint="The pilot could not write it there; the job will be retried.")
+        missing = ValidationError(
+            f"The output {name!r} of attempt {attempt_id} is not in the staging area.",
+            hint="The pilot could not write it there; the job will be retried.",
+        )
         if not os.path.realpath(path.parent).startswith(os.path.realpath(self.outputs) + os.sep):
             raise missing
         try:
@@ -244,7 +248,9 @@ class StagingArea:
             if (digest, got) != (sha256, size):
                 raise ValidationError(
                     f"The output {name!r} of attempt {attempt_id} was damaged in the staging area "
-                    "(its sha256 does not match what the pilot wrote).", hint="The job will be retried.")
+                    "(its sha256 does not match what the pilot wrote).",
+                    hint="The job will be retried.",
+                )
             fh.seek(0)
             return fh
         except BaseException:

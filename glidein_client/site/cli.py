@@ -156,7 +156,9 @@ async def _status(args: argparse.Namespace) -> int:
 def _status_json(site: SiteConfig, status: SiteStatus) -> dict[str, Any]:
     d, nxt = status.demand, status.next_cycle
     return {
-        "site": site.name, "scheduler": site.site.scheduler, "demand": msgspec.to_builtins(d),
+        "site": site.name,
+        "scheduler": site.site.scheduler,
+        "demand": msgspec.to_builtins(d),
         "pilots": status.counts(),
         "backoff": {"active": d.backoff_s > 0, "start_failures": d.start_failures, "backoff_s": d.backoff_s},
         "next_cycle": {"submit": nxt.submit, "remove": list(nxt.remove), "reasons": list(nxt.reasons)},
@@ -168,8 +170,10 @@ def _status_text(site: SiteConfig, status: SiteStatus) -> str:
     unfit = f"; {d.unfit_jobs} eligible job(s) fit no pilot of this shape" if d.unfit_jobs else ""
     listed = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"
     if d.backoff_s > 0:
-        backoff = (f"on: {d.start_failures} pilot(s) in a row ended before taking work; no submissions for "
-                   f"{format_duration(d.backoff_s)}, then one probe pilot")
+        backoff = (
+            f"on: {d.start_failures} pilot(s) in a row ended before taking work; no submissions for "
+            f"{format_duration(d.backoff_s)}, then one probe pilot"
+        )
     elif d.start_failures:
         backoff = f"probing: {d.start_failures} pilot(s) in a row ended before taking work; one pilot at a time"
     else:

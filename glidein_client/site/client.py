@@ -86,8 +86,14 @@ def pilot_command(site: SiteConfig, workdir: str) -> tuple[str, ...]:
     }
     if site.site.scheduler == "local":
         # No batch system hands out an allocation: the config is the allocation.
-        options.update({"--cpus": str(shape.cpus), "--memory-mb": str(shape.memory_mb), "--gpus": str(shape.gpus),
-                        "--walltime-s": str(shape.walltime_s)})
+        options.update(
+            {
+                "--cpus": str(shape.cpus),
+                "--memory-mb": str(shape.memory_mb),
+                "--gpus": str(shape.gpus),
+                "--walltime-s": str(shape.walltime_s),
+            }
+        )
     else:
         # The pilot reads its real cores, memory, GPUs and end time from the batch system.
         options["--fallback-walltime-s"] = str(shape.walltime_s)
@@ -230,16 +236,27 @@ class SiteClient:
 
     def _decide(self, demand: Demand, pilots: Sequence[PilotJob]) -> Decision:
         site = self.site
-        return decide(demand.pilots, pilots, site.limits, now=time.time(), max_queued_s=site.max_queued_s,
-                      start_failures=demand.start_failures, backoff_s=demand.backoff_s)
+        return decide(
+            demand.pilots,
+            pilots,
+            site.limits,
+            now=time.time(),
+            max_queued_s=site.max_queued_s,
+            start_failures=demand.start_failures,
+            backoff_s=demand.backoff_s,
+        )
 
     async def _handle_holds(self, pilots: list[PilotJob], decision: Decision) -> Decision:
         """Release held pilots whose trouble passes; add the others to this cycle's removals."""
         sched = self.scheduler
         if not isinstance(sched, HoldHandler):
             return decision
-        held = [(p, info) for p in pilots if p.state is PilotState.HELD
-                if (info := sched.hold_reason(p.batch_id)) is not None]
+        held = [
+            (p, info)
+            for p in pilots
+            if p.state is PilotState.HELD
+            if (info := sched.hold_reason(p.batch_id)) is not None
+        ]
         if not held:
             return decision
         holds = hold_actions(held, now=time.time())

@@ -179,8 +179,9 @@ def parse_site_config(raw: dict[str, Any], path: str = "<config>") -> SiteConfig
             field="pilot.walltime",
         )
     ssh = _check_ssh(data, path) if data.ssh is not None else None
-    relay, mailbox, staging = check_network(data.site.network, data.relay, data.mailbox, data.staging,
-                                            remote=ssh is not None, path=path)
+    relay, mailbox, staging = check_network(
+        data.site.network, data.relay, data.mailbox, data.staging, remote=ssh is not None, path=path
+    )
     site = msgspec.structs.replace(  # "~" in paths means the home directory of the client's user
         data.site,
         token_file=os.path.expanduser(data.site.token_file),

@@ -99,8 +99,10 @@ def decide(
     value, why = min(bounds, key=lambda b: b[0])
     submit = max(0, value)
     if submit > 0 and backoff_s > 0:
-        submit, why = 0, (f"back-off: {start_failures} pilots in a row failed at start; "
-                          f"next try in {format_duration(backoff_s)}")
+        submit, why = (
+            0,
+            (f"back-off: {start_failures} pilots in a row failed at start; next try in {format_duration(backoff_s)}"),
+        )
         reasons.append(f"submitting none: {why}")
         return Decision(submit=0, remove=remove, reasons=tuple(reasons))
     if submit > 0 and start_failures >= FAILURES_BEFORE_PROBING:

@@ -56,8 +56,22 @@ else:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 RECORD_FILE = "deployed.json"
-_BUILD_IGNORE = (".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis",
-                 "tests", "benchmarks", "site_configs", "examples", "packaging")
+_BUILD_IGNORE = (
+    ".git",
+    ".venv",
+    "venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".*_cache",
+    ".hypothesis",
+    "tests",
+    "benchmarks",
+    "site_configs",
+    "examples",
+    "packaging",
+)
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -99,8 +113,9 @@ class DeployReport:
         return any(step.changed for step in self.steps)
 
     def text(self) -> str:
-        head = (f"deploy to {self.target}, in {self.remote_dir}: glidein {self.version} "
-                f"(wheels {self.fingerprint})" + (" -- dry run" if self.dry_run else ""))
+        head = f"deploy to {self.target}, in {self.remote_dir}: glidein {self.version} (wheels {self.fingerprint})" + (
+            " -- dry run" if self.dry_run else ""
+        )
         lines = [head]
         lines += [f"  {'*' if s.changed else ' '} {s.name:<8} {s.text}" for s in self.steps]
         changes = sum(s.changed for s in self.steps)
@@ -137,8 +152,17 @@ async def build_wheels(dest: Path, *, source: Path | None = None) -> Wheels:
         # Built from a copy, so the checkout gets no build/ or *.egg-info from it.
         copy = Path(tmp) / "src"
         await asyncio.to_thread(shutil.copytree, source, copy, ignore=shutil.ignore_patterns(*_BUILD_IGNORE))
-        argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "-w", str(dest),
-                str(copy)]
+        argv = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-w",
+            str(dest),
+            str(copy),
+        ]
         log.info("building the wheels of %s and its dependencies", source)
         result = await LocalRunner().run(argv, timeout_s=900)
     if result.returncode != 0:
@@ -192,8 +216,13 @@ def cron_line(site: SiteConfig, remote_dir: str) -> tuple[str, str]:
     assert site.ssh is not None
     marker = f"# glidein-client deploy: site {site.name} in {remote_dir}"
     command = (
-        shlex.join([posixpath.join(remote_dir, "venv", "bin", "glidein-client"), "once",
-                    posixpath.join(remote_dir, "site.toml")])
+        shlex.join(
+            [
+                posixpath.join(remote_dir, "venv", "bin", "glidein-client"),
+                "once",
+                posixpath.join(remote_dir, "site.toml"),
+            ]
+        )
         + f" >>{shlex.quote(posixpath.join(remote_dir, 'cron.log'))} 2>&1"
     )
     return marker, f"*/{site.ssh.cron_minutes} * * * * " + command.replace("%", "\\%")
@@ -206,18 +235,26 @@ def unit_name(site: SiteConfig) -> str:
 def unit_text(site: SiteConfig, remote_dir: str) -> str:
     """The ``systemd --user`` unit that runs ``glidein-client run`` for ``site`` deployed in ``remote_dir``."""
     argv = [posixpath.join(remote_dir, "venv", "bin", "glidein-client"), "run", posixpath.join(remote_dir, "site.toml")]
-    return render_template("glidein-client.service", {
-        "site": site.name,
-        "config_source": site.path.replace("\n", " "),
-        "exec_start": " ".join(_systemd_word(word) for word in argv),
-    }, quote=False, package="glidein_client.site")
+    return render_template(
+        "glidein-client.service",
+        {
+            "site": site.name,
+            "config_source": site.path.replace("\n", " "),
+            "exec_start": " ".join(_systemd_word(word) for word in argv),
+        },
+        quote=False,
+        package="glidein_client.site",
+    )
 
 
 def _systemd_word(word: str) -> str:
     """One word of a unit's ExecStart: double-quoted, specifiers (%) and variables ($) kept literal."""
     if "\n" in word:
-        raise ConfigError(f"The path {word!r} has a line break, which a systemd unit cannot hold.",
-                          hint="Choose an ssh.remote_dir without one.", field="ssh.remote_dir")
+        raise ConfigError(
+            f"The path {word!r} has a line break, which a systemd unit cannot hold.",
+            hint="Choose an ssh.remote_dir without one.",
+            field="ssh.remote_dir",
+        )
     escaped = word.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
     return f'"{escaped}"'
 
@@ -287,20 +324,33 @@ class _Deployment:
         else:
             await self._crontab(install=True)
             await self._remove_unit(unit_path)
-        new_record = {"version": self.wheels.version, "fingerprint": self.wheels.fingerprint,
-                      "wheels": self.wheels.fingerprints, "python": self.wheels.python}
+        new_record = {
+            "version": self.wheels.version,
+            "fingerprint": self.wheels.fingerprint,
+            "wheels": self.wheels.fingerprints,
+            "python": self.wheels.python,
+        }
         if record != new_record and not self.dry_run:
             await self.runner.write_file(self._path(RECORD_FILE), json.dumps(new_record, indent=1).encode(), mode=0o600)
-        return DeployReport(str(self.runner.target), self.dir, self.wheels.version, self.wheels.fingerprint,
-                            self.dry_run, tuple(self.steps))
+        return DeployReport(
+            str(self.runner.target),
+            self.dir,
+            self.wheels.version,
+            self.wheels.fingerprint,
+            self.dry_run,
+            tuple(self.steps),
+        )
 
     async def run_or_explain(self) -> DeployReport:
         try:
             return await self.run()
         except OSError as exc:  # a file on the login node (SFTP)
-            raise SshError(f"Deploying to {self.runner.target} failed: {exc.strerror or exc}"
-                           + (f": {exc.filename}" if exc.filename else "") + ".",
-                           hint="Check ssh.remote_dir and the permissions there.") from None
+            raise SshError(
+                f"Deploying to {self.runner.target} failed: {exc.strerror or exc}"
+                + (f": {exc.filename}" if exc.filename else "")
+                + ".",
+                hint="Check ssh.remote_dir and the permissions there.",
+            ) from None
 
     def _path(self, *parts: str) -> str:
         return posixpath.join(self.dir, *parts)
@@ -316,8 +366,12 @@ class _Deployment:
         result = await self.runner.run(argv, timeout_s=timeout_s)
         if result.returncode != 0:
             detail = (result.stderr.strip() or result.stdout.strip() or f"exit code {result.returncode}").splitlines()
-            raise SshError(f"{what} failed on {self.runner.target}: {detail[-1]}", command=argv,
-                           exit_code=result.returncode, stderr=result.stderr)
+            raise SshError(
+                f"{what} failed on {self.runner.target}: {detail[-1]}",
+                command=argv,
+                exit_code=result.returncode,
+                stderr=result.stderr,
+            )
         return result.stdout
 
     async def _check_python(self) -> None:
@@ -371,9 +425,13 @@ class _Deployment:
         names = ", ".join(w.name.split("-")[0] for w in todo)
         gone = f"; removed {len(stale)} old one(s)" if stale else ""
         changed = bool(todo or stale)
-        self.step("wheels", changed, f"copied {len(todo)} wheel(s) ({names}) to {wheel_dir}{gone}",
-                  f"would copy {len(todo)} wheel(s) ({names}) to {wheel_dir}{gone}",
-                  same=f"{len(self.wheels.files)} wheels in {wheel_dir} are current")
+        self.step(
+            "wheels",
+            changed,
+            f"copied {len(todo)} wheel(s) ({names}) to {wheel_dir}{gone}",
+            f"would copy {len(todo)} wheel(s) ({names}) to {wheel_dir}{gone}",
+            same=f"{len(self.wheels.files)} wheels in {wheel_dir} are current",
+        )
         return changed
 
     async def _install(self, record: dict[str, Any], wheels_changed: bool) -> None:
@@ -384,20 +442,43 @@ class _Deployment:
             await self._check([self.ssh.remote_python, "-m", "venv", venv], "Creating the virtualenv", timeout_s=300)
         self.step("venv", not has_venv, f"created {venv}", f"would create {venv}", same=f"{venv} exists")
         entry = posixpath.join(venv, "bin", "glidein-client")
-        needed = (not has_venv or wheels_changed or record.get("fingerprint") != self.wheels.fingerprint
-                  or not await self.runner.exists(entry))
+        needed = (
+            not has_venv
+            or wheels_changed
+            or record.get("fingerprint") != self.wheels.fingerprint
+            or not await self.runner.exists(entry)
+        )
         if needed and not self.dry_run:
             wheels = [posixpath.join(self._path("wheels"), w.name) for w in self.wheels.files]
-            await self._check([python, "-m", "pip", "--isolated", "install", "--quiet", "--no-index", "--no-deps",
-                               "--force-reinstall", "--disable-pip-version-check", *wheels],
-                              "Installing the wheels", timeout_s=600)
+            await self._check(
+                [
+                    python,
+                    "-m",
+                    "pip",
+                    "--isolated",
+                    "install",
+                    "--quiet",
+                    "--no-index",
+                    "--no-deps",
+                    "--force-reinstall",
+                    "--disable-pip-version-check",
+                    *wheels,
+                ],
+                "Installing the wheels",
+                timeout_s=600,
+            )
             probe = "import importlib.metadata as m; print(m.version('glidein'))"
             version = (await self._check([python, "-c", probe], "Checking the installed glidein")).strip()
             if version != self.wheels.version:
                 raise SshError(f"After installing, {python} reports glidein {version}, not {self.wheels.version}.")
         what = f"glidein {self.wheels.version} and {len(self.wheels.files) - 1} dependencies into {venv}"
-        self.step("install", needed, f"installed {what}", f"would install {what}",
-                  same=f"glidein {self.wheels.version} ({self.wheels.fingerprint}) is installed")
+        self.step(
+            "install",
+            needed,
+            f"installed {what}",
+            f"would install {what}",
+            same=f"glidein {self.wheels.version} ({self.wheels.fingerprint}) is installed",
+        )
 
     async def _read_or_none(self, path: str) -> bytes | None:
         try:
@@ -411,7 +492,7 @@ class _Deployment:
         changed = current != data
         if changed and not self.dry_run:
             await self.runner.write_file(path, data, mode=mode)
-        done, would = (("wrote", "write") if current is None else ("updated", "update"))
+        done, would = ("wrote", "write") if current is None else ("updated", "update")
         self.step(name, changed, f"{done} {path} (mode {mode:o})", f"would {would} {path}", same=f"{path} is current")
 
     async def _crontab(self, *, install: bool) -> None:
@@ -426,10 +507,14 @@ class _Deployment:
         if listed.returncode != 0 and "no crontab" not in (listed.stderr + listed.stdout).lower():
             if not install:
                 return
-            raise SshError(f"`crontab -l` failed on {self.runner.target}: {listed.stderr.strip()}",
-                           hint='deploy installs a crontab line; this site may not allow cron for this user '
-                           '(ssh.service = "systemd" runs the client as a systemd --user unit instead).',
-                           command=list(listed.argv), exit_code=listed.returncode, stderr=listed.stderr)
+            raise SshError(
+                f"`crontab -l` failed on {self.runner.target}: {listed.stderr.strip()}",
+                hint="deploy installs a crontab line; this site may not allow cron for this user "
+                '(ssh.service = "systemd" runs the client as a systemd --user unit instead).',
+                command=list(listed.argv),
+                exit_code=listed.returncode,
+                stderr=listed.stderr,
+            )
         old = listed.stdout.splitlines() if listed.returncode == 0 else []
         kept: list[str] = []
         skip = False
@@ -447,7 +532,8 @@ class _Deployment:
             return
         if changed and not self.dry_run:
             (await self.runner.run(["crontab", "-"], stdin=("\n".join(new) + "\n").encode(), timeout_s=30)).check(
-                "Installing the crontab line" if install else "Removing the crontab line")
+                "Installing the crontab line" if install else "Removing the crontab line"
+            )
         if not install:
             self.step("crontab", True, f"removed: {line}", f"would remove: {line}")
             return
@@ -469,15 +555,16 @@ class _Deployment:
             problem = exc.message
         if problem:
             raise ConfigError(
-                f"ssh.service in {self.site.path} is \"systemd\", but {self.runner.target} gives this user no "
+                f'ssh.service in {self.site.path} is "systemd", but {self.runner.target} gives this user no '
                 f"systemd user instance (systemctl --user: {problem}).",
                 hint='Set ssh.service = "cron", or ask the site for a systemd user instance with lingering on.',
                 field="ssh.service",
             )
         user = (await self._check(["id", "-un"], "`id -un`")).strip()
         try:
-            linger = await self.runner.run(["loginctl", "show-user", "--property=Linger", "--value", user],
-                                           timeout_s=30)
+            linger = await self.runner.run(
+                ["loginctl", "show-user", "--property=Linger", "--value", user], timeout_s=30
+            )
             lingering = linger.stdout.strip() if linger.returncode == 0 else "unknown"
         except SchedulerError:  # no loginctl: nothing to say either way
             lingering = "unknown"
@@ -508,9 +595,11 @@ class _Deployment:
             for action in actions:
                 await self._systemctl(action, unit)
         done = ([f"{'wrote' if current is None else 'updated'} {path}"] if written else []) + [
-            {"enable": "enabled", "start": "started", "restart": "restarted"}[a] + f" {unit}" for a in actions]
+            {"enable": "enabled", "start": "started", "restart": "restarted"}[a] + f" {unit}" for a in actions
+        ]
         would = ([f"would {'write' if current is None else 'update'} {path}"] if written else []) + [
-            f"would {a} {unit}" for a in actions]
+            f"would {a} {unit}" for a in actions
+        ]
         self.step("service", bool(done), "; ".join(done), "; ".join(would), same=f"{unit} is current, enabled, active")
 
     async def _remove_unit(self, path: str) -> None:
@@ -522,8 +611,12 @@ class _Deployment:
             await self._systemctl("disable", "--now", unit)
             await self._check(["rm", "-f", "--", path], f"Removing {path}")
             await self._systemctl("daemon-reload")
-        self.step("service", True, f"stopped, disabled and removed {unit} (cron runs the client now)",
-                  f"would stop, disable and remove {unit}")
+        self.step(
+            "service",
+            True,
+            f"stopped, disabled and removed {unit} (cron runs the client now)",
+            f"would stop, disable and remove {unit}",
+        )
 
 
 def _toml(table: dict[str, Any], prefix: str = "") -> str:

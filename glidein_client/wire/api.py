@@ -87,12 +87,16 @@ def ssl_context(ca_file: str | None) -> ssl.SSLContext | None:
     try:
         return ssl.create_default_context(cafile=ca_file)
     except FileNotFoundError:
-        raise ConfigError(f"The CA file {ca_file} does not exist.",
-                          hint="Copy the server's CA file (its state directory's tls/ca.pem) here, or fix the path "
-                               "in ca_file, --ca-file or GLIDEIN_CA_FILE.") from None
+        raise ConfigError(
+            f"The CA file {ca_file} does not exist.",
+            hint="Copy the server's CA file (its state directory's tls/ca.pem) here, or fix the path "
+            "in ca_file, --ca-file or GLIDEIN_CA_FILE.",
+        ) from None
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"The CA file {ca_file} cannot be used: {exc}.",
-                          hint="It must be the PEM certificate of the server's CA (tls/ca.pem).") from None
+        raise ConfigError(
+            f"The CA file {ca_file} cannot be used: {exc}.",
+            hint="It must be the PEM certificate of the server's CA (tls/ca.pem).",
+        ) from None
 
 
 def tls_error(url: str, ca_file: str | None, exc: BaseException) -> TlsError:
@@ -101,22 +105,27 @@ def tls_error(url: str, ca_file: str | None, exc: BaseException) -> TlsError:
     detail = getattr(cert_error, "verify_message", None) or str(cert_error)
     if "mismatch" in detail.lower() or "hostname" in detail.lower():
         host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
-        return TlsError(f"The server at {url} has a certificate that is not valid for the host name {host!r}.",
-                        hint="Use the name the certificate was made for (`glidein-server init` printed them), or "
-                             f"add it on the server host: glidein-server tls renew --tls-name {host}")
+        return TlsError(
+            f"The server at {url} has a certificate that is not valid for the host name {host!r}.",
+            hint="Use the name the certificate was made for (`glidein-server init` printed them), or "
+            f"add it on the server host: glidein-server tls renew --tls-name {host}",
+        )
     if ca_file:
-        return TlsError(f"The server at {url} has a certificate that the CA file {ca_file} did not sign ({detail}).",
-                        hint="Use the CA file of that server: its state directory's tls/ca.pem.")
-    return TlsError(f"The server at {url} has a certificate that this machine does not trust ({detail}).",
-                    hint="Name the server's CA file (its state directory's tls/ca.pem, printed by "
-                         "`glidein-server init`): ca_file in your config, GLIDEIN_CA_FILE, or --ca-file for pilots.")
+        return TlsError(
+            f"The server at {url} has a certificate that the CA file {ca_file} did not sign ({detail}).",
+            hint="Use the CA file of that server: its state directory's tls/ca.pem.",
+        )
+    return TlsError(
+        f"The server at {url} has a certificate that this machine does not trust ({detail}).",
+        hint="Name the server's CA file (its state directory's tls/ca.pem, printed by "
+        "`glidein-server init`): ca_file in your config, GLIDEIN_CA_FILE, or --ca-file for pilots.",
+    )
 
 
 class ApiClient:
     """One HTTP session to the server. Use as ``async with ApiClient(url, token) as api``."""
 
-    def __init__(self, url: str, token: str | None, *, ca_file: str | None = None,
-                 timeout_s: float = 60.0) -> None:
+    def __init__(self, url: str, token: str | None, *, ca_file: str | None = None, timeout_s: float = 60.0) -> None:
         self.url = url.rstrip("/")
         self._token = token
         self._ca_file = ca_file
@@ -133,8 +142,9 @@ class ApiClient:
         )
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -147,17 +157,26 @@ class ApiClient:
 
     # --- transport --------------------------------------------------------------------------
 
-    async def _request(self, method: str, path: str, *, body: Any = None, data: bytes | None = None,
-                       params: dict[str, str] | None = None, headers: dict[str, str] | None = None,
-                       raw: bool = False) -> bytes:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        data: bytes | None = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        raw: bool = False,
+    ) -> bytes:
         payload = encode(body) if body is not None else data
         hdrs = dict(headers or {})
         if body is not None:
             hdrs["Content-Type"] = "application/json"
         for attempt in range(RATE_LIMIT_RETRIES + 1):
             try:
-                async with self.session.request(method, f"{self.url}{API}{path}", data=payload,
-                                                params=params, headers=hdrs) as resp:
+                async with self.session.request(
+                    method, f"{self.url}{API}{path}", data=payload, params=params, headers=hdrs
+                ) as resp:
                     content = await resp.read()
                     if resp.status == 429 and attempt < RATE_LIMIT_RETRIES:
                         await asyncio.sleep(_retry_after_s(resp.headers.get("Retry-After")))
@@ -192,9 +211,16 @@ class ApiClient:
     async def submit(self, jobs: list[JobSpec]) -> list[int]:
         return (await self._json("POST", "/jobs", JobIds, body=JobSubmit(jobs=jobs))).ids
 
-    async def list_jobs(self, *, state: str | None = None, owner: str | None = None,
-                        label: str | None = None, ids: list[int] | None = None,
-                        limit: int = 1000, offset: int = 0) -> JobList:
+    async def list_jobs(
+        self,
+        *,
+        state: str | None = None,
+        owner: str | None = None,
+        label: str | None = None,
+        ids: list[int] | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> JobList:
         params = {"limit": str(limit), "offset": str(offset)}
         if state:
             params["state"] = state
@@ -234,16 +260,25 @@ class ApiClient:
     async def demand(self, site: str, shape: PilotShape) -> Demand:
         return await self._json("POST", f"/sites/{site}/demand", Demand, body=shape)
 
-    async def new_pilot(self, site: str, *, walltime_s: int | None = None,
-                        max_queued_s: int | None = None) -> PilotGrant:
+    async def new_pilot(
+        self, site: str, *, walltime_s: int | None = None, max_queued_s: int | None = None
+    ) -> PilotGrant:
         """Mint a pilot; its token lives for ``max_queued_s`` in the queue plus ``walltime_s`` of work."""
-        return await self._json("POST", f"/sites/{site}/pilots", PilotGrant,
-                                body=PilotGrantRequest(walltime_s=walltime_s, max_queued_s=max_queued_s))
+        return await self._json(
+            "POST",
+            f"/sites/{site}/pilots",
+            PilotGrant,
+            body=PilotGrantRequest(walltime_s=walltime_s, max_queued_s=max_queued_s),
+        )
 
     async def site_wait(self, site: str, timeout_s: float, since: int | None = None) -> SiteWaitResult:
         """Wait until new work may change the site's demand, or ``timeout_s`` passes."""
-        return await self._json("POST", f"/sites/{site}/wait", SiteWaitResult,
-                                body=SiteWait(timeout_s=timeout_s, since=since),)
+        return await self._json(
+            "POST",
+            f"/sites/{site}/wait",
+            SiteWaitResult,
+            body=SiteWait(timeout_s=timeout_s, since=since),
+        )
 
     async def pilot_states(self, site: str, states: dict[str, str]) -> None:
         await self._request("POST", f"/sites/{site}/pilot-states", body=PilotStates(states=states))
@@ -266,15 +301,19 @@ class ApiClient:
     async def download_url(self, url: str, dest: Path, sha256: str | None = None) -> None:
         await self._download(url, dest, sha256, absolute=True)
 
-    async def _download(self, path: str, dest: Path, sha256: str | None, absolute: bool = False,
-                        tries: int = RATE_LIMIT_RETRIES) -> None:
+    async def _download(
+        self, path: str, dest: Path, sha256: str | None, absolute: bool = False, tries: int = RATE_LIMIT_RETRIES
+    ) -> None:
         url = path if absolute else f"{self.url}{path}"
         digest = hashlib.sha256()
         tmp = dest.with_name(f".{dest.name}.part")
         # The token goes only to this server: an input URL elsewhere is fetched without credentials.
         foreign = absolute and not url.startswith(self.url + "/")
-        plain = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
-                                                                    sock_read=self._timeout_s)) if foreign else None
+        plain = (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self._timeout_s))
+            if foreign
+            else None
+        )
         try:
             async with (plain or self.session).get(url) as resp:
                 if resp.status == 429 and tries > 0:  # throttled: wait as the server asks, then again
@@ -308,8 +347,13 @@ class ApiClient:
 
     async def admin_add(self, role: Role, name: str, totp: str, *, expires_in_s: int | None = None) -> TokenGrant:
         """Add a user or a site and return its first token."""
-        return await self._json("POST", f"/admin/{role.value}s", TokenGrant, headers=self._totp(totp),
-                                body=NewSubject(name=name, expires_in_s=expires_in_s))
+        return await self._json(
+            "POST",
+            f"/admin/{role.value}s",
+            TokenGrant,
+            headers=self._totp(totp),
+            body=NewSubject(name=name, expires_in_s=expires_in_s),
+        )
 
     async def admin_revoke(self, role: Role, name: str, totp: str) -> int:
         """Revoke every token of a user or a site (and of the site's pilots)."""
@@ -329,7 +373,10 @@ class ApiClient:
         data = await asyncio.to_thread(path.read_bytes)
         digest = hashlib.sha256(data).hexdigest()
         return await self._json(
-            "PUT", f"/pilot/attempts/{attempt_id}/outputs", OutputFile, data=data,
+            "PUT",
+            f"/pilot/attempts/{attempt_id}/outputs",
+            OutputFile,
+            data=data,
             params={"name": name},
             headers={"X-Glidein-Lease": lease, "X-Glidein-Sha256": digest},
         )
@@ -342,10 +389,15 @@ class ApiClient:
     async def staging_view(self, site: str, limit: int = 1000) -> StagingView:
         return await self._json("GET", f"/sites/{site}/staging", StagingView, params={"limit": str(limit)})
 
-    async def report_staging(self, site: str, *, staged: list[int] | None = None,
-                             released: list[int] | None = None) -> StagingResult:
-        return await self._json("POST", f"/sites/{site}/staging", StagingResult,
-                                body=StagingReport(staged=staged or [], released=released or []))
+    async def report_staging(
+        self, site: str, *, staged: list[int] | None = None, released: list[int] | None = None
+    ) -> StagingResult:
+        return await self._json(
+            "POST",
+            f"/sites/{site}/staging",
+            StagingResult,
+            body=StagingReport(staged=staged or [], released=released or []),
+        )
 
     def site_file_url(self, site: str, sha256: str) -> str:
         return f"{self.url}{API}/sites/{site}/files/{sha256}"

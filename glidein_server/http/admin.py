@@ -42,14 +42,21 @@ def _json(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=msgspec.json.encode(obj), status=status, content_type="application/json")
 
 
-async def mint(store: Store, role: Role, subject: str, *, expires_at: float | None = None,
-               scopes: list[Scope] | None = None) -> TokenGrant:
+async def mint(
+    store: Store, role: Role, subject: str, *, expires_at: float | None = None, scopes: list[Scope] | None = None
+) -> TokenGrant:
     """Create a token and store only its hash; the token itself is in the answer, once."""
     token = auth.new_token()
     token_id = await store.add_token(auth.hash_token(token), role, subject, expires_at, scopes)
     allowed = ROLE_SCOPES[role]
-    return TokenGrant(id=token_id, token=token, role=role, subject=subject,
-                      scopes=[s for s in allowed if scopes is None or s in scopes], expires_at=expires_at)
+    return TokenGrant(
+        id=token_id,
+        token=token,
+        role=role,
+        subject=subject,
+        scopes=[s for s in allowed if scopes is None or s in scopes],
+        expires_at=expires_at,
+    )
 
 
 class AdminApi:
@@ -67,21 +74,63 @@ class AdminApi:
 
         OP = (Role.OPERATOR,)
         return [
-            Route("POST", "/admin/users", self.add_user, "Add a user: mint its first token (shown once).", OP,
-                  NewSubject, TokenGrant),
-            Route("DELETE", "/admin/users/{name}", self.revoke_user, "Revoke every token of a user.", OP,
-                  None, Revoked),
-            Route("POST", "/admin/sites", self.add_site, "Add a site: mint its first token (shown once).", OP,
-                  NewSubject, TokenGrant),
-            Route("DELETE", "/admin/sites/{name}", self.revoke_site,
-                  "Revoke every token of a site and of its pilots.", OP, None, Revoked),
-            Route("POST", "/admin/tokens", self.add_token, "Mint a token with a role, subject, scopes and expiry.",
-                  OP, TokenRequest, TokenGrant),
-            Route("GET", "/admin/tokens", self.list_tokens,
-                  "List tokens (never the tokens themselves); filters: role, subject, revoked=1.", OP,
-                  None, TokenList),
-            Route("DELETE", "/admin/tokens/{token_id}", self.revoke_token, "Revoke one token by its id.", OP,
-                  None, Revoked),
+            Route(
+                "POST",
+                "/admin/users",
+                self.add_user,
+                "Add a user: mint its first token (shown once).",
+                OP,
+                NewSubject,
+                TokenGrant,
+            ),
+            Route(
+                "DELETE", "/admin/users/{name}", self.revoke_user, "Revoke every token of a user.", OP, None, Revoked
+            ),
+            Route(
+                "POST",
+                "/admin/sites",
+                self.add_site,
+                "Add a site: mint its first token (shown once).",
+                OP,
+                NewSubject,
+                TokenGrant,
+            ),
+            Route(
+                "DELETE",
+                "/admin/sites/{name}",
+                self.revoke_site,
+                "Revoke every token of a site and of its pilots.",
+                OP,
+                None,
+                Revoked,
+            ),
+            Route(
+                "POST",
+                "/admin/tokens",
+                self.add_token,
+                "Mint a token with a role, subject, scopes and expiry.",
+                OP,
+                TokenRequest,
+                TokenGrant,
+            ),
+            Route(
+                "GET",
+                "/admin/tokens",
+                self.list_tokens,
+                "List tokens (never the tokens themselves); filters: role, subject, revoked=1.",
+                OP,
+                None,
+                TokenList,
+            ),
+            Route(
+                "DELETE",
+                "/admin/tokens/{token_id}",
+                self.revoke_token,
+                "Revoke one token by its id.",
+                OP,
+                None,
+                Revoked,
+            ),
         ]
 
     async def _operator(self, request: web.Request) -> Principal:
@@ -124,16 +173,27 @@ class AdminApi:
         by = await self._operator(request)
         body: TokenRequest = decode(await request.read(), TokenRequest, what="token request")
         if body.role is Role.PILOT:
-            raise ValidationError("Pilot tokens are minted per pilot by their site's client.",
-                                  hint="Mint a site token instead.", field="role")
+            raise ValidationError(
+                "Pilot tokens are minted per pilot by their site's client.",
+                hint="Mint a site token instead.",
+                field="role",
+            )
         extra = set(body.scopes or ()) - set(ROLE_SCOPES[body.role])
         if extra:
-            raise ValidationError(f"A {body.role.value} token cannot have the scope "
-                                  f"{', '.join(sorted(s.value for s in extra))}.", field="scopes")
+            raise ValidationError(
+                f"A {body.role.value} token cannot have the scope {', '.join(sorted(s.value for s in extra))}.",
+                field="scopes",
+            )
         expires = time.time() + body.expires_in_s if body.expires_in_s else None
         grant = await mint(self.store, body.role, body.subject, expires_at=expires, scopes=body.scopes)
-        log.info("operator %s minted a %s token %s for %s (scopes %s)", by.subject, body.role.value, grant.id,
-                 body.subject, " ".join(s.value for s in grant.scopes))
+        log.info(
+            "operator %s minted a %s token %s for %s (scopes %s)",
+            by.subject,
+            body.role.value,
+            grant.id,
+            body.subject,
+            " ".join(s.value for s in grant.scopes),
+        )
         return _json(grant, status=201)
 
     async def list_tokens(self, request: web.Request) -> web.Response:
@@ -144,8 +204,9 @@ class AdminApi:
             try:
                 role = Role(q["role"])
             except ValueError:
-                raise ValidationError(f"role: {q['role']!r} is not one of "
-                                      f"{', '.join(r.value for r in Role)}.", field="role") from None
+                raise ValidationError(
+                    f"role: {q['role']!r} is not one of {', '.join(r.value for r in Role)}.", field="role"
+                ) from None
         subject = _name(q["subject"]) if q.get("subject") else None
         tokens = await self.store.list_tokens(role, subject, revoked=q.get("revoked") in ("1", "true"))
         return _json(TokenList(tokens=tokens))
@@ -155,8 +216,10 @@ class AdminApi:
         token_id = request.match_info["token_id"]
         ids = await self.store.revoke_token(token_id, time.time())
         if not ids:
-            raise NotFoundError(f"No token with id {token_id!r} is active.",
-                                hint="GET /api/v1/admin/tokens lists the tokens and their ids.")
+            raise NotFoundError(
+                f"No token with id {token_id!r} is active.",
+                hint="GET /api/v1/admin/tokens lists the tokens and their ids.",
+            )
         return await self._revoked(by, ids, f"token {token_id}")
 
 

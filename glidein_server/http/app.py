@@ -129,49 +129,143 @@ class Api:
         return [
             Route("GET", "/health", self.health, "Liveness check; needs no token.", ()),
             Route("GET", "/openapi.json", self.openapi, "This API's OpenAPI document.", ()),
-            Route("POST", "/jobs", self.submit, "Submit one or many jobs (up to 10,000 per request).", (U, OP),
-                  JobSubmit, JobIds),
-            Route("GET", "/jobs", self.list_jobs,
-                  "List jobs; filters: state, owner (operator), label=key=value, ids=1,2,3, limit, offset.",
-                  (U, OP), None, JobList),
+            Route(
+                "POST",
+                "/jobs",
+                self.submit,
+                "Submit one or many jobs (up to 10,000 per request).",
+                (U, OP),
+                JobSubmit,
+                JobIds,
+            ),
+            Route(
+                "GET",
+                "/jobs",
+                self.list_jobs,
+                "List jobs; filters: state, owner (operator), label=key=value, ids=1,2,3, limit, offset.",
+                (U, OP),
+                None,
+                JobList,
+            ),
             Route("GET", "/jobs/{job_id}", self.get_job, "Show one job.", (U, OP), None, JobView),
             Route("POST", "/jobs/{job_id}/cancel", self.cancel, "Cancel a job.", (U, OP), None, JobView),
-            Route("POST", "/jobs/{job_id}/retry", self.retry, "Put a failed or cancelled job back in the queue.",
-                  (U, OP), None, JobView),
-            Route("GET", "/jobs/{job_id}/attempts", self.attempts, "Attempts of a job, with log tails.", (U, OP),
-                  None, list[AttemptView]),
-            Route("GET", "/jobs/{job_id}/outputs", self.job_output, "Download an output (?name=).", (U, OP),
-                  None, None, True),
-            Route("PUT", "/files/{sha256}", self.put_file, "Upload an input file, addressed by its sha256.",
-                  (U, OP), None, OutputFile, True),
+            Route(
+                "POST",
+                "/jobs/{job_id}/retry",
+                self.retry,
+                "Put a failed or cancelled job back in the queue.",
+                (U, OP),
+                None,
+                JobView,
+            ),
+            Route(
+                "GET",
+                "/jobs/{job_id}/attempts",
+                self.attempts,
+                "Attempts of a job, with log tails.",
+                (U, OP),
+                None,
+                list[AttemptView],
+            ),
+            Route(
+                "GET",
+                "/jobs/{job_id}/outputs",
+                self.job_output,
+                "Download an output (?name=).",
+                (U, OP),
+                None,
+                None,
+                True,
+            ),
+            Route(
+                "PUT",
+                "/files/{sha256}",
+                self.put_file,
+                "Upload an input file, addressed by its sha256.",
+                (U, OP),
+                None,
+                OutputFile,
+                True,
+            ),
             Route("GET", "/files/{sha256}", self.get_file, "Download a stored file.", (U, OP, P), None, None, True),
-            Route("POST", "/sites/{site}/demand", self.demand,
-                  "Report the site's pilot shape and get its demand.", (S, OP), PilotShape, Demand),
-            Route("POST", "/sites/{site}/pilots", self.new_pilot,
-                  "Mint a pilot id and its token, valid for the pilot's queue wait plus walltime and renewed by "
-                  "its heartbeats.", (S, OP), PilotGrantRequest, PilotGrant),
-            Route("POST", "/sites/{site}/wait", self.site_wait,
-                  "Long poll: answers as soon as new work may change the demand, or at the timeout.", (S, OP),
-                  SiteWait, SiteWaitResult),
-            Route("POST", "/sites/{site}/pilot-states", self.pilot_states,
-                  "Report the batch system's view of the site's pilots.", (S, OP), PilotStates, None),
-            Route("POST", "/pilot/register", self.register, "A pilot starts and reports its resources.", (P,),
-                  PilotRegister, PilotRegistered),
-            Route("POST", "/pilot/sync", self.sync, "Reports, heartbeat and claim in one round trip.", (P,),
-                  SyncRequest, SyncResponse),
-            Route("PUT", "/pilot/attempts/{attempt_id}/outputs", self.put_output,
-                  "Upload an output of an attempt (?name=; headers X-Glidein-Lease, X-Glidein-Sha256).", (P,),
-                  None, OutputFile, True),
+            Route(
+                "POST",
+                "/sites/{site}/demand",
+                self.demand,
+                "Report the site's pilot shape and get its demand.",
+                (S, OP),
+                PilotShape,
+                Demand,
+            ),
+            Route(
+                "POST",
+                "/sites/{site}/pilots",
+                self.new_pilot,
+                "Mint a pilot id and its token, valid for the pilot's queue wait plus walltime and renewed by "
+                "its heartbeats.",
+                (S, OP),
+                PilotGrantRequest,
+                PilotGrant,
+            ),
+            Route(
+                "POST",
+                "/sites/{site}/wait",
+                self.site_wait,
+                "Long poll: answers as soon as new work may change the demand, or at the timeout.",
+                (S, OP),
+                SiteWait,
+                SiteWaitResult,
+            ),
+            Route(
+                "POST",
+                "/sites/{site}/pilot-states",
+                self.pilot_states,
+                "Report the batch system's view of the site's pilots.",
+                (S, OP),
+                PilotStates,
+                None,
+            ),
+            Route(
+                "POST",
+                "/pilot/register",
+                self.register,
+                "A pilot starts and reports its resources.",
+                (P,),
+                PilotRegister,
+                PilotRegistered,
+            ),
+            Route(
+                "POST",
+                "/pilot/sync",
+                self.sync,
+                "Reports, heartbeat and claim in one round trip.",
+                (P,),
+                SyncRequest,
+                SyncResponse,
+            ),
+            Route(
+                "PUT",
+                "/pilot/attempts/{attempt_id}/outputs",
+                self.put_output,
+                "Upload an output of an attempt (?name=; headers X-Glidein-Lease, X-Glidein-Sha256).",
+                (P,),
+                None,
+                OutputFile,
+                True,
+            ),
             Route("POST", "/pilot/exit", self.pilot_exit, "A pilot leaves.", (P,), PilotExit, None),
-            Route("GET", "/summary", self.summary, "Counts of jobs and pilots, sites, occupancy.", (U, OP),
-                  None, Summary),
+            Route(
+                "GET", "/summary", self.summary, "Counts of jobs and pilots, sites, occupancy.", (U, OP), None, Summary
+            ),
             *StagingApi(self).routes(),
             *self.admin.routes(),
         ]
 
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware, ratelimit.middleware(self.limiter, self.auth)],
-                              client_max_size=self.config.max_request_bytes)
+        app = web.Application(
+            middlewares=[self._middleware, ratelimit.middleware(self.limiter, self.auth)],
+            client_max_size=self.config.max_request_bytes,
+        )
         for r in self.routes:
             app.router.add_route(r.method, API + r.path, r.handler)
         app.cleanup_ctx.append(self._reaper_ctx)
@@ -190,23 +284,38 @@ class Api:
         except GlideinError as exc:
             return json_response(exc.to_wire(), status=exc.http_status)
         except OverflowError:  # a number beyond what the database stores; its transaction was rolled back
-            return json_response(ErrorBody(error="A number in the request is too large (at most 2^63 - 1).",
-                                           hint="Send the value the API expects; nothing was changed."), status=400)
+            return json_response(
+                ErrorBody(
+                    error="A number in the request is too large (at most 2^63 - 1).",
+                    hint="Send the value the API expects; nothing was changed.",
+                ),
+                status=400,
+            )
         except web.HTTPRequestEntityTooLarge:
-            return json_response(ErrorBody(
-                error=f"The request is larger than {self.config.max_request_bytes >> 20} MB.",
-                hint=f"Split it: at most {MAX_JOBS_PER_REQUEST} jobs per request."), status=413)
+            return json_response(
+                ErrorBody(
+                    error=f"The request is larger than {self.config.max_request_bytes >> 20} MB.",
+                    hint=f"Split it: at most {MAX_JOBS_PER_REQUEST} jobs per request.",
+                ),
+                status=413,
+            )
         except web.HTTPException as exc:
             if exc.status >= 400:
-                return json_response(ErrorBody(error=exc.reason or "request refused",
-                                               hint="See /api/v1/openapi.json for the API."), status=exc.status)
+                return json_response(
+                    ErrorBody(error=exc.reason or "request refused", hint="See /api/v1/openapi.json for the API."),
+                    status=exc.status,
+                )
             raise
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
-            return json_response(ErrorBody(error="The server hit an internal error; nothing was changed by "
-                                                 "this request unless it says otherwise.",
-                                           hint="Try again; if it persists, the operator can find "
-                                                "details in the server log."), status=500)
+            return json_response(
+                ErrorBody(
+                    error="The server hit an internal error; nothing was changed by "
+                    "this request unless it says otherwise.",
+                    hint="Try again; if it persists, the operator can find details in the server log.",
+                ),
+                status=500,
+            )
 
     async def _reaper_ctx(self, app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(self._reaper())
@@ -273,7 +382,9 @@ class Api:
                 if inp.sha256 is not None and not self.files.exists(inp.sha256):
                     raise ValidationError(
                         f"jobs[{i}].inputs: {inp.name!r} (sha256 {inp.sha256[:12]}…) was never uploaded.",
-                        hint="Upload the file first (glidein submit does that for you).", field=f"jobs[{i}].inputs")
+                        hint="Upload the file first (glidein submit does that for you).",
+                        field=f"jobs[{i}].inputs",
+                    )
         ids = await self.store.add_jobs(principal.subject, body.jobs, time.time())
         log.info("%s submitted %d jobs (%d-%d)", principal.subject, len(ids), ids[0], ids[-1])
         self._new_work()
@@ -290,9 +401,14 @@ class Api:
                 raise ValidationError("label filter must look like key=value.", field="label")
             label = (key, value)
         ids = tuple(_int(x, "ids") for x in q["ids"].split(",") if x) if q.get("ids") else None
-        flt = JobFilter(owner=owner, state=q.get("state"), label=label, ids=ids,
-                        limit=min(_int(q.get("limit", "1000"), "limit"), 10_000),
-                        offset=_int(q.get("offset", "0"), "offset"))
+        flt = JobFilter(
+            owner=owner,
+            state=q.get("state"),
+            label=label,
+            ids=ids,
+            limit=min(_int(q.get("limit", "1000"), "limit"), 10_000),
+            offset=_int(q.get("offset", "0"), "offset"),
+        )
         jobs, counts = await self.store.list_jobs(flt)
         return json_response(JobList(jobs=jobs, counts=counts))
 
@@ -322,8 +438,10 @@ class Api:
         name = request.query.get("name", "")
         out = await self.store.job_output(job_id, name)
         if out is None:
-            raise NotFoundError(f"Job {job_id} has no output named {name!r} (yet).",
-                                hint="`glidein status` shows a job's outputs once it is done.")
+            raise NotFoundError(
+                f"Job {job_id} has no output named {name!r} (yet).",
+                hint="`glidein status` shows a job's outputs once it is done.",
+            )
         return web.FileResponse(self.files.path(out.sha256))
 
     async def put_file(self, request: web.Request) -> web.Response:
@@ -364,8 +482,13 @@ class Api:
         pilot_id = await self.store.new_pilot(site, now)
         token = auth.new_token()
         token_id = await self.store.add_token(auth.hash_token(token), Role.PILOT, str(pilot_id), expires_at)
-        log.info("site %s: minted pilot %d (token %s, valid %.1f h unless renewed)", site, pilot_id, token_id,
-                 (expires_at - now) / 3600)
+        log.info(
+            "site %s: minted pilot %d (token %s, valid %.1f h unless renewed)",
+            site,
+            pilot_id,
+            token_id,
+            (expires_at - now) / 3600,
+        )
         if now - self._tokens_purged_at > 3600:
             self._tokens_purged_at = now
             await self.store.purge_tokens(now - 7 * 86400)  # expired or revoked a week ago
@@ -417,11 +540,21 @@ class Api:
         await self.store.register_pilot(int(principal.subject), req, time.time())
         await self._renew_pilot_token(principal, req.end_time - time.time())
         r = req.resources
-        log.info("pilot %s registered: %d cpus, %d MB, %d GPUs on %s (%s)%s", principal.subject, r.cpus,
-                 r.memory_mb, r.gpus, req.host, req.batch_id,
-                 "" if req.selftest_ok else f"; self-test FAILED: {req.selftest_reason}")
-        return json_response(PilotRegistered(pilot_id=int(principal.subject), heartbeat_s=self.config.heartbeat_s,
-                                             lease_s=self.config.lease_s))
+        log.info(
+            "pilot %s registered: %d cpus, %d MB, %d GPUs on %s (%s)%s",
+            principal.subject,
+            r.cpus,
+            r.memory_mb,
+            r.gpus,
+            req.host,
+            req.batch_id,
+            "" if req.selftest_ok else f"; self-test FAILED: {req.selftest_reason}",
+        )
+        return json_response(
+            PilotRegistered(
+                pilot_id=int(principal.subject), heartbeat_s=self.config.heartbeat_s, lease_s=self.config.lease_s
+            )
+        )
 
     async def sync(self, request: web.Request) -> web.Response:
         principal = await self._who(request, Role.PILOT)
@@ -452,8 +585,13 @@ class Api:
         principal = await self._who(request, Role.PILOT)
         req: PilotExit = await self._body(request, PilotExit, "pilot exit")
         await self.store.pilot_exit(int(principal.subject), req.reason, req.occupancy, req.jobs_run, time.time())
-        log.info("pilot %s left: %s (occupancy %.0f%%, %d jobs)", principal.subject, req.reason,
-                 100 * req.occupancy, req.jobs_run)
+        log.info(
+            "pilot %s left: %s (occupancy %.0f%%, %d jobs)",
+            principal.subject,
+            req.reason,
+            100 * req.occupancy,
+            req.jobs_run,
+        )
         self.work.notify()
         return json_response({"ok": True})
 

@@ -72,8 +72,10 @@ class Authenticator:
         if principal.expires_at is not None and principal.expires_at < time.time():
             self._cache.pop(digest, None)
             when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(principal.expires_at))
-            raise AuthError(f"The token expired at {when}.",
-                            hint="Ask the operator for a new token (a pilot's site client mints a new pilot).")
+            raise AuthError(
+                f"The token expired at {when}.",
+                hint="Ask the operator for a new token (a pilot's site client mints a new pilot).",
+            )
         return principal
 
     def forget(self, token_ids: Iterable[str] | None = None) -> None:
@@ -101,8 +103,10 @@ def require(principal: Principal, *roles: Role) -> None:
 def require_scope(principal: Principal, scope: Scope) -> None:
     if scope not in principal.scopes:
         have = ", ".join(sorted(s.value for s in principal.scopes)) or "none"
-        raise ForbiddenError(f"This token may not {scope.value} here (its scopes: {have}).",
-                             hint=f"Use a token with the {scope.value!r} scope; the operator mints one.")
+        raise ForbiddenError(
+            f"This token may not {scope.value} here (its scopes: {have}).",
+            hint=f"Use a token with the {scope.value!r} scope; the operator mints one.",
+        )
 
 
 def require_site(principal: Principal, site: str) -> None:

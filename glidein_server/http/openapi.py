@@ -13,31 +13,50 @@ from glidein_server.http.app import API, Route
 
 _REF = "#/components/schemas/{name}"
 #: Routes that answer 201 Created (besides every PUT).
-_CREATED = {("POST", "/jobs"), ("POST", "/sites/{site}/pilots"), ("POST", "/admin/users"), ("POST", "/admin/sites"),
-            ("POST", "/admin/tokens")}
+_CREATED = {
+    ("POST", "/jobs"),
+    ("POST", "/sites/{site}/pilots"),
+    ("POST", "/admin/users"),
+    ("POST", "/admin/sites"),
+    ("POST", "/admin/tokens"),
+}
 _STR = {"type": "string"}
 #: Query parameters: (name, required, schema).
 _QUERY: dict[tuple[str, str], list[tuple[str, bool, dict[str, Any]]]] = {
-    ("GET", "/jobs"): [("state", False, _STR), ("owner", False, _STR), ("label", False, _STR),
-                       ("ids", False, _STR), ("limit", False, {"type": "integer", "minimum": 0}),
-                       ("offset", False, {"type": "integer", "minimum": 0})],
+    ("GET", "/jobs"): [
+        ("state", False, _STR),
+        ("owner", False, _STR),
+        ("label", False, _STR),
+        ("ids", False, _STR),
+        ("limit", False, {"type": "integer", "minimum": 0}),
+        ("offset", False, {"type": "integer", "minimum": 0}),
+    ],
     ("GET", "/jobs/{job_id}/outputs"): [("name", True, _STR)],
     ("PUT", "/pilot/attempts/{attempt_id}/outputs"): [("name", True, _STR)],
-    ("GET", "/admin/tokens"): [("role", False, {"enum": ["operator", "user", "site", "pilot"]}),
-                               ("subject", False, _STR), ("revoked", False, {"enum": ["0", "1"]})],
+    ("GET", "/admin/tokens"): [
+        ("role", False, {"enum": ["operator", "user", "site", "pilot"]}),
+        ("subject", False, _STR),
+        ("revoked", False, {"enum": ["0", "1"]}),
+    ],
 }
 #: Header parameters besides the bearer token.
 _HEADERS: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {
-    ("PUT", "/pilot/attempts/{attempt_id}/outputs"): [("X-Glidein-Lease", _STR),
-                                                     ("X-Glidein-Sha256", {"type": "string",
-                                                                           "pattern": "^[0-9a-f]{64}$"})],
+    ("PUT", "/pilot/attempts/{attempt_id}/outputs"): [
+        ("X-Glidein-Lease", _STR),
+        ("X-Glidein-Sha256", {"type": "string", "pattern": "^[0-9a-f]{64}$"}),
+    ],
 }
 _TOTP = ("X-Glidein-TOTP", {"type": "string", "pattern": "^[0-9]{6}$"})
 _NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
 #: Path parameters by name (others are plain strings).
-_PATH = {"job_id": {"type": "integer", "minimum": 1}, "attempt_id": {"type": "integer", "minimum": 1},
-         "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "site": _NAME, "name": _NAME,
-         "token_id": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}
+_PATH = {
+    "job_id": {"type": "integer", "minimum": 1},
+    "attempt_id": {"type": "integer", "minimum": 1},
+    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    "site": _NAME,
+    "name": _NAME,
+    "token_id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+}
 
 
 def document(routes: Sequence[Route]) -> dict[str, Any]:
@@ -56,10 +75,14 @@ def document(routes: Sequence[Route]) -> dict[str, Any]:
                 "4XX": {"description": "Refused, with a plain message and a hint", "content": error},
             },
         }
-        params = [{"name": p, "in": "path", "required": True, "schema": _PATH.get(p, _STR)}
-                  for p in re.findall(r"{(\w+)}", r.path)]
-        params += [{"name": n, "in": "query", "required": req, "schema": sch}
-                   for n, req, sch in _QUERY.get((r.method, r.path), [])]
+        params = [
+            {"name": p, "in": "path", "required": True, "schema": _PATH.get(p, _STR)}
+            for p in re.findall(r"{(\w+)}", r.path)
+        ]
+        params += [
+            {"name": n, "in": "query", "required": req, "schema": sch}
+            for n, req, sch in _QUERY.get((r.method, r.path), [])
+        ]
         headers = _HEADERS.get((r.method, r.path), []) + ([_TOTP] if r.path.startswith("/admin/") else [])
         params += [{"name": n, "in": "header", "required": True, "schema": sch} for n, sch in headers]
         if params:
@@ -68,28 +91,29 @@ def document(routes: Sequence[Route]) -> dict[str, Any]:
             op["security"] = [{"bearer": []}]
             op["x-roles"] = [role.value for role in r.roles]
         if r.request is not None:
-            op["requestBody"] = {"required": True,
-                                 "content": {"application/json": {"schema": by_type[r.request]}}}
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": by_type[r.request]}}}
         elif r.binary and r.method == "PUT":
-            op["requestBody"] = {"required": True,
-                                 "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                                      "format": "binary"}}}}
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            }
         ok = "201" if r.method == "PUT" or (r.method, r.path) in _CREATED else "200"
         if r.response is not None:
-            op["responses"][ok] = {"description": "OK",
-                                   "content": {"application/json": {"schema": by_type[r.response]}}}
+            op["responses"][ok] = {
+                "description": "OK",
+                "content": {"application/json": {"schema": by_type[r.response]}},
+            }
         elif r.binary:
-            op["responses"][ok] = {"description": "The file",
-                                   "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                                        "format": "binary"}}}}
+            op["responses"][ok] = {
+                "description": "The file",
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            }
         else:
-            op["responses"][ok] = {"description": "OK", "content": {"application/json": {"schema": {
-                "type": "object"}}}}
+            op["responses"][ok] = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
         paths.setdefault(API + r.path, {})[r.method.lower()] = op
     return {
         "openapi": "3.1.0",
         "info": {"title": "glidein", "version": "1", "description": "Job queue, site demand and pilot API."},
         "paths": paths,
-        "components": {"schemas": components,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {"schemas": components, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }

@@ -127,12 +127,23 @@ def middleware(limiter: RateLimiter, auth: Authenticator) -> Middleware:
         retry_after = max(1, math.ceil(wait_s))
         if limiter.should_log(key):
             subject = principal.subject if principal else request.remote
-            log.warning("rate limit: %s (%s) went over %.0f requests/s (burst %d); refusing for %d s",
-                        key, subject, rate.per_s, rate.burst, retry_after)
-        body = ErrorBody(error=f"Too many requests from {who}: the limit is {rate.per_s:g} per second "
-                               f"(bursts of {rate.burst}).",
-                         hint=f"Wait {retry_after} s and try again; glidein's own tools do that by themselves.")
-        return web.Response(body=msgspec.json.encode(body), status=429, content_type="application/json",
-                            headers={"Retry-After": str(retry_after)})
+            log.warning(
+                "rate limit: %s (%s) went over %.0f requests/s (burst %d); refusing for %d s",
+                key,
+                subject,
+                rate.per_s,
+                rate.burst,
+                retry_after,
+            )
+        body = ErrorBody(
+            error=f"Too many requests from {who}: the limit is {rate.per_s:g} per second (bursts of {rate.burst}).",
+            hint=f"Wait {retry_after} s and try again; glidein's own tools do that by themselves.",
+        )
+        return web.Response(
+            body=msgspec.json.encode(body),
+            status=429,
+            content_type="application/json",
+            headers={"Retry-After": str(retry_after)},
+        )
 
     return rate_limit

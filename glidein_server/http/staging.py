@@ -29,8 +29,11 @@ log = logging.getLogger(__name__)
 #: Most eligible jobs one staging view lists.
 MAX_VIEW = 10_000
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-_HOW = {Network.DIRECT: "directly", Network.RELAY: "through a login-node relay (data staged by the client)",
-        Network.NONE: "through a shared-filesystem mailbox (data staged by the client)"}
+_HOW = {
+    Network.DIRECT: "directly",
+    Network.RELAY: "through a login-node relay (data staged by the client)",
+    Network.NONE: "through a shared-filesystem mailbox (data staged by the client)",
+}
 
 
 class StagingApi:
@@ -46,17 +49,45 @@ class StagingApi:
 
         S, OP = Role.SITE, Role.OPERATOR
         return [
-            Route("PUT", "/sites/{site}/network", self.set_network,
-                  "Declare how the site's pilots reach the server (direct, relay, none); relay and none sites "
-                  "claim only jobs their client staged.", (S, OP), SiteNetwork, SiteNetwork),
-            Route("GET", "/sites/{site}/staging", self.view,
-                  "Jobs staged at the site (with their state) and idle jobs eligible there with their inputs "
-                  "(?limit=, default 1000).", (S, OP), None, StagingView),
-            Route("POST", "/sites/{site}/staging", self.report,
-                  "Report jobs whose inputs are verified in the site's staging area, and release others.", (S, OP),
-                  StagingReport, StagingResult),
-            Route("GET", "/sites/{site}/files/{sha256}", self.get_file,
-                  "Download an input of a job that may run at the site.", (S, OP), None, None, True),
+            Route(
+                "PUT",
+                "/sites/{site}/network",
+                self.set_network,
+                "Declare how the site's pilots reach the server (direct, relay, none); relay and none sites "
+                "claim only jobs their client staged.",
+                (S, OP),
+                SiteNetwork,
+                SiteNetwork,
+            ),
+            Route(
+                "GET",
+                "/sites/{site}/staging",
+                self.view,
+                "Jobs staged at the site (with their state) and idle jobs eligible there with their inputs "
+                "(?limit=, default 1000).",
+                (S, OP),
+                None,
+                StagingView,
+            ),
+            Route(
+                "POST",
+                "/sites/{site}/staging",
+                self.report,
+                "Report jobs whose inputs are verified in the site's staging area, and release others.",
+                (S, OP),
+                StagingReport,
+                StagingResult,
+            ),
+            Route(
+                "GET",
+                "/sites/{site}/files/{sha256}",
+                self.get_file,
+                "Download an input of a job that may run at the site.",
+                (S, OP),
+                None,
+                None,
+                True,
+            ),
         ]
 
     async def _site(self, request: web.Request) -> tuple[str, Principal]:
@@ -93,8 +124,10 @@ class StagingApi:
         if not _SHA_RE.match(sha):
             raise ValidationError("A sha256 must be 64 lowercase hexadecimal characters.", field="sha256")
         if not self.api.files.exists(sha) or not await self.api.store.may_read_file(sha, principal):
-            raise NotFoundError("No such file, or no job that may run at this site needs it.",
-                                hint="Only inputs of unfinished jobs that may run at the site can be staged.")
+            raise NotFoundError(
+                "No such file, or no job that may run at this site needs it.",
+                hint="Only inputs of unfinished jobs that may run at the site can be staged.",
+            )
         return web.FileResponse(self.api.files.path(sha))
 
 

@@ -47,8 +47,13 @@ def start_backoff_s(failures: int) -> float:
 
 
 def fits(shape: Shape, cpus: int, memory_mb: int, gpus: int, disk_mb: int, lifetime_s: float) -> bool:
-    return (shape.cpus <= cpus and shape.memory_mb <= memory_mb and shape.gpus <= gpus
-            and shape.disk_mb <= disk_mb and shape.walltime_s <= lifetime_s)
+    return (
+        shape.cpus <= cpus
+        and shape.memory_mb <= memory_mb
+        and shape.gpus <= gpus
+        and shape.disk_mb <= disk_mb
+        and shape.walltime_s <= lifetime_s
+    )
 
 
 def fits_pilot(shape: Shape, pilot: PilotShape) -> bool:
@@ -58,7 +63,8 @@ def fits_pilot(shape: Shape, pilot: PilotShape) -> bool:
 def eligible_sites(shape: Shape, site_shapes: Mapping[str, PilotShape]) -> list[str]:
     """Sites that may run this shape (allowed by the job) and whose pilots are big enough."""
     return sorted(
-        name for name, pilot in site_shapes.items()
+        name
+        for name, pilot in site_shapes.items()
         if (shape.sites is None or name in shape.sites) and fits_pilot(shape, pilot)
     )
 
@@ -150,8 +156,13 @@ def site_demand(
 
 
 def unrunnable_note(
-    cpus: int, memory_mb: int, gpus: int, disk_mb: int, walltime_s: int,
-    sites: frozenset[str] | None, site_shapes: Mapping[str, PilotShape],
+    cpus: int,
+    memory_mb: int,
+    gpus: int,
+    disk_mb: int,
+    walltime_s: int,
+    sites: frozenset[str] | None,
+    site_shapes: Mapping[str, PilotShape],
 ) -> str | None:
     """A plain sentence when no known site can run a job of this shape, else None."""
     shape = Shape(cpus, memory_mb, gpus, disk_mb, walltime_s, sites, 1)
@@ -161,8 +172,10 @@ def unrunnable_note(
         return None
     allowed = {n: p for n, p in site_shapes.items() if sites is None or n in sites}
     if not allowed:
-        return (f"No site can run this job: it may only run at {', '.join(sorted(sites or []))}, "
-                "and none of those sites is known. Check the site names or ask an operator.")
+        return (
+            f"No site can run this job: it may only run at {', '.join(sorted(sites or []))}, "
+            "and none of those sites is known. Check the site names or ask an operator."
+        )
     biggest = max(allowed.items(), key=lambda kv: (kv[1].cpus, kv[1].memory_mb))
     name, p = biggest
     parts = []
@@ -177,5 +190,7 @@ def unrunnable_note(
     if disk_mb > max(x.disk_mb for x in allowed.values()):
         parts.append(f"{disk_mb} MB disk (largest pilot: {max(x.disk_mb for x in allowed.values())} MB)")
     what = "; ".join(parts) or f"more than any single pilot offers (e.g. site {name})"
-    return (f"No site can run this job: it asks for {what}. It stays queued; lower the request "
-            "or ask an operator for a site with bigger pilots.")
+    return (
+        f"No site can run this job: it asks for {what}. It stays queued; lower the request "
+        "or ask an operator for a site with bigger pilots."
+    )

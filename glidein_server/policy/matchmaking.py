@@ -53,8 +53,13 @@ def select(
             mem -= c.memory_mb
             gpus -= c.gpus
             disk -= c.disk_mb
-        elif (len(backlog) < want and c.cpus <= total.cpus and c.memory_mb <= total.memory_mb
-              and c.gpus <= total.gpus and c.disk_mb <= total.disk_mb):
+        elif (
+            len(backlog) < want
+            and c.cpus <= total.cpus
+            and c.memory_mb <= total.memory_mb
+            and c.gpus <= total.gpus
+            and c.disk_mb <= total.disk_mb
+        ):
             backlog.append(c.job_id)
         if len(backlog) >= want and cpus <= 0:
             break

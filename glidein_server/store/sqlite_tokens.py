@@ -27,13 +27,17 @@ class SqliteTokens(SqliteBase):
                 db.execute(f"ALTER TABLE tokens ADD COLUMN {column}")
         db.executescript(Q["tokens_index"])
 
-    async def add_token(self, token_hash: str, role: Role, subject: str, expires_at: float | None,
-                        scopes: Sequence[Scope] | None = None) -> str:
+    async def add_token(
+        self, token_hash: str, role: Role, subject: str, expires_at: float | None, scopes: Sequence[Scope] | None = None
+    ) -> str:
         """Store a token's hash; returns its public id."""
         token_id = token_hash[:16]
         text = " ".join(sorted({s.value for s in scopes})) if scopes else ""
-        await self._tx(lambda db: db.execute(Q["token_insert"], (token_hash, role.value, subject, time.time(),
-                                                                 expires_at, token_id, text)))
+        await self._tx(
+            lambda db: db.execute(
+                Q["token_insert"], (token_hash, role.value, subject, time.time(), expires_at, token_id, text)
+            )
+        )
         return token_id
 
     async def lookup_token(self, token_hash: str, now: float) -> Principal | None:
@@ -44,14 +48,25 @@ class SqliteTokens(SqliteBase):
         role = Role(row[0])
         return Principal(role, row[1], token_id=row[3], scopes=_scopes(role, row[4]), expires_at=row[2])
 
-    async def list_tokens(self, role: Role | None, subject: str | None, *, revoked: bool = False,
-                          limit: int = 1000) -> list[TokenInfo]:
+    async def list_tokens(
+        self, role: Role | None, subject: str | None, *, revoked: bool = False, limit: int = 1000
+    ) -> list[TokenInfo]:
         r = role.value if role else None
 
         def read(db: sqlite3.Connection) -> list[TokenInfo]:
             rows = db.execute(Q["token_list"], (r, r, subject, subject, revoked, limit)).fetchall()
-            return [TokenInfo(id=i, role=Role(ro), subject=su, scopes=sorted(_scopes(Role(ro), sc)),
-                              created_at=c, expires_at=e, revoked_at=rv) for i, ro, su, sc, c, e, rv in rows]
+            return [
+                TokenInfo(
+                    id=i,
+                    role=Role(ro),
+                    subject=su,
+                    scopes=sorted(_scopes(Role(ro), sc)),
+                    created_at=c,
+                    expires_at=e,
+                    revoked_at=rv,
+                )
+                for i, ro, su, sc, c, e, rv in rows
+            ]
 
         return await self._run(read, self._conn)
 

@@ -14,8 +14,13 @@ pytestmark = [pytest.mark.slow]
 
 
 def test_demo_runs_mixed_jobs_and_verifies_every_output() -> None:
-    proc = subprocess.run([sys.executable, "-m", "glidein_demo.demo", "--jobs", "30", "--keep"],
-                          capture_output=True, text=True, timeout=110, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "glidein_demo.demo", "--jobs", "30", "--keep"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
     out = proc.stdout
     kept = re.search(r"\(kept (.+)\)", out)
     assert kept, out + proc.stderr
@@ -30,11 +35,17 @@ def test_demo_runs_mixed_jobs_and_verifies_every_output() -> None:
         assert "Traceback" not in out + proc.stderr
         assert re.search(r"server\s+https://", out), "the demo serves HTTPS with the CA made by init"
         # No secret in any log: the user's, the site's and every pilot's token.
-        secrets = [p.read_text().strip() for p in [root / "user.token", root / "site.token",
-                                                    *root.glob("site/pilots-meta/*/token")]]
+        secrets = [
+            p.read_text().strip()
+            for p in [root / "user.token", root / "site.token", *root.glob("site/pilots-meta/*/token")]
+        ]
         assert len(secrets) >= 3
-        logs = [out, proc.stderr, *(p.read_text(errors="replace") for p in root.glob("*.log")),
-                *(p.read_text(errors="replace") for p in root.glob("site/local-batch/*/std*"))]
+        logs = [
+            out,
+            proc.stderr,
+            *(p.read_text(errors="replace") for p in root.glob("*.log")),
+            *(p.read_text(errors="replace") for p in root.glob("site/local-batch/*/std*")),
+        ]
         for secret in secrets:
             assert not any(secret in text for text in logs)
     finally:

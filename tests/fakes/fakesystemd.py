@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HOME = Path(os.path.expanduser("~"))
@@ -46,8 +47,10 @@ def _definition(unit: str) -> str | None:
     path = UNITS / unit
     if unit in loaded:
         if path.exists() and path.read_text() != loaded[unit]:
-            sys.stderr.write(f"Warning: The unit file, source configuration file or drop-ins of {unit} changed on "
-                             "disk. Run 'systemctl --user daemon-reload' to reload units.\n")
+            sys.stderr.write(
+                f"Warning: The unit file, source configuration file or drop-ins of {unit} changed on "
+                "disk. Run 'systemctl --user daemon-reload' to reload units.\n"
+            )
         return loaded[unit]
     return path.read_text() if path.exists() else None
 
@@ -59,7 +62,7 @@ def _exec_start(text: str) -> list[str]:
         if line.startswith("[") and line.endswith("]"):
             section = line[1:-1]
         elif section == "Service" and line.startswith("ExecStart="):
-            words = shlex.split(line[len("ExecStart="):])  # double-quoted words, backslash escapes
+            words = shlex.split(line[len("ExecStart=") :])  # double-quoted words, backslash escapes
             return [w.replace("%%", "%").replace("$$", "$") for w in words]
     raise SystemExit(f"fake systemctl: no ExecStart in [Service] of {text!r}")
 
@@ -86,8 +89,9 @@ def _start(unit: str) -> int:
     if _pid(unit) is not None:
         return 0
     log = open(STATE / f"{unit}.log", "ab")  # handed to the child
-    proc = subprocess.Popen(_exec_start(text), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                            start_new_session=True, cwd=HOME)
+    proc = subprocess.Popen(
+        _exec_start(text), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=HOME
+    )
     (STATE / f"{unit}.pid").write_text(str(proc.pid))
     with open(STATE / "starts.jsonl", "a") as f:
         f.write(json.dumps({"unit": unit, "pid": proc.pid, "argv": _exec_start(text)}) + "\n")
@@ -107,57 +111,81 @@ def _stop(unit: str) -> int:
     return 0
 
 
+def _show_environment(units: list[str], now: bool) -> int:
+    print(f"HOME={HOME}\nPATH={os.environ.get('PATH', '')}\nXDG_RUNTIME_DIR=/run/user/{os.getuid()}")
+    return 0
+
+
+def _daemon_reload(units: list[str], now: bool) -> int:
+    loaded = {p.name: p.read_text() for p in UNITS.glob("*.service")} if UNITS.is_dir() else {}
+    (STATE / "loaded.json").write_text(json.dumps(loaded))
+    return 0
+
+
+def _is_enabled(units: list[str], now: bool) -> int:
+    unit = units[0]
+    if not (UNITS / unit).exists():
+        sys.stderr.write(f"Failed to get unit file state for {unit}: No such file or directory\n")
+        return 1
+    enabled = (WANTS / unit).is_symlink()
+    print("enabled" if enabled else "disabled")
+    return 0 if enabled else 1
+
+
+def _is_active(units: list[str], now: bool) -> int:
+    active = _pid(units[0]) is not None
+    print("active" if active else "inactive")
+    return 0 if active else 3
+
+
+def _enable(units: list[str], now: bool) -> int:
+    unit = units[0]
+    if not (UNITS / unit).exists():
+        sys.stderr.write(f"Failed to enable unit: Unit file {unit} does not exist.\n")
+        return 1
+    if not (WANTS / unit).is_symlink():
+        WANTS.mkdir(parents=True, exist_ok=True)
+        (WANTS / unit).symlink_to(UNITS / unit)
+        sys.stderr.write(f"Created symlink {WANTS / unit} \u2192 {UNITS / unit}.\n")
+    return _start(unit) if now else 0
+
+
+def _disable(units: list[str], now: bool) -> int:
+    unit = units[0]
+    if (WANTS / unit).is_symlink():
+        (WANTS / unit).unlink()
+        sys.stderr.write(f'Removed "{WANTS / unit}".\n')
+    return _stop(unit) if now else 0
+
+
+def _restart(units: list[str], now: bool) -> int:
+    _stop(units[0])
+    return _start(units[0])
+
+
+_VERBS: dict[str, Callable[[list[str], bool], int]] = {
+    "show-environment": _show_environment,
+    "daemon-reload": _daemon_reload,
+    "is-enabled": _is_enabled,
+    "is-active": _is_active,
+    "enable": _enable,
+    "disable": _disable,
+    "start": lambda units, now: _start(units[0]),
+    "stop": lambda units, now: _stop(units[0]),
+    "restart": _restart,
+}
+
+
 def systemctl(args: list[str]) -> int:
     if not args or args[0] != "--user":
         sys.stderr.write("fake systemctl: only --user is emulated\n")
         return 1
     verb, rest = (args[1], args[2:]) if len(args) > 1 else ("list-units", [])
-    now = "--now" in rest
-    units = [a for a in rest if not a.startswith("-")]
-    if verb == "show-environment":
-        print(f"HOME={HOME}\nPATH={os.environ.get('PATH', '')}\nXDG_RUNTIME_DIR=/run/user/{os.getuid()}")
-        return 0
-    if verb == "daemon-reload":
-        loaded = {p.name: p.read_text() for p in UNITS.glob("*.service")} if UNITS.is_dir() else {}
-        (STATE / "loaded.json").write_text(json.dumps(loaded))
-        return 0
-    if verb == "is-enabled":
-        unit = units[0]
-        if not (UNITS / unit).exists():
-            sys.stderr.write(f"Failed to get unit file state for {unit}: No such file or directory\n")
-            return 1
-        enabled = (WANTS / unit).is_symlink()
-        print("enabled" if enabled else "disabled")
-        return 0 if enabled else 1
-    if verb == "is-active":
-        active = _pid(units[0]) is not None
-        print("active" if active else "inactive")
-        return 0 if active else 3
-    if verb == "enable":
-        unit = units[0]
-        if not (UNITS / unit).exists():
-            sys.stderr.write(f"Failed to enable unit: Unit file {unit} does not exist.\n")
-            return 1
-        if not (WANTS / unit).is_symlink():
-            WANTS.mkdir(parents=True, exist_ok=True)
-            (WANTS / unit).symlink_to(UNITS / unit)
-            sys.stderr.write(f"Created symlink {WANTS / unit} \u2192 {UNITS / unit}.\n")
-        return _start(unit) if now else 0
-    if verb == "disable":
-        unit = units[0]
-        if (WANTS / unit).is_symlink():
-            (WANTS / unit).unlink()
-            sys.stderr.write(f'Removed "{WANTS / unit}".\n')
-        return _stop(unit) if now else 0
-    if verb == "start":
-        return _start(units[0])
-    if verb == "stop":
-        return _stop(units[0])
-    if verb == "restart":
-        _stop(units[0])
-        return _start(units[0])
-    sys.stderr.write(f"fake systemctl: {verb!r} is not emulated\n")
-    return 1
+    handler = _VERBS.get(verb)
+    if handler is None:
+        sys.stderr.write(f"fake systemctl: {verb!r} is not emulated\n")
+        return 1
+    return handler([a for a in rest if not a.startswith("-")], "--now" in rest)
 
 
 def loginctl(args: list[str]) -> int:

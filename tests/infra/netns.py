@@ -60,13 +60,19 @@ class WorkerNamespace:
 
     def connect(self, host: str, port: int, timeout_s: float = 2.0) -> str:
         """Try a TCP connection from inside the namespace: "ok", or the error it got."""
-        code = ("import socket, sys\n"
-                "s = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET)\n"
-                f"s.settimeout({timeout_s})\n"
-                "try:\n    s.connect((sys.argv[1], int(sys.argv[2])))\n    print('ok')\n"
-                "except OSError as e:\n    print(type(e).__name__, e)\n")
-        proc = subprocess.run(self.argv(sys.executable, "-c", code, host, str(port)), capture_output=True, text=True,
-                              timeout=timeout_s + _CMD_TIMEOUT_S)
+        code = (
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET)\n"
+            f"s.settimeout({timeout_s})\n"
+            "try:\n    s.connect((sys.argv[1], int(sys.argv[2])))\n    print('ok')\n"
+            "except OSError as e:\n    print(type(e).__name__, e)\n"
+        )
+        proc = subprocess.run(
+            self.argv(sys.executable, "-c", code, host, str(port)),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s + _CMD_TIMEOUT_S,
+        )
         return (proc.stdout or proc.stderr).strip()
 
     def inode(self) -> int:
@@ -137,9 +143,9 @@ def remove_leftovers() -> None:
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=_CMD_TIMEOUT_S)
     for line in listing.stdout.splitlines():
         name = line.split()[0] if line.strip() else ""
-        if not name.startswith(PREFIX) or "n" not in name[len(PREFIX):]:
+        if not name.startswith(PREFIX) or "n" not in name[len(PREFIX) :]:
             continue
-        pid = name[len(PREFIX):].split("n")[0]
+        pid = name[len(PREFIX) :].split("n")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
             _delete(name)
 

@@ -301,10 +301,18 @@ class SshServer:
         os.chmod(self.base_dir / "etc", 0o755)
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
         keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", ""]
-        subprocess.run([*keygen, "-f", str(self.base_dir / "etc" / "ssh_host_ed25519_key")],
-                       check=True, capture_output=True, timeout=_CMD_TIMEOUT_S)
-        subprocess.run([*keygen, "-C", "glidein-test", "-f", str(self.client_key)],
-                       check=True, capture_output=True, timeout=_CMD_TIMEOUT_S)
+        subprocess.run(
+            [*keygen, "-f", str(self.base_dir / "etc" / "ssh_host_ed25519_key")],
+            check=True,
+            capture_output=True,
+            timeout=_CMD_TIMEOUT_S,
+        )
+        subprocess.run(
+            [*keygen, "-C", "glidein-test", "-f", str(self.client_key)],
+            check=True,
+            capture_output=True,
+            timeout=_CMD_TIMEOUT_S,
+        )
         authorized = self.base_dir / "etc" / "authorized_keys"
         authorized.write_text(Path(f"{self.client_key}.pub").read_text())
         os.chmod(authorized, 0o644)
@@ -366,8 +374,9 @@ class SshServer:
         with contextlib.suppress(FileNotFoundError):
             self.log_path.unlink()
         argv = [str(etc / self.service), "-D", "-f", str(etc / "sshd_config"), "-E", str(self.log_path)]
-        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True)
+        self._proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         ready = f"Server listening on {self.host} port {self.port}"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -421,8 +430,12 @@ def user_python() -> str | None:
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     for candidate in (f"/usr/bin/python{version}", "/usr/bin/python3", f"/usr/local/bin/python{version}"):
         if os.access(candidate, os.X_OK):
-            out = subprocess.run([candidate, "-c", "import sys, venv; print(*sys.version_info[:2], sep='.')"],
-                                 capture_output=True, text=True, timeout=_CMD_TIMEOUT_S)
+            out = subprocess.run(
+                [candidate, "-c", "import sys, venv; print(*sys.version_info[:2], sep='.')"],
+                capture_output=True,
+                text=True,
+                timeout=_CMD_TIMEOUT_S,
+            )
             if out.returncode == 0 and out.stdout.strip() == version:
                 return candidate
     return None
@@ -452,11 +465,28 @@ def shared_remote_python(user: str = TEST_USER) -> str:
         os.chown(base, account.pw_uid, account.pw_gid)
         venv = base / "venv"
         as_user = ["runuser", "-u", user, "--"]
-        subprocess.run([*as_user, system_python, "-m", "venv", str(venv)],
-                       check=True, capture_output=True, timeout=120, cwd="/")
-        subprocess.run([*as_user, str(venv / "bin" / "python"), "-m", "pip", "--isolated", "install", "--quiet",
-                        "--no-index", "--no-deps", "--disable-pip-version-check", *map(str, wheels.files)],
-                       check=True, capture_output=True, timeout=300, cwd="/")
+        subprocess.run(
+            [*as_user, system_python, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120, cwd="/"
+        )
+        subprocess.run(
+            [
+                *as_user,
+                str(venv / "bin" / "python"),
+                "-m",
+                "pip",
+                "--isolated",
+                "install",
+                "--quiet",
+                "--no-index",
+                "--no-deps",
+                "--disable-pip-version-check",
+                *map(str, wheels.files),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=300,
+            cwd="/",
+        )
         _shared[key] = str(venv / "bin" / "python")
     python: str = _shared[key]
     return python

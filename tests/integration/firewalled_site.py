@@ -17,9 +17,18 @@ from tests.conftest import LiveServer
 FINAL = {JobState.DONE, JobState.FAILED, JobState.CANCELLED}
 
 
-async def firewalled_site(live: LiveServer, tmp_path: Path, name: str, network: str, *, relay: str = "",
-                          staging: str = "", mailbox_poll_s: float = 0.02, cpus: int = 2,
-                          concurrency: int = 4) -> SiteConfig:
+async def firewalled_site(
+    live: LiveServer,
+    tmp_path: Path,
+    name: str,
+    network: str,
+    *,
+    relay: str = "",
+    staging: str = "",
+    mailbox_poll_s: float = 0.02,
+    cpus: int = 2,
+    concurrency: int = 4,
+) -> SiteConfig:
     """A site config of ``network`` ("relay" or "none") whose shared directories live under ``tmp_path``."""
     token = live.write_secret(f"site-{name}.token", await live.token(Role.SITE, name))
     shared = tmp_path / "shared"
@@ -28,7 +37,7 @@ async def firewalled_site(live: LiveServer, tmp_path: Path, name: str, network: 
 name = "{name}"
 server_url = "{live.url}"
 token_file = "{token}"
-scratch_dir = "{shared / 'scratch'}"
+scratch_dir = "{shared / "scratch"}"
 cycle_s = 1
 network = "{network}"
 
@@ -45,7 +54,7 @@ max_idle_pilots = 2
 max_submit_per_cycle = 2
 
 [staging]
-dir = "{shared / 'staging'}"
+dir = "{shared / "staging"}"
 concurrency = {concurrency}
 poll_s = 0.3
 {staging}
@@ -53,7 +62,7 @@ poll_s = 0.3
     if network == "relay":
         text += f"\n[relay]\n{relay}\n"
     else:
-        text += f"\n[mailbox]\ndir = \"{shared / 'mailbox'}\"\npoll_s = {mailbox_poll_s}\nstale_after = \"10m\"\n"
+        text += f'\n[mailbox]\ndir = "{shared / "mailbox"}"\npoll_s = {mailbox_poll_s}\nstale_after = "10m"\n'
     path = tmp_path / f"{name}.toml"
     path.write_text(text)
     return load_site_config(path)
@@ -73,14 +82,28 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def jobs_with_inputs(inputs: list[InputFile], site: str, script: str = "true", outputs: list[str] | None = None,
-                     **kw: object) -> list[JobSpec]:
-    return [JobSpec(script=script, inputs=[inp], outputs=outputs or [], sites=[site], cpus=1, memory_mb=64,
-                    disk_mb=10, walltime_s=60, **kw) for inp in inputs]  # type: ignore[arg-type]
+def jobs_with_inputs(
+    inputs: list[InputFile], site: str, script: str = "true", outputs: list[str] | None = None, **kw: object
+) -> list[JobSpec]:
+    return [
+        JobSpec(
+            script=script,
+            inputs=[inp],
+            outputs=outputs or [],
+            sites=[site],
+            cpus=1,
+            memory_mb=64,
+            disk_mb=10,
+            walltime_s=60,
+            **kw,
+        )
+        for inp in inputs
+    ]  # type: ignore[arg-type]
 
 
-async def wait_jobs(api: ApiClient, ids: list[int], timeout_s: float = 60.0,
-                    states: set[JobState] = FINAL) -> dict[int, JobState]:
+async def wait_jobs(
+    api: ApiClient, ids: list[int], timeout_s: float = 60.0, states: set[JobState] = FINAL
+) -> dict[int, JobState]:
     deadline = time.monotonic() + timeout_s
     while True:
         got = {j.id: j.state for j in (await api.list_jobs(ids=ids, limit=len(ids))).jobs}

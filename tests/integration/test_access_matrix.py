@@ -42,8 +42,17 @@ from glidein_server.store.sqlite import SqliteStore
 
 from ..conftest import LiveServer
 
-CASES = ("anonymous", "operator", "operator_without_code", "user", "other_user", "site", "other_site", "pilot",
-         "other_pilot")
+CASES = (
+    "anonymous",
+    "operator",
+    "operator_without_code",
+    "user",
+    "other_user",
+    "site",
+    "other_site",
+    "pilot",
+    "other_pilot",
+)
 SHAPE = PilotShape(cpus=4, memory_mb=4000, disk_mb=1000, walltime_s=3600)
 FREE = Resources(cpus=4, memory_mb=4000, gpus=0, disk_mb=1000)
 UPLOAD = b"bytes a user uploads\n"
@@ -64,27 +73,62 @@ def public(status: int) -> dict[str, int]:
 
 def for_users(ok: int, other_user: int | None = None, *, pilot: int = 403, other_pilot: int = 403) -> dict[str, int]:
     """Users and operators; another user's object is hidden (404)."""
-    return {"anonymous": 401, "operator": ok, "operator_without_code": ok, "user": ok,
-            "other_user": ok if other_user is None else other_user, "site": 403, "other_site": 403,
-            "pilot": pilot, "other_pilot": other_pilot}
+    return {
+        "anonymous": 401,
+        "operator": ok,
+        "operator_without_code": ok,
+        "user": ok,
+        "other_user": ok if other_user is None else other_user,
+        "site": 403,
+        "other_site": 403,
+        "pilot": pilot,
+        "other_pilot": other_pilot,
+    }
 
 
 def for_sites(ok: int) -> dict[str, int]:
     """Site clients (their own site only) and operators."""
-    return {"anonymous": 401, "operator": ok, "operator_without_code": ok, "user": 403, "other_user": 403,
-            "site": ok, "other_site": 403, "pilot": 403, "other_pilot": 403}
+    return {
+        "anonymous": 401,
+        "operator": ok,
+        "operator_without_code": ok,
+        "user": 403,
+        "other_user": 403,
+        "site": ok,
+        "other_site": 403,
+        "pilot": 403,
+        "other_pilot": 403,
+    }
 
 
 def for_pilots(ok: int, other_pilot: int) -> dict[str, int]:
     """Pilots, each on its own claims only."""
-    return {"anonymous": 401, "operator": 403, "operator_without_code": 403, "user": 403, "other_user": 403,
-            "site": 403, "other_site": 403, "pilot": ok, "other_pilot": other_pilot}
+    return {
+        "anonymous": 401,
+        "operator": 403,
+        "operator_without_code": 403,
+        "user": 403,
+        "other_user": 403,
+        "site": 403,
+        "other_site": 403,
+        "pilot": ok,
+        "other_pilot": other_pilot,
+    }
 
 
 def for_operators(ok: int) -> dict[str, int]:
     """Operator actions: the operator token with a fresh one-time code."""
-    return {"anonymous": 401, "operator": ok, "operator_without_code": 401, "user": 403, "other_user": 403,
-            "site": 403, "other_site": 403, "pilot": 403, "other_pilot": 403}
+    return {
+        "anonymous": 401,
+        "operator": ok,
+        "operator_without_code": 401,
+        "user": 403,
+        "other_user": 403,
+        "site": 403,
+        "other_site": 403,
+        "pilot": 403,
+        "other_pilot": 403,
+    }
 
 
 @dataclass(frozen=True)
@@ -116,21 +160,28 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/sites/{site}/staging"): Entry(for_sites(200)),
     ("POST", "/sites/{site}/staging"): Entry(for_sites(200), body=lambda w: {}),
     ("GET", "/sites/{site}/files/{sha256}"): Entry(for_sites(200)),
-    ("POST", "/pilot/register"): Entry(for_pilots(200, 200), body=lambda w: msgspec.to_builtins(
-        PilotRegister(resources=FREE, end_time=time.time() + 7200))),
-    ("POST", "/pilot/sync"): Entry(for_pilots(200, 200), body=lambda w: {"free": msgspec.to_builtins(FREE),
-                                                                         "lifetime_s": 7000}),
+    ("POST", "/pilot/register"): Entry(
+        for_pilots(200, 200),
+        body=lambda w: msgspec.to_builtins(PilotRegister(resources=FREE, end_time=time.time() + 7200)),
+    ),
+    ("POST", "/pilot/sync"): Entry(
+        for_pilots(200, 200), body=lambda w: {"free": msgspec.to_builtins(FREE), "lifetime_s": 7000}
+    ),
     ("PUT", "/pilot/attempts/{attempt_id}/outputs"): Entry(  # another pilot's attempt: refused as not its own
-        for_pilots(201, 409), body=lambda w: OUTPUT, query=lambda w: {"name": "out.txt"},
-        headers=lambda w: {"X-Glidein-Lease": w.lease, "X-Glidein-Sha256": hashlib.sha256(OUTPUT).hexdigest()}),
+        for_pilots(201, 409),
+        body=lambda w: OUTPUT,
+        query=lambda w: {"name": "out.txt"},
+        headers=lambda w: {"X-Glidein-Lease": w.lease, "X-Glidein-Sha256": hashlib.sha256(OUTPUT).hexdigest()},
+    ),
     ("POST", "/pilot/exit"): Entry(for_pilots(200, 200), body=lambda w: {"reason": "done"}),
     ("GET", "/summary"): Entry(for_users(200)),
     ("POST", "/admin/users"): Entry(for_operators(201), body=lambda w: {"name": "carol"}),
     ("DELETE", "/admin/users/{name}"): Entry(for_operators(200)),
     ("POST", "/admin/sites"): Entry(for_operators(201), body=lambda w: {"name": "c"}),
     ("DELETE", "/admin/sites/{name}"): Entry(for_operators(200)),
-    ("POST", "/admin/tokens"): Entry(for_operators(201), body=lambda w: {"role": "user", "subject": "carol",
-                                                                          "scopes": ["read"]}),
+    ("POST", "/admin/tokens"): Entry(
+        for_operators(201), body=lambda w: {"role": "user", "subject": "carol", "scopes": ["read"]}
+    ),
     ("GET", "/admin/tokens"): Entry(for_operators(200)),
     ("DELETE", "/admin/tokens/{token_id}"): Entry(for_operators(200)),
 }
@@ -152,22 +203,37 @@ class World:
     seen: dict[str, int] = field(default_factory=dict)
 
     def path(self, template: str, sha256: str | None = None) -> str:
-        return template.format(job_id=self.job_id, sha256=sha256 or self.sha256, site="a", attempt_id=self.attempt_id,
-                               name="bob", token_id=self.bob_token_id)
+        return template.format(
+            job_id=self.job_id,
+            sha256=sha256 or self.sha256,
+            site="a",
+            attempt_id=self.attempt_id,
+            name="bob",
+            token_id=self.bob_token_id,
+        )
 
 
 async def make_world(live: LiveServer, tmp: Path) -> World:
     code = await live.enable_totp()
-    tokens = {"operator": live.operator_token, "operator_without_code": live.operator_token,
-              "user": await live.token(Role.USER, "alice"), "other_user": await live.token(Role.USER, "bob"),
-              "site": await live.token(Role.SITE, "a"), "other_site": await live.token(Role.SITE, "b")}
+    tokens = {
+        "operator": live.operator_token,
+        "operator_without_code": live.operator_token,
+        "user": await live.token(Role.USER, "alice"),
+        "other_user": await live.token(Role.USER, "bob"),
+        "site": await live.token(Role.SITE, "a"),
+        "other_site": await live.token(Role.SITE, "b"),
+    }
     w = World(live, tokens, code, bob_token_id=hash_token(tokens["other_user"])[:16])
     data = tmp / "data.txt"
     data.write_bytes(b"input of alice's jobs\n")
     async with live.api(tokens["user"]) as alice:
         w.sha256 = (await alice.upload_file(data)).sha256
-        spec = JobSpec(argv=["cat", "data.txt"], inputs=[InputFile(name="data.txt", sha256=w.sha256, size=22)],
-                       outputs=["out.txt"], sites=["a"])
+        spec = JobSpec(
+            argv=["cat", "data.txt"],
+            inputs=[InputFile(name="data.txt", sha256=w.sha256, size=22)],
+            outputs=["out.txt"],
+            sites=["a"],
+        )
         await alice.submit([spec, spec])
     grants = {}
     for case, site in (("pilot", "a"), ("other_pilot", "b")):
@@ -182,10 +248,22 @@ async def make_world(live: LiveServer, tmp: Path) -> World:
     async with live.api(tokens["pilot"]) as p:
         done, held = (await p.sync(SyncRequest(free=FREE, lifetime_s=7000))).jobs
         uploaded = await p.upload_output(done.attempt_id, done.lease, "out.txt", out)
-        await p.sync(SyncRequest(free=FREE, lifetime_s=7000, started=[
-            AttemptRef(attempt_id=done.attempt_id, lease=done.lease)], finished=[
-            Finish(attempt_id=done.attempt_id, lease=done.lease, outcome=Outcome.DONE, exit_code=0,
-                   outputs=[OutputFile(name="out.txt", sha256=uploaded.sha256, size=uploaded.size)])]))
+        await p.sync(
+            SyncRequest(
+                free=FREE,
+                lifetime_s=7000,
+                started=[AttemptRef(attempt_id=done.attempt_id, lease=done.lease)],
+                finished=[
+                    Finish(
+                        attempt_id=done.attempt_id,
+                        lease=done.lease,
+                        outcome=Outcome.DONE,
+                        exit_code=0,
+                        outputs=[OutputFile(name="out.txt", sha256=uploaded.sha256, size=uploaded.size)],
+                    )
+                ],
+            )
+        )
     w.job_id, w.attempt_id, w.lease = done.job_id, held.attempt_id, held.lease
     return w
 
@@ -199,15 +277,18 @@ async def call(w: World, method: str, template: str, entry: Entry, case: str) ->
     body = entry.body(w) if entry.body else None
     kwargs: dict[str, Any] = {"data": body} if isinstance(body, bytes) else {"json": body} if body is not None else {}
     url = f"{w.live.url}{API}{w.path(template, entry.sha256)}"
-    async with aiohttp.ClientSession() as s, s.request(
-            method, url, params=entry.query(w) if entry.query else None, headers=headers, **kwargs) as resp:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(method, url, params=entry.query(w) if entry.query else None, headers=headers, **kwargs) as resp,
+    ):
         await resp.read()
         return resp.status
 
 
 @pytest.mark.parametrize(("method", "path"), _routes(), ids=[f"{m} {p}" for m, p in _routes()])
-async def test_route_allows_and_refuses_as_intended(live_server: LiveServer, tmp_path: Path, method: str,
-                                                    path: str) -> None:
+async def test_route_allows_and_refuses_as_intended(
+    live_server: LiveServer, tmp_path: Path, method: str, path: str
+) -> None:
     entry = MATRIX.get((method, path))
     assert entry is not None, f"{method} {path} has no entry in the access matrix: add one to MATRIX"
     assert set(entry.expect) == set(CASES)
@@ -216,7 +297,8 @@ async def test_route_allows_and_refuses_as_intended(live_server: LiveServer, tmp
     order = sorted(CASES, key=lambda c: (entry.expect[c] < 400, c != "user"))
     got = {case: await call(w, method, path, entry, case) for case in order}
     assert got == entry.expect, f"{method} {path}: " + ", ".join(
-        f"{c} got {got[c]} (expected {entry.expect[c]})" for c in CASES if got[c] != entry.expect[c])
+        f"{c} got {got[c]} (expected {entry.expect[c]})" for c in CASES if got[c] != entry.expect[c]
+    )
 
 
 def test_matrix_has_no_entry_for_a_route_that_is_gone() -> None:

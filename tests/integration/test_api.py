@@ -30,9 +30,10 @@ FREE = Resources(cpus=4, memory_mb=4000, gpus=0, disk_mb=1000)
 
 
 async def raw_post(live: LiveServer, token: str, path: str, body: bytes) -> tuple[int, dict[str, str]]:
-    async with aiohttp.ClientSession() as s, s.post(
-        f"{live.url}/api/v1{path}", data=body, headers={"Authorization": f"Bearer {token}"}
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{live.url}/api/v1{path}", data=body, headers={"Authorization": f"Bearer {token}"}) as resp,
+    ):
         return resp.status, await resp.json()
 
 
@@ -47,8 +48,9 @@ async def raw_post(live: LiveServer, token: str, path: str, body: bytes) -> tupl
         ('{"argv": ["true"], "memory_mb": "lots"}', "jobs[0].memory_mb", "Expected `int`"),
     ],
 )
-async def test_malformed_jobs_get_a_plain_400_naming_the_field(live_server: LiveServer, job: str, field: str,
-                                                               words: str) -> None:
+async def test_malformed_jobs_get_a_plain_400_naming_the_field(
+    live_server: LiveServer, job: str, field: str, words: str
+) -> None:
     token = await live_server.token(Role.USER, "alice")
     async with live_server.api(token) as api:
         kept = await api.submit([JobSpec(argv=["true"])])
@@ -64,8 +66,9 @@ async def test_malformed_jobs_get_a_plain_400_naming_the_field(live_server: Live
 
 async def test_a_bad_job_in_a_batch_rejects_the_whole_request(live_server: LiveServer) -> None:
     token = await live_server.token(Role.USER, "alice")
-    status, body = await raw_post(live_server, token, "/jobs",
-                                  b'{"jobs": [{"argv": ["ok"]}, {"argv": ["x"], "cpus": 0}]}')
+    status, body = await raw_post(
+        live_server, token, "/jobs", b'{"jobs": [{"argv": ["ok"]}, {"argv": ["x"], "cpus": 0}]}'
+    )
     assert status == 400 and body["field"] == "jobs[1].cpus"
     async with live_server.api(token) as api:
         assert (await api.list_jobs()).jobs == []
@@ -164,8 +167,9 @@ async def test_stale_lease_is_refused_and_outputs_are_checked(live_server: LiveS
             bad = Finish(attempt_id=claim.attempt_id, lease="0" * 32, outcome=Outcome.DONE, exit_code=0)
             resp = await pilot.sync(SyncRequest(free=FREE, lifetime_s=3000, finished=[bad]))
             assert [r.attempt_id for r in resp.refused] == [claim.attempt_id]
-            good = Finish(attempt_id=claim.attempt_id, lease=claim.lease, outcome=Outcome.DONE, exit_code=0,
-                          outputs=[out])
+            good = Finish(
+                attempt_id=claim.attempt_id, lease=claim.lease, outcome=Outcome.DONE, exit_code=0, outputs=[out]
+            )
             assert (await pilot.sync(SyncRequest(free=FREE, lifetime_s=3000, finished=[good]))).refused == []
             # A second, late report of the same attempt cannot change the outcome.
             late = Finish(attempt_id=claim.attempt_id, lease=claim.lease, outcome=Outcome.FAILED, exit_code=1)
@@ -180,9 +184,12 @@ async def test_stale_lease_is_refused_and_outputs_are_checked(live_server: LiveS
 
 async def test_upload_with_wrong_checksum_is_refused(live_server: LiveServer) -> None:
     token = await live_server.token(Role.USER, "alice")
-    async with aiohttp.ClientSession() as s, s.put(
-        f"{live_server.url}/api/v1/files/{'0' * 64}", data=b"hello", headers={"Authorization": f"Bearer {token}"}
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.put(
+            f"{live_server.url}/api/v1/files/{'0' * 64}", data=b"hello", headers={"Authorization": f"Bearer {token}"}
+        ) as resp,
+    ):
         assert resp.status == 400
         assert "does not match its sha256" in (await resp.json())["error"]
 
@@ -190,8 +197,11 @@ async def test_upload_with_wrong_checksum_is_refused(live_server: LiveServer) ->
 async def test_input_must_be_uploaded_before_submit(live_server: LiveServer) -> None:
     token = await live_server.token(Role.USER, "alice")
     status, body = await raw_post(
-        live_server, token, "/jobs",
-        b'{"jobs": [{"argv": ["cat", "x"], "inputs": [{"name": "x", "sha256": "' + b"a" * 64 + b'"}]}]}')
+        live_server,
+        token,
+        "/jobs",
+        b'{"jobs": [{"argv": ["cat", "x"], "inputs": [{"name": "x", "sha256": "' + b"a" * 64 + b'"}]}]}',
+    )
     assert status == 400 and "never uploaded" in body["error"]
 
 
@@ -302,10 +312,15 @@ async def test_a_stopping_pilot_waiting_long_poll_does_not_take_back_the_job_it_
             long_poll = asyncio.create_task(pilot.sync(SyncRequest(free=FREE, lifetime_s=3000, wait_s=5)))
             await asyncio.sleep(0.2)
             # SIGTERM: the pilot reports its job interrupted on the side while the poll still waits.
-            stop = Finish(attempt_id=claim.attempt_id, lease=claim.lease, outcome=Outcome.INTERRUPTED,
-                          reason="the pilot is stopping")
-            side = await pilot.sync(SyncRequest(free=FREE, lifetime_s=3000, finished=[stop], claim=False,
-                                                draining=True))
+            stop = Finish(
+                attempt_id=claim.attempt_id,
+                lease=claim.lease,
+                outcome=Outcome.INTERRUPTED,
+                reason="the pilot is stopping",
+            )
+            side = await pilot.sync(
+                SyncRequest(free=FREE, lifetime_s=3000, finished=[stop], claim=False, draining=True)
+            )
             assert side.refused == []
             assert (await long_poll).jobs == []
             assert (await api.get_job(job_id)).state is JobState.IDLE

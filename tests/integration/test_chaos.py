@@ -47,14 +47,22 @@ class Chaos:
         self.restarts: list[dict[str, float]] = []
 
     def cli(self, *args: str) -> dict[str, str]:
-        out = subprocess.run([sys.executable, "-m", "glidein_server.cli", "--dir", str(self.state.root), *args,
-                              "--json"], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "glidein_server.cli", "--dir", str(self.state.root), *args, "--json"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         return dict(json.loads(out))
 
     def start_server(self) -> None:
         log = open(self.tmp / "server.log", "ab")
-        self.server = subprocess.Popen([sys.executable, "-m", "glidein_server.cli", "--dir", str(self.state.root),
-                                        "serve"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.server = subprocess.Popen(
+            [sys.executable, "-m", "glidein_server.cli", "--dir", str(self.state.root), "serve"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
 
     def kill_server(self) -> None:
@@ -71,7 +79,8 @@ class Chaos:
                     return time.monotonic() - t0
                 except GlideinError:
                     assert self.server is not None and self.server.poll() is None, (
-                        (self.tmp / "server.log").read_text()[-2000:])
+                        self.tmp / "server.log"
+                    ).read_text()[-2000:]
                     await asyncio.sleep(0.02)
 
     def start_pilot(self, token: str, n: int) -> None:
@@ -79,11 +88,35 @@ class Chaos:
         token_file.write_text(token)
         token_file.chmod(0o600)
         log = open(self.tmp / f"pilot-{n}.log", "wb")
-        self.pilots.append(subprocess.Popen(
-            [sys.executable, "-m", "glidein_client.pilot", "run", "--server-url", self.url, "--token-file",
-             str(token_file), "--cpus", "2", "--memory-mb", "2000", "--disk-mb", "1000", "--walltime-s", "3600",
-             "--idle-timeout-s", "120", "--scratch", str(self.tmp / "scratch")],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        self.pilots.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "glidein_client.pilot",
+                    "run",
+                    "--server-url",
+                    self.url,
+                    "--token-file",
+                    str(token_file),
+                    "--cpus",
+                    "2",
+                    "--memory-mb",
+                    "2000",
+                    "--disk-mb",
+                    "1000",
+                    "--walltime-s",
+                    "3600",
+                    "--idle-timeout-s",
+                    "120",
+                    "--scratch",
+                    str(self.tmp / "scratch"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         log.close()
 
     def stop_all(self) -> None:
@@ -115,8 +148,9 @@ def chaos(tmp_path: Path) -> object:
 
 async def test_server_and_pilot_kills_lose_nothing_and_do_nothing_twice(chaos: Chaos) -> None:
     rng = random.Random(20261122)
-    chaos.state.write(ServerSettings(port=chaos.port, lease_s=15.0, heartbeat_s=1.0, pilot_timeout_s=60.0,
-                                     insecure_http=True))  # plain HTTP on loopback: this test kills servers
+    chaos.state.write(
+        ServerSettings(port=chaos.port, lease_s=15.0, heartbeat_s=1.0, pilot_timeout_s=60.0, insecure_http=True)
+    )  # plain HTTP on loopback: this test kills servers
     user_token = chaos.cli("user", "add", "chaos")["token"]
     site_token = chaos.cli("site", "add", "local")["token"]
     chaos.start_server()
@@ -125,8 +159,12 @@ async def test_server_and_pilot_kills_lose_nothing_and_do_nothing_twice(chaos: C
         await site.demand("local", PilotShape(cpus=2, memory_mb=2000, disk_mb=1000, walltime_s=3600))
         grants = [await site.new_pilot("local") for _ in range(4)]
     async with ApiClient(chaos.url, user_token) as api:
-        ids = await api.submit([JobSpec(script=SCRIPT, outputs=["out.txt"], memory_mb=100, disk_mb=1,
-                                        walltime_s=120, max_retries=0) for _ in range(JOBS)])
+        ids = await api.submit(
+            [
+                JobSpec(script=SCRIPT, outputs=["out.txt"], memory_mb=100, disk_mb=1, walltime_s=120, max_retries=0)
+                for _ in range(JOBS)
+            ]
+        )
     chaos.start_pilot(grants[0].token, 0)
     chaos.start_pilot(grants[1].token, 1)
     spare = iter(grants[2:])
@@ -177,11 +215,17 @@ async def test_server_and_pilot_kills_lose_nothing_and_do_nothing_twice(chaos: C
 
         await asyncio.gather(*(check(j.id) for j in jobs))  # every job: its attempts and its output
     report = {
-        "jobs": len(ids), "server_kills": SERVER_KILLS, "pilot_kills": pilot_kills, "lost": len(lost),
-        "duplicated": len(duplicated), "corrupt": len(corrupt), "extra_attempts": extra_attempts,
+        "jobs": len(ids),
+        "server_kills": SERVER_KILLS,
+        "pilot_kills": pilot_kills,
+        "lost": len(lost),
+        "duplicated": len(duplicated),
+        "corrupt": len(corrupt),
+        "extra_attempts": extra_attempts,
         "server_up_after_restart_s_max": round(max(r["up_s"] for r in chaos.restarts), 3),
-        "jobs_finishing_again_after_restart_s_median": round(statistics.median(
-            r["resumed_s"] for r in chaos.restarts), 3),
+        "jobs_finishing_again_after_restart_s_median": round(
+            statistics.median(r["resumed_s"] for r in chaos.restarts), 3
+        ),
         "jobs_finishing_again_after_restart_s_max": round(max(r["resumed_s"] for r in chaos.restarts), 3),
     }
     (chaos.tmp / "chaos.json").write_text(json.dumps(report, indent=2))

@@ -17,13 +17,20 @@ from ..conftest import LiveServer
 
 async def test_cycle_releases_transient_holds_and_removes_the_rest(live_server: LiveServer, tmp_path: Path) -> None:
     site_token = await live_server.token(Role.SITE, "condor")
-    site = parse_site_config({
-        "site": {"name": "condor", "server_url": live_server.url, "scheduler": "htcondor",
-                 "token_file": str(live_server.write_secret("condor.token", site_token)),
-                 "scratch_dir": str(tmp_path / "scratch")},
-        "pilot": {"cpus": 1, "memory": "1G", "walltime": "1h"},
-        "limits": {"max_pilots": 3, "max_idle_pilots": 3, "max_submit_per_cycle": 3},
-    }, "site_configs/condor.toml")
+    site = parse_site_config(
+        {
+            "site": {
+                "name": "condor",
+                "server_url": live_server.url,
+                "scheduler": "htcondor",
+                "token_file": str(live_server.write_secret("condor.token", site_token)),
+                "scratch_dir": str(tmp_path / "scratch"),
+            },
+            "pilot": {"cpus": 1, "memory": "1G", "walltime": "1h"},
+            "limits": {"max_pilots": 3, "max_idle_pilots": 3, "max_submit_per_cycle": 3},
+        },
+        "site_configs/condor.toml",
+    )
     fake = FakeBatch(tmp_path / "batch")
     sched = HTCondorScheduler(site, LocalRunner(), env=fake.env)
     async with live_server.api(await live_server.token(Role.USER, "alice")) as user:

@@ -57,12 +57,19 @@ async def site_config(live: LiveServer, server: SshServer, tmp_path: Path) -> Si
     token = live.write_secret("site.token", await live.token(Role.SITE, name))
     remote_dir = server.user_dir / "glidein"
     raw = {
-        "site": {"name": name, "server_url": live.url, "token_file": str(token), "scheduler": "slurm",
-                 "scratch_dir": str(server.user_dir / "scratch"), "cycle_s": 30.0},
+        "site": {
+            "name": name,
+            "server_url": live.url,
+            "token_file": str(token),
+            "scheduler": "slurm",
+            "scratch_dir": str(server.user_dir / "scratch"),
+            "cycle_s": 30.0,
+        },
         "pilot": {"cpus": 1, "memory": "256M", "disk": "100M", "walltime": "10m", "idle_timeout": "3s"},
         "batch": {"python": str(remote_dir / "venv" / "bin" / "python")},
-        "ssh": server.ssh_section(remote_dir=str(remote_dir), cron_minutes=10,
-                                  remote_python=sshd_infra.require_user_python()),
+        "ssh": server.ssh_section(
+            remote_dir=str(remote_dir), cron_minutes=10, remote_python=sshd_infra.require_user_python()
+        ),
     }
     path = tmp_path / "site.toml"
     path.write_text(_toml(raw))
@@ -77,8 +84,9 @@ def edit_config(site: SiteConfig, old: str, new: str) -> SiteConfig:
 
 def snapshot(server: SshServer) -> dict[str, Any]:
     """What deploy may change on the login node: files under the user's dir, and the crontab."""
-    files = {str(p): (p.stat().st_mtime_ns, p.stat().st_mode) for p in server.user_dir.rglob("*")
-             if "venv" not in p.parts}
+    files = {
+        str(p): (p.stat().st_mtime_ns, p.stat().st_mode) for p in server.user_dir.rglob("*") if "venv" not in p.parts
+    }
     crontab = subprocess.run(["crontab", "-l", "-u", TEST_USER], capture_output=True, text=True, timeout=30)
     return {"files": files, "crontab": crontab.stdout}
 
@@ -94,8 +102,15 @@ async def test_deploy_then_the_cron_command_runs_a_cycle(
         before = await asyncio.to_thread(snapshot, login_node)
         dry = await deploy(site, runner=runner, wheels=wheels, dry_run=True)
         assert dry.changed and dry.dry_run
-        assert [s.name for s in dry.steps if s.changed] == ["dir", "wheels", "venv", "install", "config", "token",
-                                                            "crontab"]
+        assert [s.name for s in dry.steps if s.changed] == [
+            "dir",
+            "wheels",
+            "venv",
+            "install",
+            "config",
+            "token",
+            "crontab",
+        ]
         assert all(s.text.startswith("would") for s in dry.steps if s.changed)
         assert "nothing was changed" in dry.text()
         assert await asyncio.to_thread(snapshot, login_node) == before  # --dry-run changes nothing
@@ -132,8 +147,9 @@ async def test_deploy_then_the_cron_command_runs_a_cycle(
 
         # the deployed cron command runs a cycle on the login node: it submits a pilot, which runs the job
         async with live_server.api(await live_server.token(Role.USER, "alice")) as api:
-            [job] = await api.submit([JobSpec(argv=["sh", "-c", "echo deployed"], cpus=1, memory_mb=64,
-                                              disk_mb=10, walltime_s=60)])
+            [job] = await api.submit(
+                [JobSpec(argv=["sh", "-c", "echo deployed"], cpus=1, memory_mb=64, disk_mb=10, walltime_s=60)]
+            )
         command = line.split(" ", 5)[5].replace("\\%", "%")
         ran = await runner.run(["sh", "-c", command], timeout_s=120)
         assert ran.returncode == 0, ran
@@ -160,8 +176,14 @@ async def test_cli_dry_run_shows_the_steps_and_changes_nothing(
     site = await site_config(live_server, login_node, tmp_path)
     before = await asyncio.to_thread(snapshot, login_node)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "glidein_client.site.cli", "deploy", site.path, "--dry-run",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "glidein_client.site.cli",
+        "deploy",
+        site.path,
+        "--dry-run",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, err.decode()
@@ -229,8 +251,11 @@ async def test_deploy_as_a_systemd_user_service_that_runs_the_daemon(
     wheels = sshd_infra.shared_wheels()
     assert site.ssh is not None and site.ssh.service == "systemd"
     async with SshRunner(site.ssh, config_path=site.path) as runner:
-        await runner.run(["crontab", "-"], stdin=f"# glidein-client deploy: site {site.name} in {remote}\n"
-                         "*/5 * * * * an older cron deployment\n# someone else's line\n".encode())
+        await runner.run(
+            ["crontab", "-"],
+            stdin=f"# glidein-client deploy: site {site.name} in {remote}\n"
+            "*/5 * * * * an older cron deployment\n# someone else's line\n".encode(),
+        )
         dry = await deploy(site, runner=runner, wheels=wheels, dry_run=True)
         assert [s.name for s in dry.steps if s.changed][-2:] == ["crontab", "service"]
         assert not unit.exists() and service_starts(home) == []
@@ -238,8 +263,9 @@ async def test_deploy_as_a_systemd_user_service_that_runs_the_daemon(
         first = await deploy(site, runner=runner, wheels=wheels)
         changed = {s.name: s.text for s in first.steps if s.changed}
         assert changed["crontab"].startswith("removed: ") and "service" in changed, first.text()
-        assert changed["service"] == (f"wrote {unit}; enabled glidein-client-{site.name}.service; "
-                                      f"started glidein-client-{site.name}.service")
+        assert changed["service"] == (
+            f"wrote {unit}; enabled glidein-client-{site.name}.service; started glidein-client-{site.name}.service"
+        )
         assert (await runner.run(["crontab", "-l"])).stdout == "# someone else's line\n"  # ours went, theirs stays
         text = unit.read_text()
         assert f'ExecStart="{remote}/venv/bin/glidein-client" "run" "{remote}/site.toml"' in text
@@ -249,8 +275,9 @@ async def test_deploy_as_a_systemd_user_service_that_runs_the_daemon(
 
         # The daemon the unit runs answers new work: it submits a pilot to Slurm, which runs the job.
         async with live_server.api(await live_server.token(Role.USER, "alice")) as api:
-            [job] = await api.submit([JobSpec(argv=["sh", "-c", "echo by systemd"], cpus=1, memory_mb=64,
-                                              disk_mb=10, walltime_s=60)])
+            [job] = await api.submit(
+                [JobSpec(argv=["sh", "-c", "echo by systemd"], cpus=1, memory_mb=64, disk_mb=10, walltime_s=60)]
+            )
         assert await wait_for_job(live_server, job, 90) is JobState.DONE
 
         again = await deploy(site, runner=runner, wheels=wheels)  # nothing to do, and the daemon keeps running
@@ -261,7 +288,8 @@ async def test_deploy_as_a_systemd_user_service_that_runs_the_daemon(
         update = await deploy(site, runner=runner, wheels=wheels)  # a new config restarts the daemon
         assert [s.name for s in update.steps if s.changed] == ["config", "service"]
         assert [s.text for s in update.steps if s.name == "service"] == [
-            f"restarted glidein-client-{site.name}.service"]
+            f"restarted glidein-client-{site.name}.service"
+        ]
         assert len(service_starts(home)) == 2
 
         site = await asyncio.to_thread(edit_config, site, 'service = "systemd"', 'service = "cron"')
@@ -294,8 +322,7 @@ async def test_systemd_without_lingering_is_refused_before_anything_changes(
     env = {**slurm_cluster.env, "PATH": f"{SYSTEMD_FAKES}:/usr/local/bin:/usr/bin:/bin", "FAKE_SYSTEMD_LINGER": "no"}
     with SshServer(setenv=env) as server:
         site = await site_config(live_server, server, tmp_path)
-        site = await asyncio.to_thread(edit_config, site, "cron_minutes = 10",
-                                       'cron_minutes = 10\nservice = "systemd"')
+        site = await asyncio.to_thread(edit_config, site, "cron_minutes = 10", 'cron_minutes = 10\nservice = "systemd"')
         with pytest.raises(ConfigError) as info:
             await deploy(site, wheels=sshd_infra.shared_wheels())
         assert info.value.message.startswith(f"Lingering is off for {TEST_USER} on ")

@@ -34,8 +34,10 @@ pytestmark = pytest.mark.netns
 netns_site = netns_infra.netns_site
 MB = 1 << 20
 # Each job checks its inputs, writes two outputs (one in a subdirectory) and reports where it ran.
-SCRIPT = ("set -e; mkdir -p res; cat in/a.bin in/b.txt | sha256sum | cut -d' ' -f1 > out.txt; "
-          "wc -c < in/a.bin >> out.txt; head -c 300000 in/a.bin > res/head.bin; readlink /proc/self/ns/net > net.txt")
+SCRIPT = (
+    "set -e; mkdir -p res; cat in/a.bin in/b.txt | sha256sum | cut -d' ' -f1 > out.txt; "
+    "wc -c < in/a.bin >> out.txt; head -c 300000 in/a.bin > res/head.bin; readlink /proc/self/ns/net > net.txt"
+)
 
 
 @contextlib.asynccontextmanager
@@ -58,16 +60,29 @@ async def url_server(tmp_path: Path) -> AsyncIterator[tuple[str, bytes]]:
         await runner.cleanup()
 
 
-async def run_site(site: SiteConfig, ns: WorkerNamespace, live: LiveServer, tmp_path: Path, n_jobs: int,
-                   checks: Callable[[SiteClient], object] | None = None) -> None:
+async def run_site(
+    site: SiteConfig,
+    ns: WorkerNamespace,
+    live: LiveServer,
+    tmp_path: Path,
+    n_jobs: int,
+    checks: Callable[[SiteClient], object] | None = None,
+) -> None:
     """Submit jobs for ``site``, run its client until they are done, and check every output."""
-    async with url_server(tmp_path) as (url, url_body), \
-            live.api(await live.token(Role.USER, "alice")) as user:
+    async with url_server(tmp_path) as (url, url_body), live.api(await live.token(Role.USER, "alice")) as user:
         inputs = [await upload(user, tmp_path / f"a{i}.bin", MB + i) for i in range(n_jobs)]
-        specs = [JobSpec(script=SCRIPT, inputs=[InputFile(name="in/a.bin", sha256=a.sha256, size=a.size),
-                                                 InputFile(name="in/b.txt", url=url)],
-                         outputs=["out.txt", "res/head.bin", "net.txt"], sites=[site.name], memory_mb=64, disk_mb=10,
-                         walltime_s=60) for a in inputs]
+        specs = [
+            JobSpec(
+                script=SCRIPT,
+                inputs=[InputFile(name="in/a.bin", sha256=a.sha256, size=a.size), InputFile(name="in/b.txt", url=url)],
+                outputs=["out.txt", "res/head.bin", "net.txt"],
+                sites=[site.name],
+                memory_mb=64,
+                disk_mb=10,
+                walltime_s=60,
+            )
+            for a in inputs
+        ]
         ids = await user.submit(specs)
         stop = asyncio.Event()
         async with SiteClient(site, scheduler=NetnsScheduler(site, netns=ns.name)) as client:
@@ -120,7 +135,8 @@ def server_port(live: LiveServer) -> int:
 
 
 async def test_relay_site_runs_jobs_with_staged_files(
-        live_server: LiveServer, tmp_path: Path, netns_site: Callable[[str], WorkerNamespace]) -> None:
+    live_server: LiveServer, tmp_path: Path, netns_site: Callable[[str], WorkerNamespace]
+) -> None:
     ns = netns_site("relay")
     assert ns.login_address is not None
     port = server_port(live_server)
@@ -128,8 +144,9 @@ async def test_relay_site_runs_jobs_with_staged_files(
     assert ns.connect("127.0.0.1", port) != "ok"
     assert ns.connect(ns.login_address, port) != "ok"
     relay_port = free_port(ns.login_address)
-    site = await firewalled_site(live_server, tmp_path, "fw-relay", "relay",
-                                 relay=f'address = "{ns.login_address}"\nport = {relay_port}')
+    site = await firewalled_site(
+        live_server, tmp_path, "fw-relay", "relay", relay=f'address = "{ns.login_address}"\nport = {relay_port}'
+    )
 
     async def relay_checks(client: SiteClient) -> None:
         assert ns.connect(ns.login_address or "", relay_port) == "ok"
@@ -161,7 +178,8 @@ async def test_relay_site_runs_jobs_with_staged_files(
 
 
 async def test_mailbox_site_runs_jobs_with_staged_files(
-        live_server: LiveServer, tmp_path: Path, netns_site: Callable[[str], WorkerNamespace]) -> None:
+    live_server: LiveServer, tmp_path: Path, netns_site: Callable[[str], WorkerNamespace]
+) -> None:
     ns = netns_site("none")
     # No route at all but its own loopback: not to the server, not to anything.
     assert all("dev lo" in line for line in ns.routes().splitlines())

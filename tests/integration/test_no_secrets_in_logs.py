@@ -27,8 +27,9 @@ from glidein_server.http.ratelimit import Rate, RateLimits
 from ..conftest import LiveServer
 
 
-async def test_a_full_run_logs_no_secret(live_server: LiveServer, caplog: pytest.LogCaptureFixture,
-                                         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+async def test_a_full_run_logs_no_secret(
+    live_server: LiveServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     caplog.set_level(logging.DEBUG)
     minted: list[str] = []
     new_token = auth.new_token
@@ -48,15 +49,33 @@ async def test_a_full_run_logs_no_secret(live_server: LiveServer, caplog: pytest
 
     async def glidein(*args: str) -> None:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "glidein_client.user.cli", *args, cwd=tmp_path, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env={**os.environ, "GLIDEIN_URL": live.url, "GLIDEIN_TOKEN": alice.token})
+            sys.executable,
+            "-m",
+            "glidein_client.user.cli",
+            *args,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "GLIDEIN_URL": live.url, "GLIDEIN_TOKEN": alice.token},
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
         outputs.append(out.decode())
         assert proc.returncode == 0, outputs[-1]
 
     (tmp_path / "data.txt").write_text("some input\n")
-    await glidein("submit", "--walltime", "1m", "-i", "data.txt", "-o", "out.txt", "--", "sh", "-c",
-                  "tr a-z A-Z < data.txt > out.txt")
+    await glidein(
+        "submit",
+        "--walltime",
+        "1m",
+        "-i",
+        "data.txt",
+        "-o",
+        "out.txt",
+        "--",
+        "sh",
+        "-c",
+        "tr a-z A-Z < data.txt > out.txt",
+    )
     await live.start_pilot(cpus=1, idle_timeout_s=2.0)
     await glidein("wait", "--timeout", "50s")
     await glidein("fetch", "1", "-d", str(tmp_path / "out"))
@@ -77,8 +96,13 @@ async def test_a_full_run_logs_no_secret(live_server: LiveServer, caplog: pytest
     db = sqlite3.connect(live.state_dir / "glidein.db")
     leases = [row[0] for row in db.execute("SELECT lease FROM attempts")]
     db.close()
-    secrets = [*minted, live.operator_token, *leases, live.totp_secret,
-               (live.state_dir / "totp.key").read_text().strip()]
+    secrets = [
+        *minted,
+        live.operator_token,
+        *leases,
+        live.totp_secret,
+        (live.state_dir / "totp.key").read_text().strip(),
+    ]
     assert len(minted) >= 4 and leases
     logs = caplog.text + "\n".join(outputs) + live.pilot_logs()
     assert "rate limit: token" in caplog.text and "minted pilot" in caplog.text  # the run did log

@@ -17,8 +17,9 @@ from ..conftest import LiveServer
 FINAL = {JobState.DONE, JobState.FAILED, JobState.CANCELLED}
 
 
-async def wait_jobs(api: ApiClient, ids: list[int], timeout_s: float = 60.0,
-                    states: set[JobState] = FINAL) -> dict[int, JobState]:
+async def wait_jobs(
+    api: ApiClient, ids: list[int], timeout_s: float = 60.0, states: set[JobState] = FINAL
+) -> dict[int, JobState]:
     deadline = time.monotonic() + timeout_s
     while True:
         jobs = (await api.list_jobs(ids=ids, limit=len(ids))).jobs
@@ -40,10 +41,14 @@ async def test_mixed_jobs_with_files_run_on_their_own_cores(live_server: LiveSer
         up = await api.upload_file(data)
         inp = InputFile(name="in/data.txt", sha256=up.sha256, size=up.size)
         # Each job records its CPU affinity and time window, and transforms its input.
-        script = ("grep Cpus_allowed_list /proc/self/status > aff.txt; date +%s.%N > t0; "
-                  "wc -l < in/data.txt > out.txt; sleep 0.3; date +%s.%N > t1; cat aff.txt t0 t1 >> out.txt")
-        specs = [JobSpec(script=script, cpus=c, memory_mb=200, walltime_s=60, inputs=[inp], outputs=["out.txt"])
-                 for c in (1, 2, 1, 1, 2, 1, 2, 1)]
+        script = (
+            "grep Cpus_allowed_list /proc/self/status > aff.txt; date +%s.%N > t0; "
+            "wc -l < in/data.txt > out.txt; sleep 0.3; date +%s.%N > t1; cat aff.txt t0 t1 >> out.txt"
+        )
+        specs = [
+            JobSpec(script=script, cpus=c, memory_mb=200, walltime_s=60, inputs=[inp], outputs=["out.txt"])
+            for c in (1, 2, 1, 1, 2, 1, 2, 1)
+        ]
         ids = await api.submit(specs)
         await live_server.start_pilot(cpus=4, memory_mb=2000, idle_timeout_s=3)
         states = await wait_jobs(api, ids)
@@ -75,13 +80,19 @@ def _cores(text: str) -> set[int]:
 
 async def test_limits_failures_and_retries(live_server: LiveServer) -> None:
     async with await user_api(live_server) as api:
-        ids = await api.submit([
-            JobSpec(argv=["sleep", "30"], walltime_s=1, max_retries=0),
-            JobSpec(argv=["sh", "-c", "echo oops >&2; exit 3"], max_retries=1, walltime_s=60),
-            JobSpec(argv=["python3", "-c", "b = bytearray(400 * 1024 * 1024); import time; time.sleep(5)"],
-                    memory_mb=100, max_retries=0, walltime_s=60),
-            JobSpec(argv=["true"], outputs=["never.txt"], max_retries=0, walltime_s=60),
-        ])
+        ids = await api.submit(
+            [
+                JobSpec(argv=["sleep", "30"], walltime_s=1, max_retries=0),
+                JobSpec(argv=["sh", "-c", "echo oops >&2; exit 3"], max_retries=1, walltime_s=60),
+                JobSpec(
+                    argv=["python3", "-c", "b = bytearray(400 * 1024 * 1024); import time; time.sleep(5)"],
+                    memory_mb=100,
+                    max_retries=0,
+                    walltime_s=60,
+                ),
+                JobSpec(argv=["true"], outputs=["never.txt"], max_retries=0, walltime_s=60),
+            ]
+        )
         await live_server.start_pilot(cpus=2, memory_mb=2000, idle_timeout_s=3)
         await wait_jobs(api, ids, timeout_s=60)
         wall, code, mem, missing = [await api.get_job(i) for i in ids]
@@ -96,8 +107,9 @@ async def test_limits_failures_and_retries(live_server: LiveServer) -> None:
 
 async def test_job_longer_than_pilot_lifetime_is_never_claimed(live_server: LiveServer) -> None:
     async with await user_api(live_server) as api:
-        long_id, short_id = await api.submit([JobSpec(argv=["true"], walltime_s=3600),
-                                              JobSpec(argv=["true"], walltime_s=10)])
+        long_id, short_id = await api.submit(
+            [JobSpec(argv=["true"], walltime_s=3600), JobSpec(argv=["true"], walltime_s=10)]
+        )
         await live_server.start_pilot(cpus=1, walltime_s=120, idle_timeout_s=2)
         await wait_jobs(api, [short_id])
         long_job = await api.get_job(long_id)
@@ -176,8 +188,9 @@ async def test_failed_self_test_takes_no_work_and_says_why(live_server: LiveServ
 async def test_memory_killed_job_is_retried_with_more_memory(live_server: LiveServer) -> None:
     grow = "b = bytearray(130 * 1024 * 1024); import time; time.sleep(3)"
     async with await user_api(live_server) as api:
-        (job_id,) = await api.submit([JobSpec(argv=["python3", "-c", grow], memory_mb=100, max_retries=3,
-                                              walltime_s=60)])
+        (job_id,) = await api.submit(
+            [JobSpec(argv=["python3", "-c", grow], memory_mb=100, max_retries=3, walltime_s=60)]
+        )
         await live_server.start_pilot(cpus=1, memory_mb=2000, idle_timeout_s=3, extra=("--prefetch-s", "0"))
         assert (await wait_jobs(api, [job_id], timeout_s=60))[job_id] is JobState.DONE
         job = await api.get_job(job_id)

@@ -54,13 +54,25 @@ def login_node(slurm_cluster: SlurmCluster) -> Iterator[SshServer]:
     slurm_cluster.run(["scancel", "--user", TEST_USER])
 
 
-async def remote_site(live: LiveServer, server: SshServer, tmp_path: Path, *, ssh: dict[str, Any] | None = None,
-                      limits: dict[str, Any] | None = None) -> SiteConfig:
+async def remote_site(
+    live: LiveServer,
+    server: SshServer,
+    tmp_path: Path,
+    *,
+    ssh: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+) -> SiteConfig:
     name = f"r{uuid.uuid4().hex[:8]}"
     token = live.write_secret("site.token", await live.token(Role.SITE, name))
     raw = {
-        "site": {"name": name, "server_url": live.url, "token_file": str(token), "scheduler": "slurm",
-                 "scratch_dir": str(server.user_dir / "scratch"), "cycle_s": 1.0},
+        "site": {
+            "name": name,
+            "server_url": live.url,
+            "token_file": str(token),
+            "scheduler": "slurm",
+            "scratch_dir": str(server.user_dir / "scratch"),
+            "cycle_s": 1.0,
+        },
         "pilot": {"cpus": 1, "memory": "256M", "disk": "100M", "walltime": "10m", "idle_timeout": "3s"},
         "limits": {"max_pilots": 2, "max_idle_pilots": 2, "max_submit_per_cycle": 2, **(limits or {})},
         "batch": {"python": sshd_infra.shared_remote_python()},
@@ -108,8 +120,9 @@ async def test_remote_client_submits_pilots_over_ssh_and_jobs_finish(
         tokens = list((remote.user_dir / "scratch" / "pilots-meta").glob("*/token"))
     assert states == {i: JobState.DONE for i in ids}, states
     assert 1 <= len(submitted) <= 2
-    assert sorted(site_pilots(slurm_cluster, site)) == sorted(f"glidein-{site.name}-{p.name.rsplit('-', 1)[1]}"
-                                                              for p in (t.parent for t in tokens))
+    assert sorted(site_pilots(slurm_cluster, site)) == sorted(
+        f"glidein-{site.name}-{p.name.rsplit('-', 1)[1]}" for p in (t.parent for t in tokens)
+    )
     for token in tokens:  # written over SFTP as the SSH user, readable by it only
         assert token.stat().st_mode & 0o777 == 0o600 and token.owner() == TEST_USER
     async with live_server.api(live_server.operator_token) as api:
@@ -120,7 +133,10 @@ async def test_remote_client_submits_pilots_over_ssh_and_jobs_finish(
 
 @pytest.mark.slow
 async def test_connection_killed_mid_cycle_is_reestablished_without_duplicate_pilots(
-    live_server: LiveServer, login_node: SshServer, slurm_cluster: SlurmCluster, tmp_path: Path,
+    live_server: LiveServer,
+    login_node: SshServer,
+    slurm_cluster: SlurmCluster,
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="glidein_client")
@@ -184,8 +200,9 @@ async def test_wrong_code_gives_a_clear_error_and_no_retry_storm(
     assert (remote.connections(), remote.failed_codes(), remote.logins()) == (1, 1, 0)
 
 
-async def test_daemon_keeps_one_login(live_server: LiveServer, remote: SshServer, tmp_path: Path,
-                                      caplog: pytest.LogCaptureFixture) -> None:
+async def test_daemon_keeps_one_login(
+    live_server: LiveServer, remote: SshServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     site = await remote_site(live_server, remote, tmp_path)
     caplog.set_level(logging.INFO, logger="glidein_client.site.client")
     async with SiteClient(site) as client:

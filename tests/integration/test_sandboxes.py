@@ -13,8 +13,9 @@ from glidein_client.wire.schema import JobSpec, Outcome
 
 
 async def run_in(sandbox: Path, argv: list[str]) -> str:
-    proc = JobProcess(JobRun(attempt_id=1, job_id=1, spec=JobSpec(argv=argv), sandbox=sandbox,
-                             cores=frozenset(), gpus=()))
+    proc = JobProcess(
+        JobRun(attempt_id=1, job_id=1, spec=JobSpec(argv=argv), sandbox=sandbox, cores=frozenset(), gpus=())
+    )
     await proc.start()
     result = await proc.wait()
     assert result.outcome is Outcome.DONE, result

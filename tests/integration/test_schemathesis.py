@@ -52,8 +52,19 @@ class Fuzzed:
 @asynccontextmanager
 async def _server(root: Path) -> AsyncIterator[Fuzzed]:
     state = StateDir(root)
-    state.write(ServerSettings(port=0, insecure_http=True, heartbeat_s=0.1, lease_s=5.0, rate_operator_per_s=0,
-                               rate_user_per_s=0, rate_site_per_s=0, rate_pilot_per_s=0, rate_anonymous_per_s=0))
+    state.write(
+        ServerSettings(
+            port=0,
+            insecure_http=True,
+            heartbeat_s=0.1,
+            lease_s=5.0,
+            rate_operator_per_s=0,
+            rate_user_per_s=0,
+            rate_site_per_s=0,
+            rate_pilot_per_s=0,
+            rate_anonymous_per_s=0,
+        )
+    )
     async with Server(str(root)) as srv:
         assert srv.api is not None
         store = srv.store
@@ -68,16 +79,19 @@ async def _server(root: Path) -> AsyncIterator[Fuzzed]:
             clock[0] += totp.STEP_S
             return pyotp.TOTP(secret).at(clock[0])
 
-        tokens = {Role.OPERATOR: await mint_token(store, Role.OPERATOR, "operator"),
-                  Role.USER: await mint_token(store, Role.USER, "alice")}
+        tokens = {
+            Role.OPERATOR: await mint_token(store, Role.OPERATOR, "operator"),
+            Role.USER: await mint_token(store, Role.USER, "alice"),
+        }
         async with ApiClient(srv.url, tokens[Role.USER]) as alice:
             await alice.submit([JobSpec(argv=["true"]) for _ in range(3)])
         async with ApiClient(srv.url, await mint_token(store, Role.SITE, PILOT_SITE)) as site:
             await site.demand(PILOT_SITE, PilotShape(cpus=4, memory_mb=4000, disk_mb=1000, walltime_s=7200))
             tokens[Role.PILOT] = (await site.new_pilot(PILOT_SITE)).token
         async with ApiClient(srv.url, tokens[Role.PILOT]) as pilot:
-            await pilot.register(PilotRegister(resources=Resources(cpus=4, memory_mb=4000, disk_mb=1000),
-                                               end_time=time.time() + 7200))
+            await pilot.register(
+                PilotRegister(resources=Resources(cpus=4, memory_mb=4000, disk_mb=1000), end_time=time.time() + 7200)
+            )
         yield Fuzzed(url=srv.url, tokens=tokens, code=code)
 
 
@@ -132,8 +146,14 @@ def _fuzz(fuzzed: Fuzzed, operation: Any, mode: GenerationMode, n: int) -> None:
     token = _token_for(roles, fuzzed.tokens)
     session = requests.Session()
 
-    @settings(max_examples=n, derandomize=True, database=None, deadline=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=n,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=operation.as_strategy(generation_mode=mode))
     def run(case: schemathesis.Case) -> None:
         if operation.path.endswith("/wait") and isinstance(case.body, dict):  # long polls answer at once
@@ -146,8 +166,10 @@ def _fuzz(fuzzed: Fuzzed, operation: Any, mode: GenerationMode, n: int) -> None:
         response = case.call(base_url=fuzzed.url, session=session, headers=headers, timeout=10)
         fuzzed.statuses[response.status_code] += 1
         if response.status_code >= 500:
-            fuzzed.errors.append(f"{operation.method.upper()} {operation.path} ({mode.value}) -> "
-                                 f"{response.status_code}: {response.text[:300]}\n  {case.as_curl_command()}")
+            fuzzed.errors.append(
+                f"{operation.method.upper()} {operation.path} ({mode.value}) -> "
+                f"{response.status_code}: {response.text[:300]}\n  {case.as_curl_command()}"
+            )
 
     try:
         run()
@@ -165,7 +187,9 @@ def test_no_server_errors_for_generated_requests(tmp_path: Path) -> None:
             _fuzz(fuzzed, operation, GenerationMode.POSITIVE, POSITIVE_CASES)
             _fuzz(fuzzed, operation, GenerationMode.NEGATIVE, NEGATIVE_CASES)
     total = sum(fuzzed.statuses.values())
-    print(f"schemathesis: {total} cases over {len(operations)} operations in {time.monotonic() - started:.1f} s; "
-          f"statuses {dict(sorted(fuzzed.statuses.items()))}")
+    print(
+        f"schemathesis: {total} cases over {len(operations)} operations in {time.monotonic() - started:.1f} s; "
+        f"statuses {dict(sorted(fuzzed.statuses.items()))}"
+    )
     assert total >= 100
     assert not fuzzed.errors, "server errors:\n" + "\n".join(fuzzed.errors)

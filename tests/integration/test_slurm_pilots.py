@@ -85,9 +85,7 @@ def site_config(live: LiveServer, shared: Path, name: str, token_file: Path, **s
 
 
 @contextlib.asynccontextmanager
-async def slurm_site(
-    live: LiveServer, cluster: SlurmCluster, shared: Path, **site: Any
-) -> AsyncIterator[SiteClient]:
+async def slurm_site(live: LiveServer, cluster: SlurmCluster, shared: Path, **site: Any) -> AsyncIterator[SiteClient]:
     """A site client driving the real Slurm; its pilots are cancelled and gone when it exits."""
     name = f"s{uuid.uuid4().hex[:8]}"
     token = live.write_secret(f"{name}.token", await live.token(Role.SITE, name))
@@ -135,8 +133,9 @@ def pilot_logs(site: SiteConfig) -> str:
     return "\n".join(f"--- {p}\n{p.read_text(errors='replace')}" for p in sorted(base.glob("*/pilot.*")))
 
 
-async def until(what: str, check: Callable[[], Awaitable[bool]], timeout_s: float, site: SiteConfig,
-                every_s: float = 0.2) -> None:
+async def until(
+    what: str, check: Callable[[], Awaitable[bool]], timeout_s: float, site: SiteConfig, every_s: float = 0.2
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not await check():
         assert time.monotonic() < deadline, f"{what}: not after {timeout_s} s\n{pilot_logs(site)}"
@@ -176,8 +175,10 @@ def requeue_script(marker: Path) -> str:
     every process it finds in the pilot's tree, without cgroups here) ends it as a whole. A shell
     waiting for ``sleep`` could see only ``sleep`` die, go on and exit 0.
     """
-    return (f'if [ ! -e {marker} ]; then touch {marker}; exec sleep 120; fi; '
-            f'echo "ran in Slurm job $SLURM_JOB_ID" > out.txt')
+    return (
+        f"if [ ! -e {marker} ]; then touch {marker}; exec sleep 120; fi; "
+        f'echo "ran in Slurm job $SLURM_JOB_ID" > out.txt'
+    )
 
 
 def assert_requeued_without_retry(first: AttemptView, job_retries: int, site: SiteConfig) -> None:
@@ -189,19 +190,31 @@ async def test_client_submits_pilots_that_run_mixed_jobs_with_files(
     live_server: LiveServer, slurm_cluster: SlurmCluster, shared_dir: Path
 ) -> None:
     cpus_per_job = (1, 2, 1, 1, 2, 1, 2, 1)
-    script = ("wc -l < in.txt > out.txt; grep Cpus_allowed_list /proc/self/status | cut -f2 >> out.txt; "
-              "echo $SLURM_JOB_ID >> out.txt; sleep 0.2")
-    async with (slurm_site(live_server, slurm_cluster, shared_dir) as client,
-                live_server.api(await live_server.token(Role.USER, "alice")) as api):
+    script = (
+        "wc -l < in.txt > out.txt; grep Cpus_allowed_list /proc/self/status | cut -f2 >> out.txt; "
+        "echo $SLURM_JOB_ID >> out.txt; sleep 0.2"
+    )
+    async with (
+        slurm_site(live_server, slurm_cluster, shared_dir) as client,
+        live_server.api(await live_server.token(Role.USER, "alice")) as api,
+    ):
         site = client.site
         specs = []
         for i, cpus in enumerate(cpus_per_job):
             data = shared_dir / f"input-{i}.txt"
             data.write_text("line\n" * (i + 1))
             up = await api.upload_file(data)
-            specs.append(JobSpec(script=script, cpus=cpus, memory_mb=200, walltime_s=60, max_retries=0,
-                                 inputs=[InputFile(name="in.txt", sha256=up.sha256, size=up.size)],
-                                 outputs=["out.txt"]))
+            specs.append(
+                JobSpec(
+                    script=script,
+                    cpus=cpus,
+                    memory_mb=200,
+                    walltime_s=60,
+                    max_retries=0,
+                    inputs=[InputFile(name="in.txt", sha256=up.sha256, size=up.size)],
+                    outputs=["out.txt"],
+                )
+            )
         ids = await api.submit(specs)
 
         first = await client.cycle()
@@ -261,11 +274,23 @@ def _cores(text: str) -> set[int]:
 async def test_scancel_of_a_pilot_requeues_its_job_which_finishes_in_another_pilot(
     live_server: LiveServer, slurm_cluster: SlurmCluster, shared_dir: Path
 ) -> None:
-    async with (slurm_site(live_server, slurm_cluster, shared_dir) as client,
-                live_server.api(await live_server.token(Role.USER, "alice")) as api):
+    async with (
+        slurm_site(live_server, slurm_cluster, shared_dir) as client,
+        live_server.api(await live_server.token(Role.USER, "alice")) as api,
+    ):
         site = client.site
-        (job_id,) = await api.submit([JobSpec(script=requeue_script(shared_dir / "began"), cpus=1, memory_mb=100,
-                                              walltime_s=180, max_retries=0, outputs=["out.txt"])])
+        (job_id,) = await api.submit(
+            [
+                JobSpec(
+                    script=requeue_script(shared_dir / "began"),
+                    cpus=1,
+                    memory_mb=100,
+                    walltime_s=180,
+                    max_retries=0,
+                    outputs=["out.txt"],
+                )
+            ]
+        )
         (first_batch,) = (await client.cycle()).submitted
         await until("job running", lambda: job_in(api, job_id, {JobState.RUNNING}), 30, site)
         assert (await pilot_of(client, first_batch)).state is PilotState.RUNNING
@@ -293,8 +318,10 @@ async def test_scancel_of_a_pilot_requeues_its_job_which_finishes_in_another_pil
 async def test_pilot_past_its_slurm_time_limit_is_timeout_and_its_job_is_requeued(
     live_server: LiveServer, slurm_cluster: SlurmCluster, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with (slurm_site(live_server, slurm_cluster, shared_dir) as client,
-                live_server.api(await live_server.token(Role.USER, "alice")) as api):
+    async with (
+        slurm_site(live_server, slurm_cluster, shared_dir) as client,
+        live_server.api(await live_server.token(Role.USER, "alice")) as api,
+    ):
         site = client.site
         reported: list[dict[str, str]] = []
         send_states = client.api.pilot_states
@@ -305,8 +332,18 @@ async def test_pilot_past_its_slurm_time_limit_is_timeout_and_its_job_is_requeue
 
         monkeypatch.setattr(client.api, "pilot_states", record_states)
 
-        (job_id,) = await api.submit([JobSpec(script=requeue_script(shared_dir / "began"), cpus=1, memory_mb=100,
-                                              walltime_s=180, max_retries=0, outputs=["out.txt"])])
+        (job_id,) = await api.submit(
+            [
+                JobSpec(
+                    script=requeue_script(shared_dir / "began"),
+                    cpus=1,
+                    memory_mb=100,
+                    walltime_s=180,
+                    max_retries=0,
+                    outputs=["out.txt"],
+                )
+            ]
+        )
         (first_batch,) = (await client.cycle()).submitted
         await until("job running", lambda: job_in(api, job_id, {JobState.RUNNING}), 30, site)
         first_pilot = (await pilot_of(client, first_batch)).pilot_id
@@ -338,8 +375,9 @@ async def test_pilot_past_its_slurm_time_limit_is_timeout_and_its_job_is_requeue
         assert [a.outcome for a in await api.attempts(job_id)][1:] == ["done"]
         assert (await api.fetch_output(job_id, "out.txt")).decode() == f"ran in Slurm job {second_batch}\n"
         if first.outcome == "interrupted":  # reported by the pilot itself, on Slurm's SIGTERM
-            pilot_err = (Path(site.site.scratch_dir) / "pilots-meta" / f"glidein-{site.name}-{first_pilot}" /
-                         "pilot.err").read_text(errors="replace")
+            pilot_err = (
+                Path(site.site.scratch_dir) / "pilots-meta" / f"glidein-{site.name}-{first_pilot}" / "pilot.err"
+            ).read_text(errors="replace")
             assert "stopping: received SIGTERM" in pilot_err, pilot_err
 
 
@@ -347,8 +385,10 @@ async def test_daemon_submits_a_pilot_at_once_when_work_arrives(
     live_server: LiveServer, slurm_cluster: SlurmCluster, shared_dir: Path
 ) -> None:
     cycles: list[CycleReport] = []
-    async with (slurm_site(live_server, slurm_cluster, shared_dir, cycle_s=60) as client,
-                live_server.api(await live_server.token(Role.USER, "alice")) as api):
+    async with (
+        slurm_site(live_server, slurm_cluster, shared_dir, cycle_s=60) as client,
+        live_server.api(await live_server.token(Role.USER, "alice")) as api,
+    ):
         site = client.site
         scheduler = client.scheduler
         assert isinstance(scheduler, TimedSlurmScheduler)
@@ -363,6 +403,7 @@ async def test_daemon_submits_a_pilot_at_once_when_work_arrives(
         stop = asyncio.Event()
         daemon = asyncio.create_task(client.run_forever(stop=stop))
         try:
+
             async def first_cycle_done() -> bool:
                 return len(cycles) == 1
 

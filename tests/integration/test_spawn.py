@@ -22,8 +22,15 @@ def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None, **kw: obj
     err = os.open(cwd / "err", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     nul = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        pid = spawn(argv, cwd=str(cwd), env=env if env is not None else dict(os.environ),
-                    stdin=nul, stdout=out, stderr=err, **kw)  # type: ignore[arg-type]
+        pid = spawn(
+            argv,
+            cwd=str(cwd),
+            env=env if env is not None else dict(os.environ),
+            stdin=nul,
+            stdout=out,
+            stderr=err,
+            **kw,
+        )  # type: ignore[arg-type]
         _, status = os.waitpid(pid, 0)
     finally:
         for fd in (out, err, nul):
@@ -118,7 +125,6 @@ def test_a_file_on_the_path_that_is_not_executable_is_permission_denied(tmp_path
 def test_pinned_to_its_cores_and_the_pilot_keeps_its_mask(tmp_path: Path) -> None:
     mine = os.sched_getaffinity(0)
     core = min(mine)
-    rc, out, _ = run([PY, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"], tmp_path,
-                     cores=frozenset({core}))
+    rc, out, _ = run([PY, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"], tmp_path, cores=frozenset({core}))
     assert rc == 0 and out == f"[{core}]\n"
     assert os.sched_getaffinity(0) == mine

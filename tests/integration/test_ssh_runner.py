@@ -208,8 +208,9 @@ async def test_jump_host(tmp_path: Path) -> None:
         target.authorize(Path(f"{jump.client_key}.pub"))  # one key and one secret for both, as for one site
         known = tmp_path / "known_hosts"
         known.write_text(jump.known_hosts.read_text() + target.known_hosts.read_text())
-        settings = section(jump, port=target.port, known_hosts=str(known),
-                           jump_host=f"{jump.user}@{jump.host}:{jump.port}")
+        settings = section(
+            jump, port=target.port, known_hosts=str(known), jump_host=f"{jump.user}@{jump.host}:{jump.port}"
+        )
         async with SshRunner(settings) as runner:
             assert (await runner.run(["echo", "through"])).stdout == "through\n"
             await runner.write_file(str(target.user_dir / "f"), b"via jump")
@@ -253,9 +254,7 @@ async def raw_login(server: SshServer, code: str) -> None:
         def kbdint_auth_requested(self) -> str | None:
             return None if self.sent else ""
 
-        def kbdint_challenge_received(
-            self, name: str, instructions: str, lang: str, prompts: Any
-        ) -> list[str] | None:
+        def kbdint_challenge_received(self, name: str, instructions: str, lang: str, prompts: Any) -> list[str] | None:
             if not prompts:
                 return []
             if self.sent:
@@ -264,8 +263,14 @@ async def raw_login(server: SshServer, code: str) -> None:
             return [code]
 
     conn, _ = await asyncssh.create_connection(
-        Client, server.host, server.port, username=server.user, client_keys=[str(server.client_key)],
-        known_hosts=str(server.known_hosts), agent_path=None, config=None,
+        Client,
+        server.host,
+        server.port,
+        username=server.user,
+        client_keys=[str(server.client_key)],
+        known_hosts=str(server.known_hosts),
+        agent_path=None,
+        config=None,
     )
     conn.close()
 
@@ -276,8 +281,7 @@ def test_code_typed_at_the_terminal(sshd: SshServer, tmp_path: Path) -> None:
     token.write_text("token\n")
     token.chmod(0o600)
     config = tmp_path / "site.toml"
-    ssh = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in sshd.ssh_section().items()
-                  if k != "totp_secret_file")
+    ssh = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in sshd.ssh_section().items() if k != "totp_secret_file")
     config.write_text(
         f'[site]\nname = "t"\nserver_url = "http://127.0.0.1:9"\ntoken_file = "{token}"\n'
         f'scheduler = "slurm"\nscratch_dir = "{sshd.user_dir}/scratch"\n'
@@ -286,7 +290,10 @@ def test_code_typed_at_the_terminal(sshd: SshServer, tmp_path: Path) -> None:
     fd, terminal = pty.openpty()
     proc = subprocess.Popen(  # its own session: the prompt goes to this terminal only
         [sys.executable, "-m", "glidein_client.site.cli", "check", str(config)],
-        stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
     )
     os.close(terminal)
     output = b""

@@ -44,8 +44,9 @@ async def _pilot(live: LiveServer, site: str, cpus: int = 8) -> ApiClient:
         grant = await site_api.new_pilot(site)
     api = live.api(grant.token)
     await api.__aenter__()
-    await api.register(PilotRegister(resources=Resources(cpus=cpus, memory_mb=8192, disk_mb=8192),
-                                     end_time=time.time() + 600))
+    await api.register(
+        PilotRegister(resources=Resources(cpus=cpus, memory_mb=8192, disk_mb=8192), end_time=time.time() + 600)
+    )
     return api
 
 
@@ -62,14 +63,15 @@ def _damage(path: Path, *, keep_mtime: bool) -> None:
 
 
 def _sync(cpus: int, finished: list[Finish] | None = None) -> SyncRequest:
-    return SyncRequest(free=Resources(cpus=cpus, memory_mb=8192, disk_mb=8192), lifetime_s=600,
-                       finished=finished or [])
+    return SyncRequest(free=Resources(cpus=cpus, memory_mb=8192, disk_mb=8192), lifetime_s=600, finished=finished or [])
 
 
-@pytest.mark.parametrize("quota", ['quota = "100M"\nmax_jobs = 2', 'quota = "3M"\nmax_jobs = 10'],
-                         ids=["jobs-quota", "bytes-quota"])
-async def test_only_staged_jobs_are_claimed_and_the_quota_holds(live_server: LiveServer, tmp_path: Path,
-                                                                 quota: str) -> None:
+@pytest.mark.parametrize(
+    "quota", ['quota = "100M"\nmax_jobs = 2', 'quota = "3M"\nmax_jobs = 10'], ids=["jobs-quota", "bytes-quota"]
+)
+async def test_only_staged_jobs_are_claimed_and_the_quota_holds(
+    live_server: LiveServer, tmp_path: Path, quota: str
+) -> None:
     """At most 2 jobs fit (2 jobs allowed, or 3 MB for 1 MB inputs and their markers)."""
     site = await firewalled_site(live_server, tmp_path, "fw-quota", "none", staging=quota)
     assert site.staging is not None
@@ -98,8 +100,9 @@ async def test_only_staged_jobs_are_claimed_and_the_quota_holds(live_server: Liv
                         inp = claim.spec.inputs[0]
                         mark = area.vouched(inp.sha256 or "")
                         assert mark is not None and mark.sha256 == inp.sha256
-                    await pilot.sync(_sync(8, [Finish(attempt_id=c.attempt_id, lease=c.lease, outcome=Outcome.DONE)
-                                               for c in claims]))
+                    await pilot.sync(
+                        _sync(8, [Finish(attempt_id=c.attempt_id, lease=c.lease, outcome=Outcome.DONE) for c in claims])
+                    )
                     ran += [c.job_id for c in claims]
                     if len(ran) == len(ids):
                         break
@@ -157,7 +160,8 @@ async def test_damaged_staged_file_is_detected_and_staged_again(live_server: Liv
 
 
 async def test_killed_client_resumes_without_downloading_verified_files(
-        live_server: LiveServer, tmp_path: Path) -> None:
+    live_server: LiveServer, tmp_path: Path
+) -> None:
     site = await firewalled_site(live_server, tmp_path, "fw-resume", "none", concurrency=1)
     assert site.staging is not None
     area = StagingArea(site.staging.dir)
@@ -168,8 +172,15 @@ async def test_killed_client_resumes_without_downloading_verified_files(
     # A real `glidein-client once` stages one file at a time; it is killed (SIGKILL) part-way.
     log = open(tmp_path / "client.log", "wb")  # noqa: ASYNC230 - handed to the child
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from glidein_client.site.cli import main; main()", "once", site.path,
-        stdout=log, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        sys.executable,
+        "-c",
+        "from glidein_client.site.cli import main; main()",
+        "once",
+        site.path,
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
     log.close()
     deadline = time.monotonic() + 30
     while len(area.input_keys()) < 3:

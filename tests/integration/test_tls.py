@@ -42,8 +42,14 @@ async def https_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> As
     await init(tmp_path / "server")
     out = json.loads(capsys.readouterr().out)
     async with Server(str(tmp_path / "server")) as srv:
-        live = LiveServer(url=srv.url, state_dir=tmp_path / "server", operator_token=out["operator_token"],
-                          server=srv, tmp=tmp_path, ca_file=out["ca_file"])
+        live = LiveServer(
+            url=srv.url,
+            state_dir=tmp_path / "server",
+            operator_token=out["operator_token"],
+            server=srv,
+            tmp=tmp_path,
+            ca_file=out["ca_file"],
+        )
         try:
             yield live
         finally:
@@ -54,8 +60,9 @@ async def https_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> As
                     await proc.wait()
 
 
-async def test_init_makes_a_ca_and_a_certificate_for_the_server_names(tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+async def test_init_makes_a_ca_and_a_certificate_for_the_server_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = tmp_path / "server"
     await init(root, "--public-url", "https://glidein.example.org:8443", "--tls-name", "10.1.2.3")
     out = json.loads(capsys.readouterr().out)
@@ -68,8 +75,12 @@ async def test_init_makes_a_ca_and_a_certificate_for_the_server_names(tmp_path: 
     ca = x509.load_pem_x509_certificate((root / settings.tls_ca).read_bytes())
     cert = x509.load_pem_x509_certificate((root / settings.tls_cert).read_bytes())
     assert cert.issuer == ca.subject
-    for secret in (root / "tls" / "ca.key", root / settings.tls_key, root / settings.totp_key_file,
-                   root / settings.database):
+    for secret in (
+        root / "tls" / "ca.key",
+        root / settings.tls_key,
+        root / settings.totp_key_file,
+        root / settings.database,
+    ):
         assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600, secret
     assert out["totp_uri"].startswith("otpauth://totp/")
 
@@ -82,14 +93,22 @@ async def test_a_real_pilot_and_the_cli_work_over_https_with_the_generated_ca(ht
     env.pop("GLIDEIN_CONFIG", None)
 
     async def glidein(*args: str) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "glidein_client.user.cli", *args, env=env,
-                                                    cwd=live.tmp, stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.STDOUT)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "glidein_client.user.cli",
+            *args,
+            env=env,
+            cwd=live.tmp,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
         return proc.returncode or 0, out.decode()
 
-    rc, out = await glidein("submit", "--json", "--walltime", "1m", "-o", "hello.txt", "--", "sh", "-c",
-                            "echo over TLS > hello.txt")
+    rc, out = await glidein(
+        "submit", "--json", "--walltime", "1m", "-o", "hello.txt", "--", "sh", "-c", "echo over TLS > hello.txt"
+    )
     assert rc == 0, out
     (job_id,) = json.loads(out)["ids"]
     await live.start_pilot(cpus=1)  # given --ca-file
@@ -114,9 +133,14 @@ async def test_a_wrong_ca_is_refused_with_a_plain_message(https_server: LiveServ
         with pytest.raises(TlsError, match="does not trust"):
             await api.list_jobs()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "glidein_client.user.cli", "status",
+        sys.executable,
+        "-m",
+        "glidein_client.user.cli",
+        "status",
         env={**os.environ, "GLIDEIN_URL": live.url, "GLIDEIN_TOKEN": user, "GLIDEIN_CA_FILE": str(wrong)},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err_text = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode != 0
     assert "did not sign" in err_text.decode() and "Traceback" not in err_text.decode()
@@ -125,8 +149,9 @@ async def test_a_wrong_ca_is_refused_with_a_plain_message(https_server: LiveServ
             pass
 
 
-async def test_a_host_name_missing_from_the_certificate_is_named(tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+async def test_a_host_name_missing_from_the_certificate_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = tmp_path / "server"
     await init(root)
     out = json.loads(capsys.readouterr().out)
@@ -137,8 +162,9 @@ async def test_a_host_name_missing_from_the_certificate_is_named(tmp_path: Path,
     assert "tls renew --tls-name 127.0.0.1" in str(err.value)
 
 
-async def test_plain_http_needs_the_flag_and_stays_on_loopback(tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+async def test_plain_http_needs_the_flag_and_stays_on_loopback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(ConfigError, match="loopback"):
         await init(tmp_path / "a", "--insecure-http", "--host", "0.0.0.0")
     await init(tmp_path / "b", "--insecure-http")

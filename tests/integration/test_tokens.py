@@ -73,8 +73,11 @@ async def test_local_revocation_reaches_a_running_server_within_the_cache_time(l
     token = await live_server.token(Role.USER, "alice")
     async with live_server.api(token) as api:
         await api.summary()
-        code = await cli._dispatch(cli._parser().parse_args(
-            ["--dir", str(live_server.state_dir), "token", "revoke", auth.hash_token(token)[:16]]))
+        code = await cli._dispatch(
+            cli._parser().parse_args(
+                ["--dir", str(live_server.state_dir), "token", "revoke", auth.hash_token(token)[:16]]
+            )
+        )
         assert code == 0
         await asyncio.sleep(auth.CACHE_S)  # another process revoked it: the server's cache must age
         with pytest.raises(AuthError, match="revoked"):
@@ -108,7 +111,8 @@ async def test_scopes_limit_a_token_within_its_role(live_server: LiveServer) -> 
 
 
 async def test_pilot_tokens_cover_the_queue_wait_and_walltime_and_heartbeats_renew_them(
-        live_server: LiveServer) -> None:
+    live_server: LiveServer,
+) -> None:
     api_server = live_server.server.api
     assert api_server is not None
     grace = api_server.config.pilot_token_grace_s
@@ -163,7 +167,8 @@ async def test_totp_secrets_are_encrypted_at_rest(live_server: LiveServer) -> No
 
 
 async def test_rate_limit_answers_429_with_retry_after_and_the_client_waits(
-        live_server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    live_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     api_server = live_server.server.api
     assert api_server is not None
     api_server.limiter.limits = RateLimits(user=Rate(per_s=5.0, burst=3))

@@ -12,17 +12,28 @@ from glidein_client.wire.schema import ClaimedJob, JobSpec
 
 
 def claim(i: int, cpus: int, mem: int, gpus: int) -> ClaimedJob:
-    return ClaimedJob(attempt_id=i, job_id=i, lease="x",
-                      spec=JobSpec(argv=["true"], cpus=cpus, memory_mb=mem, gpus=gpus, disk_mb=i + 1))
+    return ClaimedJob(
+        attempt_id=i,
+        job_id=i,
+        lease="x",
+        spec=JobSpec(argv=["true"], cpus=cpus, memory_mb=mem, gpus=gpus, disk_mb=i + 1),
+    )
 
 
 def sums(claims: list[ClaimedJob]) -> tuple[int, int, int, int]:
-    return (sum(c.spec.cpus for c in claims), sum(c.spec.memory_mb for c in claims),
-            sum(c.spec.gpus for c in claims), sum(c.spec.disk_mb for c in claims))
+    return (
+        sum(c.spec.cpus for c in claims),
+        sum(c.spec.memory_mb for c in claims),
+        sum(c.spec.gpus for c in claims),
+        sum(c.spec.disk_mb for c in claims),
+    )
 
 
-@given(st.lists(st.tuples(st.integers(1, 8), st.integers(1, 4000), st.integers(0, 2)), max_size=20),
-       st.lists(st.sampled_from(["pop", "take", "putback"]), max_size=30), st.randoms())
+@given(
+    st.lists(st.tuples(st.integers(1, 8), st.integers(1, 4000), st.integers(0, 2)), max_size=20),
+    st.lists(st.sampled_from(["pop", "take", "putback"]), max_size=30),
+    st.randoms(),
+)
 def test_sums_follow_every_change(shapes: list[tuple[int, int, int]], ops: list[str], rnd: random.Random) -> None:
     b = Backlog()
     b.extend(claim(i, *s) for i, s in enumerate(shapes))

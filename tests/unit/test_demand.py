@@ -11,8 +11,9 @@ from glidein_server.policy.demand import FreeCapacity, Shape, eligible_sites, si
 FOUR = PilotShape(cpus=4, memory_mb=8000, gpus=0, disk_mb=10_000, walltime_s=3600)
 
 
-def shape(cpus: int = 1, n: int = 1, *, mem: int = 1000, gpus: int = 0, wall: int = 600,
-          sites: frozenset[str] | None = None) -> Shape:
+def shape(
+    cpus: int = 1, n: int = 1, *, mem: int = 1000, gpus: int = 0, wall: int = 600, sites: frozenset[str] | None = None
+) -> Shape:
     return Shape(cpus, mem, gpus, 100, wall, sites, n)
 
 
@@ -74,12 +75,15 @@ site_names = st.sampled_from(["a", "b", "c"])
 
 
 @given(
-    st.lists(st.tuples(st.integers(1, 6), st.integers(1, 50),
-                       st.one_of(st.none(), st.frozensets(site_names, min_size=1))), max_size=8),
+    st.lists(
+        st.tuples(st.integers(1, 6), st.integers(1, 50), st.one_of(st.none(), st.frozensets(site_names, min_size=1))),
+        max_size=8,
+    ),
     st.dictionaries(site_names, st.integers(1, 8), min_size=1),
 )
-def test_shares_never_exceed_the_jobs(specs: list[tuple[int, int, frozenset[str] | None]],
-                                      cpus_by_site: dict[str, int]) -> None:
+def test_shares_never_exceed_the_jobs(
+    specs: list[tuple[int, int, frozenset[str] | None]], cpus_by_site: dict[str, int]
+) -> None:
     sites = {n: PilotShape(cpus=c, memory_mb=64_000, walltime_s=3600) for n, c in cpus_by_site.items()}
     shapes = [shape(c, n, sites=s) for c, n, s in specs]
     total = sum(site_demand(name, shapes, sites, []).jobs for name in sites)

@@ -20,8 +20,10 @@ from glidein_client.wire.schema import Network
 EXAMPLE = Path(__file__).resolve().parents[2] / "site_configs" / "firewalled.toml"
 
 
-@pytest.mark.parametrize("table, section", [("site", SiteSection), ("relay", RelaySection),
-                                            ("mailbox", MailboxSection), ("staging", StagingSection)])
+@pytest.mark.parametrize(
+    "table, section",
+    [("site", SiteSection), ("relay", RelaySection), ("mailbox", MailboxSection), ("staging", StagingSection)],
+)
 def test_example_documents_every_key(table: str, section: type[msgspec.Struct]) -> None:
     body = EXAMPLE.read_text().split(f"[{table}]\n", 1)[1].split("\n[", 1)[0]
     for field in msgspec.structs.fields(section):
@@ -62,16 +64,26 @@ def test_direct_site_has_no_network_options() -> None:
     assert "--channel" not in argv and "--staging-dir" not in argv
 
 
-@pytest.mark.parametrize("raw, field, words", [
-    (config("relay", staging={"dir": "/x"}), "relay", "needs a [relay] section"),
-    (config("none", staging={"dir": "/x"}), "mailbox", "needs a [mailbox] section"),
-    (config("relay", relay={"address": "10.0.0.1"}), "staging", "needs a [staging] section"),
-    (config("direct", staging={"dir": "/x"}), "site.network", "only apply to firewalled sites"),
-    (config("none", staging={"dir": "staging"}, mailbox={"dir": "/m"}), "staging.dir", "absolute path"),
-    (config("none", staging={"dir": "/x", "quota": "lots"}, mailbox={"dir": "/m"}), "staging.quota", "size"),
-    ({**config("relay", staging={"dir": "/x"}, relay={"address": "10.0.0.1"}),
-      "ssh": {"host": "login"}, "batch": {"python": "/p"}}, "site.network", "on the login node"),
-])
+@pytest.mark.parametrize(
+    "raw, field, words",
+    [
+        (config("relay", staging={"dir": "/x"}), "relay", "needs a [relay] section"),
+        (config("none", staging={"dir": "/x"}), "mailbox", "needs a [mailbox] section"),
+        (config("relay", relay={"address": "10.0.0.1"}), "staging", "needs a [staging] section"),
+        (config("direct", staging={"dir": "/x"}), "site.network", "only apply to firewalled sites"),
+        (config("none", staging={"dir": "staging"}, mailbox={"dir": "/m"}), "staging.dir", "absolute path"),
+        (config("none", staging={"dir": "/x", "quota": "lots"}, mailbox={"dir": "/m"}), "staging.quota", "size"),
+        (
+            {
+                **config("relay", staging={"dir": "/x"}, relay={"address": "10.0.0.1"}),
+                "ssh": {"host": "login"},
+                "batch": {"python": "/p"},
+            },
+            "site.network",
+            "on the login node",
+        ),
+    ],
+)
 def test_bad_combinations_are_refused_by_name(raw: dict[str, object], field: str, words: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_site_config(raw, "site.toml")

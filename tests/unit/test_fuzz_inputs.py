@@ -21,26 +21,54 @@ else:  # pragma: no cover
 
 SITE_KEYS = ["name", "server_url", "token_file", "ca_file", "scheduler", "scratch_dir", "cycle_s"]
 PILOT_KEYS = ["cpus", "memory", "gpus", "disk", "walltime", "idle_timeout", "whole_node"]
-JOB_KEYS = ["argv", "script", "env", "cpus", "memory", "gpus", "disk", "walltime", "inputs", "outputs", "labels",
-            "sites", "priority", "max_retries", "count", "colour"]
+JOB_KEYS = [
+    "argv",
+    "script",
+    "env",
+    "cpus",
+    "memory",
+    "gpus",
+    "disk",
+    "walltime",
+    "inputs",
+    "outputs",
+    "labels",
+    "sites",
+    "priority",
+    "max_retries",
+    "count",
+    "colour",
+]
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.sampled_from(["2G", "10m", "-1", "../x", "/etc/passwd", "local", "1e9"]))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-                      max_leaves=6)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(["2G", "10m", "-1", "../x", "/etc/passwd", "local", "1e9"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=6,
+)
 
 
 def section(keys: list[str]) -> st.SearchStrategy[dict[str, Any]]:
     return st.dictionaries(st.sampled_from(keys) | st.text(max_size=8), values, max_size=len(keys))
 
 
-site_configs = st.fixed_dictionaries({}, optional={
-    "site": section(SITE_KEYS) | values, "pilot": section(PILOT_KEYS) | values,
-    "limits": section(["max_pilots", "max_idle_pilots", "max_submit_per_cycle", "max_queued_s"]) | values,
-    "batch": section(["partition", "account", "qos", "constraint", "extra_directives", "env_setup"]) | values,
-    "other": values,
-})
+site_configs = st.fixed_dictionaries(
+    {},
+    optional={
+        "site": section(SITE_KEYS) | values,
+        "pilot": section(PILOT_KEYS) | values,
+        "limits": section(["max_pilots", "max_idle_pilots", "max_submit_per_cycle", "max_queued_s"]) | values,
+        "batch": section(["partition", "account", "qos", "constraint", "extra_directives", "env_setup"]) | values,
+        "other": values,
+    },
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -53,11 +81,14 @@ def test_any_site_config_is_accepted_or_refused_plainly(raw: dict[str, Any]) -> 
         assert "Traceback" not in str(exc)
 
 
-job_files = st.fixed_dictionaries({}, optional={
-    "defaults": section(JOB_KEYS) | values,
-    "job": st.lists(section(JOB_KEYS) | values, max_size=3) | values,
-    "other": values,
-})
+job_files = st.fixed_dictionaries(
+    {},
+    optional={
+        "defaults": section(JOB_KEYS) | values,
+        "job": st.lists(section(JOB_KEYS) | values, max_size=3) | values,
+        "other": values,
+    },
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -83,14 +114,27 @@ def test_any_text_as_a_site_config_file_is_refused_plainly(text: str) -> None:
 
 
 VALID_SITE: dict[str, dict[str, Any]] = {
-    "site": {"name": "hpc1", "server_url": "https://glidein.example.org", "token_file": "/t",
-             "scheduler": "slurm", "scratch_dir": "/scratch/glidein", "cycle_s": 30},
+    "site": {
+        "name": "hpc1",
+        "server_url": "https://glidein.example.org",
+        "token_file": "/t",
+        "scheduler": "slurm",
+        "scratch_dir": "/scratch/glidein",
+        "cycle_s": 30,
+    },
     "pilot": {"cpus": 4, "memory": "8G", "gpus": 0, "disk": "10G", "walltime": "2h", "idle_timeout": "5m"},
     "limits": {"max_pilots": 10, "max_idle_pilots": 2, "max_submit_per_cycle": 5, "max_queued_s": "1d"},
     "batch": {"partition": "short", "extra_directives": ["--exclude=n1"], "env_setup": ["module load x"]},
 }
-VALID_JOB: dict[str, Any] = {"argv": ["python3", "a.py"], "cpus": 2, "memory": "1G", "walltime": "10m",
-                             "outputs": ["out.txt"], "labels": {"dataset": "d"}, "max_retries": 1}
+VALID_JOB: dict[str, Any] = {
+    "argv": ["python3", "a.py"],
+    "cpus": 2,
+    "memory": "1G",
+    "walltime": "10m",
+    "outputs": ["out.txt"],
+    "labels": {"dataset": "d"},
+    "max_retries": 1,
+}
 
 
 @settings(max_examples=400, deadline=None)
@@ -106,8 +150,7 @@ def test_one_bad_value_in_a_good_site_config_is_named(where: tuple[str, str], va
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.sampled_from([*VALID_JOB, "script", "env", "inputs", "sites", "priority", "count", "gpus", "disk"]),
-       values)
+@given(st.sampled_from([*VALID_JOB, "script", "env", "inputs", "sites", "priority", "count", "gpus", "disk"]), values)
 def test_one_bad_value_in_a_good_job_is_named(tmp_path: Path, key: str, value: Any) -> None:
     job = dict(VALID_JOB, **{key: value})
     try:

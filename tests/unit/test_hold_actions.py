@@ -9,8 +9,10 @@ NOW = 1_800_000_000.0
 
 
 def held(batch_id: str, code: int, *, holds: int = 1, held_for_s: float = 3600.0) -> tuple[PilotJob, HoldInfo]:
-    return (PilotJob(batch_id=batch_id, pilot_id=1, state=PilotState.HELD),
-            HoldInfo(code=code, subcode=0, reason="why", num_holds=holds, since=NOW - held_for_s))
+    return (
+        PilotJob(batch_id=batch_id, pilot_id=1, state=PilotState.HELD),
+        HoldInfo(code=code, subcode=0, reason="why", num_holds=holds, since=NOW - held_for_s),
+    )
 
 
 def test_transfer_trouble_is_released_and_deliberate_holds_removed() -> None:

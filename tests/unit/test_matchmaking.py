@@ -37,13 +37,15 @@ def test_backlog_adds_jobs_that_fit_the_whole_pilot() -> None:
     assert select([cand(1, cpus=8)], Capacity(0, 0, 0, 0), TOTAL, 3600, want=3) == []
 
 
-jobs = st.lists(st.tuples(st.integers(1, 4), st.integers(1, 4000), st.integers(0, 1), st.integers(1, 7200)),
-                max_size=40)
+jobs = st.lists(
+    st.tuples(st.integers(1, 4), st.integers(1, 4000), st.integers(0, 1), st.integers(1, 7200)), max_size=40
+)
 
 
 @given(jobs, st.integers(0, 4), st.integers(0, 4000), st.integers(0, 1), st.integers(0, 7200))
-def test_never_exceeds_free_capacity_or_lifetime(specs: list[tuple[int, int, int, int]], cpus: int, mem: int,
-                                                  gpus: int, lifetime: int) -> None:
+def test_never_exceeds_free_capacity_or_lifetime(
+    specs: list[tuple[int, int, int, int]], cpus: int, mem: int, gpus: int, lifetime: int
+) -> None:
     cands = [Candidate(i, c, m, g, 0, w) for i, (c, m, g, w) in enumerate(specs)]
     chosen = select(cands, Capacity(cpus, mem, gpus, 1000), TOTAL, lifetime, 0)
     picked = [c for c in cands if c.job_id in set(chosen)]

@@ -43,8 +43,11 @@ def test_the_client_unit_runs_the_daemon_on_its_instances_config() -> None:
 
 
 def test_the_cron_line_runs_one_cycle() -> None:
-    [line] = [ln for ln in (PACKAGING / "glidein-client.cron").read_text().splitlines()
-              if ln.strip() and not ln.startswith("#")]
+    [line] = [
+        ln
+        for ln in (PACKAGING / "glidein-client.cron").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     fields = line.split(maxsplit=6)
     assert fields[:5] == ["*/5", "*", "*", "*", "*"] and fields[5] == "glidein"  # /etc/cron.d has a user field
     command = shlex.split(fields[6])

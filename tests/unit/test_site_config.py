@@ -208,8 +208,9 @@ def test_batch_examples_render_a_pilot_script(name: str) -> None:
     if isinstance(sched, PbsScheduler):
         sched = PbsScheduler(site, LocalRunner(), flavour="pro")
     workdir = f"{site.site.scratch_dir}/pilots-meta/glidein-{site.name}-7"
-    launch = PilotLaunch(pilot_id=7, site=site, workdir=workdir, token_file=f"{workdir}/token",
-                         pilot_argv=pilot_command(site, workdir))
+    launch = PilotLaunch(
+        pilot_id=7, site=site, workdir=workdir, token_file=f"{workdir}/token", pilot_argv=pilot_command(site, workdir)
+    )
     script = sched.render(launch)
     if isinstance(sched, HTCondorScheduler):
         script += sched.render_wrapper(launch)  # HTCondor's executable holds the pilot command

@@ -155,8 +155,11 @@ def test_totp_secret_private_is_read(files: dict[str, Path], mode: int) -> None:
 
 def test_totp_secret_forms(tmp_path: Path) -> None:
     secret = pyotp.random_base32()
-    for text in (f"{secret.lower()}\n", f"{secret[:8]} {secret[8:]}\n\" TOTP_AUTH\n",
-                 pyotp.TOTP(secret).provisioning_uri(name="glidein@hpc1", issuer_name="hpc1")):
+    for text in (
+        f"{secret.lower()}\n",
+        f'{secret[:8]} {secret[8:]}\n" TOTP_AUTH\n',
+        pyotp.TOTP(secret).provisioning_uri(name="glidein@hpc1", issuer_name="hpc1"),
+    ):
         path = tmp_path / "s"
         path.write_text(text)
         path.chmod(0o600)
@@ -207,9 +210,11 @@ def test_remote_config_drops_ssh_and_points_at_the_copied_token(tmp_path: Path, 
 
 
 def test_toml_writer_round_trips_awkward_values() -> None:
-    raw = {"site": {"name": 'a"b\\c\n\t\x7f\x01 é', "n": 3, "f": 0.5, "ok": True, "inf": float("inf")},
-           "batch": {"extra_directives": ["#SBATCH --x='y'", ""], "env_setup": []},
-           "a b": {"nested": {"k": "v"}}}
+    raw = {
+        "site": {"name": 'a"b\\c\n\t\x7f\x01 é', "n": 3, "f": 0.5, "ok": True, "inf": float("inf")},
+        "batch": {"extra_directives": ["#SBATCH --x='y'", ""], "env_setup": []},
+        "a b": {"nested": {"k": "v"}},
+    }
     assert tomllib.loads(_toml(raw)) == raw
 
 
@@ -221,8 +226,11 @@ def test_cron_line(tmp_path: Path, files: dict[str, Path]) -> None:
     assert fields[:5] == ["*/10", "*", "*", "*", "*"]
     assert "\\%" in fields[5]  # cron turns a bare % into a newline
     assert shlex.split(fields[5].replace("\\%", "%")) == [
-        "/home/glidein/gl 100%/venv/bin/glidein-client", "once", "/home/glidein/gl 100%/site.toml",
-        ">>/home/glidein/gl 100%/cron.log", "2>&1",
+        "/home/glidein/gl 100%/venv/bin/glidein-client",
+        "once",
+        "/home/glidein/gl 100%/site.toml",
+        ">>/home/glidein/gl 100%/cron.log",
+        "2>&1",
     ]
 
 

@@ -46,8 +46,9 @@ class DirectChannel:
         await self._api.__aenter__()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self._api.__aexit__(et, e, tb)
 
     async def check(self) -> None:

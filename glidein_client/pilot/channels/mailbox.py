@@ -64,8 +64,9 @@ class MailboxTransport:
         await asyncio.to_thread(self.box.mkdir, mode=0o700, parents=True, exist_ok=True)
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         with contextlib.suppress(OSError):  # when empty; the site client sweeps what is left
             await asyncio.to_thread(self.box.rmdir)
 
@@ -98,8 +99,10 @@ class MailboxTransport:
             await asyncio.to_thread(write_message, req_path, request)
             await asyncio.to_thread(ring, self.box, msg_id)
         except OSError as exc:
-            raise ServerUnreachable(f"Cannot write to the mailbox {self.box}: {exc.strerror or exc}.",
-                                    hint="Check that the mailbox directory is on the shared filesystem.") from None
+            raise ServerUnreachable(
+                f"Cannot write to the mailbox {self.box}: {exc.strerror or exc}.",
+                hint="Check that the mailbox directory is on the shared filesystem.",
+            ) from None
         started = time.monotonic()
         deadline = started + (timeout_s or self.timeout_s)
         delay = QUICK_POLL_S
@@ -113,7 +116,8 @@ class MailboxTransport:
                         f"The site client did not answer through the mailbox {self.box} in "
                         f"{timeout_s or self.timeout_s:.0f} s.",
                         hint="Check that `glidein-client run` is running on the login node and that the mailbox "
-                             "directory is shared with this node.")
+                        "directory is shared with this node.",
+                    )
                 await asyncio.sleep(delay)
                 if time.monotonic() - started > QUICK_FOR_S:
                     delay = min(delay * 1.5, self.poll_max_s)

@@ -70,7 +70,8 @@ class StagedChannel:
             raise GlideinError(
                 f"The staging area {self.area.root} is not visible on this node.",
                 hint="It must be on a filesystem the worker nodes share with the login node; see [staging] "
-                     "in the site config.")
+                "in the site config.",
+            )
         await self.transport.check()
 
     async def register(self, req: PilotRegister) -> PilotRegistered:
@@ -87,13 +88,21 @@ class StagedChannel:
 
     async def upload_output(self, attempt_id: int, lease: str, name: str, path: Path) -> OutputFile:
         sha256, size = await asyncio.to_thread(self.area.put_output, attempt_id, name, path)
-        return await self.transport.upload_staged(StagedOutput(attempt_id=attempt_id, lease=lease, name=name,
-                                                               sha256=sha256, size=size))
+        return await self.transport.upload_staged(
+            StagedOutput(attempt_id=attempt_id, lease=lease, name=name, sha256=sha256, size=size)
+        )
 
 
 @contextlib.asynccontextmanager
-async def open_channel(kind: str, *, server_url: str, token: str, ca_file: str | None = None,
-                       staging_dir: str | None = None, mailbox_dir: str | None = None) -> AsyncIterator[Channel]:
+async def open_channel(
+    kind: str,
+    *,
+    server_url: str,
+    token: str,
+    ca_file: str | None = None,
+    staging_dir: str | None = None,
+    mailbox_dir: str | None = None,
+) -> AsyncIterator[Channel]:
     """The pilot's channel of ``kind`` (``direct``, ``relay`` or ``mailbox``), open for the block."""
     if kind == "direct":
         async with DirectChannel(server_url, token, ca_file=ca_file) as direct:
@@ -102,8 +111,10 @@ async def open_channel(kind: str, *, server_url: str, token: str, ca_file: str |
     if kind not in CHANNELS:
         raise ConfigError(f"--channel {kind!r} is not known.", hint=f"Use one of {', '.join(CHANNELS)}.")
     if not staging_dir:
-        raise ConfigError(f"--channel {kind} needs --staging-dir: the site's staging area on the shared filesystem.",
-                          hint="The site client puts it into the pilot's command line; check [staging] in its config.")
+        raise ConfigError(
+            f"--channel {kind} needs --staging-dir: the site's staging area on the shared filesystem.",
+            hint="The site client puts it into the pilot's command line; check [staging] in its config.",
+        )
     area = StagingArea(staging_dir)
     if kind == "relay":
         relay = RelayTransport(server_url, token, ca_file=ca_file)
@@ -111,10 +122,11 @@ async def open_channel(kind: str, *, server_url: str, token: str, ca_file: str |
             yield StagedChannel(relay, area)
         return
     if not mailbox_dir:
-        raise ConfigError("--channel mailbox needs --mailbox-dir: this pilot's box on the shared filesystem.",
-                          hint="The site client puts it into the pilot's command line; check [mailbox] in its config.")
+        raise ConfigError(
+            "--channel mailbox needs --mailbox-dir: this pilot's box on the shared filesystem.",
+            hint="The site client puts it into the pilot's command line; check [mailbox] in its config.",
+        )
     from glidein_client.pilot.channels.mailbox import MailboxTransport
 
     async with MailboxTransport(Path(mailbox_dir)) as mailbox:
         yield StagedChannel(mailbox, area)
-

@@ -75,11 +75,14 @@ def check_network(
     """The sections that ``network`` needs, with "~" in their paths expanded; a plain error otherwise."""
     where = f"Site config {path}"
     if network is Network.DIRECT:
-        extra = [name for name, section in (("relay", relay), ("mailbox", mailbox), ("staging", staging))
-                 if section is not None]
+        extra = [
+            name
+            for name, section in (("relay", relay), ("mailbox", mailbox), ("staging", staging))
+            if section is not None
+        ]
         if extra:
             raise ConfigError(
-                f"{where}: [{'], ['.join(extra)}] only apply to firewalled sites, but site.network is \"direct\".",
+                f'{where}: [{"], [".join(extra)}] only apply to firewalled sites, but site.network is "direct".',
                 hint='Set site.network = "relay" or "none", or remove those sections. ' + _EXAMPLE,
                 field="site.network",
             )

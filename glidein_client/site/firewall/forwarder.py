@@ -31,8 +31,9 @@ from glidein_client.wire.schema import ErrorBody, StagedOutput
 log = logging.getLogger(__name__)
 
 #: The only calls forwarded: the pilot API (and the health check a pilot's self-test makes).
-PILOT_ROUTES = frozenset({("GET", "/health"), ("POST", "/pilot/register"), ("POST", "/pilot/sync"),
-                          ("POST", "/pilot/exit")})
+PILOT_ROUTES = frozenset(
+    {("GET", "/health"), ("POST", "/pilot/register"), ("POST", "/pilot/sync"), ("POST", "/pilot/exit")}
+)
 RESCAN_S = 1.0
 
 
@@ -79,7 +80,7 @@ class PilotTokens:
         except OSError:
             return
         for path in dirs:
-            tail = path.name[len(prefix):]
+            tail = path.name[len(prefix) :]
             if tail.isdigit() and int(tail) not in self._by_pilot:
                 self._read(int(tail))
 
@@ -95,8 +96,15 @@ class PilotTokens:
 class PilotForwarder:
     """Sends pilots' calls to the server. Use as ``async with PilotForwarder(...) as forwarder``."""
 
-    def __init__(self, server_url: str, area: StagingArea, *, ca_file: str | None = None, timeout_s: float = 120.0,
-                 on_finished: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        server_url: str,
+        area: StagingArea,
+        *,
+        ca_file: str | None = None,
+        timeout_s: float = 120.0,
+        on_finished: Callable[[], None] | None = None,
+    ) -> None:
         self.url = server_url.rstrip("/")
         self.area = area
         self._ca_file = ca_file
@@ -107,11 +115,13 @@ class PilotForwarder:
     async def __aenter__(self) -> PilotForwarder:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ssl_context(self._ca_file) or True, limit=256),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self._timeout_s))
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self._timeout_s),
+        )
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -152,13 +162,20 @@ class PilotForwarder:
             log.debug("uploaded output %s of attempt %d (%d bytes)", out.name, out.attempt_id, out.size)
         return status, content
 
-    async def _send(self, method: str, url: str, headers: dict[str, str], data: bytes | BinaryIO | None,
-                    params: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        data: bytes | BinaryIO | None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
         try:
             async with self.session.request(method, url, data=data, headers=headers, params=params) as resp:
                 return resp.status, await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            return error_body(502, f"The site client cannot reach the glidein server at {self.url}: "
-                                   f"{exc.__class__.__name__} {exc}.",
-                              "The pilot retries; check the login node's connection to the server.")
-
+            return error_body(
+                502,
+                f"The site client cannot reach the glidein server at {self.url}: {exc.__class__.__name__} {exc}.",
+                "The pilot retries; check the login node's connection to the server.",
+            )

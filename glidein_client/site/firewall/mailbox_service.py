@@ -33,8 +33,17 @@ REMEMBER_S = 600.0  # answered requests are remembered this long, so a late dire
 
 
 class MailboxService:
-    def __init__(self, root: str | Path, site: str, tokens: PilotTokens, forwarder: PilotForwarder, *,
-                 poll_s: float = 0.2, stale_s: float = 3600.0, max_in_flight: int = 256) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        site: str,
+        tokens: PilotTokens,
+        forwarder: PilotForwarder,
+        *,
+        poll_s: float = 0.2,
+        stale_s: float = 3600.0,
+        max_in_flight: int = 256,
+    ) -> None:
         self.root = Path(root)
         self.site = site
         self.tokens = tokens
@@ -75,8 +84,12 @@ class MailboxService:
                         swept = now
                         await self.sweep()
                 except OSError as exc:
-                    log.error("site %s: cannot read the mailbox %s: %s. Check that it exists and is readable.",
-                              self.site, self.root, exc)
+                    log.error(
+                        "site %s: cannot read the mailbox %s: %s. Check that it exists and is readable.",
+                        self.site,
+                        self.root,
+                        exc,
+                    )
                 delay = MIN_POLL_S if now - last_traffic < HOT_S else min(self.poll_s, delay * 2)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
@@ -126,8 +139,11 @@ class MailboxService:
             async with self._slots:
                 status, body = await self._dispatch(box, path)
             with contextlib.suppress(FileNotFoundError):  # the pilot gave up and its box is gone
-                await asyncio.to_thread(mb.write_message, mb.response_path(box, msg_id),
-                                        mb.MailResponse(id=msg_id, status=status, body=msgspec.Raw(body)))
+                await asyncio.to_thread(
+                    mb.write_message,
+                    mb.response_path(box, msg_id),
+                    mb.MailResponse(id=msg_id, status=status, body=msgspec.Raw(body)),
+                )
             await asyncio.to_thread(path.unlink, missing_ok=True)
             self.answered += 1
         except OSError as exc:
@@ -146,8 +162,11 @@ class MailboxService:
         pilot_id = mb.pilot_of(box, self.site)
         token = await asyncio.to_thread(self.tokens.token_of, pilot_id) if pilot_id is not None else None
         if token is None:
-            return error_body(403, f"The mailbox {box.name} belongs to no pilot that the site client of "
-                                   f"{self.site} started; it is not forwarded.")
+            return error_body(
+                403,
+                f"The mailbox {box.name} belongs to no pilot that the site client of "
+                f"{self.site} started; it is not forwarded.",
+            )
         body = bytes(req.body)
         if req.op == mb.UPLOAD_OP:
             try:

@@ -52,7 +52,8 @@ class Relay:
             raise ConfigError(
                 f"The relay cannot listen on {self.address}:{self.port}: {exc.strerror or exc}.",
                 hint="Check [relay] address (an address of this login node that the worker nodes reach) and "
-                     "port (free, and allowed from the worker nodes).") from None
+                "port (free, and allowed from the worker nodes).",
+            ) from None
         port = self._runner.addresses[0][1]
         host = f"[{self.address}]" if ":" in self.address else self.address
         self.url = f"http://{host}:{port}"
@@ -70,9 +71,13 @@ class Relay:
         token = header[7:].strip() if header.startswith("Bearer ") else ""
         pilot_id = await asyncio.to_thread(self.tokens.pilot_of, token) if token else None
         if pilot_id is None:
-            return _reply(*error_body(
-                401, f"This relay serves only the pilots that the site client of {self.site} started.",
-                "Pilots get their token from the site client; users and sites talk to the server itself."))
+            return _reply(
+                *error_body(
+                    401,
+                    f"This relay serves only the pilots that the site client of {self.site} started.",
+                    "Pilots get their token from the site client; users and sites talk to the server itself.",
+                )
+            )
         if request.method == "POST" and path == STAGED_OUTPUTS:
             try:
                 out = msgspec.json.decode(await request.read(), type=StagedOutput)
@@ -82,7 +87,7 @@ class Relay:
         if not path.startswith(API + "/"):
             return _reply(*error_body(404, f"{request.method} {path} is not part of the pilot API."))
         body = await request.read() if request.can_read_body else None
-        return _reply(*await self.forwarder.forward(token, request.method, path[len(API):], body))
+        return _reply(*await self.forwarder.forward(token, request.method, path[len(API) :], body))
 
 
 def _reply(status: int, body: bytes) -> web.Response:

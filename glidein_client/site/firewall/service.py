@@ -45,8 +45,9 @@ def pilot_network_options(site: SiteConfig, workdir: str) -> dict[str, str]:
     if site.network is Network.RELAY and site.relay is not None:
         options.update({"--channel": "relay", "--server-url": site.relay.pilot_url})
     elif site.mailbox is not None:
-        options.update({"--channel": "mailbox", "--mailbox-dir": os.path.join(site.mailbox.dir,
-                                                                               os.path.basename(workdir))})
+        options.update(
+            {"--channel": "mailbox", "--mailbox-dir": os.path.join(site.mailbox.dir, os.path.basename(workdir))}
+        )
     return options
 
 
@@ -72,8 +73,9 @@ class Firewall:
         await self.stager.__aenter__()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.stager.__aexit__(et, e, tb)
 
     # --- hooks of the site client's cycle -------------------------------------------------------
@@ -89,9 +91,12 @@ class Firewall:
         if not self.serving:
             if not self._warned:
                 self._warned = True
-                log.warning("site %s: network %s: pilots reach the server only through the site client, so they are "
-                            "submitted by `glidein-client run` only; this run stages inputs and submits none",
-                            self.site.name, self.site.network.value)
+                log.warning(
+                    "site %s: network %s: pilots reach the server only through the site client, so they are "
+                    "submitted by `glidein-client run` only; this run stages inputs and submits none",
+                    self.site.name,
+                    self.site.network.value,
+                )
             return msgspec.structs.replace(demand, pilots=0)
         ready = math.ceil(self.stager.ready_cpus / self.site.shape.cpus)
         return msgspec.structs.replace(demand, pilots=min(demand.pilots, ready))
@@ -114,15 +119,23 @@ class Firewall:
         site = self.site
         stop = asyncio.Event()
         async with contextlib.AsyncExitStack() as stack:
-            forwarder = await stack.enter_async_context(PilotForwarder(
-                site.site.server_url, self.area, ca_file=site.site.ca_file, on_finished=self.wake))
+            forwarder = await stack.enter_async_context(
+                PilotForwarder(site.site.server_url, self.area, ca_file=site.site.ca_file, on_finished=self.wake)
+            )
             if site.relay is not None:
                 self.relay = await stack.enter_async_context(
-                    Relay(site.name, site.relay.address, site.relay.port, self.tokens, forwarder))
+                    Relay(site.name, site.relay.address, site.relay.port, self.tokens, forwarder)
+                )
             tasks = [asyncio.create_task(self._stage_forever(stop), name="staging")]
             if site.mailbox is not None:
-                self.mailbox = MailboxService(site.mailbox.dir, site.name, self.tokens, forwarder,
-                                              poll_s=site.mailbox.poll_s, stale_s=site.mailbox_stale_s)
+                self.mailbox = MailboxService(
+                    site.mailbox.dir,
+                    site.name,
+                    self.tokens,
+                    forwarder,
+                    poll_s=site.mailbox.poll_s,
+                    stale_s=site.mailbox_stale_s,
+                )
                 tasks.append(asyncio.create_task(self.mailbox.run(stop), name="mailbox"))
             self.serving = True
             try:
@@ -156,8 +169,13 @@ class Firewall:
                 log.error("site %s: staging: %s", self.site.name, exc)
                 delay = conf.poll_s
             except OSError as exc:
-                log.error("site %s: staging: the staging area %s failed: %s. Check that it exists, is writable "
-                          "and has space.", self.site.name, conf.dir, exc)
+                log.error(
+                    "site %s: staging: the staging area %s failed: %s. Check that it exists, is writable "
+                    "and has space.",
+                    self.site.name,
+                    conf.dir,
+                    exc,
+                )
                 delay = conf.poll_s
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)

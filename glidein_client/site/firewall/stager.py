@@ -86,8 +86,9 @@ class Stager:
         self._plain = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120))
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._plain is not None:
             await self._plain.close()
             self._plain = None
@@ -110,20 +111,30 @@ class Stager:
             report.seconds = time.monotonic() - t0
             self.last = report
             if report.staged or report.released or report.damaged or report.failed:
-                log.info("site %s: staging: %d jobs staged (%d files, %.1f MB downloaded, %d reused), %d released, "
-                         "%d damaged files staged again, %d failed, %d waiting, in %.2f s", self.site.name,
-                         report.staged, report.downloaded, report.bytes / 1e6, report.reused, report.released,
-                         report.damaged, report.failed, report.waiting, report.seconds)
+                log.info(
+                    "site %s: staging: %d jobs staged (%d files, %.1f MB downloaded, %d reused), %d released, "
+                    "%d damaged files staged again, %d failed, %d waiting, in %.2f s",
+                    self.site.name,
+                    report.staged,
+                    report.downloaded,
+                    report.bytes / 1e6,
+                    report.reused,
+                    report.released,
+                    report.damaged,
+                    report.failed,
+                    report.waiting,
+                    report.seconds,
+                )
             return report
 
     # --- 1-2: what is staged ---------------------------------------------------------------------
 
-    async def _check_staged(self, staged: list[StagingJob],
-                            report: PassReport) -> tuple[list[StagingJob], list[StagingJob], list[StagingJob]]:
+    async def _check_staged(
+        self, staged: list[StagingJob], report: PassReport
+    ) -> tuple[list[StagingJob], list[StagingJob], list[StagingJob]]:
         """Jobs kept staged; idle jobs released because an input must be staged again; running ones in that case."""
         name = self.site.name
-        release = [j.job_id for j in staged
-                   if not (j.state is JobState.IDLE or (j.state in ACTIVE and j.site == name))]
+        release = [j.job_id for j in staged if not (j.state is JobState.IDLE or (j.state in ACTIVE and j.site == name))]
         keep = [j for j in staged if j.job_id not in set(release)]
         inputs = {input_key(i): i for j in keep for i in j.inputs}
         bad = await asyncio.to_thread(self._damaged, inputs)
@@ -168,9 +179,14 @@ class Stager:
             if need > self.quota_bytes:
                 if job.job_id not in self._too_big:
                     self._too_big.add(job.job_id)
-                    log.warning("site %s: job %d needs %.0f MB of inputs, more than the whole staging quota "
-                                "(%.0f MB); it cannot run at this site", self.site.name, job.job_id, need / 2**20,
-                                self.quota_bytes / 2**20)
+                    log.warning(
+                        "site %s: job %d needs %.0f MB of inputs, more than the whole staging quota "
+                        "(%.0f MB); it cannot run at this site",
+                        self.site.name,
+                        job.job_id,
+                        need / 2**20,
+                        self.quota_bytes / 2**20,
+                    )
                 continue
             if len(planned) >= room or used + need_total + need > self.quota_bytes:
                 report.waiting = len(candidates) - i
@@ -264,8 +280,10 @@ class Stager:
         try:
             async with session.get(url) as resp:
                 if resp.status == 429:
-                    raise RateLimited("The server throttles this site's downloads.",
-                                      retry_after_s=_retry_after_s(resp.headers.get("Retry-After")))
+                    raise RateLimited(
+                        "The server throttles this site's downloads.",
+                        retry_after_s=_retry_after_s(resp.headers.get("Retry-After")),
+                    )
                 if resp.status >= 400:
                     raise _error_from(resp.status, await resp.read(), url)
                 fh = await asyncio.to_thread(open, tmp, "wb")
@@ -277,8 +295,10 @@ class Stager:
                 finally:
                     await asyncio.to_thread(fh.close)
             if inp.sha256 is not None and digest.hexdigest() != inp.sha256:
-                raise ValidationError(f"The download of {inp.name} does not match its sha256 checksum.",
-                                      hint="The transfer or the stored copy is corrupt; the next pass tries again.")
+                raise ValidationError(
+                    f"The download of {inp.name} does not match its sha256 checksum.",
+                    hint="The transfer or the stored copy is corrupt; the next pass tries again.",
+                )
             await asyncio.to_thread(os.replace, tmp, self.area.input_path(key))
             await asyncio.to_thread(self.area.mark, key, digest.hexdigest(), size)
             return size

@@ -93,8 +93,9 @@ class LocalRunner:
                 hint="The batch system may be overloaded; the next cycle will try again.",
                 command=argv,
             ) from None
-        result = CommandResult(tuple(argv), proc.returncode or 0, out.decode(errors="replace"),
-                               err.decode(errors="replace"))
+        result = CommandResult(
+            tuple(argv), proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+        )
         log.debug("ran %s -> %d", argv[0], result.returncode)
         return result
 

@@ -69,9 +69,14 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _JUMP = re.compile(r"^(?:(?P<user>[^@]+)@)?(?:\[(?P<ip6>[^\]]+)\]|(?P<host>[^:]+))(?::(?P<port>\d+))?$")
 #: SFTP status -> errno, so that file errors are the same OSError subclasses as the local runner's.
 _SFTP_ERRNO = {
-    _c.FX_NO_SUCH_FILE: errno.ENOENT, _c.FX_NO_SUCH_PATH: errno.ENOENT, _c.FX_PERMISSION_DENIED: errno.EACCES,
-    _c.FX_WRITE_PROTECT: errno.EROFS, _c.FX_FILE_ALREADY_EXISTS: errno.EEXIST, _c.FX_NOT_A_DIRECTORY: errno.ENOTDIR,
-    _c.FX_FILE_IS_A_DIRECTORY: errno.EISDIR, _c.FX_NO_SPACE_ON_FILESYSTEM: errno.ENOSPC,
+    _c.FX_NO_SUCH_FILE: errno.ENOENT,
+    _c.FX_NO_SUCH_PATH: errno.ENOENT,
+    _c.FX_PERMISSION_DENIED: errno.EACCES,
+    _c.FX_WRITE_PROTECT: errno.EROFS,
+    _c.FX_FILE_ALREADY_EXISTS: errno.EEXIST,
+    _c.FX_NOT_A_DIRECTORY: errno.ENOTDIR,
+    _c.FX_FILE_IS_A_DIRECTORY: errno.EISDIR,
+    _c.FX_NO_SPACE_ON_FILESYSTEM: errno.ENOSPC,
     _c.FX_QUOTA_EXCEEDED: errno.EDQUOT,
 }
 _SFTP_LOST = frozenset({_c.FX_CONNECTION_LOST, _c.FX_NO_CONNECTION})
@@ -144,9 +149,17 @@ class SshRunner:
     to log out. ``interactive`` says whether a person can type a code (default: stdin is a TTY).
     """
 
-    def __init__(self, settings: SshSection, *, config_path: str = "<config>", interactive: bool | None = None,
-                 retry_s: float = 5.0, auth_retry_s: float = 60.0, max_retry_s: float = 900.0,
-                 max_channels: int = 6) -> None:
+    def __init__(
+        self,
+        settings: SshSection,
+        *,
+        config_path: str = "<config>",
+        interactive: bool | None = None,
+        retry_s: float = 5.0,
+        auth_retry_s: float = 60.0,
+        max_retry_s: float = 900.0,
+        max_channels: int = 6,
+    ) -> None:
         self.settings = settings
         self.config_path = config_path
         self.target = _Target(settings.host, settings.port, settings.user or getpass.getuser())
@@ -200,8 +213,9 @@ class SshRunner:
 
     # --- Runner protocol -----------------------------------------------------------------------
 
-    async def run(self, argv: list[str], *, stdin: bytes | None = None, env: dict[str, str] | None = None,
-                  timeout_s: float = 60.0) -> CommandResult:
+    async def run(
+        self, argv: list[str], *, stdin: bytes | None = None, env: dict[str, str] | None = None, timeout_s: float = 60.0
+    ) -> CommandResult:
         command = remote_command(argv, env)
         reopened = False
         for attempt in range(8):
@@ -215,15 +229,19 @@ class SshRunner:
                         log.debug("%s refused a channel (%s); trying again", self.target, exc.reason)
                         await asyncio.sleep(0.05 * 2**attempt)
                         continue
-                    raise SshError(f"{self.target} refused to run `{argv[0]}`: {exc.reason}.", command=argv,
-                                   hint="The login node may limit sessions per connection (sshd MaxSessions).",
-                                   reason="channel-refused") from None
+                    raise SshError(
+                        f"{self.target} refused to run `{argv[0]}`: {exc.reason}.",
+                        command=argv,
+                        hint="The login node may limit sessions per connection (sshd MaxSessions).",
+                        reason="channel-refused",
+                    ) from None
                 self._drop(conn, exc)
                 if reopened:
                     raise self._lost_error(argv, started=False) from None
                 reopened = True  # the command was never sent: run it on a new connection
-                log.info("connection to %s lost before `%s` started; running it after a new login",
-                         self.target, argv[0])
+                log.info(
+                    "connection to %s lost before `%s` started; running it after a new login", self.target, argv[0]
+                )
             except _LostWhileRunning as exc:
                 self._drop(conn, exc.__cause__)
                 raise self._lost_error(argv, started=True) from None
@@ -294,9 +312,13 @@ class SshRunner:
             wait_s = self._retry_at - time.monotonic()
             if wait_s > 0 and self._last_error is not None:
                 last = self._last_error
-                raise SshError(f"Not logging in to {self.target} for another {wait_s:.0f} s; the last attempt failed: "
-                               f"{last.message}", hint=last.fields.get("fix") or None, reason="backoff",
-                               last_reason=last.fields.get("reason"))
+                raise SshError(
+                    f"Not logging in to {self.target} for another {wait_s:.0f} s; the last attempt failed: "
+                    f"{last.message}",
+                    hint=last.fields.get("fix") or None,
+                    reason="backoff",
+                    last_reason=last.fields.get("reason"),
+                )
             try:
                 self._conn, self._jump = await self._login()
             except SshError as exc:
@@ -354,11 +376,19 @@ class SshRunner:
         code_wait_s = 35.0 if self.settings.totp_secret_file else 600.0
         try:
             conn, _ = await asyncssh.create_connection(
-                lambda: client, target.host, target.port, tunnel=tunnel or (), username=target.user,
-                known_hosts=known, client_keys=keys if keys is not None else (),
+                lambda: client,
+                target.host,
+                target.port,
+                tunnel=tunnel or (),
+                username=target.user,
+                known_hosts=known,
+                client_keys=keys if keys is not None else (),
                 agent_path=None if keys is not None else (),  # with a key file: that key only
-                preferred_auth="publickey,keyboard-interactive", gss_host=None, config=None,
-                keepalive_interval=self.settings.keepalive_s, keepalive_count_max=3,
+                preferred_auth="publickey,keyboard-interactive",
+                gss_host=None,
+                config=None,
+                keepalive_interval=self.settings.keepalive_s,
+                keepalive_count_max=3,
                 connect_timeout=self.settings.connect_timeout_s + code_wait_s,
             )
         except asyncssh.HostKeyNotVerifiable:
@@ -368,13 +398,18 @@ class SshRunner:
         except asyncssh.DisconnectError as exc:
             if client.code_sent:
                 raise self._denied(target, client) from None
-            raise SshError(f"{target} ended the login: {exc.reason}.", reason="disconnected",
-                           hint=f"Check the [ssh] section of {self.config_path}.") from None
+            raise SshError(
+                f"{target} ended the login: {exc.reason}.",
+                reason="disconnected",
+                hint=f"Check the [ssh] section of {self.config_path}.",
+            ) from None
         except (OSError, asyncio.TimeoutError) as exc:
             what = getattr(exc, "strerror", None) or str(exc) or "no answer in time"
-            raise SshError(f"Cannot reach {target}: {what}.", reason="unreachable",
-                           hint=f"Check ssh.host and ssh.port in {self.config_path} and that the login node is up.",
-                           ) from None
+            raise SshError(
+                f"Cannot reach {target}: {what}.",
+                reason="unreachable",
+                hint=f"Check ssh.host and ssh.port in {self.config_path} and that the login node is up.",
+            ) from None
         assert isinstance(conn, asyncssh.SSHClientConnection)
         return conn
 
@@ -386,9 +421,12 @@ class SshRunner:
             return [asyncssh.read_private_key(path)]
         except (OSError, asyncssh.KeyImportError) as exc:
             text = getattr(exc, "strerror", None) or str(exc)
-            raise SshError(f"Cannot use the key file {path} (named in {self.config_path} as ssh.key_file): {text}.",
-                           hint="glidein needs a key it can read unattended: a key without passphrase, or leave "
-                           "ssh.key_file unset and load the key into ssh-agent.", reason="key-file") from None
+            raise SshError(
+                f"Cannot use the key file {path} (named in {self.config_path} as ssh.key_file): {text}.",
+                hint="glidein needs a key it can read unattended: a key without passphrase, or leave "
+                "ssh.key_file unset and load the key into ssh-agent.",
+                reason="key-file",
+            ) from None
 
     def _load_known_hosts(self) -> asyncssh.SSHKnownHosts:
         path = self.settings.known_hosts
@@ -397,8 +435,10 @@ class SshRunner:
         try:
             return asyncssh.read_known_hosts(path)
         except (OSError, ValueError) as exc:
-            raise SshError(f"Cannot read the known_hosts file {path} (ssh.known_hosts in {self.config_path}): "
-                           f"{exc}.", reason="known-hosts") from None
+            raise SshError(
+                f"Cannot read the known_hosts file {path} (ssh.known_hosts in {self.config_path}): {exc}.",
+                reason="known-hosts",
+            ) from None
 
     async def _host_key_error(
         self, target: _Target, tunnel: asyncssh.SSHClientConnection | None, known: asyncssh.SSHKnownHosts
@@ -417,8 +457,10 @@ class SshRunner:
             fields["fingerprint"] = key.get_fingerprint("sha256")
             seen = f"The key it offers is {algorithm} {fields['fingerprint']}"
             line = f" If it matches, add this line to {path}:\n    {name} {algorithm} {data}"
-        check = ("Compare it with the fingerprint the site publishes, or that its admins read on the login node "
-                 "with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`.")
+        check = (
+            "Compare it with the fingerprint the site publishes, or that its admins read on the login node "
+            "with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`."
+        )
         if changed:
             return SshError(
                 f"The host key of {target.host}:{target.port} has CHANGED: it is not the one in {path}. "
@@ -437,13 +479,19 @@ class SshRunner:
         secret = self.settings.totp_secret_file
         if client.unanswerable:
             reason, message = "prompt", f"{target} asks for a one-time code, and {client.unanswerable}."
-            hint = (f"Set ssh.totp_secret_file in {self.config_path} to the TOTP secret enrolled for this login, "
-                    "or run glidein-client in a terminal. glidein does not try this login again until restarted: "
-                    "repeated attempts could lock the account.")
+            hint = (
+                f"Set ssh.totp_secret_file in {self.config_path} to the TOTP secret enrolled for this login, "
+                "or run glidein-client in a terminal. glidein does not try this login again until restarted: "
+                "repeated attempts could lock the account."
+            )
         elif client.code_sent:
             reason, message = "code-refused", f"{target} refused the one-time code (the key was accepted)."
-            hint = (f"Check that {secret} holds the secret enrolled for {target.user} there and that this "
-                    "machine's clock is right (`date -u`)." if secret else "Type the current code of the login.")
+            hint = (
+                f"Check that {secret} holds the secret enrolled for {target.user} there and that this "
+                "machine's clock is right (`date -u`)."
+                if secret
+                else "Type the current code of the login."
+            )
         else:
             reason = "key-refused"
             key = self.settings.key_file or "the ssh-agent's and ~/.ssh's keys"
@@ -465,16 +513,20 @@ class SshRunner:
             ledger = os.path.join(os.path.dirname(secret), f".{os.path.basename(secret)}.used")
             counter, wait_s = CodeLedger.reserve(key, totp.interval, ledger)
             if wait_s > 0:
-                log.info("waiting %.0f s for a fresh one-time code for %s: the current one was sent already",
-                         wait_s, client.target)
+                log.info(
+                    "waiting %.0f s for a fresh one-time code for %s: the current one was sent already",
+                    wait_s,
+                    client.target,
+                )
                 await asyncio.sleep(wait_s)
             code = totp.at(counter * totp.interval)
             return [code for _ in prompts]
         interactive = self.interactive if self.interactive is not None else sys.stdin.isatty()
         if not interactive:
             client.unanswerable = "nobody is at a terminal to type it (no ssh.totp_secret_file is set)"
-            log.warning("%s asks for a one-time code; nobody is at a terminal and no TOTP secret is configured",
-                        client.target)
+            log.warning(
+                "%s asks for a one-time code; nobody is at a terminal and no TOTP secret is configured", client.target
+            )
             return None
         if instructions.strip():
             print(instructions.strip(), file=sys.stderr)
@@ -497,8 +549,11 @@ class SshRunner:
         if self._closing or client.conn is None or client.conn not in (self._conn, self._jump):
             return
         self._forget()
-        log.warning("the connection to %s was lost (%s); glidein logs in again when it next needs the login node",
-                    self.target, exc or "closed by the other side")
+        log.warning(
+            "the connection to %s was lost (%s); glidein logs in again when it next needs the login node",
+            self.target,
+            exc or "closed by the other side",
+        )
 
     def _drop(self, conn: asyncssh.SSHClientConnection, exc: BaseException | None) -> None:
         if conn is self._conn:
@@ -507,19 +562,29 @@ class SshRunner:
             conn.abort()
             if jump is not None:
                 jump.abort()
-            log.warning("the connection to %s failed (%s); glidein logs in again when it next needs the login node",
-                        self.target, exc or "lost")
+            log.warning(
+                "the connection to %s failed (%s); glidein logs in again when it next needs the login node",
+                self.target,
+                exc or "lost",
+            )
 
     def _forget(self) -> None:
         self._conn = self._jump = self._sftp = self._sftp_conn = None
 
     def _lost_error(self, argv: list[str], *, started: bool) -> SshError:
         if not started:
-            return SshError(f"The connection to {self.target} dropped again before `{argv[0]}` started.",
-                            hint="The next cycle tries again.", command=argv, reason="lost")
-        return SshError(f"The connection to {self.target} was lost while `{argv[0]}` ran; it may or may not have "
-                        "finished.", command=argv, reason="lost",
-                        hint="It is not repeated: the next cycle reads the batch queue and goes on from what it finds.")
+            return SshError(
+                f"The connection to {self.target} dropped again before `{argv[0]}` started.",
+                hint="The next cycle tries again.",
+                command=argv,
+                reason="lost",
+            )
+        return SshError(
+            f"The connection to {self.target} was lost while `{argv[0]}` ran; it may or may not have finished.",
+            command=argv,
+            reason="lost",
+            hint="It is not repeated: the next cycle reads the batch queue and goes on from what it finds.",
+        )
 
     # --- commands and files ---------------------------------------------------------------------
 
@@ -535,10 +600,11 @@ class SshRunner:
             except asyncio.TimeoutError:
                 with contextlib.suppress(Exception):
                     proc.kill()
-                raise SchedulerError(f"The command {argv[0]!r} did not answer within {timeout_s:.0f} s on "
-                                     f"{self.target}.", command=argv,
-                                     hint="The batch system may be overloaded; the next cycle will try again.",
-                                     ) from None
+                raise SchedulerError(
+                    f"The command {argv[0]!r} did not answer within {timeout_s:.0f} s on {self.target}.",
+                    command=argv,
+                    hint="The batch system may be overloaded; the next cycle will try again.",
+                ) from None
             except _LOST as exc:
                 raise _LostWhileRunning() from exc
         finally:
@@ -551,9 +617,14 @@ class SshRunner:
         stdout = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
         stderr = err.decode(errors="replace") if isinstance(err, bytes) else str(err)
         if code == 127 and argv[0] in stderr and ("not found" in stderr or "No such file" in stderr):
-            raise SchedulerError(f"The command {argv[0]!r} was not found on {self.target}.", command=argv,
-                                 hint=f"Install it there or put its directory on PATH for {self.target.user} in "
-                                 "non-interactive logins (for bash: ~/.bashrc).", exit_code=code, stderr=stderr)
+            raise SchedulerError(
+                f"The command {argv[0]!r} was not found on {self.target}.",
+                command=argv,
+                hint=f"Install it there or put its directory on PATH for {self.target.user} in "
+                "non-interactive logins (for bash: ~/.bashrc).",
+                exit_code=code,
+                stderr=stderr,
+            )
         log.debug("ran %s on %s -> %d", argv[0], self.target, code)
         return CommandResult(tuple(argv), code, stdout, stderr)
 
@@ -573,16 +644,20 @@ class SshRunner:
                 return await op(sftp)
             except asyncssh.SFTPError as exc:
                 if exc.code not in _SFTP_LOST:  # OSError() makes the subclass that matches the errno
-                    raise OSError(_SFTP_ERRNO.get(exc.code, errno.EIO), f"{exc.reason} (on {self.target})",
-                                  path) from None
+                    raise OSError(
+                        _SFTP_ERRNO.get(exc.code, errno.EIO), f"{exc.reason} (on {self.target})", path
+                    ) from None
                 lost: BaseException = exc
             except _LOST as exc:
                 lost = exc
             if conn is not None:
                 self._drop(conn, lost)
             if attempt == 2:
-                raise SshError(f"The connection to {self.target} dropped twice while writing or reading {path}.",
-                               hint="The next cycle tries again.", reason="lost")
+                raise SshError(
+                    f"The connection to {self.target} dropped twice while writing or reading {path}.",
+                    hint="The next cycle tries again.",
+                    reason="lost",
+                )
         raise AssertionError("unreachable")
 
 
@@ -628,4 +703,3 @@ async def _ask_terminal(prompt: str, echo: bool) -> str | None:
 
     threading.Thread(target=read, name="glidein-code-prompt", daemon=True).start()
     return await future
-

@@ -133,14 +133,16 @@ class StateTable:
         if state is None:
             if native not in self._seen_unknown:
                 self._seen_unknown.add(native)
-                log.warning("%s reported a state glidein does not know: %r (treated as unknown)",
-                            self.scheduler, native)
+                log.warning(
+                    "%s reported a state glidein does not know: %r (treated as unknown)", self.scheduler, native
+                )
             return PilotState.UNKNOWN
         return state
 
 
-def render_template(name: str, values: dict[str, str], *, quote: bool = True,
-                    package: str = "glidein_client.site.schedulers") -> str:
+def render_template(
+    name: str, values: dict[str, str], *, quote: bool = True, package: str = "glidein_client.site.schedulers"
+) -> str:
     """Render ``templates/<name>`` of ``package`` strictly: a missing key is a named :class:`TemplateError`.
 
     Values are shell-quoted unless ``quote`` is false; keys ending in ``_lines`` are
