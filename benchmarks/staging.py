@@ -44,17 +44,8 @@ from glidein_client.site.firewall.mailbox_service import HOT_S, MailboxService
 from glidein_client.site.firewall.relay import Relay
 from glidein_client.site.firewall.stager import Stager
 from glidein_client.wire.api import ApiClient
-from glidein_client.wire.schema import (
-    Finish,
-    InputFile,
-    JobSpec,
-    Network,
-    Outcome,
-    PilotRegister,
-    Resources,
-    Role,
-    SyncRequest,
-)
+from glidein_client.wire.schema import Finish, InputFile, JobSpec, Outcome, PilotRegister, Resources, Role, SyncRequest
+from glidein_client.wire.staging import Network
 from glidein_server.server import Server, mint_token
 from glidein_server.settings import ServerSettings, StateDir
 

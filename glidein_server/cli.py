@@ -21,8 +21,9 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from glidein_client.wire.codec import convert
 from glidein_client.wire.errors import ConfigError, GlideinError, NotFoundError
-from glidein_client.wire.schema import ROLE_SCOPES, Name, Role, Scope, convert
+from glidein_client.wire.schema import ROLE_SCOPES, Name, Role, Scope
 from glidein_client.wire.units import format_duration, parse_duration_s
 from glidein_server import tls, totp
 from glidein_server.http.admin import mint

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 from msgspec import Meta, Struct
 
+from glidein_client.wire.codec import convert
 from glidein_client.wire.errors import ConfigError, ValidationError
-from glidein_client.wire.schema import convert
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -28,7 +28,8 @@ from typing import BinaryIO
 import msgspec
 
 from glidein_client.wire.errors import ServerUnreachable, ValidationError
-from glidein_client.wire.schema import InputFile, check_relative_path
+from glidein_client.wire.rules import check_relative_path
+from glidein_client.wire.schema import InputFile
 
 CHUNK = 1 << 20
 

@@ -15,9 +15,11 @@ import msgspec
 from msgspec import Meta, Struct
 
 from glidein_client.site.firewall.config import MailboxSection, RelaySection, StagingSection, check_network
+from glidein_client.wire.codec import convert
 from glidein_client.wire.errors import ConfigError, ValidationError
-from glidein_client.wire.schema import Name, Network, PilotShape, convert
+from glidein_client.wire.schema import Name, PilotShape
 from glidein_client.wire.secrets import read_secret_file
+from glidein_client.wire.staging import Network
 from glidein_client.wire.units import parse_duration_s, parse_memory_mb
 
 if sys.version_info >= (3, 11):

@@ -46,16 +46,10 @@ from glidein_client.user.jobfile import (
     upload_files,
 )
 from glidein_client.wire.api import ApiClient
+from glidein_client.wire.codec import encode
 from glidein_client.wire.errors import AuthError, ForbiddenError, GlideinError, NotFoundError, ValidationError
-from glidein_client.wire.schema import (
-    MAX_JOBS_PER_REQUEST,
-    AttemptView,
-    JobList,
-    JobState,
-    JobView,
-    check_relative_path,
-    encode,
-)
+from glidein_client.wire.rules import check_relative_path
+from glidein_client.wire.schema import MAX_JOBS_PER_REQUEST, AttemptView, JobList, JobState, JobView
 from glidein_client.wire.units import format_duration, parse_duration_s, parse_memory_mb
 
 log = logging.getLogger(__name__)

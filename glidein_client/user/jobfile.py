@@ -68,7 +68,8 @@ import msgspec
 
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.errors import ValidationError
-from glidein_client.wire.schema import InputFile, JobSpec, check_job
+from glidein_client.wire.rules import check_job
+from glidein_client.wire.schema import InputFile, JobSpec
 from glidein_client.wire.units import parse_duration_s, parse_memory_mb
 
 if sys.version_info >= (3, 11):

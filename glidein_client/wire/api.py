@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import aiohttp
 import msgspec
 
+from glidein_client.wire.codec import decode, encode
 from glidein_client.wire.errors import (
     AuthError,
     ConfigError,
@@ -34,7 +35,6 @@ from glidein_client.wire.schema import (
     JobSpec,
     JobSubmit,
     JobView,
-    Network,
     NewSubject,
     OutputFile,
     PilotExit,
@@ -46,22 +46,16 @@ from glidein_client.wire.schema import (
     PilotStates,
     Revoked,
     Role,
-    SiteNetwork,
     SiteWait,
     SiteWaitResult,
-    StagedOutput,
-    StagingReport,
-    StagingResult,
-    StagingView,
     Summary,
     SyncRequest,
     SyncResponse,
     TokenGrant,
     TokenList,
     TokenRequest,
-    decode,
-    encode,
 )
+from glidein_client.wire.staging import Network, SiteNetwork, StagedOutput, StagingReport, StagingResult, StagingView
 
 T = TypeVar("T")
 API = "/api/v1"

@@ -2,20 +2,17 @@
 
 The server imports these from ``glidein_client`` so that sites install only the client.
 Structs are validated by msgspec on decode (types, bounds, unknown fields); the
-cross-field rules msgspec cannot express live in :func:`check_job`.
+cross-field rules msgspec cannot express live in :mod:`glidein_client.wire.rules`,
+decoding with plain-language errors in :mod:`glidein_client.wire.codec`, and the staging
+models of firewalled sites in :mod:`glidein_client.wire.staging`.
 """
 
 from __future__ import annotations
 
 import enum
-import posixpath
-import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
-import msgspec
 from msgspec import Meta, Struct
-
-from glidein_client.wire.errors import ValidationError
 
 Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
@@ -362,151 +359,3 @@ class ErrorBody(_Strict, kw_only=True):
     error: str
     hint: str | None = None
     field: str | None = None
-
-
-# --- decoding with plain-language errors -------------------------------------------------
-
-T = TypeVar("T")
-_PATH_RE = re.compile(r"\$\.?")
-
-
-def decode(data: bytes | str, type_: type[T], *, what: str = "request") -> T:
-    """Decode JSON into ``type_``; a mismatch becomes a :class:`ValidationError` naming the field."""
-    try:
-        return msgspec.json.decode(data, type=type_)
-    except msgspec.ValidationError as exc:
-        raise _plain(exc, what) from None
-    except msgspec.DecodeError as exc:
-        raise ValidationError(f"The {what} is not valid JSON ({exc}).", hint="Send a JSON object.") from None
-
-
-def convert(obj: Any, type_: type[T], *, what: str = "input") -> T:
-    """Like :func:`decode` but from Python objects (e.g. parsed TOML)."""
-    try:
-        return msgspec.convert(obj, type=type_, strict=True)
-    except msgspec.ValidationError as exc:
-        raise _plain(exc, what) from None
-
-
-def _plain(exc: msgspec.ValidationError, what: str) -> ValidationError:
-    text = str(exc)
-    field = None
-    if " - at `" in text:
-        text, _, path = text.partition(" - at `")
-        field = _PATH_RE.sub("", path.rstrip("`"), count=1) or None
-    text = text.replace("Object contains unknown field", "unknown field")
-    where = f" at `{field}`" if field else ""
-    return ValidationError(
-        f"The {what} is invalid{where}: {text}.",
-        hint="Fix that value and send it again; nothing from this request was accepted.",
-        field=field,
-    )
-
-
-def encode(obj: Any) -> bytes:
-    return msgspec.json.encode(obj)
-
-
-# --- cross-field rules ---------------------------------------------------------------------
-
-
-def check_relative_path(name: str, *, field: str) -> str:
-    """A sandbox-relative path: no absolute paths, no ``..``, no empty parts."""
-    if not name or "\x00" in name:
-        raise ValidationError(f"{field}: the file name is empty.", hint="Give a relative path.", field=field)
-    norm = posixpath.normpath(name)
-    if name.startswith("/") or norm.startswith("..") or "/../" in f"/{name}/" or norm in (".", ""):
-        raise ValidationError(
-            f"{field}: {name!r} points outside the job's sandbox.",
-            hint="Use a relative path inside the job's directory, without '..' and not starting with '/'.",
-            field=field,
-        )
-    return norm
-
-
-def check_job(spec: JobSpec, index: int | None = None) -> JobSpec:
-    """Rules beyond types and bounds. Raises :class:`ValidationError` naming the field."""
-    at = f"jobs[{index}]." if index is not None else ""
-    if bool(spec.argv) == bool(spec.script):
-        raise ValidationError(
-            f"{at}argv/script: a job needs exactly one of a command (argv) or a script.",
-            hint="Give the command after '--' on the command line, or a script file.",
-            field=f"{at}argv",
-        )
-    seen: set[str] = set()
-    for i, inp in enumerate(spec.inputs):
-        f = f"{at}inputs[{i}]"
-        name = check_relative_path(inp.name, field=f"{f}.name")
-        if (inp.url is None) == (inp.sha256 is None):
-            raise ValidationError(
-                f"{f}: an input needs either an uploaded file (sha256) or a url, not both or neither.",
-                hint="Let `glidein submit -i FILE` upload it, or give an http(s) URL.",
-                field=f,
-            )
-        if inp.url is not None and not inp.url.startswith(("http://", "https://")):
-            raise ValidationError(f"{f}.url: only http(s) URLs are supported.", field=f"{f}.url")
-        if name in seen:
-            raise ValidationError(f"{f}.name: {name!r} is given twice.", field=f"{f}.name")
-        seen.add(name)
-    for i, out in enumerate(spec.outputs):
-        check_relative_path(out, field=f"{at}outputs[{i}]")
-    for key in spec.env:
-        if not key or "=" in key or "\x00" in key:
-            raise ValidationError(f"{at}env: {key!r} is not a valid variable name.", field=f"{at}env")
-    return spec
-
-
-# --- firewalled sites: out-of-job staging ----------------------------------------------------
-
-
-class Network(str, enum.Enum):
-    """How a site's pilots reach the server (the site config's ``site.network``)."""
-
-    DIRECT = "direct"  # pilots talk to the server; files travel inside the job
-    RELAY = "relay"  # through the site client's relay on the login node; files staged outside the job
-    NONE = "none"  # through a mailbox on the shared filesystem; files staged outside the job
-
-    @property
-    def stages(self) -> bool:
-        return self is not Network.DIRECT
-
-
-class SiteNetwork(_Strict, kw_only=True):
-    """A site client declares how its pilots reach the server; staging sites claim only staged jobs."""
-
-    network: Network = Network.DIRECT
-
-
-class StagingJob(_Strict, kw_only=True):
-    job_id: int
-    state: JobState
-    site: str | None = None  # where the job was last claimed
-    cpus: PosInt = 1
-    inputs: list[InputFile] = []
-
-
-class StagingView(_Strict, kw_only=True):
-    """What a staging site's client works from."""
-
-    staged: list[StagingJob] = []  # jobs reported staged at this site, in whatever state they are now
-    eligible: list[StagingJob] = []  # idle jobs this site could run that are not staged here, in claim order
-
-
-class StagingReport(_Strict, kw_only=True):
-    staged: list[int] = []  # jobs whose inputs are now verified in the site's staging area
-    released: list[int] = []  # jobs whose staged inputs are gone (or being staged again)
-
-
-class StagingResult(_Strict, kw_only=True):
-    staged: int
-    released: int
-
-
-class StagedOutput(_Strict, kw_only=True):
-    """A pilot asks its site client to upload an output it wrote into the staging area."""
-
-    attempt_id: int
-    lease: str
-    name: str
-    sha256: Sha256
-    size: NonNegInt

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import web
 
+from glidein_client.wire.codec import convert, decode
 from glidein_client.wire.errors import NotFoundError, ValidationError
 from glidein_client.wire.schema import (
     ROLE_SCOPES,
@@ -25,8 +26,6 @@ from glidein_client.wire.schema import (
     TokenGrant,
     TokenList,
     TokenRequest,
-    convert,
-    decode,
 )
 from glidein_server.http import auth
 from glidein_server.store.base import Principal, Store

@@ -13,7 +13,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from glidein_client.wire.codec import decode
 from glidein_client.wire.errors import GlideinError, NotFoundError, ValidationError
+from glidein_client.wire.rules import check_job, check_relative_path
 from glidein_client.wire.schema import (
     MAX_INT,
     MAX_JOBS_PER_REQUEST,
@@ -38,9 +40,6 @@ from glidein_client.wire.schema import (
     Summary,
     SyncRequest,
     SyncResponse,
-    check_job,
-    check_relative_path,
-    decode,
 )
 from glidein_server.http import auth, ratelimit
 from glidein_server.http.admin import AdminApi

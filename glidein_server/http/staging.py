@@ -18,7 +18,8 @@ import msgspec
 from aiohttp import web
 
 from glidein_client.wire.errors import NotFoundError, ValidationError
-from glidein_client.wire.schema import Network, Role, SiteNetwork, StagingReport, StagingResult, StagingView
+from glidein_client.wire.schema import Role
+from glidein_client.wire.staging import Network, SiteNetwork, StagingReport, StagingResult, StagingView
 from glidein_server.http import auth
 from glidein_server.store.base import Principal
 

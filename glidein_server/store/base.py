@@ -11,18 +11,17 @@ from glidein_client.wire.schema import (
     Demand,
     JobSpec,
     JobView,
-    Network,
     OutputFile,
     PilotRegister,
     PilotShape,
     Role,
     Scope,
-    StagingView,
     Summary,
     SyncRequest,
     SyncResponse,
     TokenInfo,
 )
+from glidein_client.wire.staging import Network, StagingView
 
 
 @dataclass(frozen=True)

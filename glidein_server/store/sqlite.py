@@ -22,7 +22,6 @@ from glidein_client.wire.schema import (
     JobSpec,
     JobState,
     JobView,
-    Network,
     Outcome,
     OutputFile,
     PilotRegister,
@@ -31,12 +30,11 @@ from glidein_client.wire.schema import (
     Resources,
     Role,
     SiteView,
-    StagingJob,
-    StagingView,
     Summary,
     SyncRequest,
     SyncResponse,
 )
+from glidein_client.wire.staging import Network, StagingJob, StagingView
 from glidein_server.policy import demand as dm
 from glidein_server.policy.matchmaking import Candidate, Capacity, select
 from glidein_server.policy.retry import RetryPolicy, next_spec

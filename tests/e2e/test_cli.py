@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from glidein_client.wire.schema import JobList, Role, decode
+from glidein_client.wire.codec import decode
+from glidein_client.wire.schema import JobList, Role
 
 pytestmark = [pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from glidein_client.site.client import pilot_command
 from glidein_client.site.config import SiteSection, load_site_config, parse_site_config
 from glidein_client.site.firewall.config import MailboxSection, RelaySection, StagingSection
 from glidein_client.wire.errors import ConfigError
-from glidein_client.wire.schema import Network
+from glidein_client.wire.staging import Network
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "site_configs" / "firewalled.toml"
 

@@ -10,7 +10,8 @@ import pytest
 from glidein_client.user import jobfile
 from glidein_client.user.jobfile import LocalFiles, load_jobfile, read_local_files, upload_files
 from glidein_client.wire.errors import ValidationError
-from glidein_client.wire.schema import InputFile, OutputFile, check_job
+from glidein_client.wire.rules import check_job
+from glidein_client.wire.schema import InputFile, OutputFile
 
 
 def write(path: Path, text: str) -> Path:

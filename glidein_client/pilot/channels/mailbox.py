@@ -29,18 +29,10 @@ from glidein_client.sharedfs.mailbox import (
     write_message,
 )
 from glidein_client.wire.api import _error_from
+from glidein_client.wire.codec import decode, encode
 from glidein_client.wire.errors import ServerUnreachable
-from glidein_client.wire.schema import (
-    OutputFile,
-    PilotExit,
-    PilotRegister,
-    PilotRegistered,
-    StagedOutput,
-    SyncRequest,
-    SyncResponse,
-    decode,
-    encode,
-)
+from glidein_client.wire.schema import OutputFile, PilotExit, PilotRegister, PilotRegistered, SyncRequest, SyncResponse
+from glidein_client.wire.staging import StagedOutput
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -27,10 +27,10 @@ from glidein_client.wire.schema import (
     PilotExit,
     PilotRegister,
     PilotRegistered,
-    StagedOutput,
     SyncRequest,
     SyncResponse,
 )
+from glidein_client.wire.staging import StagedOutput
 
 CHANNELS = ("direct", "relay", "mailbox")
 

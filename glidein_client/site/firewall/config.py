@@ -19,7 +19,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from glidein_client.wire.errors import ConfigError
-from glidein_client.wire.schema import Network
+from glidein_client.wire.staging import Network
 
 _EXAMPLE = "See site_configs/firewalled.toml."
 

@@ -26,7 +26,8 @@ from glidein_client.sharedfs.mailbox import box_name
 from glidein_client.sharedfs.staging_area import StagingArea
 from glidein_client.wire.api import API, ssl_context
 from glidein_client.wire.errors import GlideinError
-from glidein_client.wire.schema import ErrorBody, StagedOutput
+from glidein_client.wire.schema import ErrorBody
+from glidein_client.wire.staging import StagedOutput
 
 log = logging.getLogger(__name__)
 

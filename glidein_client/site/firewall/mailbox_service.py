@@ -22,7 +22,7 @@ import msgspec
 from glidein_client.sharedfs import mailbox as mb
 from glidein_client.site.firewall.forwarder import PilotForwarder, PilotTokens, error_body
 from glidein_client.wire.errors import GlideinError
-from glidein_client.wire.schema import StagedOutput
+from glidein_client.wire.staging import StagedOutput
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY_S = 60.0

@@ -20,7 +20,7 @@ from aiohttp import web
 from glidein_client.site.firewall.forwarder import PilotForwarder, PilotTokens, error_body
 from glidein_client.wire.api import API
 from glidein_client.wire.errors import ConfigError
-from glidein_client.wire.schema import StagedOutput
+from glidein_client.wire.staging import StagedOutput
 
 log = logging.getLogger(__name__)
 STAGED_OUTPUTS = f"{API}/pilot/staged-outputs"

@@ -32,7 +32,8 @@ from glidein_client.site.firewall.relay import Relay
 from glidein_client.site.firewall.stager import Stager
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.errors import GlideinError, ServerUnreachable
-from glidein_client.wire.schema import Demand, Network
+from glidein_client.wire.schema import Demand
+from glidein_client.wire.staging import Network
 
 log = logging.getLogger(__name__)
 

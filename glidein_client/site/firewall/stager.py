@@ -34,7 +34,8 @@ from glidein_client.sharedfs.staging_area import CHUNK, StagingArea, input_key
 from glidein_client.site.config import SiteConfig
 from glidein_client.wire.api import RATE_LIMIT_RETRIES, ApiClient, _error_from, _retry_after_s
 from glidein_client.wire.errors import GlideinError, RateLimited, ServerUnreachable, ValidationError
-from glidein_client.wire.schema import InputFile, JobState, StagingJob
+from glidein_client.wire.schema import InputFile, JobState
+from glidein_client.wire.staging import StagingJob
 
 log = logging.getLogger(__name__)
 REPORT_EVERY_S = 0.25
