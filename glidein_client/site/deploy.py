@@ -130,7 +130,7 @@ class DeployReport:
 
 def checkout_dir() -> Path:
     """The source checkout this glidein runs from (where ``pyproject.toml`` names the project)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     pyproject = root / "pyproject.toml"
     try:
         project = tomllib.loads(pyproject.read_text()).get("project", {})
