@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
 
-import msgspec
 from aiohttp import web
 
 from glidein_client.wire.codec import convert, decode
@@ -28,17 +26,11 @@ from glidein_client.wire.schema import (
     TokenRequest,
 )
 from glidein_server.http import auth
+from glidein_server.http.routing import Guard, Route, json_response
 from glidein_server.store.base import Principal, Store
 from glidein_server.totp import HEADER, TotpGuard
 
-if TYPE_CHECKING:
-    from glidein_server.http.app import Api, Route
-
 log = logging.getLogger(__name__)
-
-
-def _json(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(body=msgspec.json.encode(obj), status=status, content_type="application/json")
 
 
 async def mint(
@@ -61,16 +53,12 @@ async def mint(
 class AdminApi:
     """Handlers of the operator routes; the route table of :class:`~glidein_server.http.app.Api` lists them."""
 
-    def __init__(self, api: Api, totp_key: bytes | None) -> None:
-        self.api = api
-        self.store = api.store
-        self.totp = TotpGuard(api.store, totp_key)
+    def __init__(self, guard: Guard, store: Store, totp_key: bytes | None) -> None:
+        self.guard = guard
+        self.store = store
+        self.totp = TotpGuard(store, totp_key)
 
     def routes(self) -> list[Route]:
-        from glidein_server.http.app import (
-            Route,  # the route table's type lives with the app, which imports this module
-        )
-
         OP = (Role.OPERATOR,)
         return [
             Route(
@@ -133,14 +121,14 @@ class AdminApi:
         ]
 
     async def _operator(self, request: web.Request) -> Principal:
-        principal = await self.api._who(request, Role.OPERATOR)
+        principal = await self.guard.who(request, Role.OPERATOR)
         await self.totp.check(principal.subject, request.headers.get(HEADER))
         return principal
 
     async def _revoked(self, by: Principal, ids: list[str], what: str) -> web.Response:
-        self.api.auth.forget(ids)
+        self.guard.auth.forget(ids)
         log.info("operator %s revoked %d token(s) of %s", by.subject, len(ids), what)
-        return _json(Revoked(revoked=len(ids)))
+        return json_response(Revoked(revoked=len(ids)))
 
     async def _add(self, request: web.Request, role: Role) -> web.Response:
         by = await self._operator(request)
@@ -148,7 +136,7 @@ class AdminApi:
         expires = time.time() + body.expires_in_s if body.expires_in_s else None
         grant = await mint(self.store, role, body.name, expires_at=expires)
         log.info("operator %s added %s %s (token %s)", by.subject, role.value, body.name, grant.id)
-        return _json(grant, status=201)
+        return json_response(grant, status=201)
 
     async def add_user(self, request: web.Request) -> web.Response:
         return await self._add(request, Role.USER)
@@ -193,7 +181,7 @@ class AdminApi:
             body.subject,
             " ".join(s.value for s in grant.scopes),
         )
-        return _json(grant, status=201)
+        return json_response(grant, status=201)
 
     async def list_tokens(self, request: web.Request) -> web.Response:
         await self._operator(request)
@@ -208,7 +196,7 @@ class AdminApi:
                 ) from None
         subject = _name(q["subject"]) if q.get("subject") else None
         tokens = await self.store.list_tokens(role, subject, revoked=q.get("revoked") in ("1", "true"))
-        return _json(TokenList(tokens=tokens))
+        return json_response(TokenList(tokens=tokens))
 
     async def revoke_token(self, request: web.Request) -> web.Response:
         by = await self._operator(request)

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
-import msgspec
 from aiohttp import web
 
 from glidein_client.wire.codec import decode
-from glidein_client.wire.errors import GlideinError, NotFoundError, ValidationError
+from glidein_client.wire.errors import NotFoundError, ValidationError
 from glidein_client.wire.rules import check_job, check_relative_path
 from glidein_client.wire.schema import (
-    MAX_INT,
-    MAX_JOBS_PER_REQUEST,
     AttemptView,
     Demand,
-    ErrorBody,
     JobIds,
     JobList,
     JobSubmit,
@@ -43,26 +37,13 @@ from glidein_client.wire.schema import (
 )
 from glidein_server.http import auth, ratelimit
 from glidein_server.http.admin import AdminApi
+from glidein_server.http.openapi import document
+from glidein_server.http.routing import API, Guard, Route, error_middleware, json_response, parse_int, parse_sha
 from glidein_server.http.staging import StagingApi
 from glidein_server.store.base import JobFilter, Principal, Store
 from glidein_server.store.files import FileStore
 
 log = logging.getLogger(__name__)
-API = "/api/v1"
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str
-    handler: Handler
-    summary: str
-    roles: tuple[Role, ...]
-    request: Any = None
-    response: Any = None
-    binary: bool = False
 
 
 @dataclass
@@ -78,46 +59,18 @@ class ServerConfig:
     pilot_token_max_s: float = 30 * 86400.0
 
 
-def json_response(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(body=msgspec.json.encode(obj), status=status, content_type="application/json")
-
-
-class WorkSignal:
-    """Wakes long pollers when new work may be claimable; ``generation`` counts the notifications."""
-
-    def __init__(self) -> None:
-        self._fut: asyncio.Future[None] | None = None
-        self.generation = 0
-
-    def notify(self) -> None:
-        self.generation += 1
-        if self._fut is not None and not self._fut.done():
-            self._fut.set_result(None)
-        self._fut = None
-
-    async def wait(self, timeout_s: float, since: int | None = None) -> bool:
-        """True when notified; at once when ``since`` is an older generation than the current one."""
-        if since is not None and since != self.generation:
-            return True
-        if self._fut is None:
-            self._fut = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._fut), timeout_s)
-            return True
-        except asyncio.TimeoutError:
-            return False
-
-
 class Api:
     def __init__(self, store: Store, files: FileStore, config: ServerConfig) -> None:
         self.store = store
         self.files = files
         self.config = config
         self.auth = auth.Authenticator(store)
-        self.work = WorkSignal()  # wakes pilots waiting for something to claim
-        self.demand_changed = WorkSignal()  # wakes site clients waiting for new demand
+        self.guard = Guard(self.auth)
+        self.work = self.guard.work  # wakes pilots waiting for something to claim
+        self.demand_changed = self.guard.demand_changed  # wakes site clients waiting for new demand
         self.limiter = ratelimit.RateLimiter(config.rate_limits)
-        self.admin = AdminApi(self, config.totp_key)
+        self.admin = AdminApi(self.guard, store, config.totp_key)
+        self.staging = StagingApi(self.guard, store, files)
         self._tokens_purged_at = 0.0
         self.routes = self._routes()
 
@@ -256,13 +209,16 @@ class Api:
             Route(
                 "GET", "/summary", self.summary, "Counts of jobs and pilots, sites, occupancy.", (U, OP), None, Summary
             ),
-            *StagingApi(self).routes(),
+            *self.staging.routes(),
             *self.admin.routes(),
         ]
 
     def make_app(self) -> web.Application:
         app = web.Application(
-            middlewares=[self._middleware, ratelimit.middleware(self.limiter, self.auth)],
+            middlewares=[
+                error_middleware(self.config.max_request_bytes),
+                ratelimit.middleware(self.limiter, self.auth),
+            ],
             client_max_size=self.config.max_request_bytes,
         )
         for r in self.routes:
@@ -275,46 +231,6 @@ class Api:
         """Answer waiting pilots and clients at once so that shutting down does not wait for them."""
         self.work.notify()
         self.demand_changed.notify()
-
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except GlideinError as exc:
-            return json_response(exc.to_wire(), status=exc.http_status)
-        except OverflowError:  # a number beyond what the database stores; its transaction was rolled back
-            return json_response(
-                ErrorBody(
-                    error="A number in the request is too large (at most 2^63 - 1).",
-                    hint="Send the value the API expects; nothing was changed.",
-                ),
-                status=400,
-            )
-        except web.HTTPRequestEntityTooLarge:
-            return json_response(
-                ErrorBody(
-                    error=f"The request is larger than {self.config.max_request_bytes >> 20} MB.",
-                    hint=f"Split it: at most {MAX_JOBS_PER_REQUEST} jobs per request.",
-                ),
-                status=413,
-            )
-        except web.HTTPException as exc:
-            if exc.status >= 400:
-                return json_response(
-                    ErrorBody(error=exc.reason or "request refused", hint="See /api/v1/openapi.json for the API."),
-                    status=exc.status,
-                )
-            raise
-        except Exception:
-            log.exception("internal error on %s %s", request.method, request.path)
-            return json_response(
-                ErrorBody(
-                    error="The server hit an internal error; nothing was changed by "
-                    "this request unless it says otherwise.",
-                    hint="Try again; if it persists, the operator can find details in the server log.",
-                ),
-                status=500,
-            )
 
     async def _reaper_ctx(self, app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(self._reaper())
@@ -332,30 +248,13 @@ class Api:
                 n = await self.store.expire(time.time(), self.config.pilot_timeout_s)
                 if n:
                     log.info("requeued %d attempts whose lease expired", n)
-                    self._new_work()
+                    self.guard.new_work()
             except Exception:
                 log.exception("lease reaper failed; will try again")
 
-    def _new_work(self) -> None:
-        self.work.notify()
-        self.demand_changed.notify()
-
-    async def _who(self, request: web.Request, *roles: Role) -> Principal:
-        seen = auth.resolved.get()  # the rate limit resolved the token already
-        if seen is not None and seen[0] is request:
-            principal = seen[1]
-        else:
-            principal = await self.auth.principal(request.headers.get("Authorization"))
-        auth.require(principal, *roles)
-        auth.require_scope(principal, auth.scope_of(request.method, request.path))
-        return principal
-
-    async def _body(self, request: web.Request, type_: type[Any], what: str) -> Any:
-        return decode(await request.read(), type_, what=what)
-
     async def _own_job(self, request: web.Request) -> tuple[Principal, int]:
-        principal = await self._who(request, Role.USER, Role.OPERATOR)
-        job_id = _int(request.match_info["job_id"], "job id")
+        principal = await self.guard.who(request, Role.USER, Role.OPERATOR)
+        job_id = parse_int(request.match_info["job_id"], "job id")
         if principal.role is Role.USER:
             job = await self.store.get_job(job_id)
             if job is None or job.owner != principal.subject:
@@ -368,13 +267,11 @@ class Api:
         return json_response({"ok": True, "api": "v1"})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        from glidein_server.http.openapi import document
-
         return json_response(document(self.routes))
 
     async def submit(self, request: web.Request) -> web.Response:
-        principal = await self._who(request, Role.USER, Role.OPERATOR)
-        body: JobSubmit = await self._body(request, JobSubmit, "job submission")
+        principal = await self.guard.who(request, Role.USER, Role.OPERATOR)
+        body: JobSubmit = await self.guard.body(request, JobSubmit, "job submission")
         for i, spec in enumerate(body.jobs):
             check_job(spec, i)
             for inp in spec.inputs:
@@ -386,11 +283,11 @@ class Api:
                     )
         ids = await self.store.add_jobs(principal.subject, body.jobs, time.time())
         log.info("%s submitted %d jobs (%d-%d)", principal.subject, len(ids), ids[0], ids[-1])
-        self._new_work()
+        self.guard.new_work()
         return json_response(JobIds(ids=ids), status=201)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
-        principal = await self._who(request, Role.USER, Role.OPERATOR)
+        principal = await self.guard.who(request, Role.USER, Role.OPERATOR)
         q = request.query
         owner = principal.subject if principal.role is Role.USER else q.get("owner")
         label = None
@@ -399,14 +296,14 @@ class Api:
             if not sep:
                 raise ValidationError("label filter must look like key=value.", field="label")
             label = (key, value)
-        ids = tuple(_int(x, "ids") for x in q["ids"].split(",") if x) if q.get("ids") else None
+        ids = tuple(parse_int(x, "ids") for x in q["ids"].split(",") if x) if q.get("ids") else None
         flt = JobFilter(
             owner=owner,
             state=q.get("state"),
             label=label,
             ids=ids,
-            limit=min(_int(q.get("limit", "1000"), "limit"), 10_000),
-            offset=_int(q.get("offset", "0"), "offset"),
+            limit=min(parse_int(q.get("limit", "1000"), "limit"), 10_000),
+            offset=parse_int(q.get("offset", "0"), "offset"),
         )
         jobs, counts = await self.store.list_jobs(flt)
         return json_response(JobList(jobs=jobs, counts=counts))
@@ -425,7 +322,7 @@ class Api:
     async def retry(self, request: web.Request) -> web.Response:
         _, job_id = await self._own_job(request)
         job = await self.store.retry_job(job_id)
-        self._new_work()
+        self.guard.new_work()
         return json_response(job)
 
     async def attempts(self, request: web.Request) -> web.Response:
@@ -444,37 +341,35 @@ class Api:
         return web.FileResponse(self.files.path(out.sha256))
 
     async def put_file(self, request: web.Request) -> web.Response:
-        principal = await self._who(request, Role.USER, Role.OPERATOR)
-        sha = _sha(request.match_info["sha256"])
+        principal = await self.guard.who(request, Role.USER, Role.OPERATOR)
+        sha = parse_sha(request.match_info["sha256"])
         size = await self.files.put(sha, request.content)
         await self.store.add_file_owner(sha, principal.subject, size)
         return json_response(OutputFile(name=sha, sha256=sha, size=size), status=201)
 
     async def get_file(self, request: web.Request) -> web.StreamResponse:
-        principal = await self._who(request, Role.USER, Role.OPERATOR, Role.PILOT)
-        sha = _sha(request.match_info["sha256"])
+        principal = await self.guard.who(request, Role.USER, Role.OPERATOR, Role.PILOT)
+        sha = parse_sha(request.match_info["sha256"])
         if not self.files.exists(sha) or not await self.store.may_read_file(sha, principal):
             raise NotFoundError("No such file, or it is not yours to read.")
         return web.FileResponse(self.files.path(sha))
 
     async def summary(self, request: web.Request) -> web.Response:
-        principal = await self._who(request, Role.USER, Role.OPERATOR)
+        principal = await self.guard.who(request, Role.USER, Role.OPERATOR)
         owner = principal.subject if principal.role is Role.USER else None
         return json_response(await self.store.summary(owner))
 
     # --- handlers: site clients -------------------------------------------------------------
 
     async def demand(self, request: web.Request) -> web.Response:
-        site = request.match_info["site"]
-        auth.require_site(await self._who(request, Role.SITE, Role.OPERATOR), site)
-        shape: PilotShape = await self._body(request, PilotShape, "pilot shape")
+        site, _ = await self.guard.site(request, Role.SITE, Role.OPERATOR)
+        shape: PilotShape = await self.guard.body(request, PilotShape, "pilot shape")
         now = time.time()
         await self.store.report_site(site, shape, now)
         return json_response(await self.store.site_demand(site, now, now - self.config.pilot_timeout_s))
 
     async def new_pilot(self, request: web.Request) -> web.Response:
-        site = request.match_info["site"]
-        auth.require_site(await self._who(request, Role.SITE, Role.OPERATOR), site)
+        site, _ = await self.guard.site(request, Role.SITE, Role.OPERATOR)
         grant: PilotGrantRequest = decode(await request.read() or b"{}", PilotGrantRequest, what="pilot grant")
         now = time.time()
         expires_at = now + await self._pilot_token_life_s(site, grant)
@@ -514,28 +409,26 @@ class Api:
             self.auth.renewed(principal.token_id, want)
 
     async def site_wait(self, request: web.Request) -> web.Response:
-        site = request.match_info["site"]
-        auth.require_site(await self._who(request, Role.SITE, Role.OPERATOR), site)
-        body: SiteWait = await self._body(request, SiteWait, "site wait")
+        site, _ = await self.guard.site(request, Role.SITE, Role.OPERATOR)
+        body: SiteWait = await self.guard.body(request, SiteWait, "site wait")
         changed = await self.demand_changed.wait(body.timeout_s, body.since)
         return json_response(SiteWaitResult(changed=changed, generation=self.demand_changed.generation))
 
     async def pilot_states(self, request: web.Request) -> web.Response:
-        site = request.match_info["site"]
-        auth.require_site(await self._who(request, Role.SITE, Role.OPERATOR), site)
-        body: PilotStates = await self._body(request, PilotStates, "pilot states")
-        states = {_int(k, "pilot id"): v for k, v in body.states.items()}
+        site, _ = await self.guard.site(request, Role.SITE, Role.OPERATOR)
+        body: PilotStates = await self.guard.body(request, PilotStates, "pilot states")
+        states = {parse_int(k, "pilot id"): v for k, v in body.states.items()}
         ended = await self.store.pilot_states(site, states, time.time())
         if ended:
             log.info("site %s: %d pilots ended in the batch system; their jobs are back in the queue", site, ended)
-            self._new_work()
+            self.guard.new_work()
         return json_response({"ended": ended})
 
     # --- handlers: pilots -------------------------------------------------------------------
 
     async def register(self, request: web.Request) -> web.Response:
-        principal = await self._who(request, Role.PILOT)
-        req: PilotRegister = await self._body(request, PilotRegister, "pilot registration")
+        principal = await self.guard.who(request, Role.PILOT)
+        req: PilotRegister = await self.guard.body(request, PilotRegister, "pilot registration")
         await self.store.register_pilot(int(principal.subject), req, time.time())
         await self._renew_pilot_token(principal, req.end_time - time.time())
         r = req.resources
@@ -556,9 +449,9 @@ class Api:
         )
 
     async def sync(self, request: web.Request) -> web.Response:
-        principal = await self._who(request, Role.PILOT)
+        principal = await self.guard.who(request, Role.PILOT)
         pilot_id = int(principal.subject)
-        req: SyncRequest = await self._body(request, SyncRequest, "pilot sync")
+        req: SyncRequest = await self.guard.body(request, SyncRequest, "pilot sync")
         t0 = time.time()
         resp = await self.store.sync(pilot_id, req, t0, self.config.lease_s)
         await self._renew_pilot_token(principal, req.lifetime_s)
@@ -571,18 +464,18 @@ class Api:
         return json_response(resp)
 
     async def put_output(self, request: web.Request) -> web.Response:
-        principal = await self._who(request, Role.PILOT)
-        attempt_id = _int(request.match_info["attempt_id"], "attempt id")
+        principal = await self.guard.who(request, Role.PILOT)
+        attempt_id = parse_int(request.match_info["attempt_id"], "attempt id")
         name = check_relative_path(request.query.get("name", ""), field="name")
         lease = request.headers.get("X-Glidein-Lease", "")
-        sha = _sha(request.headers.get("X-Glidein-Sha256", ""))
+        sha = parse_sha(request.headers.get("X-Glidein-Sha256", ""))
         size = await self.files.put(sha, request.content)
         await self.store.record_output(int(principal.subject), attempt_id, lease, name, sha, size)
         return json_response(OutputFile(name=name, sha256=sha, size=size), status=201)
 
     async def pilot_exit(self, request: web.Request) -> web.Response:
-        principal = await self._who(request, Role.PILOT)
-        req: PilotExit = await self._body(request, PilotExit, "pilot exit")
+        principal = await self.guard.who(request, Role.PILOT)
+        req: PilotExit = await self.guard.body(request, PilotExit, "pilot exit")
         await self.store.pilot_exit(int(principal.subject), req.reason, req.occupancy, req.jobs_run, time.time())
         log.info(
             "pilot %s left: %s (occupancy %.0f%%, %d jobs)",
@@ -593,19 +486,3 @@ class Api:
         )
         self.work.notify()
         return json_response({"ok": True})
-
-
-def _int(text: str, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValidationError(f"{what}: {text!r} is not a whole number.", field=what) from None
-    if not -MAX_INT - 1 <= value <= MAX_INT:
-        raise ValidationError(f"{what}: {text} is too large.", field=what)
-    return value
-
-
-def _sha(text: str) -> str:
-    if not SHA_RE.match(text):
-        raise ValidationError("A sha256 must be 64 lowercase hexadecimal characters.", field="sha256")
-    return text

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from glidein_client.wire.schema import ErrorBody
-from glidein_server.http.app import API, Route
+from glidein_server.http.routing import API, Route
 
 _REF = "#/components/schemas/{name}"
 #: Routes that answer 201 Created (besides every PUT).

@@ -10,26 +10,20 @@ jobs staged; it releases them when they finish or run elsewhere.
 from __future__ import annotations
 
 import logging
-import re
 import time
-from typing import TYPE_CHECKING, Any
 
-import msgspec
 from aiohttp import web
 
-from glidein_client.wire.errors import NotFoundError, ValidationError
+from glidein_client.wire.errors import NotFoundError
 from glidein_client.wire.schema import Role
 from glidein_client.wire.staging import Network, SiteNetwork, StagingReport, StagingResult, StagingView
-from glidein_server.http import auth
-from glidein_server.store.base import Principal
-
-if TYPE_CHECKING:
-    from glidein_server.http.app import Api, Route
+from glidein_server.http.routing import Guard, Route, json_response, parse_int, parse_sha
+from glidein_server.store.base import Principal, Store
+from glidein_server.store.files import FileStore
 
 log = logging.getLogger(__name__)
 #: Most eligible jobs one staging view lists.
 MAX_VIEW = 10_000
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _HOW = {
     Network.DIRECT: "directly",
     Network.RELAY: "through a login-node relay (data staged by the client)",
@@ -40,14 +34,12 @@ _HOW = {
 class StagingApi:
     """Handlers of the staging routes; the route table of :class:`~glidein_server.http.app.Api` lists them."""
 
-    def __init__(self, api: Api) -> None:
-        self.api = api
+    def __init__(self, guard: Guard, store: Store, files: FileStore) -> None:
+        self.guard = guard
+        self.store = store
+        self.files = files
 
     def routes(self) -> list[Route]:
-        from glidein_server.http.app import (
-            Route,  # the route table's type lives with the app, which imports this module
-        )
-
         S, OP = Role.SITE, Role.OPERATOR
         return [
             Route(
@@ -92,52 +84,36 @@ class StagingApi:
         ]
 
     async def _site(self, request: web.Request) -> tuple[str, Principal]:
-        site = request.match_info["site"]
-        principal = await self.api._who(request, Role.SITE, Role.OPERATOR)
-        auth.require_site(principal, site)
-        return site, principal
+        return await self.guard.site(request, Role.SITE, Role.OPERATOR)
 
     async def set_network(self, request: web.Request) -> web.Response:
         site, _ = await self._site(request)
-        body: SiteNetwork = await self.api._body(request, SiteNetwork, "site network")
-        if await self.api.store.set_site_network(site, body.network, time.time()):
+        body: SiteNetwork = await self.guard.body(request, SiteNetwork, "site network")
+        if await self.store.set_site_network(site, body.network, time.time()):
             log.info("site %s: pilots reach the server %s", site, _HOW[body.network])
-            self.api.work.notify()  # waiting pilots of the site may now claim other jobs
-        return _json(body)
+            self.guard.work.notify()  # waiting pilots of the site may now claim other jobs
+        return json_response(body)
 
     async def view(self, request: web.Request) -> web.Response:
         site, _ = await self._site(request)
-        limit = min(max(_limit(request.query.get("limit", "1000")), 0), MAX_VIEW)
-        return _json(await self.api.store.staging_view(site, limit))
+        limit = min(max(parse_int(request.query.get("limit", "1000"), "limit"), 0), MAX_VIEW)
+        return json_response(await self.store.staging_view(site, limit))
 
     async def report(self, request: web.Request) -> web.Response:
         site, _ = await self._site(request)
-        body: StagingReport = await self.api._body(request, StagingReport, "staging report")
-        staged, released = await self.api.store.report_staging(site, body.staged, body.released, time.time())
+        body: StagingReport = await self.guard.body(request, StagingReport, "staging report")
+        staged, released = await self.store.report_staging(site, body.staged, body.released, time.time())
         if staged:
             log.info("site %s: %d jobs staged", site, staged)
-            self.api._new_work()  # waiting pilots of the site can claim them, and its client wants more pilots
-        return _json(StagingResult(staged=staged, released=released))
+            self.guard.new_work()  # waiting pilots of the site can claim them, and its client wants more pilots
+        return json_response(StagingResult(staged=staged, released=released))
 
     async def get_file(self, request: web.Request) -> web.StreamResponse:
         _, principal = await self._site(request)
-        sha = request.match_info["sha256"]
-        if not _SHA_RE.match(sha):
-            raise ValidationError("A sha256 must be 64 lowercase hexadecimal characters.", field="sha256")
-        if not self.api.files.exists(sha) or not await self.api.store.may_read_file(sha, principal):
+        sha = parse_sha(request.match_info["sha256"])
+        if not self.files.exists(sha) or not await self.store.may_read_file(sha, principal):
             raise NotFoundError(
                 "No such file, or no job that may run at this site needs it.",
                 hint="Only inputs of unfinished jobs that may run at the site can be staged.",
             )
-        return web.FileResponse(self.api.files.path(sha))
-
-
-def _json(obj: Any) -> web.Response:
-    return web.Response(body=msgspec.json.encode(obj), content_type="application/json")
-
-
-def _limit(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValidationError(f"limit: {text!r} is not a whole number.", field="limit") from None
+        return web.FileResponse(self.files.path(sha))
