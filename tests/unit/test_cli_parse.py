@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from glidein_client.user import cli, render
+from glidein_client.user.commands import fetch, status, submit
 from glidein_client.user.jobfile import LocalFiles
 from glidein_client.wire.errors import ValidationError
 from glidein_client.wire.schema import InputFile, JobList, JobSpec, JobState, JobView
@@ -70,7 +71,7 @@ EXAMPLE = (
 
 def test_submit_example_builds_the_right_spec(tmp_path: Path) -> None:
     args = cli.parse_args(EXAMPLE)
-    (draft,) = cli.submit_drafts(args, tmp_path)
+    (draft,) = submit.submit_drafts(args, tmp_path)
     files = LocalFiles(digests={tmp_path / "data.txt": (SHA_DATA, 123)})
     assert draft.resolve(files) == JobSpec(
         argv=["python3", "analyse.py", "data.txt"],
@@ -96,7 +97,7 @@ def test_submit_command_keeps_its_own_options() -> None:
 
 
 def test_submit_defaults(tmp_path: Path) -> None:
-    (draft,) = cli.submit_drafts(cli.parse_args(["submit", "--", "true"]), tmp_path)
+    (draft,) = submit.submit_drafts(cli.parse_args(["submit", "--", "true"]), tmp_path)
     assert draft.resolve(LocalFiles()) == JobSpec(argv=["true"])
 
 
@@ -104,7 +105,7 @@ def test_submit_inputs_urls_and_renames(tmp_path: Path) -> None:
     args = cli.parse_args(
         ["submit", "-i", "https://example.org/d/x.dat?v=1", "-i", "sub/a.txt:in/a.txt", "-i", "/abs/b", "--", "ls"]
     )
-    (draft,) = cli.submit_drafts(args, tmp_path)
+    (draft,) = submit.submit_drafts(args, tmp_path)
     assert draft.spec.inputs == [
         InputFile(name="x.dat", url="https://example.org/d/x.dat?v=1"),
         InputFile(name="in/a.txt"),
@@ -115,7 +116,7 @@ def test_submit_inputs_urls_and_renames(tmp_path: Path) -> None:
 
 def test_submit_script(tmp_path: Path) -> None:
     args = cli.parse_args(["submit", "--script", "run.sh", "--walltime", "1:00:00"])
-    (draft,) = cli.submit_drafts(args, tmp_path)
+    (draft,) = submit.submit_drafts(args, tmp_path)
     assert draft.script_path == tmp_path / "run.sh"
     spec = draft.resolve(LocalFiles(scripts={tmp_path / "run.sh": "echo hi\n"}))
     assert spec.script == "echo hi\n" and spec.argv is None and spec.walltime_s == 3600
@@ -124,30 +125,30 @@ def test_submit_script(tmp_path: Path) -> None:
 def test_submit_script_and_command_conflict(tmp_path: Path) -> None:
     args = cli.parse_args(["submit", "--script", "run.sh", "--", "true"])
     with pytest.raises(ValidationError, match="exactly one of a command"):
-        cli.submit_drafts(args, tmp_path)
+        submit.submit_drafts(args, tmp_path)
 
 
 def test_submit_nothing(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="Nothing to submit"):
-        cli.submit_drafts(cli.parse_args(["submit", "--cpus", "2"]), tmp_path)
+        submit.submit_drafts(cli.parse_args(["submit", "--cpus", "2"]), tmp_path)
 
 
 def test_submit_job_file_with_flags_is_refused(tmp_path: Path) -> None:
     args = cli.parse_args(["submit", "jobs.toml", "--cpus", "2", "-i", "x"])
     with pytest.raises(ValidationError, match=r"Options --cpus, -i cannot be combined with the job file"):
-        cli.submit_drafts(args, tmp_path)
+        submit.submit_drafts(args, tmp_path)
 
 
 def test_submit_job_file(tmp_path: Path) -> None:
     (tmp_path / "jobs.toml").write_text('[[job]]\nargv = ["true"]\ncount = 3\n')
     args = cli.parse_args(["submit", str(tmp_path / "jobs.toml")])
-    assert len(cli.submit_drafts(args, Path("/elsewhere"))) == 3
+    assert len(submit.submit_drafts(args, Path("/elsewhere"))) == 3
 
 
 def test_submit_bad_output(tmp_path: Path) -> None:
     args = cli.parse_args(["submit", "-o", "../x", "--", "true"])
     with pytest.raises(ValidationError, match=r"command line: outputs\[0\]: '../x' points outside"):
-        cli.submit_drafts(args, tmp_path)
+        submit.submit_drafts(args, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -220,7 +221,7 @@ def test_unexpected_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys:
     async def boom(args: argparse.Namespace) -> int:
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(cli._HANDLERS, "status", boom)
+    monkeypatch.setattr(status, "cmd_status", boom)
     assert cli.run(["status"]) == 1
     assert capsys.readouterr().err == "error: unexpected RuntimeError: boom (set GLIDEIN_DEBUG=1 for details)\n"
     monkeypatch.setenv("GLIDEIN_DEBUG", "1")
@@ -233,7 +234,7 @@ def test_interrupt_exits_130_quietly(monkeypatch: pytest.MonkeyPatch, capsys: py
     async def interrupted(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(cli._HANDLERS, "status", interrupted)
+    monkeypatch.setattr(status, "cmd_status", interrupted)
     assert cli.run(["status"]) == 130
     assert capsys.readouterr().err == ""
 
@@ -283,29 +284,29 @@ def sha(data: bytes) -> str:
 
 async def test_fetch_writes_under_job_dir_and_skips_fresh_copies(tmp_path: Path) -> None:
     api = FakeOutputs(b"result")
-    path, fresh = await cli._fetch_one(api, tmp_path, 7, "sub/r.txt", sha(b"result"))  # type: ignore[arg-type]
+    path, fresh = await fetch.fetch_one(api, tmp_path, 7, "sub/r.txt", sha(b"result"))  # type: ignore[arg-type]
     assert (path, fresh) == (tmp_path / "7" / "sub" / "r.txt", True)
     assert path.read_bytes() == b"result"
-    assert await cli._fetch_one(api, tmp_path, 7, "sub/r.txt", sha(b"result")) == (path, False)  # type: ignore[arg-type]
+    assert await fetch.fetch_one(api, tmp_path, 7, "sub/r.txt", sha(b"result")) == (path, False)  # type: ignore[arg-type]
     assert api.calls == 1
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../x", ""])
 async def test_fetch_refuses_names_outside(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValidationError):
-        await cli._fetch_one(FakeOutputs(b""), tmp_path, 1, name, sha(b""))  # type: ignore[arg-type]
+        await fetch.fetch_one(FakeOutputs(b""), tmp_path, 1, name, sha(b""))  # type: ignore[arg-type]
 
 
 async def test_fetch_refuses_symlink_escape(tmp_path: Path) -> None:
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "link").symlink_to(tmp_path.parent)
     with pytest.raises(ValidationError, match="outside"):
-        await cli._fetch_one(FakeOutputs(b""), tmp_path, 1, "link/x", sha(b""))  # type: ignore[arg-type]
+        await fetch.fetch_one(FakeOutputs(b""), tmp_path, 1, "link/x", sha(b""))  # type: ignore[arg-type]
 
 
 async def test_fetch_checks_sha256(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="sha256"):
-        await cli._fetch_one(FakeOutputs(b"corrupt"), tmp_path, 1, "r.txt", sha(b"good"))  # type: ignore[arg-type]
+        await fetch.fetch_one(FakeOutputs(b"corrupt"), tmp_path, 1, "r.txt", sha(b"good"))  # type: ignore[arg-type]
     assert not (tmp_path / "1" / "r.txt").exists()
 
 
@@ -328,7 +329,7 @@ class FakeListing:
 @pytest.mark.parametrize(("flags", "first", "shown"), [([], 71, 50), (["--all"], 1, 120), (["--json"], 1, 120)])
 async def test_status_shows_newest_rows_unless_all(flags: list[str], first: int, shown: int) -> None:
     args = cli.parse_args(["status", *flags])
-    result = await cli._status_list(FakeListing(120), args)  # type: ignore[arg-type]
+    result = await status.status_list(FakeListing(120), args)  # type: ignore[arg-type]
     assert (result.jobs[0].id, len(result.jobs), result.counts) == (first, shown, {"idle": 120})
 
 

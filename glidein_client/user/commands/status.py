@@ -1,0 +1,66 @@
+"""``glidein status``: jobs in a table, with counts per state."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from glidein_client.user import render
+from glidein_client.user.args import add_ids, arg_type, label_filter
+from glidein_client.user.session import EXIT_ERROR, EXIT_OK, connect, emit_json, jobs_by_ids, list_all
+from glidein_client.wire.api import ApiClient
+from glidein_client.wire.schema import JobList, JobState
+
+STATUS_ROWS = 50
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("status", parents=[common], help="show jobs in a table")
+    add_ids(p, required=False)
+    p.add_argument("--state", choices=[s.value for s in JobState])
+    p.add_argument("--label", type=arg_type(label_filter), metavar="K=V")
+    p.add_argument("--all", action="store_true", help=f"list every job (default: at most {STATUS_ROWS} rows)")
+    p.set_defaults(handler=cmd_status)
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    missing: list[int] = []
+    async with connect(args) as api:
+        if args.ids:
+            result = await jobs_by_ids(api, args.ids, state=args.state, label=args.label)
+            if not args.state and not args.label:
+                missing = sorted(set(args.ids) - {j.id for j in result.jobs})
+        else:
+            result = await status_list(api, args)
+    if args.json:
+        emit_json(result)
+    else:
+        total = sum(result.counts.values())
+        matching = result.counts.get(args.state, 0) if args.state else total
+        if result.jobs:
+            print(render.jobs_table(result.jobs))
+        if matching > len(result.jobs):
+            print(f"... {matching - len(result.jobs)} earlier jobs not shown; --all lists every job.")
+        print(f"{render.plural(total, 'job')}: {render.format_counts(result.counts)}" if total else "No jobs.")
+    if missing:
+        print(f"error: no job {render.compress_ids(missing)} (or not yours).", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+async def status_list(api: ApiClient, args: argparse.Namespace) -> JobList:
+    """Every matching job for --all and --json; else the newest STATUS_ROWS of them."""
+    if args.all or args.json:
+        result = await list_all(api, state=args.state, label=args.label)
+    else:
+        result = await api.list_jobs(state=args.state, label=args.label, limit=STATUS_ROWS)
+        matching = result.counts.get(args.state, 0) if args.state else sum(result.counts.values())
+        if matching > STATUS_ROWS:
+            newest = await api.list_jobs(
+                state=args.state, label=args.label, limit=STATUS_ROWS, offset=matching - STATUS_ROWS
+            )
+            result = JobList(jobs=newest.jobs, counts=result.counts)
+    result.jobs.sort(key=lambda j: j.id)
+    if not result.counts:
+        result.counts = render.count_states(result.jobs)
+    return result

@@ -1,0 +1,93 @@
+"""What every ``glidein`` subcommand shares: the connection, output helpers and job look-ups."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from glidein_client.user import config as user_config
+from glidein_client.user import render
+from glidein_client.user.config import UserConfig
+from glidein_client.user.jobfile import bounded
+from glidein_client.wire.api import ApiClient
+from glidein_client.wire.codec import encode
+from glidein_client.wire.errors import AuthError, ForbiddenError, GlideinError, NotFoundError
+from glidein_client.wire.schema import JobList, JobView
+
+IDS_PER_REQUEST = 500
+CONCURRENCY = 8
+EXIT_OK, EXIT_ERROR, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 3, 130  # argparse exits 2 on usage errors
+
+
+@contextlib.asynccontextmanager
+async def connect(args: argparse.Namespace, cfg: UserConfig | None = None) -> AsyncIterator[ApiClient]:
+    cfg = cfg or load_config(args)
+    async with ApiClient(cfg.url, cfg.token, ca_file=cfg.ca_file) as api:
+        try:
+            yield api
+        except AuthError as exc:
+            if isinstance(exc, ForbiddenError):
+                raise
+            hint = exc.hint or "Check it, or ask your operator for a new one."
+            raise AuthError(exc.message, hint=f"{hint} The token came from {cfg.token_source}.", **exc.fields) from None
+
+
+def load_config(args: argparse.Namespace) -> UserConfig:
+    return user_config.load(url=args.url, token_file=args.token_file)
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(encode(obj).decode() + "\n")
+
+
+def about(what: str, message: str) -> str:
+    """``job 5`` + ``Job 5 does not exist.`` -> ``Job 5 does not exist.``, not ``job 5: Job 5 ...``."""
+    return message if message.lower().startswith(f"{what.lower()} ") else f"{what}: {message}"
+
+
+def stop_if_refused(exc: GlideinError) -> None:
+    """Errors about one job are reported and the others still done; a refused token stops all."""
+    if isinstance(exc, AuthError) and not isinstance(exc, ForbiddenError):
+        raise exc
+
+
+async def jobs_by_ids(
+    api: ApiClient, ids: Sequence[int], *, state: str | None = None, label: str | None = None
+) -> JobList:
+    """The jobs among ``ids`` (in id order); ``counts`` covers them all, whatever ``state`` is."""
+    chunks = [list(ids[i : i + IDS_PER_REQUEST]) for i in range(0, len(ids), IDS_PER_REQUEST)]
+
+    async def one(chunk: list[int]) -> JobList:
+        return await api.list_jobs(ids=chunk, state=state, label=label, limit=len(chunk))
+
+    pages = await bounded(4, one, chunks)
+    counts: dict[str, int] = {}
+    for page in pages:
+        for key, n in page.counts.items():
+            counts[key] = counts.get(key, 0) + n
+    jobs = sorted((job for page in pages for job in page.jobs), key=lambda j: j.id)
+    return JobList(jobs=jobs, counts=counts or render.count_states(jobs))
+
+
+async def list_all(api: ApiClient, *, state: str | None, label: str | None) -> JobList:
+    """Page through every matching job; ``counts`` is the server's count over all of them."""
+    jobs: list[JobView] = []
+    counts: dict[str, int] = {}
+    while True:
+        got = await api.list_jobs(state=state, label=label, limit=1000, offset=len(jobs))
+        counts = counts or dict(got.counts)
+        jobs.extend(got.jobs)
+        if len(got.jobs) < 1000:
+            return JobList(jobs=jobs, counts=counts)
+
+
+def require_found(ids: Sequence[int], jobs: Sequence[JobView]) -> None:
+    missing = sorted(set(ids) - {j.id for j in jobs})
+    if missing:
+        raise NotFoundError(
+            f"No job {render.compress_ids(missing)} (or not yours).",
+            hint="Check the ids with: glidein status",
+        )
