@@ -65,9 +65,14 @@ class TotpGuard:
         if not code:
             raise AuthError("This operator action needs a one-time code (TOTP).", hint=hint)
         now = self.clock()
-        fails, since = self._failures.get(subject, (0, 0.0))
-        if fails >= MAX_FAILURES and now - since < LOCKOUT_S:
+        # The attempt is counted before the first await: parallel guesses each see the ones
+        # before them, so no more than MAX_FAILURES codes are ever evaluated per lockout.
+        fails, since = self._failures.get(subject, (0, now))
+        if now - since >= LOCKOUT_S:
+            fails = 0
+        if fails >= MAX_FAILURES:
             raise AuthError(f"Too many wrong one-time codes; wait {LOCKOUT_S - (now - since):.0f} s.")
+        self._failures[subject] = (fails + 1, now)
         secret_enc = await self.store.get_totp(subject) if self.key is not None else None
         if secret_enc is None:
             raise AuthError(
@@ -92,9 +97,10 @@ class TotpGuard:
             None,
         )
         if matched is None:
-            self._failures[subject] = (fails + 1 if now - since < LOCKOUT_S else 1, now)
             raise AuthError("The one-time code is wrong or expired.", hint=hint)
         if not await self.store.use_totp_step(subject, matched):
+            fails_now, last = self._failures.get(subject, (1, now))
+            self._failures[subject] = (max(0, fails_now - 1), last)  # a replay is not a guess
             raise AuthError(
                 "This one-time code was already used.",
                 hint="Wait for the next code of your authenticator app (every 30 s).",
