@@ -433,14 +433,14 @@ class Api:
         await self._renew_pilot_token(principal, req.end_time - time.time())
         r = req.resources
         log.info(
-            "pilot %s registered: %d cpus, %d MB, %d GPUs on %s (%s)%s",
+            "pilot %s registered: %d cpus, %d MB, %d GPUs on %r (%r)%s",
             principal.subject,
             r.cpus,
             r.memory_mb,
             r.gpus,
             req.host,
             req.batch_id,
-            "" if req.selftest_ok else f"; self-test FAILED: {req.selftest_reason}",
+            "" if req.selftest_ok else f"; self-test FAILED: {req.selftest_reason!r}",
         )
         return json_response(
             PilotRegistered(
@@ -469,8 +469,8 @@ class Api:
         name = check_relative_path(request.query.get("name", ""), field="name")
         lease = request.headers.get("X-Glidein-Lease", "")
         sha = parse_sha(request.headers.get("X-Glidein-Sha256", ""))
-        size = await self.files.put(sha, request.content)
-        await self.store.record_output(int(principal.subject), attempt_id, lease, name, sha, size)
+        async with self.files.incoming(sha, request.content) as size:  # kept only once recorded
+            await self.store.record_output(int(principal.subject), attempt_id, lease, name, sha, size)
         return json_response(OutputFile(name=name, sha256=sha, size=size), status=201)
 
     async def pilot_exit(self, request: web.Request) -> web.Response:
@@ -478,7 +478,7 @@ class Api:
         req: PilotExit = await self.guard.body(request, PilotExit, "pilot exit")
         await self.store.pilot_exit(int(principal.subject), req.reason, req.occupancy, req.jobs_run, time.time())
         log.info(
-            "pilot %s left: %s (occupancy %.0f%%, %d jobs)",
+            "pilot %s left: %r (occupancy %.0f%%, %d jobs)",
             principal.subject,
             req.reason,
             100 * req.occupancy,

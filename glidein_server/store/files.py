@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from aiohttp import StreamReader
@@ -25,13 +27,24 @@ class FileStore:
 
     async def put(self, sha256: str, body: StreamReader) -> int:
         """Store the stream under ``sha256``; refuse it if the content does not match."""
+        async with self.incoming(sha256, body) as size:
+            return size
+
+    @asynccontextmanager
+    async def incoming(self, sha256: str, body: StreamReader) -> AsyncIterator[int]:
+        """Receive the stream into a temporary file and yield its size.
+
+        The file takes its place under ``sha256`` only when the block ends without an error;
+        otherwise (a refused output, a stale lease) nothing is left on disk.
+        """
         dest = self.path(sha256)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = dest.with_name(f".{sha256}.{uuid.uuid4().hex}.part")
         digest = hashlib.sha256()
         size = 0
         try:
-            with open(tmp, "wb") as fh:  # noqa: ASYNC230 - local disk, chunked writes
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open(fd, "wb") as fh:  # noqa: ASYNC230 - local disk, chunked writes
                 async for chunk in body.iter_chunked(1 << 20):
                     size += len(chunk)
                     if size > self.max_bytes:
@@ -48,7 +61,7 @@ class FileStore:
                     "The uploaded file does not match its sha256 checksum; it was not stored.",
                     hint="The transfer was corrupted; upload it again.",
                 )
+            yield size
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
-        return size
