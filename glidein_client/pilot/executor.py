@@ -14,39 +14,34 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import logging
 import os
 import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 
+from glidein_client.pilot.launch import (
+    SCRIPT_NAME,
+    JobRun,
+    close_fds,
+    devnull,
+    exit_reason,
+    fd_tail,
+    job_argv,
+    job_env,
+    open_logs,
+    write_script,
+)
+from glidein_client.pilot.proctree import descendant_pids, tree_rss_mb
 from glidein_client.pilot.spawn import spawn
-from glidein_client.wire.schema import LOG_TAIL_BYTES, JobSpec, Outcome
+from glidein_client.wire.schema import JobSpec, Outcome
 
 log = logging.getLogger(__name__)
 
-STDOUT_NAME = ".glidein-stdout"
-STDERR_NAME = ".glidein-stderr"
-SCRIPT_NAME = ".glidein-job.sh"
 FALLBACK_POLL_S = 0.05
-_MB = 1024 * 1024
-_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-_LOG_FLAGS = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-
-
-@dataclass(frozen=True)
-class JobRun:
-    attempt_id: int
-    job_id: int
-    spec: JobSpec
-    sandbox: Path  # exists already, inputs placed by the caller
-    cores: frozenset[int]  # physical cores to pin to; empty means not pinned
-    gpus: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -58,141 +53,6 @@ class RunResult:
     max_rss_mb: float
     stdout_tail: str  # last LOG_TAIL_BYTES of stdout
     stderr_tail: str
-
-
-def job_argv(run: JobRun) -> list[str]:
-    """The command line of a job; a script is run from ``SCRIPT_NAME`` in its sandbox.
-
-    A script is started through the interpreter its ``#!`` line names (as the kernel would, but
-    also from scratch filesystems mounted ``noexec``), else through ``/bin/sh``.
-    """
-    spec = run.spec
-    if spec.script is None:
-        return list(spec.argv or [])
-    path = os.path.join(run.sandbox, SCRIPT_NAME)
-    if spec.script.startswith("#!"):
-        interpreter, _, argument = spec.script[2:].partition("\n")[0].strip().partition(" ")
-        if interpreter:
-            return [interpreter, *([argument.strip()] if argument.strip() else []), path]
-    return ["/bin/sh", path]
-
-
-def job_env(run: JobRun, base_env: Mapping[str, str]) -> dict[str, str]:
-    """The job's environment: the pilot's, without its tokens, plus the job's and glidein's own."""
-    spec = run.spec
-    env = {k: v for k, v in base_env.items() if not k.startswith("GLIDEIN_TOKEN")}
-    env["OMP_NUM_THREADS"] = str(spec.cpus)
-    env.update(spec.env)
-    env["GLIDEIN_JOB_ID"] = str(run.job_id)
-    env["GLIDEIN_ATTEMPT_ID"] = str(run.attempt_id)
-    env["GLIDEIN_CPUS"] = str(spec.cpus)
-    env["GLIDEIN_MEMORY_MB"] = str(spec.memory_mb)
-    env["GLIDEIN_SANDBOX"] = os.fspath(run.sandbox)
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(run.gpus)
-    return env
-
-
-def signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-def exit_reason(returncode: int) -> str | None:
-    if returncode == 0:
-        return None
-    if returncode < 0:
-        return f"killed by signal {signal_name(-returncode)}"
-    return f"exited with code {returncode}"
-
-
-def read_tail(path: str | Path, size: int = LOG_TAIL_BYTES) -> str:
-    """The last ``size`` bytes of a file as text; a character cut in half at the start is dropped."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return ""
-    try:
-        return fd_tail(fd, size)
-    finally:
-        os.close(fd)
-
-
-def fd_tail(fd: int, size: int = LOG_TAIL_BYTES) -> str:
-    """Like :func:`read_tail`, from a file open for reading; an empty file costs one ``fstat``."""
-    try:
-        length = os.fstat(fd).st_size
-        if length == 0:
-            return ""
-        data = os.pread(fd, size, max(0, length - size))
-    except OSError:
-        return ""
-    if length > size:
-        cut = 0
-        while cut < min(3, len(data)) and 0x80 <= data[cut] < 0xC0:
-            cut += 1
-        data = data[cut:]
-    return data.decode("utf-8", errors="replace")
-
-
-@functools.cache
-def _devnull() -> int:
-    """One descriptor on /dev/null for every job's stdin, rather than an open per job."""
-    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-
-
-@functools.cache
-def _proc_children_supported() -> bool:
-    return os.path.exists(f"/proc/self/task/{os.getpid()}/children")
-
-
-def descendant_pids(pid: int) -> list[int]:
-    """Pids of every descendant of ``pid`` (children first); processes that vanish are skipped.
-
-    Walks ``/proc/PID/task/TID/children``, which costs time in proportion to the job's own tree,
-    not to every process on the node as a scan of all parents does; falls back to psutil where
-    the kernel lacks that file.
-    """
-    if not _proc_children_supported():
-        try:
-            return [child.pid for child in psutil.Process(pid).children(recursive=True)]
-        except psutil.Error:
-            return []
-    found: list[int] = []
-    seen = {pid}
-    stack = [pid]
-    while stack:
-        parent = stack.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            try:
-                with open(f"/proc/{parent}/task/{tid}/children", "rb") as f:
-                    children = f.read().split()
-            except OSError:
-                continue
-            for raw in children:
-                child = int(raw)
-                if child not in seen:
-                    seen.add(child)
-                    found.append(child)
-                    stack.append(child)
-    return found
-
-
-def tree_rss_mb(pid: int) -> float:
-    """Summed resident memory of ``pid`` and its descendants, in MB (0 for vanished processes)."""
-    pages = 0
-    for member in (pid, *descendant_pids(pid)):
-        try:
-            with open(f"/proc/{member}/statm", "rb") as f:
-                pages += int(f.read().split()[1])
-        except (OSError, ValueError, IndexError):
-            pass
-    return pages * _PAGE_BYTES / _MB
 
 
 class JobProcess:
@@ -258,8 +118,8 @@ class JobProcess:
         argv = job_argv(run)
         try:
             if run.spec.script is not None:
-                _write_script(os.path.join(sandbox, SCRIPT_NAME), run.spec.script)
-            out, err = _open_logs(sandbox)
+                write_script(os.path.join(sandbox, SCRIPT_NAME), run.spec.script)
+            out, err = open_logs(sandbox)
         except OSError as exc:
             self._no_start = (
                 Outcome.INTERRUPTED,
@@ -268,9 +128,9 @@ class JobProcess:
             return
         try:
             env = job_env(run, os.environ if self._base_env is None else self._base_env)
-            self._pid = spawn(argv, cwd=sandbox, env=env, stdin=_devnull(), stdout=out, stderr=err, cores=run.cores)
+            self._pid = spawn(argv, cwd=sandbox, env=env, stdin=devnull(), stdout=out, stderr=err, cores=run.cores)
         except (OSError, ValueError) as exc:
-            _close_fds((out, err))
+            close_fds((out, err))
             self._no_start = self._spawn_failure(argv, exc)
             log.info("attempt %d of job %d did not start: %s", run.attempt_id, run.job_id, self._no_start[1])
             return
@@ -360,7 +220,7 @@ class JobProcess:
             out, err = self._logs
             self._logs = None
             self._tails = (fd_tail(out), fd_tail(err))
-            _close_fds((out, err))
+            close_fds((out, err))
         self._exited.set_result(None)
 
     # --- kill ----------------------------------------------------------------------------
@@ -500,26 +360,3 @@ class JobProcess:
             stdout_tail="",
             stderr_tail="",
         )
-
-
-def _open_logs(sandbox: str) -> tuple[int, int]:
-    out = os.open(os.path.join(sandbox, STDOUT_NAME), _LOG_FLAGS, 0o644)
-    try:
-        return out, os.open(os.path.join(sandbox, STDERR_NAME), _LOG_FLAGS, 0o644)
-    except OSError:
-        os.close(out)
-        raise
-
-
-def _close_fds(fds: tuple[int, int] | None) -> None:
-    for fd in fds or ():
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-def _write_script(path: str, text: str) -> None:
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o700), "wb") as f:
-        os.fchmod(f.fileno(), 0o700)
-        f.write(text.encode())

@@ -10,34 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import enum
 import logging
 import math
 import os
-import random
-import shutil
-import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
+from glidein_client.pilot.attempt import Attempts, AttemptSettings, Running, patiently
 from glidein_client.pilot.backlog import Backlog
 from glidein_client.pilot.channels.base import Channel
-from glidein_client.pilot.executor import JobProcess, JobRun, RunResult
-from glidein_client.pilot.partition import Allocation, SlotPool, cores_for
+from glidein_client.pilot.executor import RunResult
+from glidein_client.pilot.flights import Flight, Flights
+from glidein_client.pilot.partition import SlotPool
 from glidein_client.pilot.resources import Detected
-from glidein_client.pilot.sandboxes import Sandboxes
 from glidein_client.pilot.selftest import self_test
+from glidein_client.pilot.stats import WorkStats
 from glidein_client.wire.errors import ConflictError, GlideinError, ServerUnreachable
 from glidein_client.wire.schema import (
     LOG_TAIL_BYTES,
     AttemptRef,
     ClaimedJob,
     Finish,
-    InputFile,
     Outcome,
     OutputFile,
     PilotExit,
@@ -48,14 +44,17 @@ from glidein_client.wire.schema import (
 )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 REPORT_DELAY_S = 0.05
-MAX_RETRY_S = 10.0  # longest wait between tries while the server is unreachable
 REPORT_BATCH = 64
-#: A batch system ends a pilot by signalling every process of its job (scancel, time limit): a job
-#: killed by one of these while the pilot's own signal is on its way was interrupted, not at fault.
-STOP_SIGNALS = frozenset({-signal.SIGTERM, -signal.SIGKILL, -signal.SIGINT, -signal.SIGHUP})
-STOP_SIGNAL_GRACE_S = 1.0
+
+
+class Phase(enum.Enum):
+    """Where the pilot stands; each turn of the main loop may move it on, never back."""
+
+    WORKING = "working"  # claiming jobs and starting them
+    DRAINING = "draining"  # stopping: no new work, running jobs are stopped, reports still go out
+    GONE = "gone"  # the server no longer knows this pilot: reports are dropped
+    DONE = "done"  # nothing left to do: leave
 
 
 @dataclass(frozen=True)
@@ -74,41 +73,6 @@ class PilotSettings:
     outage_s: float = 300.0  # keep retrying transfers and registration this long while the server is away
 
 
-@dataclass
-class _Running:
-    claim: ClaimedJob
-    alloc: Allocation
-    started_at: float
-    proc: JobProcess | None = None
-    kill: tuple[Outcome, str] | None = None
-    task: asyncio.Task[None] | None = None
-
-    def requested_kill(self) -> tuple[Outcome, str] | None:
-        return self.kill
-
-
-@dataclass(frozen=True)
-class _Flight:
-    task: asyncio.Task[SyncResponse]
-    reports: tuple[list[AttemptRef], list[Finish]]
-    claims: bool
-    long_poll: bool
-
-
-@dataclass
-class _Stats:
-    start: float = field(default_factory=time.time)
-    core_s: float = 0.0
-    jobs: int = 0
-    runtime_ewma_s: float | None = None
-
-    def add(self, cpus: int, wall_s: float) -> None:
-        self.core_s += cpus * wall_s
-        self.jobs += 1
-        prev = self.runtime_ewma_s
-        self.runtime_ewma_s = wall_s if prev is None else 0.8 * prev + 0.2 * wall_s
-
-
 class Pilot:
     def __init__(self, channel: Channel, detected: Detected, settings: PilotSettings) -> None:
         self.channel = channel
@@ -119,25 +83,32 @@ class Pilot:
         self.disk_free = detected.disk_mb
         self.end_time = detected.end_time if detected.end_time is not None else time.time() + 30 * 86400
         self.backlog = Backlog()
-        self.running: dict[int, _Running] = {}
+        self.running: dict[int, Running] = {}
         self.started: list[AttemptRef] = []
         self.finished: list[Finish] = []
         self.stale: set[int] = set()
-        self.stats = _Stats()
+        self.stats = WorkStats()
         self.heartbeat_s = 10.0
         self.pilot_id = 0
         self._waiter: asyncio.Future[None] | None = None  # the main loop's sleep; _poke ends it
+        self.phase = Phase.WORKING
+        self.flights = Flights()
         self._stop_reason: str | None = None
-        self._draining = False
-        self._server_empty = False
-        self._server_gone = False
-        self._server_away = False
+        self._idle_since = time.monotonic()
+        self._drain_deadline = math.inf
+        self._server_empty = False  # the last claim found no work
+        self._server_away = False  # the last sync could not reach the server (logged once)
         self._reporting: set[int] = set()  # attempts whose reports are on their way
-        self._cache_locks: dict[str, asyncio.Lock] = {}
-        self._fast_failures = 0
-        self._workdir = settings.scratch
-        self._env = dict(os.environ)  # one snapshot: reading os.environ per job is slow
-        self._sandboxes = Sandboxes(self._workdir, keep=detected.slots)
+        self.attempts = Attempts(
+            channel,
+            AttemptSettings(poll_s=settings.poll_s, grace_s=settings.grace_s, outage_s=settings.outage_s),
+            core_ids=detected.core_ids,
+            env=dict(os.environ),  # one snapshot: reading os.environ per job is slow
+            workdir=settings.scratch,
+            keep=detected.slots,
+            stopping=lambda: self._stop_reason,
+            gone=lambda: self.phase is Phase.GONE,
+        )
 
     # --- public -------------------------------------------------------------------------------
 
@@ -148,9 +119,12 @@ class Pilot:
         self._poke()
 
     @property
+    def draining(self) -> bool:
+        return self.phase is not Phase.WORKING
+
+    @property
     def occupancy(self) -> float:
-        elapsed = max(time.time() - self.stats.start, 1e-6)
-        return min(1.0, self.stats.core_s / (self.res.slots * elapsed))
+        return self.stats.occupancy(self.res.slots, time.time())
 
     async def run(self) -> int:
         """Self-test, register, work until idle, end of life or stop. Returns the exit code."""
@@ -160,7 +134,7 @@ class Pilot:
             required_commands=self.settings.required_commands,
             server_check=self.channel.check,
         )
-        reg = await self._patiently(
+        reg = await patiently(
             "register",
             lambda: self.channel.register(
                 PilotRegister(
@@ -177,14 +151,14 @@ class Pilot:
                     selftest_reason=result.reason,
                 )
             ),
+            outage_s=self.settings.outage_s,
         )
         if not result.ok:
             log.error("self-test failed, taking no work: %s", result.reason)
             return 1
         self.pilot_id = reg.pilot_id
         self.heartbeat_s = reg.heartbeat_s
-        self._workdir = self.settings.scratch / f"pilot-{self.pilot_id}"
-        self._sandboxes = Sandboxes(self._workdir, keep=self.res.slots)
+        self.attempts.move_to(self.settings.scratch / f"pilot-{self.pilot_id}", keep=self.res.slots)
         log.info(
             "pilot %d started: %d slots on cores %s, %d MB, GPUs %s, %d MB disk, %.0f s to live",
             self.pilot_id,
@@ -195,75 +169,65 @@ class Pilot:
             self.res.disk_mb,
             self.end_time - time.time(),
         )
-        async with self._sandboxes:
+        async with self.attempts.sandboxes:
             reason = await self._loop()
             await self._leave(reason)
         return 0
 
     # --- the loop -----------------------------------------------------------------------------
 
-    async def _loop(self) -> str:  # noqa: C901  (to become a small state machine)
-        sync: _Flight | None = None  # the sync that claims (maybe a long poll)
-        report: _Flight | None = None  # reports sent while that long poll waits for work
-        last_sync = last_report = 0.0
-        idle_since = time.monotonic()
-        backoff_s = 0.0
-        retry_at = 0.0
-        drain_deadline = math.inf
-        while True:
-            now = time.time()
-            if self._stop_reason is None and self.end_time - now <= self.settings.end_margin_s:
-                self.request_stop("reached its end time")
-            if self._stop_reason is not None and not self._draining:
-                self._drain(self._stop_reason)
-            if not self._draining:
-                self._dispatch(now)
-            if self.running or self.backlog:
-                idle_since = time.monotonic()
-            elif self._stop_reason is None and time.monotonic() - idle_since >= self.settings.idle_timeout_s:
-                self.request_stop(f"idle for {self.settings.idle_timeout_s:.0f} s")
-                continue
-            if self._draining and not self.running and sync is None and report is None:
-                if self._server_gone or not (self.started or self.finished) or time.monotonic() > drain_deadline:
-                    return self._stop_reason or "stopped"
-            if self._draining and drain_deadline == math.inf:
-                drain_deadline = time.monotonic() + 2 * self.settings.grace_s + 30.0
-            if self._server_gone:
-                self.started.clear()
-                self.finished.clear()
-
+    async def _loop(self) -> str:
+        """Turn by turn: move the phase on, send what is due, sleep until news, take in answers."""
+        while self._step(time.time(), time.monotonic()) is not Phase.DONE:
             mono = time.monotonic()
-            if sync is None and mono >= retry_at and self._sync_due(mono - last_sync):
-                sync = self._send(claims=True)
-                last_sync = mono
-            elif (
-                sync is not None
-                and sync.long_poll
-                and report is None
-                and (self.started or self.finished)
-                and mono - max(last_sync, last_report) >= self._report_delay()
-            ):
-                report = self._send(claims=False)  # reports never wait behind a long poll
-                last_report = mono
-
-            timeout = min(self.heartbeat_s, retry_at - time.monotonic() if retry_at else self.heartbeat_s)
+            self._launch(mono)
+            timeout = self.flights.wait_s(self.heartbeat_s, mono)
             if self.started or self.finished:
                 timeout = min(timeout, self._report_delay())
             await self._sleep(max(0.01, timeout))
+            for flight in self.flights.landed():
+                self.flights.settled(flight, self._settle(flight), time.monotonic())
+        return self._stop_reason or "stopped"
 
-            for flight in (sync, report):
-                if flight is None or not flight.task.done():
-                    continue
-                if flight is sync:
-                    sync = None
-                else:
-                    report = None
-                if self._settle(flight):
-                    if flight.claims:
-                        backoff_s, retry_at = 0.0, 0.0
-                elif flight.claims:
-                    backoff_s = min(MAX_RETRY_S, max(1.0, backoff_s * 2))
-                    retry_at = time.monotonic() + backoff_s * random.uniform(0.75, 1.25)
+    def _step(self, now: float, mono: float) -> Phase:
+        """WORKING starts jobs until a stop is asked for (by a signal, the end time, idleness or a
+        black hole); DRAINING and GONE last until no job runs, nothing is in flight and the
+        reports are out (or cannot go out); then DONE."""
+        if self.phase is Phase.WORKING:
+            if self._stop_reason is None and self.end_time - now <= self.settings.end_margin_s:
+                self.request_stop("reached its end time")
+            if self._stop_reason is None:
+                self._dispatch(now)
+                self._check_idle(mono)
+            if self._stop_reason is not None:
+                self._drain(self._stop_reason)
+        if self.phase is Phase.GONE:
+            self.started.clear()
+            self.finished.clear()
+        if self.phase is not Phase.WORKING and self._drained(mono):
+            self.phase = Phase.DONE
+        return self.phase
+
+    def _check_idle(self, mono: float) -> None:
+        if self.running or self.backlog:
+            self._idle_since = mono
+        elif mono - self._idle_since >= self.settings.idle_timeout_s:
+            self.request_stop(f"idle for {self.settings.idle_timeout_s:.0f} s")
+
+    def _drained(self, mono: float) -> bool:
+        if self.running or self.flights.busy:
+            return False
+        return self.phase is Phase.GONE or not (self.started or self.finished) or mono > self._drain_deadline
+
+    def _launch(self, mono: float) -> None:
+        """Send the sync when it is due; beside a long poll, send waiting reports on their own."""
+        flights = self.flights
+        if flights.may_sync(mono) and self._sync_due(mono - flights.last_sync):
+            flights.sync = self._send(claims=True)
+            flights.last_sync = mono
+        elif (self.started or self.finished) and flights.may_report_beside(mono, self._report_delay()):
+            flights.report = self._send(claims=False)  # reports never wait behind a long poll
+            flights.last_report = mono
 
     async def _sleep(self, timeout: float) -> None:
         """Sleep until ``timeout`` passes or something calls :meth:`_poke`."""
@@ -283,10 +247,10 @@ class Pilot:
     def _nudge(self) -> None:
         """Wake the main loop when a new report or a free slot may call for a sync (not for every job)."""
         pending = len(self.started) + len(self.finished)
-        if pending == 1 or pending >= REPORT_BATCH or self._draining or self._claim_urgent():
+        if pending == 1 or pending >= REPORT_BATCH or self.draining or self._claim_urgent():
             self._poke()
 
-    def _send(self, *, claims: bool) -> _Flight:
+    def _send(self, *, claims: bool) -> Flight:
         """Send the waiting reports; with ``claims``, also heartbeat and claim (the full sync)."""
         reports = (self.started, self.finished)
         self.started, self.finished = [], []
@@ -295,9 +259,9 @@ class Pilot:
         self._reporting.update(f.attempt_id for f in reports[1])
         task = asyncio.create_task(self.channel.sync(req))
         task.add_done_callback(self._poke)
-        return _Flight(task, reports, claims, req.wait_s > 0)
+        return Flight(task, reports, claims, req.wait_s > 0)
 
-    def _settle(self, flight: _Flight) -> bool:
+    def _settle(self, flight: Flight) -> bool:
         """Take in the answer of a finished sync; False when it failed and its reports wait for another."""
         started, finished = flight.reports
         self._reporting.difference_update(r.attempt_id for r in started)
@@ -308,10 +272,10 @@ class Pilot:
             return True
         except ConflictError as exc:
             log.error("the server refused this pilot: %s", exc)
-            self._server_gone = True
             self.stale.update(self.running)
             self.request_stop("the server no longer knows this pilot")
             self._drain("the server no longer knows this pilot")
+            self.phase = Phase.GONE
             self.started.clear()
             self.finished.clear()
             return True
@@ -331,7 +295,7 @@ class Pilot:
         if since_last_s >= self.heartbeat_s:
             return True
         urgent = self._claim_urgent()
-        if urgent or self._draining:
+        if urgent or self.draining:
             return urgent or bool(self.started or self.finished)
         # Only reports to send: gather them for a moment so one round trip carries many.
         return bool(self.started or self.finished) and (
@@ -345,16 +309,13 @@ class Pilot:
     def _claim_urgent(self) -> bool:
         """Cores would stand idle, or the backlog runs low, while the server may have work."""
         return (
-            not self._draining
+            not self.draining
             and not self._server_empty
             and (self._free_after_backlog()[0] > 0 or len(self.backlog) < self._want() // 2)
         )
 
     def _want(self) -> int:
-        r = self.stats.runtime_ewma_s
-        if r is None or r >= self.settings.prefetch_s:
-            return 0
-        return min(self.settings.max_backlog, math.ceil(self.res.slots * self.settings.prefetch_s / max(r, 1e-3)))
+        return self.stats.want(self.res.slots, self.settings.prefetch_s, self.settings.max_backlog)
 
     def _free_after_backlog(self) -> tuple[int, int, int, int]:
         b = self.backlog
@@ -369,7 +330,7 @@ class Pilot:
         cpus, mem, gpus, disk = self._free_after_backlog()
         idle = not self.running and not self.backlog and not reports[0] and not reports[1]
         wait_s = 0.0
-        if not self._draining and (self._server_empty or idle):
+        if not self.draining and (self._server_empty or idle):
             # Long poll: the server answers as soon as work arrives. Short while jobs run, so reports flow.
             wait_s = self.heartbeat_s if not self.running else min(1.0, self.heartbeat_s)
         held = set(self.running) | {c.attempt_id for c in self.backlog}
@@ -382,10 +343,10 @@ class Pilot:
             finished=reports[1],
             free=Resources(cpus=cpus, memory_mb=mem, gpus=gpus, disk_mb=disk),
             lifetime_s=max(0.0, self.end_time - time.time() - self.settings.end_margin_s),
-            want=max(0, self._want() - len(self.backlog)) if not self._draining else 0,
+            want=max(0, self._want() - len(self.backlog)) if not self.draining else 0,
             wait_s=wait_s,
             occupancy=self.occupancy,
-            draining=self._draining,
+            draining=self.draining,
         )
 
     def _report_request(self, reports: tuple[list[AttemptRef], list[Finish]]) -> SyncRequest:
@@ -396,14 +357,14 @@ class Pilot:
             free=Resources(cpus=cpus, memory_mb=mem, gpus=gpus, disk_mb=disk),
             lifetime_s=max(0.0, self.end_time - time.time() - self.settings.end_margin_s),
             occupancy=self.occupancy,
-            draining=self._draining,
+            draining=self.draining,
             claim=False,
         )
 
     def _absorb(self, resp: SyncResponse, *, claimed: bool = True) -> None:
         if claimed:
             self._server_empty = not resp.jobs
-        if self._draining:  # claimed on the way while the pilot began to stop: back to the queue at once
+        if self.draining:  # claimed on the way while the pilot began to stop: back to the queue at once
             for claim in resp.jobs:
                 self._report_unstarted(claim, f"the pilot is stopping: {self._stop_reason}")
         else:
@@ -439,7 +400,7 @@ class Pilot:
                 continue
             self.mem_free -= spec.memory_mb
             self.disk_free -= spec.disk_mb
-            entry = _Running(claim, alloc, time.time())
+            entry = Running(claim, alloc, time.time())
             self.running[claim.attempt_id] = entry
             entry.task = asyncio.create_task(self._run_job(entry))
         self.backlog.putback(kept)
@@ -464,89 +425,22 @@ class Pilot:
 
     def _drain(self, reason: str) -> None:
         """Stop taking work: release the backlog and interrupt running jobs (not their fault)."""
-        self._draining = True
+        if self.phase is Phase.WORKING:
+            self.phase = Phase.DRAINING
+            self._drain_deadline = time.monotonic() + 2 * self.settings.grace_s + 30.0
         while self.backlog:
             self._report_unstarted(self.backlog.popleft(), f"the pilot is stopping: {reason}")
         for attempt_id in list(self.running):
             self._kill(attempt_id, Outcome.INTERRUPTED, f"the pilot is stopping: {reason}")
 
-    async def _run_job(self, entry: _Running) -> None:
-        claim, spec = entry.claim, entry.claim.spec
-        sandbox: Path | None = None
-        result: RunResult | None = None
-        outputs: list[OutputFile] = []
-        try:
-            sandbox = self._sandboxes.make(f"job-{claim.job_id}-{claim.attempt_id}")
-            for inp in spec.inputs:
-                await self._place_input(inp, sandbox)
-            if entry.kill is None:
-                proc = JobProcess(
-                    JobRun(
-                        attempt_id=claim.attempt_id,
-                        job_id=claim.job_id,
-                        spec=spec,
-                        sandbox=sandbox,
-                        cores=cores_for(entry.alloc.slots, self.res.core_ids),
-                        gpus=entry.alloc.gpus,
-                    ),
-                    poll_s=self.settings.poll_s,
-                    grace_s=self.settings.grace_s,
-                    base_env=self._env,
-                )
-                entry.proc = proc
-                await proc.start()
-                kill = entry.requested_kill()  # may have been set while starting
-                if kill is not None:
-                    proc.kill(*kill)
-                self.started.append(AttemptRef(attempt_id=claim.attempt_id, lease=claim.lease))
-                self._nudge()
-                result = await proc.wait()
-                if result.outcome is Outcome.FAILED and result.exit_code in STOP_SIGNALS:
-                    await asyncio.sleep(STOP_SIGNAL_GRACE_S)  # let the pilot's own signal arrive
-                    if self._stop_reason is not None:
-                        result = _replace(
-                            result, Outcome.INTERRUPTED, f"the pilot is stopping: {self._stop_reason} ({result.reason})"
-                        )
-                if result.outcome is Outcome.DONE:
-                    outputs, result = await self._upload_outputs(claim, sandbox, result)
-        except GlideinError as exc:
-            outcome = Outcome.INTERRUPTED if isinstance(exc, ServerUnreachable) else Outcome.FAILED
-            result = RunResult(
-                outcome=outcome,
-                exit_code=None,
-                reason=f"staging failed: {exc}",
-                wall_s=0.0,
-                max_rss_mb=0.0,
-                stdout_tail="",
-                stderr_tail="",
-            )
-        except OSError as exc:
-            result = RunResult(
-                outcome=Outcome.INTERRUPTED,
-                exit_code=None,
-                reason=f"the pilot's scratch failed: {exc}",
-                wall_s=0.0,
-                max_rss_mb=0.0,
-                stdout_tail="",
-                stderr_tail="",
-            )
-        finally:
-            if result is None:
-                outcome, reason = entry.kill or (Outcome.INTERRUPTED, "the pilot stopped before the job began")
-                result = RunResult(
-                    outcome=outcome,
-                    exit_code=None,
-                    reason=reason,
-                    wall_s=0.0,
-                    max_rss_mb=0.0,
-                    stdout_tail="",
-                    stderr_tail="",
-                )
-            if sandbox is not None:
-                self._sandboxes.release(sandbox, reuse=entry.proc is not None and entry.proc.pid is not None)
-            self._release(entry, result, outputs)
+    async def _run_job(self, entry: Running) -> None:
+        await self.attempts.run(entry, started=self._on_started, ended=self._release)
 
-    def _release(self, entry: _Running, result: RunResult, outputs: list[OutputFile]) -> None:
+    def _on_started(self, entry: Running) -> None:
+        self.started.append(AttemptRef(attempt_id=entry.claim.attempt_id, lease=entry.claim.lease))
+        self._nudge()
+
+    def _release(self, entry: Running, result: RunResult, outputs: list[OutputFile]) -> None:
         claim = entry.claim
         self.running.pop(claim.attempt_id, None)
         self.pool.release(entry.alloc)
@@ -576,69 +470,18 @@ class Pilot:
                 "job %d (attempt %d) ended %s: %s", claim.job_id, claim.attempt_id, result.outcome.value, result.reason
             )
         self._watch_for_black_hole(result)
-        if not self._draining and self._stop_reason is None:
+        if not self.draining and self._stop_reason is None:
             self._dispatch(time.time())  # the freed slot takes the next job at once
         self._nudge()
 
     def _watch_for_black_hole(self, result: RunResult) -> None:
-        """Stop taking work when job after job fails within seconds: the node, not the jobs, is likely broken."""
-        if result.outcome is Outcome.DONE:
-            self._fast_failures = 0
-        elif result.outcome is Outcome.FAILED and result.wall_s < self.settings.fast_failure_s:
-            self._fast_failures += 1
-            if self._fast_failures >= self.settings.black_hole_failures:
-                log.error(
-                    "black hole: the last %d jobs all failed within %.0f s; taking no more work",
-                    self._fast_failures,
-                    self.settings.fast_failure_s,
-                )
-                self.request_stop(
-                    f"black hole: the last {self._fast_failures} jobs all failed within "
-                    f"{self.settings.fast_failure_s:.0f} s of starting; check this node"
-                )
-
-    async def _place_input(self, inp: InputFile, sandbox: Path) -> None:
-        dest = sandbox / inp.name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if inp.sha256 is None:
-            await self._patiently(f"download {inp.name}", lambda: self.channel.fetch_input(inp, dest))
-            return
-        cached = self._workdir / "cache" / inp.sha256
-        lock = self._cache_locks.setdefault(inp.sha256, asyncio.Lock())
-        async with lock:
-            if not cached.exists():
-                cached.parent.mkdir(exist_ok=True)
-                await self._patiently(f"download {inp.name}", lambda: self.channel.fetch_input(inp, cached))
-        try:
-            os.link(cached, dest)
-        except OSError:
-            await asyncio.to_thread(shutil.copyfile, cached, dest)
-
-    async def _upload_outputs(
-        self, claim: ClaimedJob, sandbox: Path, result: RunResult
-    ) -> tuple[list[OutputFile], RunResult]:
-        missing = [name for name in claim.spec.outputs if not (sandbox / name).is_file()]
-        if missing:
-            return [], _replace(result, Outcome.FAILED, f"the job did not produce {', '.join(missing)}")
-        uploaded = []
-        for name in claim.spec.outputs:
-            upload = functools.partial(self.channel.upload_output, claim.attempt_id, claim.lease, name, sandbox / name)
-            uploaded.append(await self._patiently(f"upload {name}", upload))
-        return uploaded, result
-
-    async def _patiently(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry ``call`` while the server is unreachable (1 s doubling to 10 s), up to ``outage_s``."""
-        deadline = time.monotonic() + self.settings.outage_s
-        delay = 1.0
-        while True:
-            try:
-                return await call()
-            except ServerUnreachable as exc:
-                if time.monotonic() + delay > deadline or self._server_gone:
-                    raise
-                log.warning("%s: server unreachable (%s); retrying in %.0f s", what, exc.message, delay)
-                await asyncio.sleep(delay * random.uniform(0.75, 1.25))  # jitter: pilots do not return in step
-                delay = min(MAX_RETRY_S, delay * 2)
+        settings = self.settings
+        why = self.stats.black_hole(
+            result.outcome, result.wall_s, failures=settings.black_hole_failures, fast_s=settings.fast_failure_s
+        )
+        if why is not None:
+            log.error("%s; taking no more work", why)
+            self.request_stop(why)
 
     async def _leave(self, reason: str) -> None:
         log.info(
@@ -650,15 +493,3 @@ class Pilot:
         )
         with contextlib.suppress(GlideinError):
             await self.channel.exit(PilotExit(reason=reason, occupancy=self.occupancy, jobs_run=self.stats.jobs))
-
-
-def _replace(result: RunResult, outcome: Outcome, reason: str) -> RunResult:
-    return RunResult(
-        outcome=outcome,
-        exit_code=result.exit_code,
-        reason=reason,
-        wall_s=result.wall_s,
-        max_rss_mb=result.max_rss_mb,
-        stdout_tail=result.stdout_tail,
-        stderr_tail=result.stderr_tail,
-    )

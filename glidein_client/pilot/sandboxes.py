@@ -20,7 +20,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from glidein_client.pilot.executor import STDERR_NAME, STDOUT_NAME
+from glidein_client.pilot.launch import STDERR_NAME, STDOUT_NAME
 
 LOG_NAMES = frozenset({STDOUT_NAME, STDERR_NAME})
 

@@ -12,16 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from glidein_client.pilot.executor import (
-    SCRIPT_NAME,
-    STDOUT_NAME,
-    JobProcess,
-    JobRun,
-    RunResult,
-    descendant_pids,
-    read_tail,
-    tree_rss_mb,
-)
+from glidein_client.pilot.executor import JobProcess, RunResult
+from glidein_client.pilot.launch import SCRIPT_NAME, STDOUT_NAME, JobRun, read_tail
+from glidein_client.pilot.proctree import descendant_pids, tree_rss_mb
 from glidein_client.wire.schema import LOG_TAIL_BYTES, JobSpec, Outcome
 
 PY = sys.executable

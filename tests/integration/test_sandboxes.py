@@ -7,7 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from glidein_client.pilot.executor import STDERR_NAME, STDOUT_NAME, JobProcess, JobRun
+from glidein_client.pilot.executor import JobProcess
+from glidein_client.pilot.launch import STDERR_NAME, STDOUT_NAME, JobRun
 from glidein_client.pilot.sandboxes import Sandboxes
 from glidein_client.wire.schema import JobSpec, Outcome
 

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from glidein_client.pilot.resources import (
-    Facts,
+from glidein_client.pilot.resource_parsers import (
     batch_id,
     batch_system,
     cgroup_memory_files,
     condor_gpu_ids,
-    detect,
     expand_slurm_counts,
     format_ids,
     needs_nvidia_smi,
@@ -24,11 +22,10 @@ from glidein_client.pilot.resources import (
     parse_squeue_end,
     parse_visible_devices,
     pbs_cpus,
-    resolve,
-    run_text,
     slurm_cpus,
     slurm_memory_mb,
 )
+from glidein_client.pilot.resources import Facts, detect, resolve, run_text
 from glidein_client.wire.errors import ConfigError
 
 MACHINE_AD = """\
