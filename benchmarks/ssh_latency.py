@@ -35,7 +35,7 @@ import msgspec
 
 from glidein_client.site.client import SiteClient
 from glidein_client.site.config import SshSection, load_site_config
-from glidein_client.site.deploy import _toml
+from glidein_client.site.deploy_config import _toml
 from glidein_client.site.runners.local import LocalRunner
 from glidein_client.site.runners.ssh import SshRunner
 from glidein_client.wire.schema import Role

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Back-off while the server is unreachable: first retry after this, doubling up to cycle_s.
 FIRST_RETRY_S = 1.0
+#: The copy of the server's CA in each pilot's directory.
+PILOT_CA_FILE = "ca.pem"
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,11 @@ def pilot_command(site: SiteConfig, workdir: str) -> tuple[str, ...]:
     """The complete ``glidein_client.pilot run`` command line of one pilot of ``site``.
 
     ``workdir`` is the pilot's own directory on the site's filesystem; it holds the pilot
-    token (``<workdir>/token``). Batch backends put this command into their scripts. Pilots
-    under a batch system take their cores, memory, GPUs and end time from their allocation;
-    local pilots are given them.
+    token (``<workdir>/token``) and, when ``site.ca_file`` is set, a copy of the server's CA
+    (``<workdir>/ca.pem``): the CA file named in the config may lie where worker nodes cannot
+    see it (the operator's host in remote mode), the pilot's directory never. Batch backends put
+    this command into their scripts. Pilots under a batch system take their cores, memory, GPUs
+    and end time from their allocation; local pilots are given them.
     """
     shape = site.shape
     options = {
@@ -98,7 +102,7 @@ def pilot_command(site: SiteConfig, workdir: str) -> tuple[str, ...]:
         # The pilot reads its real cores, memory, GPUs and end time from the batch system.
         options["--fallback-walltime-s"] = str(shape.walltime_s)
     if site.site.ca_file:
-        options["--ca-file"] = site.site.ca_file
+        options["--ca-file"] = os.path.join(workdir, PILOT_CA_FILE)
     options.update(pilot_network_options(site, workdir))  # firewalled sites: relay or mailbox, staged files
     argv = [site.batch.python or sys.executable, "-m", "glidein_client.pilot", "run"]
     for flag, value in options.items():
@@ -133,10 +137,12 @@ class SiteClient:
         self.scheduler: Scheduler = scheduler if scheduler is not None else make_scheduler(site, self.runner)
         self._api: ApiClient | None = None
         self._generation: int | None = None  # of the server's work signal, last seen
+        self._ca: bytes | None = None  # the server's CA (site.ca_file), read once
         self.firewall: Firewall | None = None  # staging, relay or mailbox of a firewalled site
 
     async def __aenter__(self) -> SiteClient:
         token = await asyncio.to_thread(self.site.read_token)
+        self._ca = await asyncio.to_thread(self.site.read_ca)
         api = ApiClient(self.site.site.server_url, token, ca_file=self.site.site.ca_file)
         self._api = await api.__aenter__()
         if self.site.network.stages:
@@ -282,9 +288,11 @@ class SiteClient:
         try:
             await self.runner.makedirs(workdir, mode=0o700)
             await self.runner.write_file(launch.token_file, grant.token.encode(), mode=0o600)
+            if self._ca is not None:
+                await self.runner.write_file(os.path.join(workdir, PILOT_CA_FILE), self._ca, mode=0o644)
         except OSError as exc:
             raise SchedulerError(
-                f"Cannot write the token of pilot {launch.tag} to {launch.token_file}: {exc.strerror or exc}.",
+                f"Cannot write the token of pilot {launch.tag} to {workdir}: {exc.strerror or exc}.",
                 hint="Check that site.scratch_dir exists and is writable by the user running glidein-client.",
             ) from None
         if self.firewall is not None:

@@ -138,6 +138,28 @@ class SiteConfig(Struct, frozen=True, kw_only=True):
     def read_token(self) -> str:
         return read_secret_file(self.site.token_file, what="site token", config=f"{self.path} as site.token_file")
 
+    def read_ca(self) -> bytes | None:
+        """The server's CA named by ``site.ca_file`` (None when the server's certificate is publicly trusted)."""
+        path = self.site.ca_file
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise ConfigError(
+                f"Cannot read the server's CA {path} (site.ca_file in {self.path}): {exc.strerror or exc}.",
+                hint="Copy ca.pem from the server's state directory (tls/ca.pem) to this host and name it there.",
+                field="site.ca_file",
+            ) from None
+        if b"-----BEGIN CERTIFICATE-----" not in data:
+            raise ConfigError(
+                f"{path} (site.ca_file in {self.path}) holds no PEM certificate.",
+                hint="Name the server's CA: tls/ca.pem in the server's state directory.",
+                field="site.ca_file",
+            )
+        return data
+
 
 def load_site_config(path: str | Path) -> SiteConfig:
     path = str(path)

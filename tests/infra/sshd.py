@@ -51,7 +51,7 @@ from typing import Any
 import pyotp
 import pytest
 
-from glidein_client.site.deploy import Wheels, build_wheels
+from glidein_client.site.deploy_wheels import Wheels, build_wheels
 
 SSHD = "/usr/sbin/sshd"
 TEST_USER = "glidein-ssh-test"

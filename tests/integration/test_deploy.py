@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 
 from glidein_client.site.config import SiteConfig, load_site_config, tomllib
-from glidein_client.site.deploy import _toml, deploy
+from glidein_client.site.deploy import deploy
+from glidein_client.site.deploy_config import _toml
 from glidein_client.site.runners.ssh import SshRunner
 from glidein_client.wire.errors import ConfigError
 from glidein_client.wire.schema import JobSpec, JobState, Role

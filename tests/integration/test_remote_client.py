@@ -20,7 +20,7 @@ import pytest
 
 from glidein_client.site.client import SiteClient
 from glidein_client.site.config import SiteConfig, load_site_config
-from glidein_client.site.deploy import _toml
+from glidein_client.site.deploy_config import _toml
 from glidein_client.site.runners.local import CommandResult
 from glidein_client.site.runners.ssh import SshRunner
 from glidein_client.wire.schema import JobSpec, JobState, Role

@@ -15,7 +15,8 @@ import pytest
 
 from glidein_client.site.client import make_runner
 from glidein_client.site.config import SshSection, load_site_config, tomllib
-from glidein_client.site.deploy import _toml, cron_line, remote_config_text, unit_name, unit_text
+from glidein_client.site.deploy_config import _toml, remote_config_text
+from glidein_client.site.deploy_service import cron_line, unit_name, unit_text
 from glidein_client.site.runners.local import LocalRunner
 from glidein_client.site.runners.ssh import SshRunner, remote_command
 from glidein_client.site.runners.ssh_codes import CodeLedger, read_totp_secret

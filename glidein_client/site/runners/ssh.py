@@ -38,13 +38,9 @@ import errno
 import getpass
 import logging
 import os
-import re
-import shlex
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
 
@@ -55,7 +51,19 @@ import pyotp
 from glidein_client.site.config import SshSection
 from glidein_client.site.runners.local import CommandResult
 from glidein_client.site.runners.ssh_codes import CodeLedger, read_totp_secret
-from glidein_client.wire.errors import ConfigError, SchedulerError, SshError
+from glidein_client.site.runners.ssh_login import (
+    LoginClient,
+    Target,
+    ask_terminal,
+    denied_error,
+    host_key_error,
+    load_keys,
+    load_known_hosts,
+    parse_jump,
+)
+from glidein_client.site.runners.ssh_process import LOST as _LOST
+from glidein_client.site.runners.ssh_process import LostWhileRunning, remote_command, run_process
+from glidein_client.wire.errors import SshError
 
 log = logging.getLogger(__name__)
 if logging.getLogger("asyncssh").level == logging.NOTSET:  # it logs every channel at INFO
@@ -65,8 +73,6 @@ T = TypeVar("T")
 
 #: Reasons (``SshError.fields["reason"]``) that only a person can fix: retried after ``auth_retry_s``.
 _SLOW_REASONS = frozenset({"code-refused", "key-refused", "host-key-unknown", "host-key-changed", "prompt"})
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_JUMP = re.compile(r"^(?:(?P<user>[^@]+)@)?(?:\[(?P<ip6>[^\]]+)\]|(?P<host>[^:]+))(?::(?P<port>\d+))?$")
 #: SFTP status -> errno, so that file errors are the same OSError subclasses as the local runner's.
 _SFTP_ERRNO = {
     _c.FX_NO_SUCH_FILE: errno.ENOENT,
@@ -80,66 +86,6 @@ _SFTP_ERRNO = {
     _c.FX_QUOTA_EXCEEDED: errno.EDQUOT,
 }
 _SFTP_LOST = frozenset({_c.FX_CONNECTION_LOST, _c.FX_NO_CONNECTION})
-_LOST = (asyncssh.ConnectionLost, asyncssh.DisconnectError, ConnectionError, asyncssh.ChannelOpenError)
-
-
-def remote_command(argv: list[str], env: dict[str, str] | None = None) -> str:
-    """The one command line sent for ``argv`` (each word quoted), with ``env`` through ``env(1)``."""
-    if not argv:
-        raise ValueError("empty command")
-    words = list(argv)
-    if env:
-        bad = [name for name in env if not _ENV_NAME.match(name)]
-        if bad:
-            raise ValueError(f"not an environment variable name: {bad[0]!r}")
-        words = ["env", *(f"{name}={value}" for name, value in env.items()), *words]
-    return shlex.join(words)
-
-
-@dataclass(frozen=True)
-class _Target:
-    host: str
-    port: int
-    user: str
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.user}@{host}:{self.port}"
-
-
-class _Client(asyncssh.SSHClient):
-    """One login attempt: answers at most one code prompt and reports a dropped connection."""
-
-    def __init__(self, runner: SshRunner, target: _Target) -> None:
-        self.runner = runner
-        self.target = target
-        self.conn: asyncssh.SSHClientConnection | None = None
-        self.code_sent = False
-        self.unanswerable: str | None = None  # a prompt that could not be answered, and why
-
-    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
-        self.conn = conn
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.runner._lost(self, exc)
-
-    def auth_banner_received(self, msg: str, lang: str) -> None:
-        log.debug("%s says: %s", self.target, msg.strip())
-
-    def kbdint_auth_requested(self) -> str | None:
-        return None if self.code_sent or self.unanswerable else ""
-
-    async def kbdint_challenge_received(
-        self, name: str, instructions: str, lang: str, prompts: Sequence[tuple[str, bool]]
-    ) -> list[str] | None:
-        if not prompts:
-            return []  # an information round (PAM sends one after the code)
-        if self.code_sent or self.unanswerable:
-            return None  # one code per login: a refused code is never tried again here
-        answers = await self.runner._answer(self, instructions, prompts)
-        if answers is not None:
-            self.code_sent = True
-        return answers
 
 
 class SshRunner:
@@ -162,7 +108,7 @@ class SshRunner:
     ) -> None:
         self.settings = settings
         self.config_path = config_path
-        self.target = _Target(settings.host, settings.port, settings.user or getpass.getuser())
+        self.target = Target(settings.host, settings.port, settings.user or getpass.getuser())
         self.interactive = interactive
         self.retry_s = retry_s
         self.auth_retry_s = auth_retry_s
@@ -222,7 +168,7 @@ class SshRunner:
             conn = await self.connection()
             try:
                 async with self._channels:
-                    return await self._run_on(conn, argv, command, stdin, timeout_s)
+                    return await run_process(self.target, conn, argv, command, stdin, timeout_s)
             except asyncssh.ChannelOpenError as exc:  # the command did not start
                 if conn is self._conn and not conn.is_closed():  # refused for now (sshd MaxSessions, load)
                     if attempt < 7:
@@ -242,7 +188,7 @@ class SshRunner:
                 log.info(
                     "connection to %s lost before `%s` started; running it after a new login", self.target, argv[0]
                 )
-            except _LostWhileRunning as exc:
+            except LostWhileRunning as exc:
                 self._drop(conn, exc.__cause__)
                 raise self._lost_error(argv, started=True) from None
             except _LOST as exc:
@@ -347,13 +293,13 @@ class SshRunner:
         log.warning("login to %s failed: %s", self.target, exc.message)
 
     async def _login(self) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientConnection | None]:
-        keys = await asyncio.to_thread(self._load_keys)
-        known = await asyncio.to_thread(self._load_known_hosts)
+        keys = await asyncio.to_thread(load_keys, self.settings, self.config_path)
+        known = await asyncio.to_thread(load_known_hosts, self.settings, self.config_path)
         secret = self.settings.totp_secret_file  # read (and its mode checked) before any connection
         self._totp = await asyncio.to_thread(read_totp_secret, secret, config=self.config_path) if secret else None
         jump: asyncssh.SSHClientConnection | None = None
         if self.settings.jump_host:
-            jump_target = _parse_jump(self.settings.jump_host, self.target.user)
+            jump_target = parse_jump(self.settings.jump_host, self.target.user)
             log.info("logging in to jump host %s", jump_target)
             jump = await self._open(jump_target, None, keys, known)
         try:
@@ -367,12 +313,12 @@ class SshRunner:
 
     async def _open(
         self,
-        target: _Target,
+        target: Target,
         tunnel: asyncssh.SSHClientConnection | None,
         keys: list[asyncssh.SSHKey] | None,
         known: asyncssh.SSHKnownHosts,
     ) -> asyncssh.SSHClientConnection:
-        client = _Client(self, target)
+        client = LoginClient(self, target)
         code_wait_s = 35.0 if self.settings.totp_secret_file else 600.0
         try:
             conn, _ = await asyncssh.create_connection(
@@ -392,12 +338,12 @@ class SshRunner:
                 connect_timeout=self.settings.connect_timeout_s + code_wait_s,
             )
         except asyncssh.HostKeyNotVerifiable:
-            raise await self._host_key_error(target, tunnel, known) from None
+            raise await host_key_error(self.settings, target, tunnel, known) from None
         except asyncssh.PermissionDenied:
-            raise self._denied(target, client) from None
+            raise denied_error(self.settings, self.config_path, target, client) from None
         except asyncssh.DisconnectError as exc:
             if client.code_sent:
-                raise self._denied(target, client) from None
+                raise denied_error(self.settings, self.config_path, target, client) from None
             raise SshError(
                 f"{target} ended the login: {exc.reason}.",
                 reason="disconnected",
@@ -413,94 +359,8 @@ class SshRunner:
         assert isinstance(conn, asyncssh.SSHClientConnection)
         return conn
 
-    def _load_keys(self) -> list[asyncssh.SSHKey] | None:
-        path = self.settings.key_file
-        if not path:
-            return None  # ssh-agent and ~/.ssh/id_*, as ssh does
-        try:
-            return [asyncssh.read_private_key(path)]
-        except (OSError, asyncssh.KeyImportError) as exc:
-            text = getattr(exc, "strerror", None) or str(exc)
-            raise SshError(
-                f"Cannot use the key file {path} (named in {self.config_path} as ssh.key_file): {text}.",
-                hint="glidein needs a key it can read unattended: a key without passphrase, or leave "
-                "ssh.key_file unset and load the key into ssh-agent.",
-                reason="key-file",
-            ) from None
-
-    def _load_known_hosts(self) -> asyncssh.SSHKnownHosts:
-        path = self.settings.known_hosts
-        if not os.path.exists(path):
-            return asyncssh.import_known_hosts("")
-        try:
-            return asyncssh.read_known_hosts(path)
-        except (OSError, ValueError) as exc:
-            raise SshError(
-                f"Cannot read the known_hosts file {path} (ssh.known_hosts in {self.config_path}): {exc}.",
-                reason="known-hosts",
-            ) from None
-
-    async def _host_key_error(
-        self, target: _Target, tunnel: asyncssh.SSHClientConnection | None, known: asyncssh.SSHKnownHosts
-    ) -> SshError:
-        path = self.settings.known_hosts
-        name = f"[{target.host}]:{target.port}" if target.port != 22 else target.host
-        listed = asyncssh.match_known_hosts(known, target.host, "", target.port if target.port != 22 else None)[0]
-        changed = bool(listed)
-        key: asyncssh.SSHKey | None = None
-        with contextlib.suppress(Exception):
-            key = await asyncssh.get_server_host_key(target.host, target.port, tunnel=tunnel or (), config=None)
-        fields = {"reason": "host-key-changed" if changed else "host-key-unknown", "host": str(target)}
-        seen, line = "glidein could not read its key a second time to show the fingerprint", ""
-        if key is not None:
-            algorithm, data = key.export_public_key("openssh").decode().split()[:2]
-            fields["fingerprint"] = key.get_fingerprint("sha256")
-            seen = f"The key it offers is {algorithm} {fields['fingerprint']}"
-            line = f" If it matches, add this line to {path}:\n    {name} {algorithm} {data}"
-        check = (
-            "Compare it with the fingerprint the site publishes, or that its admins read on the login node "
-            "with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`."
-        )
-        if changed:
-            return SshError(
-                f"The host key of {target.host}:{target.port} has CHANGED: it is not the one in {path}. "
-                f"Someone may be intercepting the connection, or the site re-installed the login node. {seen}.",
-                hint=f"Ask the site whether the key changed. {check} Only then remove the old line "
-                f"(`ssh-keygen -R '{name}' -f {path}`).{line}",
-                **fields,
-            )
-        return SshError(
-            f"The host key of {target.host}:{target.port} is not in {path}; glidein trusts no unknown host. {seen}.",
-            hint=f"{check}{line}",
-            **fields,
-        )
-
-    def _denied(self, target: _Target, client: _Client) -> SshError:
-        secret = self.settings.totp_secret_file
-        if client.unanswerable:
-            reason, message = "prompt", f"{target} asks for a one-time code, and {client.unanswerable}."
-            hint = (
-                f"Set ssh.totp_secret_file in {self.config_path} to the TOTP secret enrolled for this login, "
-                "or run glidein-client in a terminal. glidein does not try this login again until restarted: "
-                "repeated attempts could lock the account."
-            )
-        elif client.code_sent:
-            reason, message = "code-refused", f"{target} refused the one-time code (the key was accepted)."
-            hint = (
-                f"Check that {secret} holds the secret enrolled for {target.user} there and that this "
-                "machine's clock is right (`date -u`)."
-                if secret
-                else "Type the current code of the login."
-            )
-        else:
-            reason = "key-refused"
-            key = self.settings.key_file or "the ssh-agent's and ~/.ssh's keys"
-            message = f"{target} refused the login of {target.user} with {key}."
-            hint = f"Check that the public key is in ~/.ssh/authorized_keys of {target.user} on {target.host}."
-        return SshError(message, hint=hint, reason=reason, host=str(target))
-
     async def _answer(
-        self, client: _Client, instructions: str, prompts: Sequence[tuple[str, bool]]
+        self, client: LoginClient, instructions: str, prompts: Sequence[tuple[str, bool]]
     ) -> list[str] | None:
         """The code for a keyboard-interactive prompt; None when it cannot be answered."""
         asked = "; ".join(p.strip() for p, _ in prompts)
@@ -532,10 +392,10 @@ class SshRunner:
             print(instructions.strip(), file=sys.stderr)
         answers = []
         for prompt, echo in prompts:
-            answer = await _ask_terminal(f"{client.target} {prompt.strip()} ", echo)
+            answer = await ask_terminal(f"{client.target} {prompt.strip()} ", echo)
             while answer is not None and answer.strip() == self._typed.get(key):
                 print("That code was used for the last login; wait for the next one.", file=sys.stderr)
-                answer = await _ask_terminal(f"{client.target} {prompt.strip()} ", echo)
+                answer = await ask_terminal(f"{client.target} {prompt.strip()} ", echo)
             if answer is None:
                 client.unanswerable = "the terminal closed before a code was typed"
                 return None
@@ -545,7 +405,7 @@ class SshRunner:
 
     # --- connection losses ------------------------------------------------------------------------
 
-    def _lost(self, client: _Client, exc: Exception | None) -> None:
+    def _lost(self, client: LoginClient, exc: Exception | None) -> None:
         if self._closing or client.conn is None or client.conn not in (self._conn, self._jump):
             return
         self._forget()
@@ -588,46 +448,6 @@ class SshRunner:
 
     # --- commands and files ---------------------------------------------------------------------
 
-    async def _run_on(
-        self, conn: asyncssh.SSHClientConnection, argv: list[str], command: str, stdin: bytes | None, timeout_s: float
-    ) -> CommandResult:
-        proc = await conn.create_process(command, encoding=None)
-        try:
-            try:
-                if not stdin:
-                    proc.stdin.write_eof()  # (communicate() sends stdin and its end when there is some)
-                out, err = await asyncio.wait_for(proc.communicate(stdin or None), timeout_s)
-            except asyncio.TimeoutError:
-                with contextlib.suppress(Exception):
-                    proc.kill()
-                raise SchedulerError(
-                    f"The command {argv[0]!r} did not answer within {timeout_s:.0f} s on {self.target}.",
-                    command=argv,
-                    hint="The batch system may be overloaded; the next cycle will try again.",
-                ) from None
-            except _LOST as exc:
-                raise _LostWhileRunning() from exc
-        finally:
-            proc.close()
-        code = proc.returncode
-        if code is None:  # the channel closed without an exit status: the connection went away
-            raise _LostWhileRunning()
-        if code < 0:
-            code = 128 - code
-        stdout = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
-        stderr = err.decode(errors="replace") if isinstance(err, bytes) else str(err)
-        if code == 127 and argv[0] in stderr and ("not found" in stderr or "No such file" in stderr):
-            raise SchedulerError(
-                f"The command {argv[0]!r} was not found on {self.target}.",
-                command=argv,
-                hint=f"Install it there or put its directory on PATH for {self.target.user} in "
-                "non-interactive logins (for bash: ~/.bashrc).",
-                exit_code=code,
-                stderr=stderr,
-            )
-        log.debug("ran %s on %s -> %d", argv[0], self.target, code)
-        return CommandResult(tuple(argv), code, stdout, stderr)
-
     async def _sftp_client(self) -> asyncssh.SFTPClient:
         conn = await self.connection()
         async with self._sftp_lock:
@@ -661,45 +481,8 @@ class SshRunner:
         raise AssertionError("unreachable")
 
 
-class _LostWhileRunning(Exception):
-    """The connection went away while a command ran."""
-
-
 def _remote_path(path: str) -> str:
     """SFTP paths are relative to the home directory; ``~/x`` means the same."""
     if path == "~":
         return "."
     return path[2:] if path.startswith("~/") else path
-
-
-def _parse_jump(text: str, default_user: str) -> _Target:
-    m = _JUMP.match(text)
-    if m is None:  # the config schema checks the form already
-        raise ConfigError(f"ssh.jump_host {text!r} is not [user@]host[:port].", field="ssh.jump_host")
-    return _Target(m["ip6"] or m["host"], int(m["port"] or 22), m["user"] or default_user)
-
-
-async def _ask_terminal(prompt: str, echo: bool) -> str | None:
-    """One answer typed at the terminal (None at end of input), read in a daemon thread so that
-    stopping the client never waits for a person."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[str | None] = loop.create_future()
-
-    def settle(value: str | None) -> None:
-        if not future.done():
-            future.set_result(value)
-
-    def read() -> None:
-        value: str | None = None
-        try:
-            if echo:
-                print(prompt, end="", file=sys.stderr, flush=True)
-                value = sys.stdin.readline().rstrip("\n") or None
-            else:
-                value = getpass.getpass(prompt)
-        except (EOFError, OSError):
-            pass
-        loop.call_soon_threadsafe(settle, value)
-
-    threading.Thread(target=read, name="glidein-code-prompt", daemon=True).start()
-    return await future
