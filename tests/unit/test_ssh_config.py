@@ -21,6 +21,7 @@ from glidein_client.site.runners.local import LocalRunner
 from glidein_client.site.runners.ssh import SshRunner, remote_command
 from glidein_client.site.runners.ssh_codes import CodeLedger, read_totp_secret
 from glidein_client.wire.errors import ConfigError
+from glidein_client.wire.secrets import read_secret_file
 from tests.golden_files import check_golden
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "site_configs" / "remote-slurm.toml"
@@ -170,6 +171,38 @@ def test_totp_secret_forms(tmp_path: Path) -> None:
         read_totp_secret(str(path))
     with pytest.raises(ConfigError, match="Cannot read"):
         read_totp_secret(str(tmp_path / "absent"))
+
+
+@pytest.mark.parametrize(("secret", "bits"), [("JBSWY3DPEHPK3PXP", 80), ("JBSWY3DPEHPK3PXPJBSW", 96)])
+def test_a_too_short_totp_secret_names_the_file_and_the_fix(tmp_path: Path, secret: str, bits: int) -> None:
+    path = tmp_path / "totp"
+    for text in (secret, f"otpauth://totp/hpc1:glidein%40hpc1?secret={secret}&issuer=hpc1"):
+        path.write_text(text + "\n")
+        path.chmod(0o600)
+        with pytest.raises(ConfigError) as info:
+            read_totp_secret(str(path), config="/etc/glidein/site.toml")
+        message = str(info.value)
+        assert f"The TOTP secret in {path}" in message and f"is {bits} bits long" in message
+        assert "/etc/glidein/site.toml as ssh.totp_secret_file" in message
+        assert "at least 112 bits" in message and "Enrol the login again" in message
+        assert "ValueError" not in message and "unexpected" not in message.lower()
+
+
+def test_secret_files_that_are_empty_or_not_text_say_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    path.chmod(0o600)
+    with pytest.raises(ConfigError) as info:
+        read_secret_file(str(path), what="site token", config="site.toml as site.token_file")
+    assert "is not text" in str(info.value) and "glidein-server site add" in str(info.value)
+    path.write_text("\n")
+    with pytest.raises(ConfigError) as info:
+        read_totp_secret(str(path), config="site.toml")
+    assert "is empty" in str(info.value) and "Put the secret shown when the login was enrolled" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        read_secret_file(str(tmp_path), what="site token", config="site.toml as site.token_file")
+    assert f"Cannot read the site token file {tmp_path}" in str(info.value)
+    assert "Check the path in site.toml as site.token_file" in str(info.value)
 
 
 def test_code_ledger_never_hands_out_a_window_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

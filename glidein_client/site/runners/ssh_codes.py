@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from typing import ClassVar
+from urllib.parse import parse_qs, urlsplit
 
 import pyotp
 
@@ -23,25 +24,41 @@ def read_totp_secret(path: str, *, config: str | None = None) -> pyotp.TOTP:
     The file must be readable by its owner only (chmod 600), like every secret of glidein.
     """
     where = f"{config} as ssh.totp_secret_file" if config else None
-    text = read_secret_file(path, what="TOTP secret", config=where).splitlines()[0].strip()
+    enrolled = "the secret shown when the login was enrolled (e.g. by google-authenticator)"
+    text = read_secret_file(path, what="TOTP secret", config=where, fix=f"Put {enrolled} there.")
+    text = text.splitlines()[0].strip()
+    named = f" (named in {where})" if where else ""
     bad = ConfigError(
-        f"The TOTP secret file {path} holds neither a base32 secret nor an otpauth:// URI on its first line.",
-        hint="Put the secret that was shown when the login was enrolled (e.g. by google-authenticator) there.",
+        f"The TOTP secret file {path}{named} holds neither a base32 secret nor an otpauth:// URI on its first line.",
+        hint=f"Put {enrolled} there.",
+        field="ssh.totp_secret_file",
     )
     if text.startswith("otpauth://"):
-        try:
-            otp = pyotp.parse_uri(text)
-        except ValueError:
-            raise bad from None
-        if not isinstance(otp, pyotp.TOTP):
-            raise bad
-        return otp
-    secret = text.replace(" ", "").upper()
+        secret = "".join(parse_qs(urlsplit(text).query).get("secret", [""])[:1])
+    else:
+        secret = text.replace(" ", "")
+    secret = secret.upper()
     try:
-        base64.b32decode(secret + "=" * (-len(secret) % 8))
+        bits = len(base64.b32decode(secret + "=" * (-len(secret) % 8))) * 8
     except ValueError:
         raise bad from None
-    return pyotp.TOTP(secret)
+    if bits < pyotp.OTP.min_secret_length_bits:  # pyotp refuses these, as RFC 4226 asks
+        raise ConfigError(
+            f"The TOTP secret in {path}{named} is {bits} bits long; one-time codes need a secret of at least "
+            f"{pyotp.OTP.min_secret_length_bits} bits (23 base32 characters), or anyone could guess them.",
+            hint="Enrol the login again with a longer secret (google-authenticator makes 160-bit ones: 32 "
+            f"base32 characters) and put the new secret in {path}.",
+            field="ssh.totp_secret_file",
+        )
+    if not text.startswith("otpauth://"):
+        return pyotp.TOTP(secret)
+    try:
+        otp = pyotp.parse_uri(text)
+    except ValueError:
+        raise bad from None
+    if not isinstance(otp, pyotp.TOTP):
+        raise bad
+    return otp
 
 
 class CodeLedger:
