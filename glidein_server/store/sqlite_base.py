@@ -13,6 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from glidein_client.wire.schema import PilotShape
+from glidein_server.policy.retry import RetryPolicy
 from glidein_server.store import sqlfile
 
 T = TypeVar("T")
@@ -20,8 +22,10 @@ Q = sqlfile.load("sqlite.sql")
 
 
 class SqliteBase:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, retry: RetryPolicy | None = None) -> None:
         self.path = path
+        self.retry = retry or RetryPolicy()
+        self._site_shapes: dict[str, PilotShape] = {}  # a cache of the sites table's shapes
         self._db: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
 

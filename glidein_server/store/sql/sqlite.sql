@@ -197,10 +197,6 @@ INSERT INTO jobs (owner, state, spec, cpus, memory_mb, gpus, disk_mb, walltime_s
                   max_retries, submitted_at)
 VALUES (?, 'idle', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
--- name: job_columns
-j.id, j.owner, j.state, j.spec, j.retries_used, j.attempts, j.submitted_at, j.finished_at, j.exit_code,
-j.reason, j.site, j.result_attempt
-
 -- name: idle_candidates
 SELECT id, cpus, memory_mb, gpus, disk_mb, walltime_s
 FROM jobs
@@ -366,3 +362,159 @@ WHERE j.state IN ('idle', 'claimed', 'running') AND (j.sites = '' OR instr(j.sit
   AND instr(j.spec, ?) > 0
   AND EXISTS (SELECT 1 FROM json_each(j.spec, '$.inputs') i WHERE json_extract(i.value, '$.sha256') = ?)
 LIMIT 1;
+
+-- Jobs as users see them.
+
+-- name: jobs_max_id
+SELECT coalesce(max(id), 0) FROM jobs;
+
+-- name: jobs_since
+SELECT id FROM jobs WHERE id > ? ORDER BY id;
+
+-- name: job_get
+SELECT j.id, j.owner, j.state, j.spec, j.retries_used, j.attempts, j.submitted_at, j.finished_at, j.exit_code,
+       j.reason, j.site, j.result_attempt
+FROM jobs j WHERE j.id = ?;
+
+-- The job list is composed: `{where}` becomes the filters below joined by AND (or 1).
+-- name: job_page
+SELECT j.id, j.owner, j.state, j.spec, j.retries_used, j.attempts, j.submitted_at, j.finished_at, j.exit_code,
+       j.reason, j.site, j.result_attempt
+FROM jobs j WHERE {where} ORDER BY j.id LIMIT ? OFFSET ?;
+
+-- name: job_counts
+SELECT j.state, count(*) FROM jobs j WHERE {where} GROUP BY j.state;
+
+-- name: job_where_owner
+j.owner = ?
+
+-- name: job_where_label
+json_extract(j.spec, '$.labels.' || json_quote(?)) = ?
+
+-- name: job_where_ids
+j.id IN (SELECT value FROM json_each(?))
+
+-- name: job_where_state
+j.state = ?
+
+-- name: job_state
+SELECT state FROM jobs WHERE id = ?;
+
+-- name: job_cancel
+UPDATE jobs SET state = 'cancelled', finished_at = ?, reason = 'cancelled by request' WHERE id = ?;
+
+-- name: job_has_active_attempt
+SELECT 1 FROM attempts WHERE job_id = ? AND state != 'ended';
+
+-- name: job_retry_request
+UPDATE jobs SET state = 'idle', retries_used = 0, finished_at = NULL, exit_code = NULL,
+    reason = 'retried by request'
+WHERE id = ?;
+
+-- name: job_retry_budget
+SELECT retries_used, max_retries, spec FROM jobs WHERE id = ?;
+
+-- name: attempts_of_job
+SELECT id, pilot_id, site, outcome, exit_code, reason, claimed_at, started_at, finished_at, stdout_tail, stderr_tail
+FROM attempts WHERE job_id = ? ORDER BY id;
+
+-- name: job_output
+SELECT o.name, o.sha256, o.size FROM outputs o JOIN jobs j ON j.result_attempt = o.attempt_id
+WHERE j.id = ? AND o.name = ?;
+
+-- name: file_owner_insert
+INSERT OR IGNORE INTO file_owners (sha256, owner, size) VALUES (?, ?, ?);
+
+-- name: file_user_may_read
+SELECT 1 FROM file_owners WHERE sha256 = ? AND owner = ?
+UNION ALL
+SELECT 1 FROM outputs o JOIN jobs j ON j.id = o.job_id WHERE o.sha256 = ? AND j.owner = ?
+LIMIT 1;
+
+-- name: file_pilot_may_read
+SELECT 1 FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.pilot_id = ? AND a.state != 'ended' AND instr(j.spec, ?) > 0
+LIMIT 1;
+
+-- Sites.
+
+-- name: site_shapes
+SELECT name, shape FROM sites WHERE shape IS NOT NULL;
+
+-- name: site_report
+INSERT INTO sites (name, shape, last_seen) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET shape = excluded.shape, last_seen = excluded.last_seen;
+
+-- name: site_health_all
+SELECT name, health FROM sites;
+
+-- name: site_failures
+SELECT start_failures, last_failure_at FROM sites WHERE name = ?;
+
+-- name: site_health_apply
+UPDATE sites SET health = health * ? + ? WHERE name = ?;
+
+-- Pilots.
+
+-- name: pilot_insert
+INSERT INTO pilots (site, state, created_at) VALUES (?, 'pending', ?);
+
+-- name: pilot_state
+SELECT state FROM pilots WHERE id = ?;
+
+-- name: pilot_state_at_site
+SELECT state FROM pilots WHERE id = ? AND site = ?;
+
+-- name: pilot_site
+SELECT site FROM pilots WHERE id = ?;
+
+-- name: pilot_end
+UPDATE pilots SET state = 'ended', ended_at = ?, exit_reason = coalesce(exit_reason, ?) WHERE id = ?;
+
+-- name: pilot_register
+UPDATE pilots SET state = ?, batch_id = ?, host = ?, cpus = ?, memory_mb = ?, gpus = ?, disk_mb = ?, end_time = ?,
+    free_cpus = ?, free_memory_mb = ?, free_gpus = ?, free_disk_mb = ?, lifetime_s = ?, started_at = ?,
+    last_seen = ?, exit_reason = ?, ended_at = CASE WHEN ? = 'ended' THEN ? END
+WHERE id = ?;
+
+-- name: pilot_shape
+SELECT state, site, cpus, memory_mb, gpus, disk_mb FROM pilots WHERE id = ?;
+
+-- name: pilot_jobs_run
+UPDATE pilots SET jobs_run = jobs_run + ? WHERE id = ?;
+
+-- name: pilot_exit
+UPDATE pilots SET occupancy = ?, exit_reason = ? WHERE id = ?;
+
+-- name: pilots_silent
+SELECT id FROM pilots WHERE state = 'running' AND last_seen < ?;
+
+-- name: attempt_output_owner
+SELECT a.job_id, j.spec FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.id = ? AND a.lease = ? AND a.pilot_id = ? AND a.state != 'ended';
+
+-- The summary.
+
+-- name: summary_jobs
+SELECT state, count(*) FROM jobs GROUP BY state;
+
+-- name: summary_jobs_of_owner
+SELECT state, count(*) FROM jobs WHERE owner = ? GROUP BY state;
+
+-- name: summary_pilots
+SELECT state, count(*) FROM pilots GROUP BY state;
+
+-- name: summary_occupancy
+SELECT sum(occupancy * cpus * (ended_at - started_at)), sum(cpus * (ended_at - started_at))
+FROM pilots WHERE state = 'ended' AND occupancy IS NOT NULL AND started_at IS NOT NULL;
+
+-- name: summary_sites
+SELECT name, shape, last_seen, start_failures, last_failure_at FROM sites ORDER BY name;
+
+-- name: summary_site_pilots
+SELECT state, count(*) FROM pilots WHERE site = ? AND state != 'ended' GROUP BY state;
+
+-- name: summary_problems
+SELECT id, site, host, exit_reason FROM pilots
+WHERE ended_at > ? AND (exit_reason LIKE 'black hole%' OR exit_reason LIKE 'self-test failed%')
+ORDER BY id DESC LIMIT 50;

@@ -1,0 +1,124 @@
+"""The job lifecycle: what the end of an attempt does to its job and to its site.
+
+Pure functions over plain data; a store reads the few facts they need, calls them, and
+applies the plan they return (in the same transaction). Nothing here touches a database.
+
+- ``plan_attempt_end``: an attempt's outcome becomes a job step: done; retried (charged to the
+  job's retries, its memory or walltime grown when that killed it); requeued without charge
+  (the pilot ended, the lease was lost); failed when its retries are spent; or left alone
+  (cancelled jobs stay cancelled).
+- ``site_health_blend``: a site's health is a moving average of attempt success (1) and failure
+  (0); jobs interrupted by a pilot's end or cancelled say nothing about the site, a lost pilot does.
+- ``site_backoff``: after pilots fail at start several times in a row, a site waits before
+  submitting more (1 min, doubling, up to 1 h).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from glidein_client.wire.schema import Finish, JobSpec, Outcome
+from glidein_server.policy.demand import start_backoff_s
+from glidein_server.policy.retry import RetryPolicy, next_spec
+
+#: How an attempt's outcome moves its site's health; outcomes not listed leave it alone.
+SITE_HEALTH: Mapping[Outcome, float] = {
+    Outcome.DONE: 1.0,
+    Outcome.FAILED: 0.0,
+    Outcome.MEMORY: 0.0,
+    Outcome.WALLTIME: 0.0,
+    Outcome.LOST: 0.0,
+}
+#: Weight of one outcome in the site-health moving average.
+HEALTH_ALPHA = 0.05
+
+
+class Step(str, enum.Enum):
+    """What happens to a job when one of its attempts ends."""
+
+    DONE = "done"  # finished; the attempt's outputs are the job's result
+    RETRY = "retry"  # idle again, one retry charged (``grown`` set when it asks for more)
+    REQUEUE = "requeue"  # idle again, not charged: not the job's fault
+    FAIL = "fail"  # failed for good: its retries are spent
+    KEEP = "keep"  # left as it is (a cancelled job stays cancelled)
+
+
+@dataclass(frozen=True)
+class RetryBudget:
+    """What the lifecycle needs to know about a job whose attempt failed."""
+
+    retries_used: int
+    max_retries: int
+    spec: JobSpec
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """The job's next state after an attempt, for the store to apply."""
+
+    step: Step
+    reason: str | None
+    grown: JobSpec | None = None  # RETRY only: the larger request of the next attempt
+
+
+def needs_budget(outcome: Outcome) -> bool:
+    """Whether ``plan_attempt_end`` needs the job's ``RetryBudget`` for this outcome."""
+    return outcome.counts_as_retry
+
+
+def plan_attempt_end(outcome: Outcome, reason: str | None, budget: RetryBudget | None, policy: RetryPolicy) -> JobPlan:
+    """The job step for an attempt that ended with ``outcome``; ``budget`` is None for a job that
+    no longer exists (or when ``needs_budget`` is False)."""
+    if outcome is Outcome.DONE:
+        return JobPlan(Step.DONE, None)
+    if outcome is Outcome.CANCELLED:
+        return JobPlan(Step.KEEP, reason)
+    if not outcome.counts_as_retry:
+        return JobPlan(Step.REQUEUE, reason)
+    if budget is None or budget.retries_used >= budget.max_retries:
+        return JobPlan(Step.FAIL, reason)
+    grown = next_spec(budget.spec, outcome, policy)
+    if grown is None:
+        return JobPlan(Step.RETRY, reason)
+    spec, note = grown
+    return JobPlan(Step.RETRY, f"{reason}; {note}", grown=spec)
+
+
+def check_outputs(fin: Finish, uploaded: Mapping[str, tuple[str, int]]) -> tuple[Outcome, str | None]:
+    """A DONE report whose declared outputs were not all uploaded intact is a failure."""
+    if fin.outcome is not Outcome.DONE or not fin.outputs:
+        return fin.outcome, fin.reason
+    missing = [o.name for o in fin.outputs if uploaded.get(o.name) != (o.sha256, o.size)]
+    if not missing:
+        return fin.outcome, fin.reason
+    return Outcome.FAILED, f"outputs {', '.join(missing)} were reported but not uploaded intact"
+
+
+def site_health_value(outcome: Outcome) -> float | None:
+    """What one attempt's outcome says about its site, or None when it says nothing."""
+    return SITE_HEALTH.get(outcome)
+
+
+def site_health_blend(values: Iterable[float]) -> tuple[float, float]:
+    """``(keep, add)`` such that ``health * keep + add`` equals one moving-average update per value, in order."""
+    keep, add = 1.0, 0.0
+    for value in values:
+        keep *= 1 - HEALTH_ALPHA
+        add = add * (1 - HEALTH_ALPHA) + HEALTH_ALPHA * value
+    return keep, add
+
+
+def site_backoff(failures: int, last_failure_at: float | None, now: float) -> tuple[int, float]:
+    """``(start failures in a row, seconds the site should still wait)``."""
+    if not failures:
+        return 0, 0.0
+    left = start_backoff_s(failures) - (now - (last_failure_at or now))
+    return failures, round(max(0.0, left), 1)
+
+
+def pilot_start_failed(previous_state: str) -> bool:
+    """A pilot the batch system reports ended while still pending never reached the server: it
+    counts as a failure to start at its site."""
+    return previous_state == "pending"

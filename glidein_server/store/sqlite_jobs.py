@@ -1,0 +1,191 @@
+"""Jobs in the SQLite store as users see them: submit, list, cancel, retry, attempts, outputs, file access."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from glidein_client.wire.errors import ConflictError, NotFoundError
+from glidein_client.wire.schema import AttemptView, JobSpec, JobState, JobView, OutputFile, Role
+from glidein_server.policy import demand as dm
+from glidein_server.store.base import JobFilter, Principal
+from glidein_server.store.sqlite_base import Q
+from glidein_server.store.sqlite_sites import SqliteSites, sites_key, spec_decoder
+
+spec_encoder = msgspec.json.Encoder()
+
+
+class SqliteJobs(SqliteSites):
+    async def add_jobs(self, owner: str, specs: Sequence[JobSpec], now: float) -> list[int]:
+        rows = [
+            (
+                owner,
+                spec_encoder.encode(s),
+                s.cpus,
+                s.memory_mb,
+                s.gpus,
+                s.disk_mb,
+                s.walltime_s,
+                sites_key(s.sites),
+                s.priority,
+                s.max_retries,
+                now,
+            )
+            for s in specs
+        ]
+
+        def tx(db: sqlite3.Connection) -> list[int]:
+            before = db.execute(Q["jobs_max_id"]).fetchone()[0]
+            db.executemany(Q["job_insert"], rows)
+            return [r[0] for r in db.execute(Q["jobs_since"], (before,))]
+
+        return await self._tx(tx)
+
+    def _job_view(self, db: sqlite3.Connection, row: Sequence[Any]) -> JobView:
+        (jid, owner, state, spec_b, retries, attempts, submitted, finished, exit_code, reason, site, result_attempt) = (
+            row
+        )
+        spec = spec_decoder.decode(spec_b)
+        outputs: list[OutputFile] = []
+        if result_attempt is not None:
+            outputs = [
+                OutputFile(name=n, sha256=h, size=sz)
+                for n, h, sz in db.execute(Q["outputs_of_attempt"], (result_attempt,))
+            ]
+        note = None
+        if state == JobState.IDLE.value:
+            note = dm.unrunnable_note(
+                spec.cpus,
+                spec.memory_mb,
+                spec.gpus,
+                spec.disk_mb,
+                spec.walltime_s,
+                frozenset(spec.sites) if spec.sites else None,
+                self._site_shapes,
+            )
+        return JobView(
+            id=jid,
+            owner=owner,
+            state=JobState(state),
+            spec=spec,
+            retries_used=retries,
+            attempts=attempts,
+            submitted_at=submitted,
+            finished_at=finished,
+            exit_code=exit_code,
+            reason=reason,
+            site=site,
+            outputs=outputs,
+            note=note,
+        )
+
+    def _read_job(self, db: sqlite3.Connection, job_id: int) -> JobView | None:
+        row = db.execute(Q["job_get"], (job_id,)).fetchone()
+        return None if row is None else self._job_view(db, row)
+
+    async def list_jobs(self, flt: JobFilter) -> tuple[list[JobView], dict[str, int]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if flt.owner is not None:
+            where.append(Q["job_where_owner"])
+            args.append(flt.owner)
+        if flt.label is not None:
+            where.append(Q["job_where_label"])
+            args.extend(flt.label)
+        if flt.ids is not None:
+            where.append(Q["job_where_ids"])
+            args.append(json.dumps(list(flt.ids)))
+        counts_sql = Q["job_counts"].format(where=" AND ".join(where) or "1")
+        page_where, page_args = where, args
+        if flt.state:
+            page_where, page_args = [*where, Q["job_where_state"]], [*args, flt.state]
+        page_sql = Q["job_page"].format(where=" AND ".join(page_where) or "1")
+
+        def read(db: sqlite3.Connection) -> tuple[list[JobView], dict[str, int]]:
+            rows = db.execute(page_sql, [*page_args, flt.limit, flt.offset]).fetchall()
+            counts = dict(db.execute(counts_sql, args).fetchall())
+            return [self._job_view(db, r) for r in rows], counts
+
+        return await self._run(read, self._conn)
+
+    async def get_job(self, job_id: int) -> JobView | None:
+        return await self._run(self._read_job, self._conn, job_id)
+
+    async def cancel_job(self, job_id: int, now: float) -> JobView:
+        def tx(db: sqlite3.Connection) -> JobView:
+            row = db.execute(Q["job_state"], (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"Job {job_id} does not exist.")
+            if not JobState(row[0]).final:
+                db.execute(Q["job_cancel"], (now, job_id))
+            view = self._read_job(db, job_id)
+            assert view is not None
+            return view
+
+        return await self._tx(tx)
+
+    async def retry_job(self, job_id: int) -> JobView:
+        def tx(db: sqlite3.Connection) -> JobView:
+            row = db.execute(Q["job_state"], (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"Job {job_id} does not exist.")
+            if row[0] not in (JobState.FAILED.value, JobState.CANCELLED.value):
+                raise ConflictError(f"Job {job_id} is {row[0]}; only failed or cancelled jobs can be retried.")
+            if db.execute(Q["job_has_active_attempt"], (job_id,)).fetchone():
+                raise ConflictError(f"Job {job_id} still has an attempt winding down; retry it in a minute.")
+            db.execute(Q["job_retry_request"], (job_id,))
+            view = self._read_job(db, job_id)
+            assert view is not None
+            return view
+
+        return await self._tx(tx)
+
+    async def attempts_of(self, job_id: int) -> list[AttemptView]:
+        def read(db: sqlite3.Connection) -> list[AttemptView]:
+            return [
+                AttemptView(
+                    id=r[0],
+                    pilot_id=r[1],
+                    site=r[2],
+                    outcome=r[3],
+                    exit_code=r[4],
+                    reason=r[5],
+                    claimed_at=r[6],
+                    started_at=r[7],
+                    finished_at=r[8],
+                    stdout_tail=r[9],
+                    stderr_tail=r[10],
+                )
+                for r in db.execute(Q["attempts_of_job"], (job_id,)).fetchall()
+            ]
+
+        return await self._run(read, self._conn)
+
+    async def job_output(self, job_id: int, name: str) -> OutputFile | None:
+        def read(db: sqlite3.Connection) -> OutputFile | None:
+            row = db.execute(Q["job_output"], (job_id, name)).fetchone()
+            return None if row is None else OutputFile(name=row[0], sha256=row[1], size=row[2])
+
+        return await self._run(read, self._conn)
+
+    # --- files ------------------------------------------------------------------------------
+
+    async def add_file_owner(self, sha256: str, owner: str, size: int) -> None:
+        await self._tx(lambda db: db.execute(Q["file_owner_insert"], (sha256, owner, size)))
+
+    async def may_read_file(self, sha256: str, principal: Principal) -> bool:
+        def read(db: sqlite3.Connection) -> bool:
+            if principal.role is Role.OPERATOR:
+                return True
+            if principal.role is Role.SITE:  # inputs of jobs that may run at the site, for out-of-job staging
+                return self._site_may_read(db, principal.subject, sha256)
+            if principal.role is Role.USER:
+                who = principal.subject
+                return db.execute(Q["file_user_may_read"], (sha256, who, sha256, who)).fetchone() is not None
+            return db.execute(Q["file_pilot_may_read"], (int(principal.subject), sha256)).fetchone() is not None
+
+        return await self._run(read, self._conn)
