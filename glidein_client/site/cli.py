@@ -49,6 +49,7 @@ REQUIRED_COMMANDS: dict[str, tuple[str, ...]] = {
     "slurm": ("sbatch", "squeue", "scancel"),
     "pbs": ("qsub", "qstat", "qdel"),
     "htcondor": ("condor_submit", "condor_q", "condor_rm"),
+    "lsf": ("bsub", "bjobs", "bkill"),
 }
 
 

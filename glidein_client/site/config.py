@@ -27,7 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-SchedulerName = Literal["local", "slurm", "pbs", "htcondor"]
+SchedulerName = Literal["local", "slurm", "pbs", "htcondor", "lsf"]
 
 
 class _Section(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

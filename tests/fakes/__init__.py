@@ -1,4 +1,4 @@
-"""Fake batch systems for tests: PBS Pro, Torque, Slurm's Torque wrapper and HTCondor commands.
+"""Fake batch systems for tests: PBS Pro, Torque, Slurm's Torque wrapper, HTCondor and LSF commands.
 
 :class:`FakeBatch` owns a state directory; :attr:`FakeBatch.env` puts the fake commands of
 ``tests/fakes/bin`` first on PATH, so a backend driven through the real ``LocalRunner`` with
@@ -141,3 +141,13 @@ class FakeBatch:
         ad.update(attrs)
         with fakebatch.locked_state(str(self.dir)) as state:
             state["condor"]["queue"][job_id] = ad
+
+    # --- LSF -------------------------------------------------------------------------------------
+
+    def lsf_job(self, job_id: str) -> dict[str, Any]:
+        job: dict[str, Any] = self.state()["lsf"]["jobs"][job_id]
+        return job
+
+    def lsf_update(self, job_id: str, **fields: Any) -> None:
+        with fakebatch.locked_state(str(self.dir)) as state:
+            state["lsf"]["jobs"][job_id].update(fields)

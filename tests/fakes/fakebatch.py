@@ -46,6 +46,7 @@ def new_state(flavour: str = "pro") -> dict[str, Any]:
         "next_id": 1000,
         "jobs": {},
         "condor": {"next_cluster": 500, "queue": {}, "history": []},
+        "lsf": {"next_id": 4000, "jobs": {}},
         "fail": {},
     }
 
@@ -572,7 +573,7 @@ COMMANDS = {
 }
 
 
-def main(command: str, args: list[str]) -> int:
+def main(command: str, args: list[str], commands: dict[str, Any] | None = None) -> int:
     directory = state_dir()
     with open(os.path.join(directory, "calls.jsonl"), "a") as log:
         log.write(json.dumps({"command": command, "args": args}) + "\n")
@@ -583,7 +584,7 @@ def main(command: str, args: list[str]) -> int:
             sys.stderr.write(failure.get("stderr", ""))
             return int(failure.get("rc", 1))
         try:
-            result = COMMANDS[command](state, args)
+            result = (commands or COMMANDS)[command](state, args)
         except Exit as exc:
             sys.stdout.write(exc.stdout)
             sys.stderr.write(exc.stderr)

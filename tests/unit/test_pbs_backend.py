@@ -17,21 +17,18 @@ import pytest
 from glidein_client.site.config import SiteConfig, parse_site_config
 from glidein_client.site.runners.local import CommandResult
 from glidein_client.site.schedulers.base import PilotLaunch, PilotState
-from glidein_client.site.schedulers.pbs import (
+from glidein_client.site.schedulers.pbs import PbsScheduler, format_walltime, parse_job_id, pbs_word
+from glidein_client.site.schedulers.pbs_qstat import (
     PBS_PRO_STATES,
     TORQUE_STATES,
     Flavour,
-    PbsScheduler,
     QstatRecord,
     detect_flavour,
     finished_state,
-    format_walltime,
     parse_ctime,
-    parse_job_id,
     parse_qstat_full,
     parse_qstat_json,
     parse_walltime,
-    pbs_word,
 )
 from glidein_client.wire.errors import ConfigError, SchedulerError
 from tests.fakes import sample

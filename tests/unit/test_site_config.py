@@ -98,7 +98,7 @@ BAD = [
     ("bad-memory-unit", 'memory = "16G"', 'memory = "16Q"', ["pilot.memory", "16Q"]),
     ("bad-duration", "max_pilots = 50", 'max_queued_s = "soon"', ["limits.max_queued_s", "soon"]),
     ("negative-limit", "max_pilots = 50", "max_pilots = -1", ["limits.max_pilots"]),
-    ("bad-scheduler", 'scheduler = "slurm"', 'scheduler = "lsf"', ["site.scheduler", "lsf"]),
+    ("bad-scheduler", 'scheduler = "slurm"', 'scheduler = "sge"', ["site.scheduler", "sge"]),
     ("bad-url", 'server_url = "https://', 'server_url = "ftp://', ["site.server_url"]),
 ]
 
@@ -177,7 +177,7 @@ def test_invalid_toml_names_file(tmp_path: Path) -> None:
     assert "not valid TOML" in str(info.value)
 
 
-BATCH_EXAMPLES = ["slurm", "pbs", "htcondor"]
+BATCH_EXAMPLES = ["slurm", "pbs", "htcondor", "lsf"]
 
 
 @pytest.mark.parametrize("name", BATCH_EXAMPLES)

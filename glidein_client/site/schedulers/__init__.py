@@ -18,6 +18,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "slurm": ("slurm", "SlurmScheduler"),
     "pbs": ("pbs", "PbsScheduler"),
     "htcondor": ("htcondor", "HTCondorScheduler"),
+    "lsf": ("lsf", "LsfScheduler"),
 }
 
 

@@ -39,17 +39,17 @@ import posixpath
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from glidein_client.site.config import SiteConfig
 from glidein_client.site.runners.local import CommandResult, Runner
 from glidein_client.site.schedulers.base import (
+    BatchScheduler,
     HoldInfo,
     PilotJob,
     PilotLaunch,
     PilotState,
-    StateTable,
+    Refusal,
     pilot_id_from_tag,
     render_template,
 )
@@ -184,30 +184,22 @@ def hold_info(ad: Mapping[str, Any]) -> HoldInfo:
     )
 
 
-@dataclass(frozen=True)
-class _Refusal:
-    pattern: re.Pattern[str]
-    what: str
-    key: str
-    also: str = ""
-
-
-_REFUSALS = (
-    _Refusal(
+REFUSALS = (
+    Refusal(
         re.compile(r"Submit requirement", re.I),
         "the pool's submit requirements refuse it",
         "pilot.cpus",
         also=", `pilot.memory`, `pilot.gpus`, `pilot.disk` and `batch.extra_directives`",
     ),
-    _Refusal(re.compile(r"requirements", re.I), "the requirements {constraint!r} are not valid", "batch.constraint"),
-    _Refusal(re.compile(r"accounting.?group", re.I), "the accounting group {account!r} is not valid", "batch.account"),
-    _Refusal(
+    Refusal(re.compile(r"requirements", re.I), "the requirements {constraint!r} are not valid", "batch.constraint"),
+    Refusal(re.compile(r"accounting.?group", re.I), "the accounting group {account!r} is not valid", "batch.account"),
+    Refusal(
         re.compile(r"request_memory|RequestMemory", re.I), "request_memory {memory_mb} is not valid", "pilot.memory"
     ),
-    _Refusal(re.compile(r"request_cpus|RequestCpus", re.I), "request_cpus {cpus} is not valid", "pilot.cpus"),
-    _Refusal(re.compile(r"request_gpus|RequestGpus", re.I), "request_gpus {gpus} is not valid", "pilot.gpus"),
-    _Refusal(re.compile(r"request_disk|RequestDisk", re.I), "request_disk is not valid", "pilot.disk"),
-    _Refusal(
+    Refusal(re.compile(r"request_cpus|RequestCpus", re.I), "request_cpus {cpus} is not valid", "pilot.cpus"),
+    Refusal(re.compile(r"request_gpus|RequestGpus", re.I), "request_gpus {gpus} is not valid", "pilot.gpus"),
+    Refusal(re.compile(r"request_disk|RequestDisk", re.I), "request_disk is not valid", "pilot.disk"),
+    Refusal(
         re.compile(r"on Line \d+|Parse error|Unknown command|Illegal|invalid", re.I),
         "a submit command is not valid",
         "batch.extra_directives",
@@ -221,20 +213,29 @@ def _detail(result: CommandResult) -> str:
     return errors[0] if errors else f"exit code {result.returncode}"
 
 
-class HTCondorScheduler:
+class HTCondorScheduler(BatchScheduler):
     """Submits pilots with ``condor_submit``; lists them with one ``condor_q``; removes them with ``condor_rm``.
 
     ``env`` is added to the environment of every command (e.g. ``CONDOR_CONFIG``).
     """
 
     name = "htcondor"
-    command_timeout_s = 60.0
+    label = "HTCondor"
+    submit_tool = "condor_submit"
+    cancel_tool = "condor_rm"
+    status_tool = "condor_q"
+    directive_prefix = ""
+    script_name = SUBMIT_FILE
+    job_id = _JOB_ID
+    native_states = NATIVE_STATES
+    refusals = REFUSALS
+    transient = _TRANSIENT
+    gone = _NOTHING_TO_DO
+    unreachable = "could not reach the schedd"
+    cancel_chunk = RM_CHUNK
 
     def __init__(self, site: SiteConfig, runner: Runner, *, env: Mapping[str, str] | None = None) -> None:
-        self.site = site
-        self.runner = runner
-        self.env: dict[str, str] | None = dict(env) if env else None
-        self._states = StateTable("htcondor", dict(NATIVE_STATES))
+        super().__init__(site, runner, env=env)
         self._holds: dict[str, HoldInfo] = {}
         self._check_config()
 
@@ -276,30 +277,14 @@ class HTCondorScheduler:
         }
         return render_template("htcondor_pilot.sh", values, quote=False)
 
-    async def submit(self, launch: PilotLaunch) -> str:
-        description = self.render(launch)
-        wrapper = self.render_wrapper(launch)
-        path = posixpath.join(launch.workdir, SUBMIT_FILE)
-        await self.runner.makedirs(launch.workdir, mode=0o700)
-        await self.runner.write_file(posixpath.join(launch.workdir, WRAPPER), wrapper.encode(), mode=0o700)
-        await self.runner.write_file(path, description.encode(), mode=0o600)
-        result = await self._run(["condor_submit", path])
-        if result.returncode != 0:
-            raise self.submit_error(result)
-        batch_id = parse_job_id(result.stdout)
-        if batch_id is None:
-            raise SchedulerError(
-                f"condor_submit accepted the pilot {launch.tag} but printed no cluster id: {result.stdout.strip()!r}.",
-                hint="Check that `condor_submit` on this host is HTCondor's.",
-                command=list(result.argv),
-                exit_code=result.returncode,
-                stderr=result.stderr,
-            )
-        for line in result.stderr.splitlines():
-            if line.strip():
-                log.warning("condor_submit (pilot %s): %s", launch.tag, line.strip())
-        log.info("submitted pilot %s as HTCondor job %s", launch.tag, batch_id)
-        return batch_id
+    def files(self, launch: PilotLaunch) -> list[tuple[str, str, int]]:
+        return [(WRAPPER, self.render_wrapper(launch), 0o700), (SUBMIT_FILE, self.render(launch), 0o600)]
+
+    def submit_argv(self, launch: PilotLaunch, path: str) -> list[str]:
+        return ["condor_submit", path]
+
+    def parse_job_id(self, stdout: str) -> str | None:
+        return parse_job_id(stdout)
 
     async def status(self) -> list[PilotJob]:
         result = await self._run(["condor_q", "-json", "-attributes", ATTRIBUTES, "-constraint", CONSTRAINT])
@@ -312,14 +297,14 @@ class HTCondorScheduler:
         return [job for job, _ in jobs]
 
     async def cancel(self, batch_ids: list[str]) -> None:
-        await self._act("condor_rm", "cancel", batch_ids)
+        await self.act("condor_rm", "cancel", batch_ids)
         log.info("removed %d HTCondor job(s): %s", len(batch_ids), " ".join(batch_ids))
 
     # --- HTCondor extras ---------------------------------------------------------------------
 
     async def release(self, batch_ids: list[str]) -> None:
         """Release held pilots (``condor_release``); ids that are not held or gone are skipped."""
-        await self._act("condor_release", "release", batch_ids)
+        await self.act("condor_release", "release", batch_ids)
         log.info("released %d HTCondor job(s): %s", len(batch_ids), " ".join(batch_ids))
 
     def hold_reason(self, batch_id: str) -> HoldInfo | None:
@@ -378,67 +363,14 @@ class HTCondorScheduler:
             out.append((job, hold_info(ad) if _int(ad.get("JobStatus")) == 5 else None))
         return out
 
-    async def _act(self, command: str, verb: str, batch_ids: list[str]) -> None:
-        bad = [b for b in batch_ids if not _JOB_ID.match(b)]
-        if bad:
-            raise SchedulerError(
-                f"Cannot {verb} {', '.join(map(repr, bad))}: not an HTCondor job id (cluster.proc).",
-                hint="This is a bug in the caller: pass ids that submit() or status() returned.",
-            )
-        for start in range(0, len(batch_ids), RM_CHUNK):
-            result = await self._run([command, *batch_ids[start : start + RM_CHUNK]])
-            if result.returncode == 0:
-                continue
-            lines = [ln.strip() for ln in f"{result.stderr}\n{result.stdout}".splitlines() if ln.strip()]
-            serious = [ln for ln in lines if not _NOTHING_TO_DO.search(ln) and not self._succeeded(ln)]
-            if serious or not lines:
-                raise SchedulerError(
-                    f"{command} could not {verb} every pilot: "
-                    f"{serious[0] if serious else f'exit code {result.returncode}'}",
-                    hint="The next cycle tries again; check the jobs with `condor_q`.",
-                    command=list(result.argv),
-                    exit_code=result.returncode,
-                    stderr=result.stderr,
-                )
-            log.debug("%s: nothing to do for some jobs: %s", command, "; ".join(lines))
-
-    @staticmethod
-    def _succeeded(line: str) -> bool:
+    def cancel_done(self, line: str) -> bool:
         return bool(_JOB_LINE.match(line)) and line.rstrip(".").endswith(("marked for removal", "released"))
 
-    def submit_error(self, result: CommandResult) -> SchedulerError:
-        """A plain message for a condor_submit refusal, naming the config key to change."""
-        fields = {"command": list(result.argv), "exit_code": result.returncode, "stderr": result.stderr}
-        detail = _detail(result)
-        text = f"{result.stderr}\n{result.stdout}"
-        if _TRANSIENT.search(text):
-            return SchedulerError(
-                f"condor_submit could not reach the schedd: {detail}",
-                hint="The next cycle tries again; if this persists, check HTCondor on this host (`condor_q`).",
-                **fields,
-            )
-        site, batch, shape = self.site, self.site.batch, self.site.shape
-        for refusal in _REFUSALS:
-            if refusal.pattern.search(text) is None:
-                continue
-            what = refusal.what.format(
-                constraint=batch.constraint or "",
-                account=batch.account or "",
-                memory_mb=shape.memory_mb,
-                cpus=shape.cpus,
-                gpus=shape.gpus,
-            )
-            return SchedulerError(
-                f"condor_submit refused the pilot: {what} — check `{refusal.key}`{refusal.also} in {site.path}.",
-                hint=f"(condor_submit said: {detail})",
-                field=refusal.key,
-                **fields,
-            )
-        return SchedulerError(
-            f"condor_submit refused the pilot: {detail}",
-            hint=f"Check the [pilot] and [batch] sections of {site.path}.",
-            **fields,
-        )
+    def detail(self, result: CommandResult) -> str:
+        return _detail(result)
+
+    def refusal_values(self) -> dict[str, object]:
+        return {**super().refusal_values(), "account": self.site.batch.account or ""}
 
     def _check_config(self) -> None:
         site = self.site
@@ -479,12 +411,7 @@ class HTCondorScheduler:
 
     def _config_value(self, value: str, key: str) -> str:
         if "\n" in value or "\r" in value:
-            raise ConfigError(
-                f"Site config {self.site.path}: `{key}`: the value has a line break.",
-                hint="Write one submit command per list entry, without line breaks.",
-                field=key,
+            raise self.config_error(
+                key, "the value has a line break", "Write one submit command per list entry, without line breaks."
             )
         return value
-
-    async def _run(self, argv: list[str]) -> CommandResult:
-        return await self.runner.run(argv, env=self.env, timeout_s=self.command_timeout_s)

@@ -38,77 +38,46 @@ else is FAILED.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import posixpath
 import re
 import shlex
-import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Mapping
 
 from glidein_client.site.config import SiteConfig
 from glidein_client.site.runners.local import CommandResult, Runner
 from glidein_client.site.schedulers.base import (
+    BatchScheduler,
     PilotJob,
     PilotLaunch,
     PilotState,
+    Refusal,
     StateTable,
+    directive_word,
     pilot_id_from_tag,
     render_template,
+)
+from glidein_client.site.schedulers.pbs_qstat import (
+    FINISHED_LETTERS,
+    FLAVOUR_NAMES,
+    PBS_PRO_STATES,
+    TORQUE_STATES,
+    Flavour,
+    QstatRecord,
+    detect_flavour,
+    finished_state,
+    parse_qstat_full,
+    parse_qstat_json,
 )
 from glidein_client.wire.errors import ConfigError, SchedulerError
 
 log = logging.getLogger(__name__)
 
-Flavour = Literal["pro", "torque"]
-FLAVOUR_NAMES: dict[str, str] = {"pro": "PBS Pro", "torque": "Torque"}
-
 SCRIPT = "pilot.pbs"
 STDOUT = "pilot.out"  # stdout and stderr together (-j oe)
 
-#: PBS Pro / OpenPBS ``job_state`` (Reference Guide 2022.1, "Job States").
-PBS_PRO_STATES: dict[str, PilotState] = {
-    "Q": PilotState.QUEUED,  # queued, eligible to run or be routed
-    "T": PilotState.QUEUED,  # in transit to a new location
-    "W": PilotState.QUEUED,  # waiting for its execution time (or after a failed stage-in)
-    "R": PilotState.RUNNING,
-    "E": PilotState.RUNNING,  # exiting after having run: still holds its nodes
-    "B": PilotState.RUNNING,  # array job begun (pilots are never arrays)
-    "H": PilotState.HELD,
-    "S": PilotState.HELD,  # suspended by the server (preemption)
-    "U": PilotState.HELD,  # suspended because its workstation is busy
-    "M": PilotState.UNKNOWN,  # moved to another server: this server no longer knows its fate
-    "F": PilotState.DONE,  # finished: refined by the exit status
-    "X": PilotState.DONE,  # finished subjob: refined by the exit status
-}
-
-#: Torque ``job_state`` (Torque 6.1 qstat); also what Slurm's Torque wrapper prints.
-TORQUE_STATES: dict[str, PilotState] = {
-    "Q": PilotState.QUEUED,
-    "T": PilotState.QUEUED,
-    "W": PilotState.QUEUED,
-    "R": PilotState.RUNNING,
-    "E": PilotState.RUNNING,  # exiting after having run
-    "H": PilotState.HELD,
-    "S": PilotState.HELD,  # suspended
-    "C": PilotState.DONE,  # completed: refined by the exit status
-    "U": PilotState.UNKNOWN,  # Slurm's wrapper: a Slurm state it has no letter for
-}
-
-FINISHED_LETTERS = frozenset({"F", "X", "C"})
-#: Exit statuses that mean "killed for exceeding its walltime".
-WALLTIME_EXIT = {"pro": -29, "torque": -11}
-#: PBS Pro history substate of a job ended by qdel (JOB_SUBSTATE_TERMINATED).
-PRO_SUBSTATE_TERMINATED = 91
-#: 256 + SIGTERM: how PBS reports a job that died of the signal qdel sends.
-EXIT_SIGTERM = 271
-
 QDEL_CHUNK = 100
-_SAFE_WORD = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 _JOB_ID = re.compile(r"^\d+(\[\d*\])?(\.[A-Za-z0-9_.-]+)?$")
-_CTIME_FORMAT = "%a %b %d %H:%M:%S %Y"
 #: qdel complaints that mean the job is gone already: the goal of a cancel is reached.
 _GONE = re.compile(
     r"Unknown Job Id|has finished|nonexistent job|invalid state for job - COMPLETE|"
@@ -129,185 +98,9 @@ def format_walltime(walltime_s: int) -> str:
     return f"{hours:02d}:{minutes:02d}:{seconds:02d}"
 
 
-def parse_walltime(value: Any) -> int | None:
-    """``HH:MM:SS`` / ``MM:SS`` / seconds -> seconds; None when unreadable."""
-    if isinstance(value, int):
-        return value
-    if not isinstance(value, str):
-        return None
-    parts = value.strip().split(":")
-    if not all(p.isdigit() for p in parts) or not 1 <= len(parts) <= 3:
-        return None
-    total = 0
-    for part in parts:
-        total = total * 60 + int(part)
-    return total
-
-
-def parse_ctime(value: Any) -> float | None:
-    """PBS time stamps (``Sun Nov 22 05:00:00 2026``, local time, or epoch seconds) -> epoch."""
-    if isinstance(value, int | float):
-        return float(value)
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        return time.mktime(time.strptime(value.strip(), _CTIME_FORMAT))
-    except ValueError:
-        return None
-
-
 def pbs_word(value: str) -> str:
     """Quote ``value`` for a ``#PBS`` line: bare when safe, else in double quotes."""
-    if "\n" in value or "\r" in value:
-        raise ValueError("line break")
-    if _SAFE_WORD.match(value):
-        return value
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
-def detect_flavour(result: CommandResult) -> Flavour:
-    """The flavour behind the answer to ``qstat --version``."""
-    text = f"{result.stdout}\n{result.stderr}"
-    if re.search(r"pbs_version\s*=", text, re.I):
-        return "pro"
-    return "torque"
-
-
-@dataclass(frozen=True)
-class QstatRecord:
-    """What glidein reads of one job in ``qstat -f`` output (either flavour)."""
-
-    batch_id: str
-    name: str
-    state: str
-    exit_status: int | None = None
-    substate: int | None = None
-    qtime: float | None = None
-    used_walltime_s: int | None = None
-    walltime_limit_s: int | None = None
-    comment: str = ""
-
-
-def _int_or_none(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
-        return int(value)
-    return None
-
-
-def _load_pbs_json(text: str) -> Any:
-    """PBS Pro's JSON; some versions write invalid escapes or raw control characters."""
-    try:
-        return json.loads(text, strict=False)
-    except json.JSONDecodeError:
-        repaired = re.sub(r'\\(?!["\\/bfnrtu])', r"\\\\", text)
-        return json.loads(repaired, strict=False)
-
-
-def parse_qstat_json(text: str) -> list[QstatRecord]:
-    """Jobs in the output of PBS Pro's ``qstat -f -F json [-x]``."""
-    if not text.strip():
-        return []
-    try:
-        doc = _load_pbs_json(text)
-    except json.JSONDecodeError as exc:
-        raise SchedulerError(
-            f"qstat printed JSON that glidein cannot read ({exc.msg} at line {exc.lineno}).",
-            hint="Check `qstat -f -F json -x` by hand; the next cycle tries again.",
-        ) from None
-    jobs = doc.get("Jobs") if isinstance(doc, dict) else None
-    if not isinstance(jobs, dict):
-        return []
-    records = []
-    for batch_id, attrs in jobs.items():
-        if not isinstance(attrs, dict):
-            continue
-        used = attrs.get("resources_used")
-        limits = attrs.get("Resource_List")
-        records.append(
-            QstatRecord(
-                batch_id=str(batch_id),
-                name=str(attrs.get("Job_Name", "")),
-                state=str(attrs.get("job_state", "")),
-                exit_status=_int_or_none(attrs.get("Exit_status")),
-                substate=_int_or_none(attrs.get("substate")),
-                qtime=parse_ctime(attrs.get("qtime")),
-                used_walltime_s=parse_walltime(used.get("walltime")) if isinstance(used, dict) else None,
-                walltime_limit_s=parse_walltime(limits.get("walltime")) if isinstance(limits, dict) else None,
-                comment=str(attrs.get("comment", "")),
-            )
-        )
-    return records
-
-
-_ATTR_LINE = re.compile(r"^(?P<indent> {4}|\t)(?P<key>[A-Za-z_][\w.]*) = (?P<value>.*)$")
-
-
-def parse_qstat_full(text: str) -> list[QstatRecord]:
-    """Jobs in the output of Torque's ``qstat -f`` (also PBS Pro's and Slurm's wrapper's text form).
-
-    Each job starts with ``Job Id: <id>``; attributes follow as ``    key = value`` (Torque,
-    PBS Pro) or ``<TAB>key = value`` (Slurm's wrapper, which never wraps). Torque and PBS Pro
-    go on with a long value (``Variable_List``) in lines that start with a tab.
-    """
-    blocks: list[tuple[str, dict[str, str]]] = []
-    indent = ""  # how the attributes of the current job are indented
-    last_key: str | None = None
-    for raw in text.splitlines():
-        if raw.startswith("Job Id:"):
-            blocks.append((raw[len("Job Id:") :].strip(), {}))
-            indent, last_key = "", None
-            continue
-        if not blocks or not raw.strip():
-            continue
-        attrs = blocks[-1][1]
-        match = _ATTR_LINE.match(raw)
-        if match and indent in ("", match["indent"]):
-            indent, last_key = match["indent"], match["key"]
-            attrs[last_key] = match["value"].strip()
-        elif last_key is not None:
-            attrs[last_key] += raw.strip()
-    return [
-        QstatRecord(
-            batch_id=batch_id,
-            name=attrs.get("Job_Name", ""),
-            state=attrs.get("job_state", ""),
-            exit_status=_int_or_none(attrs.get("exit_status", attrs.get("Exit_status"))),
-            substate=_int_or_none(attrs.get("substate")),
-            qtime=parse_ctime(attrs.get("qtime")),
-            used_walltime_s=parse_walltime(attrs.get("resources_used.walltime")),
-            walltime_limit_s=parse_walltime(attrs.get("Resource_List.walltime")),
-            comment=attrs.get("comment", ""),
-        )
-        for batch_id, attrs in blocks
-    ]
-
-
-def finished_state(record: QstatRecord, flavour: Flavour) -> tuple[PilotState, str]:
-    """The end state of a finished job (``F``/``X``/``C``) and why, from its exit status."""
-    code = record.exit_status
-    if code is None:
-        if flavour == "pro":
-            return PilotState.CANCELLED, "deleted before it ran (no exit status)"
-        return PilotState.DONE, "ended; the batch system reports no exit status"
-    if code == WALLTIME_EXIT[flavour]:
-        return PilotState.TIMEOUT, f"killed at its walltime (exit status {code})"
-    used, limit = record.used_walltime_s, record.walltime_limit_s
-    if code >= 128 and used is not None and limit is not None and used >= limit:
-        return PilotState.TIMEOUT, f"killed by a signal after its full walltime (exit status {code})"
-    if flavour == "pro" and record.substate == PRO_SUBSTATE_TERMINATED:
-        return PilotState.CANCELLED, f"deleted (exit status {code})"
-    if code == 0:
-        return PilotState.DONE, ""
-    if flavour == "torque" and code == EXIT_SIGTERM:
-        return PilotState.CANCELLED, f"ended by SIGTERM, as qdel sends (exit status {code})"
-    if code < 0:
-        return PilotState.FAILED, f"the batch system could not run it (exit status {code})"
-    return PilotState.FAILED, f"exit status {code}"
+    return directive_word(value)
 
 
 def parse_job_id(stdout: str) -> str | None:
@@ -319,18 +112,8 @@ def parse_job_id(stdout: str) -> str | None:
     return token if _JOB_ID.match(token) else None
 
 
-@dataclass(frozen=True)
-class _Refusal:
-    """One kind of qsub refusal: what it says, and which config key to change."""
-
-    pattern: re.Pattern[str]
-    what: str  # str.format()ted with the site's values
-    key: str
-    also: str = ""
-
-
-_REFUSALS = (
-    _Refusal(
+REFUSALS = (
+    Refusal(
         re.compile(
             r"Unknown queue|Invalid partition|invalid partition specified|"
             r"Queue is not enabled|Queue is not started|rejected by all possible destinations",
@@ -339,7 +122,7 @@ _REFUSALS = (
         "the queue {partition!r} does not exist or takes no jobs",
         "batch.partition",
     ),
-    _Refusal(
+    Refusal(
         re.compile(
             r"does not have access to the queue|not permitted to use this partition|"
             r"Access denied to partition|Unauthorized Request",
@@ -348,32 +131,32 @@ _REFUSALS = (
         "this user may not use the queue {partition!r}",
         "batch.partition",
     ),
-    _Refusal(
+    Refusal(
         re.compile(r"Invalid account|Bad account|invalid project", re.I),
         "the account {account!r} is not valid here",
         "batch.account",
     ),
-    _Refusal(re.compile(r"Invalid qos|\bqos\b", re.I), "the QOS {qos!r} is not valid here", "batch.qos"),
-    _Refusal(
+    Refusal(re.compile(r"Invalid qos|\bqos\b", re.I), "the QOS {qos!r} is not valid here", "batch.qos"),
+    Refusal(
         re.compile(r"Unknown resource|Invalid feature specification", re.I),
         "it does not know a resource in {constraint!r}",
         "batch.constraint",
         also=" (and `batch.extra_directives`)",
     ),
-    _Refusal(
+    Refusal(
         re.compile(r"walltime|time limit", re.I),
         "the walltime {walltime} is more than the queue {partition!r} allows",
         "pilot.walltime",
         also=" (or choose another `batch.partition`)",
     ),
-    _Refusal(re.compile(r"\bmem\b|memory", re.I), "no node or queue offers {memory_mb} MB of memory", "pilot.memory"),
-    _Refusal(re.compile(r"\bngpus\b|\bgpus\b|\bgres\b", re.I), "no node or queue offers {gpus} GPU(s)", "pilot.gpus"),
-    _Refusal(
+    Refusal(re.compile(r"\bmem\b|memory", re.I), "no node or queue offers {memory_mb} MB of memory", "pilot.memory"),
+    Refusal(re.compile(r"\bngpus\b|\bgpus\b|\bgres\b", re.I), "no node or queue offers {gpus} GPU(s)", "pilot.gpus"),
+    Refusal(
         re.compile(r"\bncpus\b|\bppn\b|\bprocs\b|More processors requested", re.I),
         "no node or queue offers {cpus} CPUs",
         "pilot.cpus",
     ),
-    _Refusal(
+    Refusal(
         re.compile(
             r"violates queue and/or server resource limits|exceeds queue resource limits|"
             r"Requested node configuration is not available|Insufficient amount of resource|"
@@ -384,12 +167,12 @@ _REFUSALS = (
         "pilot.cpus",
         also=", `pilot.memory`, `pilot.gpus`, `pilot.walltime` and `batch.partition`",
     ),
-    _Refusal(
+    Refusal(
         re.compile(r"invalid option -- '?n'?", re.I),
         "it does not take -n (node-exclusive), which `pilot.whole_node` asks for",
         "pilot.whole_node",
     ),
-    _Refusal(
+    Refusal(
         re.compile(r"illegal -\w|invalid option|unrecognized option|usage: qsub|directive error", re.I),
         "a directive is not valid",
         "batch.extra_directives",
@@ -415,7 +198,7 @@ def _detail(result: CommandResult) -> str:
     return re.sub(r"^(qsub|sbatch):\s*(submit error\s*)?(error:\s*)?", "", chosen).strip()
 
 
-class PbsScheduler:
+class PbsScheduler(BatchScheduler):
     """Submits pilots with ``qsub``; lists them with one ``qstat``; cancels them with ``qdel``.
 
     ``env`` is added to the environment of every command (e.g. ``PBS_SERVER``). ``flavour``
@@ -424,7 +207,20 @@ class PbsScheduler:
     """
 
     name = "pbs"
-    command_timeout_s = 60.0
+    label = "PBS"
+    submit_tool = "qsub"
+    cancel_tool = "qdel"
+    status_tool = "qstat"
+    directive_prefix = "#PBS"
+    script_name = SCRIPT
+    job_id = _JOB_ID
+    native_states = PBS_PRO_STATES
+    refusals = REFUSALS
+    transient = _TRANSIENT
+    gone = _GONE
+    unreachable = "could not reach the PBS server"
+    cancel_chunk = QDEL_CHUNK
+    silent_failure_is_gone = True  # Slurm's Torque wrapper: qdel of a finished job exits 1, silently
 
     def __init__(
         self,
@@ -436,12 +232,10 @@ class PbsScheduler:
     ) -> None:
         if flavour is not None and flavour not in FLAVOUR_NAMES:
             raise ValueError(f"flavour must be 'pro' or 'torque', not {flavour!r}")
-        self.site = site
-        self.runner = runner
-        self.env: dict[str, str] | None = dict(env) if env else None
+        super().__init__(site, runner, env=env)
         self.flavour: Flavour | None = flavour
         self._detect_lock = asyncio.Lock()
-        self._states: dict[str, StateTable] = {
+        self._tables: dict[str, StateTable] = {
             "pro": StateTable("pbs", dict(PBS_PRO_STATES)),
             "torque": StateTable("torque", dict(TORQUE_STATES)),
         }
@@ -460,10 +254,10 @@ class PbsScheduler:
         site = launch.site
         workdir = launch.workdir.rstrip("/") or "/"
         values = {
-            "job_name": self._word(launch.tag, "the pilot's name"),
+            "job_name": self.word(launch.tag, "the pilot's name"),
             "resources": self._resources(site, flavour),
             "walltime": format_walltime(site.shape.walltime_s),
-            "output": self._word(posixpath.join(workdir, STDOUT), "the pilot's work directory"),
+            "output": self.word(posixpath.join(workdir, STDOUT), "the pilot's work directory"),
             "directive_lines": "\n".join(f"#PBS {d}" for d in self._directives(site, flavour)),
             "flavour": FLAVOUR_NAMES[flavour],
             "config": site.path.replace("\n", " "),
@@ -474,30 +268,15 @@ class PbsScheduler:
         # Every value above is already quoted for where it goes (#PBS line or shell).
         return render_template("pbs.sh", values, quote=False)
 
-    async def submit(self, launch: PilotLaunch) -> str:
+    async def prepare(self) -> None:
         await self.detect_flavour()
-        script = self.render(launch)
-        path = posixpath.join(launch.workdir, SCRIPT)
-        await self.runner.makedirs(launch.workdir, mode=0o700)
-        await self.runner.write_file(path, script.encode(), mode=0o700)
-        output = posixpath.join(launch.workdir.rstrip("/") or "/", STDOUT)
-        result = await self._run(["qsub", "-j", "oe", "-o", output, path])
-        if result.returncode != 0:
-            raise self.submit_error(result)
-        for line in result.stderr.splitlines():
-            if line.strip():
-                log.warning("qsub (pilot %s): %s", launch.tag, line.strip())
-        batch_id = parse_job_id(result.stdout)
-        if batch_id is None:
-            raise SchedulerError(
-                f"qsub accepted the pilot {launch.tag} but printed no job id: {result.stdout.strip()!r}.",
-                hint="Check that `qsub` on this host is PBS's or Torque's.",
-                command=list(result.argv),
-                exit_code=result.returncode,
-                stderr=result.stderr,
-            )
-        log.info("submitted pilot %s as PBS job %s", launch.tag, batch_id)
-        return batch_id
+
+    def submit_argv(self, launch: PilotLaunch, path: str) -> list[str]:
+        # The output options repeat the script's: Slurm's Torque wrapper reads only these.
+        return ["qsub", "-j", "oe", "-o", posixpath.join(launch.workdir.rstrip("/") or "/", STDOUT), path]
+
+    def parse_job_id(self, stdout: str) -> str | None:
+        return parse_job_id(stdout)
 
     async def status(self) -> list[PilotJob]:
         flavour = await self.detect_flavour()
@@ -511,33 +290,6 @@ class PbsScheduler:
             )
         records = parse_qstat_json(result.stdout) if flavour == "pro" else parse_qstat_full(result.stdout)
         return [job for job in (self.to_pilot_job(r, flavour) for r in records) if job is not None]
-
-    async def cancel(self, batch_ids: list[str]) -> None:
-        if not batch_ids:
-            return
-        bad = [b for b in batch_ids if not _JOB_ID.match(b)]
-        if bad:
-            raise SchedulerError(
-                f"Cannot cancel {', '.join(map(repr, bad))}: not a PBS job id.",
-                hint="This is a bug in the caller: pass ids that submit() or status() returned.",
-            )
-        for start in range(0, len(batch_ids), QDEL_CHUNK):
-            chunk = batch_ids[start : start + QDEL_CHUNK]
-            result = await self._run(["qdel", *chunk])
-            if result.returncode == 0:
-                continue
-            lines = [ln.strip() for ln in f"{result.stderr}\n{result.stdout}".splitlines() if ln.strip()]
-            serious = [ln for ln in lines if not _GONE.search(ln)]
-            if serious:
-                raise SchedulerError(
-                    f"qdel could not cancel every pilot: {serious[-1]}",
-                    hint="The next cycle tries again; check the jobs with `qstat`.",
-                    command=list(result.argv),
-                    exit_code=result.returncode,
-                    stderr=result.stderr,
-                )
-            log.debug("qdel: jobs already gone: %s", "; ".join(lines) or f"exit code {result.returncode}")
-        log.info("cancelled %d PBS job(s): %s", len(batch_ids), " ".join(batch_ids))
 
     # --- flavour ---------------------------------------------------------------------------------
 
@@ -567,7 +319,7 @@ class PbsScheduler:
         if pilot_id is None:
             return None
         native = record.state.strip().upper()
-        state = self._states[flavour].map(native)
+        state = self._tables[flavour].map(native)
         reason = record.comment if state in (PilotState.QUEUED, PilotState.HELD) else ""
         if native in FINISHED_LETTERS:
             state, reason = finished_state(record, flavour)
@@ -582,47 +334,11 @@ class PbsScheduler:
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def submit_error(self, result: CommandResult) -> SchedulerError:
-        """A plain message for a qsub refusal, naming the config key to change."""
-        fields = {
-            "command": list(result.argv),
-            "exit_code": result.returncode,
-            "stderr": result.stderr,
-            "stdout": result.stdout,
-        }  # Slurm's Torque wrapper reports sbatch's refusal on stdout
-        detail = _detail(result)
-        text = f"{result.stderr}\n{result.stdout}"
-        if _TRANSIENT.search(text):
-            return SchedulerError(
-                f"qsub could not reach the PBS server: {detail}.",
-                hint="The next cycle tries again; if this persists, check the server on this host (`qstat -B`).",
-                **fields,
-            )
-        site, batch, shape = self.site, self.site.batch, self.site.shape
-        for refusal in _REFUSALS:
-            if refusal.pattern.search(text) is None:
-                continue
-            what = refusal.what.format(
-                partition=batch.partition or "(default)",
-                account=batch.account or "(default)",
-                qos=batch.qos or "(default)",
-                constraint=batch.constraint or "",
-                walltime=format_walltime(shape.walltime_s),
-                memory_mb=shape.memory_mb,
-                cpus=shape.cpus,
-                gpus=shape.gpus,
-            )
-            return SchedulerError(
-                f"qsub refused the pilot: {what} — check `{refusal.key}`{refusal.also} in {site.path}.",
-                hint=f"(qsub said: {detail})",
-                field=refusal.key,
-                **fields,
-            )
-        return SchedulerError(
-            f"qsub refused the pilot: {detail}.",
-            hint=f"Check the [pilot] and [batch] sections of {site.path}.",
-            **fields,
-        )
+    def refusal_values(self) -> dict[str, object]:
+        return {**super().refusal_values(), "walltime": format_walltime(self.site.shape.walltime_s)}
+
+    def detail(self, result: CommandResult) -> str:
+        return _detail(result)
 
     def _check_config(self, flavour: Flavour) -> None:
         if flavour == "pro" and self.site.batch.qos:
@@ -635,7 +351,7 @@ class PbsScheduler:
 
     def _resources(self, site: SiteConfig, flavour: Flavour) -> str:
         shape, constraint = site.shape, site.batch.constraint
-        extra = f":{self._word(constraint, 'batch.constraint', config=True)}" if constraint else ""
+        extra = f":{self.word(constraint, 'batch.constraint', config=True)}" if constraint else ""
         if flavour == "pro":
             gpus = f":ngpus={shape.gpus}" if shape.gpus else ""
             return f"select=1:ncpus={shape.cpus}:mem={shape.memory_mb}mb{gpus}{extra}"
@@ -646,45 +362,11 @@ class PbsScheduler:
         batch = site.batch
         out: list[str] = []
         if batch.partition:
-            out.append(f"-q {self._word(batch.partition, 'batch.partition', config=True)}")
+            out.append(f"-q {self.word(batch.partition, 'batch.partition', config=True)}")
         if batch.account:
-            out.append(f"-A {self._word(batch.account, 'batch.account', config=True)}")
+            out.append(f"-A {self.word(batch.account, 'batch.account', config=True)}")
         if batch.qos and flavour == "torque":
-            out.append(f"-l qos={self._word(batch.qos, 'batch.qos', config=True)}")
+            out.append(f"-l qos={self.word(batch.qos, 'batch.qos', config=True)}")
         if site.whole_node:
             out.append("-l place=excl" if flavour == "pro" else "-n")
-        out.extend(self._extra_directives(batch.extra_directives))
-        return out
-
-    def _extra_directives(self, lines: Iterable[str]) -> list[str]:
-        out = []
-        for line in lines:
-            line = line.strip()
-            if "\n" in line or "\r" in line:
-                raise self._config_error("batch.extra_directives", "an entry has a line break")
-            if line.startswith("#PBS"):
-                line = line[len("#PBS") :].strip()
-            if line:
-                out.append(line)
-        return out
-
-    def _word(self, value: str, what: str, *, config: bool = False) -> str:
-        try:
-            return pbs_word(value)
-        except ValueError:
-            if config:
-                raise self._config_error(what, "the value has a line break") from None
-            raise SchedulerError(
-                f"Cannot write a PBS script: {what} {value!r} has a line break.",
-                hint=f"Choose a `site.scratch_dir` without line breaks in {self.site.path}.",
-            ) from None
-
-    def _config_error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(
-            f"Site config {self.site.path}: `{key}`: {problem}.",
-            hint="Write one directive per list entry, without line breaks.",
-            field=key,
-        )
-
-    async def _run(self, argv: list[str]) -> CommandResult:
-        return await self.runner.run(argv, env=self.env, timeout_s=self.command_timeout_s)
+        return out + self.extra_directives()

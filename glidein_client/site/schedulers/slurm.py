@@ -21,21 +21,21 @@ import math
 import posixpath
 import re
 import shlex
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 
 from glidein_client.site.config import SiteConfig
-from glidein_client.site.runners.local import CommandResult, Runner
+from glidein_client.site.runners.local import CommandResult
 from glidein_client.site.schedulers.base import (
+    BatchScheduler,
     PilotJob,
     PilotLaunch,
     PilotState,
+    Refusal,
     StateTable,
+    directive_word,
     pilot_id_from_tag,
     render_template,
 )
-from glidein_client.wire.errors import ConfigError, SchedulerError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,6 @@ HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin", "launch failed requeued
 SQUEUE_FORMAT = "%i|%T|%V|%r|%j"
 _SQUEUE_FIELDS = 5
 
-_SAFE_WORD = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")
 #: scancel complaints that mean the job is gone already: the goal of a cancel is reached.
 _GONE = re.compile(r"already completing or completed|Invalid job id specified|Job has already finished", re.I)
@@ -112,14 +111,7 @@ def sbatch_word(value: str, *, filename: bool = False) -> str:
     Inside double quotes sbatch takes a backslash as an escape, so ``\\`` and ``"`` are
     escaped. For ``--output``/``--error`` a ``%`` is doubled so it is not a filename pattern.
     """
-    if "\n" in value or "\r" in value:
-        raise ValueError("line break")
-    if filename:
-        value = value.replace("%", "%%")
-    if _SAFE_WORD.match(value):
-        return value
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
+    return directive_word(value.replace("%", "%%") if filename else value)
 
 
 def parse_submit_time(text: str) -> float | None:
@@ -169,66 +161,56 @@ def parse_job_id(stdout: str) -> str | None:
     return job_id if job_id.isdigit() else None
 
 
-@dataclass(frozen=True)
-class _Refusal:
-    """One kind of sbatch refusal: what it says, and which config key to change."""
-
-    pattern: re.Pattern[str]
-    what: str  # str.format()ted with the site's values
-    key: str
-    also: str = ""
-
-
-_REFUSALS = (
-    _Refusal(
+REFUSALS = (
+    Refusal(
         re.compile(r"invalid partition specified: (?P<value>\S+)|Invalid partition name", re.I),
         "invalid partition {partition!r}",
         "batch.partition",
     ),
-    _Refusal(
+    Refusal(
         re.compile(r"not permitted to use this partition|Access denied to partition", re.I),
         "this user may not use partition {partition!r}",
         "batch.partition",
     ),
-    _Refusal(
+    Refusal(
         re.compile(r"Invalid account", re.I),
         "invalid account {account!r} (or account and partition do not go together)",
         "batch.account",
     ),
-    _Refusal(re.compile(r"Invalid qos", re.I), "invalid QOS {qos!r}", "batch.qos"),
-    _Refusal(
+    Refusal(re.compile(r"Invalid qos", re.I), "invalid QOS {qos!r}", "batch.qos"),
+    Refusal(
         re.compile(r"Requested time limit is invalid|Invalid --time", re.I),
         "the walltime {walltime} is more than partition {partition!r} allows",
         "pilot.walltime",
         also=" (or choose another `batch.partition`)",
     ),
-    _Refusal(
+    Refusal(
         re.compile(r"Memory specification can not be satisfied|Memory required by task|Invalid --mem", re.I),
         "no node offers {memory_mb} MB of memory",
         "pilot.memory",
     ),
-    _Refusal(re.compile(r"More processors requested than permitted", re.I), "no node offers {cpus} CPUs", "pilot.cpus"),
-    _Refusal(
+    Refusal(re.compile(r"More processors requested than permitted", re.I), "no node offers {cpus} CPUs", "pilot.cpus"),
+    Refusal(
         re.compile(r"Invalid generic resource|Invalid gres", re.I),
         "the cluster offers no {gpus} GPU(s) as gres 'gpu'",
         "pilot.gpus",
     ),
-    _Refusal(
+    Refusal(
         re.compile(r"Invalid feature specification", re.I), "invalid constraint {constraint!r}", "batch.constraint"
     ),
-    _Refusal(
+    Refusal(
         re.compile(r"Requested node configuration is not available", re.I),
         "no node has {cpus} CPUs, {memory_mb} MB and {gpus} GPU(s){constraint_text}",
         "pilot.cpus",
         also=", `pilot.memory`, `pilot.gpus` and `batch.constraint`",
     ),
-    _Refusal(
+    Refusal(
         re.compile(r"violates accounting/QOS policy|AssocMaxSubmitJob|QOSMaxSubmitJob", re.I),
         "the pilot is over an accounting or QOS limit",
         "batch.account",
         also=" and `batch.qos`, or lower `limits.max_pilots`",
     ),
-    _Refusal(
+    Refusal(
         re.compile(
             r"unrecognized option|invalid option|Invalid .* specification|"
             r"option requires an argument",
@@ -240,32 +222,26 @@ _REFUSALS = (
 )
 
 
-def _sbatch_detail(stderr: str, stdout: str, returncode: int) -> str:
-    """The most telling line of sbatch's complaint, without the ``sbatch: error:`` prefix."""
-    lines = [ln.strip() for ln in (stderr.strip() or stdout.strip()).splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "error" in ln.lower() or "unrecognized" in ln.lower()] or lines
-    if not errors:
-        return f"exit code {returncode}"
-    line = errors[-1]
-    return re.sub(r"^sbatch:\s*(error:\s*)?", "", line)
-
-
-class SlurmScheduler:
+class SlurmScheduler(BatchScheduler):
     """Submits pilots to Slurm with ``sbatch``; lists them with one ``squeue``; cancels with ``scancel``.
 
     ``env`` is added to the environment of every command (e.g. ``SLURM_CONF``).
     """
 
     name = "slurm"
-    command_timeout_s = 60.0
-
-    def __init__(self, site: SiteConfig, runner: Runner, *, env: Mapping[str, str] | None = None) -> None:
-        self.site = site
-        self.runner = runner
-        self.env: dict[str, str] | None = dict(env) if env else None
-        self._states = StateTable("slurm", dict(NATIVE_STATES))
-
-    # --- Scheduler protocol ------------------------------------------------------------------
+    label = "Slurm"
+    submit_tool = "sbatch"
+    cancel_tool = "scancel"
+    status_tool = "squeue --me"
+    directive_prefix = "#SBATCH"
+    script_name = SCRIPT
+    job_id = _JOB_ID
+    native_states = NATIVE_STATES
+    refusals = REFUSALS
+    transient = _TRANSIENT
+    gone = _GONE
+    unreachable = "could not reach the Slurm controller"
+    cancel_chunk = 10_000  # one scancel for any number of jobs
 
     def render(self, launch: PilotLaunch) -> str:
         site = launch.site
@@ -284,29 +260,11 @@ class SlurmScheduler:
         # Every value above is already quoted for where it goes (sbatch or shell).
         return render_template("slurm.sh", values, quote=False)
 
-    async def submit(self, launch: PilotLaunch) -> str:
-        script = self.render(launch)
-        path = posixpath.join(launch.workdir, SCRIPT)
-        argv_path = path if not path.startswith("-") else f"./{path}"  # never read as an option
-        await self.runner.makedirs(launch.workdir, mode=0o700)
-        await self.runner.write_file(path, script.encode(), mode=0o700)
-        result = await self._run(["sbatch", "--parsable", argv_path])
-        if result.returncode != 0:
-            raise self.submit_error(result)
-        for line in result.stderr.splitlines():
-            if line.strip():
-                log.warning("sbatch (pilot %s): %s", launch.tag, line.strip())
-        batch_id = parse_job_id(result.stdout)
-        if batch_id is None:
-            raise SchedulerError(
-                f"sbatch accepted the pilot {launch.tag} but printed no job id: {result.stdout.strip()!r}.",
-                hint="Check that `sbatch` on this host is Slurm's; glidein expects `sbatch --parsable` to work.",
-                command=list(result.argv),
-                exit_code=result.returncode,
-                stderr=result.stderr,
-            )
-        log.info("submitted pilot %s as Slurm job %s", launch.tag, batch_id)
-        return batch_id
+    def submit_argv(self, launch: PilotLaunch, path: str) -> list[str]:
+        return ["sbatch", "--parsable", path]
+
+    def parse_job_id(self, stdout: str) -> str | None:
+        return parse_job_id(stdout)
 
     async def status(self) -> list[PilotJob]:
         result = await self._run(["squeue", "--me", "--states=all", "--noheader", f"--format={SQUEUE_FORMAT}"])
@@ -316,70 +274,18 @@ class SlurmScheduler:
         )
         return parse_squeue(result.stdout, self.site.name, self._states)
 
-    async def cancel(self, batch_ids: list[str]) -> None:
-        if not batch_ids:
-            return
-        bad = [b for b in batch_ids if not _JOB_ID.match(b)]
-        if bad:
-            raise SchedulerError(
-                f"Cannot cancel {', '.join(map(repr, bad))}: not a Slurm job id.",
-                hint="This is a bug in the caller: pass ids that submit() or status() returned.",
-            )
-        result = await self._run(["scancel", *batch_ids])
-        complaints = [ln.strip() for ln in (result.stderr + "\n" + result.stdout).splitlines() if "error" in ln.lower()]
-        serious = [ln for ln in complaints if not _GONE.search(ln)]
-        if result.returncode != 0 and (serious or not complaints):
-            result.check(
-                f"Cancelling {len(batch_ids)} pilot(s) with scancel",
-                hint="The next cycle tries again; check the jobs with `squeue --me`.",
-            )
-        elif serious:
-            log.warning("scancel: %s", "; ".join(serious))
-        log.info("cancelled %d Slurm job(s): %s", len(batch_ids), " ".join(batch_ids))
+    def refusal_values(self) -> dict[str, object]:
+        return {**super().refusal_values(), "walltime": format_time_limit(self.site.shape.walltime_s)}
 
-    # --- helpers -------------------------------------------------------------------------------
+    def detail(self, result: CommandResult) -> str:
+        lines = [ln.strip() for ln in (result.stderr.strip() or result.stdout.strip()).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "error" in ln.lower() or "unrecognized" in ln.lower()] or lines
+        if not errors:
+            return f"exit code {result.returncode}"
+        return re.sub(r"^sbatch:\s*(error:\s*)?", "", errors[-1])
 
-    def submit_error(self, result: CommandResult) -> SchedulerError:
-        """A plain message for an sbatch refusal, naming the config key to change."""
-        fields = {"command": list(result.argv), "exit_code": result.returncode, "stderr": result.stderr}
-        detail = _sbatch_detail(result.stderr, result.stdout, result.returncode)
-        text = f"{result.stderr}\n{result.stdout}"
-        if _TRANSIENT.search(text):
-            return SchedulerError(
-                f"sbatch could not reach the Slurm controller: {detail}.",
-                hint="The next cycle tries again; if this persists, check Slurm on this host (`sinfo`).",
-                **fields,
-            )
-        site = self.site
-        batch = site.batch
-        shape = site.shape
-        for refusal in _REFUSALS:
-            match = refusal.pattern.search(text)
-            if match is None:
-                continue
-            named = match.groupdict().get("value")
-            what = refusal.what.format(
-                partition=named or batch.partition or "(default)",
-                account=batch.account or "(default)",
-                qos=batch.qos or "(default)",
-                constraint=batch.constraint or "",
-                constraint_text=f" with constraint {batch.constraint!r}" if batch.constraint else "",
-                walltime=format_time_limit(shape.walltime_s),
-                memory_mb=shape.memory_mb,
-                cpus=shape.cpus,
-                gpus=shape.gpus,
-            )
-            return SchedulerError(
-                f"sbatch refused the pilot: {what} — check `{refusal.key}`{refusal.also} in {site.path}.",
-                hint=f"(sbatch said: {detail})",
-                field=refusal.key,
-                **fields,
-            )
-        return SchedulerError(
-            f"sbatch refused the pilot: {detail}.",
-            hint=f"Check the [pilot] and [batch] sections of {site.path}.",
-            **fields,
-        )
+    def cancel_done(self, line: str) -> bool:
+        return "error" not in line.lower()  # scancel says nothing on success; only its errors count
 
     def _directives(self, site: SiteConfig) -> list[str]:
         shape, batch = site.shape, site.batch
@@ -398,34 +304,8 @@ class SlurmScheduler:
         ):
             value = getattr(batch, key)
             if value:
-                out.append(f"{option}={self._word(value, f'batch.{key}', config=True)}")
-        for line in batch.extra_directives:
-            line = line.strip()
-            if "\n" in line or "\r" in line:
-                raise self._config_error("batch.extra_directives", "an entry has a line break")
-            if line.startswith("#SBATCH"):
-                line = line[len("#SBATCH") :].strip()
-            if line:
-                out.append(line)
-        return out
+                out.append(f"{option}={self.word(value, f'batch.{key}', config=True)}")
+        return out + self.extra_directives()
 
-    def _word(self, value: str, what: str, *, filename: bool = False, config: bool = False) -> str:
-        try:
-            return sbatch_word(value, filename=filename)
-        except ValueError:
-            if config:
-                raise self._config_error(what, "the value has a line break") from None
-            raise SchedulerError(
-                f"Cannot write a Slurm script: {what} {value!r} has a line break.",
-                hint=f"Choose a `site.scratch_dir` without line breaks in {self.site.path}.",
-            ) from None
-
-    def _config_error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(
-            f"Site config {self.site.path}: `{key}`: {problem}.",
-            hint="Write one directive per list entry, without line breaks.",
-            field=key,
-        )
-
-    async def _run(self, argv: list[str]) -> CommandResult:
-        return await self.runner.run(argv, env=self.env, timeout_s=self.command_timeout_s)
+    def _word(self, value: str, what: str, *, filename: bool = False) -> str:
+        return self.word(value.replace("%", "%%") if filename else value, what)
