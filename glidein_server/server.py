@@ -108,6 +108,7 @@ class Server:
                 totp_key=key,
                 pilot_token_grace_s=s.pilot_token_grace_s,
                 pilot_token_max_s=s.pilot_token_max_s,
+                public_url=s.public_url,
             ),
         )
         self.api = api

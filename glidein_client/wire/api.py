@@ -301,8 +301,9 @@ class ApiClient:
         url = path if absolute else f"{self.url}{path}"
         digest = hashlib.sha256()
         tmp = dest.with_name(f".{dest.name}.part")
-        # The token goes only to this server: an input URL elsewhere is fetched without credentials.
-        foreign = absolute and not url.startswith(self.url + "/")
+        # The token goes only to this server's API paths: an input URL, wherever it points (the
+        # server itself included), is fetched without credentials.
+        foreign = absolute
         plain = (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self._timeout_s))
             if foreign

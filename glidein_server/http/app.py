@@ -37,6 +37,7 @@ from glidein_client.wire.schema import (
 )
 from glidein_server.http import auth, ratelimit
 from glidein_server.http.admin import AdminApi
+from glidein_server.http.inputs import check_inputs, own_netlocs
 from glidein_server.http.openapi import document
 from glidein_server.http.routing import API, Guard, Route, error_middleware, json_response, parse_int, parse_sha
 from glidein_server.http.staging import StagingApi
@@ -57,6 +58,7 @@ class ServerConfig:
     totp_key: bytes | None = field(default=None, repr=False)  # encrypts operators' TOTP secrets
     pilot_token_grace_s: float = 3600.0  # pilot tokens outlive their queue wait plus walltime by this
     pilot_token_max_s: float = 30 * 86400.0
+    public_url: str = ""  # how clients reach this server, beside the Host they send
 
 
 class Api:
@@ -274,13 +276,8 @@ class Api:
         body: JobSubmit = await self.guard.body(request, JobSubmit, "job submission")
         for i, spec in enumerate(body.jobs):
             check_job(spec, i)
-            for inp in spec.inputs:
-                if inp.sha256 is not None and not self.files.exists(inp.sha256):
-                    raise ValidationError(
-                        f"jobs[{i}].inputs: {inp.name!r} (sha256 {inp.sha256[:12]}…) was never uploaded.",
-                        hint="Upload the file first (glidein submit does that for you).",
-                        field=f"jobs[{i}].inputs",
-                    )
+        own = own_netlocs(request.host, self.config.public_url)
+        await check_inputs(body.jobs, principal, self.store, self.files, own)
         ids = await self.store.add_jobs(principal.subject, body.jobs, time.time())
         log.info("%s submitted %d jobs (%d-%d)", principal.subject, len(ids), ids[0], ids[-1])
         self.guard.new_work()

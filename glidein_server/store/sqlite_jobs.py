@@ -186,6 +186,6 @@ class SqliteJobs(SqliteSites):
             if principal.role is Role.USER:
                 who = principal.subject
                 return db.execute(Q["file_user_may_read"], (sha256, who, sha256, who)).fetchone() is not None
-            return db.execute(Q["file_pilot_may_read"], (int(principal.subject), sha256)).fetchone() is not None
+            return db.execute(Q["file_pilot_may_read"], (int(principal.subject), sha256, sha256)).fetchone() is not None
 
         return await self._run(read, self._conn)

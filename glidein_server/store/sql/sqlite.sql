@@ -432,8 +432,11 @@ SELECT 1 FROM outputs o JOIN jobs j ON j.id = o.job_id WHERE o.sha256 = ? AND j.
 LIMIT 1;
 
 -- name: file_pilot_may_read
+-- Only a declared input of a job the pilot holds now; the hash appearing elsewhere in the spec
+-- (argv, env) grants nothing. instr() is a cheap filter before the JSON is walked.
 SELECT 1 FROM attempts a JOIN jobs j ON j.id = a.job_id
 WHERE a.pilot_id = ? AND a.state != 'ended' AND instr(j.spec, ?) > 0
+  AND EXISTS (SELECT 1 FROM json_each(j.spec, '$.inputs') i WHERE json_extract(i.value, '$.sha256') = ?)
 LIMIT 1;
 
 -- Sites.
