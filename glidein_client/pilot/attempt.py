@@ -16,17 +16,18 @@ import shutil
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
+from glidein_client.pilot import provenance
 from glidein_client.pilot.channels.base import Channel
 from glidein_client.pilot.executor import JobProcess, RunResult
 from glidein_client.pilot.launch import JobRun
 from glidein_client.pilot.partition import Allocation, cores_for
 from glidein_client.pilot.sandboxes import Sandboxes
 from glidein_client.wire.errors import GlideinError, ServerUnreachable
-from glidein_client.wire.schema import ClaimedJob, InputFile, Outcome, OutputFile
+from glidein_client.wire.schema import ClaimedJob, FileDigest, InputFile, Outcome, OutputFile
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +48,7 @@ class Running:
     proc: JobProcess | None = None
     kill: tuple[Outcome, str] | None = None
     task: asyncio.Task[None] | None = None
+    inputs: list[FileDigest] = field(default_factory=list)  # their sha256, for the attempt's provenance
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class Attempts:
             sandbox = self.sandboxes.make(f"job-{entry.claim.job_id}-{entry.claim.attempt_id}")
             for inp in entry.claim.spec.inputs:
                 await self._place_input(inp, sandbox)
+            entry.inputs = await provenance.input_digests(entry.claim.spec.inputs, sandbox)
             if entry.kill is None:
                 result, outputs = await self._execute(entry, sandbox, started)
         except GlideinError as exc:

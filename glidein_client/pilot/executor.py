@@ -53,6 +53,9 @@ class RunResult:
     max_rss_mb: float
     stdout_tail: str  # last LOG_TAIL_BYTES of stdout
     stderr_tail: str
+    cpu_user_s: float = 0.0  # of the main process and every descendant it (or they) waited for
+    cpu_system_s: float = 0.0
+    started_at: float | None = None  # wall clock (epoch seconds)
 
 
 class JobProcess:
@@ -91,6 +94,8 @@ class JobProcess:
         self._started_at = 0.0
         self._ended_at = 0.0
         self._max_rss_mb = 0.0
+        self._cpu = (0.0, 0.0)  # user, system
+        self._started_wall: float | None = None
         self._logs: tuple[int, int] | None = None
         self._tails = ("", "")
 
@@ -134,6 +139,7 @@ class JobProcess:
             self._no_start = self._spawn_failure(argv, exc)
             log.info("attempt %d of job %d did not start: %s", run.attempt_id, run.job_id, self._no_start[1])
             return
+        self._started_wall = time.time()
         self._logs = (out, err)  # kept open to read their tails when the job ends
         self._exited = self._loop.create_future()
         try:
@@ -211,6 +217,7 @@ class JobProcess:
             else:
                 self._returncode = os.waitstatus_to_exitcode(status)
                 self._max_rss_mb = max(self._max_rss_mb, usage.ru_maxrss / 1024)
+                self._cpu = (usage.ru_utime, usage.ru_stime)
         if self._kill_timer is not None:
             self._kill_timer.cancel()
             self._kill_timer = None
@@ -340,6 +347,9 @@ class JobProcess:
             max_rss_mb=round(self._max_rss_mb, 1),
             stdout_tail=self._tails[0],
             stderr_tail=self._tails[1],
+            cpu_user_s=self._cpu[0],
+            cpu_system_s=self._cpu[1],
+            started_at=self._started_wall,
         )
         log.debug(
             "attempt %d of job %d ended: %s%s",

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from glidein_client.pilot import provenance
 from glidein_client.pilot.attempt import Attempts, AttemptSettings, Running, patiently
 from glidein_client.pilot.backlog import Backlog
 from glidein_client.pilot.channels.base import Channel
@@ -463,6 +464,9 @@ class Pilot:
                     stdout_tail=result.stdout_tail[-LOG_TAIL_BYTES:],
                     stderr_tail=result.stderr_tail[-LOG_TAIL_BYTES:],
                     outputs=outputs,
+                    provenance=provenance.record(
+                        self.res, entry.proc.run.cores if entry.proc else (), entry.alloc.gpus, entry.inputs, result
+                    ),
                 )
             )
         if result.outcome is not Outcome.DONE:

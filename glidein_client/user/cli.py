@@ -8,6 +8,7 @@
     glidein fetch IDS [-d DIR]
     glidein cancel IDS / glidein retry IDS
     glidein logs ID [--attempt N]
+    glidein show ID                          # where and how each attempt ran: host, versions, CPU, hashes
 
 IDS are numbers and ranges: ``7``, ``1-20``, ``1-5,9``. Every command takes ``--json`` for scripts.
 The server and token come from ``--url``/``--token-file``, the environment or the config file

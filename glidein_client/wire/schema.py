@@ -124,6 +124,34 @@ class OutputFile(_Strict, kw_only=True):
     size: NonNegInt
 
 
+class FileDigest(_Strict, kw_only=True):
+    name: str
+    sha256: Sha256
+    size: NonNegInt | None = None
+
+
+class Provenance(_Strict, kw_only=True):
+    """Where and how one attempt ran, as its pilot saw it: what an analyser cites for how a file was made.
+
+    Every field is optional so that pilots of earlier releases, which send none, still report.
+    """
+
+    host: str = ""
+    batch_system: str = ""  # slurm | pbs | htcondor | local
+    batch_id: str = ""
+    pilot_version: str = ""
+    python: str = ""
+    os: str = ""
+    cpu_model: str = ""
+    cores: list[int] = []  # the physical cores the job was pinned to ([] = not pinned)
+    gpus: list[str] = []
+    inputs: list[FileDigest] = []
+    started_at: float | None = None  # wall clock (epoch seconds) at the pilot
+    ended_at: float | None = None
+    cpu_user_s: float = 0.0  # of the job's process tree
+    cpu_system_s: float = 0.0
+
+
 class AttemptView(_Strict, kw_only=True):
     id: int
     pilot_id: int
@@ -136,6 +164,25 @@ class AttemptView(_Strict, kw_only=True):
     finished_at: float | None = None
     stdout_tail: str = ""
     stderr_tail: str = ""
+    cpus: int | None = None  # cores the attempt was given
+    wall_s: float | None = None
+    max_rss_mb: float | None = None
+    cpu_s: float | None = None  # user + system
+    cpu_efficiency: float | None = None  # cpu_s / (wall_s * cpus), within [0, 1] for a well-behaved job
+    outputs: list[OutputFile] = []
+    provenance: Provenance | None = None
+
+
+class Usage(_Strict, kw_only=True):
+    """What the attempt that produced a job's result used, and where and how it ran."""
+
+    attempt_id: int
+    cpus: int
+    wall_s: float | None = None
+    max_rss_mb: float | None = None
+    cpu_s: float | None = None
+    cpu_efficiency: float | None = None
+    provenance: Provenance | None = None
 
 
 class JobView(_Strict, kw_only=True):
@@ -152,6 +199,7 @@ class JobView(_Strict, kw_only=True):
     site: str | None = None
     outputs: list[OutputFile] = []
     note: str | None = None
+    usage: Usage | None = None  # of the attempt whose result the job kept (done jobs)
 
 
 class JobList(_Strict, kw_only=True):
@@ -257,6 +305,7 @@ class Finish(_Strict, kw_only=True):
     stdout_tail: str = ""
     stderr_tail: str = ""
     outputs: list[OutputFile] = []
+    provenance: Provenance | None = None  # absent from pilots of earlier releases
 
 
 class SyncRequest(_Strict, kw_only=True):

@@ -2,7 +2,8 @@
 
 One class assembled from small parts, each one concept: plumbing (sqlite_base), tokens
 (sqlite_tokens), sites, demand and staging (sqlite_sites), jobs (sqlite_jobs), attempts ending
-by the lifecycle's plans (sqlite_attempts), pilots and claims (sqlite_pilots).
+by the lifecycle's plans (sqlite_attempts), pilots and claims (sqlite_pilots); what attempts used
+and where they ran (sqlite_usage).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sqlite3
 from glidein_server.store.sqlite_base import Q
 from glidein_server.store.sqlite_pilots import SqlitePilots
 from glidein_server.store.sqlite_sites import sites_from_key, sites_key
+from glidein_server.store.sqlite_usage import add_columns
 
 __all__ = ["SqliteStore", "sites_from_key", "sites_key"]
 
@@ -20,6 +22,7 @@ class SqliteStore(SqlitePilots):
     def _prepare(self, db: sqlite3.Connection) -> None:
         db.executescript(Q["schema"])
         self._migrate_tokens(db)
+        add_columns(db, "attempts", Q["attempts_migrate"])
         db.executescript(Q["staging_schema"])
         self._load_site_shapes(db)
 

@@ -23,6 +23,7 @@ from glidein_server.policy.lifecycle import (
 from glidein_server.store.sqlite_base import Q
 from glidein_server.store.sqlite_jobs import SqliteJobs, spec_encoder
 from glidein_server.store.sqlite_sites import spec_decoder
+from glidein_server.store.sqlite_usage import provenance_columns
 
 
 class SqliteAttempts(SqliteJobs):
@@ -75,6 +76,7 @@ class SqliteAttempts(SqliteJobs):
                 fin.max_rss_mb if fin else None,
                 fin.stdout_tail if fin else "",
                 fin.stderr_tail if fin else "",
+                *provenance_columns(fin),
                 wall,
                 now - wall,
                 attempt_id,

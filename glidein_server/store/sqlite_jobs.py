@@ -15,6 +15,7 @@ from glidein_server.policy import demand as dm
 from glidein_server.store.base import JobFilter, Principal
 from glidein_server.store.sqlite_base import Q
 from glidein_server.store.sqlite_sites import SqliteSites, sites_key, spec_decoder
+from glidein_server.store.sqlite_usage import attempt_views, result_usage
 
 spec_encoder = msgspec.json.Encoder()
 
@@ -81,6 +82,7 @@ class SqliteJobs(SqliteSites):
             site=site,
             outputs=outputs,
             note=note,
+            usage=None if result_attempt is None else result_usage(db, result_attempt, spec.cpus),
         )
 
     def _read_job(self, db: sqlite3.Connection, job_id: int) -> JobView | None:
@@ -145,25 +147,7 @@ class SqliteJobs(SqliteSites):
         return await self._tx(tx)
 
     async def attempts_of(self, job_id: int) -> list[AttemptView]:
-        def read(db: sqlite3.Connection) -> list[AttemptView]:
-            return [
-                AttemptView(
-                    id=r[0],
-                    pilot_id=r[1],
-                    site=r[2],
-                    outcome=r[3],
-                    exit_code=r[4],
-                    reason=r[5],
-                    claimed_at=r[6],
-                    started_at=r[7],
-                    finished_at=r[8],
-                    stdout_tail=r[9],
-                    stderr_tail=r[10],
-                )
-                for r in db.execute(Q["attempts_of_job"], (job_id,)).fetchall()
-            ]
-
-        return await self._run(read, self._conn)
+        return await self._run(lambda db: attempt_views(db, job_id), self._conn)
 
     async def job_output(self, job_id: int, name: str) -> OutputFile | None:
         def read(db: sqlite3.Connection) -> OutputFile | None:

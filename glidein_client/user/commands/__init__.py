@@ -11,11 +11,11 @@ import argparse
 from collections.abc import Callable
 from types import ModuleType
 
-from glidein_client.user.commands import change, fetch, logs, status, submit, wait
+from glidein_client.user.commands import change, fetch, logs, show, status, submit, wait
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]", argparse.ArgumentParser], None]
 
-MODULES: tuple[ModuleType, ...] = (submit, status, wait, fetch, change, logs)
+MODULES: tuple[ModuleType, ...] = (submit, status, wait, fetch, change, logs, show)
 
 
 def register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from glidein_client.user import render
+from glidein_client.user import provenance, render
 from glidein_client.user.args import arg_type, positive
 from glidein_client.user.session import EXIT_OK, connect, emit_json
 from glidein_client.wire.errors import NotFoundError
@@ -58,6 +58,9 @@ def attempt_text(n: int, total: int, a: AttemptView) -> str:
         f"claimed {render.format_time(a.claimed_at)}, started {render.format_time(a.started_at)}, "
         f"finished {render.format_time(a.finished_at)}{ran}"
     )
+    usage = provenance.usage_line(a.cpus, a.wall_s, a.cpu_s, a.cpu_efficiency, a.max_rss_mb)
+    lines += [usage] if usage else []
+    lines += provenance.provenance_lines(a.provenance, a.outputs)
     for name, tail in (("stdout", a.stdout_tail), ("stderr", a.stderr_tail)):
         lines.append(f"--- {name} (last part) ---" if tail else f"--- {name}: empty ---")
         if tail:

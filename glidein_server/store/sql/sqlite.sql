@@ -69,7 +69,9 @@ CREATE TABLE IF NOT EXISTS attempts (
     wall_s REAL,
     max_rss_mb REAL,
     stdout_tail TEXT NOT NULL DEFAULT '',
-    stderr_tail TEXT NOT NULL DEFAULT ''
+    stderr_tail TEXT NOT NULL DEFAULT '',
+    cpu_s REAL,                     -- user + system CPU seconds of the job's process tree
+    provenance BLOB                 -- JSON: where and how it ran, as the pilot reported it
 );
 CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job_id);
 CREATE INDEX IF NOT EXISTS attempts_pilot_active ON attempts (pilot_id) WHERE state != 'ended';
@@ -148,6 +150,11 @@ END;
 id TEXT
 scopes TEXT NOT NULL DEFAULT ''
 revoked_at REAL
+
+-- name: attempts_migrate
+-- Columns added after the first release: ALTER TABLE runs for each one missing.
+cpu_s REAL
+provenance BLOB
 
 -- name: tokens_index
 UPDATE tokens SET id = substr(hash, 1, 16) WHERE id IS NULL;
@@ -229,7 +236,7 @@ UPDATE jobs SET state = 'running' WHERE id = ? AND state = 'claimed';
 
 -- name: attempt_end
 UPDATE attempts SET state = 'ended', outcome = ?, exit_code = ?, reason = ?, finished_at = ?, wall_s = ?,
-    max_rss_mb = ?, stdout_tail = ?, stderr_tail = ?,
+    max_rss_mb = ?, stdout_tail = ?, stderr_tail = ?, cpu_s = ?, provenance = ?,
     started_at = coalesce(started_at, CASE WHEN ? > 0 THEN ? END)
 WHERE id = ?;
 
@@ -415,8 +422,13 @@ WHERE id = ?;
 SELECT retries_used, max_retries, spec FROM jobs WHERE id = ?;
 
 -- name: attempts_of_job
-SELECT id, pilot_id, site, outcome, exit_code, reason, claimed_at, started_at, finished_at, stdout_tail, stderr_tail
-FROM attempts WHERE job_id = ? ORDER BY id;
+SELECT a.id, a.pilot_id, a.site, a.outcome, a.exit_code, a.reason, a.claimed_at, a.started_at, a.finished_at,
+       a.stdout_tail, a.stderr_tail, j.cpus, a.wall_s, a.max_rss_mb, a.cpu_s, a.provenance
+FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.job_id = ? ORDER BY a.id;
+
+-- name: attempt_usage
+SELECT wall_s, max_rss_mb, cpu_s, provenance FROM attempts WHERE id = ?;
 
 -- name: job_output
 SELECT o.name, o.sha256, o.size FROM outputs o JOIN jobs j ON j.result_attempt = o.attempt_id
