@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import time
 from collections.abc import Sequence
@@ -67,6 +68,7 @@ class Server:
         self._runner: web.AppRunner | None = None
         self.api: Api | None = None
         self.url = ""
+        self.listen = ""  # host:port actually bound
 
     def _ssl(self) -> ssl.SSLContext | None:
         """The TLS context; plain HTTP only when the config says so, and then on loopback unless forced."""
@@ -115,10 +117,20 @@ class Server:
         self._runner = web.AppRunner(api.make_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, ssl_context=tls_context, backlog=512)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.__aexit__(None, None, None)
+            raise ConfigError(
+                f"Cannot listen on {self._host}:{self._port}: {os.strerror(exc.errno).lower() if exc.errno else exc}.",
+                hint="Another program (perhaps another glidein server) holds that port: stop it, or choose "
+                "another one with `glidein-server serve --port N` or port in config.toml.",
+                address=f"{self._host}:{self._port}",
+            ) from None
         port = self._runner.addresses[0][1]
+        self.listen = f"{self._host}:{port}"
         self.url = s.public_url or f"{'https' if tls_context else 'http'}://{self._host}:{port}"
-        log.info("glidein server listening on %s (state in %s)", self.url, self.state.root)
+        log.info("glidein server listening on %s, clients use %s (state in %s)", self.listen, self.url, self.state.root)
         return self
 
     async def __aexit__(

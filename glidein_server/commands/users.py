@@ -1,0 +1,12 @@
+"""``glidein-server user add|revoke|list``: analysers' tokens."""
+
+from __future__ import annotations
+
+import argparse
+
+from glidein_client.wire.schema import Role
+from glidein_server.commands.subjects import add_subject_commands
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    add_subject_commands(sub, common, Role.USER)
