@@ -1,7 +1,10 @@
 """The shared-filesystem mailbox between pilots and their site client (``network = "none"``).
 
 Each pilot has its own box, ``<mailbox dir>/glidein-<site>-<pilot id>``, made by the client
-(mode 0700) when it submits the pilot. A pilot writes a request, ``req-<id>.json``; the
+(exclusively, mode 0700) when it submits the pilot. The mailbox directory and every box are
+used only when they belong to the user running glidein and nobody else may write to them
+(:mod:`glidein_client.sharedfs.private`), and only messages written by that user are read.
+A pilot writes a request, ``req-<id>.json``; the
 client forwards it to the server with the token it minted for that box's pilot (and no
 other), writes the answer as ``resp-<id>.json`` and removes the request; the pilot reads and
 removes the answer. Every file is written under a temporary name, flushed to disk and
@@ -17,6 +20,7 @@ a ring was lost).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 import uuid
@@ -26,6 +30,7 @@ from typing import TypeVar
 
 import msgspec
 
+from glidein_client.sharedfs.private import owned_by_me
 from glidein_client.sharedfs.staging_area import write_atomic
 from glidein_client.wire.errors import ValidationError
 
@@ -84,9 +89,31 @@ def write_message(path: Path, msg: MailRequest | MailResponse) -> None:
     write_atomic(path, msgspec.json.encode(msg), durable_rename=False)
 
 
+class ForeignMessage(ValidationError):
+    """A message file that another Unix user wrote (or a link): never acted upon."""
+
+
 def read_message(path: Path, type_: type[T]) -> T:
-    """Read one message. Blocking; raises FileNotFoundError or ValidationError."""
-    data = path.read_bytes()
+    """Read one message. Blocking; raises FileNotFoundError, ForeignMessage or ValidationError.
+
+    Only a regular file of this user is read (no symbolic link is followed): a request or an
+    answer planted by another user is refused, whatever the permissions of its box.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        fd = -1
+    if fd < 0 or not owned_by_me(fd):
+        if fd >= 0:
+            os.close(fd)
+        raise ForeignMessage(
+            f"The mailbox message {path} was not written by this Unix user; it is ignored.",
+            hint=f"Another user can write into {path.parent}: check its owner and mode (it should be 0700).",
+        )
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read()
     try:
         return msgspec.json.decode(data, type=type_)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -9,7 +9,9 @@ Layout under the area's root::
 Every file is written under a temporary name, flushed to disk and renamed into place, so a
 reader sees a whole file or none. A marker whose size and modification time still match
 the file vouches for it without reading it again; anything else is read and checked again.
-The site client writes inputs and reads outputs; pilots read inputs and write outputs.
+The site client writes inputs and reads outputs; pilots read inputs and write outputs. The
+area is the site client's user's alone: made with mode 0700, and refused (by client and
+pilot) when another user owns it or may write to it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import BinaryIO
 
 import msgspec
 
+from glidein_client.sharedfs.private import check_private, private_dir
 from glidein_client.wire.errors import ServerUnreachable, ValidationError
 from glidein_client.wire.rules import check_relative_path
 from glidein_client.wire.schema import InputFile
@@ -127,8 +130,16 @@ class StagingArea:
         self.outputs = self.root / "outputs"
 
     def create(self) -> None:
-        for path in (self.inputs, self.outputs):
-            path.mkdir(parents=True, exist_ok=True)
+        """Make the area (each directory exclusively, 0700), or check that the one there is this user's alone."""
+        private_dir(self.root, "staging area", parents=True)
+        private_dir(self.inputs, "staging area's inputs directory")
+        private_dir(self.outputs, "staging area's outputs directory")
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` unless the area the site client made is this user's alone."""
+        check_private(self.root, "staging area")
+        check_private(self.inputs, "staging area's inputs directory")
+        check_private(self.outputs, "staging area's outputs directory")
 
     # --- inputs (written by the site client, read by pilots) -----------------------------------
 
@@ -220,7 +231,9 @@ class StagingArea:
     def put_output(self, attempt_id: int, name: str, src: Path) -> tuple[str, int]:
         """Copy a job's output into the area; returns its sha256 and size."""
         dest = self.output_path(attempt_id, name)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        for part in [*reversed(dest.relative_to(self.outputs).parents)][1:]:  # 0700 at every level
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self.outputs / part, 0o700)
         with open(src, "rb") as fh:
             return _copy_hashing(fh, dest)
 

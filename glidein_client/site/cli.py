@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Whatever the login shell's umask: pilot tokens, staged inputs, mailbox answers and the
+    # pilots started here are the site user's alone.
+    os.umask(0o077)
     args = _parser().parse_args(argv)
     logging.basicConfig(
         stream=sys.stderr,

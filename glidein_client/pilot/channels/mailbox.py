@@ -19,6 +19,7 @@ from typing import TypeVar
 import msgspec
 
 from glidein_client.sharedfs.mailbox import (
+    ForeignMessage,
     MailRequest,
     MailResponse,
     new_id,
@@ -28,6 +29,7 @@ from glidein_client.sharedfs.mailbox import (
     ring,
     write_message,
 )
+from glidein_client.sharedfs.private import private_dir
 from glidein_client.wire.api import _error_from
 from glidein_client.wire.codec import decode, encode
 from glidein_client.wire.errors import ServerUnreachable
@@ -53,7 +55,9 @@ class MailboxTransport:
         self._seq = 0
 
     async def __aenter__(self) -> MailboxTransport:
-        await asyncio.to_thread(self.box.mkdir, mode=0o700, parents=True, exist_ok=True)
+        # The client made the box (0700); one another user made, or may write to, is refused.
+        await asyncio.to_thread(private_dir, self.box.parent, "mailbox directory", parents=True)
+        await asyncio.to_thread(private_dir, self.box, "pilot mailbox")
         return self
 
     async def __aexit__(
@@ -100,9 +104,14 @@ class MailboxTransport:
         delay = QUICK_POLL_S
         try:
             while True:
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     answer = await asyncio.to_thread(read_message, resp_path, MailResponse)
                     break
+                except FileNotFoundError:
+                    pass
+                except ForeignMessage as exc:  # planted by another user: never acted upon
+                    log.error("%s %s", exc.message, exc.hint)
+                    await asyncio.to_thread(_remove, resp_path)
                 if time.monotonic() >= deadline:
                     raise ServerUnreachable(
                         f"The site client did not answer through the mailbox {self.box} in "

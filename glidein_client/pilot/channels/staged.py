@@ -116,6 +116,7 @@ async def open_channel(
             hint="The site client puts it into the pilot's command line; check [staging] in its config.",
         )
     area = StagingArea(staging_dir)
+    await asyncio.to_thread(area.check)  # another user's area could swap inputs or read outputs
     if kind == "relay":
         relay = RelayTransport(server_url, token, ca_file=ca_file)
         async with relay:

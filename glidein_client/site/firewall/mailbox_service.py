@@ -5,7 +5,9 @@ pilot's next call is seen at once -- it lists the ring directory, where pilots a
 requests, and reads the boxes that rang; every ``FULL_SCAN_S`` it reads every box. It
 forwards each request to the server with the token it minted for that box's pilot, writes
 the answer and removes the request. A box of a pilot this client did not start gets a
-refusal. Files and boxes nobody touched for ``mailbox.stale_after`` are removed. See
+refusal; a box that is not this user's alone (another user made it or may write to it) is
+not read at all, and a request file another user wrote is ignored.
+Files and boxes nobody touched for ``mailbox.stale_after`` are removed. See
 :mod:`glidein_client.sharedfs.mailbox` for the protocol.
 """
 
@@ -14,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 
 import msgspec
 
 from glidein_client.sharedfs import mailbox as mb
+from glidein_client.sharedfs.private import private_dir, unsafe_reason
 from glidein_client.site.firewall.forwarder import PilotForwarder, PilotTokens, error_body
 from glidein_client.wire.errors import GlideinError
 from glidein_client.wire.staging import StagedOutput
@@ -54,20 +58,30 @@ class MailboxService:
         self._in_flight: set[str] = set()
         self._answered: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unsafe: set[str] = set()  # boxes reported as not private
         self.answered = 0
 
     def box(self, pilot_id: int) -> Path:
         return self.root / mb.box_name(self.site, pilot_id)
 
+    async def open(self) -> None:
+        """Make the mailbox directory (0700), or check that the one there is this user's alone."""
+        await asyncio.to_thread(private_dir, self.root, "mailbox directory", parents=True)
+
     async def prepare(self, pilot_id: int) -> Path:
-        """Make the box of a pilot about to be submitted (mode 0700)."""
+        """Make the box of a pilot about to be submitted, exclusively (0700).
+
+        A box that is already there is used only if it is this user's and private: one made by
+        another user is refused (:class:`ConfigError`), so the pilot is not submitted with it.
+        """
+        await self.open()
         box = self.box(pilot_id)
-        await asyncio.to_thread(box.mkdir, mode=0o700, parents=True, exist_ok=True)
+        await asyncio.to_thread(private_dir, box, "pilot mailbox")
         return box
 
     async def run(self, stop: asyncio.Event) -> None:
         """Answer requests until ``stop`` is set, then let the calls in progress finish."""
-        await asyncio.to_thread(self.root.mkdir, mode=0o755, parents=True, exist_ok=True)
+        await self.open()
         log.info("site %s: answering pilots through the mailbox %s", self.site, self.root)
         delay = self.poll_s
         swept = scanned = last_traffic = 0.0
@@ -123,11 +137,33 @@ class MailboxService:
             boxes = [self.root / name for name in sorted(names) if name.startswith(prefix)]
         out = []
         for box in boxes:
+            if not self._private(box):
+                continue
             for path in mb.requests_in(box):
                 msg_id = mb.message_id(path)
                 if msg_id not in self._in_flight and msg_id not in self._answered:
                     out.append((box, path))
         return out
+
+    def _private(self, box: Path) -> bool:
+        """Whether ``box`` is this user's alone; a box anyone else made or may write is never read."""
+        try:
+            reason = unsafe_reason(os.lstat(box), os.geteuid())
+        except FileNotFoundError:
+            return False
+        if reason is None:
+            self._unsafe.discard(box.name)
+            return True
+        if box.name not in self._unsafe:  # once per box, not on every scan
+            self._unsafe.add(box.name)
+            log.error(
+                "site %s: the mailbox %s %s; its requests are not read and no token is used for it. "
+                "Remove it, or run chmod 700 on it if it is yours.",
+                self.site,
+                box,
+                reason,
+            )
+        return False
 
     async def sweep(self) -> None:
         removed = await asyncio.to_thread(mb.sweep, self.root, self.site, self.stale_s)
@@ -137,7 +173,12 @@ class MailboxService:
     async def _answer(self, box: Path, path: Path, msg_id: str) -> None:
         try:
             async with self._slots:
-                status, body = await self._dispatch(box, path)
+                try:
+                    status, body = await self._dispatch(box, path)
+                except mb.ForeignMessage as exc:
+                    log.error("site %s: %s %s", self.site, exc.message, exc.hint)
+                    await asyncio.to_thread(path.unlink, missing_ok=True)
+                    return
             with contextlib.suppress(FileNotFoundError):  # the pilot gave up and its box is gone
                 await asyncio.to_thread(
                     mb.write_message,
@@ -157,6 +198,8 @@ class MailboxService:
             req = await asyncio.to_thread(mb.read_message, path, mb.MailRequest)
         except FileNotFoundError:
             return error_body(410, "The request was withdrawn.")
+        except mb.ForeignMessage:
+            raise
         except GlideinError as exc:
             return error_body(400, exc.message, exc.hint)
         pilot_id = mb.pilot_of(box, self.site)

@@ -103,10 +103,10 @@ class Firewall:
         return msgspec.structs.replace(demand, pilots=min(demand.pilots, ready))
 
     async def add_pilot(self, pilot_id: int, token: str) -> None:
-        """A pilot is about to be submitted: trust its token, and make its mailbox."""
-        self.tokens.add(pilot_id, token)
+        """A pilot is about to be submitted: make its mailbox (refused if another user made it), trust its token."""
         if self.mailbox is not None:
             await self.mailbox.prepare(pilot_id)
+        self.tokens.add(pilot_id, token)
 
     def wake(self) -> None:
         """Run a staging pass now (new work, or jobs finished)."""
@@ -137,6 +137,7 @@ class Firewall:
                     poll_s=site.mailbox.poll_s,
                     stale_s=site.mailbox_stale_s,
                 )
+                await self.mailbox.open()  # a mailbox directory that is not ours alone stops the run here
                 tasks.append(asyncio.create_task(self.mailbox.run(stop), name="mailbox"))
             self.serving = True
             try:
