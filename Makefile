@@ -18,14 +18,14 @@ demo: $(STAMP)
 	$(BIN)/python -m glidein_demo.demo
 
 test: $(STAMP)
-	$(BIN)/ruff check glidein_client glidein_server glidein_demo tests benchmarks
-	$(BIN)/ruff format --check glidein_client glidein_server glidein_demo tests benchmarks
+	$(BIN)/ruff check glidein_client glidein_server glidein_demo glidein_sim tests benchmarks
+	$(BIN)/ruff format --check glidein_client glidein_server glidein_demo glidein_sim tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check glidein_client glidein_server glidein_demo tests benchmarks
-	$(BIN)/ruff format --check glidein_client glidein_server glidein_demo tests benchmarks
+	$(BIN)/ruff check glidein_client glidein_server glidein_demo glidein_sim tests benchmarks
+	$(BIN)/ruff format --check glidein_client glidein_server glidein_demo glidein_sim tests benchmarks
 	$(BIN)/mypy
 
 bench: $(STAMP)

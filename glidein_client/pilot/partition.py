@@ -1,4 +1,4 @@
-"""Split a pilot's slots (cpus) and GPUs among its jobs: pure bookkeeping, no I/O.
+"""Split a pilot's slots (cpus) and GPUs among its jobs: pure bookkeeping and decisions, no I/O.
 
 A pilot offers ``slots`` numbered ``0 .. slots-1``. Each job gets as many slots as it asked
 for cpus, preferably a contiguous run of ids, so that :func:`cores_for` maps it onto
@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from glidein_client.wire.schema import Outcome
 
 
 @dataclass(frozen=True)
@@ -123,3 +125,58 @@ def cores_for(slots: Iterable[int], core_ids: Sequence[int]) -> frozenset[int]:
         raise ValueError("No cores to map slots onto; the pilot needs at least one core.")
     n = len(core_ids)
     return frozenset(core_ids[s % n] for s in slots)
+
+
+# --- which claimed jobs start, and when a node is a black hole ------------------------------------
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a claimed job asks of its pilot."""
+
+    cpus: int
+    memory_mb: int
+    gpus: int
+    disk_mb: int
+    walltime_s: int
+
+
+def plan_starts(
+    waiting: Sequence[Need], free_slots: int, free_gpus: int, memory_mb: int, disk_mb: int, left_s: float
+) -> tuple[list[int], list[int]]:
+    """Which claimed jobs start now and which go back to the queue, as indices into ``waiting``.
+
+    Jobs are taken in their order while a slot is free; one that would not finish within
+    ``left_s`` (the pilot's remaining lifetime) goes back; one that does not fit what is free
+    now waits for the next call.
+    """
+    start: list[int] = []
+    give_back: list[int] = []
+    for i, need in enumerate(waiting):
+        if free_slots <= 0:
+            break
+        if need.walltime_s > left_s:
+            give_back.append(i)
+            continue
+        if need.memory_mb > memory_mb or need.disk_mb > disk_mb or need.cpus > free_slots or need.gpus > free_gpus:
+            continue
+        start.append(i)
+        free_slots -= need.cpus
+        free_gpus -= need.gpus
+        memory_mb -= need.memory_mb
+        disk_mb -= need.disk_mb
+    return start, give_back
+
+
+def failure_streak(streak: int, outcome: Outcome, wall_s: float, fast_failure_s: float) -> int:
+    """Jobs in a row that failed within ``fast_failure_s`` of starting, after one more ended.
+
+    A success resets the count; interruptions and kills for memory or walltime leave it as it is.
+    A pilot whose streak reaches its ``black_hole_failures`` stops taking work: the node, not the
+    jobs, is likely broken.
+    """
+    if outcome is Outcome.DONE:
+        return 0
+    if outcome is Outcome.FAILED and wall_s < fast_failure_s:
+        return streak + 1
+    return streak

@@ -25,7 +25,7 @@ from glidein_client.pilot.backlog import Backlog
 from glidein_client.pilot.channels.base import Channel
 from glidein_client.pilot.executor import RunResult
 from glidein_client.pilot.flights import Flight, Flights
-from glidein_client.pilot.partition import SlotPool
+from glidein_client.pilot.partition import Need, SlotPool, plan_starts
 from glidein_client.pilot.resources import Detected
 from glidein_client.pilot.selftest import self_test
 from glidein_client.pilot.stats import WorkStats
@@ -384,27 +384,30 @@ class Pilot:
     # --- starting and stopping jobs -----------------------------------------------------------
 
     def _dispatch(self, now: float) -> None:
-        left = self.end_time - now - self.settings.end_margin_s
-        kept: list[ClaimedJob] = []
-        while self.backlog and self.pool.free_slots > 0:
-            claim = self.backlog.popleft()
-            spec = claim.spec
-            if spec.walltime_s > left:
-                self._report_unstarted(claim, "it would not finish before the pilot's end")
-                continue
-            if spec.memory_mb > self.mem_free or spec.disk_mb > self.disk_free:
-                kept.append(claim)
-                continue
-            alloc = self.pool.allocate(spec.cpus, spec.gpus)
-            if alloc is None:
-                kept.append(claim)
-                continue
-            self.mem_free -= spec.memory_mb
-            self.disk_free -= spec.disk_mb
+        if not self.backlog or self.pool.free_slots <= 0:
+            return
+        waiting = [self.backlog.popleft() for _ in range(len(self.backlog))]
+        start, give_back = plan_starts(
+            [Need(c.spec.cpus, c.spec.memory_mb, c.spec.gpus, c.spec.disk_mb, c.spec.walltime_s) for c in waiting],
+            self.pool.free_slots,
+            self.pool.free_gpus,
+            self.mem_free,
+            self.disk_free,
+            self.end_time - now - self.settings.end_margin_s,
+        )
+        for i in give_back:
+            self._report_unstarted(waiting[i], "it would not finish before the pilot's end")
+        for i in start:
+            claim = waiting[i]
+            alloc = self.pool.allocate(claim.spec.cpus, claim.spec.gpus)
+            assert alloc is not None  # plan_starts counted the free slots and GPUs
+            self.mem_free -= claim.spec.memory_mb
+            self.disk_free -= claim.spec.disk_mb
             entry = Running(claim, alloc, time.time())
             self.running[claim.attempt_id] = entry
             entry.task = asyncio.create_task(self._run_job(entry))
-        self.backlog.putback(kept)
+        taken = set(start) | set(give_back)
+        self.backlog.putback([c for i, c in enumerate(waiting) if i not in taken])
 
     def _report_unstarted(self, claim: ClaimedJob, reason: str) -> None:
         self.finished.append(

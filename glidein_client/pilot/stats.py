@@ -6,6 +6,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from glidein_client.pilot.partition import failure_streak
 from glidein_client.wire.schema import Outcome
 
 
@@ -37,13 +38,11 @@ class WorkStats:
     def black_hole(self, outcome: Outcome, wall_s: float, *, failures: int, fast_s: float) -> str | None:
         """Why to stop taking work, when job after job fails within ``fast_s``: the node, not the
         jobs, is likely broken. ``None`` while that is not so."""
-        if outcome is Outcome.DONE:
-            self.fast_failures = 0
-        elif outcome is Outcome.FAILED and wall_s < fast_s:
-            self.fast_failures += 1
-            if self.fast_failures >= failures:
-                return (
-                    f"black hole: the last {self.fast_failures} jobs all failed within "
-                    f"{fast_s:.0f} s of starting; check this node"
-                )
+        before = self.fast_failures
+        self.fast_failures = failure_streak(before, outcome, wall_s, fast_s)
+        if self.fast_failures > before and self.fast_failures >= failures:
+            return (
+                f"black hole: the last {self.fast_failures} jobs all failed within "
+                f"{fast_s:.0f} s of starting; check this node"
+            )
         return None

@@ -19,6 +19,19 @@ from glidein_client.site.config import LimitsSection
 from glidein_client.site.schedulers.base import HoldInfo, PilotJob, PilotState
 from glidein_client.wire.units import format_duration
 
+#: The decisions and the plain data they take: the simulator imports all of it from here.
+__all__ = [
+    "Decision",
+    "HoldDecision",
+    "HoldInfo",
+    "LimitsSection",
+    "PilotJob",
+    "PilotState",
+    "decide",
+    "hold_actions",
+    "release_after_s",
+]
+
 #: States of pilots that will bring capacity but do not run yet.
 WAITING = frozenset({PilotState.QUEUED, PilotState.HELD, PilotState.UNKNOWN})
 #: Waiting states the client may remove. UNKNOWN is left alone: it may be a running pilot

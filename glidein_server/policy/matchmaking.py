@@ -1,16 +1,32 @@
 """Which idle jobs a pilot gets: a pure function over candidates and free resources.
 
-Candidates arrive in priority order, multicore before single-core at equal priority,
-so a pilot fills its big holes first and does not fragment. First, jobs that fit what is
-free now; then, if the pilot asks for a backlog (``want``), up to that many more jobs that
-fit the pilot's whole capacity, so short jobs start without waiting for a round trip.
-Every chosen job fits the pilot's remaining lifetime.
+Candidates arrive in claim order (:func:`claim_order`: priority, then multicore before
+single-core, then oldest first), so a pilot fills its big holes first and does not fragment.
+First, jobs that fit what is free now; then, if the pilot asks for a backlog (``want``), up to
+that many more jobs that fit the pilot's whole capacity, so short jobs start without waiting for
+a round trip. Every chosen job fits the pilot's remaining lifetime.
+
+Three rules of :class:`MatchPolicy` refine this (each can be turned off, which gives back the
+plain greedy fill; the simulator compares both):
+
+- end-of-life backfill: a pilot in the last ``eol_window_s`` of its life is retiring; it takes
+  the candidates that fit its remaining time shortest walltime first, so its last hours fill
+  with short work rather than stand idle behind long jobs;
+- GPU first: a pilot with a free GPU takes GPU jobs before CPU-only ones, and keeps the cores
+  and memory of the first waiting GPU job free even when that job does not fit yet;
+- reservation: a pilot given a job to hold for (``reserve``, chosen by
+  :mod:`glidein_server.policy.reservation`) lets other jobs use only what that job leaves free,
+  so its cores gather as single-core jobs end.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
+
+#: The store hands :func:`select` at most this many candidates (those that fit, in claim order).
+CLAIM_SCAN = 2000
 
 
 @dataclass(frozen=True)
@@ -31,6 +47,45 @@ class Capacity:
     disk_mb: int
 
 
+@dataclass(frozen=True)
+class MatchPolicy:
+    eol_window_s: float = 3 * 3600.0  # 0: no end-of-life backfill
+    gpu_first: bool = True
+
+
+#: What the server uses, and the plain greedy fill (every rule off) for comparison.
+DEFAULT_POLICY = MatchPolicy()
+PLAIN_POLICY = MatchPolicy(eol_window_s=0.0, gpu_first=False)
+
+
+def claim_order(priority: int, cpus: int, job_id: int) -> tuple[int, int, int]:
+    """Sort key of idle jobs for a claim: higher priority, then more cpus, then older (lower id).
+
+    The store's ``idle_candidates`` query sorts by the same (``ORDER BY priority DESC, cpus DESC, id``).
+    """
+    return (-priority, -cpus, job_id)
+
+
+def _fits(c: Candidate, cpus: int, mem: int, gpus: int, disk: int) -> bool:
+    return c.cpus <= cpus and c.memory_mb <= mem and c.gpus <= gpus and c.disk_mb <= disk
+
+
+def _gpu_first(candidates: Iterable[Candidate], free: Capacity) -> tuple[Iterable[Candidate], Candidate | None]:
+    """GPU jobs before CPU-only ones, and the first GPU job to keep room for (None when none waits)."""
+    if free.gpus <= 0:
+        return candidates, None
+    cands = list(candidates)
+    gpu = [c for c in cands if c.gpus > 0]
+    if not gpu:
+        return cands, None
+    return chain(gpu, (c for c in cands if c.gpus == 0)), gpu[0]
+
+
+def retiring(lifetime_s: float, policy: MatchPolicy = DEFAULT_POLICY) -> bool:
+    """Whether a pilot with this much life left takes its work shortest first."""
+    return lifetime_s < policy.eol_window_s
+
+
 def select(
     candidates: Iterable[Candidate],
     free: Capacity,
@@ -38,8 +93,17 @@ def select(
     lifetime_s: float,
     want: int,
     limit: int = 1000,
+    *,
+    policy: MatchPolicy = DEFAULT_POLICY,
+    reserve: Candidate | None = None,
 ) -> list[int]:
     cpus, mem, gpus, disk = free.cpus, free.memory_mb, free.gpus, free.disk_mb
+    hold = reserve
+    if retiring(lifetime_s, policy):
+        candidates = sorted((c for c in candidates if c.walltime_s <= lifetime_s), key=lambda c: c.walltime_s)
+    if policy.gpu_first:
+        candidates, gpu_hold = _gpu_first(candidates, free)
+        hold = gpu_hold or hold
     chosen: list[int] = []
     backlog: list[int] = []
     for c in candidates:
@@ -47,19 +111,20 @@ def select(
             break
         if c.walltime_s > lifetime_s:
             continue
-        if c.cpus <= cpus and c.memory_mb <= mem and c.gpus <= gpus and c.disk_mb <= disk:
+        mine = hold is not None and (c.job_id == hold.job_id or (hold.gpus > 0 and c.gpus > 0))
+        if hold is None or mine:
+            room = (cpus, mem, gpus, disk)  # the held-for job (or another GPU job) may use everything
+        else:
+            room = (cpus - hold.cpus, mem - hold.memory_mb, gpus - hold.gpus, disk - hold.disk_mb)
+        if _fits(c, *room):
             chosen.append(c.job_id)
             cpus -= c.cpus
             mem -= c.memory_mb
             gpus -= c.gpus
             disk -= c.disk_mb
-        elif (
-            len(backlog) < want
-            and c.cpus <= total.cpus
-            and c.memory_mb <= total.memory_mb
-            and c.gpus <= total.gpus
-            and c.disk_mb <= total.disk_mb
-        ):
+            if mine:
+                hold = None
+        elif len(backlog) < want and _fits(c, total.cpus, total.memory_mb, total.gpus, total.disk_mb):
             backlog.append(c.job_id)
         if len(backlog) >= want and cpus <= 0:
             break

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TOPS = ("glidein_client", "glidein_server", "glidein_demo")
+TOPS = ("glidein_client", "glidein_server", "glidein_demo", "glidein_sim")
 
 #: room -> rooms it may import (a room always may import itself).
 ALLOWED: dict[str, set[str]] = {
@@ -24,6 +24,13 @@ ALLOWED: dict[str, set[str]] = {
     "glidein_client.pilot": {"glidein_client.wire", "glidein_client.sharedfs"},
     "glidein_server": {"glidein_client.wire"},
     "glidein_demo": {"glidein_client", "glidein_server"},
+    # The simulator runs the pure decisions only: never a store, a scheduler, the pilot's I/O.
+    "glidein_sim": {
+        "glidein_server.policy",
+        "glidein_client.site.decisions",
+        "glidein_client.pilot.partition",
+        "glidein_client.wire",
+    },
 }
 
 
@@ -73,20 +80,37 @@ def test_every_module_lives_in_a_room(graph: dict[str, set[str]]) -> None:
     assert loose == [], f"modules directly under glidein_client/ belong in a room: {loose}"
 
 
-def test_rooms_import_only_what_they_may(graph: dict[str, set[str]]) -> None:
+def _forbidden(graph: dict[str, set[str]]) -> list[str]:
+    """Imports a room may not make. A room may name a whole room or single modules of one."""
     bad = []
     for module, targets in graph.items():
         if module in TOPS:
             continue
         room = _room(module)
+        allowed = ALLOWED[room] | {room}
         for target in targets:
             if target in TOPS:
                 continue
             other = _room(target)
-            allowed = ALLOWED[room] | {room}
-            if not any(other == a or other.startswith(a + ".") for a in allowed):
+            if not any(x == a or x.startswith(a + ".") for x in (other, target) for a in allowed):
                 bad.append(f"{module} imports {target} ({room} may not import {other})")
-    assert bad == [], "\n".join(sorted(bad))
+    return sorted(bad)
+
+
+def test_rooms_import_only_what_they_may(graph: dict[str, set[str]]) -> None:
+    bad = _forbidden(graph)
+    assert bad == [], "\n".join(bad)
+
+
+def test_the_simulator_imports_exactly_the_pure_policy(graph: dict[str, set[str]]) -> None:
+    used = {t for m, ts in graph.items() if m.startswith("glidein_sim") for t in ts if not t.startswith("glidein_sim")}
+    pure = ("glidein_server.policy.", "glidein_client.wire.")
+    exact = {"glidein_client.site.decisions", "glidein_client.pilot.partition"}
+    assert all(t in exact or t == "glidein_server.policy" or t.startswith(pure) for t in used), sorted(used)
+    assert exact <= used  # the client's decisions and the pilot's partitioning run in the simulator
+    assert {"glidein_server.policy.matchmaking", "glidein_server.policy.demand"} <= used
+    fake = {"glidein_sim.x": {"glidein_server.store.sqlite", "glidein_client.pilot.pilot", "glidein_client.site.client"}}
+    assert len(_forbidden(fake)) == 3
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from glidein_server.policy.matchmaking import Candidate, Capacity, select
+from glidein_server.policy.matchmaking import PLAIN_POLICY, Candidate, Capacity, select
 
 
 def cand(i: int, cpus: int = 1, mem: int = 100, gpus: int = 0, wall: int = 60) -> Candidate:
@@ -27,7 +27,8 @@ def test_never_gives_a_job_that_outlives_the_pilot() -> None:
 
 def test_memory_and_gpus_bound_the_claim() -> None:
     cands = [cand(1, mem=3000), cand(2, mem=3000), cand(3, gpus=1), cand(4, gpus=1)]
-    assert select(cands, Capacity(4, 4000, 1, 1000), TOTAL, 3600, 0) == [1, 3]
+    assert select(cands, Capacity(4, 4000, 1, 1000), TOTAL, 3600, 0, policy=PLAIN_POLICY) == [1, 3]
+    assert select(cands, Capacity(4, 4000, 1, 1000), TOTAL, 3600, 0) == [3, 1]  # GPU job first
 
 
 def test_backlog_adds_jobs_that_fit_the_whole_pilot() -> None:

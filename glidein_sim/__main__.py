@@ -1,0 +1,5 @@
+import sys
+
+from glidein_sim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,499 @@
+"""The simulation: virtual time, events in a heap, and the project's own decisions at each step.
+
+Server: :func:`~glidein_server.policy.demand.site_demand` for each client cycle,
+:func:`~glidein_server.policy.matchmaking.select` (with its :class:`MatchPolicy` and, when on,
+:class:`~glidein_server.policy.reservation.Reservations`) for each claim, and the retry rule of
+:class:`~glidein_client.wire.schema.Outcome`. Site client:
+:func:`~glidein_client.site.decisions.decide` every cycle. Pilot:
+:class:`~glidein_client.pilot.partition.SlotPool`, :func:`~glidein_client.pilot.partition.plan_starts`
+and :func:`~glidein_client.pilot.partition.failure_streak`. A claim is answered at once (no network),
+and a pilot claims whenever cores free up or a new kind of job appears, as a long-polling pilot does.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from glidein_client.pilot.partition import Allocation, Need, SlotPool, failure_streak, plan_starts
+from glidein_client.site.decisions import LimitsSection, PilotJob, PilotState, decide
+from glidein_client.wire.schema import Outcome, PilotShape
+from glidein_server.policy.demand import FreeCapacity, site_demand
+from glidein_server.policy.matchmaking import PLAIN_POLICY, Candidate, Capacity, MatchPolicy, select
+from glidein_server.policy.reservation import ReservationPolicy, Reservations
+from glidein_sim.metrics import Tally, Timeline
+from glidein_sim.queue import IdleQueue, Job
+from glidein_sim.scenario import Scenario, SiteSpec
+
+# Event kinds, in the order they run at one instant.
+_JOB_END, _PILOT_READY, _PILOT_END, _NODE_FAIL, _IDLE, _ARRIVE, _CYCLE, _SAMPLE = range(8)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The scheduling code's knobs: the plain greedy fill ("as it was") or the improved rules."""
+
+    label: str
+    match: MatchPolicy
+    reservation: ReservationPolicy | None
+
+
+def plain_rules() -> Rules:
+    return Rules("as it was", PLAIN_POLICY, None)
+
+
+def improved_rules(sc: Scenario) -> Rules:
+    return Rules(
+        "improved",
+        MatchPolicy(eol_window_s=sc.eol_window_s, gpu_first=True),
+        ReservationPolicy(after_s=sc.reservation_after_s, max_hold_s=sc.reservation_max_hold_s),
+    )
+
+
+class Pilot:
+    __slots__ = (
+        "black_hole",
+        "busy",
+        "disk_free",
+        "end",
+        "gen",
+        "id",
+        "job",
+        "mem_free",
+        "pool",
+        "runs",
+        "idle_since",
+        "running",
+        "site",
+        "start",
+        "state",
+        "stopping",
+        "streak",
+        "submitted",
+    )
+
+    def __init__(self, pilot_id: int, site: Site, now: float) -> None:
+        self.id = pilot_id
+        self.site = site
+        self.submitted = now
+        self.state = PilotState.QUEUED
+        self.job = PilotJob(str(pilot_id), pilot_id, PilotState.QUEUED, submitted_at=now)
+        self.pool = SlotPool(0, ())
+        self.mem_free = self.disk_free = 0
+        self.start = self.end = self.idle_since = 0.0
+        self.running: dict[
+            int, tuple[Job, Allocation, float, Outcome]
+        ] = {}  # job id -> job, allocation, start, generation
+        self.runs: list[tuple[float, float, int]] = []
+        self.busy = 0
+        self.streak = 0
+        self.gen = 0
+        self.black_hole = False
+        self.stopping = False
+
+
+class Site:
+    def __init__(self, spec: SiteSpec) -> None:
+        self.spec = spec
+        p = spec.pilot
+        self.shape = PilotShape(
+            cpus=p.cpus, memory_mb=p.memory_mb, gpus=p.gpus, disk_mb=p.disk_mb, walltime_s=p.walltime_s
+        )
+        self.limits = LimitsSection(
+            max_pilots=spec.max_pilots,
+            max_idle_pilots=spec.max_idle_pilots,
+            max_submit_per_cycle=spec.max_submit_per_cycle,
+        )
+        self.waiting: dict[int, Pilot] = {}  # queued in the batch system
+        self.ready: list[Pilot] = []  # their queue wait is over, but the site is full
+        self.live: dict[int, Pilot] = {}  # running
+        self.hungry: set[int] = set()  # running pilots with free cores that the last claim could not fill
+        self.rng = random.Random()
+        self.alloc_cores = 0
+        self.busy_cores = 0
+
+
+class Simulation:
+    def __init__(self, sc: Scenario, rules: Rules) -> None:
+        self.sc, self.rules = sc, rules
+        self.now = 0.0
+        self._events: list[tuple[float, int, int, Any]] = []
+        self._seq = 0
+        self.queue = IdleQueue()
+        self.jobs: dict[int, Job] = {}
+        self._next_job = self._next_pilot = 1
+        self.sites = [Site(s) for s in sc.sites]
+        for i, site in enumerate(self.sites):
+            site.rng.seed(sc.seed * 1_000_003 + i)
+        self.site_shapes = {s.spec.name: s.shape for s in self.sites}
+        self._work_rng = [random.Random(sc.seed * 7919 + i) for i in range(len(sc.work))]
+        self.reservations = Reservations(rules.reservation) if rules.reservation else None
+        self.tally = Tally()
+        self.timeline = Timeline(
+            allocated={s.spec.name: [] for s in self.sites}, busy={s.spec.name: [] for s in self.sites}
+        )
+        self.ramp_cores = sc.ramp_cores or max(1, int(0.9 * sc.cores))
+        self.drain_window_s = 0.0  # the longest walltime any job asked for
+        self._alloc = self._busy = 0
+        self._offer_due = False
+        self._handlers: dict[int, Callable[[Any], None]] = {
+            _JOB_END: self._job_end,
+            _PILOT_READY: self._pilot_ready,
+            _PILOT_END: self._pilot_end,
+            _NODE_FAIL: self._node_fail,
+            _IDLE: self._idle,
+            _ARRIVE: self._arrive,
+            _CYCLE: self._cycle,
+            _SAMPLE: self._sample,
+        }
+
+    # --- running ------------------------------------------------------------------------------
+
+    def _push(self, t: float, kind: int, payload: Any) -> None:
+        heapq.heappush(self._events, (t, kind, self._seq, payload))
+        self._seq += 1
+
+    def run(self) -> Tally:
+        sc = self.sc
+        for i, w in enumerate(sc.work):
+            for _ in range(w.count + w.keep_idle):
+                self._submit(i)
+            if w.rate_per_h > 0:
+                self._push(self._work_rng[i].expovariate(w.rate_per_h / 3600), _ARRIVE, i)
+        for site in self.sites:
+            self._push(0.0, _CYCLE, site)
+        self._push(0.0, _SAMPLE, None)
+        events, handlers, end = self._events, self._handlers, sc.duration_s
+        while events and events[0][0] <= end:
+            t, kind, _, payload = heapq.heappop(events)
+            self.now = t
+            handlers[kind](payload)
+            while self._offer_due:
+                self._offer_due = False
+                self._offer()
+        self._close(end)
+        return self.tally
+
+    def _close(self, end: float) -> None:
+        """Pilots still running at the end count up to the end (no draining: they have not ended)."""
+        t = self.tally
+        for site in self.sites:
+            for p in site.live.values():
+                t.allocated_core_s += p.pool.total_slots * (end - p.start)
+                t.busy_core_s += sum(j.cand.cpus * (end - t0) for j, _, t0, _ in p.running.values())
+        for job in self.jobs.values():
+            if job.first_start < 0:  # still waiting: its wait so far counts
+                self._record_wait(job, end - job.submit_t)
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    def _submit(self, work: int) -> None:
+        w = self.sc.work[work]
+        runtime = max(1.0, w.runtime.draw(self._work_rng[work]))
+        wall = w.walltime_for(runtime)
+        jid = self._next_job
+        self._next_job += 1
+        job = Job(jid, work, Candidate(jid, w.cpus, w.memory_mb, w.gpus, w.disk_mb, wall), w.priority, w.sites, runtime)
+        job.submit_t = self.now
+        self.jobs[jid] = job
+        self.drain_window_s = max(self.drain_window_s, float(wall))
+        self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
+        if self.queue.add(job, self.now):
+            self._offer_due = True
+
+    def _arrive(self, work: int) -> None:
+        self._submit(work)
+        rate = self.sc.work[work].rate_per_h
+        self._push(self.now + self._work_rng[work].expovariate(rate / 3600), _ARRIVE, work)
+
+    def _offer(self) -> None:
+        """A new kind of job appeared: pilots with free cores claim again (their long poll answers)."""
+        for site in self.sites:
+            for pid in sorted(site.hungry):
+                if pid in site.live:
+                    self._claim(site.live[pid])
+
+    def _record_wait(self, job: Job, wait: float) -> None:
+        c = job.cand
+        (self.tally.wait_gpu if c.gpus else self.tally.wait_multi if c.cpus > 1 else self.tally.wait_single).append(
+            wait
+        )
+
+    # --- the server's claim and the pilot's start ---------------------------------------------
+
+    def _claim(self, p: Pilot) -> None:
+        site = p.site
+        spec = site.spec.pilot
+        if p.stopping or p.state is not PilotState.RUNNING:
+            return
+        lifetime = p.end - self.now - spec.end_margin_s
+        if p.pool.free_slots <= 0 or lifetime < 1:
+            site.hungry.discard(p.id)
+            return
+        self.tally.claims += 1
+        total = Capacity(spec.cpus, spec.memory_mb, spec.gpus, spec.disk_mb)
+        free = Capacity(p.pool.free_slots, p.mem_free, p.pool.free_gpus, p.disk_free)
+        reserve = None
+        if self.reservations is not None:
+            waiting = self.queue.waiting_multicore(site.spec.name)
+            reserve = self.reservations.for_pilot(p.id, waiting, total, lifetime, self.now)
+        cands = self.queue.candidates(site.spec.name, free.cpus, free.memory_mb, free.gpus, free.disk_mb, lifetime)
+        chosen: list[Job] = []
+        if cands:
+            ids = select([j.cand for j in cands], free, total, lifetime, 0, policy=self.rules.match, reserve=reserve)
+            if ids:
+                by_id = {j.id: j for j in cands}
+                chosen = [by_id[i] for i in ids]
+        refill: set[int] = set()
+        for job in chosen:
+            self.queue.take(job)
+            refill.add(job.work)
+            if self.reservations is not None:
+                holder = self.reservations.holder(job.id)
+                self.reservations.claimed(job.id)
+                if holder is not None and holder != p.id and holder in site.live:
+                    site.hungry.add(holder)  # its hold ended: it fills its cores again
+                    self._offer_due = True
+        self._start(p, chosen)
+        if p.pool.free_slots > 0:
+            site.hungry.add(p.id)
+        else:
+            site.hungry.discard(p.id)
+        for work in refill:
+            keep = self.sc.work[work].keep_idle
+            while self.queue.by_work.get(work, 0) < keep:
+                self._submit(work)
+
+    def _start(self, p: Pilot, claimed: list[Job]) -> None:
+        if not claimed:
+            return
+        spec = p.site.spec.pilot
+        start, give_back = plan_starts(
+            [Need(j.cand.cpus, j.cand.memory_mb, j.cand.gpus, j.cand.disk_mb, j.cand.walltime_s) for j in claimed],
+            p.pool.free_slots,
+            p.pool.free_gpus,
+            p.mem_free,
+            p.disk_free,
+            p.end - self.now - spec.end_margin_s,
+        )
+        started = set(start)
+        for i, job in enumerate(claimed):
+            if i not in started:
+                self.tally.given_back += 1
+                self._enqueue(job)
+        for i in start:
+            self._run_job(p, claimed[i])
+
+    def _run_job(self, p: Pilot, job: Job) -> None:
+        c = job.cand
+        alloc = p.pool.allocate(c.cpus, c.gpus)
+        if alloc is None:  # plan_starts counted what is free; this would be a bug in the simulator
+            raise RuntimeError("plan_starts chose a job the slot pool cannot hold")
+        p.mem_free -= c.memory_mb
+        p.disk_free -= c.disk_mb
+        job.attempts += 1
+        self.tally.attempts += 1
+        if job.first_start < 0:
+            job.first_start = self.now
+            self._record_wait(job, self.now - job.submit_t)
+        rng = p.site.rng
+        if p.black_hole:
+            duration, outcome = rng.uniform(1.0, 5.0), Outcome.FAILED
+        elif rng.random() < self.sc.work[job.work].fail_fraction:
+            duration, outcome = rng.uniform(0.0, job.runtime_s), Outcome.FAILED
+        else:
+            duration, outcome = job.runtime_s, Outcome.DONE
+        p.running[job.id] = (job, alloc, self.now, outcome)
+        p.busy += c.cpus
+        p.site.busy_cores += c.cpus
+        self._busy += c.cpus
+        self._push(self.now + duration, _JOB_END, (p, job.id, p.gen))
+
+    def _release(self, p: Pilot, job_id: int) -> tuple[Job, float, Outcome]:
+        job, alloc, t0, outcome = p.running.pop(job_id)
+        c = job.cand
+        p.pool.release(alloc)
+        p.mem_free += c.memory_mb
+        p.disk_free += c.disk_mb
+        p.busy -= c.cpus
+        p.site.busy_cores -= c.cpus
+        self._busy -= c.cpus
+        p.runs.append((t0, self.now, c.cpus))
+        self.tally.busy_core_s += c.cpus * (self.now - t0)
+        if not p.running:
+            p.idle_since = self.now
+            self._push(self.now + p.site.spec.pilot.idle_timeout_s, _IDLE, (p, p.gen))
+        return job, t0, outcome
+
+    def _job_end(self, payload: tuple[Pilot, int, int]) -> None:
+        p, job_id, gen = payload
+        if gen != p.gen or job_id not in p.running:
+            return
+        job, t0, outcome = self._release(p, job_id)
+        t = self.tally
+        spec = p.site.spec.pilot
+        if outcome is Outcome.DONE:
+            t.jobs_done += 1
+            del self.jobs[job_id]
+        else:
+            t.lost_core_s += job.cand.cpus * (self.now - t0)
+            if p.black_hole:
+                t.black_hole_failures += 1
+            else:
+                t.job_failures += 1
+            self._retry_or_fail(job, outcome)
+        p.streak = failure_streak(p.streak, outcome, self.now - t0, spec.fast_failure_s)
+        if outcome is Outcome.FAILED and p.streak >= spec.black_hole_failures and not p.stopping:
+            p.stopping = True
+            t.pilots_black_hole += 1
+        if p.stopping:
+            if not p.running:
+                self._exit(p)
+            return
+        self._claim(p)
+
+    def _retry_or_fail(self, job: Job, outcome: Outcome) -> None:
+        """What the store does with an attempt that ended without success."""
+        if outcome.counts_as_retry:
+            if job.retries >= self.sc.work[job.work].max_retries:
+                self.tally.jobs_failed += 1
+                del self.jobs[job.id]
+                return
+            job.retries += 1
+            self.tally.retries += 1
+        self._enqueue(job)
+
+    # --- pilots -------------------------------------------------------------------------------
+
+    def _cycle(self, site: Site) -> None:
+        """One site-client cycle: the server's demand, then the client's decision."""
+        now, spec = self.now, site.spec
+        margin = spec.pilot.end_margin_s
+        free = [
+            FreeCapacity(p.pool.free_slots, p.mem_free, p.pool.free_gpus, p.disk_free, p.end - now - margin)
+            for p in (site.live[i] for i in site.hungry if i in site.live)
+        ]
+        demand = site_demand(spec.name, self.queue.shapes(), self.site_shapes, free)
+        # Running pilots only count against max_pilots (decide never removes them), so handing decide
+        # the waiting pilots and a max_pilots net of the running ones gives the same numbers, faster.
+        limits = msgspec.structs.replace(site.limits, max_pilots=max(0, spec.max_pilots - len(site.live)))
+        pilots = [p.job for p in site.waiting.values()]
+        decision = decide(demand.pilots, pilots, limits, now=now, max_queued_s=spec.max_queued_s)
+        for batch_id in decision.remove:
+            gone = site.waiting.pop(int(batch_id), None)
+            if gone is not None:
+                gone.state = PilotState.CANCELLED
+        for _ in range(decision.submit):
+            p = Pilot(self._next_pilot, site, now)
+            self._next_pilot += 1
+            site.waiting[p.id] = p
+            self._push(now + max(0.0, spec.queue_wait.draw(site.rng)), _PILOT_READY, p)
+        self._push(now + spec.cycle_s, _CYCLE, site)
+
+    def _pilot_ready(self, p: Pilot) -> None:
+        if p.state is not PilotState.QUEUED:
+            return
+        site = p.site
+        if len(site.live) >= site.spec.slots:
+            site.ready.append(p)
+        else:
+            self._start_pilot(p)
+
+    def _start_pilot(self, p: Pilot) -> None:
+        site, now = p.site, self.now
+        spec = site.spec.pilot
+        site.waiting.pop(p.id, None)
+        p.state = PilotState.RUNNING
+        p.job = PilotJob(str(p.id), p.id, PilotState.RUNNING, submitted_at=p.submitted)
+        p.pool = SlotPool(spec.cpus, tuple(f"gpu{i}" for i in range(spec.gpus)))
+        p.mem_free, p.disk_free = spec.memory_mb, spec.disk_mb
+        p.start, p.end, p.idle_since = now, now + spec.walltime_s, now
+        p.black_hole = site.rng.random() < site.spec.black_hole_fraction
+        site.live[p.id] = p
+        site.alloc_cores += spec.cpus
+        self._alloc += spec.cpus
+        self.tally.pilots += 1
+        if self.tally.ramp_alloc_s is None and self._alloc >= self.ramp_cores:
+            self.tally.ramp_alloc_s = now
+        self._push(p.end - spec.end_margin_s, _PILOT_END, (p, p.gen))
+        self._push(now + spec.idle_timeout_s, _IDLE, (p, p.gen))
+        if site.spec.node_mtbf_s > 0:
+            fail_in = site.rng.expovariate(1.0 / site.spec.node_mtbf_s)
+            if fail_in < spec.walltime_s:
+                self._push(now + fail_in, _NODE_FAIL, (p, p.gen))
+        self._claim(p)
+
+    def _interrupt_all(self, p: Pilot) -> None:
+        """The pilot's jobs end without a result (its end came, or its node failed): back to the queue."""
+        for job_id in list(p.running):
+            job, t0, _ = self._release(p, job_id)
+            self.tally.lost_core_s += job.cand.cpus * (self.now - t0)
+            self.tally.interrupted += 1
+            self._retry_or_fail(job, Outcome.INTERRUPTED)
+
+    def _pilot_end(self, payload: tuple[Pilot, int]) -> None:
+        p, gen = payload
+        if gen == p.gen and p.state is PilotState.RUNNING:
+            self._interrupt_all(p)
+            self._exit(p)
+
+    def _node_fail(self, payload: tuple[Pilot, int]) -> None:
+        p, gen = payload
+        if gen == p.gen and p.state is PilotState.RUNNING:
+            self.tally.pilots_failed += 1
+            self._interrupt_all(p)
+            self._exit(p)
+
+    def _idle(self, payload: tuple[Pilot, int]) -> None:
+        p, gen = payload
+        timeout = p.site.spec.pilot.idle_timeout_s
+        if gen == p.gen and p.state is PilotState.RUNNING and not p.running and self.now - p.idle_since >= timeout:
+            self._exit(p)
+
+    def _exit(self, p: Pilot) -> None:
+        site, now = p.site, self.now
+        cpus = p.pool.total_slots
+        p.gen += 1
+        p.state = PilotState.DONE
+        site.live.pop(p.id, None)
+        site.hungry.discard(p.id)
+        site.alloc_cores -= cpus
+        self._alloc -= cpus
+        life = now - p.start
+        window = min(self.drain_window_s, life)
+        since = now - window
+        busy = sum(c * (e - max(s, since)) for s, e, c in p.runs if e > since)
+        self.tally.allocated_core_s += cpus * life
+        self.tally.drain_idle_core_s += cpus * window - busy
+        p.runs = []
+        if self.reservations is not None:
+            self.reservations.gone(p.id)
+        while site.ready and len(site.live) < site.spec.slots:
+            nxt = site.ready.pop(0)
+            if nxt.state is PilotState.QUEUED:
+                self._start_pilot(nxt)
+
+    def _sample(self, _: None) -> None:
+        tl = self.timeline
+        tl.t.append(self.now)
+        for site in self.sites:
+            tl.allocated[site.spec.name].append(site.alloc_cores)
+            tl.busy[site.spec.name].append(site.busy_cores)
+        if self.tally.ramp_busy_s is None and self._busy >= self.ramp_cores:
+            self.tally.ramp_busy_s = self.now
+        self._push(self.now + self.sc.sample_s, _SAMPLE, None)
+
+
+def simulate(sc: Scenario, rules: Rules) -> Simulation:
+    sim = Simulation(sc, rules)
+    sim.run()
+    if sim.reservations is not None:
+        sim.tally.reservations = sim.reservations.made
+    return sim
