@@ -25,9 +25,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
 
-#: The store hands :func:`select` at most this many candidates (those that fit, in claim order).
-CLAIM_SCAN = 2000
-
 
 @dataclass(frozen=True)
 class Candidate:

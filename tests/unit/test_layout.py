@@ -109,7 +109,7 @@ def test_the_simulator_imports_exactly_the_pure_policy(graph: dict[str, set[str]
     assert all(t in exact or t == "glidein_server.policy" or t.startswith(pure) for t in used), sorted(used)
     assert exact <= used  # the client's decisions and the pilot's partitioning run in the simulator
     assert {"glidein_server.policy.matchmaking", "glidein_server.policy.demand"} <= used
-    fake = {"glidein_sim.x": {"glidein_server.store.sqlite", "glidein_client.pilot.pilot", "glidein_client.site.client"}}
+    fake = {"glidein_sim.x": {"glidein_server.store.base", "glidein_client.pilot.pilot", "glidein_client.site.client"}}
     assert len(_forbidden(fake)) == 3
 
 
