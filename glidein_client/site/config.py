@@ -50,7 +50,7 @@ class PilotSection(_Section, kw_only=True, frozen=True):
     memory: str | int = "2G"
     gpus: Annotated[int, Meta(ge=0)] = 0
     disk: str | int = "10G"
-    walltime: str | int = "1h"
+    walltime: str | int = "2h"
     idle_timeout: str | int = "2m"
     whole_node: bool = False
 

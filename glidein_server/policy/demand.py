@@ -56,8 +56,19 @@ def fits(shape: Shape, cpus: int, memory_mb: int, gpus: int, disk_mb: int, lifet
     )
 
 
+#: A pilot spends its first seconds starting (resources, self-tests, registration) and stops taking
+#: work this long before its end (the pilot's end margin): jobs get the rest of its walltime.
+PILOT_START_S = 55
+PILOT_END_MARGIN_S = 5
+
+
+def job_walltime_limit_s(pilot: PilotShape) -> int:
+    """The longest walltime a job may ask for and still fit a fresh pilot of this shape."""
+    return max(0, pilot.walltime_s - PILOT_START_S - PILOT_END_MARGIN_S)
+
+
 def fits_pilot(shape: Shape, pilot: PilotShape) -> bool:
-    return fits(shape, pilot.cpus, pilot.memory_mb, pilot.gpus, pilot.disk_mb, pilot.walltime_s)
+    return fits(shape, pilot.cpus, pilot.memory_mb, pilot.gpus, pilot.disk_mb, job_walltime_limit_s(pilot))
 
 
 def eligible_sites(shape: Shape, site_shapes: Mapping[str, PilotShape]) -> list[str]:
@@ -185,12 +196,29 @@ def unrunnable_note(
         parts.append(f"{memory_mb} MB memory (largest pilot: {max(x.memory_mb for x in allowed.values())} MB)")
     if gpus > max(x.gpus for x in allowed.values()):
         parts.append(f"{gpus} GPUs (most any pilot has: {max(x.gpus for x in allowed.values())})")
-    if walltime_s > max(x.walltime_s for x in allowed.values()):
-        parts.append(f"{walltime_s} s walltime (longest pilot: {max(x.walltime_s for x in allowed.values())} s)")
     if disk_mb > max(x.disk_mb for x in allowed.values()):
         parts.append(f"{disk_mb} MB disk (largest pilot: {max(x.disk_mb for x in allowed.values())} MB)")
+    longest_name, longest = max(allowed.items(), key=lambda kv: kv[1].walltime_s)
+    limit = job_walltime_limit_s(longest)
+    if walltime_s > limit:
+        overhead = longest.walltime_s - limit
+        parts.append(
+            f"a walltime of {_span(walltime_s)}, and the longest pilot (site {longest_name}) has "
+            f"{_span(longest.walltime_s)} minus {_span(overhead)} for its start-up and end margin"
+        )
+        fix = (
+            f"lower --walltime to at most {_span(limit)}, or ask an operator for longer pilots"
+            if len(parts) == 1
+            else "lower the request or ask an operator for a site with bigger pilots"
+        )
+    else:
+        fix = "lower the request or ask an operator for a site with bigger pilots"
     what = "; ".join(parts) or f"more than any single pilot offers (e.g. site {name})"
-    return (
-        f"No site can run this job: it asks for {what}. It stays queued; lower the request "
-        "or ask an operator for a site with bigger pilots."
-    )
+    return f"No site can run this job: it asks for {what}. It stays queued; {fix}."
+
+
+def _span(seconds: int) -> str:
+    """``3600`` -> ``1h``, ``3540`` -> ``59m``, ``5430`` -> ``1h30m30s``: as users type walltimes."""
+    h, rest = divmod(int(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{n}{u}" for n, u in ((h, "h"), (m, "m"), (s, "s")) if n) or "0s"

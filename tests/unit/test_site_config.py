@@ -62,7 +62,7 @@ def test_shipped_example_parses() -> None:
     assert site.site.token_file == os.path.expanduser("~/.config/glidein/site-local.token")
     assert not site.site.scratch_dir.startswith("~")
     assert site.shape.memory_mb == 2048
-    assert site.shape.walltime_s == 3600
+    assert site.shape.walltime_s == 7200
     assert site.idle_timeout_s == 120
     assert site.max_queued_s == 86400
 

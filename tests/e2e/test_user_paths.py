@@ -1,0 +1,42 @@
+"""What a new analyser meets through the real ``glidein`` command: defaults that work together,
+plain notes when a job cannot run, failures that are the job's own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from glidein_client.wire.schema import PilotShape, Role
+from tests.e2e.test_cli import Glidein, glidein  # noqa: F401 - the fixture
+
+pytestmark = [pytest.mark.slow]
+
+
+async def test_a_job_no_pilot_has_time_for_is_not_demanded_and_says_why(live_server: Any, glidein: Glidein) -> None:  # noqa: F811
+    site_token = await live_server.token(Role.SITE, "local")
+    hour = PilotShape(cpus=2, memory_mb=4096, disk_mb=10240, walltime_s=3600)
+    async with live_server.api(site_token) as site:
+        await site.demand("local", hour)
+
+    r = await glidein("submit", "--", "true")  # the default walltime: 1h, as long as the pilots
+    assert r.rc == 0, r.err
+    job_id = r.out.split(": ")[1].strip()
+    async with live_server.api(site_token) as site:
+        demand = await site.demand("local", hour)
+    assert (demand.jobs, demand.pilots, demand.unfit_jobs) == (0, 0, 1)
+
+    note = (
+        "No site can run this job: it asks for a walltime of 1h, and the longest pilot (site local) has 1h "
+        "minus 1m for its start-up and end margin. It stays queued; lower --walltime to at most 59m, "
+        "or ask an operator for longer pilots."
+    )
+    r = await glidein("logs", job_id)
+    assert r.out.strip() == f"Job {job_id} has not run yet (idle): {note}"
+    r = await glidein("wait", job_id, "--timeout", "2s")
+    assert r.rc == 3 and f"note: 1 job ({job_id}): {note}" in r.err
+
+    r = await glidein("submit", "--walltime", "59m", "--", "true")
+    async with live_server.api(site_token) as site:
+        demand = await site.demand("local", hour)
+    assert (demand.jobs, demand.pilots, demand.unfit_jobs) == (1, 1, 1)
