@@ -2,7 +2,7 @@
 #PBS -N glidein-hpc1-7
 #PBS -S /bin/bash
 #PBS -l nodes=1:ppn=1,mem=2048mb
-#PBS -l walltime=01:00:00
+#PBS -l walltime=02:00:00
 #PBS -j oe
 #PBS -o /scratch/glidein/pilots/7/pilot.out
 

@@ -6,7 +6,7 @@
 #SBATCH --error=/scratch/glidein/pilots/7/pilot.err
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
-#SBATCH --time=0-01:00:00
+#SBATCH --time=0-02:00:00
 #SBATCH --cpus-per-task=1
 #SBATCH --mem=2048M
 #
