@@ -28,18 +28,25 @@ def sample(name: str) -> str:
 class FakeBatch:
     """State of one fake batch system (``flavour``: ``pro``, ``torque`` or ``slurm``; HTCondor always)."""
 
-    def __init__(self, directory: Path, flavour: str = "pro") -> None:
+    def __init__(
+        self, directory: Path, flavour: str = "pro", *, history: bool = True, keep_completed: int = 300, tz: str = ""
+    ) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "state.json").write_text(json.dumps(fakebatch.new_state(flavour)))
+        self.tz = tz  # the time zone of the batch system's host ("" for this host's)
+        state = fakebatch.new_state(flavour, history=history, keep_completed=keep_completed)
+        (self.dir / "state.json").write_text(json.dumps(state))
 
     @property
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
             "FAKE_BATCH_DIR": str(self.dir),
             "PYTHONDONTWRITEBYTECODE": "1",
         }
+        if self.tz:
+            env["TZ"] = self.tz  # the login node's own zone, as a remote shell would have it
+        return env
 
     # --- inspection ----------------------------------------------------------------------------
 

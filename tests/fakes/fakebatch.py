@@ -37,10 +37,18 @@ def state_dir() -> str:
     return path
 
 
-def new_state(flavour: str = "pro") -> dict[str, Any]:
+def new_state(flavour: str = "pro", *, history: bool = True, keep_completed: int = 300) -> dict[str, Any]:
+    """A fresh batch system.
+
+    ``history``: the PBS Pro server's ``job_history_enable`` (its default is False; most
+    tests turn it on, as a site that follows the README does). ``keep_completed``: Torque's
+    server attribute, seconds a completed job stays visible (0: it vanishes at once).
+    """
     server = {"pro": "pbs01", "torque": "torque01.example.org", "slurm": ""}[flavour]
     return {
         "flavour": flavour,
+        "history": history,
+        "keep_completed": keep_completed,
         "server": server,
         "queues": {"pro": ["workq", "gpu"], "torque": ["batch", "gpu"], "slurm": ["debug"]}[flavour],
         "next_id": 1000,
@@ -184,12 +192,7 @@ def qstat(state: dict[str, Any], args: list[str]) -> str:
         )
     jobs = state["jobs"]
     if flavour == "pro":
-        if args != ["-f", "-F", "json", "-x"]:
-            raise Exit(2, stderr=f"fake qstat: unexpected arguments {args}\n")
-        doc: dict[str, Any] = {"timestamp": int(time.time()), "pbs_version": PBS_VERSION, "pbs_server": state["server"]}
-        if jobs:
-            doc["Jobs"] = {batch_id: pro_job(batch_id, job, state) for batch_id, job in jobs.items()}
-        return json.dumps(doc, indent=4, separators=(",", ":")) + "\n"
+        return pro_qstat(state, args)
     if args != ["-f"]:
         raise Exit(2, stderr=f"fake qstat: unexpected arguments {args}\n")
     if flavour == "slurm":
@@ -197,6 +200,54 @@ def qstat(state: dict[str, Any], args: list[str]) -> str:
             raise Exit(153)
         return "".join(slurm_job(batch_id, job) for batch_id, job in jobs.items())
     return "".join(torque_job(batch_id, job, state) for batch_id, job in jobs.items())
+
+
+#: OpenPBS src/cmds/qstat.c (v23.06): without job_history_enable, ``qstat -x`` gets
+#: PBSE_JOBHISTNOTSET (15140); prt_job_err() prints "qstat: <msg> <job id>" (the id is empty
+#: for a plain listing), the JSON header is still printed, and qstat exits 0.
+HISTORY_OFF_STDERR = "qstat: PBS is not configured to maintain job history \n"
+_BARE = "\u0000bare:"
+#: What strtod() reads whole (OpenPBS src/lib/Libcmds/pbs_json.c v23.06, add_json_node):
+#: decimal and hex numbers with optional sign, inf/infinity, nan.
+_STRTOD = re.compile(
+    r"\s*[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|0[xX][0-9a-fA-F]+|inf(inity)?|nan)\s*", re.I
+)
+
+
+def pbs_json_value(value: Any) -> Any:
+    """A string value as OpenPBS up to 23.06 prints it: bare when strtod() reads all of it and it
+    does not start with "0" unless below 1 (pbs_json.c add_json_node; openpbs #1255)."""
+    if not isinstance(value, str) or not _STRTOD.fullmatch(value) or not value.strip():
+        return value
+    try:
+        number = float(int(value, 16)) if value.strip().lower().lstrip("+-").startswith("0x") else float(value)
+    except ValueError:
+        return value
+    if value.startswith("0") and not number < 1:
+        return value
+    return _BARE + value
+
+
+def _bare_values(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _bare_values(v) for k, v in obj.items()}
+    return pbs_json_value(obj)
+
+
+def pro_qstat(state: dict[str, Any], args: list[str]) -> tuple[str, str, int]:
+    """``qstat -f -F json [-x]`` of PBS Pro 2022.1 / OpenPBS 23.06."""
+    if args not in (["-f", "-F", "json", "-x"], ["-f", "-F", "json"]):
+        raise Exit(2, stderr=f"fake qstat: unexpected arguments {args}\n")
+    doc: dict[str, Any] = {"timestamp": int(time.time()), "pbs_version": PBS_VERSION, "pbs_server": state["server"]}
+    history = "-x" in args
+    if history and not state["history"]:
+        return json.dumps(doc, indent=4, separators=(",", ":")) + "\n", HISTORY_OFF_STDERR, 0
+    jobs = {i: j for i, j in state["jobs"].items() if history or j["state"] not in ("F", "X")}
+    if jobs:
+        doc["Jobs"] = {batch_id: _bare_values(pro_job(batch_id, job, state)) for batch_id, job in jobs.items()}
+    text = json.dumps(doc, indent=4, separators=(",", ":"))
+    text = re.sub(r'"\\u0000bare:((?:[^"\\]|\\.)*)"', lambda m: json.loads(f'"{m[1]}"'), text)
+    return text + "\n", "", 0
 
 
 def _walltime(job: dict[str, Any]) -> str:
@@ -405,10 +456,18 @@ def qdel(state: dict[str, Any], args: list[str]) -> tuple[str, str, int]:
             continue
         ran = job["stime"] is not None
         if flavour == "pro":
+            if not state["history"]:
+                del jobs[batch_id]  # no job history: a deleted job is gone at once
+                continue
             job.update(state="F", substate=91, exit_status=271 if ran else None)
         elif flavour == "torque":
             if not ran:
-                del jobs[batch_id]
+                # Torque 6.1 src/server/req_delete.c, execute_job_delete(): a job that has not run
+                # goes to COMPLETE, without an exit status, for keep_completed seconds.
+                if not state["keep_completed"]:
+                    del jobs[batch_id]
+                else:
+                    job.update(state="C", substate=59)
                 continue
             job.update(state="C", exit_status=271)
         else:

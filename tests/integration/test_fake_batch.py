@@ -10,15 +10,18 @@ the answers while a test moves each job through its states.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from glidein_client.site.config import SiteConfig, parse_site_config
+from glidein_client.site.config import LimitsSection, SiteConfig, parse_site_config
+from glidein_client.site.decisions import decide
 from glidein_client.site.runners.local import LocalRunner
 from glidein_client.site.schedulers.base import PilotJob, PilotLaunch, PilotState
 from glidein_client.site.schedulers.htcondor import ATTRIBUTES, CONSTRAINT, HTCondorScheduler
@@ -209,7 +212,9 @@ async def test_torque_pilot_lifecycle(tmp_path: Path) -> None:
     await sched.cancel([ids[3], ids[4], ids[0]])  # running, queued, completed
     jobs = by_pilot(await sched.status())
     assert jobs[4].state is PilotState.CANCELLED  # exit_status 271
-    assert 5 not in jobs  # a queued job that is deleted is gone at once
+    # Torque keeps a job deleted before it ran as completed (C), without an exit status, for
+    # keep_completed seconds: that is a cancel, not a pilot that finished its work.
+    assert jobs[5].state is PilotState.CANCELLED and jobs[5].native_state == "C"
     assert fake.calls("qstat")[1:] == [["qstat", "-f"]] * 2
 
 
@@ -409,3 +414,127 @@ def test_fakes_print_the_sample_formats(tmp_path: Path) -> None:
     sample_text = sample("htcondor-23-condor_q-json.json")
     assert text.splitlines()[:2] == sample_text.splitlines()[:2] == ["[", "{"]
     assert list(json.loads(text)[0]) == list(json.loads(sample_text)[0])
+
+
+# --- PBS as it really behaves ------------------------------------------------------------------------
+
+
+async def test_pbs_server_without_job_history_still_counts_its_pilots(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # job_history_enable is off by default: qstat -x prints the JSON header alone, says so on
+    # stderr and exits 0. Read as "no pilots", the client would submit every cycle without limit.
+    fake = FakeBatch(tmp_path / "batch", "pro", history=False)
+    site = site_config(tmp_path, "pbs")
+    sched = PbsScheduler(site, LocalRunner(), env=fake.env)
+    ids = [await sched.submit(launch(site, n)) for n in (1, 2)]
+    fake.start(ids[0])
+    with caplog.at_level(logging.WARNING):
+        jobs = await sched.status()
+    assert states(jobs) == {1: PilotState.RUNNING, 2: PilotState.QUEUED}
+    assert any("job_history_enable" in r.getMessage() for r in caplog.records)
+    limits = LimitsSection(max_pilots=2, max_idle_pilots=2, max_submit_per_cycle=5)
+    assert decide(10, jobs, limits, now=time.time(), max_queued_s=86400).submit == 0  # max_pilots holds
+
+    await sched.cancel([ids[1]])
+    assert states(await sched.status()) == {1: PilotState.RUNNING}  # without history a deleted job is gone
+    qstats = [c for c in fake.calls("qstat") if c != ["qstat", "--version"]]
+    assert qstats == [["qstat", "-f", "-F", "json", "-x"], ["qstat", "-f", "-F", "json"], ["qstat", "-f", "-F", "json"]]
+
+
+async def test_another_users_bare_number_job_name_does_not_blind_the_site(tmp_path: Path) -> None:
+    # OpenPBS up to 23.06 prints a Job_Name such as .123 or -05 bare: invalid JSON (openpbs #1255).
+    fake = FakeBatch(tmp_path / "batch", "pro")
+    site = site_config(tmp_path, "pbs")
+    sched = PbsScheduler(site, LocalRunner(), env=fake.env)
+    batch_id = await sched.submit(launch(site, 1))
+    fake.add_job("900.pbs01", ".123")
+    fake.add_job("901.pbs01", "-05")
+    fake.add_job("902.pbs01", "inf")
+    text = _run_fake(fake, "qstat", "-f", "-F", "json", "-x")
+    assert '"Job_Name":.123,' in text and '"Job_Name":-05,' in text  # as the real qstat prints it
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    jobs = await sched.status()
+    assert [(j.batch_id, j.state) for j in jobs] == [(batch_id, PilotState.QUEUED)]
+
+
+async def test_suspended_pilot_is_not_removed_as_queued_too_long(tmp_path: Path) -> None:
+    fake = FakeBatch(tmp_path / "batch", "pro")
+    site = site_config(tmp_path, "pbs")
+    sched = PbsScheduler(site, LocalRunner(), env=fake.env)
+    batch_id = await sched.submit(launch(site, 1))
+    fake.update_job(batch_id, qtime=time.time() - 2 * 86400)
+    fake.start(batch_id)
+    fake.update_job(batch_id, state="S", substate=43)  # suspended (preempted) after a day of running
+    (job,) = await sched.status()
+    assert job.state is PilotState.SUSPENDED and job.native_state == "S"
+    decision = decide(0, [job], LimitsSection(), now=time.time(), max_queued_s=86400)
+    assert decision.remove == ()  # not waiting capacity: never "queued too long", never surplus
+
+
+@pytest.mark.parametrize("flavour", ["pro", "torque"])
+async def test_pbs_times_are_read_in_the_zone_qstat_writes_them(tmp_path: Path, flavour: str) -> None:
+    # qstat prints ctime() strings in the zone of the login node it runs on (over SSH: not ours).
+    fake = FakeBatch(tmp_path / "batch", flavour, tz="XST-5:30")
+    site = site_config(tmp_path, "pbs")
+    sched = PbsScheduler(site, LocalRunner(), env=fake.env)
+    before = time.time()
+    await sched.submit(launch(site, 1))
+    (job,) = await sched.status()
+    assert job.submitted_at is not None and before - 2 <= job.submitted_at <= time.time() + 1
+
+
+async def test_torque_without_keep_completed_forgets_a_deleted_job(tmp_path: Path) -> None:
+    fake = FakeBatch(tmp_path / "batch", "torque", keep_completed=0)
+    site = site_config(tmp_path, "pbs")
+    sched = PbsScheduler(site, LocalRunner(), env=fake.env)
+    batch_id = await sched.submit(launch(site, 1))
+    await sched.cancel([batch_id])
+    assert await sched.status() == []
+
+
+@pytest.mark.parametrize(
+    ("stderr", "key", "words"),
+    [
+        ("qsub: would exceed per-user limit on resource ncpus in queue workq\n", "limits.max_pilots", "ncpus"),
+        ("qsub: would exceed per-user limit on resource mem in complex\n", "limits.max_pilots", "mem in the complex"),
+        ("qsub: Maximum number of jobs for user alice already in queue workq\n", "limits.max_pilots", "queue workq"),
+        ("qsub: would exceed queue workq's per-user limit\n", "limits.max_pilots", "queue workq's"),
+        ("qsub: Unknown resource: ngpus\n", "pilot.gpus", "'ngpus'"),
+        ("qsub: Unknown resource: skylake\n", "batch.constraint", "'skylake'"),
+    ],
+)
+async def test_pbs_refusals_name_the_limit_and_the_key(tmp_path: Path, stderr: str, key: str, words: str) -> None:
+    fake = FakeBatch(tmp_path / "batch", "pro")
+    site = parse_site_config(
+        {
+            "site": {
+                "name": "hpc1",
+                "server_url": "https://glidein.example.org",
+                "token_file": str(tmp_path / "t"),
+                "scratch_dir": str(tmp_path / "scratch"),
+                "scheduler": "pbs",
+            },
+            "pilot": {"cpus": 4, "memory": "4G", "gpus": 1, "walltime": "1h"},
+            "batch": {"constraint": "skylake"},
+        },
+        CONFIG,
+    )
+    sched = PbsScheduler(site, LocalRunner(), env=fake.env)
+    fake.fail_next("qsub", rc=1 if "Unknown" not in stderr else 15035 % 256, stderr=stderr)
+    with pytest.raises(SchedulerError) as err:
+        await sched.submit(launch(site, 1))
+    assert err.value.fields["field"] == key
+    assert f"check `{key}`" in err.value.message and words in err.value.message
+    if key == "limits.max_pilots":
+        assert "site's admin" in err.value.message
+
+
+async def test_qdel_of_an_exiting_job_is_not_an_error(tmp_path: Path) -> None:
+    fake = FakeBatch(tmp_path / "batch", "torque")
+    sched = PbsScheduler(site_config(tmp_path, "pbs"), LocalRunner(), env=fake.env, flavour="torque")
+    fake.fail_next(
+        "qdel", rc=170, stderr="qdel: Request invalid for state of job MSG=invalid state for job - EXITING 7.t\n"
+    )
+    await sched.cancel(["7.t"])

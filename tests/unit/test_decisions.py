@@ -175,7 +175,7 @@ def test_decide_respects_limits(
     limits = LimitsSection(max_pilots=max_pilots, max_idle_pilots=max_idle, max_submit_per_cycle=max_submit)
     d = decide(demand, pilots, limits, now=NOW, max_queued_s=max_queued_s)
     active = [p for p in pilots if p.state.active]
-    waiting = [p for p in active if p.state is not PilotState.RUNNING]
+    waiting = [p for p in active if p.state not in (PilotState.RUNNING, PilotState.SUSPENDED)]
     by_id = {p.batch_id: p for p in pilots}
 
     assert d.submit >= 0

@@ -173,7 +173,7 @@ def test_condor_q_sample() -> None:
         "504.0": PilotState.TIMEOUT,  # HoldReasonCode 47: allowed_execute_duration
         "505.0": PilotState.HELD,  # output transfer failed (12)
         "506.0": PilotState.RUNNING,  # transferring output
-        "507.0": PilotState.HELD,  # suspended
+        "507.0": PilotState.SUSPENDED,  # suspended after it started: not waiting
         "509.0": PilotState.CANCELLED,  # removed, leaving the queue
         "510.0": PilotState.QUEUED,  # held while input is spooled (16)
     }  # 508.0 is another site's pilot

@@ -190,7 +190,7 @@ async def test_lsf_pilot_lifecycle(tmp_path: Path) -> None:
         "4000": PilotState.QUEUED,
         "4001": PilotState.RUNNING,
         "4002": PilotState.TIMEOUT,
-        "4003": PilotState.HELD,
+        "4003": PilotState.SUSPENDED,
     }
     assert jobs["4000"].reason == "New job is waiting for scheduling"
     assert jobs["4000"].submitted_at is not None and abs(jobs["4000"].submitted_at - time.time()) < 120

@@ -336,7 +336,8 @@ def test_slurm_wrapper_sample() -> None:
         ("torque", 271, None, 100, PilotState.CANCELLED),
         ("torque", 0, None, 10, PilotState.DONE),
         ("torque", 2, None, 10, PilotState.FAILED),
-        ("torque", None, None, None, PilotState.DONE),
+        ("torque", None, None, 10, PilotState.DONE),  # ran; Slurm's wrapper reports no exit status
+        ("torque", None, None, None, PilotState.CANCELLED),  # qdel before it ran: C without exit status
     ],
 )
 def test_finished_state(
@@ -350,6 +351,7 @@ def test_finished_state(
         substate=substate,
         used_walltime_s=used,
         walltime_limit_s=3600,
+        started=used is not None,
     )
     assert finished_state(record, flavour)[0] is expected
 

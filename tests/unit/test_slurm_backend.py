@@ -184,7 +184,7 @@ def test_parse_squeue_keeps_this_sites_pilots_and_maps_states() -> None:
         "109": (109, PilotState.FAILED),
         "110": (110, PilotState.FAILED),
         "111": (111, PilotState.CANCELLED),
-        "112": (112, PilotState.HELD),
+        "112": (112, PilotState.SUSPENDED),
         "113": (113, PilotState.QUEUED),
     }
     by_id = {j.batch_id: j for j in jobs}

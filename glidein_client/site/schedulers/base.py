@@ -28,6 +28,7 @@ class PilotState(str, enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"
     HELD = "held"
+    SUSPENDED = "suspended"  # started, then stopped by the batch system or an admin; keeps its place
     DONE = "done"
     FAILED = "failed"
     TIMEOUT = "timeout"
@@ -36,7 +37,13 @@ class PilotState(str, enum.Enum):
 
     @property
     def active(self) -> bool:
-        return self in (PilotState.QUEUED, PilotState.RUNNING, PilotState.HELD, PilotState.UNKNOWN)
+        return self in (
+            PilotState.QUEUED,
+            PilotState.RUNNING,
+            PilotState.HELD,
+            PilotState.SUSPENDED,
+            PilotState.UNKNOWN,
+        )
 
 
 @dataclass(frozen=True)
@@ -276,6 +283,14 @@ class BatchScheduler:
             "gpus": shape.gpus,
         }
 
+    def choose_refusal(self, text: str) -> tuple[Refusal, re.Match[str]] | None:
+        """The first refusal of :attr:`refusals` whose pattern is in ``text`` (the tool's answer)."""
+        for refusal in self.refusals:
+            match = refusal.pattern.search(text)
+            if match is not None:
+                return refusal, match
+        return None
+
     def detail(self, result: CommandResult) -> str:
         """The most telling line of a complaint, without the tool's own prefix."""
         lines = [ln.strip() for ln in (result.stderr.strip() or result.stdout.strip()).splitlines() if ln.strip()]
@@ -338,16 +353,13 @@ class BatchScheduler:
                 f"(`{self.status_tool}`).",
                 **fields,
             )
-        values = self.refusal_values()
-        for refusal in self.refusals:
-            match = refusal.pattern.search(text)
-            if match is None:
-                continue
+        chosen = self.choose_refusal(text)
+        if chosen is not None:
+            refusal, match = chosen
             named = {k: v for k, v in match.groupdict().items() if v is not None}
-            what = refusal.what.format(**{**values, **named})
-            where = f"`{refusal.key}`{refusal.also} in {self.site.path}" if refusal.key != "admin" else refusal.also
+            what = refusal.what.format(**{**self.refusal_values(), **named})
             return SchedulerError(
-                f"{tool} refused the pilot: {what} — check {where}.",
+                f"{tool} refused the pilot: {what} — check `{refusal.key}`{refusal.also} in {self.site.path}.",
                 hint=f"({tool} said: {detail})",
                 field=refusal.key,
                 **fields,

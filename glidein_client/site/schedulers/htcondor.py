@@ -96,7 +96,7 @@ NATIVE_STATES: dict[str, PilotState] = {
     "RUNNING": PilotState.RUNNING,
     "TRANSFERRING OUTPUT": PilotState.RUNNING,  # done running, output on its way back
     "HELD": PilotState.HELD,  # TIMEOUT when held at its walltime
-    "SUSPENDED": PilotState.HELD,
+    "SUSPENDED": PilotState.SUSPENDED,  # started, then suspended by the startd: not waiting
     "COMPLETED": PilotState.DONE,  # FAILED for a non-zero ExitCode
     "REMOVED": PilotState.CANCELLED,  # TIMEOUT when removed after a walltime hold
 }

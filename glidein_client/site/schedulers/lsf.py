@@ -54,8 +54,8 @@ NATIVE_STATES: dict[str, PilotState] = {
     "RUN": PilotState.RUNNING,
     "PROV": PilotState.RUNNING,  # dispatched; its host is being provisioned
     "PSUSP": PilotState.HELD,  # suspended by its owner or an admin while pending (bstop)
-    "USUSP": PilotState.HELD,  # suspended by its owner or an admin while running
-    "SSUSP": PilotState.HELD,  # suspended by LSF (load, a run window, preemption)
+    "USUSP": PilotState.SUSPENDED,  # suspended by its owner or an admin while running
+    "SSUSP": PilotState.SUSPENDED,  # suspended by LSF (load, a run window, preemption)
     "DONE": PilotState.DONE,  # exit code 0
     "EXIT": PilotState.FAILED,  # non-zero exit, or killed: refined by EXIT_REASON
     "UNKWN": PilotState.UNKNOWN,  # mbatchd lost contact with sbatchd on its host
@@ -190,7 +190,7 @@ def record_state(record: dict[str, str], native: PilotState) -> tuple[PilotState
             return PilotState.CANCELLED, reason
         code = record.get("EXIT_CODE", "")
         return PilotState.FAILED, reason or (f"exit code {code}" if code else "")
-    if native in (PilotState.QUEUED, PilotState.HELD):
+    if native in (PilotState.QUEUED, PilotState.HELD, PilotState.SUSPENDED):
         return native, record.get("PEND_REASON", "").strip().rstrip(";")
     return native, ""
 

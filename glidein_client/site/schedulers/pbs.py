@@ -20,10 +20,15 @@ dialect such wrappers speak. The site config has no key for this.
   output into the client's working directory. The job id is the last line qsub prints
   (``1234.server``). A refusal becomes a :class:`SchedulerError` that names the config key
   to change.
-- ``status`` is one command: ``qstat -f -F json -x`` on PBS Pro (finished jobs included
-  where the server keeps job history), ``qstat -f`` on Torque (completed jobs are listed
-  for the server's ``keep_completed`` seconds). Jobs are kept to this site's pilots by
-  their name, ``glidein-<site>-<pilot_id>``.
+- ``status`` is one command, run with ``TZ=UTC`` (qstat writes ``ctime()`` times in the zone
+  of the host it runs on): ``qstat -f -F json -x`` on PBS Pro (finished jobs included where
+  the server keeps job history), ``qstat -f`` on Torque (completed jobs are listed for the
+  server's ``keep_completed`` seconds). A PBS Pro server without job history
+  (``job_history_enable`` off, its default) answers ``-x`` with the JSON header alone and
+  exit 0; the backend then warns once and lists with ``qstat -f -F json``: queued and
+  running pilots still count, finished ones drop out of the list. Jobs are kept to this
+  site's pilots by their name, ``glidein-<site>-<pilot_id>``; another user's job whose
+  name OpenPBS prints as a bare number (``.123``) cannot break the listing.
 - ``cancel`` is ``qdel`` with the ids (in chunks); ids that are gone already are not an error.
 
 Native states map through :data:`PBS_PRO_STATES` and :data:`TORQUE_STATES`. A finished job
@@ -31,8 +36,9 @@ Native states map through :data:`PBS_PRO_STATES` and :data:`TORQUE_STATES`. A fi
 walltime kill (PBS Pro ``Exit_status`` -29, JOB_EXEC_KILL_WALLTIME; Torque ``exit_status``
 -11, JOB_EXEC_OVERLIMIT_WT; or any signal death after the full walltime was used) is
 TIMEOUT; a deleted job (PBS Pro substate 91, or finished without ever getting an exit
-status; Torque exit status 271, the SIGTERM that ``qdel`` sends) is CANCELLED; anything
-else is FAILED.
+status; Torque exit status 271, the SIGTERM that ``qdel`` sends, or C without an exit
+status before it ever ran) is CANCELLED; anything else is FAILED. A suspended job (``S``,
+``U``) is SUSPENDED: it has run and keeps its place, so it is never removed as waiting.
 """
 
 from __future__ import annotations
@@ -66,8 +72,15 @@ from glidein_client.site.schedulers.pbs_qstat import (
     QstatRecord,
     detect_flavour,
     finished_state,
+    history_disabled,
     parse_qstat_full,
     parse_qstat_json,
+)
+from glidein_client.site.schedulers.pbs_refusals import (
+    LIMIT_REFUSALS,
+    REFUSALS,
+    UNKNOWN_RESOURCE,
+    unknown_resource_refusal,
 )
 from glidein_client.wire.errors import ConfigError, SchedulerError
 
@@ -81,7 +94,9 @@ _JOB_ID = re.compile(r"^\d+(\[\d*\])?(\.[A-Za-z0-9_.-]+)?$")
 #: qdel complaints that mean the job is gone already: the goal of a cancel is reached.
 _GONE = re.compile(
     r"Unknown Job Id|has finished|nonexistent job|invalid state for job - COMPLETE|"
-    r"Job has already finished|already completing or completed|Invalid job id",
+    r"Job has already finished|already completing or completed|Invalid job id|"
+    # pbs_messages.c msg_badstate: the job is exiting or in transit; it is on its way out.
+    r"Request invalid for state of job",
     re.I,
 )
 _TRANSIENT = re.compile(
@@ -110,74 +125,6 @@ def parse_job_id(stdout: str) -> str | None:
         return None
     token = lines[-1].split()[-1]
     return token if _JOB_ID.match(token) else None
-
-
-REFUSALS = (
-    Refusal(
-        re.compile(
-            r"Unknown queue|Invalid partition|invalid partition specified|"
-            r"Queue is not enabled|Queue is not started|rejected by all possible destinations",
-            re.I,
-        ),
-        "the queue {partition!r} does not exist or takes no jobs",
-        "batch.partition",
-    ),
-    Refusal(
-        re.compile(
-            r"does not have access to the queue|not permitted to use this partition|"
-            r"Access denied to partition|Unauthorized Request",
-            re.I,
-        ),
-        "this user may not use the queue {partition!r}",
-        "batch.partition",
-    ),
-    Refusal(
-        re.compile(r"Invalid account|Bad account|invalid project", re.I),
-        "the account {account!r} is not valid here",
-        "batch.account",
-    ),
-    Refusal(re.compile(r"Invalid qos|\bqos\b", re.I), "the QOS {qos!r} is not valid here", "batch.qos"),
-    Refusal(
-        re.compile(r"Unknown resource|Invalid feature specification", re.I),
-        "it does not know a resource in {constraint!r}",
-        "batch.constraint",
-        also=" (and `batch.extra_directives`)",
-    ),
-    Refusal(
-        re.compile(r"walltime|time limit", re.I),
-        "the walltime {walltime} is more than the queue {partition!r} allows",
-        "pilot.walltime",
-        also=" (or choose another `batch.partition`)",
-    ),
-    Refusal(re.compile(r"\bmem\b|memory", re.I), "no node or queue offers {memory_mb} MB of memory", "pilot.memory"),
-    Refusal(re.compile(r"\bngpus\b|\bgpus\b|\bgres\b", re.I), "no node or queue offers {gpus} GPU(s)", "pilot.gpus"),
-    Refusal(
-        re.compile(r"\bncpus\b|\bppn\b|\bprocs\b|More processors requested", re.I),
-        "no node or queue offers {cpus} CPUs",
-        "pilot.cpus",
-    ),
-    Refusal(
-        re.compile(
-            r"violates queue and/or server resource limits|exceeds queue resource limits|"
-            r"Requested node configuration is not available|Insufficient amount of resource|"
-            r"Illegal attribute or resource value",
-            re.I,
-        ),
-        "the pilot ({cpus} CPUs, {memory_mb} MB, {gpus} GPU(s), {walltime}) is over a limit of the queue {partition!r}",
-        "pilot.cpus",
-        also=", `pilot.memory`, `pilot.gpus`, `pilot.walltime` and `batch.partition`",
-    ),
-    Refusal(
-        re.compile(r"invalid option -- '?n'?", re.I),
-        "it does not take -n (node-exclusive), which `pilot.whole_node` asks for",
-        "pilot.whole_node",
-    ),
-    Refusal(
-        re.compile(r"illegal -\w|invalid option|unrecognized option|usage: qsub|directive error", re.I),
-        "a directive is not valid",
-        "batch.extra_directives",
-    ),
-)
 
 
 def _detail(result: CommandResult) -> str:
@@ -234,6 +181,7 @@ class PbsScheduler(BatchScheduler):
             raise ValueError(f"flavour must be 'pro' or 'torque', not {flavour!r}")
         super().__init__(site, runner, env=env)
         self.flavour: Flavour | None = flavour
+        self.history = True  # PBS Pro: ask for finished jobs too (qstat -x) until the server says it keeps none
         self._detect_lock = asyncio.Lock()
         self._tables: dict[str, StateTable] = {
             "pro": StateTable("pbs", dict(PBS_PRO_STATES)),
@@ -280,15 +228,36 @@ class PbsScheduler(BatchScheduler):
 
     async def status(self) -> list[PilotJob]:
         flavour = await self.detect_flavour()
-        argv = ["qstat", "-f", "-F", "json", "-x"] if flavour == "pro" else ["qstat", "-f"]
-        result = await self._run(argv)
+        if flavour == "torque":
+            result = await self._qstat(["qstat", "-f"])
+            return self._pilots(parse_qstat_full(result.stdout, utc=True), flavour)
+        result = await self._qstat(["qstat", "-f", "-F", "json", *(["-x"] if self.history else [])])
+        if self.history and history_disabled(result):
+            # job_history_enable is off (the server's default): qstat -x printed only the header
+            # and exited 0. Without -x the queued and running pilots are listed; finished ones
+            # leave the list at once, and how they ended is not known.
+            self.history = False
+            log.warning(
+                "The PBS server of site %s keeps no job history (job_history_enable is off): glidein "
+                "lists queued and running pilots only and cannot tell how a pilot ended. Ask the "
+                "site's admin to run: qmgr -c 'set server job_history_enable = True'",
+                self.site.name,
+            )
+            result = await self._qstat(["qstat", "-f", "-F", "json"])
+        return self._pilots(parse_qstat_json(result.stdout, utc=True), flavour)
+
+    async def _qstat(self, argv: list[str]) -> CommandResult:
+        # TZ=UTC: qstat writes its times with ctime() in the zone of the host it runs on.
+        result = await self.runner.run(argv, env={**(self.env or {}), "TZ": "UTC"}, timeout_s=self.command_timeout_s)
         # qstat exits 153 (unknown job) with nothing to say when no job is there: Slurm's wrapper.
         if result.returncode != 0 and not (result.returncode == 153 and not result.stdout.strip()):
             result.check(
                 "Listing this site's pilots with qstat",
                 hint="Check that the PBS server answers on this host (`qstat`); the next cycle tries again.",
             )
-        records = parse_qstat_json(result.stdout) if flavour == "pro" else parse_qstat_full(result.stdout)
+        return result
+
+    def _pilots(self, records: list[QstatRecord], flavour: Flavour) -> list[PilotJob]:
         return [job for job in (self.to_pilot_job(r, flavour) for r in records) if job is not None]
 
     # --- flavour ---------------------------------------------------------------------------------
@@ -320,7 +289,7 @@ class PbsScheduler(BatchScheduler):
             return None
         native = record.state.strip().upper()
         state = self._tables[flavour].map(native)
-        reason = record.comment if state in (PilotState.QUEUED, PilotState.HELD) else ""
+        reason = record.comment if state in (PilotState.QUEUED, PilotState.HELD, PilotState.SUSPENDED) else ""
         if native in FINISHED_LETTERS:
             state, reason = finished_state(record, flavour)
         return PilotJob(
@@ -339,6 +308,13 @@ class PbsScheduler(BatchScheduler):
 
     def detail(self, result: CommandResult) -> str:
         return _detail(result)
+
+    def choose_refusal(self, text: str) -> tuple[Refusal, re.Match[str]] | None:
+        """As the base, but an unknown resource is blamed on the key that asked for it."""
+        match = UNKNOWN_RESOURCE.search(text)
+        if match is None or any(r.pattern.search(text) for r in LIMIT_REFUSALS):
+            return super().choose_refusal(text)
+        return unknown_resource_refusal(match["resource"], self.site), match
 
     def _check_config(self, flavour: Flavour) -> None:
         if flavour == "pro" and self.site.batch.qos:

@@ -9,6 +9,7 @@ and :func:`detect_flavour` (which of the two answered ``qstat --version``).
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
 import time
@@ -32,8 +33,8 @@ PBS_PRO_STATES: dict[str, PilotState] = {
     "E": PilotState.RUNNING,  # exiting after having run: still holds its nodes
     "B": PilotState.RUNNING,  # array job begun (pilots are never arrays)
     "H": PilotState.HELD,
-    "S": PilotState.HELD,  # suspended by the server (preemption)
-    "U": PilotState.HELD,  # suspended because its workstation is busy
+    "S": PilotState.SUSPENDED,  # suspended after it started (preemption, qsig -s suspend)
+    "U": PilotState.SUSPENDED,  # suspended because its workstation is busy
     "M": PilotState.UNKNOWN,  # moved to another server: this server no longer knows its fate
     "F": PilotState.DONE,  # finished: refined by the exit status
     "X": PilotState.DONE,  # finished subjob: refined by the exit status
@@ -47,7 +48,7 @@ TORQUE_STATES: dict[str, PilotState] = {
     "R": PilotState.RUNNING,
     "E": PilotState.RUNNING,  # exiting after having run
     "H": PilotState.HELD,
-    "S": PilotState.HELD,  # suspended
+    "S": PilotState.SUSPENDED,  # suspended after it started
     "C": PilotState.DONE,  # completed: refined by the exit status
     "U": PilotState.UNKNOWN,  # Slurm's wrapper: a Slurm state it has no letter for
 }
@@ -78,16 +79,33 @@ def parse_walltime(value: Any) -> int | None:
     return total
 
 
-def parse_ctime(value: Any) -> float | None:
-    """PBS time stamps (``Sun Nov 22 05:00:00 2026``, local time, or epoch seconds) -> epoch."""
+def parse_ctime(value: Any, *, utc: bool = False) -> float | None:
+    """PBS time stamps (``Sun Nov 22 05:00:00 2026``, or epoch seconds) -> epoch.
+
+    qstat writes ``ctime()`` strings in the time zone of the host it runs on; glidein runs it
+    with ``TZ=UTC`` and reads them with ``utc=True``, so a login node in another zone (SSH)
+    cannot shift a pilot's age by hours.
+    """
     if isinstance(value, int | float):
         return float(value)
     if not isinstance(value, str) or not value.strip():
         return None
     try:
-        return time.mktime(time.strptime(value.strip(), _CTIME_FORMAT))
+        parsed = time.strptime(value.strip(), _CTIME_FORMAT)
     except ValueError:
         return None
+    return float(calendar.timegm(parsed)) if utc else time.mktime(parsed)
+
+
+#: What qstat -x says on stderr when the server keeps no job history (OpenPBS pbs_messages.c,
+#: msg_job_history_notset; PBSE_JOBHISTNOTSET 15140). qstat.c then still prints the JSON header
+#: and exits 0.
+HISTORY_OFF = "PBS is not configured to maintain job history"
+
+
+def history_disabled(result: CommandResult) -> bool:
+    """The answer of ``qstat -x`` on a server with ``job_history_enable`` unset."""
+    return HISTORY_OFF in result.stderr
 
 
 def detect_flavour(result: CommandResult) -> Flavour:
@@ -111,6 +129,7 @@ class QstatRecord:
     used_walltime_s: int | None = None
     walltime_limit_s: int | None = None
     comment: str = ""
+    started: bool = False  # it has run (a start time or an execution host is known)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -123,16 +142,38 @@ def _int_or_none(value: Any) -> int | None:
     return None
 
 
+#: One ``"key":value`` line of PBS's JSON whose value is not a string, object or array.
+_BARE_VALUE = re.compile(r'^(?P<key>\s*"(?:[^"\\]|\\.)*":)(?P<value>[^"{\[].*?)(?P<comma>,?)[ \t]*$', re.M)
+_JSON_NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
+
+
+def _quote_bare(match: re.Match[str]) -> str:
+    value = match["value"].strip()
+    if _JSON_NUMBER.fullmatch(value) or value in ("true", "false", "null"):
+        return match[0]
+    return f"{match['key']}{json.dumps(value)}{match['comma']}"
+
+
 def _load_pbs_json(text: str) -> Any:
-    """PBS Pro's JSON; some versions write invalid escapes or raw control characters."""
+    """PBS Pro's JSON, repaired where PBS wrote JSON that is not.
+
+    - Some versions write invalid escapes or raw control characters.
+    - OpenPBS up to 23.06 (src/lib/Libcmds/pbs_json.c, add_json_node) prints any value that
+      ``strtod()`` reads whole, and that does not start with ``0`` unless below 1, as a bare
+      number: a job named ``.123``, ``inf``, ``nan``, ``-05`` or ``+5``, or such a value in
+      its Variable_List, makes the whole document invalid (openpbs #1255; fixed by the cJSON
+      rewrite, #2603/#2604). Such values are quoted back into strings, so one other user's
+      job cannot blind the site.
+    """
     try:
         return json.loads(text, strict=False)
     except json.JSONDecodeError:
         repaired = re.sub(r'\\(?!["\\/bfnrtu])', r"\\\\", text)
+        repaired = _BARE_VALUE.sub(_quote_bare, repaired)
         return json.loads(repaired, strict=False)
 
 
-def parse_qstat_json(text: str) -> list[QstatRecord]:
+def parse_qstat_json(text: str, *, utc: bool = False) -> list[QstatRecord]:
     """Jobs in the output of PBS Pro's ``qstat -f -F json [-x]``."""
     if not text.strip():
         return []
@@ -159,10 +200,11 @@ def parse_qstat_json(text: str) -> list[QstatRecord]:
                 state=str(attrs.get("job_state", "")),
                 exit_status=_int_or_none(attrs.get("Exit_status")),
                 substate=_int_or_none(attrs.get("substate")),
-                qtime=parse_ctime(attrs.get("qtime")),
+                qtime=parse_ctime(attrs.get("qtime"), utc=utc),
                 used_walltime_s=parse_walltime(used.get("walltime")) if isinstance(used, dict) else None,
                 walltime_limit_s=parse_walltime(limits.get("walltime")) if isinstance(limits, dict) else None,
                 comment=str(attrs.get("comment", "")),
+                started="stime" in attrs or "exec_host" in attrs,
             )
         )
     return records
@@ -171,7 +213,7 @@ def parse_qstat_json(text: str) -> list[QstatRecord]:
 _ATTR_LINE = re.compile(r"^(?P<indent> {4}|\t)(?P<key>[A-Za-z_][\w.]*) = (?P<value>.*)$")
 
 
-def parse_qstat_full(text: str) -> list[QstatRecord]:
+def parse_qstat_full(text: str, *, utc: bool = False) -> list[QstatRecord]:
     """Jobs in the output of Torque's ``qstat -f`` (also PBS Pro's and Slurm's wrapper's text form).
 
     Each job starts with ``Job Id: <id>``; attributes follow as ``    key = value`` (Torque,
@@ -202,10 +244,11 @@ def parse_qstat_full(text: str) -> list[QstatRecord]:
             state=attrs.get("job_state", ""),
             exit_status=_int_or_none(attrs.get("exit_status", attrs.get("Exit_status"))),
             substate=_int_or_none(attrs.get("substate")),
-            qtime=parse_ctime(attrs.get("qtime")),
+            qtime=parse_ctime(attrs.get("qtime"), utc=utc),
             used_walltime_s=parse_walltime(attrs.get("resources_used.walltime")),
             walltime_limit_s=parse_walltime(attrs.get("Resource_List.walltime")),
             comment=attrs.get("comment", ""),
+            started=any(k in attrs for k in ("start_time", "stime", "exec_host")),
         )
         for batch_id, attrs in blocks
     ]
@@ -217,6 +260,10 @@ def finished_state(record: QstatRecord, flavour: Flavour) -> tuple[PilotState, s
     if code is None:
         if flavour == "pro":
             return PilotState.CANCELLED, "deleted before it ran (no exit status)"
+        if not record.started:
+            # Torque 6.1 (src/server/req_delete.c, execute_job_delete): qdel of a job that has
+            # not run puts it in state C, kept for keep_completed seconds, without an exit status.
+            return PilotState.CANCELLED, "deleted before it ran (completed without an exit status)"
         return PilotState.DONE, "ended; the batch system reports no exit status"
     if code == WALLTIME_EXIT[flavour]:
         return PilotState.TIMEOUT, f"killed at its walltime (exit status {code})"

@@ -58,8 +58,8 @@ NATIVE_STATES: dict[str, PilotState] = {
     "STAGE_OUT": PilotState.RUNNING,  # burst-buffer stage-out after the run; still allocated
     "RESIZING": PilotState.RUNNING,  # a running job changing size
     # Stopped or parked: it keeps its place but will not go on without someone acting.
-    "SUSPENDED": PilotState.HELD,
-    "STOPPED": PilotState.HELD,  # SIGSTOPped, keeps its CPUs
+    "SUSPENDED": PilotState.SUSPENDED,  # started, then suspended (preemption, scontrol suspend)
+    "STOPPED": PilotState.SUSPENDED,  # SIGSTOPped, keeps its CPUs
     "REQUEUE_HOLD": PilotState.HELD,  # requeued and held
     "RESV_DEL_HOLD": PilotState.HELD,  # held because its reservation was deleted
     "SPECIAL_EXIT": PilotState.HELD,  # requeued held after a special exit code; needs a release
