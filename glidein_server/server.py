@@ -17,6 +17,7 @@ from glidein_server import tls, totp
 from glidein_server.http import auth
 from glidein_server.http.app import Api, ServerConfig
 from glidein_server.http.ratelimit import Rate, RateLimits
+from glidein_server.metrics import MetricsConfig
 from glidein_server.policy.retry import RetryPolicy
 from glidein_server.settings import ServerSettings, StateDir
 from glidein_server.store.base import Store
@@ -111,6 +112,13 @@ class Server:
                 pilot_token_grace_s=s.pilot_token_grace_s,
                 pilot_token_max_s=s.pilot_token_max_s,
                 public_url=s.public_url,
+                metrics=MetricsConfig(
+                    dataset_key=s.dataset_label,
+                    client_dead_after_s=s.client_dead_after_s,
+                    pilot_timeout_s=s.pilot_timeout_s,
+                )
+                if s.metrics
+                else None,
             ),
         )
         self.api = api

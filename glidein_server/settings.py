@@ -54,6 +54,9 @@ class ServerSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     rate_pilot_burst: Annotated[int, Meta(ge=1)] = 1000
     rate_anonymous_per_s: Annotated[float, Meta(ge=0)] = 20.0
     rate_anonymous_burst: Annotated[int, Meta(ge=1)] = 200
+    metrics: bool = True  # serve GET /metrics (Prometheus) to operator tokens with the metrics scope
+    dataset_label: Annotated[str, Meta(min_length=1, max_length=64)] = "dataset"  # the job label naming a dataset
+    client_dead_after_s: Annotated[float, Meta(ge=1)] = 90.0  # a site client silent this long is shown as down
 
 
 class StateDir:

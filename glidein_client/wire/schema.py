@@ -61,16 +61,17 @@ class Role(str, enum.Enum):
 
 
 class Scope(str, enum.Enum):
-    """What a token may do, within what its role may do: read (GET), write (the rest), admin (operators)."""
+    """What a token may do, within what its role may do: read (GET), write (the rest), admin and metrics (operators)."""
 
     READ = "read"
     WRITE = "write"
     ADMIN = "admin"
+    METRICS = "metrics"  # scrape GET /metrics, and nothing else (operators)
 
 
 #: The scopes of a token minted without an explicit list.
 ROLE_SCOPES: dict[Role, tuple[Scope, ...]] = {
-    Role.OPERATOR: (Scope.READ, Scope.WRITE, Scope.ADMIN),
+    Role.OPERATOR: (Scope.READ, Scope.WRITE, Scope.ADMIN, Scope.METRICS),
     Role.USER: (Scope.READ, Scope.WRITE),
     Role.SITE: (Scope.READ, Scope.WRITE),
     Role.PILOT: (Scope.READ, Scope.WRITE),

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     tadd = tsub.add_parser("add", parents=[common], help="mint a token and print it once")
     tadd.add_argument("--role", required=True, choices=[r.value for r in Role if r is not Role.PILOT])
     tadd.add_argument("--subject", required=True, help="user, site or operator name")
-    tadd.add_argument("--scopes", help="comma-separated: read, write, admin (default: all the role may use)")
+    tadd.add_argument("--scopes", help="comma-separated: read, write, admin, metrics (default: all the role may use)")
     tadd.add_argument("--expires-in", help="the token expires after this long (e.g. 12h; default: never)")
     tadd.set_defaults(handler=cmd_add)
     tlist = tsub.add_parser("list", parents=[common], help="list tokens (never the tokens themselves)")

@@ -38,9 +38,11 @@ from glidein_client.wire.schema import (
 from glidein_server.http import auth, ratelimit
 from glidein_server.http.admin import AdminApi
 from glidein_server.http.inputs import check_inputs, own_netlocs
+from glidein_server.http.monitoring import MonitoringApi
 from glidein_server.http.openapi import document
 from glidein_server.http.routing import API, Guard, Route, error_middleware, json_response, parse_int, parse_sha
 from glidein_server.http.staging import StagingApi
+from glidein_server.metrics import Metrics, MetricsConfig
 from glidein_server.store.base import JobFilter, Principal, Store
 from glidein_server.store.files import FileStore
 
@@ -59,6 +61,7 @@ class ServerConfig:
     pilot_token_grace_s: float = 3600.0  # pilot tokens outlive their queue wait plus walltime by this
     pilot_token_max_s: float = 30 * 86400.0
     public_url: str = ""  # how clients reach this server, beside the Host they send
+    metrics: MetricsConfig | None = field(default_factory=MetricsConfig)  # None: no /metrics, no instruments
 
 
 class Api:
@@ -73,6 +76,7 @@ class Api:
         self.limiter = ratelimit.RateLimiter(config.rate_limits)
         self.admin = AdminApi(self.guard, store, config.totp_key)
         self.staging = StagingApi(self.guard, store, files)
+        self.metrics = Metrics(store, config.metrics) if config.metrics else None
         self._tokens_purged_at = 0.0
         self.routes = self._routes()
 
@@ -225,6 +229,8 @@ class Api:
         )
         for r in self.routes:
             app.router.add_route(r.method, API + r.path, r.handler)
+        if self.metrics is not None:
+            app.router.add_get(auth.METRICS_PATH, MonitoringApi(self.guard, self.metrics).scrape)
         app.cleanup_ctx.append(self._reaper_ctx)
         app.on_shutdown.append(self._wake_long_polls)
         return app
@@ -342,6 +348,8 @@ class Api:
         sha = parse_sha(request.match_info["sha256"])
         size = await self.files.put(sha, request.content)
         await self.store.add_file_owner(sha, principal.subject, size)
+        if self.metrics is not None:
+            self.metrics.staging_bytes.labels("input").inc(size)
         return json_response(OutputFile(name=sha, sha256=sha, size=size), status=201)
 
     async def get_file(self, request: web.Request) -> web.StreamResponse:
@@ -451,6 +459,8 @@ class Api:
         req: SyncRequest = await self.guard.body(request, SyncRequest, "pilot sync")
         t0 = time.time()
         resp = await self.store.sync(pilot_id, req, t0, self.config.lease_s)
+        if self.metrics is not None:
+            self.metrics.claim_latency.observe(time.time() - t0)
         await self._renew_pilot_token(principal, req.lifetime_s)
         if req.finished:
             self.work.notify()  # requeued or retried jobs may be claimable elsewhere
@@ -458,6 +468,8 @@ class Api:
             if await self.work.wait(min(req.wait_s, self.config.heartbeat_s)):
                 more = await self.store.claim_more(pilot_id, req.want, time.time(), self.config.lease_s)
                 resp = SyncResponse(jobs=more.jobs, cancel=more.cancel, refused=resp.refused)
+        if self.metrics is not None:
+            self.metrics.sync_latency.observe(time.time() - t0)
         return json_response(resp)
 
     async def put_output(self, request: web.Request) -> web.Response:
@@ -468,6 +480,8 @@ class Api:
         sha = parse_sha(request.headers.get("X-Glidein-Sha256", ""))
         async with self.files.incoming(sha, request.content) as size:  # kept only once recorded
             await self.store.record_output(int(principal.subject), attempt_id, lease, name, sha, size)
+        if self.metrics is not None:
+            self.metrics.staging_bytes.labels("output").inc(size)
         return json_response(OutputFile(name=name, sha256=sha, size=size), status=201)
 
     async def pilot_exit(self, request: web.Request) -> web.Response:

@@ -15,6 +15,7 @@ from glidein_server.store.base import Principal, Store
 
 CACHE_S = 2.0
 ADMIN_PREFIX = "/api/v1/admin/"
+METRICS_PATH = "/metrics"
 #: The principal the rate-limit middleware resolved for the request its task is serving.
 resolved: contextvars.ContextVar[tuple[object, Principal] | None] = contextvars.ContextVar("principal", default=None)
 
@@ -28,9 +29,11 @@ def hash_token(token: str) -> str:
 
 
 def scope_of(method: str, path: str) -> Scope:
-    """The scope a request needs: admin for operator actions, read for GET, write for the rest."""
+    """The scope a request needs: admin for operator actions, metrics for a scrape, read for GET, write for the rest."""
     if path.startswith(ADMIN_PREFIX):
         return Scope.ADMIN
+    if path == METRICS_PATH:
+        return Scope.METRICS
     return Scope.READ if method in ("GET", "HEAD") else Scope.WRITE
 
 

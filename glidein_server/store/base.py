@@ -27,6 +27,7 @@ from glidein_client.wire.schema import (
     TokenInfo,
 )
 from glidein_client.wire.staging import Network, StagingView
+from glidein_server.store.monitoring import MonitoringStore
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,7 @@ class StagingStore(Protocol):
         ...
 
 
-class Store(TokenStore, JobStore, PilotStore, StagingStore, Protocol):
+class Store(TokenStore, JobStore, PilotStore, StagingStore, MonitoringStore, Protocol):
     """The whole durable state of a server, with an explicit lifecycle (constructors do no I/O)."""
 
     async def open(self) -> None:

@@ -3,7 +3,7 @@
 One class assembled from small parts, each one concept: plumbing (sqlite_base), tokens
 (sqlite_tokens), sites, demand and staging (sqlite_sites), jobs (sqlite_jobs), attempts ending
 by the lifecycle's plans (sqlite_attempts), pilots and claims (sqlite_pilots); what attempts used
-and where they ran (sqlite_usage).
+and where they ran (sqlite_usage); counts for monitoring (sqlite_monitoring).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 
 from glidein_server.store.sqlite_base import Q
+from glidein_server.store.sqlite_monitoring import SqliteMonitoring
 from glidein_server.store.sqlite_pilots import SqlitePilots
 from glidein_server.store.sqlite_sites import sites_from_key, sites_key
 from glidein_server.store.sqlite_usage import add_columns
@@ -18,12 +19,13 @@ from glidein_server.store.sqlite_usage import add_columns
 __all__ = ["SqliteStore", "sites_from_key", "sites_key"]
 
 
-class SqliteStore(SqlitePilots):
+class SqliteStore(SqliteMonitoring, SqlitePilots):
     def _prepare(self, db: sqlite3.Connection) -> None:
         db.executescript(Q["schema"])
         self._migrate_tokens(db)
         add_columns(db, "attempts", Q["attempts_migrate"])
         db.executescript(Q["staging_schema"])
+        db.executescript(Q["monitoring_schema"])
         self._load_site_shapes(db)
 
     async def recover(self, now: float, grace_s: float) -> None:

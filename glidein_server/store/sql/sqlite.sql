@@ -533,3 +533,56 @@ SELECT state, count(*) FROM pilots WHERE site = ? AND state != 'ended' GROUP BY 
 SELECT id, site, host, exit_reason FROM pilots
 WHERE ended_at > ? AND (exit_reason LIKE 'black hole%' OR exit_reason LIKE 'self-test failed%')
 ORDER BY id DESC LIMIT 50;
+
+-- name: monitoring_schema
+-- Running aggregates for the metrics, kept by triggers: scrapes never count a million rows.
+CREATE TABLE IF NOT EXISTS job_counts (
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    multicore INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (owner, state, multicore)
+);
+CREATE TABLE IF NOT EXISTS attempt_outcomes (
+    site TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (site, outcome)
+);
+INSERT INTO job_counts SELECT owner, state, cpus > 1, count(*) FROM jobs
+WHERE NOT EXISTS (SELECT 1 FROM job_counts) GROUP BY 1, 2, 3;
+INSERT INTO attempt_outcomes SELECT site, outcome, count(*) FROM attempts
+WHERE state = 'ended' AND outcome IS NOT NULL AND NOT EXISTS (SELECT 1 FROM attempt_outcomes) GROUP BY 1, 2;
+CREATE TRIGGER IF NOT EXISTS job_counts_insert AFTER INSERT ON jobs
+BEGIN
+    INSERT INTO job_counts VALUES (NEW.owner, NEW.state, NEW.cpus > 1, 1) ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS job_counts_update AFTER UPDATE OF state ON jobs WHEN NEW.state != OLD.state
+BEGIN
+    UPDATE job_counts SET n = n - 1 WHERE owner = OLD.owner AND state = OLD.state AND multicore = (OLD.cpus > 1);
+    INSERT INTO job_counts VALUES (NEW.owner, NEW.state, NEW.cpus > 1, 1) ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS attempt_outcomes_end AFTER UPDATE OF state ON attempts
+WHEN NEW.state = 'ended' AND OLD.state != 'ended' AND NEW.outcome IS NOT NULL
+BEGIN
+    INSERT INTO attempt_outcomes VALUES (NEW.site, NEW.outcome, 1) ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+
+-- name: monitoring_jobs
+SELECT owner, state, multicore, n FROM job_counts WHERE n > 0;
+
+-- name: monitoring_running
+SELECT a.site, coalesce(json_extract(j.spec, '$.labels.' || json_quote(?)), ''), j.cpus > 1, count(*), sum(j.cpus)
+FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.state = 'running' GROUP BY 1, 2, 3;
+
+-- name: monitoring_pilots
+SELECT site, state, count(*), sum(cpus), sum(CASE WHEN state = 'running' THEN free_cpus ELSE 0 END),
+       sum(CASE WHEN state = 'running' THEN coalesce(occupancy, 0) * cpus ELSE 0 END)
+FROM pilots WHERE state != 'ended' AND (state = 'pending' OR last_seen >= ?) GROUP BY 1, 2;
+
+-- name: monitoring_sites
+SELECT name, last_seen, health, start_failures, last_failure_at FROM sites ORDER BY name;
+
+-- name: monitoring_attempts
+SELECT site, outcome, n FROM attempt_outcomes WHERE n > 0;

@@ -1,0 +1,26 @@
+"""``GET /metrics``: the Prometheus exposition, for an operator token with the ``metrics`` scope.
+
+Mint a scrape token that can do nothing else with
+``glidein-server token add --role operator --subject prometheus --scopes metrics``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from glidein_client.wire.schema import Role
+from glidein_server.http.routing import Guard
+from glidein_server.metrics import CONTENT_TYPE, Metrics
+
+
+class MonitoringApi:
+    def __init__(self, guard: Guard, metrics: Metrics) -> None:
+        self.guard = guard
+        self.metrics = metrics
+
+    async def scrape(self, request: web.Request) -> web.Response:
+        await self.guard.who(request, Role.OPERATOR)
+        body = await self.metrics.render(time.time())
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -1,0 +1,48 @@
+"""What the monitoring reads from a store: one consistent snapshot of counts, per scrape.
+
+Every part is small and bounded by the number of sites, owners, states and running jobs, never by
+the number of jobs: job and attempt counts are running aggregates the store keeps as it goes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SiteRow:
+    name: str
+    last_seen: float | None
+    health: float
+    start_failures: int
+    backoff_s: float
+    demand_pilots: int
+    demand_cores: float
+    multicore_idle: int  # idle multicore jobs eligible at the site (multicore pressure)
+
+
+@dataclass(frozen=True)
+class PilotRow:
+    site: str
+    state: str  # pending | running
+    pilots: int
+    cores: int  # allocated
+    cores_free: int  # of running pilots: allocated but idle
+    occupancy_core_weighted: float  # sum(occupancy * cores) of running pilots
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    jobs: list[tuple[str, str, bool, int]] = field(default_factory=list)  # owner, state, multicore, n
+    #: site, dataset, multicore, running jobs, their cores
+    running: list[tuple[str, str, bool, int, int]] = field(default_factory=list)
+    pilots: list[PilotRow] = field(default_factory=list)
+    sites: list[SiteRow] = field(default_factory=list)
+    attempts: list[tuple[str, str, int]] = field(default_factory=list)  # site, outcome, n (ever)
+
+
+class MonitoringStore(Protocol):
+    async def monitoring(self, now: float, dataset_key: str, live_after: float) -> Monitoring:
+        """Counts for the metrics and dashboards; pilots seen after ``live_after`` count as alive."""
+        ...

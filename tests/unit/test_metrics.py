@@ -1,0 +1,38 @@
+"""The gauges of one monitoring snapshot: bounded labels, core-weighted pilots, dead site clients."""
+
+from __future__ import annotations
+
+from prometheus_client.core import Metric
+
+from glidein_server.metrics import MetricsConfig, families
+from glidein_server.store.monitoring import Monitoring, PilotRow, SiteRow
+
+
+def _samples(metrics: list[Metric], name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    (family,) = [m for m in metrics if m.name == name]
+    return {tuple(sorted(s.labels.items())): s.value for s in family.samples}
+
+
+def test_datasets_beyond_the_busiest_are_summed_as_other() -> None:
+    running = [("a", f"ds{i}", False, 10 - i, 10 - i) for i in range(5)] + [("a", "", True, 1, 8)]
+    got = _samples(families(Monitoring(running=running), 0.0, MetricsConfig(max_datasets=3)), "glidein_running_cores")
+    datasets = {dict(k)["dataset"] for k in got}
+    assert datasets == {"ds0", "ds1", "ds2", "other"}
+    assert got[(("dataset", "other"), ("site", "a"), ("type", "single"))] == 6 + 7  # ds3 and ds4
+    assert got[(("dataset", "other"), ("site", "a"), ("type", "multicore"))] == 8  # no dataset, not among the busiest
+
+
+def test_pilot_cores_are_weighted_and_a_silent_client_is_down() -> None:
+    snap = Monitoring(
+        pilots=[PilotRow("a", "running", 2, 16, 4, 12.0), PilotRow("a", "pending", 3, 24, 0, 0.0)],
+        sites=[SiteRow("a", 1000.0, 0.9, 0, 0.0, 2, 16.0, 5), SiteRow("b", 800.0, 1.0, 3, 60.0, 0, 0.0, 0)],
+    )
+    metrics = families(snap, 1000.0 + 30, MetricsConfig(client_dead_after_s=90))
+    cores = _samples(metrics, "glidein_pilot_cores")
+    assert cores[(("site", "a"), ("state", "allocated"))] == 16
+    assert cores[(("site", "a"), ("state", "in_use"))] == 12
+    assert cores[(("site", "a"), ("state", "idle"))] == 4
+    assert cores[(("site", "a"), ("state", "pending"))] == 24
+    assert _samples(metrics, "glidein_pilot_internal_efficiency") == {(("site", "a"),): 0.75}
+    assert _samples(metrics, "glidein_site_client_up") == {(("site", "a"),): 1.0, (("site", "b"),): 0.0}
+    assert _samples(metrics, "glidein_multicore_pressure")[(("site", "a"),)] == 5
