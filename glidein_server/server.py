@@ -22,6 +22,7 @@ from glidein_server.policy.retry import RetryPolicy
 from glidein_server.settings import ServerSettings, StateDir
 from glidein_server.store.base import Store
 from glidein_server.store.files import FileStore
+from glidein_server.store.postgres import PostgresStore, is_postgres_url
 from glidein_server.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ def open_store(state: StateDir, settings: ServerSettings) -> Store:
         walltime_factor=s.retry_walltime_factor,
         max_walltime_s=s.retry_max_walltime_s,
     )
+    if is_postgres_url(settings.database):
+        return PostgresStore(settings.database, retry=retry)
     return SqliteStore(str(state.database(settings)), retry=retry)
 
 
@@ -122,6 +125,7 @@ class Server:
             ),
         )
         self.api = api
+        self.store.watch(api.guard.new_work)  # other replicas' new work wakes this one's pilots
         self._runner = web.AppRunner(api.make_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, ssl_context=tls_context, backlog=512)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from glidein_client.wire.schema import PilotShape, Role
 from glidein_server import totp
 from glidein_server.server import Server, mint_token
 from glidein_server.settings import ServerSettings, StateDir
+from tests.infra.postgres import Postgres, bindir, running_postgres
 
+_DATABASES = itertools.count()
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -147,3 +150,21 @@ async def live_server(tmp_path: Path) -> AsyncIterator[LiveServer]:
                     except ProcessLookupError:
                         pass
                     await proc.wait()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """A real PostgreSQL of the tests' own (tests/infra/postgres.py), started once per session."""
+    if bindir() is None:
+        pytest.fail("PostgreSQL is not installed: apt-get install postgresql (see .ci/run)")
+    with running_postgres() as pg:
+        yield pg
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Postgres) -> Iterator[str]:
+    """The URL of a fresh, empty database on the tests' PostgreSQL, dropped after the test."""
+    name = f"t_{os.getpid()}_{next(_DATABASES)}"
+    postgres_server.run("createdb", name)
+    yield postgres_server.url(name)
+    postgres_server.run("dropdb", "--force", name)

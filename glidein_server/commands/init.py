@@ -14,6 +14,7 @@ from glidein_server.commands.common import emit, open_state_store
 from glidein_server.commands.operator import issuer
 from glidein_server.http.admin import mint
 from glidein_server.settings import ServerSettings, StateDir
+from glidein_server.store.postgres import is_postgres_url
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -49,6 +50,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
         action="store_true",
         help="with --insecure-http: allow plain HTTP on other addresses (behind a TLS proxy)",
     )
+    init.add_argument(
+        "--database",
+        default="glidein.db",
+        help="SQLite file in the state directory (default: glidein.db), or postgresql://USER@HOST:PORT/DB "
+        "for a PostgreSQL database that several server replicas share",
+    )
     init.set_defaults(handler=cmd_init)
 
 
@@ -73,6 +80,7 @@ async def cmd_init(args: argparse.Namespace) -> int:
         public_url=args.public_url,
         insecure_http=insecure,
         insecure_http_any_host=args.insecure_http_any_host,
+        database=args.database,
     )
     names: list[str] = []
     if not insecure:
@@ -84,7 +92,8 @@ async def cmd_init(args: argparse.Namespace) -> int:
     async with open_state_store(state, settings) as store:
         token = (await mint(store, Role.OPERATOR, "operator")).token
         secret, uri = await totp.enrol(store, key, "operator", issuer=issuer(state, settings))
-    os.chmod(state.database(settings), 0o600)  # token hashes and encrypted TOTP secrets
+    if not is_postgres_url(settings.database):
+        os.chmod(state.database(settings), 0o600)  # token hashes and encrypted TOTP secrets
     ca = state.ca_file(settings)
     lines = [f"Created a glidein server in {state.root}; it will serve {state.url(settings)}."]
     if ca is not None:

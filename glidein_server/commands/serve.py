@@ -14,6 +14,7 @@ from pathlib import Path
 from glidein_client.wire.errors import ConfigError
 from glidein_server.commands.common import state_dir
 from glidein_server.server import Server
+from glidein_server.store.postgres import is_postgres_url
 
 LOCK_NAME = "serve.lock"
 
@@ -49,14 +50,19 @@ def state_lock(root: Path) -> Iterator[Path]:
 
 async def cmd_serve(args: argparse.Namespace) -> int:
     state = state_dir(args)
-    state.load()  # a missing or broken config is reported before anything else
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    with state_lock(state.root) as lock:
+    settings = state.load()
+    # Replicas on one PostgreSQL database may share a state directory; a SQLite one is served once.
+    guard: contextlib.AbstractContextManager[Path | None] = (
+        contextlib.nullcontext(None) if is_postgres_url(settings.database) else state_lock(state.root)
+    )
+    with guard as lock:
         async with Server(str(state.root), host=args.host, port=args.port) as srv:
-            _describe(lock, srv)
+            if lock is not None:
+                _describe(lock, srv)
             print(f"glidein server listening on {srv.listen}; clients use {srv.url}", flush=True)
             await stop.wait()
     return 0

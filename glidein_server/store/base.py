@@ -7,11 +7,12 @@ matchmaking, the job lifecycle) live in glidein_server.policy; a store applies t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from glidein_client.wire.schema import (
+    ROLE_SCOPES,
     AttemptView,
     Demand,
     JobSpec,
@@ -37,6 +38,12 @@ class Principal:
     token_id: str = ""  # public id of the token (a prefix of its hash), for logs and revocation
     scopes: frozenset[Scope] = frozenset(Scope)
     expires_at: float | None = None
+
+
+def stored_scopes(role: Role, text: str) -> frozenset[Scope]:
+    """A token's stored scopes ('' = every scope of its role), never beyond what the role may do."""
+    allowed = frozenset(ROLE_SCOPES[role])
+    return allowed if not text else allowed & {Scope(s) for s in text.split() if s in Scope._value2member_map_}
 
 
 @dataclass(frozen=True)
@@ -239,4 +246,9 @@ class Store(TokenStore, JobStore, PilotStore, StagingStore, MonitoringStore, Pro
 
     async def recover(self, now: float, grace_s: float) -> None:
         """After a restart: give pilots ``grace_s`` to reconnect before their jobs count as lost."""
+        ...
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when another server replica sharing the database made jobs claimable (a
+        single-process store never does: the server wakes its own waiters)."""
         ...

@@ -1,7 +1,12 @@
-"""Load SQL kept in named blocks (``-- name: NAME``) from the package's .sql files."""
+"""Load SQL kept in named blocks (``-- name: NAME``) from the package's .sql files.
+
+Blocks named ``migration_N`` upgrade a database's schema from version N-1 to N; a store records the
+version it reached (table ``meta``, key ``schema_version``) and runs the newer ones at open.
+"""
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from importlib import resources
 
@@ -22,3 +27,9 @@ def load(filename: str) -> dict[str, str]:
     if name:
         blocks[name] = "\n".join(lines).strip()
     return blocks
+
+
+def migrations(blocks: dict[str, str]) -> list[tuple[int, str]]:
+    """The numbered schema migrations among ``blocks``, oldest first."""
+    found = [(int(m.group(1)), sql) for name, sql in blocks.items() if (m := re.fullmatch(r"migration_(\d+)", name))]
+    return sorted(found)

@@ -8,8 +8,11 @@ and where they ran (sqlite_usage); counts for monitoring (sqlite_monitoring).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+from collections.abc import Callable
 
+from glidein_server.store import sqlfile
 from glidein_server.store.sqlite_base import Q
 from glidein_server.store.sqlite_monitoring import SqliteMonitoring
 from glidein_server.store.sqlite_pilots import SqlitePilots
@@ -17,6 +20,7 @@ from glidein_server.store.sqlite_sites import sites_from_key, sites_key
 from glidein_server.store.sqlite_usage import add_columns
 
 __all__ = ["SqliteStore", "sites_from_key", "sites_key"]
+log = logging.getLogger(__name__)
 
 
 class SqliteStore(SqliteMonitoring, SqlitePilots):
@@ -26,7 +30,18 @@ class SqliteStore(SqliteMonitoring, SqlitePilots):
         add_columns(db, "attempts", Q["attempts_migrate"])
         db.executescript(Q["staging_schema"])
         db.executescript(Q["monitoring_schema"])
+        version = db.execute(Q["schema_version"]).fetchone()[0]
+        for number, sql in sqlfile.migrations(Q):
+            if number > version:
+                log.info("upgrading the database schema to version %d", number)
+                set_version = Q["schema_version_set"].replace("?", str(int(number)))
+                db.executescript(f"BEGIN IMMEDIATE;\n{sql.rstrip().rstrip(';')};\n{set_version}\nCOMMIT;")
+                version = number
+        db.execute(Q["schema_version_set"], (str(version),))
         self._load_site_shapes(db)
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """One process owns a SQLite database: there are no other replicas to hear from."""
 
     async def recover(self, now: float, grace_s: float) -> None:
         """After a restart: give pilots ``grace_s`` to reconnect before their jobs count as lost."""

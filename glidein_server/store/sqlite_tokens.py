@@ -6,15 +6,9 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from glidein_client.wire.schema import ROLE_SCOPES, Role, Scope, TokenInfo
-from glidein_server.store.base import Principal
+from glidein_client.wire.schema import Role, Scope, TokenInfo
+from glidein_server.store.base import Principal, stored_scopes
 from glidein_server.store.sqlite_base import Q, SqliteBase
-
-
-def _scopes(role: Role, text: str) -> frozenset[Scope]:
-    """A token's stored scopes ('' = every scope of its role), never beyond what the role may do."""
-    allowed = frozenset(ROLE_SCOPES[role])
-    return allowed if not text else allowed & {Scope(s) for s in text.split() if s in Scope._value2member_map_}
 
 
 class SqliteTokens(SqliteBase):
@@ -46,7 +40,7 @@ class SqliteTokens(SqliteBase):
         if row is None:
             return None
         role = Role(row[0])
-        return Principal(role, row[1], token_id=row[3], scopes=_scopes(role, row[4]), expires_at=row[2])
+        return Principal(role, row[1], token_id=row[3], scopes=stored_scopes(role, row[4]), expires_at=row[2])
 
     async def list_tokens(
         self, role: Role | None, subject: str | None, *, revoked: bool = False, limit: int = 1000
@@ -60,7 +54,7 @@ class SqliteTokens(SqliteBase):
                     id=i,
                     role=Role(ro),
                     subject=su,
-                    scopes=sorted(_scopes(Role(ro), sc)),
+                    scopes=sorted(stored_scopes(Role(ro), sc)),
                     created_at=c,
                     expires_at=e,
                     revoked_at=rv,

@@ -1,4 +1,7 @@
 -- SQL of the SQLite store, in named blocks (`-- name: NAME`), loaded by glidein_server.store.sqlfile.
+-- Version 1 of the schema is `schema`, `tokens_migrate` and `staging_schema` (idempotent, so they also
+-- bring databases made before versions were recorded to version 1); blocks named migration_N (N >= 2)
+-- upgrade it from version N-1 to N, each in one transaction.
 
 -- name: schema
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -586,3 +589,9 @@ SELECT name, last_seen, health, start_failures, last_failure_at FROM sites ORDER
 
 -- name: monitoring_attempts
 SELECT site, outcome, n FROM attempt_outcomes WHERE n > 0;
+
+-- name: schema_version
+SELECT coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'schema_version'), 1);
+
+-- name: schema_version_set
+INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value;

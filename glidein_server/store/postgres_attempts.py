@@ -1,0 +1,142 @@
+"""Attempts ending in the PostgreSQL store: the plan of policy.lifecycle applied to the job and its site."""
+
+from __future__ import annotations
+
+from glidein_client.wire.errors import ConflictError, ValidationError
+from glidein_client.wire.schema import Finish, Outcome
+from glidein_server.policy.lifecycle import (
+    JobPlan,
+    RetryBudget,
+    Step,
+    check_outputs,
+    needs_budget,
+    plan_attempt_end,
+    site_health_blend,
+    site_health_value,
+)
+from glidein_server.store.postgres_base import Connection, Q
+from glidein_server.store.postgres_jobs import PostgresJobs, spec_decoder, spec_encoder
+
+
+class PostgresAttempts(PostgresJobs):
+    async def _budget(self, con: Connection, job_id: int) -> RetryBudget | None:
+        row = await con.fetchrow(Q["job_retry_budget"], job_id)
+        return None if row is None else RetryBudget(row[0], row[1], spec_decoder.decode(row[2]))
+
+    @staticmethod
+    async def _apply(
+        con: Connection, job_id: int, attempt_id: int, plan: JobPlan, exit_code: int | None, now: float
+    ) -> None:
+        if plan.step is Step.DONE:
+            await con.execute(Q["job_done"], now, exit_code, attempt_id, job_id)
+        elif plan.step is Step.RETRY and plan.grown is not None:
+            g = plan.grown
+            spec = spec_encoder.encode(g).decode()
+            await con.execute(Q["job_retry_grown"], exit_code, plan.reason, g.memory_mb, g.walltime_s, spec, job_id)
+        elif plan.step is Step.RETRY:
+            await con.execute(Q["job_retry"], exit_code, plan.reason, job_id)
+        elif plan.step is Step.FAIL:
+            await con.execute(Q["job_failed"], now, exit_code, plan.reason, job_id)
+        elif plan.step is Step.REQUEUE:
+            await con.execute(Q["job_requeue"], plan.reason, job_id)
+
+    async def _end_attempt(
+        self,
+        con: Connection,
+        attempt_id: int,
+        job_id: int,
+        outcome: Outcome,
+        exit_code: int | None,
+        reason: str | None,
+        now: float,
+        fin: Finish | None = None,
+        health: list[float] | None = None,
+    ) -> None:
+        """End an attempt and move its job on; ``health`` collects the site-health outcome instead of
+        applying it at once."""
+        site = await con.fetchval(
+            Q["attempt_end"],
+            outcome.value,
+            exit_code,
+            reason,
+            now,
+            fin.wall_s if fin else None,
+            fin.max_rss_mb if fin else None,
+            fin.stdout_tail if fin else "",
+            fin.stderr_tail if fin else "",
+            fin.wall_s if fin else 0.0,
+            attempt_id,
+        )
+        budget = await self._budget(con, job_id) if needs_budget(outcome) else None
+        await self._apply(
+            con, job_id, attempt_id, plan_attempt_end(outcome, reason, budget, self.retry), exit_code, now
+        )
+        value = site_health_value(outcome)
+        if value is not None:
+            if health is not None:
+                health.append(value)
+            else:
+                await con.execute(Q["site_health_apply"], *site_health_blend([value]), site)
+
+    async def _finish(self, con: Connection, pilot_id: int, fin: Finish, now: float, health: list[float]) -> str | None:
+        """Apply a pilot's report of an ended attempt; the reason it was refused, or None."""
+        job_id = await con.fetchval(Q["attempt_active"], fin.attempt_id, fin.lease, pilot_id)
+        if job_id is None:
+            return "stale or unknown lease: this attempt no longer owns the job"
+        uploaded: dict[str, tuple[str, int]] = {}
+        if fin.outcome is Outcome.DONE and fin.outputs:
+            uploaded = {n: (h, s) for n, h, s in await con.fetch(Q["outputs_of_attempt"], fin.attempt_id)}
+        outcome, reason = check_outputs(fin, uploaded)
+        await self._end_attempt(con, fin.attempt_id, job_id, outcome, fin.exit_code, reason, now, fin, health)
+        return None
+
+    async def _end_pilot(self, con: Connection, pilot_id: int, reason: str, now: float) -> None:
+        await con.execute(Q["pilot_end"], now, reason, pilot_id)
+        for attempt_id, job_id in await con.fetch(Q["active_attempts_of_pilot"], pilot_id):
+            await self._end_attempt(
+                con, attempt_id, job_id, Outcome.INTERRUPTED, None, f"its pilot ended: {reason}", now
+            )
+
+    async def _drop_lost_claims(self, con: Connection, pilot_id: int, held: set[int], now: float) -> None:
+        """Requeue claims the pilot does not hold: the answer that carried them never reached it."""
+        for attempt_id, job_id in await con.fetch(Q["active_attempts_of_pilot"], pilot_id):
+            if attempt_id not in held:
+                why = "its claim never reached the pilot (the answer was lost on the way)"
+                await self._end_attempt(con, attempt_id, job_id, Outcome.INTERRUPTED, None, why, now)
+
+    async def record_output(
+        self, pilot_id: int, attempt_id: int, lease: str, name: str, sha256: str, size: int
+    ) -> None:
+        async def tx(con: Connection) -> None:
+            row = await con.fetchrow(Q["attempt_output_owner"], attempt_id, lease, pilot_id)
+            if row is None:
+                raise ConflictError("This attempt no longer owns its job (stale lease); the output was not kept.")
+            if name not in spec_decoder.decode(row[1]).outputs:
+                raise ValidationError(f"{name!r} is not one of the job's declared outputs.", field="name")
+            await con.execute(Q["output_insert"], attempt_id, row[0], name, sha256, size)
+
+        await self._tx(tx)
+
+    async def pilot_exit(self, pilot_id: int, reason: str, occupancy: float, jobs_run: int, now: float) -> None:
+        async def tx(con: Connection) -> None:
+            await con.execute(Q["pilot_exit"], occupancy, reason, pilot_id)
+            await self._end_pilot(con, pilot_id, reason, now)
+
+        await self._tx(tx)
+
+    async def expire(self, now: float, pilot_timeout_s: float) -> int:
+        """Requeue attempts whose lease ran out; end pilots that stopped reporting. Replicas reaping
+        at once skip each other's rows. Also folds the demand's deltas."""
+
+        async def tx(con: Connection) -> int:
+            expired = await con.fetch(Q["expired_attempts"], now)
+            for attempt_id, job_id in expired:
+                why = "its pilot stopped reporting (lease expired)"
+                await self._end_attempt(con, attempt_id, job_id, Outcome.LOST, None, why, now)
+            for (pid,) in await con.fetch(Q["pilots_silent"], now - pilot_timeout_s):
+                await self._end_pilot(con, pid, "lost: it stopped reporting", now)
+            return len(expired)
+
+        n = await self._tx(tx)
+        await self.pool.execute(Q["idle_shapes_compact"])
+        return n

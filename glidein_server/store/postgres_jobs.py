@@ -1,0 +1,270 @@
+"""Jobs, files, sites, demand, the summary and out-of-job staging in the PostgreSQL store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from glidein_client.wire.errors import ConflictError, NotFoundError
+from glidein_client.wire.schema import (
+    AttemptView,
+    Demand,
+    JobSpec,
+    JobState,
+    JobView,
+    OutputFile,
+    PilotShape,
+    Role,
+    SiteView,
+    Summary,
+)
+from glidein_client.wire.staging import Network, StagingJob, StagingView
+from glidein_server.policy import demand as dm
+from glidein_server.policy.lifecycle import site_backoff
+from glidein_server.store.base import JobFilter, Principal
+from glidein_server.store.postgres_base import Connection, Q, Record
+from glidein_server.store.postgres_tokens import PostgresTokens
+from glidein_server.store.sqlite_sites import sites_from_key, sites_key
+
+spec_decoder = msgspec.json.Decoder(JobSpec)
+spec_encoder = msgspec.json.Encoder()
+
+
+class PostgresJobs(PostgresTokens):
+    async def _load(self) -> None:
+        await self._refresh_site_shapes(None)
+
+    async def _refresh_site_shapes(self, con: Connection | None) -> None:
+        """Another replica may have heard from a site: the shapes are re-read where they matter."""
+        rows = await (con or self.pool).fetch(Q["site_shapes"])
+        self._site_shapes = {name: msgspec.json.decode(shape, type=PilotShape) for name, shape in rows}
+
+    async def add_jobs(self, owner: str, specs: Sequence[JobSpec], now: float) -> list[int]:
+        columns: list[list[Any]] = [[] for _ in range(9)]
+        for s in specs:
+            values = (
+                spec_encoder.encode(s).decode(),
+                *(s.cpus, s.memory_mb, s.gpus, s.disk_mb, s.walltime_s),
+                *(sites_key(s.sites), s.priority, s.max_retries),
+            )
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        rows = await self.pool.fetch(Q["job_insert"], owner, now, *columns)
+        return [r[0] for r in rows]
+
+    async def _job_view(self, con: Connection, row: Record) -> JobView:
+        (jid, owner, state, spec_t, retries, attempts, submitted, finished, exit_code, reason, site, result_attempt) = (
+            row
+        )
+        spec = spec_decoder.decode(spec_t)
+        outputs: list[OutputFile] = []
+        if result_attempt is not None:
+            outputs = [
+                OutputFile(name=n, sha256=h, size=sz)
+                for n, h, sz in await con.fetch(Q["outputs_of_attempt"], result_attempt)
+            ]
+        note = None
+        if state == JobState.IDLE.value:
+            sites = frozenset(spec.sites) if spec.sites else None
+            note = dm.unrunnable_note(
+                spec.cpus, spec.memory_mb, spec.gpus, spec.disk_mb, spec.walltime_s, sites, self._site_shapes
+            )
+        return JobView(
+            id=jid,
+            owner=owner,
+            state=JobState(state),
+            spec=spec,
+            retries_used=retries,
+            attempts=attempts,
+            submitted_at=submitted,
+            finished_at=finished,
+            exit_code=exit_code,
+            reason=reason,
+            site=site,
+            outputs=outputs,
+            note=note,
+        )
+
+    async def _read_job(self, con: Connection, job_id: int) -> JobView | None:
+        row = await con.fetchrow(Q["job_get"], job_id)
+        return None if row is None else await self._job_view(con, row)
+
+    async def list_jobs(self, flt: JobFilter) -> tuple[list[JobView], dict[str, int]]:
+        label = flt.label or (None, None)
+        ids = list(flt.ids) if flt.ids is not None else None
+        where = (flt.owner, label[0], label[1], ids)
+
+        async def read(con: Connection) -> tuple[list[JobView], dict[str, int]]:
+            rows = await con.fetch(Q["job_page"], *where, flt.state or None, flt.limit, flt.offset)
+            counts = {s: n for s, n in await con.fetch(Q["job_counts"], *where)}
+            return [await self._job_view(con, r) for r in rows], counts
+
+        return await self._read(read)
+
+    async def get_job(self, job_id: int) -> JobView | None:
+        return await self._read(self._read_job, job_id)
+
+    async def cancel_job(self, job_id: int, now: float) -> JobView:
+        async def tx(con: Connection) -> JobView:
+            state = await con.fetchval(Q["job_state_for_update"], job_id)
+            if state is None:
+                raise NotFoundError(f"Job {job_id} does not exist.")
+            if not JobState(state).final:
+                await con.execute(Q["job_cancel"], now, job_id)
+            view = await self._read_job(con, job_id)
+            assert view is not None
+            return view
+
+        return await self._tx(tx)
+
+    async def retry_job(self, job_id: int) -> JobView:
+        async def tx(con: Connection) -> JobView:
+            state = await con.fetchval(Q["job_state_for_update"], job_id)
+            if state is None:
+                raise NotFoundError(f"Job {job_id} does not exist.")
+            if state not in (JobState.FAILED.value, JobState.CANCELLED.value):
+                raise ConflictError(f"Job {job_id} is {state}; only failed or cancelled jobs can be retried.")
+            if await con.fetchval(Q["job_has_active_attempt"], job_id):
+                raise ConflictError(f"Job {job_id} still has an attempt winding down; retry it in a minute.")
+            await con.execute(Q["job_retry_request"], job_id)
+            view = await self._read_job(con, job_id)
+            assert view is not None
+            return view
+
+        return await self._tx(tx)
+
+    async def attempts_of(self, job_id: int) -> list[AttemptView]:
+        return [
+            AttemptView(
+                id=r[0],
+                pilot_id=r[1],
+                site=r[2],
+                outcome=r[3],
+                exit_code=r[4],
+                reason=r[5],
+                claimed_at=r[6],
+                started_at=r[7],
+                finished_at=r[8],
+                stdout_tail=r[9],
+                stderr_tail=r[10],
+            )
+            for r in await self.pool.fetch(Q["attempts_of_job"], job_id)
+        ]
+
+    async def job_output(self, job_id: int, name: str) -> OutputFile | None:
+        row = await self.pool.fetchrow(Q["job_output"], job_id, name)
+        return None if row is None else OutputFile(name=row[0], sha256=row[1], size=row[2])
+
+    async def add_file_owner(self, sha256: str, owner: str, size: int) -> None:
+        await self.pool.execute(Q["file_owner_insert"], sha256, owner, size)
+
+    async def may_read_file(self, sha256: str, principal: Principal) -> bool:
+        if principal.role is Role.OPERATOR:
+            return True
+        if principal.role is Role.SITE:
+            return bool(await self.pool.fetchval(Q["site_may_read_file"], f",{principal.subject},", sha256))
+        if principal.role is Role.USER:
+            return bool(await self.pool.fetchval(Q["file_user_may_read"], sha256, principal.subject))
+        return bool(await self.pool.fetchval(Q["file_pilot_may_read"], int(principal.subject), sha256))
+
+    # --- sites and demand -------------------------------------------------------------------
+
+    async def report_site(self, site: str, shape: PilotShape, now: float) -> None:
+        self._site_shapes[site] = shape
+        await self.pool.execute(Q["site_report"], site, msgspec.json.encode(shape).decode(), now)
+
+    async def site_shapes(self) -> dict[str, PilotShape]:
+        await self._refresh_site_shapes(None)
+        return dict(self._site_shapes)
+
+    async def site_demand(self, site: str, now: float, live_after: float) -> Demand:
+        async def read(con: Connection) -> Demand:
+            await self._refresh_site_shapes(con)
+            rows = await con.fetch(Q["idle_shapes"])
+            shapes = [dm.Shape(c, m, g, d, w, sites_from_key(s), n) for c, m, g, d, w, s, n in rows]
+            free = [dm.FreeCapacity(*r) for r in await con.fetch(Q["live_pilots_free"], site, live_after)]
+            health = {name: h for name, h in await con.fetch(Q["site_health_all"])}
+            demand = dm.site_demand(site, shapes, self._site_shapes, free, health)
+            row = await con.fetchrow(Q["site_failures"], site)
+            failures, backoff = site_backoff(row[0], row[1], now) if row else (0, 0.0)
+            return msgspec.structs.replace(demand, start_failures=failures, backoff_s=backoff)
+
+        return await self._read(read)
+
+    async def summary(self, owner: str | None) -> Summary:
+        async def read(con: Connection) -> Summary:
+            jobs = {s: n for s, n in await con.fetch(Q["summary_jobs"], owner)}
+            pilots = {s: n for s, n in await con.fetch(Q["summary_pilots"])}
+            occ = await con.fetchrow(Q["summary_occupancy"])
+            live: dict[str, dict[str, int]] = {}
+            for site, state, n in await con.fetch(Q["summary_site_pilots"]):
+                live.setdefault(site, {})[state] = n
+            now = time.time()
+            sites = []
+            for name, shape, seen, failures_in_a_row, last_failure in await con.fetch(Q["summary_sites"]):
+                failures, backoff = site_backoff(failures_in_a_row, last_failure, now)
+                counts = live.get(name, {})
+                sites.append(
+                    SiteView(
+                        name=name,
+                        shape=msgspec.json.decode(shape, type=PilotShape) if shape else None,
+                        pilots_running=counts.get("running", 0),
+                        pilots_pending=counts.get("pending", 0),
+                        last_seen=seen,
+                        start_failures=failures,
+                        backoff_s=backoff,
+                    )
+                )
+            occupancy = occ[0] / occ[1] if occ and occ[1] else None
+            problems = [
+                f"pilot {pid} at site {site} on {host or 'an unknown host'}: {reason}"
+                for pid, site, host, reason in await con.fetch(Q["summary_problems"], now - 86400)
+            ]
+            return Summary(jobs=jobs, pilots=pilots, sites=sites, occupancy=occupancy, problems=problems)
+
+        return await self._read(read)
+
+    # --- firewalled sites: out-of-job staging ----------------------------------------------------
+
+    async def set_site_network(self, site: str, network: Network, now: float) -> bool:
+        async def tx(con: Connection) -> bool:
+            old = await con.fetchval(Q["site_network_get"], site)
+            await con.execute(Q["site_network_set"], site, network.value, now)
+            return bool(old != network.value)
+
+        return await self._tx(tx)
+
+    async def staging_view(self, site: str, limit: int) -> StagingView:
+        await self._refresh_site_shapes(None)
+        shape = self._site_shapes.get(site)
+        fit = (
+            (shape.cpus, shape.memory_mb, shape.gpus, shape.disk_mb, shape.walltime_s)
+            if shape is not None
+            else (1 << 62,) * 5
+        )
+
+        def job(row: Record) -> StagingJob:
+            spec = spec_decoder.decode(row[3])
+            return StagingJob(job_id=row[0], state=JobState(row[1]), site=row[2], cpus=spec.cpus, inputs=spec.inputs)
+
+        async def read(con: Connection) -> StagingView:
+            staged = [job(r) for r in await con.fetch(Q["staging_staged"], site)]
+            eligible = [job(r) for r in await con.fetch(Q["staging_eligible"], f",{site},", *fit, site, limit)]
+            return StagingView(staged=staged, eligible=eligible)
+
+        return await self._read(read)
+
+    async def report_staging(
+        self, site: str, staged: Sequence[int], released: Sequence[int], now: float
+    ) -> tuple[int, int]:
+        async def tx(con: Connection) -> tuple[int, int]:
+            added = int((await con.execute(Q["staged_insert"], site, now, list(staged), f",{site},")).split()[-1])
+            dropped = int((await con.execute(Q["staged_delete"], site, list(released))).split()[-1])
+            if added:
+                await con.execute(Q["notify_work"])  # the site's waiting pilots (on any replica) may claim them
+            return added, dropped
+
+        return await self._tx(tx)

@@ -1,0 +1,168 @@
+"""Pilots in the PostgreSQL store: start, heartbeat (sync) and the claim, each one transaction.
+
+The claim reads and locks the best idle candidates with ``FOR UPDATE SKIP LOCKED`` (a few per
+free slot), lets matchmaking pack them into the pilot's free capacity, then claims the chosen ones
+in one statement (``claim_jobs``): concurrent claimers, on any replica, never wait for each other
+and never share a job.
+"""
+
+from __future__ import annotations
+
+from glidein_client.wire.errors import ConflictError, NotFoundError
+from glidein_client.wire.schema import ClaimedJob, PilotRegister, Refusal, Resources, SyncRequest, SyncResponse
+from glidein_client.wire.staging import Network
+from glidein_server.policy.lifecycle import pilot_start_failed, site_health_blend
+from glidein_server.policy.matchmaking import Candidate, Capacity, select
+from glidein_server.store.postgres_attempts import PostgresAttempts
+from glidein_server.store.postgres_base import Connection, Q
+from glidein_server.store.postgres_jobs import spec_decoder
+from glidein_server.store.sqlite_pilots import CLAIM_SCAN, NOTHING_FREE, TERMINAL_BATCH_STATES
+
+
+class PostgresPilots(PostgresAttempts):
+    async def new_pilot(self, site: str, now: float) -> int:
+        return int(await self.pool.fetchval(Q["pilot_insert"], site, now))
+
+    async def pilot_states(self, site: str, states: dict[int, str], now: float) -> int:
+        async def tx(con: Connection) -> int:
+            ended = 0
+            for pid, state in sorted(states.items()):
+                if state not in TERMINAL_BATCH_STATES:
+                    continue
+                row = await con.fetchrow(Q["pilot_state_for_update"], pid)
+                if row is None or row[1] != site or row[0] == "ended":
+                    continue
+                if pilot_start_failed(row[0]):
+                    await con.execute(Q["site_start_failed"], site, now)
+                await self._end_pilot(con, pid, f"the batch system reports the pilot {state}", now)
+                ended += 1
+            return ended
+
+        return await self._tx(tx)
+
+    async def register_pilot(self, pilot_id: int, req: PilotRegister, now: float) -> None:
+        r = req.resources
+        state = "running" if req.selftest_ok else "ended"
+        reason = None if req.selftest_ok else f"self-test failed: {req.selftest_reason}"
+
+        async def tx(con: Connection) -> None:
+            row = await con.fetchrow(Q["pilot_state_for_update"], pilot_id)
+            if row is None:
+                raise NotFoundError(f"Pilot {pilot_id} is not known.")
+            if row[0] == "ended":
+                raise ConflictError(f"Pilot {pilot_id} has already ended; a pilot token serves one pilot.")
+            await con.execute(
+                Q["pilot_register"],
+                *(state, req.batch_id, req.host, r.cpus, r.memory_mb, r.gpus, r.disk_mb, req.end_time),
+                *(max(0.0, req.end_time - now), now, reason, pilot_id),
+            )
+            if req.selftest_ok:
+                await con.execute(Q["site_start_ok"], pilot_id)
+            else:
+                await con.execute(Q["site_start_failed"], row[1], now)
+
+        await self._tx(tx)
+
+    async def sync(self, pilot_id: int, req: SyncRequest, now: float, lease_s: float) -> SyncResponse:
+        return await self._tx(self._sync, pilot_id, req, now, lease_s)
+
+    async def _sync(self, con: Connection, pilot_id: int, req: SyncRequest, now: float, lease_s: float) -> SyncResponse:
+        prow = await con.fetchrow(Q["pilot_shape"], pilot_id)
+        if prow is None or prow[0] != "running":
+            raise ConflictError(
+                f"Pilot {pilot_id} is not running on the server (it ended or never registered).",
+                hint="The pilot should stop; its jobs have been requeued.",
+            )
+        _, site, tcpus, tmem, tgpus, tdisk = prow
+        refused = await self._starts(con, pilot_id, req, now)
+        ran = 0
+        health: list[float] = []
+        for fin in sorted(req.finished, key=lambda f: f.attempt_id):  # one lock order for every replica
+            reason = await self._finish(con, pilot_id, fin, now, health)
+            if reason:
+                refused.append(Refusal(attempt_id=fin.attempt_id, reason=reason))
+            else:
+                ran += 1
+        if req.held is not None:
+            await self._drop_lost_claims(con, pilot_id, set(req.held), now)
+        f = NOTHING_FREE if req.draining else req.free
+        lifetime_s = 0.0 if req.draining else req.lifetime_s
+        await con.execute(
+            Q["pilot_update"], f.cpus, f.memory_mb, f.gpus, f.disk_mb, lifetime_s, now, req.occupancy, ran, pilot_id
+        )
+        if health:
+            await con.execute(Q["site_health_apply"], *site_health_blend(health), site)
+        await con.execute(Q["pilot_leases"], now + lease_s, pilot_id, now + 0.75 * lease_s)
+        cancel = [r[0] for r in await con.fetch(Q["pilot_cancels"], pilot_id)]
+        jobs: list[ClaimedJob] = []
+        if req.claim and not req.draining and (f.cpus > 0 or req.want > 0):
+            jobs = await self._claim(con, pilot_id, site, req, Capacity(tcpus, tmem, tgpus, tdisk), now, lease_s)
+        return SyncResponse(jobs=jobs, cancel=cancel, refused=refused)
+
+    @staticmethod
+    async def _starts(con: Connection, pilot_id: int, req: SyncRequest, now: float) -> list[Refusal]:
+        refused: list[Refusal] = []
+        finished_ids = {f.attempt_id for f in req.finished}
+        for ref in req.started:
+            if ref.attempt_id in finished_ids:
+                continue
+            if await con.fetchrow(Q["attempt_start"], now, ref.attempt_id, ref.lease, pilot_id) is None:
+                refused.append(Refusal(attempt_id=ref.attempt_id, reason="stale or unknown lease"))
+        return refused
+
+    async def claim_more(self, pilot_id: int, want: int, now: float, lease_s: float) -> SyncResponse:
+        async def tx(con: Connection) -> SyncResponse:
+            row = await con.fetchrow(Q["pilot_capacity"], pilot_id)
+            if row is None:
+                return SyncResponse()
+            site, tcpus, tmem, tgpus, tdisk, fcpus, fmem, fgpus, fdisk, lifetime_s, last_seen = row
+            lifetime_s -= now - (last_seen or now)
+            cancel = [r[0] for r in await con.fetch(Q["pilot_cancels"], pilot_id)]
+            if lifetime_s < 1 or (fcpus <= 0 and want <= 0):
+                return SyncResponse(cancel=cancel)
+            free = Resources(cpus=fcpus, memory_mb=fmem, gpus=fgpus, disk_mb=fdisk)
+            req = SyncRequest(free=free, lifetime_s=lifetime_s, want=want)
+            jobs = await self._claim(con, pilot_id, site, req, Capacity(tcpus, tmem, tgpus, tdisk), now, lease_s)
+            return SyncResponse(jobs=jobs, cancel=cancel)
+
+        return await self._tx(tx)
+
+    async def _claim(
+        self,
+        con: Connection,
+        pilot_id: int,
+        site: str,
+        req: SyncRequest,
+        total: Capacity,
+        now: float,
+        lease_s: float,
+    ) -> list[ClaimedJob]:
+        f = req.free
+        cap = total if req.want > 0 else Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
+        scan = min(CLAIM_SCAN, 2 * (cap.cpus + req.want) + 8)  # rows locked: a few per slot, not the queue
+        args = (cap.cpus, cap.memory_mb, cap.gpus, cap.disk_mb, int(req.lifetime_s), f",{site},", scan)
+        network = await con.fetchval(Q["site_network_get"], site)
+        if network is not None and Network(network).stages:
+            rows = await con.fetch(Q["idle_candidates_staged"], *args, site)
+        else:
+            rows = await con.fetch(Q["idle_candidates"], *args)
+        if not rows:
+            return []
+        free = Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
+        chosen = select((Candidate(*r) for r in rows), free, total, req.lifetime_s, req.want)
+        if not chosen:
+            return []
+        made = {
+            job_id: (attempt_id, lease, spec)
+            for attempt_id, job_id, lease, spec in await con.fetch(
+                Q["claim_jobs"], chosen, site, pilot_id, now, now + lease_s
+            )
+        }
+        out: list[ClaimedJob] = []
+        for job_id in chosen:  # keep the matchmaking order
+            if job_id in made:
+                attempt_id, lease, spec = made[job_id]
+                out.append(
+                    ClaimedJob(attempt_id=attempt_id, job_id=job_id, lease=lease, spec=spec_decoder.decode(spec))
+                )
+        return out

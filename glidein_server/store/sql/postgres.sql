@@ -1,0 +1,532 @@
+-- SQL of the PostgreSQL store, in named blocks (`-- name: NAME`), loaded by glidein_server.store.sqlfile.
+-- Blocks named migration_N upgrade the schema from version N-1 to N, each in one transaction.
+
+-- name: migration_1
+CREATE TABLE tokens (
+    hash TEXT PRIMARY KEY,          -- sha256 of the token; the token itself is never stored
+    role TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION,
+    revoked BOOLEAN NOT NULL DEFAULT false,
+    id TEXT NOT NULL UNIQUE,        -- public id: the first 16 hex digits of the hash
+    scopes TEXT NOT NULL DEFAULT '',
+    revoked_at DOUBLE PRECISION
+);
+CREATE INDEX tokens_subject ON tokens (role, subject);
+CREATE TABLE totp (
+    subject TEXT PRIMARY KEY,
+    secret BYTEA NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    last_step BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE sites (
+    name TEXT PRIMARY KEY,
+    shape TEXT,
+    last_seen DOUBLE PRECISION,
+    start_failures INTEGER NOT NULL DEFAULT 0,
+    last_failure_at DOUBLE PRECISION,
+    health DOUBLE PRECISION NOT NULL DEFAULT 1.0
+);
+CREATE TABLE jobs (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    spec JSONB NOT NULL,
+    cpus INTEGER NOT NULL,
+    memory_mb BIGINT NOT NULL,
+    gpus INTEGER NOT NULL,
+    disk_mb BIGINT NOT NULL,
+    walltime_s BIGINT NOT NULL,
+    sites TEXT NOT NULL,            -- '' = any site, else ',a,b,'
+    priority INTEGER NOT NULL,
+    max_retries INTEGER NOT NULL,
+    retries_used INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    submitted_at DOUBLE PRECISION NOT NULL,
+    finished_at DOUBLE PRECISION,
+    exit_code INTEGER,
+    reason TEXT,
+    site TEXT,
+    result_attempt BIGINT
+);
+CREATE INDEX jobs_idle ON jobs (priority DESC, cpus DESC, id) WHERE state = 'idle';
+CREATE INDEX jobs_owner ON jobs (owner, id);
+CREATE INDEX jobs_state ON jobs (state);
+CREATE TABLE attempts (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id BIGINT NOT NULL,
+    pilot_id BIGINT NOT NULL,
+    site TEXT NOT NULL,
+    lease TEXT NOT NULL,
+    state TEXT NOT NULL,            -- claimed | running | ended
+    outcome TEXT,
+    exit_code INTEGER,
+    reason TEXT,
+    claimed_at DOUBLE PRECISION NOT NULL,
+    started_at DOUBLE PRECISION,
+    finished_at DOUBLE PRECISION,
+    lease_expires DOUBLE PRECISION NOT NULL,
+    wall_s DOUBLE PRECISION,
+    max_rss_mb DOUBLE PRECISION,
+    stdout_tail TEXT NOT NULL DEFAULT '',
+    stderr_tail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX attempts_job ON attempts (job_id);
+CREATE INDEX attempts_pilot_active ON attempts (pilot_id) WHERE state != 'ended';
+CREATE INDEX attempts_lease ON attempts (lease_expires) WHERE state != 'ended';
+CREATE TABLE outputs (
+    attempt_id BIGINT NOT NULL,
+    job_id BIGINT NOT NULL,
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    PRIMARY KEY (attempt_id, name)
+);
+CREATE INDEX outputs_sha ON outputs (sha256);
+CREATE TABLE file_owners (
+    sha256 TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    PRIMARY KEY (sha256, owner)
+);
+CREATE TABLE pilots (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    site TEXT NOT NULL,
+    state TEXT NOT NULL,            -- pending | running | ended
+    batch_id TEXT NOT NULL DEFAULT '',
+    host TEXT NOT NULL DEFAULT '',
+    cpus INTEGER NOT NULL DEFAULT 0,
+    memory_mb BIGINT NOT NULL DEFAULT 0,
+    gpus INTEGER NOT NULL DEFAULT 0,
+    disk_mb BIGINT NOT NULL DEFAULT 0,
+    end_time DOUBLE PRECISION,
+    free_cpus INTEGER NOT NULL DEFAULT 0,
+    free_memory_mb BIGINT NOT NULL DEFAULT 0,
+    free_gpus INTEGER NOT NULL DEFAULT 0,
+    free_disk_mb BIGINT NOT NULL DEFAULT 0,
+    lifetime_s DOUBLE PRECISION NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL,
+    started_at DOUBLE PRECISION,
+    last_seen DOUBLE PRECISION,
+    ended_at DOUBLE PRECISION,
+    occupancy DOUBLE PRECISION,
+    jobs_run INTEGER NOT NULL DEFAULT 0,
+    exit_reason TEXT
+);
+CREATE INDEX pilots_live ON pilots (site) WHERE state != 'ended';
+CREATE TABLE site_networks (
+    site TEXT PRIMARY KEY,
+    network TEXT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE staged_jobs (
+    site TEXT NOT NULL,
+    job_id BIGINT NOT NULL,
+    staged_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (site, job_id)
+);
+CREATE INDEX staged_jobs_job ON staged_jobs (job_id);
+-- Idle jobs by shape, kept as deltas appended by a statement trigger (no row every claim fights
+-- over); the demand sums them, and compaction folds them into one row per shape now and then.
+CREATE TABLE idle_shape_deltas (
+    cpus INTEGER NOT NULL,
+    memory_mb BIGINT NOT NULL,
+    gpus INTEGER NOT NULL,
+    disk_mb BIGINT NOT NULL,
+    walltime_s BIGINT NOT NULL,
+    sites TEXT NOT NULL,
+    n BIGINT NOT NULL
+);
+CREATE FUNCTION glidein_idle_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO idle_shape_deltas
+    SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites, count(*) FROM new_rows WHERE state = 'idle'
+    GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites;
+    IF FOUND THEN PERFORM pg_notify('glidein_work', ''); END IF;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION glidein_idle_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE entered BIGINT;
+BEGIN
+    INSERT INTO idle_shape_deltas
+    SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites, sum(d) FROM (
+        SELECT n.cpus, n.memory_mb, n.gpus, n.disk_mb, n.walltime_s, n.sites, 1 AS d
+        FROM new_rows n JOIN old_rows o ON o.id = n.id WHERE n.state = 'idle' AND o.state != 'idle'
+        UNION ALL
+        SELECT o.cpus, o.memory_mb, o.gpus, o.disk_mb, o.walltime_s, o.sites, -1
+        FROM old_rows o JOIN new_rows n ON n.id = o.id WHERE o.state = 'idle' AND n.state != 'idle'
+    ) x GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites HAVING sum(d) != 0;
+    SELECT count(*) INTO entered FROM new_rows n JOIN old_rows o ON o.id = n.id
+    WHERE n.state = 'idle' AND o.state != 'idle';
+    IF entered > 0 THEN PERFORM pg_notify('glidein_work', ''); END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_idle_inserted AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION glidein_idle_inserted();
+CREATE TRIGGER jobs_idle_updated AFTER UPDATE ON jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION glidein_idle_updated();
+
+-- name: schema_version_table
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+-- name: schema_lock
+SELECT pg_advisory_xact_lock(7245110001);
+
+-- name: schema_version
+SELECT coalesce((SELECT value::int FROM meta WHERE key = 'schema_version'), 0);
+
+-- name: schema_version_set
+INSERT INTO meta (key, value) VALUES ('schema_version', $1)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: analyze
+ANALYZE jobs;
+
+-- Tokens and TOTP.
+
+-- name: token_insert
+INSERT INTO tokens (hash, role, subject, created_at, expires_at, id, scopes) VALUES ($1, $2, $3, $4, $5, $6, $7);
+
+-- name: token_lookup
+SELECT role, subject, expires_at, id, scopes FROM tokens WHERE hash = $1 AND NOT revoked;
+
+-- name: token_list
+SELECT id, role, subject, scopes, created_at, expires_at, revoked_at FROM tokens
+WHERE ($1::text IS NULL OR role = $1) AND ($2::text IS NULL OR subject = $2) AND ($3 OR NOT revoked)
+ORDER BY created_at DESC LIMIT $4;
+
+-- name: token_revoke
+UPDATE tokens SET revoked = true, revoked_at = $1 WHERE id = $2 AND NOT revoked RETURNING id;
+
+-- name: token_revoke_subject
+UPDATE tokens SET revoked = true, revoked_at = $1 WHERE role = $2 AND subject = $3 AND NOT revoked RETURNING id;
+
+-- name: token_revoke_site_pilots
+UPDATE tokens SET revoked = true, revoked_at = $1
+WHERE role = 'pilot' AND NOT revoked AND subject IN (SELECT id::text FROM pilots WHERE site = $2)
+RETURNING id;
+
+-- name: token_renew
+UPDATE tokens SET expires_at = $1 WHERE id = $2 AND NOT revoked AND expires_at IS NOT NULL AND expires_at < $1;
+
+-- name: token_purge
+DELETE FROM tokens WHERE (expires_at IS NOT NULL AND expires_at < $1) OR (revoked_at IS NOT NULL AND revoked_at < $1);
+
+-- name: totp_set
+INSERT INTO totp (subject, secret, created_at) VALUES ($1, $2, $3)
+ON CONFLICT (subject) DO UPDATE SET secret = excluded.secret, created_at = excluded.created_at, last_step = 0;
+
+-- name: totp_get
+SELECT secret FROM totp WHERE subject = $1;
+
+-- name: totp_use
+UPDATE totp SET last_step = $1 WHERE subject = $2 AND last_step < $1 RETURNING 1;
+
+-- Jobs.
+
+-- name: job_insert
+INSERT INTO jobs (owner, state, spec, cpus, memory_mb, gpus, disk_mb, walltime_s, sites, priority, max_retries,
+                  submitted_at)
+SELECT $1, 'idle', s::jsonb, c, m, g, d, w, si, p, r, $2
+FROM unnest($3::text[], $4::int[], $5::bigint[], $6::int[], $7::bigint[], $8::bigint[], $9::text[], $10::int[],
+            $11::int[]) WITH ORDINALITY AS t(s, c, m, g, d, w, si, p, r, i)
+ORDER BY i
+RETURNING id;
+
+-- name: job_get
+SELECT j.id, j.owner, j.state, j.spec::text, j.retries_used, j.attempts, j.submitted_at, j.finished_at, j.exit_code,
+       j.reason, j.site, j.result_attempt
+FROM jobs j WHERE j.id = $1;
+
+-- name: job_page
+SELECT j.id, j.owner, j.state, j.spec::text, j.retries_used, j.attempts, j.submitted_at, j.finished_at, j.exit_code,
+       j.reason, j.site, j.result_attempt
+FROM jobs j
+WHERE ($1::text IS NULL OR j.owner = $1) AND ($2::text IS NULL OR j.spec -> 'labels' ->> $2 = $3)
+  AND ($4::bigint[] IS NULL OR j.id = ANY($4)) AND ($5::text IS NULL OR j.state = $5)
+ORDER BY j.id LIMIT $6 OFFSET $7;
+
+-- name: job_counts
+SELECT j.state, count(*) FROM jobs j
+WHERE ($1::text IS NULL OR j.owner = $1) AND ($2::text IS NULL OR j.spec -> 'labels' ->> $2 = $3)
+  AND ($4::bigint[] IS NULL OR j.id = ANY($4))
+GROUP BY j.state;
+
+-- name: job_state_for_update
+SELECT state FROM jobs WHERE id = $1 FOR UPDATE;
+
+-- name: job_cancel
+UPDATE jobs SET state = 'cancelled', finished_at = $1, reason = 'cancelled by request' WHERE id = $2;
+
+-- name: job_has_active_attempt
+SELECT 1 FROM attempts WHERE job_id = $1 AND state != 'ended';
+
+-- name: job_retry_request
+UPDATE jobs SET state = 'idle', retries_used = 0, finished_at = NULL, exit_code = NULL, reason = 'retried by request'
+WHERE id = $1;
+
+-- name: job_retry_budget
+SELECT retries_used, max_retries, spec::text FROM jobs WHERE id = $1;
+
+-- name: attempts_of_job
+SELECT id, pilot_id, site, outcome, exit_code, reason, claimed_at, started_at, finished_at, stdout_tail, stderr_tail
+FROM attempts WHERE job_id = $1 ORDER BY id;
+
+-- name: job_output
+SELECT o.name, o.sha256, o.size FROM outputs o JOIN jobs j ON j.result_attempt = o.attempt_id
+WHERE j.id = $1 AND o.name = $2;
+
+-- name: outputs_of_attempt
+SELECT name, sha256, size FROM outputs WHERE attempt_id = $1 ORDER BY name;
+
+-- name: file_owner_insert
+INSERT INTO file_owners (sha256, owner, size) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING;
+
+-- name: file_user_may_read
+SELECT EXISTS (SELECT 1 FROM file_owners WHERE sha256 = $1 AND owner = $2)
+    OR EXISTS (SELECT 1 FROM outputs o JOIN jobs j ON j.id = o.job_id WHERE o.sha256 = $1 AND j.owner = $2);
+
+-- name: file_pilot_may_read
+SELECT EXISTS (
+    SELECT 1 FROM attempts a JOIN jobs j ON j.id = a.job_id
+    WHERE a.pilot_id = $1 AND a.state != 'ended'
+      AND j.spec -> 'inputs' @> jsonb_build_array(jsonb_build_object('sha256', $2::text)));
+
+-- name: site_may_read_file
+SELECT EXISTS (
+    SELECT 1 FROM jobs j
+    WHERE j.state IN ('idle', 'claimed', 'running') AND (j.sites = '' OR position($1 in j.sites) > 0)
+      AND j.spec -> 'inputs' @> jsonb_build_array(jsonb_build_object('sha256', $2::text)));
+
+-- Sites and demand.
+
+-- name: site_shapes
+SELECT name, shape FROM sites WHERE shape IS NOT NULL;
+
+-- name: site_report
+INSERT INTO sites (name, shape, last_seen) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO UPDATE SET shape = excluded.shape, last_seen = excluded.last_seen;
+
+-- name: idle_shapes
+SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites, sum(n)::bigint FROM idle_shape_deltas
+GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites HAVING sum(n) > 0;
+
+-- name: idle_shapes_compact
+WITH gone AS (DELETE FROM idle_shape_deltas RETURNING *)
+INSERT INTO idle_shape_deltas
+SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites, sum(n) FROM gone
+GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites HAVING sum(n) != 0;
+
+-- name: live_pilots_free
+SELECT free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s FROM pilots
+WHERE site = $1 AND state = 'running' AND last_seen >= $2;
+
+-- name: site_health_all
+SELECT name, health FROM sites;
+
+-- name: site_failures
+SELECT start_failures, last_failure_at FROM sites WHERE name = $1;
+
+-- name: site_health_apply
+UPDATE sites SET health = health * $1 + $2 WHERE name = $3;
+
+-- name: site_start_failed
+INSERT INTO sites (name, start_failures, last_failure_at) VALUES ($1, 1, $2)
+ON CONFLICT (name) DO UPDATE SET start_failures = sites.start_failures + 1, last_failure_at = excluded.last_failure_at;
+
+-- name: site_start_ok
+UPDATE sites SET start_failures = 0 WHERE name = (SELECT site FROM pilots WHERE id = $1) AND start_failures != 0;
+
+-- name: summary_jobs
+SELECT state, count(*) FROM jobs WHERE $1::text IS NULL OR owner = $1 GROUP BY state;
+
+-- name: summary_pilots
+SELECT state, count(*) FROM pilots GROUP BY state;
+
+-- name: summary_occupancy
+SELECT sum(occupancy * cpus * (ended_at - started_at)), sum(cpus * (ended_at - started_at))
+FROM pilots WHERE state = 'ended' AND occupancy IS NOT NULL AND started_at IS NOT NULL;
+
+-- name: summary_sites
+SELECT name, shape, last_seen, start_failures, last_failure_at FROM sites ORDER BY name;
+
+-- name: summary_site_pilots
+SELECT site, state, count(*) FROM pilots WHERE state != 'ended' GROUP BY site, state;
+
+-- name: summary_problems
+SELECT id, site, host, exit_reason FROM pilots
+WHERE ended_at > $1 AND (exit_reason LIKE 'black hole%' OR exit_reason LIKE 'self-test failed%')
+ORDER BY id DESC LIMIT 50;
+
+-- Firewalled sites: out-of-job staging.
+
+-- name: site_network_get
+SELECT network FROM site_networks WHERE site = $1;
+
+-- name: site_network_set
+INSERT INTO site_networks (site, network, updated_at) VALUES ($1, $2, $3)
+ON CONFLICT (site) DO UPDATE SET network = excluded.network, updated_at = excluded.updated_at;
+
+-- name: staging_staged
+SELECT j.id, j.state, j.site, j.spec::text FROM staged_jobs s JOIN jobs j ON j.id = s.job_id
+WHERE s.site = $1 ORDER BY j.id;
+
+-- name: staging_eligible
+SELECT j.id, j.state, j.site, j.spec::text FROM jobs j
+WHERE j.state = 'idle' AND (j.sites = '' OR position($1 in j.sites) > 0)
+  AND j.cpus <= $2 AND j.memory_mb <= $3 AND j.gpus <= $4 AND j.disk_mb <= $5 AND j.walltime_s <= $6
+  AND NOT EXISTS (SELECT 1 FROM staged_jobs s WHERE s.site = $7 AND s.job_id = j.id)
+ORDER BY j.priority DESC, j.cpus DESC, j.id
+LIMIT $8;
+
+-- name: staged_insert
+INSERT INTO staged_jobs (site, job_id, staged_at)
+SELECT $1, id, $2 FROM jobs WHERE id = ANY($3::bigint[]) AND (sites = '' OR position($4 in sites) > 0)
+ON CONFLICT DO NOTHING;
+
+-- name: staged_delete
+DELETE FROM staged_jobs WHERE site = $1 AND job_id = ANY($2::bigint[]);
+
+-- name: notify_work
+SELECT pg_notify('glidein_work', '');
+
+-- Pilots, claims and attempts.
+
+-- name: pilot_insert
+INSERT INTO pilots (site, state, created_at) VALUES ($1, 'pending', $2) RETURNING id;
+
+-- name: pilot_state_for_update
+SELECT state, site FROM pilots WHERE id = $1 FOR UPDATE;
+
+-- name: pilot_end
+UPDATE pilots SET state = 'ended', ended_at = $1, exit_reason = coalesce(exit_reason, $2) WHERE id = $3;
+
+-- name: pilot_register
+UPDATE pilots SET state = $1::text, batch_id = $2, host = $3, cpus = $4, memory_mb = $5, gpus = $6, disk_mb = $7,
+    end_time = $8, free_cpus = $4, free_memory_mb = $5, free_gpus = $6, free_disk_mb = $7, lifetime_s = $9,
+    started_at = $10::float8, last_seen = $10::float8, exit_reason = $11,
+    ended_at = CASE WHEN $1::text = 'ended' THEN $10::float8 END
+WHERE id = $12;
+
+-- name: pilot_shape
+SELECT state, site, cpus, memory_mb, gpus, disk_mb FROM pilots WHERE id = $1;
+
+-- name: pilot_capacity
+SELECT site, cpus, memory_mb, gpus, disk_mb, free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s, last_seen
+FROM pilots WHERE id = $1 AND state = 'running';
+
+-- name: pilot_update
+UPDATE pilots SET free_cpus = $1, free_memory_mb = $2, free_gpus = $3, free_disk_mb = $4, lifetime_s = $5,
+    last_seen = $6, occupancy = $7, jobs_run = jobs_run + $8
+WHERE id = $9 AND state = 'running';
+
+-- name: pilot_exit
+UPDATE pilots SET occupancy = $1, exit_reason = $2 WHERE id = $3;
+
+-- name: pilots_silent
+SELECT id FROM pilots WHERE state = 'running' AND last_seen < $1;
+
+-- name: pilot_leases
+UPDATE attempts SET lease_expires = $1 WHERE pilot_id = $2 AND state != 'ended' AND lease_expires < $3;
+
+-- name: pilot_cancels
+SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.pilot_id = $1 AND a.state != 'ended' AND j.state = 'cancelled';
+
+-- name: active_attempts_of_pilot
+SELECT id, job_id FROM attempts WHERE pilot_id = $1 AND state != 'ended' ORDER BY id FOR UPDATE;
+
+-- name: expired_attempts
+SELECT id, job_id FROM attempts WHERE state != 'ended' AND lease_expires < $1 ORDER BY id FOR UPDATE SKIP LOCKED;
+
+-- name: idle_candidates
+SELECT id, cpus, memory_mb, gpus, disk_mb, walltime_s
+FROM jobs
+WHERE state = 'idle' AND cpus <= $1 AND memory_mb <= $2 AND gpus <= $3 AND disk_mb <= $4 AND walltime_s <= $5
+  AND (sites = '' OR position($6 in sites) > 0)
+ORDER BY priority DESC, cpus DESC, id
+LIMIT $7
+FOR UPDATE SKIP LOCKED;
+
+-- name: idle_candidates_staged
+SELECT j.id, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s
+FROM staged_jobs s JOIN jobs j ON j.id = s.job_id
+WHERE s.site = $8 AND j.state = 'idle' AND j.cpus <= $1 AND j.memory_mb <= $2 AND j.gpus <= $3
+  AND j.disk_mb <= $4 AND j.walltime_s <= $5 AND (j.sites = '' OR position($6 in j.sites) > 0)
+ORDER BY j.priority DESC, j.cpus DESC, j.id
+LIMIT $7
+FOR UPDATE OF j SKIP LOCKED;
+
+-- Candidates are locked as they are read, skipping rows another claimer holds, so concurrent
+-- claimers (on any replica) get disjoint candidates and never wait for each other; the scan is
+-- bounded by the pilot's size. The claim of the chosen ones is then one statement: mark them
+-- claimed and create their attempts (SKIP LOCKED there too, should a caller not hold the locks).
+-- name: claim_jobs
+WITH picked AS (
+    SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND state = 'idle' ORDER BY id FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE jobs j SET state = 'claimed', attempts = j.attempts + 1, site = $2
+    FROM picked WHERE j.id = picked.id
+    RETURNING j.id, j.spec
+), made AS (
+    INSERT INTO attempts (job_id, pilot_id, site, lease, state, claimed_at, lease_expires)
+    SELECT id, $3, $2, replace(gen_random_uuid()::text, '-', ''), 'claimed', $4, $5 FROM claimed
+    RETURNING id, job_id, lease
+)
+SELECT made.id, made.job_id, made.lease, claimed.spec::text FROM made JOIN claimed ON claimed.id = made.job_id;
+
+-- name: attempt_active
+SELECT a.job_id FROM attempts a WHERE a.id = $1 AND a.lease = $2 AND a.pilot_id = $3 AND a.state != 'ended'
+FOR UPDATE;
+
+-- name: attempt_start
+WITH a AS (
+    UPDATE attempts SET state = 'running', started_at = $1
+    WHERE id = $2 AND lease = $3 AND pilot_id = $4 AND state = 'claimed'
+    RETURNING job_id
+), j AS (
+    UPDATE jobs SET state = 'running' FROM a WHERE jobs.id = a.job_id AND jobs.state = 'claimed'
+)
+SELECT job_id FROM a;
+
+-- name: attempt_end
+UPDATE attempts SET state = 'ended', outcome = $1, exit_code = $2, reason = $3, finished_at = $4, wall_s = $5,
+    max_rss_mb = $6, stdout_tail = $7, stderr_tail = $8,
+    started_at = coalesce(started_at, CASE WHEN $9::float8 > 0 THEN $4 - $9 END)
+WHERE id = $10
+RETURNING site;
+
+-- name: attempt_output_owner
+SELECT a.job_id, j.spec::text FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.id = $1 AND a.lease = $2 AND a.pilot_id = $3 AND a.state != 'ended';
+
+-- name: output_insert
+INSERT INTO outputs (attempt_id, job_id, name, sha256, size) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (attempt_id, name) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size;
+
+-- name: job_done
+UPDATE jobs SET state = 'done', finished_at = $1, exit_code = $2, reason = NULL, result_attempt = $3
+WHERE id = $4 AND state IN ('claimed', 'running');
+
+-- name: job_failed
+UPDATE jobs SET state = 'failed', finished_at = $1, exit_code = $2, reason = $3, retries_used = retries_used + 1
+WHERE id = $4 AND state IN ('claimed', 'running');
+
+-- name: job_retry
+UPDATE jobs SET state = 'idle', exit_code = $1, reason = $2, retries_used = retries_used + 1
+WHERE id = $3 AND state IN ('claimed', 'running');
+
+-- name: job_retry_grown
+UPDATE jobs SET state = 'idle', exit_code = $1, reason = $2, retries_used = retries_used + 1,
+    memory_mb = $3, walltime_s = $4, spec = $5::jsonb
+WHERE id = $6 AND state IN ('claimed', 'running');
+
+-- name: job_requeue
+UPDATE jobs SET state = 'idle', reason = $1 WHERE id = $2 AND state IN ('claimed', 'running');
+
+-- name: recover_leases
+UPDATE attempts SET lease_expires = greatest(lease_expires, $1) WHERE state != 'ended';
+
+-- name: recover_pilots
+UPDATE pilots SET last_seen = greatest(coalesce(last_seen, 0), $1) WHERE state = 'running';

@@ -1,0 +1,264 @@
+"""One contract for every Store backend: the same tests on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from glidein_client.wire.errors import ConflictError, NotFoundError, ValidationError
+from glidein_client.wire.schema import (
+    AttemptRef,
+    Finish,
+    InputFile,
+    JobSpec,
+    JobState,
+    Outcome,
+    OutputFile,
+    PilotRegister,
+    PilotShape,
+    Resources,
+    Role,
+    Scope,
+    SyncRequest,
+)
+from glidein_client.wire.staging import Network
+from glidein_server.policy.retry import RetryPolicy
+from glidein_server.store.base import JobFilter, Principal, Store
+from glidein_server.store.postgres import PostgresStore
+from glidein_server.store.sqlite import SqliteStore
+
+NOW = 1_000_000.0
+LEASE_S = 60.0
+SHA = "a" * 64
+SHAPE = PilotShape(cpus=8, memory_mb=16_000, disk_mb=100_000, walltime_s=86_400)
+POLICY = RetryPolicy(memory_factor=2.0, max_memory_mb=8000)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s: Store
+    if request.param == "sqlite":
+        s = SqliteStore(str(tmp_path / "glidein.db"), retry=POLICY)
+    else:
+        s = PostgresStore(request.getfixturevalue("postgres_url"), retry=POLICY)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def job(**kw: object) -> JobSpec:
+    return JobSpec(argv=["true"], memory_mb=1000, walltime_s=600, **kw)  # type: ignore[arg-type]
+
+
+async def running_pilot(store: Store, site: str = "a", cpus: int = 8) -> int:
+    pid = await store.new_pilot(site, NOW)
+    res = Resources(cpus=cpus, memory_mb=16_000, disk_mb=100_000)
+    await store.register_pilot(pid, PilotRegister(resources=res, end_time=NOW + 86_400), NOW)
+    return pid
+
+
+def free(cpus: int = 8) -> Resources:
+    return Resources(cpus=cpus, memory_mb=16_000, disk_mb=100_000)
+
+
+async def test_tokens(store: Store) -> None:
+    tid = await store.add_token("h" * 64, Role.USER, "alice", NOW + 100, [Scope.READ])
+    p = await store.lookup_token("h" * 64, NOW)
+    assert p is not None and (p.role, p.subject, p.token_id, p.scopes) == (
+        Role.USER,
+        "alice",
+        tid,
+        frozenset({Scope.READ}),
+    )
+    assert [t.id for t in await store.list_tokens(Role.USER, "alice")] == [tid]
+    await store.renew_token(tid, NOW + 500)
+    assert (await store.list_tokens(None, None))[0].expires_at == NOW + 500
+    assert await store.revoke_token(tid, NOW) == [tid]
+    assert await store.revoke_token(tid, NOW) == []
+    assert await store.lookup_token("h" * 64, NOW) is None
+    assert await store.list_tokens(Role.USER, None) == []
+    assert len(await store.list_tokens(Role.USER, None, revoked=True)) == 1
+    assert await store.purge_tokens(NOW + 1) == 1
+    await store.set_totp("operator", b"secret", NOW)
+    assert await store.get_totp("operator") == b"secret"
+    assert await store.use_totp_step("operator", 5)
+    assert not await store.use_totp_step("operator", 5)
+    assert not await store.use_totp_step("operator", 4)
+    assert await store.use_totp_step("operator", 6)
+
+
+async def test_revoking_a_site_revokes_its_pilots(store: Store) -> None:
+    pid = await store.new_pilot("a", NOW)
+    await store.add_token("s" * 64, Role.SITE, "a", None)
+    await store.add_token("p" * 64, Role.PILOT, str(pid), NOW + 100)
+    assert len(await store.revoke_subject(Role.SITE, "a", NOW)) == 2
+    assert await store.lookup_token("p" * 64, NOW) is None
+
+
+async def test_jobs_list_filter_cancel_retry(store: Store) -> None:
+    ids = await store.add_jobs("alice", [job(labels={"ds": "x"}), job(), job(labels={"ds": "y"})], NOW)
+    assert len(ids) == 3 and ids == sorted(ids)
+    bob = await store.add_jobs("bob", [job()], NOW)
+    page, counts = await store.list_jobs(JobFilter(owner="alice"))
+    assert [j.id for j in page] == ids and counts == {"idle": 3}
+    page, _ = await store.list_jobs(JobFilter(label=("ds", "y")))
+    assert [j.id for j in page] == [ids[2]]
+    page, _ = await store.list_jobs(JobFilter(ids=(ids[1], bob[0])))
+    assert [j.id for j in page] == [ids[1], bob[0]]
+    cancelled = await store.cancel_job(ids[0], NOW)
+    assert cancelled.state is JobState.CANCELLED and cancelled.finished_at == NOW
+    page, counts = await store.list_jobs(JobFilter(owner="alice", state="idle", limit=1, offset=1))
+    assert [j.id for j in page] == [ids[2]] and counts == {"idle": 2, "cancelled": 1}
+    with pytest.raises(ConflictError):
+        await store.retry_job(ids[1])
+    assert (await store.retry_job(ids[0])).state is JobState.IDLE
+    with pytest.raises(NotFoundError):
+        await store.cancel_job(999_999, NOW)
+    assert await store.get_job(999_999) is None
+    summary = await store.summary("alice")
+    assert summary.jobs == {"idle": 3}
+
+
+async def test_claim_run_and_finish_with_outputs(store: Store) -> None:
+    [jid] = await store.add_jobs("alice", [job(cpus=2, outputs=["out.txt"])], NOW)
+    await store.report_site("a", SHAPE, NOW)
+    assert (await store.site_demand("a", NOW, NOW - 60)).jobs == 1
+    pid = await running_pilot(store)
+    resp = await store.sync(pid, SyncRequest(free=free(), lifetime_s=80_000), NOW, LEASE_S)
+    [claimed] = resp.jobs
+    assert claimed.job_id == jid and claimed.spec.cpus == 2
+    assert (await store.site_demand("a", NOW, NOW - 60)).jobs == 0
+    ref = AttemptRef(attempt_id=claimed.attempt_id, lease=claimed.lease)
+    await store.sync(pid, SyncRequest(started=[ref], free=free(6), lifetime_s=80_000, claim=False), NOW, LEASE_S)
+    assert (await store.get_job(jid)).state is JobState.RUNNING  # type: ignore[union-attr]
+    with pytest.raises(ValidationError):
+        await store.record_output(pid, claimed.attempt_id, claimed.lease, "other.txt", SHA, 3)
+    with pytest.raises(ConflictError):
+        await store.record_output(pid, claimed.attempt_id, "stale", "out.txt", SHA, 3)
+    pilot = Principal(Role.PILOT, str(pid))
+    assert not await store.may_read_file(SHA, pilot)
+    await store.record_output(pid, claimed.attempt_id, claimed.lease, "out.txt", SHA, 3)
+    out = OutputFile(name="out.txt", sha256=SHA, size=3)
+    fin = Finish(attempt_id=claimed.attempt_id, lease=claimed.lease, outcome=Outcome.DONE, exit_code=0, outputs=[out])
+    resp = await store.sync(pid, SyncRequest(finished=[fin], free=free(), lifetime_s=80_000), NOW + 5, LEASE_S)
+    assert resp.refused == [] and resp.jobs == []
+    view = await store.get_job(jid)
+    assert view is not None and view.state is JobState.DONE and view.outputs == [out] and view.site == "a"
+    assert await store.job_output(jid, "out.txt") == out
+    assert await store.may_read_file(SHA, Principal(Role.USER, "alice"))
+    assert not await store.may_read_file(SHA, Principal(Role.USER, "bob"))
+    [attempt] = await store.attempts_of(jid)
+    assert attempt.outcome == "done" and attempt.pilot_id == pid
+    again = await store.sync(pid, SyncRequest(finished=[fin], free=free(), lifetime_s=80_000), NOW + 6, LEASE_S)
+    assert [r.attempt_id for r in again.refused] == [claimed.attempt_id]  # a report is applied once
+
+
+async def test_memory_kill_grows_then_retries_run_out(store: Store) -> None:
+    [jid] = await store.add_jobs("alice", [job(max_retries=1)], NOW)
+    pid = await running_pilot(store)
+    for expected in (JobState.IDLE, JobState.FAILED):
+        [c] = (await store.sync(pid, SyncRequest(free=free(), lifetime_s=80_000), NOW, LEASE_S)).jobs
+        fin = Finish(attempt_id=c.attempt_id, lease=c.lease, outcome=Outcome.MEMORY, reason="killed")
+        await store.sync(pid, SyncRequest(finished=[fin], free=free(), lifetime_s=80_000, claim=False), NOW, LEASE_S)
+        view = await store.get_job(jid)
+        assert view is not None and view.state is expected
+    assert view.spec.memory_mb == 2000 and view.retries_used == 2
+    assert view.reason == "killed"
+
+
+async def test_pilot_exit_requeues_without_charge_and_expiry_loses(store: Store) -> None:
+    ids = await store.add_jobs("alice", [job(), job()], NOW)
+    pid = await running_pilot(store)
+    claimed = (await store.sync(pid, SyncRequest(free=free(), lifetime_s=80_000), NOW, LEASE_S)).jobs
+    assert sorted(c.job_id for c in claimed) == ids
+    await store.pilot_exit(pid, "walltime reached", 0.5, 0, NOW + 1)
+    for jid in ids:
+        view = await store.get_job(jid)
+        assert view is not None and view.state is JobState.IDLE and view.retries_used == 0
+    with pytest.raises(ConflictError):
+        await store.sync(pid, SyncRequest(free=free(), lifetime_s=80_000), NOW + 2, LEASE_S)
+    other = await running_pilot(store)
+    claimed = (await store.sync(other, SyncRequest(free=free(), lifetime_s=80_000), NOW, LEASE_S)).jobs
+    assert len(claimed) == 2
+    assert await store.expire(NOW + LEASE_S + 1, 10_000) == 2
+    assert all(a.outcome == "lost" for a in await store.attempts_of(ids[0]) if a.pilot_id == other)
+    await store.report_site("a", SHAPE, NOW)
+    assert (await store.site_demand("a", NOW + 70, NOW + 1)).jobs == 2  # the silent pilot's cores do not count
+    assert await store.expire(NOW + 100_000, 60) == 0
+    summary = await store.summary(None)
+    assert summary.pilots == {"ended": 2} and summary.jobs == {"idle": 2}
+
+
+async def test_lost_claims_and_cancel_reach_the_pilot(store: Store) -> None:
+    ids = await store.add_jobs("alice", [job(), job()], NOW)
+    pid = await running_pilot(store)
+    claimed = (await store.sync(pid, SyncRequest(free=free(), lifetime_s=80_000), NOW, LEASE_S)).jobs
+    keep, lost = claimed
+    await store.cancel_job(keep.job_id, NOW)
+    resp = await store.sync(
+        pid, SyncRequest(free=free(7), lifetime_s=80_000, held=[keep.attempt_id], claim=False), NOW, LEASE_S
+    )
+    assert resp.cancel == [keep.attempt_id]
+    view = await store.get_job(lost.job_id)
+    assert view is not None and view.state is JobState.IDLE and view.retries_used == 0
+    assert ids
+
+
+async def test_start_failures_back_off(store: Store) -> None:
+    await store.report_site("a", SHAPE, NOW)
+    pilots = [await store.new_pilot("a", NOW) for _ in range(3)]
+    assert await store.pilot_states("a", {p: "failed" for p in pilots} | {999: "failed"}, NOW) == 3
+    demand = await store.site_demand("a", NOW + 10, NOW)
+    assert (demand.start_failures, demand.backoff_s) == (3, 50.0)
+    assert (await store.summary(None)).sites[0].start_failures == 3
+    await running_pilot(store)
+    assert (await store.site_demand("a", NOW + 10, NOW)).start_failures == 0
+
+
+async def test_concurrent_claims_never_share_a_job(store: Store) -> None:
+    """Pilots claiming at once never get the same job; what one round leaves (rows another claimer
+    held locked), the next round claims."""
+    ids = await store.add_jobs("alice", [job() for _ in range(60)], NOW)
+    pilots = [await running_pilot(store, cpus=4) for _ in range(20)]
+    claimed: list[int] = []
+    for _ in range(5):
+        responses = await asyncio.gather(
+            *(store.sync(p, SyncRequest(free=free(4), lifetime_s=80_000), NOW, LEASE_S) for p in pilots)
+        )
+        claimed += [c.job_id for r in responses for c in r.jobs]
+        assert all(len(r.jobs) <= 4 for r in responses)
+        pilots = [p for p, r in zip(pilots, responses, strict=True) if not r.jobs]
+    assert len(claimed) == len(set(claimed)) == 60 and set(claimed) == set(ids)
+
+
+async def test_firewalled_site_claims_only_staged_jobs(store: Store) -> None:
+    inp = InputFile(name="in.dat", sha256=SHA, size=1)
+    ids = await store.add_jobs("alice", [job(inputs=[inp]), job()], NOW)
+    await store.report_site("fw", SHAPE, NOW)
+    assert await store.set_site_network("fw", Network.RELAY, NOW)
+    assert not await store.set_site_network("fw", Network.RELAY, NOW)
+    assert await store.may_read_file(SHA, Principal(Role.SITE, "fw"))
+    assert not await store.may_read_file("b" * 64, Principal(Role.SITE, "fw"))
+    view = await store.staging_view("fw", 10)
+    assert [j.job_id for j in view.eligible] == ids and view.staged == []
+    pid = await running_pilot(store, site="fw")
+    assert (await store.sync(pid, SyncRequest(free=free(), lifetime_s=80_000), NOW, LEASE_S)).jobs == []
+    assert await store.report_staging("fw", [ids[1]], [], NOW) == (1, 0)
+    [c] = (await store.sync(pid, SyncRequest(free=free(), lifetime_s=80_000), NOW, LEASE_S)).jobs
+    assert c.job_id == ids[1]
+    assert await store.report_staging("fw", [], [ids[1]], NOW) == (0, 1)
+
+
+async def test_reopen_keeps_everything(store: Store) -> None:
+    ids = await store.add_jobs("alice", [job()], NOW)
+    await store.report_site("a", SHAPE, NOW)
+    await store.close()
+    await store.open()
+    await store.recover(NOW, 60)
+    assert (await store.get_job(ids[0])) is not None
+    assert await store.site_shapes() == {"a": SHAPE}
