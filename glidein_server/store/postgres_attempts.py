@@ -15,10 +15,12 @@ from glidein_server.policy.lifecycle import (
     site_health_value,
 )
 from glidein_server.store.postgres_base import Connection, Q
-from glidein_server.store.postgres_jobs import PostgresJobs, spec_decoder, spec_encoder
+from glidein_server.store.postgres_jobs import spec_decoder, spec_encoder
+from glidein_server.store.postgres_monitoring import PostgresMonitoring
+from glidein_server.store.sqlite_usage import provenance_columns
 
 
-class PostgresAttempts(PostgresJobs):
+class PostgresAttempts(PostgresMonitoring):
     async def _budget(self, con: Connection, job_id: int) -> RetryBudget | None:
         row = await con.fetchrow(Q["job_retry_budget"], job_id)
         return None if row is None else RetryBudget(row[0], row[1], spec_decoder.decode(row[2]))
@@ -66,6 +68,7 @@ class PostgresAttempts(PostgresJobs):
             fin.stderr_tail if fin else "",
             fin.wall_s if fin else 0.0,
             attempt_id,
+            *provenance_columns(fin),
         )
         budget = await self._budget(con, job_id) if needs_budget(outcome) else None
         await self._apply(
@@ -126,7 +129,7 @@ class PostgresAttempts(PostgresJobs):
 
     async def expire(self, now: float, pilot_timeout_s: float) -> int:
         """Requeue attempts whose lease ran out; end pilots that stopped reporting. Replicas reaping
-        at once skip each other's rows. Also folds the demand's deltas."""
+        at once skip each other's rows. Also folds the deltas of the demand and the counts."""
 
         async def tx(con: Connection) -> int:
             expired = await con.fetch(Q["expired_attempts"], now)
@@ -138,5 +141,5 @@ class PostgresAttempts(PostgresJobs):
             return len(expired)
 
         n = await self._tx(tx)
-        await self.pool.execute(Q["idle_shapes_compact"])
+        await self.pool.execute(Q["deltas_compact"])
         return n

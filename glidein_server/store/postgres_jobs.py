@@ -17,9 +17,11 @@ from glidein_client.wire.schema import (
     JobView,
     OutputFile,
     PilotShape,
+    Provenance,
     Role,
     SiteView,
     Summary,
+    Usage,
 )
 from glidein_client.wire.staging import Network, StagingJob, StagingView
 from glidein_server.policy import demand as dm
@@ -28,9 +30,11 @@ from glidein_server.store.base import JobFilter, Principal
 from glidein_server.store.postgres_base import Connection, Q, Record
 from glidein_server.store.postgres_tokens import PostgresTokens
 from glidein_server.store.sqlite_sites import sites_from_key, sites_key
+from glidein_server.store.sqlite_usage import attempt_view, efficiency
 
 spec_decoder = msgspec.json.Decoder(JobSpec)
 spec_encoder = msgspec.json.Encoder()
+provenance_decoder = msgspec.json.Decoder(Provenance)
 
 
 class PostgresJobs(PostgresTokens):
@@ -86,6 +90,7 @@ class PostgresJobs(PostgresTokens):
             site=site,
             outputs=outputs,
             note=note,
+            usage=None if result_attempt is None else await self._usage(con, result_attempt, spec.cpus),
         )
 
     async def _read_job(self, con: Connection, job_id: int) -> JobView | None:
@@ -137,22 +142,29 @@ class PostgresJobs(PostgresTokens):
         return await self._tx(tx)
 
     async def attempts_of(self, job_id: int) -> list[AttemptView]:
-        return [
-            AttemptView(
-                id=r[0],
-                pilot_id=r[1],
-                site=r[2],
-                outcome=r[3],
-                exit_code=r[4],
-                reason=r[5],
-                claimed_at=r[6],
-                started_at=r[7],
-                finished_at=r[8],
-                stdout_tail=r[9],
-                stderr_tail=r[10],
-            )
-            for r in await self.pool.fetch(Q["attempts_of_job"], job_id)
-        ]
+        async def read(con: Connection) -> list[AttemptView]:
+            out = []
+            for row in await con.fetch(Q["attempts_of_job"], job_id):
+                files = await con.fetch(Q["outputs_of_attempt"], row[0])
+                out.append(attempt_view(tuple(row), [OutputFile(name=n, sha256=h, size=z) for n, h, z in files]))
+            return out
+
+        return await self._read(read)
+
+    async def _usage(self, con: Connection, attempt_id: int, cpus: int) -> Usage | None:
+        row = await con.fetchrow(Q["attempt_usage"], attempt_id)
+        if row is None:
+            return None
+        wall_s, max_rss_mb, cpu_s, prov = row
+        return Usage(
+            attempt_id=attempt_id,
+            cpus=cpus,
+            wall_s=wall_s,
+            max_rss_mb=max_rss_mb,
+            cpu_s=cpu_s,
+            cpu_efficiency=efficiency(cpu_s, wall_s, cpus),
+            provenance=provenance_decoder.decode(prov) if prov else None,
+        )
 
     async def job_output(self, job_id: int, name: str) -> OutputFile | None:
         row = await self.pool.fetchrow(Q["job_output"], job_id, name)

@@ -19,6 +19,7 @@ from glidein_client.wire.schema import (
     OutputFile,
     PilotRegister,
     PilotShape,
+    Provenance,
     Resources,
     Role,
     Scope,
@@ -262,3 +263,31 @@ async def test_reopen_keeps_everything(store: Store) -> None:
     await store.recover(NOW, 60)
     assert (await store.get_job(ids[0])) is not None
     assert await store.site_shapes() == {"a": SHAPE}
+
+
+async def test_usage_provenance_and_monitoring_counts(store: Store) -> None:
+    ids = await store.add_jobs("alice", [job(cpus=2, labels={"dataset": "d1"}), job()], NOW)
+    await store.report_site("a", SHAPE, NOW)
+    pid = await running_pilot(store)
+    claimed = (await store.sync(pid, SyncRequest(free=free(), lifetime_s=80_000), NOW, LEASE_S)).jobs
+    refs = [AttemptRef(attempt_id=c.attempt_id, lease=c.lease) for c in claimed]
+    await store.sync(pid, SyncRequest(started=refs, free=free(5), lifetime_s=80_000, claim=False), NOW, LEASE_S)
+    snap = await store.monitoring(NOW, "dataset", NOW - 60)
+    assert sorted(snap.jobs) == [("alice", "running", False, 1), ("alice", "running", True, 1)]
+    assert sorted(snap.running) == [("a", "", False, 1, 1), ("a", "d1", True, 1, 2)]
+    [pilots] = snap.pilots
+    assert (pilots.site, pilots.state, pilots.pilots, pilots.cores, pilots.cores_free) == ("a", "running", 1, 8, 5)
+    first = next(c for c in claimed if c.job_id == ids[0])
+    prov = Provenance(host="node1", cpu_user_s=3.0, cpu_system_s=1.0)
+    fin = Finish(attempt_id=first.attempt_id, lease=first.lease, outcome=Outcome.DONE, wall_s=4.0, provenance=prov)
+    await store.sync(pid, SyncRequest(finished=[fin], free=free(7), lifetime_s=80_000, claim=False), NOW, LEASE_S)
+    view = await store.get_job(ids[0])
+    assert view is not None and view.usage is not None
+    assert (view.usage.cpu_s, view.usage.cpu_efficiency, view.usage.provenance) == (4.0, 0.5, prov)
+    [attempt] = await store.attempts_of(ids[0])
+    assert attempt.provenance == prov and attempt.cpu_s == 4.0
+    await store.expire(NOW, 10_000)  # the reaper folds the PostgreSQL store's deltas; counts stay the same
+    snap = await store.monitoring(NOW, "dataset", NOW - 60)
+    assert sorted(snap.jobs) == [("alice", "done", True, 1), ("alice", "running", False, 1)]
+    assert snap.attempts == [("a", "done", 1)]
+    assert [(s.name, s.demand_pilots, s.multicore_idle) for s in snap.sites] == [("a", 0, 0)]

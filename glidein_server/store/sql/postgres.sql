@@ -70,8 +70,11 @@ CREATE TABLE attempts (
     wall_s DOUBLE PRECISION,
     max_rss_mb DOUBLE PRECISION,
     stdout_tail TEXT NOT NULL DEFAULT '',
-    stderr_tail TEXT NOT NULL DEFAULT ''
+    stderr_tail TEXT NOT NULL DEFAULT '',
+    cpu_s DOUBLE PRECISION,
+    provenance BYTEA                -- msgspec-encoded Provenance, as the pilot reported it
 );
+CREATE INDEX attempts_running ON attempts (site) WHERE state = 'running';
 CREATE INDEX attempts_job ON attempts (job_id);
 CREATE INDEX attempts_pilot_active ON attempts (pilot_id) WHERE state != 'ended';
 CREATE INDEX attempts_lease ON attempts (lease_expires) WHERE state != 'ended';
@@ -138,15 +141,20 @@ CREATE TABLE idle_shape_deltas (
     sites TEXT NOT NULL,
     n BIGINT NOT NULL
 );
-CREATE FUNCTION glidein_idle_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Job counts by owner, state and multicore, and attempt outcomes by site, for the metrics: kept the
+-- same way, as deltas, so a scrape never counts a million rows.
+CREATE TABLE job_count_deltas (owner TEXT NOT NULL, state TEXT NOT NULL, multicore BOOLEAN NOT NULL, n BIGINT NOT NULL);
+CREATE TABLE attempt_outcome_deltas (site TEXT NOT NULL, outcome TEXT NOT NULL, n BIGINT NOT NULL);
+CREATE FUNCTION glidein_jobs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO idle_shape_deltas
     SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites, count(*) FROM new_rows WHERE state = 'idle'
     GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites;
     IF FOUND THEN PERFORM pg_notify('glidein_work', ''); END IF;
+    INSERT INTO job_count_deltas SELECT owner, state, cpus > 1, count(*) FROM new_rows GROUP BY 1, 2, 3;
     RETURN NULL;
 END $$;
-CREATE FUNCTION glidein_idle_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION glidein_jobs_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE entered BIGINT;
 BEGIN
     INSERT INTO idle_shape_deltas
@@ -160,12 +168,29 @@ BEGIN
     SELECT count(*) INTO entered FROM new_rows n JOIN old_rows o ON o.id = n.id
     WHERE n.state = 'idle' AND o.state != 'idle';
     IF entered > 0 THEN PERFORM pg_notify('glidein_work', ''); END IF;
+    INSERT INTO job_count_deltas
+    SELECT owner, state, multicore, sum(d) FROM (
+        SELECT n.owner, n.state, n.cpus > 1 AS multicore, 1 AS d
+        FROM new_rows n JOIN old_rows o ON o.id = n.id WHERE n.state != o.state
+        UNION ALL
+        SELECT o.owner, o.state, o.cpus > 1, -1
+        FROM old_rows o JOIN new_rows n ON n.id = o.id WHERE n.state != o.state
+    ) x GROUP BY 1, 2, 3 HAVING sum(d) != 0;
     RETURN NULL;
 END $$;
-CREATE TRIGGER jobs_idle_inserted AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_rows
-FOR EACH STATEMENT EXECUTE FUNCTION glidein_idle_inserted();
-CREATE TRIGGER jobs_idle_updated AFTER UPDATE ON jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-FOR EACH STATEMENT EXECUTE FUNCTION glidein_idle_updated();
+CREATE FUNCTION glidein_attempts_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO attempt_outcome_deltas
+    SELECT n.site, n.outcome, count(*) FROM new_rows n JOIN old_rows o ON o.id = n.id
+    WHERE n.state = 'ended' AND o.state != 'ended' AND n.outcome IS NOT NULL GROUP BY 1, 2;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_inserted AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION glidein_jobs_inserted();
+CREATE TRIGGER jobs_updated AFTER UPDATE ON jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION glidein_jobs_updated();
+CREATE TRIGGER attempts_updated AFTER UPDATE ON attempts REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION glidein_attempts_updated();
 
 -- name: schema_version_table
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -270,8 +295,13 @@ WHERE id = $1;
 SELECT retries_used, max_retries, spec::text FROM jobs WHERE id = $1;
 
 -- name: attempts_of_job
-SELECT id, pilot_id, site, outcome, exit_code, reason, claimed_at, started_at, finished_at, stdout_tail, stderr_tail
-FROM attempts WHERE job_id = $1 ORDER BY id;
+SELECT a.id, a.pilot_id, a.site, a.outcome, a.exit_code, a.reason, a.claimed_at, a.started_at, a.finished_at,
+       a.stdout_tail, a.stderr_tail, j.cpus, a.wall_s, a.max_rss_mb, a.cpu_s, a.provenance
+FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.job_id = $1 ORDER BY a.id;
+
+-- name: attempt_usage
+SELECT wall_s, max_rss_mb, cpu_s, provenance FROM attempts WHERE id = $1;
 
 -- name: job_output
 SELECT o.name, o.sha256, o.size FROM outputs o JOIN jobs j ON j.result_attempt = o.attempt_id
@@ -312,11 +342,15 @@ ON CONFLICT (name) DO UPDATE SET shape = excluded.shape, last_seen = excluded.la
 SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites, sum(n)::bigint FROM idle_shape_deltas
 GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites HAVING sum(n) > 0;
 
--- name: idle_shapes_compact
+-- name: deltas_compact
 WITH gone AS (DELETE FROM idle_shape_deltas RETURNING *)
 INSERT INTO idle_shape_deltas
 SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites, sum(n) FROM gone
 GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites HAVING sum(n) != 0;
+WITH gone AS (DELETE FROM job_count_deltas RETURNING *)
+INSERT INTO job_count_deltas SELECT owner, state, multicore, sum(n) FROM gone GROUP BY 1, 2, 3 HAVING sum(n) != 0;
+WITH gone AS (DELETE FROM attempt_outcome_deltas RETURNING *)
+INSERT INTO attempt_outcome_deltas SELECT site, outcome, sum(n) FROM gone GROUP BY 1, 2 HAVING sum(n) != 0;
 
 -- name: live_pilots_free
 SELECT free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s FROM pilots
@@ -492,7 +526,7 @@ SELECT job_id FROM a;
 
 -- name: attempt_end
 UPDATE attempts SET state = 'ended', outcome = $1, exit_code = $2, reason = $3, finished_at = $4, wall_s = $5,
-    max_rss_mb = $6, stdout_tail = $7, stderr_tail = $8,
+    max_rss_mb = $6, stdout_tail = $7, stderr_tail = $8, cpu_s = $11, provenance = $12,
     started_at = coalesce(started_at, CASE WHEN $9::float8 > 0 THEN $4 - $9 END)
 WHERE id = $10
 RETURNING site;
@@ -530,3 +564,24 @@ UPDATE attempts SET lease_expires = greatest(lease_expires, $1) WHERE state != '
 
 -- name: recover_pilots
 UPDATE pilots SET last_seen = greatest(coalesce(last_seen, 0), $1) WHERE state = 'running';
+
+-- Monitoring.
+
+-- name: monitoring_jobs
+SELECT owner, state, multicore, sum(n)::bigint FROM job_count_deltas GROUP BY 1, 2, 3 HAVING sum(n) > 0;
+
+-- name: monitoring_running
+SELECT a.site, coalesce(j.spec -> 'labels' ->> $1, ''), j.cpus > 1, count(*), sum(j.cpus)::bigint
+FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.state = 'running' GROUP BY 1, 2, 3;
+
+-- name: monitoring_pilots
+SELECT site, state, count(*), sum(cpus)::bigint, sum(CASE WHEN state = 'running' THEN free_cpus ELSE 0 END)::bigint,
+       sum(CASE WHEN state = 'running' THEN coalesce(occupancy, 0) * cpus ELSE 0 END)
+FROM pilots WHERE state != 'ended' AND (state = 'pending' OR last_seen >= $1) GROUP BY 1, 2;
+
+-- name: monitoring_sites
+SELECT name, last_seen, health, start_failures, last_failure_at FROM sites ORDER BY name;
+
+-- name: monitoring_attempts
+SELECT site, outcome, sum(n)::bigint FROM attempt_outcome_deltas GROUP BY 1, 2 HAVING sum(n) > 0;
