@@ -169,14 +169,16 @@ def plan_starts(
 
 
 def failure_streak(streak: int, outcome: Outcome, wall_s: float, fast_failure_s: float) -> int:
-    """Jobs in a row that failed within ``fast_failure_s`` of starting, after one more ended.
+    """Jobs in a row that the node failed within ``fast_failure_s``, after one more ended.
 
-    A success resets the count; interruptions and kills for memory or walltime leave it as it is.
-    A pilot whose streak reaches its ``black_hole_failures`` stops taking work: the node, not the
-    jobs, is likely broken.
+    Only the pilot's own failures count (``INTERRUPTED``: its scratch failed, it could not start
+    the process, the job's directory vanished). A job's own failure (non-zero exit, a missing
+    command, kills for memory or walltime) says nothing about the node and leaves the count as it
+    is; a success resets it. A pilot whose streak reaches its ``black_hole_failures`` stops taking
+    work: the node, not the jobs, is likely broken.
     """
     if outcome is Outcome.DONE:
         return 0
-    if outcome is Outcome.FAILED and wall_s < fast_failure_s:
+    if outcome is Outcome.INTERRUPTED and wall_s < fast_failure_s:
         return streak + 1
     return streak

@@ -42,7 +42,7 @@ class WorkStats:
         self.fast_failures = failure_streak(before, outcome, wall_s, fast_s)
         if self.fast_failures > before and self.fast_failures >= failures:
             return (
-                f"black hole: the last {self.fast_failures} jobs all failed within "
-                f"{fast_s:.0f} s of starting; check this node"
+                f"black hole: the last {self.fast_failures} jobs could not run on this node (the pilot failed "
+                f"them within {fast_s:.0f} s, not the jobs themselves); check this node"
             )
         return None

@@ -41,7 +41,8 @@ Job keys:
 ``priority``
     A whole number; higher runs first (default 0).
 ``max_retries``
-    How often a job that failed by its own fault is run again (default 2).
+    How often a job that failed by its own fault is run again (default 0). A job killed for its
+    memory or walltime is retried with a bigger request regardless (twice, by default).
 ``count``
     Submit the job this many times; ``{index}`` in ``argv``, ``inputs``, ``outputs`` and
     ``env`` values becomes 0, 1, ..., count-1.

@@ -108,7 +108,7 @@ class JobSpec(_Strict, kw_only=True):
     labels: dict[str, str] = {}
     sites: list[Name] | None = None
     priority: int = 0
-    max_retries: Annotated[int, Meta(ge=0, le=100)] = 2
+    max_retries: Annotated[int, Meta(ge=0, le=100)] = 0  # reruns after the job's own failure (HTCondor: none)
 
 
 class JobSubmit(_Strict, kw_only=True):

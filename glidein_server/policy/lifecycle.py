@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from glidein_client.wire.schema import Finish, JobSpec, Outcome
 from glidein_server.policy.demand import start_backoff_s
-from glidein_server.policy.retry import RetryPolicy, next_spec
+from glidein_server.policy.retry import RetryPolicy, next_spec, retries_allowed
 
 #: How an attempt's outcome moves its site's health; outcomes not listed leave it alone.
 SITE_HEALTH: Mapping[Outcome, float] = {
@@ -68,18 +68,20 @@ def needs_budget(outcome: Outcome) -> bool:
     return outcome.counts_as_retry
 
 
-def plan_attempt_end(outcome: Outcome, reason: str | None, budget: RetryBudget | None, policy: RetryPolicy) -> JobPlan:
+def plan_attempt_end(
+    outcome: Outcome, reason: str | None, budget: RetryBudget | None, policy: RetryPolicy, *, peak_mb: float = 0.0
+) -> JobPlan:
     """The job step for an attempt that ended with ``outcome``; ``budget`` is None for a job that
-    no longer exists (or when ``needs_budget`` is False)."""
+    no longer exists (or when ``needs_budget`` is False); ``peak_mb`` the memory it was measured using."""
     if outcome is Outcome.DONE:
         return JobPlan(Step.DONE, None)
     if outcome is Outcome.CANCELLED:
         return JobPlan(Step.KEEP, reason)
     if not outcome.counts_as_retry:
         return JobPlan(Step.REQUEUE, reason)
-    if budget is None or budget.retries_used >= budget.max_retries:
+    if budget is None or budget.retries_used >= retries_allowed(outcome, budget.max_retries, policy):
         return JobPlan(Step.FAIL, reason)
-    grown = next_spec(budget.spec, outcome, policy)
+    grown = next_spec(budget.spec, outcome, policy, peak_mb=peak_mb)
     if grown is None:
         return JobPlan(Step.RETRY, reason)
     spec, note = grown

@@ -83,7 +83,14 @@ class SqliteAttempts(SqliteJobs):
             ),
         )
         budget = self._budget(db, job_id) if needs_budget(outcome) else None
-        self._apply(db, job_id, attempt_id, plan_attempt_end(outcome, reason, budget, self.retry), exit_code, now)
+        self._apply(
+            db,
+            job_id,
+            attempt_id,
+            plan_attempt_end(outcome, reason, budget, self.retry, peak_mb=fin.max_rss_mb if fin else 0.0),
+            exit_code,
+            now,
+        )
         value = site_health_value(outcome)
         if value is not None:
             if health is not None:

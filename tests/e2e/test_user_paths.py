@@ -40,3 +40,17 @@ async def test_a_job_no_pilot_has_time_for_is_not_demanded_and_says_why(live_ser
     async with live_server.api(site_token) as site:
         demand = await site.demand("local", hour)
     assert (demand.jobs, demand.pilots, demand.unfit_jobs) == (1, 1, 1)
+
+
+async def test_a_users_failing_jobs_run_once_and_leave_the_pilot_healthy(live_server: Any, glidein: Glidein) -> None:  # noqa: F811
+    r = await glidein("submit", "--walltime", "1m", "--", "false")
+    first = int(r.out.split(": ")[1])
+    for _ in range(5):
+        await glidein("submit", "--walltime", "1m", "--", "no-such-command-here")
+    pilot = await live_server.start_pilot(cpus=1, idle_timeout_s=2, extra=("--prefetch-s", "0"))
+    r = await glidein("wait", f"{first}-{first + 5}", "--timeout", "60s")
+    assert r.rc == 1 and "6 jobs: 6 failed" in r.out
+    r = await glidein("logs", str(first + 5))
+    assert "attempt 1 of 1" in r.out and "reason:    command 'no-such-command-here' was not found" in r.out
+    assert await pilot.wait() == 0  # left when idle, not as a black hole
+    assert "black hole" not in live_server.pilot_logs()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -200,13 +201,37 @@ async def test_memory_killed_job_is_retried_with_more_memory(live_server: LiveSe
     assert job.retries_used == len(outcomes) - 1
 
 
-async def test_black_hole_pilot_stops_taking_work_and_is_reported(live_server: LiveServer) -> None:
+async def test_jobs_failing_on_their_own_leave_the_pilot_in_service(live_server: LiveServer) -> None:
     async with await user_api(live_server) as api:
-        ids = await api.submit([JobSpec(argv=["false"], max_retries=0, walltime_s=60) for _ in range(8)])
-        pilot = await live_server.start_pilot(cpus=1, idle_timeout_s=30, extra=("--prefetch-s", "0"))
+        ids = await api.submit([JobSpec(argv=["false"], walltime_s=60) for _ in range(4)])
+        ids += await api.submit([JobSpec(argv=["no-such-command-here"], walltime_s=60) for _ in range(4)])
+        pilot = await live_server.start_pilot(cpus=1, idle_timeout_s=2, extra=("--prefetch-s", "0"))
+        assert await asyncio.wait_for(pilot.wait(), 60) == 0
+        jobs = (await api.list_jobs(ids=ids)).jobs
+    assert [j.state for j in jobs] == [JobState.FAILED] * 8
+    assert [j.attempts for j in jobs] == [1] * 8  # no retries of the job's own failure by default
+    assert jobs[4].reason == "command 'no-such-command-here' was not found"
+    async with live_server.api(live_server.operator_token) as op:
+        summary = await op.summary()
+    assert summary.problems == [] and "black hole" not in live_server.pilot_logs()
+
+
+async def test_black_hole_pilot_stops_taking_work_and_is_reported(live_server: LiveServer) -> None:
+    pilot = await live_server.start_pilot(cpus=1, idle_timeout_s=30, extra=("--prefetch-s", "0"))
+    scratch = live_server.tmp / "scratch"
+    for _ in range(300):
+        workdirs = list(scratch.glob("pilot-*"))
+        if workdirs:
+            break
+        await asyncio.sleep(0.1)
+    (workdir,) = workdirs
+    shutil.rmtree(workdir)
+    workdir.write_text("a broken scratch: no job directory can be made here\n")  # the node, not the jobs
+    async with await user_api(live_server) as api:
+        ids = await api.submit([JobSpec(argv=["true"], walltime_s=60) for _ in range(3)])
         assert await asyncio.wait_for(pilot.wait(), 30) == 0
-        states = [j.state for j in (await api.list_jobs(ids=ids)).jobs]
-    assert states.count(JobState.FAILED) == 5 and states.count(JobState.IDLE) == 3
+        jobs = (await api.list_jobs(ids=ids)).jobs
+    assert [j.state for j in jobs] == [JobState.IDLE] * 3  # requeued, not charged: not their fault
     async with live_server.api(live_server.operator_token) as op:
         problems = (await op.summary()).problems
-    assert len(problems) == 1 and "black hole" in problems[0]
+    assert len(problems) == 1 and "black hole: the last 5 jobs could not run on this node" in problems[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from glidein_client.wire.schema import Finish, JobSpec, Outcome, OutputFile
@@ -47,12 +48,33 @@ def test_failure_retries_until_spent() -> None:
 def test_memory_and_walltime_grow_up_to_the_cap() -> None:
     plan = plan_attempt_end(Outcome.MEMORY, "killed", RetryBudget(0, 5, SPEC), POLICY)
     assert plan.step is Step.RETRY and plan.grown is not None
-    assert plan.grown.memory_mb == 2000 and plan.reason == "killed; retrying with 2000 MB of memory"
+    assert plan.grown.memory_mb == 2000
+    assert plan.reason == "killed; retrying with 2000 MB of memory (asked for 1000 MB)"
     plan = plan_attempt_end(Outcome.WALLTIME, "slow", RetryBudget(0, 5, SPEC), POLICY)
     assert plan.grown is not None and plan.grown.walltime_s == 1000
     at_cap = RetryBudget(0, 5, plan.grown)
     plan = plan_attempt_end(Outcome.WALLTIME, "slow", at_cap, POLICY)
     assert (plan.step, plan.grown) == (Step.RETRY, None)
+
+
+def test_a_memory_retry_asks_for_the_measured_peak_and_a_margin() -> None:
+    small = msgspec.structs.replace(SPEC, memory_mb=100)
+    plan = plan_attempt_end(
+        Outcome.MEMORY, "used 611 MB, more than its 100 MB", RetryBudget(0, 0, small), POLICY, peak_mb=611
+    )
+    assert plan.step is Step.RETRY and plan.grown is not None
+    assert plan.grown.memory_mb == 764  # 611 MB + 25 %, not 150 MB
+    assert plan.reason == (
+        "used 611 MB, more than its 100 MB; retrying with 764 MB of memory (asked for 100 MB, used 611 MB)"
+    )
+
+
+def test_the_jobs_own_failures_are_not_retried_by_default_but_resizing_is() -> None:
+    default = RetryBudget(0, JobSpec(argv=["x"]).max_retries, SPEC)
+    assert plan_attempt_end(Outcome.FAILED, "exit 1", default, POLICY).step is Step.FAIL
+    assert plan_attempt_end(Outcome.MEMORY, "killed", default, POLICY).step is Step.RETRY
+    spent = RetryBudget(POLICY.resize_retries, 0, SPEC)
+    assert plan_attempt_end(Outcome.MEMORY, "killed", spent, POLICY).step is Step.FAIL
 
 
 def test_outputs_reported_but_not_uploaded_fail_the_attempt() -> None:

@@ -65,11 +65,13 @@ def test_the_pilot_starts_what_fits_and_gives_back_what_cannot_finish() -> None:
     assert plan_starts(waiting, 0, 1, 1000, 0, 3600) == ([], [])
 
 
-def test_failure_streak_counts_fast_failures_in_a_row() -> None:
-    s = failure_streak(0, Outcome.FAILED, 2.0, 10.0)
-    s = failure_streak(s, Outcome.INTERRUPTED, 1.0, 10.0)
-    assert failure_streak(s, Outcome.FAILED, 3.0, 10.0) == 2
-    assert failure_streak(s, Outcome.FAILED, 30.0, 10.0) == 1
+def test_failure_streak_counts_only_the_nodes_fast_failures_in_a_row() -> None:
+    s = failure_streak(0, Outcome.INTERRUPTED, 2.0, 10.0)
+    s = failure_streak(s, Outcome.FAILED, 1.0, 10.0)  # the job's own: says nothing about the node
+    s = failure_streak(s, Outcome.MEMORY, 1.0, 10.0)
+    assert s == 1
+    assert failure_streak(s, Outcome.INTERRUPTED, 3.0, 10.0) == 2
+    assert failure_streak(s, Outcome.INTERRUPTED, 30.0, 10.0) == 1
     assert failure_streak(s, Outcome.DONE, 3.0, 10.0) == 0
 
 

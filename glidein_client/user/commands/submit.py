@@ -46,7 +46,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--env", action="append", type=arg_type(key_value), metavar="K=V", help="environment variable")
     p.add_argument("--site", dest="sites", action="append", metavar="NAME", help="allowed site (repeatable)")
     p.add_argument("--priority", type=int, help="higher runs first (default 0)")
-    p.add_argument("--max-retries", type=int, help="reruns after the job's own failure (default 2)")
+    p.add_argument(
+        "--max-retries",
+        type=int,
+        help="reruns after the job's own failure (default 0, as in HTCondor; a job killed for its memory or "
+        "walltime is retried bigger regardless)",
+    )
     p.set_defaults(handler=cmd_submit)
 
 
