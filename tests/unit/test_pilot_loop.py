@@ -201,14 +201,24 @@ async def test_end_time_drains_and_refuses_jobs_that_cannot_finish(tmp_path: Pat
 
 
 async def test_black_hole_stops_taking_work(tmp_path: Path) -> None:
-    channel = ScriptedChannel([SyncResponse(jobs=[claim(i, ["false"]) for i in range(1, 8)])])
+    channel = ScriptedChannel([SyncResponse(jobs=[claim(i, ["true"]) for i in range(1, 8)])])
     pilot = make_pilot(tmp_path, channel, idle_s=60.0)
+    workdir = tmp_path / "pilot-7"
+    workdir.mkdir()
+    for i in range(1, 8):  # a broken node: no job directory can be made there
+        (workdir / f"job-{100 + i}-{i}").write_text("in the way\n")
     assert await run(pilot) == 0
-    assert channel.exits[0].reason.startswith("black hole: the last 5 jobs all failed")
+    assert channel.exits[0].reason.startswith("black hole: the last 5 jobs could not run on this node")
     outcomes = [f.outcome for f in channel.finishes().values()]
-    # The fifth failure stops it; the job beside it may have failed too. The rest never started.
-    assert outcomes.count(Outcome.FAILED) in (5, 6)
-    assert outcomes.count(Outcome.FAILED) + outcomes.count(Outcome.INTERRUPTED) == 7
+    assert outcomes == [Outcome.INTERRUPTED] * 7  # requeued by the server: not the jobs' fault
+
+
+async def test_the_jobs_own_failures_do_not_make_a_black_hole(tmp_path: Path) -> None:
+    channel = ScriptedChannel([SyncResponse(jobs=[claim(i, ["false"]) for i in range(1, 8)])])
+    pilot = make_pilot(tmp_path, channel)
+    assert await run(pilot) == 0
+    assert not channel.exits[0].reason.startswith("black hole")
+    assert [f.outcome for f in channel.finishes().values()] == [Outcome.FAILED] * 7
 
 
 @pytest.mark.parametrize("phase", [Phase.DRAINING, Phase.GONE])
