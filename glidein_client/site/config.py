@@ -72,6 +72,7 @@ class BatchSection(_Section, kw_only=True, frozen=True):
     extra_directives: list[str] = []
     env_setup: list[str] = []
     python: str | None = None
+    shared_filesystem: bool = True  # the worker nodes see site.scratch_dir (HTCondor: else files travel with the job)
 
 
 #: ``[user@]host[:port]``; an IPv6 address goes in brackets: ``user@[2001:db8::1]:2222``.

@@ -525,7 +525,102 @@ def _submit_description(text: str) -> dict[str, str]:
     return commands
 
 
-def condor_submit(state: dict[str, Any], args: list[str]) -> str:
+#: Submit commands condor_submit knows (a subset of HTCondor 24's submit keywords: those glidein
+#: writes and the common ones a site adds). Any other ``key = value`` line draws the warning
+#: below and is otherwise ignored (submit_utils.cpp, warn_unused: "the line '%s = %s' was unused
+#: by %s. Is it a typo?"); ``+Attr`` and ``MY.Attr`` lines set job attributes.
+SUBMIT_KEYWORDS = frozenset(
+    """universe executable arguments initialdir output error log batch_name request_cpus request_memory
+    request_disk request_gpus should_transfer_files when_to_transfer_output transfer_input_files
+    transfer_output_files transfer_executable allowed_execute_duration allowed_job_duration periodic_remove
+    periodic_hold periodic_release requirements rank accounting_group accounting_group_user environment
+    getenv notification priority max_retries on_exit_hold on_exit_remove job_max_vacate_time""".split()
+)
+_SHOULD = {"YES", "NO", "IF_NEEDED"}
+_WHEN = {"ON_EXIT", "ON_EXIT_OR_EVICT", "ON_SUCCESS", "NEVER"}
+
+
+def print_wrapped_text(text: str, chars_per_line: int = 78) -> str:
+    """HTCondor's print_wrapped_text() (src/condor_utils/print_wrapped_text.cpp), for stderr."""
+    out, count = "", 0
+    for token in re.split(r"[ \t]+", text):
+        if not token:
+            continue
+        if len(token) < chars_per_line - count:
+            out += token
+            count += len(token)
+        else:
+            out += "\n" + token
+            count = len(token)
+        if count < chars_per_line:
+            out += " "
+            count += 1
+        else:
+            out += "\n"
+            count = 0
+    return out + "\n"
+
+
+def check_transfer_settings(commands: dict[str, str]) -> None:
+    """condor_submit's file-transfer validation (HTCondor 9.0 to 24.x, submit_utils.cpp
+    SubmitHash::SetTransferFiles, the checks marked (A) to (F) there), with its messages."""
+    should, when = commands.get("should_transfer_files"), commands.get("when_to_transfer_output")
+    default_should, default_when = should is None, when is None
+    should = (should or "IF_NEEDED").upper()
+    when = (when or "ON_EXIT").upper()
+    if should not in _SHOULD:  # (A)
+        raise Exit(
+            1,
+            stderr=print_wrapped_text(
+                f"\nERROR: invalid value ({commands['should_transfer_files']}) for ShouldTransferFiles.  Please either "
+                "specify YES, NO, or IF_NEEDED and try again."
+            ),
+        )
+    files = [k for k in ("transfer_input_files", "transfer_output_files") if k in commands]
+    if should == "NO" and files:  # (F)
+        what = '" and "'.join(files)
+        raise Exit(
+            1,
+            stderr=print_wrapped_text(
+                f'\nERROR: you specified files you want Condor to transfer via "{what}", but you disabled '
+                "should_transfer_files."
+            ),
+        )
+    if when not in _WHEN:  # (B)
+        raise Exit(
+            1,
+            stderr=print_wrapped_text(
+                f"\nERROR: invalid value ({commands['when_to_transfer_output']}) for WhenToTransferOutput.  Please "
+                "either specify ON_EXIT, or ON_EXIT_OR_EVICT and try again."
+            ),
+        )
+    if not default_should and default_when and should == "NO":
+        when = "NEVER"
+    if (should == "NO") != (when == "NEVER"):  # (C), (D)
+        raise Exit(
+            1,
+            stderr=print_wrapped_text(
+                f"\nERROR: WhenToTransferOutput specified as {when} yet ShouldTransferFiles defined as {should}.  "
+                "Please remove this contradiction from your submit file and try again."
+            ),
+        )
+    if default_should and when == "ON_EXIT_OR_EVICT":
+        should = "YES"
+    if when == "ON_EXIT_OR_EVICT" and should == "IF_NEEDED":  # (E)
+        raise Exit(
+            1,
+            stderr=print_wrapped_text(
+                '\nERROR: "when_to_transfer_output = ON_EXIT_OR_EVICT" and "should_transfer_files = IF_NEEDED" are '
+                "incompatible.  The behavior of these two settings together would produce incorrect file access in "
+                "some cases.  Please decide which one of those two settings you're more interested in. If you really "
+                'want "IF_NEEDED", set "when_to_transfer_output = ON_EXIT".  If you really want "ON_EXIT_OR_EVICT", '
+                'please set "should_transfer_files = YES".  After you have corrected this incompatibility, please try '
+                "running condor_submit again.\n"
+            ),
+        )
+
+
+def condor_submit(state: dict[str, Any], args: list[str]) -> tuple[str, str, int]:
     if len(args) != 1:
         raise Exit(1, stderr="Usage: condor_submit [options] [submit-file]\n")
     with open(args[0]) as fh:
@@ -539,7 +634,25 @@ def condor_submit(state: dict[str, Any], args: list[str]) -> str:
             stderr=f"\nERROR: Parse error in expression: \n\t{requirements}\n\t^^^\n"
             "ERROR: Failed to parse Requirements expression\n",
         )
+    check_transfer_settings(commands)
+    initialdir = commands.get("initialdir", os.getcwd())
+    for name in filter(None, (f.strip() for f in commands.get("transfer_input_files", "").split(","))):
+        path = os.path.join(initialdir, name)
+        if not os.path.exists(path):  # submit_utils.cpp check_open: input files must exist
+            raise Exit(1, stderr=f'\nERROR: Can\'t open "{path}"  with flags 00 (No such file or directory)\n')
+    warnings = "".join(
+        f"\nWARNING: the line '{key} = {value}' was unused by condor_submit. Is it a typo?\n"
+        for key, value in commands.items()
+        if key not in SUBMIT_KEYWORDS and not key.startswith(("+", "my."))
+    )
     condor = state["condor"]
+    rule = condor.get("submit_requirement")  # (name, reason or None): SUBMIT_REQUIREMENT_<name> refuses
+    if rule is not None:
+        name, reason = rule
+        # submit.cpp: the schedd's refusal comes after this line; schedd.cpp: the admin's
+        # SUBMIT_REQUIREMENT_<name>_REASON replaces "Submit requirement <name> not met."
+        text = reason if reason else f"Submit requirement {name} not met."
+        return "Submitting job(s)", f"\nERROR: Failed to commit job submission into the queue.\nERROR: {text}\n\n", 1
     cluster = condor["next_cluster"]
     condor["next_cluster"] += 1
     now = int(time.time())
@@ -554,7 +667,7 @@ def condor_submit(state: dict[str, Any], args: list[str]) -> str:
         "EnteredCurrentStatus": now,
         "commands": commands,
     }
-    return f"Submitting job(s).\n1 job(s) submitted to cluster {cluster}.\n"
+    return f"Submitting job(s).\n1 job(s) submitted to cluster {cluster}.\n", warnings, 0
 
 
 def _expect_query(args: list[str], extra: int = 0) -> tuple[list[str], str]:
@@ -605,6 +718,10 @@ def condor_release(state: dict[str, Any], args: list[str]) -> tuple[str, str, in
             rc = 1
         elif ad["JobStatus"] != 5:
             err.append(f"Job {job_id} not held to be released")
+            rc = 1
+        elif job_id in state["condor"].get("release_spent", []):
+            # dc_schedd.cpp (HTCondor 23+): a job released SYSTEM_PERIODIC_RELEASES times stays held.
+            err.append(f"Job {job_id} cannot be released again, has reached SYSTEM_PERIODIC_RELEASES limit")
             rc = 1
         else:
             ad.update(

@@ -7,4 +7,6 @@
 
 
 cd /scratch/glidein/pilots/7 || exit 97
-exec glidein-pilot run --token-file /scratch/glidein/pilots/7/token --label 'a b'
+# The pilot ends itself before its walltime; should it not, timeout ends it at the walltime
+# (exit code 124, read as a timeout) whether or not HTCondor enforces allowed_execute_duration.
+exec timeout --signal=TERM --kill-after=60 7200 glidein-pilot run --token-file /scratch/glidein/pilots/7/token --label 'a b'

@@ -26,8 +26,8 @@ from glidein_client.site.runners.local import LocalRunner
 from glidein_client.site.schedulers.base import PilotJob, PilotLaunch, PilotState
 from glidein_client.site.schedulers.htcondor import ATTRIBUTES, CONSTRAINT, HTCondorScheduler
 from glidein_client.site.schedulers.pbs import PbsScheduler
-from glidein_client.wire.errors import SchedulerError
-from tests.fakes import FakeBatch, sample
+from glidein_client.wire.errors import ConfigError, SchedulerError
+from tests.fakes import FakeBatch, fakebatch, sample
 
 CONFIG = "site_configs/hpc1.toml"
 
@@ -282,7 +282,7 @@ async def test_htcondor_pilot_lifecycle(tmp_path: Path) -> None:
         1: PilotState.RUNNING,
         2: PilotState.TIMEOUT,
         3: PilotState.HELD,
-        4: PilotState.HELD,
+        4: PilotState.SUSPENDED,  # JobStatus 7: started, then suspended; not waiting capacity
         5: PilotState.QUEUED,
     }
     assert jobs[3].reason == "held (HoldReasonCode 12, HoldReasonSubCode 2): Transfer output files failure"
@@ -538,3 +538,155 @@ async def test_qdel_of_an_exiting_job_is_not_an_error(tmp_path: Path) -> None:
         "qdel", rc=170, stderr="qdel: Request invalid for state of job MSG=invalid state for job - EXITING 7.t\n"
     )
     await sched.cancel(["7.t"])
+
+
+# --- HTCondor as it really behaves ------------------------------------------------------------------
+
+
+def test_condor_submit_refuses_if_needed_with_on_exit_or_evict(tmp_path: Path) -> None:
+    # The pair the HTCondor backend once wrote: refused by every condor_submit from 9.0 to 24.x.
+    fake = FakeBatch(tmp_path / "batch")
+    sub = tmp_path / "old.sub"
+    sub.write_text(
+        "executable = /bin/true\nshould_transfer_files = IF_NEEDED\nwhen_to_transfer_output = ON_EXIT_OR_EVICT\n"
+        "queue 1\n"
+    )
+    env = {**os.environ, **fake.env}
+    done = subprocess.run(["condor_submit", str(sub)], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert " ".join(done.stderr.split()).startswith(
+        'ERROR: "when_to_transfer_output = ON_EXIT_OR_EVICT" and "should_transfer_files = IF_NEEDED" are incompatible.'
+    )
+    assert all(len(line) <= 78 for line in done.stderr.splitlines())  # print_wrapped_text
+    assert fake.state()["condor"]["queue"] == {}
+
+
+async def test_htcondor_pilot_is_accepted_by_condor_submit(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fake = FakeBatch(tmp_path / "batch")
+    site = site_config(tmp_path, "htcondor", {"extra_directives": ['+ProjectName = "phy"', "nice_user_x = true"]})
+    sched = HTCondorScheduler(site, LocalRunner(), env=fake.env)
+    with caplog.at_level(logging.WARNING):
+        batch_id = await sched.submit(launch(site, 1))
+    commands = fake.condor_ad(batch_id)["commands"]
+    assert commands["should_transfer_files"] == "NO" and "when_to_transfer_output" not in commands
+    # condor_submit's warning about an unknown key reaches the log (it submits all the same).
+    assert any("'nice_user_x = true' was unused by condor_submit" in r.getMessage() for r in caplog.records)
+
+
+async def test_htcondor_without_a_shared_filesystem_sends_the_pilots_files(tmp_path: Path) -> None:
+    fake = FakeBatch(tmp_path / "batch")
+    site = site_config(tmp_path, "htcondor", {"shared_filesystem": False})
+    sched = HTCondorScheduler(site, LocalRunner(), env=fake.env)
+    first = launch(site, 1)
+    workdir = Path(first.workdir)
+    probe = 'test "$(cat "$2")" = secret-token && pwd'
+    first = PilotLaunch(
+        pilot_id=1,
+        site=site,
+        workdir=first.workdir,
+        token_file=first.token_file,
+        pilot_argv=("/bin/sh", "-c", probe, "pilot", "--token-file", first.token_file, "--scratch", "/nowhere"),
+    )
+    with pytest.raises(SchedulerError, match="Can't open"):
+        await sched.submit(first)  # condor_submit checks that the input files exist: no token yet
+    _write(Path(first.token_file), "secret-token")
+    batch_id = await sched.submit(first)
+    commands = fake.condor_ad(batch_id)["commands"]
+    assert (commands["should_transfer_files"], commands["when_to_transfer_output"]) == ("YES", "ON_EXIT")
+    assert commands["transfer_input_files"] == first.token_file
+
+    node = tmp_path / "execute" / "dir_4242"
+    done = _run_on_execute_node(workdir, node, tmp_path / "not-visible")
+    assert (done.returncode, done.stdout.strip()) == (0, str(node)), done.stderr
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _run_on_execute_node(workdir: Path, node: Path, hidden: Path) -> subprocess.CompletedProcess[str]:
+    """Run the pilot's wrapper as HTCondor would on an execute node without the shared filesystem:
+    in its own scratch directory, with the transferred files, and the submit side's directory gone."""
+    node.mkdir(parents=True)
+    for name in ("pilot.sh", "token"):
+        (node / name).write_bytes((workdir / name).read_bytes())
+    (node / "pilot.sh").chmod(0o700)
+    workdir.rename(hidden)
+    env = {**os.environ, "_CONDOR_SCRATCH_DIR": str(node)}
+    return subprocess.run([str(node / "pilot.sh")], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_htcondor_without_a_shared_filesystem_needs_direct_network(tmp_path: Path) -> None:
+    raw = {
+        "site": {
+            "name": "hpc1",
+            "server_url": "https://glidein.example.org",
+            "token_file": str(tmp_path / "t"),
+            "scratch_dir": str(tmp_path / "scratch"),
+            "scheduler": "htcondor",
+            "network": "none",
+        },
+        "batch": {"shared_filesystem": False},
+        "mailbox": {"dir": str(tmp_path / "mailbox")},
+        "staging": {"dir": str(tmp_path / "staging")},
+    }
+    with pytest.raises(ConfigError) as err:
+        HTCondorScheduler(parse_site_config(raw, CONFIG), LocalRunner())
+    assert err.value.fields["field"] == "batch.shared_filesystem"
+
+
+def test_htcondor_wrapper_ends_the_pilot_at_its_walltime(tmp_path: Path) -> None:
+    # allowed_execute_duration is ignored by 9.0 and may not apply from 9.7 to 24.0.18
+    # (HTCONDOR-3633): the wrapper enforces the walltime itself; exit code 124 reads as TIMEOUT.
+    site = site_config(tmp_path, "htcondor")
+    sched = HTCondorScheduler(site, LocalRunner())
+    base = launch(site, 1)
+    Path(base.workdir).mkdir(parents=True)
+
+    def run(argv: tuple[str, ...]) -> int:
+        wrapper = sched.render_wrapper(PilotLaunch(1, site, base.workdir, base.token_file, argv))
+        assert "exec timeout --signal=TERM --kill-after=60 3600 " in wrapper
+        script = tmp_path / "pilot.sh"
+        script.write_text(wrapper.replace("--kill-after=60 3600 ", "--kill-after=1 1 "))  # an hour is long for a test
+        return subprocess.run(["/bin/bash", str(script)], capture_output=True, timeout=30).returncode
+
+    started = time.monotonic()
+    assert run(("sleep", "30")) == 124
+    assert run(("/bin/sh", "-c", "trap '' TERM; sleep 30")) in (124, 137, -9)  # TERM ignored: KILL 1 s later
+    assert time.monotonic() - started < 15
+    ad = {"ClusterId": 5, "ProcId": 0, "JobStatus": 4, "ExitCode": 124, "GlideinTag": "glidein-hpc1-1"}
+    ((job, _),) = sched._jobs([ad])
+    assert (job.state, job.reason) == (PilotState.TIMEOUT, "ended at its walltime by its wrapper (exit code 124)")
+
+
+@pytest.mark.parametrize(
+    ("rule", "words"),
+    [
+        (("MaxCpus", None), "the pool's submit requirement MaxCpus is not met"),
+        (("MaxCpus", "Pilots may ask for at most 2 CPUs here."), "Pilots may ask for at most 2 CPUs here."),
+    ],
+)
+async def test_htcondor_submit_requirement_is_named(tmp_path: Path, rule: tuple[str, str | None], words: str) -> None:
+    fake = FakeBatch(tmp_path / "batch")
+    with fakebatch.locked_state(str(fake.dir)) as state:
+        state["condor"]["submit_requirement"] = list(rule)
+    site = site_config(tmp_path, "htcondor")
+    with pytest.raises(SchedulerError) as err:
+        await HTCondorScheduler(site, LocalRunner(), env=fake.env).submit(launch(site, 1))
+    assert words in err.value.message and "pool's admin" in err.value.message
+    assert "Failed to commit" not in (err.value.hint or "")
+    assert err.value.fields["field"] == "pilot.cpus"
+
+
+async def test_condor_release_limit_removes_the_pilot(tmp_path: Path) -> None:
+    fake = FakeBatch(tmp_path / "batch")
+    site = site_config(tmp_path, "htcondor")
+    sched = HTCondorScheduler(site, LocalRunner(), env=fake.env)
+    batch_id = await sched.submit(launch(site, 1))
+    fake.condor_hold(batch_id, 12, "Transfer output files failure")
+    with fakebatch.locked_state(str(fake.dir)) as state:
+        state["condor"]["release_spent"] = [batch_id]
+    await sched.release([batch_id])
+    assert fake.calls("condor_rm") == [["condor_rm", batch_id]]
+    assert await sched.status() == []

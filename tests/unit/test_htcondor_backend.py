@@ -267,3 +267,25 @@ def test_unreachable_schedd_is_not_blamed_on_the_config() -> None:
     err = refusal("\nERROR: Can't find address of local schedd\n")
     assert err.message.startswith("condor_submit could not reach the schedd")
     assert "field" not in err.fields
+
+
+def test_pilot_under_htcondor_takes_its_end_from_the_site_walltime() -> None:
+    """HTCondor tells a job no end time; the pilot ends itself at the walltime it is given."""
+    from glidein_client.pilot.resources import Facts, resolve
+    from glidein_client.site.client import pilot_command
+
+    site = site_config()
+    argv = pilot_command(site, "/scratch/glidein/pilots-meta/glidein-hpc1-7")
+    fallback = int(argv[argv.index("--fallback-walltime-s") + 1])
+    assert fallback == site.shape.walltime_s
+    facts = Facts(
+        env={"_CONDOR_JOB_AD": "/var/lib/condor/execute/dir_1/.job.ad"},
+        affinity=(0, 1),
+        physical_mb=4096,
+        disk_free_mb=1000,
+        now=1_000_000.0,
+        job_ad="ClusterId = 5\nProcId = 0\n",
+    )
+    detected = resolve(facts, fallback_walltime_s=fallback)
+    assert detected.batch_system == "htcondor"
+    assert detected.end_time == 1_000_000.0 + site.shape.walltime_s

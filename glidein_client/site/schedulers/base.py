@@ -375,10 +375,14 @@ class BatchScheduler:
         if batch_ids:
             log.info("cancelled %d %s job(s): %s", len(batch_ids), self.label, " ".join(batch_ids))
 
-    async def act(self, tool: str, verb: str, batch_ids: list[str]) -> None:
-        """Run ``tool`` on ``batch_ids`` in chunks; answers meaning "gone already" are not errors."""
+    async def act(self, tool: str, verb: str, batch_ids: list[str]) -> str:
+        """Run ``tool`` on ``batch_ids`` in chunks; answers meaning "gone already" are not errors.
+
+        Returns everything the tool printed (stdout and stderr of every chunk).
+        """
+        answer = ""
         if not batch_ids:
-            return
+            return answer
         bad = [b for b in batch_ids if not self.job_id.match(b)]
         if bad:
             raise SchedulerError(
@@ -387,6 +391,7 @@ class BatchScheduler:
             )
         for start in range(0, len(batch_ids), self.cancel_chunk):
             result = await self._run([tool, *batch_ids[start : start + self.cancel_chunk]])
+            answer += f"{result.stdout}\n{result.stderr}\n"
             lines = [ln.strip() for ln in f"{result.stderr}\n{result.stdout}".splitlines() if ln.strip()]
             serious = [ln for ln in lines if not self.gone.search(ln) and not self.cancel_done(ln)]
             if result.returncode != 0 and (serious or not (lines or self.silent_failure_is_gone)):
@@ -402,6 +407,7 @@ class BatchScheduler:
                 log.warning("%s: %s", tool, "; ".join(serious))
             elif lines and result.returncode != 0:
                 log.debug("%s: nothing to do for some jobs: %s", tool, "; ".join(lines))
+        return answer
 
     def word(self, value: str, what: str, *, config: bool = False) -> str:
         """``value`` quoted for a directive line; a line break is a config error or a scratch-dir error."""

@@ -54,6 +54,7 @@ from glidein_client.site.schedulers.base import (
     render_template,
 )
 from glidein_client.wire.errors import ConfigError, SchedulerError
+from glidein_client.wire.staging import Network
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,13 @@ WALLTIME_GRACE_S = 1800
 SPOOLING_HOLD_CODE = 16
 #: Marker in the RemoveReason of a pilot removed after a walltime hold.
 WALLTIME_REMOVE_MARKER = "GlideinWalltimeHeld"
+#: Exit code of coreutils ``timeout`` when it ended the pilot at its walltime (the wrapper).
+TIMEOUT_EXIT_CODE = 124
+#: Seconds between the wrapper's TERM at the walltime and its KILL.
+KILL_AFTER_S = 60
+#: Pilot options naming files in the pilot's directory; without a shared filesystem they are
+#: transferred with the job and named by their base name in its scratch directory.
+TRANSFERRED_OPTIONS = ("--token-file", "--ca-file")
 
 #: The job attributes ``status`` and ``history`` ask for.
 ATTRIBUTES = (
@@ -111,6 +119,8 @@ _NOTHING_TO_DO = re.compile(
     re.I,
 )
 _JOB_LINE = re.compile(r"^Job \d+\.\d+ ")
+#: condor_release of a pilot the pool will not release again (dc_schedd.cpp, HTCondor 23+).
+_RELEASE_LIMIT = re.compile(r"Job (\d+\.\d+) cannot be released again, has reached SYSTEM_PERIODIC_RELEASES limit")
 _TRANSIENT = re.compile(
     r"Failed to connect|Can't find address|Failed to fetch ads|SECMAN|timed out|Connection refused", re.I
 )
@@ -164,6 +174,8 @@ def ad_state(ad: Mapping[str, Any]) -> tuple[str, PilotState | None, str]:
         code = _int(ad.get("ExitCode"))
         if code == 0:
             return native, PilotState.DONE, ""
+        if code == TIMEOUT_EXIT_CODE:
+            return native, PilotState.TIMEOUT, "ended at its walltime by its wrapper (exit code 124)"
         return native, PilotState.FAILED, f"exit code {code}" if code is not None else "killed by a signal"
     if number == 3:
         removed = str(ad.get("RemoveReason", ""))
@@ -185,11 +197,29 @@ def hold_info(ad: Mapping[str, Any]) -> HoldInfo:
 
 
 REFUSALS = (
+    # The schedd's SUBMIT_REQUIREMENT_<name>: "Submit requirement <name> not met." unless the
+    # admin set SUBMIT_REQUIREMENT_<name>_REASON, whose text then stands alone after
+    # condor_submit's "ERROR: Failed to commit job submission into the queue." (schedd.cpp,
+    # submit.cpp, HTCondor 9.0 to 24.x).
     Refusal(
-        re.compile(r"Submit requirement", re.I),
-        "the pool's submit requirements refuse it",
+        re.compile(r"Submit requirement (?P<requirement>\S+) not met", re.I),
+        "the pool's submit requirement {requirement} is not met",
         "pilot.cpus",
-        also=", `pilot.memory`, `pilot.gpus`, `pilot.disk` and `batch.extra_directives`",
+        also=", `pilot.memory`, `pilot.gpus`, `pilot.disk`, `pilot.walltime` and `batch.extra_directives`, "
+        "or ask the pool's admin what the requirement asks for",
+    ),
+    Refusal(
+        re.compile(r"Failed to commit job submission into the queue\.\s*\n\s*ERROR: (?P<reason>[^\n]+)", re.I),
+        "the schedd refused it: {reason}",
+        "pilot.cpus",
+        also=", `pilot.memory`, `pilot.gpus`, `pilot.disk`, `pilot.walltime` and `batch.extra_directives`, "
+        "or ask the pool's admin about this rule",
+    ),
+    Refusal(
+        re.compile(r"should_transfer_files|when_to_transfer_output|transfer_input_files", re.I),
+        "its file-transfer settings are not valid",
+        "batch.extra_directives",
+        also=" (and `batch.shared_filesystem`)",
     ),
     Refusal(re.compile(r"requirements", re.I), "the requirements {constraint!r} are not valid", "batch.constraint"),
     Refusal(re.compile(r"accounting.?group", re.I), "the accounting group {account!r} is not valid", "batch.account"),
@@ -207,10 +237,15 @@ REFUSALS = (
 )
 
 
+#: condor_submit's first ERROR line when the schedd refused: the reason is on the next one.
+_COMMIT_FAILED = "Failed to commit job submission into the queue"
+
+
 def _detail(result: CommandResult) -> str:
     lines = [ln.strip() for ln in f"{result.stderr}\n{result.stdout}".splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.upper().startswith("ERROR") or "error" in ln.lower()] or lines
-    return errors[0] if errors else f"exit code {result.returncode}"
+    telling = [ln for ln in errors if _COMMIT_FAILED not in ln] or errors
+    return telling[0] if telling else f"exit code {result.returncode}"
 
 
 class HTCondorScheduler(BatchScheduler):
@@ -261,19 +296,62 @@ class HTCondorScheduler(BatchScheduler):
             "gpus": str(shape.gpus),
             "walltime_s": str(shape.walltime_s),
             "walltime_grace_s": str(WALLTIME_GRACE_S),
+            "transfer_lines": "\n".join(self._transfer_lines(launch)),
             "directive_lines": "\n".join(self._directives(site)),
         }
         return render_template("htcondor.sub", values, quote=False)
 
+    def _transfer_lines(self, launch: PilotLaunch) -> list[str]:
+        """File transfer: none on a shared filesystem; else the wrapper, token and CA travel with the job.
+
+        condor_submit refuses ``should_transfer_files = IF_NEEDED`` together with
+        ``when_to_transfer_output = ON_EXIT_OR_EVICT`` (submit_utils.cpp SetTransferFiles,
+        HTCondor 9.0 to 24.x), so neither is used.
+        """
+        if self.site.batch.shared_filesystem:
+            return [
+                "# The execute nodes share this filesystem (batch.shared_filesystem): nothing is transferred.",
+                "should_transfer_files    = NO",
+            ]
+        files = [self._value(value, "the pilot's work directory") for value in self._transferred(launch).values()]
+        return [
+            "# The execute nodes do not share this filesystem (batch.shared_filesystem = false): the",
+            "# wrapper (the executable), the pilot's token and CA travel with the job.",
+            "should_transfer_files    = YES",
+            "when_to_transfer_output  = ON_EXIT",
+            f"transfer_input_files     = {','.join(files)}",
+        ]
+
+    def _transferred(self, launch: PilotLaunch) -> dict[str, str]:
+        """Option -> file (in the pilot's directory) for the files that travel with the job."""
+        argv = launch.pilot_argv
+        return {flag: argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag in TRANSFERRED_OPTIONS}
+
+    def _pilot_argv(self, launch: PilotLaunch) -> list[str]:
+        """The pilot's command line as it runs on the execute node."""
+        argv = list(launch.pilot_argv)
+        if self.site.batch.shared_filesystem:
+            return argv
+        for i, word in enumerate(argv[:-1]):
+            if word in TRANSFERRED_OPTIONS:
+                argv[i + 1] = posixpath.basename(argv[i + 1])  # transferred into the job's scratch directory
+            elif word == "--scratch":
+                argv[i + 1] = "pilots"  # under the job's scratch directory
+        return argv
+
     def render_wrapper(self, launch: PilotLaunch) -> str:
         """The executable the submit description names: set-up lines, then the pilot."""
         site = launch.site
+        workdir = shlex.quote(launch.workdir.rstrip("/") or "/")
+        shared = site.batch.shared_filesystem
         values = {
             "tag": launch.tag,
             "config": site.path.replace("\n", " "),
             "env_setup_lines": "\n".join(site.batch.env_setup),
-            "workdir": shlex.quote(launch.workdir.rstrip("/") or "/"),
-            "pilot_command_lines": shlex.join(launch.pilot_argv),
+            "cd_line": f"cd {workdir} || exit 97" if shared else 'cd "$_CONDOR_SCRATCH_DIR" || exit 97',
+            "walltime_s": str(site.shape.walltime_s),
+            "kill_after_s": str(KILL_AFTER_S),
+            "pilot_command_lines": shlex.join(self._pilot_argv(launch)),
         }
         return render_template("htcondor_pilot.sh", values, quote=False)
 
@@ -303,9 +381,16 @@ class HTCondorScheduler(BatchScheduler):
     # --- HTCondor extras ---------------------------------------------------------------------
 
     async def release(self, batch_ids: list[str]) -> None:
-        """Release held pilots (``condor_release``); ids that are not held or gone are skipped."""
-        await self.act("condor_release", "release", batch_ids)
-        log.info("released %d HTCondor job(s): %s", len(batch_ids), " ".join(batch_ids))
+        """Release held pilots (``condor_release``); ids that are not held or gone are skipped.
+
+        A pilot the pool will not release again (``SYSTEM_PERIODIC_RELEASES``) is removed.
+        """
+        answer = await self.act("condor_release", "release", batch_ids)
+        spent = [m[1] for m in _RELEASE_LIMIT.finditer(answer)]
+        if spent:
+            log.warning("HTCondor will not release pilot(s) %s again (SYSTEM_PERIODIC_RELEASES): removing them", spent)
+            await self.cancel(spent)
+        log.info("released %d HTCondor job(s): %s", len(batch_ids) - len(spent), " ".join(batch_ids))
 
     def hold_reason(self, batch_id: str) -> HoldInfo | None:
         """Why a pilot was held, as of the last :meth:`status`; None when it was not held."""
@@ -364,6 +449,8 @@ class HTCondorScheduler(BatchScheduler):
         return out
 
     def cancel_done(self, line: str) -> bool:
+        if _RELEASE_LIMIT.search(line):
+            return True  # release() removes these
         return bool(_JOB_LINE.match(line)) and line.rstrip(".").endswith(("marked for removal", "released"))
 
     def detail(self, result: CommandResult) -> str:
@@ -382,6 +469,13 @@ class HTCondorScheduler(BatchScheduler):
                     "or `batch.extra_directives`.",
                     field=key,
                 )
+        if not site.batch.shared_filesystem and site.network is not Network.DIRECT:
+            raise ConfigError(
+                f'Site config {site.path}: `batch.shared_filesystem = false` needs `site.network = "direct"`: '
+                "the relay and mailbox modes stage files through the shared filesystem.",
+                hint="Use a shared filesystem for firewalled sites, or let the pilots reach the server directly.",
+                field="batch.shared_filesystem",
+            )
         if site.whole_node:
             raise ConfigError(
                 f"Site config {site.path}: `pilot.whole_node` is set, but HTCondor pilots ask for "

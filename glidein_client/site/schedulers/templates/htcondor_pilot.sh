@@ -6,5 +6,7 @@
 # Site set-up (batch.env_setup).
 ${env_setup_lines}
 
-cd ${workdir} || exit 97
-exec ${pilot_command_lines}
+${cd_line}
+# The pilot ends itself before its walltime; should it not, timeout ends it at the walltime
+# (exit code 124, read as a timeout) whether or not HTCondor enforces allowed_execute_duration.
+exec timeout --signal=TERM --kill-after=${kill_after_s} ${walltime_s} ${pilot_command_lines}
