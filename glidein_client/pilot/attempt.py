@@ -26,7 +26,7 @@ from glidein_client.pilot.executor import JobProcess, RunResult
 from glidein_client.pilot.launch import JobRun
 from glidein_client.pilot.partition import Allocation, cores_for
 from glidein_client.pilot.sandboxes import Sandboxes
-from glidein_client.wire.errors import GlideinError, ServerUnreachable
+from glidein_client.wire.errors import GlideinError, InputUnavailable, ServerUnreachable
 from glidein_client.wire.schema import ClaimedJob, FileDigest, InputFile, Outcome, OutputFile
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,10 @@ class Attempts:
         dest = sandbox / inp.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         if inp.sha256 is None:
-            await self._patiently(f"download {inp.name}", lambda: self.channel.fetch_input(inp, dest))
+            try:
+                await self._patiently(f"download {inp.name}", lambda: self.channel.fetch_input(inp, dest))
+            except InputUnavailable as exc:
+                raise InputUnavailable(f"input {inp.name}: {exc.message}") from None
             return
         cached = self.workdir / "cache" / inp.sha256
         lock = self._cache_locks.setdefault(inp.sha256, asyncio.Lock())

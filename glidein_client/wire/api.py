@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
+import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -21,6 +25,7 @@ from glidein_client.wire.errors import (
     ConflictError,
     ForbiddenError,
     GlideinError,
+    InputUnavailable,
     NotFoundError,
     RateLimited,
     ServerUnreachable,
@@ -58,6 +63,9 @@ from glidein_client.wire.schema import (
 from glidein_client.wire.staging import Network, SiteNetwork, StagedOutput, StagingReport, StagingResult, StagingView
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+#: How long an input URL that fails transiently (refused, reset, 5xx) is tried before the attempt fails.
+URL_GIVE_UP_S = 60.0
 API = "/api/v1"
 _STATUS_ERRORS: dict[int, type[GlideinError]] = {
     400: ValidationError,
@@ -292,8 +300,24 @@ class ApiClient:
         """Download a stored file to ``dest``, verifying its sha256."""
         await self._download(f"{API}/files/{sha256}", dest, sha256)
 
-    async def download_url(self, url: str, dest: Path, sha256: str | None = None) -> None:
-        await self._download(url, dest, sha256, absolute=True)
+    async def download_url(
+        self, url: str, dest: Path, sha256: str | None = None, *, give_up_s: float = URL_GIVE_UP_S
+    ) -> None:
+        """Fetch an input URL (without credentials). A transient failure (connection refused or reset,
+        a 5xx answer) is tried again for ``give_up_s``; then, or at once for a 4xx answer or a host
+        that does not resolve, :class:`InputUnavailable` names the URL and the HTTP status or DNS error."""
+        deadline = time.monotonic() + give_up_s
+        delay = 1.0
+        while True:
+            try:
+                await self._download(url, dest, sha256, absolute=True)
+                return
+            except InputUnavailable as exc:
+                if not exc.fields.get("transient") or time.monotonic() + delay > deadline:
+                    raise InputUnavailable(exc.message, hint=exc.hint) from None
+                log.info("%s; trying again in %.0f s", exc.message, delay)
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2)
 
     async def _download(
         self, path: str, dest: Path, sha256: str | None, absolute: bool = False, tries: int = RATE_LIMIT_RETRIES
@@ -314,6 +338,11 @@ class ApiClient:
                 if resp.status == 429 and tries > 0:  # throttled: wait as the server asks, then again
                     await asyncio.sleep(_retry_after_s(resp.headers.get("Retry-After")))
                     return await self._download(path, dest, sha256, absolute, tries - 1)
+                if resp.status >= 400 and foreign:
+                    raise InputUnavailable(
+                        f"the input URL {url} answered HTTP {resp.status} {resp.reason or ''}".rstrip(),
+                        transient=resp.status >= 500,
+                    )
                 if resp.status >= 400:
                     raise _error_from(resp.status, await resp.read(), self.url)
                 with open(tmp, "wb") as fh:  # noqa: ASYNC230 - local disk, chunked writes
@@ -323,6 +352,12 @@ class ApiClient:
         except aiohttp.ClientConnectorCertificateError as exc:
             raise tls_error(self.url, self._ca_file, exc) from None
         except aiohttp.ClientError as exc:
+            if foreign and isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, socket.gaierror):
+                host = urlsplit(url).hostname
+                reason = exc.os_error.strerror or str(exc.os_error)
+                raise InputUnavailable(f"the host {host} of the input URL {url} does not resolve ({reason})") from None
+            if foreign:
+                raise InputUnavailable(f"the input URL {url} could not be fetched: {exc}", transient=True) from None
             raise ServerUnreachable(f"Download of {url} failed: {exc}.") from None
         finally:
             if plain is not None:

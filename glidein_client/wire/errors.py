@@ -68,6 +68,10 @@ class ServerUnreachable(GlideinError):
     http_status = 502
 
 
+class InputUnavailable(GlideinError):
+    """An input URL cannot be fetched: its host does not resolve, it answers 4xx, or 5xx for too long."""
+
+
 class RateLimited(ServerUnreachable):
     """The server asked to slow down (HTTP 429) for longer than the client was willing to wait."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from glidein_client.wire.schema import PilotShape, Role
 from tests.e2e.test_cli import Glidein, glidein  # noqa: F401 - the fixture
@@ -54,3 +55,43 @@ async def test_a_users_failing_jobs_run_once_and_leave_the_pilot_healthy(live_se
     assert "attempt 1 of 1" in r.out and "reason:    command 'no-such-command-here' was not found" in r.out
     assert await pilot.wait() == 0  # left when idle, not as a black hole
     assert "black hole" not in live_server.pilot_logs()
+
+
+async def test_a_bad_input_url_fails_the_attempt_naming_input_url_and_status(
+    live_server: Any,
+    glidein: Glidein,  # noqa: F811
+) -> None:
+    async def not_found(request: web.Request) -> web.Response:
+        return web.Response(
+            status=404, text="<!DOCTYPE HTML><html><body>Not here</body></html>", content_type="text/html"
+        )
+
+    app = web.Application()
+    app.router.add_get("/{name}", not_found)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        missing = f"http://127.0.0.1:{port}/missing.dat"
+        nowhere = "http://no-such-host.invalid/lookup.dat"
+        ids = []
+        for url in (missing, nowhere):
+            r = await glidein("submit", "--walltime", "1m", "-i", url, "--", "true")
+            ids.append(r.out.split(": ")[1].strip())
+        await live_server.start_pilot(cpus=2, idle_timeout_s=2, extra=("--prefetch-s", "0"))
+        r = await glidein("wait", *ids, "--timeout", "45s")
+        assert r.rc == 1 and "2 jobs: 2 failed" in r.out, r.out + r.err
+        r = await glidein("logs", ids[0])
+        assert (
+            f"reason:    staging failed: input missing.dat: the input URL {missing} answered HTTP 404 Not Found"
+            in r.out
+        )
+        assert "DOCTYPE" not in r.out
+        r = await glidein("logs", ids[1])
+        why = f"input lookup.dat: the host no-such-host.invalid of the input URL {nowhere} does not resolve"
+        assert f"reason:    staging failed: {why}" in r.out
+        assert "server unreachable" not in live_server.pilot_logs()
+    finally:
+        await runner.cleanup()
