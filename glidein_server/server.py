@@ -18,6 +18,7 @@ from glidein_server.http import auth
 from glidein_server.http.app import Api, ServerConfig
 from glidein_server.http.ratelimit import Rate, RateLimits
 from glidein_server.metrics import MetricsConfig
+from glidein_server.policy.fairshare import Shares
 from glidein_server.policy.retry import RetryPolicy
 from glidein_server.settings import ServerSettings, StateDir
 from glidein_server.store.base import Store
@@ -36,9 +37,10 @@ def open_store(state: StateDir, settings: ServerSettings) -> Store:
         walltime_factor=s.retry_walltime_factor,
         max_walltime_s=s.retry_max_walltime_s,
     )
+    shares = Shares(per_user=dict(s.shares), default=s.default_share)
     if is_postgres_url(settings.database):
         return PostgresStore(settings.database, retry=retry)
-    return SqliteStore(str(state.database(settings)), retry=retry)
+    return SqliteStore(str(state.database(settings)), retry=retry, shares=shares)
 
 
 async def mint_token(

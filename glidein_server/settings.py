@@ -57,6 +57,10 @@ class ServerSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     metrics: bool = True  # serve GET /metrics (Prometheus) to operator tokens with the metrics scope
     dataset_label: Annotated[str, Meta(min_length=1, max_length=64)] = "dataset"  # the job label naming a dataset
     client_dead_after_s: Annotated[float, Meta(ge=1)] = 90.0  # a site client silent this long is shown as down
+    # Fair share of the cores between users ([server.shares] in config.toml: name = share);
+    # a user not named there has default_share. A job's priority orders only its owner's jobs.
+    default_share: Annotated[float, Meta(gt=0)] = 1.0
+    shares: dict[str, Annotated[float, Meta(gt=0)]] = {}
 
 
 class StateDir:
@@ -104,6 +108,9 @@ class StateDir:
             value = getattr(s, field)
             if isinstance(value, str):
                 lines.append(f'{field} = "{_toml_escape(value)}"')
+            elif isinstance(value, dict):  # an inline table: name = value, names quoted
+                items = ", ".join(f'"{_toml_escape(str(k))}" = {v}' for k, v in sorted(value.items()))
+                lines.append(f"{field} = {{{items}}}" if items else f"{field} = {{}}")
             elif isinstance(value, bool):
                 lines.append(f"{field} = {'true' if value else 'false'}")
             else:

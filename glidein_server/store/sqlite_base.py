@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from glidein_client.wire.schema import PilotShape
+from glidein_server.policy.fairshare import Shares
 from glidein_server.policy.retry import RetryPolicy
 from glidein_server.store import sqlfile
 
@@ -22,9 +23,10 @@ Q = sqlfile.load("sqlite.sql")
 
 
 class SqliteBase:
-    def __init__(self, path: str, *, retry: RetryPolicy | None = None) -> None:
+    def __init__(self, path: str, *, retry: RetryPolicy | None = None, shares: Shares | None = None) -> None:
         self.path = path
         self.retry = retry or RetryPolicy()
+        self.shares = shares or Shares()  # users' fair shares of the cores
         self._site_shapes: dict[str, PilotShape] = {}  # a cache of the sites table's shapes
         self._db: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None

@@ -15,6 +15,7 @@ from glidein_client.wire.schema import (
     SyncRequest,
     SyncResponse,
 )
+from glidein_server.policy.fairshare import fair_order
 from glidein_server.policy.lifecycle import pilot_start_failed, site_health_blend
 from glidein_server.policy.matchmaking import Candidate, Capacity, select
 from glidein_server.store.sqlite_attempts import SqliteAttempts
@@ -168,15 +169,22 @@ class SqlitePilots(SqliteAttempts):
         f = req.free
         # Candidates individually fit the larger of free-now and (for the backlog) the whole pilot.
         cap = total if req.want > 0 else Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
-        args = (cap.cpus, cap.memory_mb, cap.gpus, cap.disk_mb, int(req.lifetime_s), f",{site},", CLAIM_SCAN)
+        fits = (cap.cpus, cap.memory_mb, cap.gpus, cap.disk_mb, int(req.lifetime_s), f",{site},")
+        queues: dict[str, list[Candidate]] = {}
         if self._site_stages(db, site):  # its client stages inputs out of the job: only jobs staged there
-            rows = db.execute(Q["idle_candidates_staged"], (site, *args)).fetchall()
-        else:
-            rows = db.execute(Q["idle_candidates"], args).fetchall()
-        if not rows:
+            for owner, *row in db.execute(Q["idle_candidates_staged"], (site, *fits, CLAIM_SCAN)):
+                queues.setdefault(owner, []).append(Candidate(*row))
+        else:  # each user's best few: however many jobs one user queued, the others are still seen
+            per_user = min(CLAIM_SCAN, 2 * (cap.cpus + req.want) + 8)
+            for (owner,) in db.execute(Q["idle_owners"]).fetchall():
+                rows = db.execute(Q["idle_candidates_of"], (owner, *fits, per_user)).fetchall()
+                if rows:
+                    queues[owner] = [Candidate(*r) for r in rows]
+        if not queues:
             return []
+        in_use: dict[str, int] = dict(db.execute(Q["busy_cores"]).fetchall()) if len(queues) > 1 else {}
         free = Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
-        chosen = select((Candidate(*r) for r in rows), free, total, req.lifetime_s, req.want)
+        chosen = select(fair_order(queues, in_use, self.shares), free, total, req.lifetime_s, req.want)
         if not chosen:
             return []
         specs = dict(db.execute(Q["claim_jobs"], (site, json.dumps(chosen))).fetchall())

@@ -53,6 +53,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_attempt INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_idle ON jobs (priority DESC, cpus DESC, id) WHERE state = 'idle';
+-- Fair share: each user's idle jobs in that user's own order, and the cores each user holds.
+CREATE INDEX IF NOT EXISTS jobs_idle_owner ON jobs (owner, priority DESC, cpus DESC, id) WHERE state = 'idle';
+CREATE INDEX IF NOT EXISTS jobs_busy_owner ON jobs (owner, cpus) WHERE state IN ('claimed', 'running');
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, id);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -207,13 +210,26 @@ INSERT INTO jobs (owner, state, spec, cpus, memory_mb, gpus, disk_mb, walltime_s
                   max_retries, submitted_at)
 VALUES (?, 'idle', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
--- name: idle_candidates
+-- name: idle_owners
+-- The users with idle jobs: one index seek per user (a skip scan), not a scan of the idle jobs.
+WITH RECURSIVE o(owner) AS (
+    SELECT min(owner) FROM jobs INDEXED BY jobs_idle_owner WHERE state = 'idle'
+    UNION ALL
+    SELECT (SELECT min(owner) FROM jobs INDEXED BY jobs_idle_owner WHERE state = 'idle' AND owner > o.owner)
+    FROM o WHERE o.owner IS NOT NULL
+)
+SELECT owner FROM o WHERE owner IS NOT NULL;
+
+-- name: idle_candidates_of
 SELECT id, cpus, memory_mb, gpus, disk_mb, walltime_s
-FROM jobs
-WHERE state = 'idle' AND cpus <= ? AND memory_mb <= ? AND gpus <= ? AND disk_mb <= ? AND walltime_s <= ?
-  AND (sites = '' OR instr(sites, ?) > 0)
+FROM jobs INDEXED BY jobs_idle_owner
+WHERE state = 'idle' AND owner = ? AND cpus <= ? AND memory_mb <= ? AND gpus <= ? AND disk_mb <= ?
+  AND walltime_s <= ? AND (sites = '' OR instr(sites, ?) > 0)
 ORDER BY priority DESC, cpus DESC, id
 LIMIT ?;
+
+-- name: busy_cores
+SELECT owner, sum(cpus) FROM jobs INDEXED BY jobs_busy_owner WHERE state IN ('claimed', 'running') GROUP BY owner;
 
 -- name: claim_jobs
 UPDATE jobs SET state = 'claimed', attempts = attempts + 1, site = ?
@@ -339,7 +355,7 @@ ON CONFLICT (site) DO UPDATE SET network = excluded.network, updated_at = exclud
 SELECT network FROM site_networks WHERE site = ?;
 
 -- name: idle_candidates_staged
-SELECT j.id, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s
+SELECT j.owner, j.id, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s
 FROM staged_jobs s JOIN jobs j ON j.id = s.job_id
 WHERE s.site = ? AND j.state = 'idle' AND j.cpus <= ? AND j.memory_mb <= ? AND j.gpus <= ? AND j.disk_mb <= ?
   AND j.walltime_s <= ? AND (j.sites = '' OR instr(j.sites, ?) > 0)
