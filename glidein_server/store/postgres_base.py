@@ -19,6 +19,7 @@ import asyncpg
 
 from glidein_client.wire.errors import ConfigError
 from glidein_client.wire.schema import PilotShape
+from glidein_server.policy.fairshare import Shares
 from glidein_server.policy.retry import RetryPolicy
 from glidein_server.store import sqlfile
 
@@ -41,9 +42,12 @@ def redact(url: str) -> str:
 
 
 class PostgresBase:
-    def __init__(self, url: str, *, retry: RetryPolicy | None = None, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, retry: RetryPolicy | None = None, shares: Shares | None = None, pool_size: int = 10
+    ) -> None:
         self.url = url
         self.retry = retry or RetryPolicy()
+        self.shares = shares or Shares()  # users' fair shares of the cores
         self.pool_size = pool_size
         self._site_shapes: dict[str, PilotShape] = {}  # refreshed from the sites table on every demand read
         self._pool: Pool | None = None

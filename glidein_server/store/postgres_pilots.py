@@ -11,6 +11,7 @@ from __future__ import annotations
 from glidein_client.wire.errors import ConflictError, NotFoundError
 from glidein_client.wire.schema import ClaimedJob, PilotRegister, Refusal, Resources, SyncRequest, SyncResponse
 from glidein_client.wire.staging import Network
+from glidein_server.policy.fairshare import fair_order
 from glidein_server.policy.lifecycle import pilot_start_failed, site_health_blend
 from glidein_server.policy.matchmaking import Candidate, Capacity, select
 from glidein_server.store.postgres_attempts import PostgresAttempts
@@ -142,14 +143,20 @@ class PostgresPilots(PostgresAttempts):
         scan = min(CLAIM_SCAN, 2 * (cap.cpus + req.want) + 8)  # rows locked: a few per slot, not the queue
         args = (cap.cpus, cap.memory_mb, cap.gpus, cap.disk_mb, int(req.lifetime_s), f",{site},", scan)
         network = await con.fetchval(Q["site_network_get"], site)
+        queues: dict[str, list[Candidate]] = {}
         if network is not None and Network(network).stages:
-            rows = await con.fetch(Q["idle_candidates_staged"], *args, site)
-        else:
-            rows = await con.fetch(Q["idle_candidates"], *args)
-        if not rows:
+            for owner, *row in await con.fetch(Q["idle_candidates_staged"], *args, site):
+                queues.setdefault(owner, []).append(Candidate(*row))
+        else:  # each user's best few: however many jobs one user queued, the others are still seen
+            for (owner,) in await con.fetch(Q["idle_owners"]):
+                rows = await con.fetch(Q["idle_candidates_of"], *args, owner)
+                if rows:
+                    queues[owner] = [Candidate(*r) for r in rows]
+        if not queues:
             return []
+        in_use = {r[0]: int(r[1]) for r in await con.fetch(Q["busy_cores"])} if len(queues) > 1 else {}
         free = Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
-        chosen = select((Candidate(*r) for r in rows), free, total, req.lifetime_s, req.want)
+        chosen = select(fair_order(queues, in_use, self.shares), free, total, req.lifetime_s, req.want)
         if not chosen:
             return []
         made = {

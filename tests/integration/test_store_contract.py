@@ -26,6 +26,7 @@ from glidein_client.wire.schema import (
     SyncRequest,
 )
 from glidein_client.wire.staging import Network
+from glidein_server.policy.fairshare import Shares
 from glidein_server.policy.retry import RetryPolicy
 from glidein_server.store.base import JobFilter, Principal, Store
 from glidein_server.store.postgres import PostgresStore
@@ -291,3 +292,20 @@ async def test_usage_provenance_and_monitoring_counts(store: Store) -> None:
     assert sorted(snap.jobs) == [("alice", "done", True, 1), ("alice", "running", False, 1)]
     assert snap.attempts == [("a", "done", 1)]
     assert [(s.name, s.demand_pilots, s.multicore_idle) for s in snap.sites] == [("a", 0, 0)]
+
+
+async def test_priority_orders_only_a_users_own_jobs_and_users_share_the_cores(store: Store) -> None:
+    await store.add_jobs("bob", [job(labels={"who": "bob"}) for _ in range(12)], NOW)
+    await store.add_jobs("alice", [job(labels={"who": "alice-low"}, priority=1)], NOW)
+    await store.add_jobs("alice", [job(labels={"who": "alice"}, priority=10**9) for _ in range(12)], NOW)
+    pid = await running_pilot(store, cpus=8)
+    claimed = (await store.sync(pid, SyncRequest(free=free(4), lifetime_s=3600), NOW, LEASE_S)).jobs
+    assert sorted(c.spec.labels["who"] for c in claimed) == ["alice", "alice", "bob", "bob"]
+    assert "alice-low" not in {c.spec.labels["who"] for c in claimed}  # her own order still holds
+    # With shares 3:1 and 2 cores each in use, the next 8 cores go 7 to alice and 1 to bob: 9 to 3.
+    assert isinstance(store, SqliteStore | PostgresStore)
+    store.shares = Shares(per_user={"alice": 3.0})
+    other = await running_pilot(store, cpus=8)
+    more = (await store.sync(other, SyncRequest(free=free(8), lifetime_s=3600), NOW, LEASE_S)).jobs
+    got = [c.spec.labels["who"] for c in more]
+    assert (got.count("alice"), got.count("bob")) == (7, 1), got

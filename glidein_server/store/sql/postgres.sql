@@ -192,6 +192,11 @@ FOR EACH STATEMENT EXECUTE FUNCTION glidein_jobs_updated();
 CREATE TRIGGER attempts_updated AFTER UPDATE ON attempts REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
 FOR EACH STATEMENT EXECUTE FUNCTION glidein_attempts_updated();
 
+-- name: migration_2
+-- Fair share: each user's idle jobs in that user's own order, and the cores each user holds.
+CREATE INDEX jobs_idle_owner ON jobs (owner, priority DESC, cpus DESC, id) WHERE state = 'idle';
+CREATE INDEX jobs_busy_owner ON jobs (owner, cpus) WHERE state IN ('claimed', 'running');
+
 -- name: schema_version_table
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
@@ -474,17 +479,29 @@ SELECT id, job_id FROM attempts WHERE pilot_id = $1 AND state != 'ended' ORDER B
 -- name: expired_attempts
 SELECT id, job_id FROM attempts WHERE state != 'ended' AND lease_expires < $1 ORDER BY id FOR UPDATE SKIP LOCKED;
 
--- name: idle_candidates
+-- name: idle_owners
+-- The users with idle jobs: one index seek per user (a skip scan), not a scan of the idle jobs.
+WITH RECURSIVE o(owner) AS (
+    SELECT min(owner) FROM jobs WHERE state = 'idle'
+    UNION ALL
+    SELECT (SELECT min(owner) FROM jobs WHERE state = 'idle' AND owner > o.owner) FROM o WHERE o.owner IS NOT NULL
+)
+SELECT owner FROM o WHERE owner IS NOT NULL;
+
+-- name: idle_candidates_of
 SELECT id, cpus, memory_mb, gpus, disk_mb, walltime_s
 FROM jobs
-WHERE state = 'idle' AND cpus <= $1 AND memory_mb <= $2 AND gpus <= $3 AND disk_mb <= $4 AND walltime_s <= $5
-  AND (sites = '' OR position($6 in sites) > 0)
+WHERE state = 'idle' AND owner = $8 AND cpus <= $1 AND memory_mb <= $2 AND gpus <= $3 AND disk_mb <= $4
+  AND walltime_s <= $5 AND (sites = '' OR position($6 in sites) > 0)
 ORDER BY priority DESC, cpus DESC, id
 LIMIT $7
 FOR UPDATE SKIP LOCKED;
 
+-- name: busy_cores
+SELECT owner, sum(cpus)::bigint FROM jobs WHERE state IN ('claimed', 'running') GROUP BY owner;
+
 -- name: idle_candidates_staged
-SELECT j.id, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s
+SELECT j.owner, j.id, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s
 FROM staged_jobs s JOIN jobs j ON j.id = s.job_id
 WHERE s.site = $8 AND j.state = 'idle' AND j.cpus <= $1 AND j.memory_mb <= $2 AND j.gpus <= $3
   AND j.disk_mb <= $4 AND j.walltime_s <= $5 AND (j.sites = '' OR position($6 in j.sites) > 0)
