@@ -50,7 +50,7 @@ def plain_rules() -> Rules:
 def improved_rules(sc: Scenario) -> Rules:
     return Rules(
         "improved",
-        MatchPolicy(eol_window_s=sc.eol_window_s, gpu_first=True),
+        MatchPolicy(eol_window_s=sc.eol_window_s, eol_order="shortest" if sc.eol_order == "shortest" else "longest"),
         ReservationPolicy(after_s=sc.reservation_after_s, max_hold_s=sc.reservation_max_hold_s),
     )
 

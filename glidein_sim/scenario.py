@@ -117,6 +117,7 @@ class Scenario:
     reservation_after_s: float
     reservation_max_hold_s: float
     eol_window_s: float
+    eol_order: str
     sites: tuple[SiteSpec, ...]
     work: tuple[WorkSpec, ...]
 
@@ -156,6 +157,12 @@ class _Reader:
             raise self._fail(key, f"a number from {low:g} to {high:g}")
         return float(value)
 
+    def choice(self, key: str, default: str, options: tuple[str, ...]) -> str:
+        value = self.table.get(key, default)
+        if value not in options:
+            raise self._fail(key, " or ".join(f'"{o}"' for o in options))
+        return str(value)
+
     def dist(self, key: str, default: str) -> Dist:
         value = self.table.get(key, default)
         if not isinstance(value, dict):
@@ -192,7 +199,7 @@ _SITE_KEYS |= {"max_idle_pilots", "max_submit_per_cycle", "max_queued", "node_mt
 _WORK_KEYS = {"name", "cpus", "memory_mb", "gpus", "disk_mb", "priority", "runtime", "walltime", "walltime_margin"}
 _WORK_KEYS |= {"walltime_round", "count", "rate_per_h", "keep_idle", "max_retries", "sites", "fail_fraction"}
 _SIM_KEYS = {"name", "duration", "seed", "sample", "ramp_cores"}
-_SERVER_KEYS = {"reservation_after", "reservation_max_hold", "eol_window"}
+_SERVER_KEYS = {"reservation_after", "reservation_max_hold", "eol_window", "eol_order"}
 
 
 def _pilot(r: _Reader) -> PilotSpec:
@@ -299,6 +306,7 @@ def parse(path: str, doc: dict[str, Any]) -> Scenario:
         reservation_after_s=server.duration("reservation_after", "30m"),
         reservation_max_hold_s=server.duration("reservation_max_hold", "1h"),
         eol_window_s=server.duration("eol_window", "3h"),
+        eol_order=server.choice("eol_order", "longest", ("longest", "shortest")),
         sites=sites,
         work=tuple(_work(path, i, t) for i, t in enumerate(work_list)),
     )

@@ -8,7 +8,6 @@ neighbouring physical cores. A pilot may offer more slots than it has cores
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -41,7 +40,7 @@ class SlotPool:
         self._gpu_free = dict.fromkeys(self._gpu_ids, True)
         self._free_slots = slots
         self._free_gpus = len(self._gpu_ids)
-        self._live: Counter[Allocation] = Counter()
+        self._live: dict[tuple[tuple[int, ...], tuple[str, ...]], int] = {}  # (slots, gpus) -> live count
 
     @property
     def total_slots(self) -> int:
@@ -66,7 +65,7 @@ class SlotPool:
         if cpus > self._free_slots or gpus > self._free_gpus:
             return None
         slots = self._pick_slots(cpus)
-        chosen_gpus = tuple(g for g in self._gpu_ids if self._gpu_free[g])[:gpus]
+        chosen_gpus = tuple(g for g in self._gpu_ids if self._gpu_free[g])[:gpus] if gpus else ()
         for s in slots:
             self._slot_free[s] = False
         for g in chosen_gpus:
@@ -74,16 +73,20 @@ class SlotPool:
         self._free_slots -= len(slots)
         self._free_gpus -= len(chosen_gpus)
         alloc = Allocation(slots=slots, gpus=chosen_gpus)
-        self._live[alloc] += 1
+        key = (slots, chosen_gpus)
+        self._live[key] = self._live.get(key, 0) + 1
         return alloc
 
     def release(self, alloc: Allocation) -> None:
         """Give back an allocation; one that is not live (never made, or released) is a ValueError."""
-        if self._live[alloc] <= 0:
+        key = (alloc.slots, alloc.gpus)
+        live = self._live.get(key, 0)
+        if live <= 0:
             raise ValueError(f"{alloc} is not allocated from this pool; it was released already or never made.")
-        self._live[alloc] -= 1
-        if not self._live[alloc]:
-            del self._live[alloc]
+        if live == 1:
+            del self._live[key]
+        else:
+            self._live[key] = live - 1
         for s in alloc.slots:
             self._slot_free[s] = True
         for g in alloc.gpus:
@@ -94,29 +97,25 @@ class SlotPool:
     def _pick_slots(self, cpus: int) -> tuple[int, ...]:
         if cpus == 0:
             return ()
+        free = self._slot_free
         best_start, best_len = -1, 0
-        for start, length in _free_runs(self._slot_free):
+        start = -1
+        for i, f in enumerate((*free, False)):  # one pass over the runs of free ids
+            if f:
+                if start < 0:
+                    start = i
+                continue
+            if start < 0:
+                continue
+            length = i - start
             if length >= cpus and (best_start < 0 or length < best_len):
                 best_start, best_len = start, length
                 if length == cpus:
                     break
+            start = -1
         if best_start >= 0:
             return tuple(range(best_start, best_start + cpus))
-        free = [i for i, f in enumerate(self._slot_free) if f]
-        return tuple(free[:cpus])
-
-
-def _free_runs(free: Sequence[bool]) -> Iterable[tuple[int, int]]:
-    """(start, length) of each maximal run of free ids, in ascending order."""
-    start = -1
-    for i, f in enumerate(free):
-        if f and start < 0:
-            start = i
-        elif not f and start >= 0:
-            yield start, i - start
-            start = -1
-    if start >= 0:
-        yield start, len(free) - start
+        return tuple([i for i, f in enumerate(free) if f][:cpus])
 
 
 def cores_for(slots: Iterable[int], core_ids: Sequence[int]) -> frozenset[int]:

@@ -10,8 +10,10 @@ Three rules of :class:`MatchPolicy` refine this (each can be turned off, which g
 plain greedy fill; the simulator compares both):
 
 - end-of-life backfill: a pilot in the last ``eol_window_s`` of its life is retiring; it takes
-  the candidates that fit its remaining time shortest walltime first, so its last hours fill
-  with short work rather than stand idle behind long jobs;
+  only candidates that fit its remaining time, ordered by walltime: ``eol_order = "longest"``
+  (the default) takes the longest that still fits, so each core's last job ends close to the
+  pilot's end; ``"shortest"`` takes the shortest first, which suits a workload with many short
+  jobs to backfill with (the simulator measures both);
 - GPU first: a pilot with a free GPU takes GPU jobs before CPU-only ones, and keeps the cores
   and memory of the first waiting GPU job free even when that job does not fit yet;
 - reservation: a pilot given a job to hold for (``reserve``, chosen by
@@ -24,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,13 @@ class Capacity:
     disk_mb: int
 
 
+EolOrder = Literal["longest", "shortest"]
+
+
 @dataclass(frozen=True)
 class MatchPolicy:
     eol_window_s: float = 3 * 3600.0  # 0: no end-of-life backfill
+    eol_order: EolOrder = "longest"
     gpu_first: bool = True
 
 
@@ -97,7 +104,8 @@ def select(
     cpus, mem, gpus, disk = free.cpus, free.memory_mb, free.gpus, free.disk_mb
     hold = reserve
     if retiring(lifetime_s, policy):
-        candidates = sorted((c for c in candidates if c.walltime_s <= lifetime_s), key=lambda c: c.walltime_s)
+        sign = -1 if policy.eol_order == "longest" else 1
+        candidates = sorted((c for c in candidates if c.walltime_s <= lifetime_s), key=lambda c: sign * c.walltime_s)
     if policy.gpu_first:
         candidates, gpu_hold = _gpu_first(candidates, free)
         hold = gpu_hold or hold

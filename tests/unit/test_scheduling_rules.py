@@ -17,11 +17,14 @@ def cand(i: int, cpus: int = 1, gpus: int = 0, wall: int = 3600) -> Candidate:
     return Candidate(i, cpus, 100, gpus, 0, wall)
 
 
-def test_a_retiring_pilot_takes_the_shortest_jobs_that_fit() -> None:
+def test_a_retiring_pilot_takes_only_jobs_that_fit_longest_or_shortest_first() -> None:
     cands = [cand(1, wall=7000), cand(2, wall=5000), cand(3, wall=1200), cand(4, wall=600)]
     free = Capacity(2, 4000, 0, 1000)
     assert select(cands, free, TOTAL, 7200, 0, policy=PLAIN_POLICY) == [1, 2]
-    assert select(cands, free, TOTAL, 7200, 0) == [4, 3]  # in its last 3 h: shortest first
+    assert select(cands, free, TOTAL, 7200, 0) == [1, 2]  # in its last 3 h: the longest that fit
+    shortest = MatchPolicy(eol_order="shortest")
+    assert select(cands, free, TOTAL, 7200, 0, policy=shortest) == [4, 3]
+    assert select(cands, free, TOTAL, 5500, 0) == [2, 3]  # 7000 s no longer fits
     assert select(cands, free, TOTAL, 7200, 0, policy=MatchPolicy(eol_window_s=3600)) == [1, 2]
 
 
