@@ -2,8 +2,8 @@
 
 Server: :func:`~glidein_server.policy.demand.site_demand` for each client cycle,
 :func:`~glidein_server.policy.matchmaking.select` (with its :class:`MatchPolicy` and, when on,
-:class:`~glidein_server.policy.reservation.Reservations`) for each claim, and the retry rule of
-:class:`~glidein_client.wire.schema.Outcome`. Site client:
+:class:`~glidein_server.policy.reservation.Reservations`) for each claim, and
+:func:`~glidein_server.policy.lifecycle.plan_attempt_end` when an attempt fails. Site client:
 :func:`~glidein_client.site.decisions.decide` every cycle. Pilot:
 :class:`~glidein_client.pilot.partition.SlotPool`, :func:`~glidein_client.pilot.partition.plan_starts`
 and :func:`~glidein_client.pilot.partition.failure_streak`. A claim is answered at once (no network),
@@ -22,10 +22,12 @@ import msgspec
 
 from glidein_client.pilot.partition import Allocation, Need, SlotPool, failure_streak, plan_starts
 from glidein_client.site.decisions import LimitsSection, PilotJob, PilotState, decide
-from glidein_client.wire.schema import Outcome, PilotShape
+from glidein_client.wire.schema import JobSpec, Outcome, PilotShape
 from glidein_server.policy.demand import FreeCapacity, site_demand
+from glidein_server.policy.lifecycle import RetryBudget, Step, needs_budget, plan_attempt_end
 from glidein_server.policy.matchmaking import PLAIN_POLICY, Candidate, Capacity, MatchPolicy, select
 from glidein_server.policy.reservation import ReservationPolicy, Reservations
+from glidein_server.policy.retry import RetryPolicy
 from glidein_sim.metrics import Tally, Timeline
 from glidein_sim.queue import IdleQueue, Job
 from glidein_sim.scenario import Scenario, SiteSpec
@@ -141,6 +143,7 @@ class Simulation:
         self.drain_window_s = 0.0  # the longest walltime any job asked for
         self._alloc = self._busy = 0
         self._offer_due = False
+        self._retry_policy = RetryPolicy()
         self._handlers: dict[int, Callable[[Any], None]] = {
             _JOB_END: self._job_end,
             _PILOT_READY: self._pilot_ready,
@@ -304,8 +307,8 @@ class Simulation:
             job.first_start = self.now
             self._record_wait(job, self.now - job.submit_t)
         rng = p.site.rng
-        if p.black_hole:
-            duration, outcome = rng.uniform(1.0, 5.0), Outcome.FAILED
+        if p.black_hole:  # the node cannot run jobs: the pilot fails them within seconds
+            duration, outcome = rng.uniform(1.0, 5.0), Outcome.INTERRUPTED
         elif rng.random() < self.sc.work[job.work].fail_fraction:
             duration, outcome = rng.uniform(0.0, job.runtime_s), Outcome.FAILED
         else:
@@ -350,7 +353,7 @@ class Simulation:
                 t.job_failures += 1
             self._retry_or_fail(job, outcome)
         p.streak = failure_streak(p.streak, outcome, self.now - t0, spec.fast_failure_s)
-        if outcome is Outcome.FAILED and p.streak >= spec.black_hole_failures and not p.stopping:
+        if p.streak >= spec.black_hole_failures and not p.stopping:
             p.stopping = True
             t.pilots_black_hole += 1
         if p.stopping:
@@ -360,12 +363,18 @@ class Simulation:
         self._claim(p)
 
     def _retry_or_fail(self, job: Job, outcome: Outcome) -> None:
-        """What the store does with an attempt that ended without success."""
-        if outcome.counts_as_retry:
-            if job.retries >= self.sc.work[job.work].max_retries:
-                self.tally.jobs_failed += 1
-                del self.jobs[job.id]
-                return
+        """What the store does with an attempt that ended without success: the lifecycle's plan."""
+        budget = None
+        if needs_budget(outcome):
+            c = job.cand
+            spec = JobSpec(cpus=c.cpus, memory_mb=c.memory_mb, gpus=c.gpus, disk_mb=c.disk_mb, walltime_s=c.walltime_s)
+            budget = RetryBudget(job.retries, self.sc.work[job.work].max_retries, spec)
+        plan = plan_attempt_end(outcome, None, budget, self._retry_policy)
+        if plan.step is Step.FAIL:
+            self.tally.jobs_failed += 1
+            del self.jobs[job.id]
+            return
+        if plan.step is Step.RETRY:
             job.retries += 1
             self.tally.retries += 1
         self._enqueue(job)

@@ -269,7 +269,7 @@ def _work(path: str, i: int, table: dict[str, Any]) -> WorkSpec:
         count=r.integer("count", 0),
         rate_per_h=r.number("rate_per_h", 0.0),
         keep_idle=r.integer("keep_idle", 0),
-        max_retries=r.integer("max_retries", 3),
+        max_retries=r.integer("max_retries", 0),
         sites=frozenset(sites) if sites is not None else None,
         fail_fraction=r.number("fail_fraction", 0.0, 0.0, 1.0),
     )

@@ -14,6 +14,7 @@ import glidein_client.pilot.stats as real_stats
 import glidein_client.site.client as real_client
 import glidein_client.site.decisions as decisions
 import glidein_server.policy.matchmaking as matchmaking
+import glidein_server.store.sqlite_attempts as real_attempts
 import glidein_server.store.sqlite_pilots as real_store
 import glidein_server.store.sqlite_sites as real_sites
 import glidein_sim.engine as engine
@@ -121,6 +122,7 @@ def test_the_simulator_calls_the_functions_the_server_client_and_pilot_call(monk
     assert engine.plan_starts is real_pilot.plan_starts is partition.plan_starts
     assert engine.failure_streak is real_stats.failure_streak is partition.failure_streak
     assert engine.SlotPool is real_pilot.SlotPool
+    assert engine.plan_attempt_end is real_attempts.plan_attempt_end
     calls: dict[str, int] = {}
 
     def spy(name: str) -> None:
