@@ -1,18 +1,18 @@
 """One attempt of one claimed job, from its inputs to its outputs.
 
-:class:`Attempts` makes the job's sandbox, places its inputs (from the pilot's cache when
-they name a sha256), runs the job through :class:`.executor.JobProcess`, uploads its outputs
-and hands the result back to the pilot, whatever happened on the way.
+:class:`Attempts` makes the job's sandbox, places its inputs (checked copies from the
+pilot's cache when they name a sha256), runs the job through :class:`.executor.JobProcess`
+in the site's isolation, uploads its outputs (regular files only, never through a symbolic
+link) and hands the result back to the pilot, whatever happened on the way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-import os
 import random
-import shutil
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -23,7 +23,10 @@ from typing import TypeVar
 from glidein_client.pilot import provenance
 from glidein_client.pilot.channels.base import Channel
 from glidein_client.pilot.executor import JobProcess, RunResult
+from glidein_client.pilot.inputs import InputCache
+from glidein_client.pilot.isolation import Isolation
 from glidein_client.pilot.launch import JobRun
+from glidein_client.pilot.outputs import OutputRefused, opened_output
 from glidein_client.pilot.partition import Allocation, cores_for
 from glidein_client.pilot.sandboxes import Sandboxes
 from glidein_client.wire.errors import GlideinError, InputUnavailable, ServerUnreachable
@@ -56,6 +59,7 @@ class AttemptSettings:
     poll_s: float  # memory checks
     grace_s: float  # SIGTERM -> SIGKILL
     outage_s: float  # keep retrying transfers this long while the server is away
+    isolation: Isolation
 
 
 def unrun(outcome: Outcome, reason: str) -> RunResult:
@@ -105,12 +109,13 @@ class Attempts:
         self.sandboxes = Sandboxes(workdir, keep=keep)
         self._stopping = stopping
         self._gone = gone
-        self._cache_locks: dict[str, asyncio.Lock] = {}
+        self.cache = InputCache(workdir / "cache")
 
     def move_to(self, workdir: Path, *, keep: int) -> None:
         """Work under ``workdir`` from now on (the pilot's own directory, once it knows its id)."""
         self.workdir = workdir
         self.sandboxes = Sandboxes(workdir, keep=keep)
+        self.cache = InputCache(workdir / "cache")
 
     async def run(
         self,
@@ -158,6 +163,7 @@ class Attempts:
             poll_s=self.settings.poll_s,
             grace_s=self.settings.grace_s,
             base_env=self.env,
+            isolation=self.settings.isolation,
         )
         entry.proc = proc
         await proc.start()
@@ -180,32 +186,29 @@ class Attempts:
 
     async def _place_input(self, inp: InputFile, sandbox: Path) -> None:
         dest = sandbox / inp.name
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if inp.sha256 is None:
             try:
                 await self._patiently(f"download {inp.name}", lambda: self.channel.fetch_input(inp, dest))
             except InputUnavailable as exc:
                 raise InputUnavailable(f"input {inp.name}: {exc.message}") from None
             return
-        cached = self.workdir / "cache" / inp.sha256
-        lock = self._cache_locks.setdefault(inp.sha256, asyncio.Lock())
-        async with lock:
-            if not cached.exists():
-                cached.parent.mkdir(exist_ok=True)
-                await self._patiently(f"download {inp.name}", lambda: self.channel.fetch_input(inp, cached))
-        try:
-            os.link(cached, dest)
-        except OSError:
-            await asyncio.to_thread(shutil.copyfile, cached, dest)
+
+        async def fetch(inp: InputFile, into: Path) -> None:
+            await self._patiently(f"download {inp.name}", lambda: self.channel.fetch_input(inp, into))
+
+        await self.cache.place(inp, dest, fetch)
 
     async def _upload_outputs(
         self, claim: ClaimedJob, sandbox: Path, result: RunResult
     ) -> tuple[RunResult, list[OutputFile]]:
-        missing = [name for name in claim.spec.outputs if not (sandbox / name).is_file()]
-        if missing:
-            return replace(result, outcome=Outcome.FAILED, reason=f"the job did not produce {', '.join(missing)}"), []
         uploaded = []
-        for name in claim.spec.outputs:
-            upload = functools.partial(self.channel.upload_output, claim.attempt_id, claim.lease, name, sandbox / name)
-            uploaded.append(await self._patiently(f"upload {name}", upload))
+        try:
+            with contextlib.ExitStack() as opened:
+                paths = [opened.enter_context(opened_output(sandbox, name)) for name in claim.spec.outputs]
+                for name, path in zip(claim.spec.outputs, paths, strict=True):
+                    upload = functools.partial(self.channel.upload_output, claim.attempt_id, claim.lease, name, path)
+                    uploaded.append(await self._patiently(f"upload {name}", upload))
+        except OutputRefused as exc:
+            return replace(result, outcome=Outcome.FAILED, reason=str(exc)), []
         return result, uploaded

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from glidein_client.pilot.channels.staged import CHANNELS, open_channel
+from glidein_client.pilot.hardening import harden, take_token
+from glidein_client.pilot.isolation import ISOLATIONS, choose_isolation
 from glidein_client.pilot.pilot import Pilot, PilotSettings
 from glidein_client.pilot.resources import detect
 from glidein_client.pilot.selftest import self_test
@@ -66,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--staging-dir", help="the site's staging area on the shared filesystem (relay, mailbox)")
         sp.add_argument("--mailbox-dir", help="this pilot's mailbox directory on the shared filesystem (mailbox)")
+        sp.add_argument(
+            "--isolation",
+            choices=("auto", *ISOLATIONS),
+            default="auto",
+            help="how jobs are kept from the pilot and each other (default: the strongest available)",
+        )
+        sp.add_argument("--apptainer-image", help="the image jobs run in with --isolation apptainer")
         sp.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -89,7 +98,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    token = read_secret_file(args.token_file, what="pilot token")
+    if args.cmd == "run":
+        harden()  # umask 077, non-dumpable, child subreaper: before the token is read
+        token = take_token(args.token_file)
+    else:
+        token = read_secret_file(args.token_file, what="pilot token")
     scratch = Path(args.scratch)
     async with open_channel(
         args.channel,
@@ -124,6 +137,7 @@ async def _main(args: argparse.Namespace) -> int:
                 prefetch_s=args.prefetch_s,
                 min_disk_mb=args.min_disk_mb,
                 required_commands=tuple(args.require),
+                isolation=await choose_isolation(args.isolation, apptainer_image=args.apptainer_image),
             ),
         )
         loop = asyncio.get_running_loop()

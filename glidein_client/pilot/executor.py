@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from glidein_client.pilot import leftovers
+from glidein_client.pilot.isolation import Isolation
 from glidein_client.pilot.launch import (
     SCRIPT_NAME,
     JobRun,
@@ -35,7 +37,7 @@ from glidein_client.pilot.launch import (
     open_logs,
     write_script,
 )
-from glidein_client.pilot.proctree import descendant_pids, tree_rss_mb
+from glidein_client.pilot.proctree import descendant_pids, own_peak_rss_mb, tree_rss_mb
 from glidein_client.pilot.spawn import spawn
 from glidein_client.wire.schema import JobSpec, Outcome
 
@@ -71,12 +73,14 @@ class JobProcess:
         poll_s: float = 1.0,
         grace_s: float = 5.0,
         base_env: Mapping[str, str] | None = None,
+        isolation: Isolation | None = None,
     ) -> None:
         self.run = run
         self._sandbox = os.fspath(run.sandbox)
         self._poll_s = poll_s
         self._grace_s = grace_s
         self._base_env = base_env
+        self._isolation = isolation
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid: int | None = None
         self._returncode: int | None = None
@@ -120,7 +124,8 @@ class JobProcess:
             return
         run = self.run
         sandbox = self._sandbox
-        argv = job_argv(run)
+        command = job_argv(run)
+        argv = command if self._isolation is None else self._isolation.argv(command, run)
         try:
             if run.spec.script is not None:
                 write_script(os.path.join(sandbox, SCRIPT_NAME), run.spec.script)
@@ -136,11 +141,12 @@ class JobProcess:
             self._pid = spawn(argv, cwd=sandbox, env=env, stdin=devnull(), stdout=out, stderr=err, cores=run.cores)
         except (OSError, ValueError) as exc:
             close_fds((out, err))
-            self._no_start = self._spawn_failure(argv, exc)
+            self._no_start = self._spawn_failure(command, exc)
             log.info("attempt %d of job %d did not start: %s", run.attempt_id, run.job_id, self._no_start[1])
             return
         self._started_wall = time.time()
         self._logs = (out, err)  # kept open to read their tails when the job ends
+        leftovers.started(self._pid, run.attempt_id)
         self._exited = self._loop.create_future()
         try:
             self._pidfd = os.pidfd_open(self._pid)
@@ -216,8 +222,12 @@ class JobProcess:
                 self._status_lost = True
             else:
                 self._returncode = os.waitstatus_to_exitcode(status)
-                self._max_rss_mb = max(self._max_rss_mb, usage.ru_maxrss / 1024)
+                peak_mb = usage.ru_maxrss / 1024
+                if peak_mb > own_peak_rss_mb():  # else it may be the pilot's own peak (see proctree)
+                    self._max_rss_mb = max(self._max_rss_mb, peak_mb)
                 self._cpu = (usage.ru_utime, usage.ru_stime)
+        leftovers.ended(self._pid)
+        leftovers.end(self.run.attempt_id, signal.SIGKILL, job_ended=True)
         if self._kill_timer is not None:
             self._kill_timer.cancel()
             self._kill_timer = None
@@ -245,6 +255,7 @@ class JobProcess:
         log.info("stopping attempt %d of job %d: %s", self.run.attempt_id, self.run.job_id, reason)
         self._mark_descendants()
         self._signal_tree(signal.SIGTERM)
+        leftovers.end(self.run.attempt_id, signal.SIGTERM, job_ended=False)
         self._kill_timer = self._loop.call_later(self._grace_s, self._escalate)
 
     def _escalate(self) -> None:
@@ -252,6 +263,7 @@ class JobProcess:
         if not self.done:
             self._mark_descendants()
             self._signal_tree(signal.SIGKILL)
+            leftovers.end(self.run.attempt_id, signal.SIGKILL, job_ended=False)
 
     def _mark_descendants(self) -> None:
         """Remember descendants now: once their parent dies they can no longer be found from it."""
@@ -339,6 +351,12 @@ class JobProcess:
         else:
             outcome = Outcome.DONE if returncode == 0 else Outcome.FAILED
             reason = exit_reason(returncode)
+            if self._max_rss_mb > self.run.spec.memory_mb:  # between two samples, or too short for one
+                outcome = Outcome.MEMORY
+                reason = (
+                    f"used up to {self._max_rss_mb:.0f} MB (the peak of its largest process), "
+                    f"more than its {self.run.spec.memory_mb} MB"
+                )
         result = RunResult(
             outcome=outcome,
             exit_code=returncode,

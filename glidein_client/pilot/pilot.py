@@ -16,15 +16,16 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from glidein_client.pilot import provenance
+from glidein_client.pilot import leftovers, provenance
 from glidein_client.pilot.attempt import Attempts, AttemptSettings, Running, patiently
 from glidein_client.pilot.backlog import Backlog
 from glidein_client.pilot.channels.base import Channel
 from glidein_client.pilot.executor import RunResult
 from glidein_client.pilot.flights import Flight, Flights
+from glidein_client.pilot.isolation import Isolation, NoIsolation
 from glidein_client.pilot.partition import Need, SlotPool, plan_starts
 from glidein_client.pilot.resources import Detected
 from glidein_client.pilot.selftest import self_test
@@ -71,7 +72,10 @@ class PilotSettings:
     grace_s: float = 5.0  # SIGTERM -> SIGKILL for jobs
     black_hole_failures: int = 5  # this many jobs in a row failing fast: stop taking work
     fast_failure_s: float = 10.0
-    outage_s: float = 300.0  # keep retrying transfers and registration this long while the server is away
+    outage_s: float = 300.0
+    isolation: Isolation = field(
+        default_factory=NoIsolation
+    )  # keep retrying transfers and registration this long while the server is away
 
 
 class Pilot:
@@ -102,7 +106,12 @@ class Pilot:
         self._reporting: set[int] = set()  # attempts whose reports are on their way
         self.attempts = Attempts(
             channel,
-            AttemptSettings(poll_s=settings.poll_s, grace_s=settings.grace_s, outage_s=settings.outage_s),
+            AttemptSettings(
+                poll_s=settings.poll_s,
+                grace_s=settings.grace_s,
+                outage_s=settings.outage_s,
+                isolation=settings.isolation,
+            ),
             core_ids=detected.core_ids,
             env=dict(os.environ),  # one snapshot: reading os.environ per job is slow
             workdir=settings.scratch,
@@ -170,8 +179,12 @@ class Pilot:
             self.res.disk_mb,
             self.end_time - time.time(),
         )
+        log.info("pilot %d isolates its jobs with %s", self.pilot_id, self.settings.isolation.name)
         async with self.attempts.sandboxes:
-            reason = await self._loop()
+            try:
+                reason = await self._loop()
+            finally:
+                leftovers.end_all()
             await self._leave(reason)
         return 0
 

@@ -36,7 +36,8 @@ class Sandboxes:
         self._janitor: threading.Thread | None = None
 
     async def __aenter__(self) -> Sandboxes:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, 0o700)  # sandboxes are for the pilot's user only, whatever the umask
         self._janitor = threading.Thread(target=self._sweep, name="sandbox-janitor", daemon=True)
         self._janitor.start()
         return self
@@ -58,7 +59,7 @@ class Sandboxes:
                 return path
             except OSError:
                 self._doomed.put(spare)
-        path.mkdir()
+        path.mkdir(mode=0o700)
         return path
 
     def release(self, path: Path, *, reuse: bool = True) -> None:
