@@ -8,9 +8,8 @@ its node, and says which in its log.
   short list of ``/etc`` files, ``/opt``, ``/cvmfs``, the Python the pilot runs on), its own
   ``/proc``, a minimal ``/dev``, an empty ``/tmp``, and its sandbox (read-write, at the same
   path). Neither the pilot's directories (its token, its cache, its logs) nor other sandboxes
-  nor home directories exist in there, and it sees no process but its own. When its first
-  process ends, every process of the job ends with it (the kernel ends a PID namespace with its
-  init).
+  nor home directories exist in there, and it sees no process but its own. Its first process
+  is the namespace's init: when it ends, the kernel ends every other process of the job.
 - ``apptainer``: the job runs in the site's image through Apptainer's documented command line
   (``apptainer exec --contain --ipc --pid --bind SANDBOX --pwd SANDBOX IMAGE …``).
 - ``none``: the job runs as the pilot's user with the pilot's view of the filesystem. Only for
@@ -106,6 +105,7 @@ class Bubblewrap:
             "--die-with-parent",
             "--new-session",
             "--unshare-pid",
+            "--as-pid-1",  # no init of bwrap's own: bwrap then collects the job, and its peak memory with it
             "--unshare-ipc",
             "--unshare-uts",
             "--unshare-cgroup-try",
