@@ -103,6 +103,10 @@ def pilot_command(site: SiteConfig, workdir: str) -> tuple[str, ...]:
         options["--fallback-walltime-s"] = str(shape.walltime_s)
     if site.site.ca_file:
         options["--ca-file"] = os.path.join(workdir, PILOT_CA_FILE)
+    if site.isolation != "auto":
+        options["--isolation"] = site.isolation
+    if site.apptainer_image:
+        options["--apptainer-image"] = site.apptainer_image
     options.update(pilot_network_options(site, workdir))  # firewalled sites: relay or mailbox, staged files
     argv = [site.batch.python or sys.executable, "-m", "glidein_client.pilot", "run"]
     for flag, value in options.items():

@@ -28,6 +28,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SchedulerName = Literal["local", "slurm", "pbs", "htcondor", "lsf"]
+Isolation = Literal["auto", "none", "bwrap", "apptainer"]  # how pilots keep jobs apart (pilot/isolation.py)
 
 
 class _Section(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -53,6 +54,8 @@ class PilotSection(_Section, kw_only=True, frozen=True):
     walltime: str | int = "2h"
     idle_timeout: str | int = "2m"
     whole_node: bool = False
+    isolation: Isolation = "auto"
+    apptainer_image: str | None = None
 
 
 class LimitsSection(_Section, kw_only=True, frozen=True):
@@ -127,6 +130,8 @@ class SiteConfig(Struct, frozen=True, kw_only=True):
     staging: StagingSection | None = None
     staging_quota_mb: int = 0
     mailbox_stale_s: int = 3600
+    isolation: Isolation = "auto"
+    apptainer_image: str | None = None
 
     @property
     def network(self) -> Network:
@@ -203,6 +208,12 @@ def parse_site_config(raw: dict[str, Any], path: str = "<config>") -> SiteConfig
             f"Site config {path}: pilot.walltime must be at least 1 minute and pilot.memory positive.",
             field="pilot.walltime",
         )
+    if pilot.isolation == "apptainer" and not pilot.apptainer_image:
+        raise ConfigError(
+            f'Site config {path}: pilot.isolation = "apptainer" needs pilot.apptainer_image.',
+            hint="Name the image jobs run in (a .sif file or an unpacked image on /cvmfs).",
+            field="pilot.apptainer_image",
+        )
     ssh = _check_ssh(data, path) if data.ssh is not None else None
     relay, mailbox, staging = check_network(
         data.site.network, data.relay, data.mailbox, data.staging, remote=ssh is not None, path=path
@@ -228,6 +239,8 @@ def parse_site_config(raw: dict[str, Any], path: str = "<config>") -> SiteConfig
         staging=staging,
         staging_quota_mb=quota_mb,
         mailbox_stale_s=stale_s,
+        isolation=pilot.isolation,
+        apptainer_image=pilot.apptainer_image,
     )
 
 
