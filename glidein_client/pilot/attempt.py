@@ -28,9 +28,10 @@ from glidein_client.pilot.isolation import Isolation
 from glidein_client.pilot.launch import JobRun
 from glidein_client.pilot.outputs import OutputRefused, opened_output
 from glidein_client.pilot.partition import Allocation, cores_for
+from glidein_client.pilot.resources import Detected
 from glidein_client.pilot.sandboxes import Sandboxes
 from glidein_client.wire.errors import GlideinError, InputUnavailable, ServerUnreachable
-from glidein_client.wire.schema import ClaimedJob, FileDigest, InputFile, Outcome, OutputFile
+from glidein_client.wire.schema import LOG_TAIL_BYTES, ClaimedJob, FileDigest, Finish, InputFile, Outcome, OutputFile
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -212,3 +213,23 @@ class Attempts:
         except OutputRefused as exc:
             return replace(result, outcome=Outcome.FAILED, reason=str(exc)), []
         return result, uploaded
+
+
+def finish_report(
+    entry: Running, result: RunResult, outputs: list[OutputFile], res: Detected, isolation: str
+) -> Finish:
+    """What the pilot reports of an ended attempt, with where and how it ran."""
+    cores = entry.proc.run.cores if entry.proc else ()
+    return Finish(
+        attempt_id=entry.claim.attempt_id,
+        lease=entry.claim.lease,
+        outcome=result.outcome,
+        exit_code=result.exit_code,
+        reason=result.reason,
+        wall_s=result.wall_s,
+        max_rss_mb=result.max_rss_mb,
+        stdout_tail=result.stdout_tail[-LOG_TAIL_BYTES:],
+        stderr_tail=result.stderr_tail[-LOG_TAIL_BYTES:],
+        outputs=outputs,
+        provenance=provenance.record(res, cores, entry.alloc.gpus, entry.inputs, result, isolation=isolation),
+    )

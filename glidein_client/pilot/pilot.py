@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glidein_client.pilot import leftovers, provenance
-from glidein_client.pilot.attempt import Attempts, AttemptSettings, Running, patiently
+from glidein_client.pilot import leftovers
+from glidein_client.pilot.attempt import Attempts, AttemptSettings, Running, finish_report, patiently
 from glidein_client.pilot.backlog import Backlog
 from glidein_client.pilot.channels.base import Channel
 from glidein_client.pilot.executor import RunResult
@@ -32,7 +32,6 @@ from glidein_client.pilot.selftest import self_test
 from glidein_client.pilot.stats import WorkStats
 from glidein_client.wire.errors import ConflictError, GlideinError, ServerUnreachable
 from glidein_client.wire.schema import (
-    LOG_TAIL_BYTES,
     AttemptRef,
     ClaimedJob,
     Finish,
@@ -468,23 +467,7 @@ class Pilot:
         if claim.attempt_id in self.stale:
             self.stale.discard(claim.attempt_id)
         else:
-            self.finished.append(
-                Finish(
-                    attempt_id=claim.attempt_id,
-                    lease=claim.lease,
-                    outcome=result.outcome,
-                    exit_code=result.exit_code,
-                    reason=result.reason,
-                    wall_s=result.wall_s,
-                    max_rss_mb=result.max_rss_mb,
-                    stdout_tail=result.stdout_tail[-LOG_TAIL_BYTES:],
-                    stderr_tail=result.stderr_tail[-LOG_TAIL_BYTES:],
-                    outputs=outputs,
-                    provenance=provenance.record(
-                        self.res, entry.proc.run.cores if entry.proc else (), entry.alloc.gpus, entry.inputs, result
-                    ),
-                )
-            )
+            self.finished.append(finish_report(entry, result, outputs, self.res, self.settings.isolation.name))
         if result.outcome is not Outcome.DONE:
             log.info(
                 "job %d (attempt %d) ended %s: %s", claim.job_id, claim.attempt_id, result.outcome.value, result.reason

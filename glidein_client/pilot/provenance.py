@@ -107,7 +107,13 @@ async def input_digests(inputs: Sequence[InputFile], sandbox: Path) -> list[File
 
 
 def record(
-    res: Detected, cores: Iterable[int], gpus: Sequence[str], inputs: Sequence[FileDigest], result: RunResult
+    res: Detected,
+    cores: Iterable[int],
+    gpus: Sequence[str],
+    inputs: Sequence[FileDigest],
+    result: RunResult,
+    *,
+    isolation: str = "",
 ) -> Provenance:
     """The provenance of one attempt run by a pilot with resources ``res``."""
     node = node_facts()
@@ -127,4 +133,5 @@ def record(
         ended_at=None if started is None else started + result.wall_s,
         cpu_user_s=round(result.cpu_user_s, 3),
         cpu_system_s=round(result.cpu_system_s, 3),
+        isolation=isolation,
     )

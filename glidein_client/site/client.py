@@ -20,6 +20,7 @@ from types import TracebackType
 
 from glidein_client.site.config import SiteConfig
 from glidein_client.site.decisions import Decision, decide, hold_actions
+from glidein_client.site.firewall.forwarder import CLIENT_TOKEN
 from glidein_client.site.firewall.service import Firewall, pilot_network_options
 from glidein_client.site.runners.local import LocalRunner, Runner
 from glidein_client.site.schedulers import make_scheduler
@@ -27,6 +28,7 @@ from glidein_client.site.schedulers.base import HoldHandler, PilotJob, PilotLaun
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.errors import ConfigError, GlideinError, SchedulerError, ServerUnreachable
 from glidein_client.wire.schema import Demand
+from glidein_client.wire.staging import Network
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +294,8 @@ class SiteClient:
         try:
             await self.runner.makedirs(workdir, mode=0o700)
             await self.runner.write_file(launch.token_file, grant.token.encode(), mode=0o600)
+            if site.network is not Network.DIRECT:  # the relay or mailbox forwards the pilot's calls with it
+                await self.runner.write_file(os.path.join(workdir, CLIENT_TOKEN), grant.token.encode(), mode=0o600)
             if self._ca is not None:
                 await self.runner.write_file(os.path.join(workdir, PILOT_CA_FILE), self._ca, mode=0o644)
         except OSError as exc:

@@ -39,7 +39,7 @@ def provenance_lines(p: Provenance | None, outputs: Sequence[OutputFile] = ()) -
     pinned = f"cores {render.compress_ids(p.cores)}" if p.cores else "no core pinning"
     lines = [
         f"host:      {p.host or '-'} ({batch})",
-        f"pinned to: {pinned}; GPUs {','.join(p.gpus) or 'none'}",
+        f"pinned to: {pinned}; GPUs {','.join(p.gpus) or 'none'}; isolation {p.isolation or '-'}",
         f"cpu time:  user {p.cpu_user_s:.2f} s + system {p.cpu_system_s:.2f} s",
         f"software:  glidein {p.pilot_version or '?'}, {p.python or '?'}, {p.os or '?'}",
         f"cpu model: {p.cpu_model or '-'}",

@@ -151,6 +151,7 @@ class Provenance(_Strict, kw_only=True):
     ended_at: float | None = None
     cpu_user_s: float = 0.0  # of the job's process tree
     cpu_system_s: float = 0.0
+    isolation: str = ""  # none | bwrap | apptainer: how the job was kept from its pilot and other jobs
 
 
 class AttemptView(_Strict, kw_only=True):

@@ -93,8 +93,13 @@ async def job_states(live: LiveServer, ids: list[int]) -> dict[int, JobState]:
 
 
 def token_modes(site: SiteConfig) -> list[int]:
-    tokens = Path(site.site.scratch_dir).glob("pilots-meta/*/token")
-    return [t.stat().st_mode & 0o777 for t in tokens]
+    """The modes of the pilots' directories, and of their tokens while still on disk (each pilot
+    removes its own once it has read it)."""
+    dirs = [d for d in Path(site.site.scratch_dir).glob("pilots-meta/*") if d.is_dir()]
+    tokens = [d / "token" for d in dirs if (d / "token").exists()]
+    return [p.stat().st_mode & 0o777 for p in dirs] + [
+        0o600 if (t.stat().st_mode & 0o777) == 0o600 else 0 for t in tokens
+    ]
 
 
 def pilot_logs(site: SiteConfig) -> str:
@@ -117,7 +122,9 @@ async def test_cycles_start_pilots_that_run_the_jobs(
         assert all(b.startswith("local-") for b in first.submitted)
         assert first.removed == ()
         # the pilot token was written for the pilot, readable by its owner only
-        assert token_modes(site) == [0o600] * len(first.submitted)
+        modes = token_modes(site)
+        assert modes[: len(first.submitted)] == [0o700] * len(first.submitted)
+        assert all(m == 0o600 for m in modes[len(first.submitted) :])
 
         deadline = time.monotonic() + 90
         while True:

@@ -121,7 +121,7 @@ def _pilot_scripts(site: SiteConfig) -> str:
 
 def _pilot_token(site: SiteConfig) -> str:
     """The token the site client minted for one of its pilots."""
-    return next(Path(site.site.scratch_dir).glob(f"pilots-meta/glidein-{site.name}-*/token")).read_text().strip()
+    return next(Path(site.site.scratch_dir).glob(f"pilots-meta/glidein-{site.name}-*/client-token")).read_text().strip()
 
 
 def free_port(address: str) -> int:

@@ -117,14 +117,15 @@ async def test_remote_client_submits_pilots_over_ssh_and_jobs_finish(
             await asyncio.sleep(1)
         runner = client.runner
         assert runner.logins == 1
-        tokens = list((remote.user_dir / "scratch" / "pilots-meta").glob("*/token"))
+        pilot_dirs = [d for d in (remote.user_dir / "scratch" / "pilots-meta").glob("glidein-*") if d.is_dir()]
     assert states == {i: JobState.DONE for i in ids}, states
     assert 1 <= len(submitted) <= 2
     assert sorted(site_pilots(slurm_cluster, site)) == sorted(
-        f"glidein-{site.name}-{p.name.rsplit('-', 1)[1]}" for p in (t.parent for t in tokens)
+        f"glidein-{site.name}-{p.name.rsplit('-', 1)[1]}" for p in pilot_dirs
     )
-    for token in tokens:  # written over SFTP as the SSH user, readable by it only
-        assert token.stat().st_mode & 0o777 == 0o600 and token.owner() == TEST_USER
+    for pilot_dir in pilot_dirs:  # written over SFTP as the SSH user, for it only
+        assert pilot_dir.stat().st_mode & 0o777 == 0o700 and pilot_dir.owner() == TEST_USER
+        assert not (pilot_dir / "token").exists()  # each pilot removed its token once it had read it
     async with live_server.api(live_server.operator_token) as api:
         outputs = [(await api.attempts(i))[-1].stdout_tail for i in ids]
     assert outputs == [f"hello from {TEST_USER}\n"] * 3  # the jobs ran as the SSH user, under Slurm

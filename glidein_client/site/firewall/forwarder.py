@@ -46,6 +46,10 @@ def error_body(status: int, message: str, hint: str | None = None) -> tuple[int,
     return status, msgspec.json.encode(ErrorBody(error=message, hint=hint))
 
 
+#: The client's own copy of a pilot's token, beside the ``token`` the pilot reads and removes.
+CLIENT_TOKEN = "client-token"
+
+
 class PilotTokens:
     """The tokens of the pilots this client submitted, kept in memory by hash and read back from their files."""
 
@@ -87,7 +91,7 @@ class PilotTokens:
 
     def _read(self, pilot_id: int) -> None:
         try:
-            token = (self.meta_dir / box_name(self.site, pilot_id) / "token").read_text().strip()
+            token = (self.meta_dir / box_name(self.site, pilot_id) / CLIENT_TOKEN).read_text().strip()
         except OSError:
             return
         if token:
