@@ -46,7 +46,7 @@ async def bare_spawn(n: int, concurrency: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-async def through_pilot(n: int, cpus: int, tmp: Path) -> dict[str, float]:
+async def through_pilot(n: int, cpus: int, tmp: Path, isolation: str = "auto") -> dict[str, float]:
     state = StateDir(tmp / "server")
     state.write(ServerSettings(port=0, heartbeat_s=2.0, insecure_http=True))  # loopback only
     async with Server(str(state.root)) as srv:
@@ -81,6 +81,8 @@ async def through_pilot(n: int, cpus: int, tmp: Path) -> dict[str, float]:
             "30",
             "--scratch",
             str(tmp / "scratch"),
+            "--isolation",
+            isolation,
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
@@ -132,7 +134,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     for _ in range(args.rounds):
         bare_runs.append(await bare_spawn(args.jobs, args.cpus))
         with tempfile.TemporaryDirectory(prefix="glidein-bench-") as tmp:
-            pilot_runs.append(await through_pilot(args.jobs, args.cpus, Path(tmp)))
+            pilot_runs.append(await through_pilot(args.jobs, args.cpus, Path(tmp), args.isolation))
     bare_runs.append(await bare_spawn(args.jobs, args.cpus))
     baseline = statistics.median(bare_runs)
     pilot = sorted(pilot_runs, key=lambda r: r["rate_per_s"])[len(pilot_runs) // 2]
@@ -140,6 +142,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "benchmark": "true-jobs-end-to-end",
         "jobs": args.jobs,
         "pilot_cpus": args.cpus,
+        "isolation": args.isolation,
         "rounds": args.rounds,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "bare_asyncio_spawn_per_s": round(baseline, 1),
@@ -162,11 +165,20 @@ def main() -> None:
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of both measurements; medians count")
     p.add_argument("--out", type=Path, default=RESULTS / "throughput.json")
+    p.add_argument(
+        "--isolation",
+        choices=("auto", "none", "bwrap"),
+        default="auto",
+        help="the pilot's job isolation (default: the strongest available, as a real pilot)",
+    )
     args = p.parse_args()
     result = asyncio.run(main_async(args))
     rows = [
         ("bare asyncio spawn (baseline, median)", f"{result['bare_asyncio_spawn_per_s']:.0f} jobs/s"),
-        (f"glidein, 1 pilot x {args.cpus} slots (median)", f"{result['glidein_per_s']:.0f} jobs/s"),
+        (
+            f"glidein, 1 pilot x {args.cpus} slots, isolation {args.isolation} (median)",
+            f"{result['glidein_per_s']:.0f} jobs/s",
+        ),
         ("ratio (target >= 0.7)", f"{result['ratio']:.2f}"),
         (f"submit of {args.jobs} jobs", f"{result['submit_s']:.2f} s"),
         ("first job done after submit", f"{result['first_done_s']:.3f} s"),

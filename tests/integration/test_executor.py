@@ -14,7 +14,7 @@ import pytest
 
 from glidein_client.pilot.executor import JobProcess, RunResult
 from glidein_client.pilot.launch import SCRIPT_NAME, STDOUT_NAME, JobRun, read_tail
-from glidein_client.pilot.proctree import descendant_pids, tree_rss_mb
+from glidein_client.pilot.proctree import descendant_pids, own_peak_rss_mb, tree_rss_mb
 from glidein_client.wire.schema import LOG_TAIL_BYTES, JobSpec, Outcome
 
 PY = sys.executable
@@ -71,7 +71,19 @@ async def test_success_with_logs(tmp_path: Path) -> None:
     assert result.stdout_tail == "hello out\n"
     assert result.stderr_tail == "hello err\n"
     assert 0 < result.wall_s < 5
-    assert result.max_rss_mb > 1  # from the exit's resource usage, though never sampled
+    # A peak at or below the pilot's own says nothing: a spawned job shares the pilot's memory until it execs.
+    assert result.max_rss_mb == 0.0
+
+
+async def test_a_peak_between_samples_is_measured_at_exit(tmp_path: Path) -> None:
+    peak_mb = int(own_peak_rss_mb()) + 100
+    code = f"x = b'1' * ({peak_mb} << 20)"
+    result = await run_job(make_run(tmp_path, argv=[PY, "-c", code], memory_mb=peak_mb + 200))
+    assert result.outcome is Outcome.DONE
+    assert peak_mb <= result.max_rss_mb < peak_mb + 100  # from the exit's resource usage, though never sampled
+    over = await run_job(make_run(tmp_path, argv=[PY, "-c", code], memory_mb=peak_mb // 2))
+    assert over.outcome is Outcome.MEMORY
+    assert over.reason is not None and f"more than its {peak_mb // 2} MB" in over.reason
 
 
 async def test_nonzero_exit(tmp_path: Path) -> None:
