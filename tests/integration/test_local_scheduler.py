@@ -135,8 +135,8 @@ def test_factory_makes_every_backend(tmp_path: Path, name: str, cls: str) -> Non
 
 def test_factory_refuses_an_unknown_scheduler(tmp_path: Path) -> None:
     site = make_site(tmp_path)
-    site = msgspec.structs.replace(site, site=msgspec.structs.replace(site.site, scheduler="lsf"))
-    with pytest.raises(ConfigError, match="site.scheduler 'lsf' is not known"):
+    site = msgspec.structs.replace(site, site=msgspec.structs.replace(site.site, scheduler="sge"))
+    with pytest.raises(ConfigError, match="site.scheduler 'sge' is not known"):
         make_scheduler(site, LocalRunner())
 
 

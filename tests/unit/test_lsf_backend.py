@@ -246,5 +246,5 @@ async def test_bkill_trouble_that_is_not_gone_is_an_error(tmp_path: Path) -> Non
     fake.fail_next("bkill", rc=255, stderr="Job <4000>: User permission denied\n")
     with pytest.raises(SchedulerError, match="User permission denied"):
         await scheduler(site_config(tmp_path), fake).cancel(["4000"])
-    with pytest.raises(SchedulerError, match="not a LSF job id"):
+    with pytest.raises(SchedulerError, match="not an LSF job id"):
         await scheduler(site_config(tmp_path), fake).cancel(["4000.x"])

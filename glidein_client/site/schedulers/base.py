@@ -221,6 +221,7 @@ class BatchScheduler:
 
     name: ClassVar[str]
     label: ClassVar[str]  # the batch system's name in messages: "Slurm", "PBS", ...
+    article: ClassVar[str] = "a"  # before the label: "a Slurm job id", "an LSF job id"
     submit_tool: ClassVar[str]
     cancel_tool: ClassVar[str]
     status_tool: ClassVar[str]
@@ -386,7 +387,7 @@ class BatchScheduler:
         bad = [b for b in batch_ids if not self.job_id.match(b)]
         if bad:
             raise SchedulerError(
-                f"Cannot {verb} {', '.join(map(repr, bad))}: not a {self.label} job id.",
+                f"Cannot {verb} {', '.join(map(repr, bad))}: not {self.article} {self.label} job id.",
                 hint="This is a bug in the caller: pass ids that submit() or status() returned.",
             )
         for start in range(0, len(batch_ids), self.cancel_chunk):

@@ -256,6 +256,7 @@ class HTCondorScheduler(BatchScheduler):
 
     name = "htcondor"
     label = "HTCondor"
+    article = "an"
     submit_tool = "condor_submit"
     cancel_tool = "condor_rm"
     status_tool = "condor_q"

@@ -200,6 +200,7 @@ class LsfScheduler(BatchScheduler):
 
     name = "lsf"
     label = "LSF"
+    article = "an"
     submit_tool = "bsub"
     cancel_tool = "bkill"
     status_tool = "bjobs"
