@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import ssl
@@ -20,6 +22,7 @@ from glidein_server.http.ratelimit import Rate, RateLimits
 from glidein_server.metrics import MetricsConfig
 from glidein_server.policy.fairshare import Shares
 from glidein_server.policy.retry import RetryPolicy
+from glidein_server.retention import purge_forever
 from glidein_server.settings import ServerSettings, StateDir
 from glidein_server.store.base import Store
 from glidein_server.store.files import FileStore
@@ -72,6 +75,7 @@ class Server:
         self._port = self.settings.port if port is None else port
         self.store = open_store(self.state, self.settings)
         self._runner: web.AppRunner | None = None
+        self._retention: asyncio.Task[None] | None = None
         self.api: Api | None = None
         self.url = ""
         self.listen = ""  # host:port actually bound
@@ -145,11 +149,20 @@ class Server:
         self.listen = f"{self._host}:{port}"
         self.url = s.public_url or f"{'https' if tls_context else 'http'}://{self._host}:{port}"
         log.info("glidein server listening on %s, clients use %s (state in %s)", self.listen, self.url, self.state.root)
+        if s.retention_days > 0:
+            self._retention = asyncio.create_task(
+                purge_forever(self.store, files, s.retention_days, s.retention_interval_s), name="retention"
+            )
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._retention is not None:
+            self._retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention
+            self._retention = None
         if self._runner is not None:
             await self._runner.cleanup()
         await self.store.close()

@@ -26,6 +26,8 @@ class ServerSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     public_url: str = ""  # how clients and pilots reach this server; default http(s)://host:port
     database: str = "glidein.db"
     files_dir: str = "files"
+    retention_days: Annotated[float, Meta(ge=0)] = 30.0  # finished jobs older than this are purged; 0: never
+    retention_interval_s: Annotated[float, Meta(ge=1)] = 3600.0  # how often the server purges
     lease_s: Annotated[float, Meta(ge=1)] = 60.0  # an attempt without news for this long is requeued
     heartbeat_s: Annotated[float, Meta(ge=0.1)] = 10.0  # pilots report at least this often
     pilot_timeout_s: Annotated[float, Meta(ge=1)] = 180.0  # a silent pilot is considered lost

@@ -233,7 +233,26 @@ class StagingStore(Protocol):
         ...
 
 
-class Store(TokenStore, JobStore, PilotStore, StagingStore, MonitoringStore, Protocol):
+@dataclass(frozen=True)
+class Purged:
+    """What one purge removed: finished jobs, their attempts, and the hashes of output files that
+    nothing refers to any more (the caller deletes those files)."""
+
+    jobs: int = 0
+    attempts: int = 0
+    orphan_files: tuple[str, ...] = ()
+
+
+class RetentionStore(Protocol):
+    """Finished jobs do not stay forever."""
+
+    async def purge_finished(self, before: float, limit: int) -> Purged:
+        """Delete up to ``limit`` jobs that finished (done, failed, cancelled) before ``before``, oldest
+        first, with their attempts, outputs and staging records, in one transaction."""
+        ...
+
+
+class Store(TokenStore, JobStore, PilotStore, StagingStore, MonitoringStore, RetentionStore, Protocol):
     """The whole durable state of a server, with an explicit lifecycle (constructors do no I/O)."""
 
     async def open(self) -> None:

@@ -25,6 +25,14 @@ class FileStore:
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).exists()
 
+    def remove(self, sha256: str) -> bool:
+        """Delete the file stored under ``sha256``; False if there was none."""
+        try:
+            self.path(sha256).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     async def put(self, sha256: str, body: StreamReader) -> int:
         """Store the stream under ``sha256``; refuse it if the content does not match."""
         async with self.incoming(sha256, body) as size:

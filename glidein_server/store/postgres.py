@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from glidein_server.store.postgres_base import Q, redact
 from glidein_server.store.postgres_pilots import PostgresPilots
+from glidein_server.store.postgres_retention import PostgresRetention
 
 __all__ = ["PostgresStore", "is_postgres_url", "redact"]
 
@@ -18,7 +19,7 @@ def is_postgres_url(database: str) -> bool:
     return database.startswith(("postgresql://", "postgres://"))
 
 
-class PostgresStore(PostgresPilots):
+class PostgresStore(PostgresRetention, PostgresPilots):
     async def recover(self, now: float, grace_s: float) -> None:
         """After a restart: give pilots ``grace_s`` to reconnect before their jobs count as lost, and
         start listening for the other replicas' news."""

@@ -72,7 +72,12 @@ class PostgresAttempts(PostgresMonitoring):
         )
         budget = await self._budget(con, job_id) if needs_budget(outcome) else None
         await self._apply(
-            con, job_id, attempt_id, plan_attempt_end(outcome, reason, budget, self.retry), exit_code, now
+            con,
+            job_id,
+            attempt_id,
+            plan_attempt_end(outcome, reason, budget, self.retry, peak_mb=fin.max_rss_mb if fin else 0.0),
+            exit_code,
+            now,
         )
         value = site_health_value(outcome)
         if value is not None:

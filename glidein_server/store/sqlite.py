@@ -16,6 +16,7 @@ from glidein_server.store import sqlfile
 from glidein_server.store.sqlite_base import Q
 from glidein_server.store.sqlite_monitoring import SqliteMonitoring
 from glidein_server.store.sqlite_pilots import SqlitePilots
+from glidein_server.store.sqlite_retention import SqliteRetention
 from glidein_server.store.sqlite_sites import sites_from_key, sites_key
 from glidein_server.store.sqlite_usage import add_columns
 
@@ -23,7 +24,7 @@ __all__ = ["SqliteStore", "sites_from_key", "sites_key"]
 log = logging.getLogger(__name__)
 
 
-class SqliteStore(SqliteMonitoring, SqlitePilots):
+class SqliteStore(SqliteMonitoring, SqliteRetention, SqlitePilots):
     def _prepare(self, db: sqlite3.Connection) -> None:
         db.executescript(Q["schema"])
         self._migrate_tokens(db)

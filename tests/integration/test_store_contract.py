@@ -28,7 +28,7 @@ from glidein_client.wire.schema import (
 from glidein_client.wire.staging import Network
 from glidein_server.policy.fairshare import Shares
 from glidein_server.policy.retry import RetryPolicy
-from glidein_server.store.base import JobFilter, Principal, Store
+from glidein_server.store.base import JobFilter, Principal, Purged, Store
 from glidein_server.store.postgres import PostgresStore
 from glidein_server.store.sqlite import SqliteStore
 
@@ -36,7 +36,7 @@ NOW = 1_000_000.0
 LEASE_S = 60.0
 SHA = "a" * 64
 SHAPE = PilotShape(cpus=8, memory_mb=16_000, disk_mb=100_000, walltime_s=86_400)
-POLICY = RetryPolicy(memory_factor=2.0, max_memory_mb=8000)
+POLICY = RetryPolicy(memory_factor=2.0, max_memory_mb=8000, resize_retries=1)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -161,7 +161,7 @@ async def test_claim_run_and_finish_with_outputs(store: Store) -> None:
 
 
 async def test_memory_kill_grows_then_retries_run_out(store: Store) -> None:
-    [jid] = await store.add_jobs("alice", [job(max_retries=1)], NOW)
+    [jid] = await store.add_jobs("alice", [job(max_retries=0)], NOW)
     pid = await running_pilot(store)
     for expected in (JobState.IDLE, JobState.FAILED):
         [c] = (await store.sync(pid, SyncRequest(free=free(), lifetime_s=80_000), NOW, LEASE_S)).jobs
@@ -309,3 +309,44 @@ async def test_priority_orders_only_a_users_own_jobs_and_users_share_the_cores(s
     more = (await store.sync(other, SyncRequest(free=free(8), lifetime_s=3600), NOW, LEASE_S)).jobs
     got = [c.spec.labels["who"] for c in more]
     assert (got.count("alice"), got.count("bob")) == (7, 1), got
+
+
+async def test_purge_removes_old_finished_jobs_only(store: Store) -> None:
+    old, kept_idle, recent = await store.add_jobs(
+        "alice", [job(outputs=["o"]), job()], NOW - 100
+    ) + await store.add_jobs("bob", [job()], NOW)
+    pid = await running_pilot(store)
+    [c] = (await store.sync(pid, SyncRequest(free=free(1), lifetime_s=80_000), NOW - 100, LEASE_S)).jobs
+    assert c.job_id == old
+    shared, own = "c" * 64, "d" * 64
+    await store.add_file_owner(shared, "alice", 1)  # an upload of alice's with the same content stays
+    await store.record_output(pid, c.attempt_id, c.lease, "o", own, 1)
+    fin = Finish(
+        attempt_id=c.attempt_id, lease=c.lease, outcome=Outcome.DONE, outputs=[OutputFile(name="o", sha256=own, size=1)]
+    )
+    await store.sync(pid, SyncRequest(finished=[fin], free=free(), lifetime_s=80_000, claim=False), NOW - 50, LEASE_S)
+    await store.cancel_job(recent, NOW)
+    assert (await store.purge_finished(NOW - 10, 100)).jobs == 1
+    assert await store.get_job(old) is None and await store.attempts_of(old) == []
+    assert (await store.get_job(kept_idle)) is not None and (await store.get_job(recent)) is not None
+    assert await store.purge_finished(NOW - 10, 100) == Purged()
+    purged = await store.purge_finished(NOW + 10, 100)
+    assert (purged.jobs, purged.attempts, purged.orphan_files) == (1, 0, ())
+    await store.expire(NOW, 10_000)
+    assert sorted((await store.monitoring(NOW, "dataset", NOW)).jobs) == [("alice", "idle", False, 1)]
+
+
+async def test_purge_reports_output_files_nothing_refers_to(store: Store) -> None:
+    ids = await store.add_jobs("alice", [job(outputs=["o"]), job(outputs=["o"])], NOW)
+    pid = await running_pilot(store)
+    claimed = (await store.sync(pid, SyncRequest(free=free(), lifetime_s=80_000), NOW, LEASE_S)).jobs
+    hashes = {ids[0]: "e" * 64, ids[1]: "f" * 64}
+    await store.add_file_owner("f" * 64, "alice", 1)  # alice also uploaded that content: it stays
+    fins = []
+    for c in claimed:
+        await store.record_output(pid, c.attempt_id, c.lease, "o", hashes[c.job_id], 1)
+        out = OutputFile(name="o", sha256=hashes[c.job_id], size=1)
+        fins.append(Finish(attempt_id=c.attempt_id, lease=c.lease, outcome=Outcome.DONE, outputs=[out]))
+    await store.sync(pid, SyncRequest(finished=fins, free=free(), lifetime_s=80_000, claim=False), NOW, LEASE_S)
+    purged = await store.purge_finished(NOW + 1, 100)
+    assert (purged.jobs, purged.attempts, purged.orphan_files) == (2, 2, ("e" * 64,))

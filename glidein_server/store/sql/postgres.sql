@@ -602,3 +602,38 @@ SELECT name, last_seen, health, start_failures, last_failure_at FROM sites ORDER
 
 -- name: monitoring_attempts
 SELECT site, outcome, sum(n)::bigint FROM attempt_outcome_deltas GROUP BY 1, 2 HAVING sum(n) > 0;
+
+-- name: migration_2
+-- Retention: finished jobs are found by age; a purged job leaves the monitoring counts; an output's
+-- file is found by hash to tell whether anything still refers to it.
+CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state IN ('done', 'failed', 'cancelled');
+CREATE INDEX outputs_job ON outputs (job_id);
+CREATE FUNCTION glidein_jobs_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO job_count_deltas SELECT owner, state, cpus > 1, -count(*) FROM old_rows GROUP BY 1, 2, 3;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER jobs_deleted AFTER DELETE ON jobs REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT EXECUTE FUNCTION glidein_jobs_deleted();
+
+-- Retention: finished jobs older than a cutoff leave with their attempts and outputs, in batches;
+-- replicas purging at once skip each other's rows.
+
+-- name: purge_pick
+SELECT id FROM jobs WHERE state IN ('done', 'failed', 'cancelled') AND finished_at < $1
+ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED;
+
+-- name: purge_outputs
+DELETE FROM outputs WHERE job_id = ANY($1::bigint[]) RETURNING sha256;
+
+-- name: purge_attempts
+DELETE FROM attempts WHERE job_id = ANY($1::bigint[]);
+
+-- name: purge_staged
+DELETE FROM staged_jobs WHERE job_id = ANY($1::bigint[]);
+
+-- name: purge_jobs
+DELETE FROM jobs WHERE id = ANY($1::bigint[]);
+
+-- name: file_referenced
+SELECT EXISTS (SELECT 1 FROM outputs WHERE sha256 = $1) OR EXISTS (SELECT 1 FROM file_owners WHERE sha256 = $1);

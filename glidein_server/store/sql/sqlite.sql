@@ -611,3 +611,34 @@ SELECT coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'schema_ver
 
 -- name: schema_version_set
 INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: migration_2
+-- Retention: finished jobs are found by age; a purged job leaves the monitoring counts; an output's
+-- file is found by hash to tell whether anything still refers to it.
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE state IN ('done', 'failed', 'cancelled');
+CREATE INDEX IF NOT EXISTS outputs_sha ON outputs (sha256);
+CREATE INDEX IF NOT EXISTS outputs_job ON outputs (job_id);
+CREATE TRIGGER IF NOT EXISTS job_counts_delete AFTER DELETE ON jobs
+BEGIN
+    UPDATE job_counts SET n = n - 1 WHERE owner = OLD.owner AND state = OLD.state AND multicore = (OLD.cpus > 1);
+END;
+
+-- Retention: finished jobs older than a cutoff leave with their attempts and outputs, in batches.
+
+-- name: purge_pick
+SELECT id FROM jobs WHERE state IN ('done', 'failed', 'cancelled') AND finished_at < ? ORDER BY finished_at LIMIT ?;
+
+-- name: purge_outputs
+DELETE FROM outputs WHERE job_id IN (SELECT value FROM json_each(?)) RETURNING sha256;
+
+-- name: purge_attempts
+DELETE FROM attempts WHERE job_id IN (SELECT value FROM json_each(?));
+
+-- name: purge_staged
+DELETE FROM staged_jobs WHERE job_id IN (SELECT value FROM json_each(?));
+
+-- name: purge_jobs
+DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('done', 'failed', 'cancelled');
+
+-- name: file_referenced
+SELECT EXISTS (SELECT 1 FROM outputs WHERE sha256 = ?) OR EXISTS (SELECT 1 FROM file_owners WHERE sha256 = ?);
