@@ -22,6 +22,8 @@ def load(filename: str) -> dict[str, str]:
             if name:
                 blocks[name] = "\n".join(lines).strip()
             name, lines = line.split(":", 1)[1].strip(), []
+            if name in blocks:  # a second block of one name would silently replace the first
+                raise ValueError(f"{filename}: two SQL blocks are named {name!r}")
         elif name is not None:
             lines.append(line)
     if name:

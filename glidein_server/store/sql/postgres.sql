@@ -603,7 +603,7 @@ SELECT name, last_seen, health, start_failures, last_failure_at FROM sites ORDER
 -- name: monitoring_attempts
 SELECT site, outcome, sum(n)::bigint FROM attempt_outcome_deltas GROUP BY 1, 2 HAVING sum(n) > 0;
 
--- name: migration_2
+-- name: migration_3
 -- Retention: finished jobs are found by age; a purged job leaves the monitoring counts; an output's
 -- file is found by hash to tell whether anything still refers to it.
 CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state IN ('done', 'failed', 'cancelled');
