@@ -40,14 +40,15 @@ from glidein_client.wire.errors import GlideinError
 __all__ = ["build_parser", "main", "parse_args", "parse_ids", "run"]
 
 #: Top-level options that take a value (so the word after them is not the subcommand).
-_VALUE_OPTIONS = ("--url", "--token-file")
+_VALUE_OPTIONS = ("--url", "--server-url", "--token-file", "--ca-file")
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts")
-    common.add_argument("--url", default=argparse.SUPPRESS, help="server URL (or GLIDEIN_URL)")
+    common.add_argument("--url", "--server-url", dest="url", default=argparse.SUPPRESS, help="server URL")
     common.add_argument("--token-file", default=argparse.SUPPRESS, help="file holding your token")
+    common.add_argument("--ca-file", default=argparse.SUPPRESS, help="CA file that signed the server's certificate")
 
     parser = argparse.ArgumentParser(
         prog="glidein",
@@ -56,8 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         "GLIDEIN_TOKEN_FILE. Set GLIDEIN_DEBUG=1 for details on errors.",
     )
     parser.add_argument("--json", action="store_true", default=False, help="print JSON for scripts")
-    parser.add_argument("--url", default=None, help="server URL (or GLIDEIN_URL)")
+    parser.add_argument("--url", "--server-url", dest="url", default=None, help="server URL (or GLIDEIN_URL)")
     parser.add_argument("--token-file", default=None, help="file holding your token (or GLIDEIN_TOKEN_FILE)")
+    parser.add_argument(
+        "--ca-file", default=None, help="CA file that signed the server's certificate (or GLIDEIN_CA_FILE)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     register_all(sub, common)
     return parser

@@ -12,7 +12,7 @@ Three layers, each overriding the one before:
    Relative paths in the file are read relative to the file's own directory.
 2. the environment: ``GLIDEIN_URL``, ``GLIDEIN_TOKEN`` (wins over ``GLIDEIN_TOKEN_FILE``),
    ``GLIDEIN_TOKEN_FILE``, ``GLIDEIN_CA_FILE``;
-3. the command line: ``--url``, ``--token-file``.
+3. the command line: ``--url`` (or ``--server-url``), ``--token-file``, ``--ca-file``.
 
 A token, in a file or in the config, must not be readable by other users.
 """
@@ -111,6 +111,7 @@ def resolve(
     config_file: str = "~/.config/glidein/config.toml",
     url: str | None = None,
     token_file: str | None = None,
+    ca_file: str | None = None,
 ) -> UserConfig:
     """Combine file, environment and flags (later wins) and read the token."""
     server = url or environ.get("GLIDEIN_URL") or file_values.get("url")
@@ -158,15 +159,19 @@ def resolve(
                 hint="Check the path; your operator gives you a token to put in that file.",
             )
         token = read_secret_file(token_file, what="token", config=None)
-    ca_file = environ.get("GLIDEIN_CA_FILE") or file_values.get("ca_file")
+    ca_file = ca_file or environ.get("GLIDEIN_CA_FILE") or file_values.get("ca_file")
     return UserConfig(url=server.rstrip("/"), token=token, ca_file=ca_file, token_source=source)
 
 
 def load(
-    *, url: str | None = None, token_file: str | None = None, environ: Mapping[str, Any] | None = None
+    *,
+    url: str | None = None,
+    token_file: str | None = None,
+    ca_file: str | None = None,
+    environ: Mapping[str, Any] | None = None,
 ) -> UserConfig:
     """Read the config file, the environment and the given flags into one :class:`UserConfig`."""
     env: Mapping[str, str] = os.environ if environ is None else environ
     path, explicit = config_path(env)
     values = read_config_file(path, required=explicit)
-    return resolve(values, env, config_file=str(path), url=url, token_file=token_file)
+    return resolve(values, env, config_file=str(path), url=url, token_file=token_file, ca_file=ca_file)

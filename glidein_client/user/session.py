@@ -36,7 +36,7 @@ async def connect(args: argparse.Namespace, cfg: UserConfig | None = None) -> As
 
 
 def load_config(args: argparse.Namespace) -> UserConfig:
-    return user_config.load(url=args.url, token_file=args.token_file)
+    return user_config.load(url=args.url, token_file=args.token_file, ca_file=getattr(args, "ca_file", None))
 
 
 def emit_json(obj: Any) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from glidein_client.wire.codec import convert
@@ -35,6 +37,11 @@ def add_subject_commands(
     add.add_argument(
         "--another", action="store_true", help=f"mint another token for a {noun} that already has an active one"
     )
+    add.add_argument(
+        "--save",
+        metavar="FILE",
+        help="write the token to FILE (mode 0600, its directory made 0700) instead of printing it",
+    )
     add.set_defaults(handler=cmd_add, role=role)
     rev = ssub.add_parser(
         "revoke",
@@ -52,6 +59,7 @@ def add_subject_commands(
 async def mint_for(args: argparse.Namespace, role: Role, name: str, scopes: str | None, *, another: bool) -> int:
     """Mint a token and print it once; a second active token for one subject only when asked."""
     convert(name, Name, what=f"{role.value} name")
+    save = _free_path(args.save) if getattr(args, "save", None) else None
     state = state_dir(args)
     async with open_state_store(state) as store:
         active = [t for t in await store.list_tokens(role, name, revoked=False) if _active(t, time.time())]
@@ -63,6 +71,14 @@ async def mint_for(args: argparse.Namespace, role: Role, name: str, scopes: str 
             )
         grant = await mint(store, role, name, expires_at=expires_at(args.expires_in), scopes=scopes_of(role, scopes))
     until = f", valid until {format_when(grant.expires_at)}" if grant.expires_at else ""
+    if save:
+        path = save_secret(save, grant.token)
+        emit(
+            args.json,
+            {role.value: name, "token_file": str(path), "id": grant.id, "expires_at": grant.expires_at},
+            f"Token {grant.id} for {role.value} {name!r}{until} saved in {path} (mode 0600).",
+        )
+        return 0
     emit(
         args.json,
         {role.value: name, "token": grant.token, "id": grant.id, "expires_at": grant.expires_at},
@@ -70,6 +86,34 @@ async def mint_for(args: argparse.Namespace, role: Role, name: str, scopes: str 
         grant.token,
     )
     return 0
+
+
+def _free_path(name: str) -> str:
+    """``--save``'s file, which must not exist yet (checked before a token is made)."""
+    path = os.path.expanduser(name)
+    if os.path.lexists(path):
+        raise ConfigError(
+            f"{path} already exists; no token was made.", hint="Remove it first, or name another file with --save."
+        )
+    return path
+
+
+def save_secret(name: str, secret: str) -> Path:
+    """Write ``secret`` to a new 0600 file (its directory made 0700 if new); an existing file is kept."""
+    path = Path(name)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(
+            f"{path} already exists; the new token was not written there.",
+            hint="Remove it first, or name another file with --save.",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot write {path}: {exc.strerror}.") from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    return path
 
 
 async def cmd_add(args: argparse.Namespace) -> int:
