@@ -74,7 +74,10 @@ def harden() -> None:
     """umask 077, non-dumpable, subreaper: called first thing by ``glidein-pilot run``."""
     os.umask(UMASK)
     non_dumpable()
-    become_subreaper()
+    if become_subreaper():
+        why = cgroup_v2_unusable()
+        where = "a cgroup v2 of its own could be made per job, but is not yet" if why is None else why
+        log.info("processes a job leaves behind are found as the pilot's subreaped children (%s)", where)
 
 
 def take_token(path: str) -> str:
@@ -91,3 +94,31 @@ def take_token(path: str) -> str:
             hint="Give the pilot a token file in a directory its user may write (the site client does so).",
         ) from None
     return token
+
+
+def cgroup_v2_unusable(proc_self_cgroup: str | None = None, root: str = "/sys/fs/cgroup") -> str | None:
+    """Why this pilot could not give each job a cgroup v2 of its own, or None when it could.
+
+    It could when its own cgroup is in a unified (v2) hierarchy, its user may create a child
+    there, and the memory controller is available to children.
+    """
+    if proc_self_cgroup is None:
+        try:
+            with open("/proc/self/cgroup") as f:
+                proc_self_cgroup = f.read()
+        except OSError as exc:
+            return f"/proc/self/cgroup cannot be read ({exc.strerror})"
+    unified = [line[3:] for line in proc_self_cgroup.splitlines() if line.startswith("0::")]
+    if not unified or not os.path.exists(os.path.join(root, "cgroup.controllers")):
+        return "this node has no cgroup v2 (unified) hierarchy"
+    own = os.path.join(root, unified[0].lstrip("/"))
+    if not os.access(own, os.W_OK):
+        return f"the pilot's cgroup {own} was not delegated to its user"
+    try:
+        with open(os.path.join(own, "cgroup.controllers")) as f:
+            controllers = f.read().split()
+    except OSError as exc:
+        return f"{own}/cgroup.controllers cannot be read ({exc.strerror})"
+    if "memory" not in controllers:
+        return f"the memory controller is not enabled for {own}"
+    return None

@@ -100,3 +100,18 @@ def test_apptainer_without_an_image_is_refused_when_the_config_is_read() -> None
         parse_site_config(site_config(isolation="apptainer"))
     with pytest.raises(ConfigError):
         parse_site_config(site_config(isolation="chroot"))
+
+
+def test_cgroup_v2_is_used_only_where_the_pilot_may_make_one(tmp_path: Path) -> None:
+    from glidein_client.pilot.hardening import cgroup_v2_unusable
+
+    v1 = "4:memory:/slurm/uid_1000/job_7\n0::/\n"
+    assert cgroup_v2_unusable(v1, root=str(tmp_path)) == "this node has no cgroup v2 (unified) hierarchy"
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    own = tmp_path / "system.slice" / "slurmstepd.scope" / "job_7"
+    own.mkdir(parents=True)
+    (own / "cgroup.controllers").write_text("cpu pids\n")
+    v2 = "0::/system.slice/slurmstepd.scope/job_7\n"
+    assert cgroup_v2_unusable(v2, root=str(tmp_path)) == f"the memory controller is not enabled for {own}"
+    (own / "cgroup.controllers").write_text("cpu memory pids\n")
+    assert cgroup_v2_unusable(v2, root=str(tmp_path)) is None  # as root here; a pilot user needs it delegated
