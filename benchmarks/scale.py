@@ -1,0 +1,277 @@
+"""The queue at scale, through the HTTP API, on each store backend: `python -m benchmarks.scale`.
+
+For SQLite and PostgreSQL (a throw-away cluster started here, as the tests do, unless
+``--postgres URL`` names one): submit ``--jobs`` idle jobs (mixed 1- and 4-core, with labels),
+time the demand query, ramp 8-core pilots with 32 claiming at once (first-claim latency, claims
+per second), heartbeat syncs of every pilot, finish-and-claim rounds, one page of ``glidein
+status``, ``/summary`` and a label filter; then the server's RSS and the database's size. The
+server runs as a real ``glidein-server serve`` process. Prints a table and writes
+benchmarks/results/scale.json; the targets are printed beside each figure, and the SQLite and
+PostgreSQL columns of one run compare the backends on the same machine and load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from glidein_client.wire.api import ApiClient
+from glidein_client.wire.schema import (
+    MAX_JOBS_PER_REQUEST,
+    Finish,
+    JobSpec,
+    Outcome,
+    PilotRegister,
+    PilotShape,
+    Resources,
+    Role,
+    SyncRequest,
+)
+from glidein_server.server import mint_token, open_store
+from glidein_server.settings import ServerSettings, StateDir
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CONCURRENCY = 32
+SHAPE = PilotShape(cpus=8, memory_mb=32_000, disk_mb=100_000, walltime_s=86_400)
+FREE = Resources(cpus=8, memory_mb=32_000, disk_mb=100_000)
+#: name: (target, "min" if the figure must be at least the target, "max" if at most)
+TARGETS: dict[str, tuple[float, str]] = {
+    "submit_jobs_per_s": (50_000, "min"),
+    "demand_p99_ms": (20, "max"),
+    "claim_jobs_per_s": (2_000, "min"),
+    "first_claim_p99_ms": (50, "max"),
+    "heartbeat_syncs_per_s": (3_000, "min"),
+    "status_page_p99_ms": (100, "max"),
+    "summary_p99_ms": (100, "max"),
+    "label_filter_p99_ms": (100, "max"),
+    "server_rss_mb": (1024, "max"),
+}
+
+
+def p99_ms(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def timed(n: int, fn: Callable[[], Awaitable[Any]]) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+async def pool(items: list[Any], fn: Callable[[Any], Awaitable[Any]], concurrency: int = CONCURRENCY) -> list[Any]:
+    """Run ``fn`` over ``items`` with ``concurrency`` at a time; results in order."""
+    results: list[Any] = [None] * len(items)
+    queue = list(enumerate(items))[::-1]
+
+    async def worker() -> None:
+        while queue:
+            i, item = queue.pop()
+            results[i] = await fn(item)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results
+
+
+@contextlib.asynccontextmanager
+async def serving(state: StateDir, log: Path) -> AsyncIterator[tuple[str, psutil.Process]]:
+    port = free_port()
+    with open(log, "wb") as out:  # noqa: ASYNC230 - handed to the child
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "glidein_server.cli", "serve", "--dir", str(state.root), "--port", str(port)),
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    try:
+        for _ in range(300):
+            with contextlib.suppress(OSError):
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                break
+            await asyncio.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", psutil.Process(proc.pid)
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+def job_specs(n: int) -> list[JobSpec]:
+    return [
+        JobSpec(
+            argv=["true"],
+            cpus=4 if i % 4 == 0 else 1,
+            memory_mb=8000 if i % 4 == 0 else 2000,
+            walltime_s=3600,
+            labels={"dataset": f"ds{i % 50}", "type": "sim" if i % 3 else "reco"},
+        )
+        for i in range(n)
+    ]
+
+
+async def run_backend(name: str, database: str, jobs: int, tmp: Path) -> dict[str, float]:
+    state = StateDir(tmp / name)
+    state.write(
+        ServerSettings(
+            database=database,
+            insecure_http=True,
+            lease_s=600,
+            heartbeat_s=60,
+            pilot_timeout_s=1800,
+            **{f"rate_{r}_per_s": 0.0 for r in ("operator", "user", "site", "pilot", "anonymous")},  # type: ignore[arg-type]
+        )
+    )
+    store = open_store(state, state.load())
+    await store.open()
+    user = await mint_token(store, Role.USER, "bench")
+    site = await mint_token(store, Role.SITE, "bench")
+    await store.close()
+    r: dict[str, float] = {}
+    async with serving(state, tmp / f"{name}.log") as (url, server):
+        async with ApiClient(url, user) as api:
+            specs = job_specs(jobs)
+            t0 = time.perf_counter()
+            for i in range(0, jobs, MAX_JOBS_PER_REQUEST):
+                await api.submit(specs[i : i + MAX_JOBS_PER_REQUEST])
+            r["submit_jobs_per_s"] = round(jobs / (time.perf_counter() - t0))
+        async with ApiClient(url, site) as sapi:
+            r["demand_p99_ms"] = p99_ms(await timed(200, lambda: sapi.demand("bench", SHAPE)))
+            pilots = max(32, min(6250, jobs // 16))
+            grants = await pool(list(range(pilots)), lambda _: sapi.new_pilot("bench"))
+        clients = [ApiClient(url, g.token) for g in grants]
+        for c in clients:
+            await c.__aenter__()
+        try:
+            await pool(clients, lambda c: c.register(PilotRegister(resources=FREE, end_time=time.time() + 80_000)))
+            first: list[float] = []
+            held: dict[int, list[Any]] = {}
+
+            async def claim(i: int) -> int:
+                t = time.perf_counter()
+                resp = await clients[i].sync(SyncRequest(free=FREE, lifetime_s=80_000))
+                first.append(time.perf_counter() - t)
+                held[i] = resp.jobs
+                return len(resp.jobs)
+
+            t0 = time.perf_counter()
+            claimed = sum(await pool(list(range(pilots)), claim))
+            ramp_s = time.perf_counter() - t0
+            r["pilots"] = pilots
+            r["claimed_jobs"] = claimed
+            r["claim_jobs_per_s"] = round(claimed / ramp_s)
+            r["first_claim_p99_ms"] = p99_ms(first)
+            busy = Resources(cpus=0, memory_mb=0)
+            t0 = time.perf_counter()
+            await pool(clients, lambda c: c.sync(SyncRequest(free=busy, lifetime_s=80_000, claim=False)))
+            r["heartbeat_syncs_per_s"] = round(pilots / (time.perf_counter() - t0))
+
+            async def finish_and_claim(i: int) -> int:
+                fins = [Finish(attempt_id=j.attempt_id, lease=j.lease, outcome=Outcome.DONE) for j in held[i]]
+                resp = await clients[i].sync(SyncRequest(finished=fins, free=FREE, lifetime_s=80_000))
+                held[i] = resp.jobs
+                return len(fins)
+
+            rounds = list(range(min(pilots, 512))) * 3
+            t0 = time.perf_counter()
+            finished = sum(await pool(rounds, finish_and_claim))
+            r["finish_and_claim_jobs_per_s"] = round(finished / (time.perf_counter() - t0))
+        finally:
+            for c in clients:
+                await c.__aexit__(None, None, None)
+        async with ApiClient(url, user) as api:
+            r["status_page_p99_ms"] = p99_ms(await timed(20, lambda: api.list_jobs(limit=100)))
+            r["summary_p99_ms"] = p99_ms(await timed(20, api.summary))
+            r["label_filter_p99_ms"] = p99_ms(await timed(20, lambda: api.list_jobs(label="dataset=ds7", limit=100)))
+        r["server_rss_mb"] = round(server.memory_info().rss / 2**20)
+    r["database_mb"] = round(await database_mb(state, database), 1)
+    return r
+
+
+async def database_mb(state: StateDir, database: str) -> float:
+    if not database.startswith("postgres"):
+        path = state.database(state.load())
+        return sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) / 2**20
+    import asyncpg
+
+    con = await asyncpg.connect(database)
+    try:
+        return float(await con.fetchval("SELECT pg_database_size(current_database())")) / 2**20
+    finally:
+        await con.close()
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    names = list(results)
+    keys = list(next(iter(results.values())))
+    lines = [f"{'measure':28}" + "".join(f"{n:>14}" for n in names) + "   target"]
+    for k in keys:
+        target = TARGETS.get(k)
+        mark = f"   {'>=' if target[1] == 'min' else '<='} {target[0]:g}" if target else ""
+        lines.append(f"{k:28}" + "".join(f"{results[n][k]:>14g}" for n in names) + mark)
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="glidein-scale-") as tmp:
+        if "sqlite" in args.backends:
+            results["sqlite"] = await run_backend("sqlite", "glidein.db", args.jobs, Path(tmp))
+        if "postgres" in args.backends:
+            if args.postgres:
+                results["postgres"] = await run_backend("postgres", args.postgres, args.jobs, Path(tmp))
+            else:
+                sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: ASYNC240
+                from tests.infra.postgres import running_postgres
+
+                with running_postgres() as pg:
+                    pg.run("createdb", "scale")
+                    results["postgres"] = await run_backend("postgres", pg.url("scale"), args.jobs, Path(tmp))
+    return {
+        "jobs": args.jobs,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_at_end": os.getloadavg(),
+            "python": platform.python_version(),
+        },
+        "results": results,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--jobs", type=int, default=1_000_000, help="idle jobs to queue (CI smoke test: 20000)")
+    p.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    p.add_argument("--postgres", help="postgresql:// URL of an empty database (default: start a throw-away one)")
+    args = p.parse_args()
+    args.backends = args.backends.split(",")
+    out = asyncio.run(main_async(args))
+    print(table(out["results"]))
+    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in out['machine']['load_avg_at_end'])}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "scale.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {RESULTS / 'scale.json'}")
+
+
+if __name__ == "__main__":
+    main()
