@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import msgspec
 from msgspec import Meta, Struct
 
-from glidein_client.wire.codec import convert
-from glidein_client.wire.errors import ConfigError, ValidationError
+from glidein_client.wire.errors import ConfigError, GlideinError
+from glidein_client.wire.units import parse_duration_s, parse_memory_mb
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -81,11 +83,9 @@ class StateDir:
             )
         try:
             raw: dict[str, Any] = tomllib.loads(self.config_path.read_text())
-            return convert(raw.get("server", {}), ServerSettings, what=f"server config {self.config_path}")
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{self.config_path} is not valid TOML: {exc}.") from None
-        except ValidationError as exc:
-            raise ConfigError(exc.message, hint=exc.hint, **exc.fields) from None
+        return settings_from_toml(raw, self.config_path)
 
     def database(self, s: ServerSettings) -> Path:
         return self.root / s.database
@@ -105,14 +105,18 @@ class StateDir:
 
     def write(self, s: ServerSettings) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lines = ["# glidein server settings; see `glidein-server --help`.", "[server]"]
+        lines = [
+            "# glidein server settings: every key, with what it does. Restart the server after a change.",
+            '# Durations take units ("90s", "10m", "2h", "7d") or plain seconds; sizes "512M", "4G" or plain MB.',
+            "[server]",
+        ]
         for field in s.__struct_fields__:
             value = getattr(s, field)
+            doc = KEY_DOCS.get(field)
+            if doc:
+                lines.append(f"# {doc}")
             if isinstance(value, str):
                 lines.append(f'{field} = "{_toml_escape(value)}"')
-            elif isinstance(value, dict):  # an inline table: name = value, names quoted
-                items = ", ".join(f'"{_toml_escape(str(k))}" = {v}' for k, v in sorted(value.items()))
-                lines.append(f"{field} = {{{items}}}" if items else f"{field} = {{}}")
             elif isinstance(value, bool):
                 lines.append(f"{field} = {'true' if value else 'false'}")
             else:
@@ -125,3 +129,90 @@ class StateDir:
 
 def _toml_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+KEY_DOCS: dict[str, str] = {
+    "host": "Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every address).",
+    "port": "Port to listen on (0: any free port).",
+    "public_url": "The URL clients and pilots use (server_url is accepted too); empty: http(s)://host:port.",
+    "database": "SQLite database file, relative to this directory.",
+    "files_dir": "Uploaded inputs and outputs, relative to this directory.",
+    "lease_s": "An attempt without news from its pilot for this long is requeued.",
+    "heartbeat_s": "Pilots report at least this often.",
+    "pilot_timeout_s": "A pilot silent for this long is considered lost.",
+    "max_request_mb": "Largest API request body.",
+    "max_file_mb": "Largest uploaded file.",
+    "retry_memory_factor": "A job killed for its memory is retried with this much more (at least its measured peak).",
+    "retry_max_memory_mb": "... but never more than this.",
+    "retry_walltime_factor": "A job killed for its walltime is retried with this much more walltime.",
+    "retry_max_walltime_s": "... but never more than this.",
+    "tls_cert": "PEM certificate (relative to this directory); TLS is on when tls_cert and tls_key are set.",
+    "tls_key": "Its private key.",
+    "tls_ca": "The CA that signed tls_cert (made by init); users, sites and pilots trust this file.",
+    "insecure_http": "Serve plain HTTP without TLS, on loopback addresses only (for trying glidein out).",
+    "insecure_http_any_host": "... and on other addresses too (behind a TLS proxy): tokens travel in clear text.",
+    "totp_key_file": "Key that encrypts operators' TOTP secrets; mode 0600, kept apart from the database.",
+    "pilot_token_grace_s": "Pilot tokens outlive queue wait plus walltime by this much.",
+    "pilot_token_max_s": "Longest lifetime of a pilot token.",
+}
+for _role in ("operator", "user", "site", "pilot", "anonymous"):
+    KEY_DOCS[f"rate_{_role}_per_s"] = f"Requests per second per {_role} token (anonymous: per address); 0: no limit."
+    KEY_DOCS[f"rate_{_role}_burst"] = f"Requests a {_role} may send in a burst above that rate."
+
+#: Old or alternative spellings of keys, accepted as they are.
+ALIASES = {"server_url": "public_url"}
+
+
+def settings_from_toml(raw: dict[str, Any], path: Path) -> ServerSettings:
+    """Check and convert the parsed config file, with plain messages that name the file and the key."""
+    fields = ServerSettings.__struct_fields__
+    for table in raw:
+        if table != "server":
+            close = difflib.get_close_matches(table, ["server"], n=1)
+            what = f"table [{table}]" if isinstance(raw[table], dict) else f"key {table!r} outside [server]"
+            raise ConfigError(
+                f"{path}: unknown {what}" + (f"; did you mean [{close[0]}]?" if close else "."),
+                hint="Every setting lives in the [server] table.",
+                field=table,
+            )
+    section = raw.get("server", {})
+    values: dict[str, Any] = {}
+    for key, value in section.items():
+        name = ALIASES.get(key, key)
+        if name not in fields:
+            close = difflib.get_close_matches(key, [*fields, *ALIASES], n=1)
+            raise ConfigError(
+                f"{path}: [server] has no key {key!r}" + (f"; did you mean {close[0]!r}?" if close else "."),
+                hint="The keys, each explained, are in the file `glidein-server init` writes.",
+                field=key,
+            )
+        values[name] = _with_units(path, name, value)
+    try:
+        return msgspec.convert(values, type=ServerSettings, strict=True)
+    except msgspec.ValidationError as exc:
+        text, _, at = str(exc).partition(" - at `$.")
+        key = at.rstrip("`") or "?"
+        doc = KEY_DOCS.get(key, "")
+        raise ConfigError(
+            f"{path}: [server] {key} = {section.get(key, values.get(key))!r} is not valid: {_plain(text)}.",
+            hint=f"{key}: {doc}" if doc else "Fix that value; the server did not start.",
+            field=key,
+        ) from None
+
+
+def _with_units(path: Path, key: str, value: Any) -> Any:
+    """``"60s"`` for a ``*_s`` key and ``"4G"`` for a ``*_mb`` key, as site configs take them."""
+    if not isinstance(value, str):
+        return value
+    try:
+        if key.endswith("_s") and not key.startswith("rate_"):
+            return parse_duration_s(value, field=key)
+        if key.endswith("_mb"):
+            return parse_memory_mb(value, field=key)
+    except GlideinError as exc:
+        raise ConfigError(f"{path}: [server] {exc.message}", hint=exc.hint, field=key) from None
+    return value
+
+
+def _plain(text: str) -> str:
+    return text.replace("Expected `float`", "expected a number").replace("Expected `int`", "expected a whole number")

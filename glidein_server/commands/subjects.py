@@ -180,7 +180,7 @@ def _active(t: TokenInfo, now: float) -> bool:
 
 
 def token_table(tokens: Sequence[TokenInfo], now: float) -> list[str]:
-    lines = [f"{'ID':<17} {'ROLE':<9} {'SUBJECT':<20} {'SCOPES':<17} {'CREATED':<16}  {'EXPIRES':<16}  STATE"]
+    lines = [f"{'ID':<17} {'ROLE':<9} {'SUBJECT':<20} {'SCOPES':<25} {'CREATED':<16}  {'EXPIRES':<16}  STATE"]
     for t in tokens:
         state = (
             "revoked"
@@ -192,7 +192,7 @@ def token_table(tokens: Sequence[TokenInfo], now: float) -> list[str]:
             else "active"
         )
         lines.append(
-            f"{t.id:<17} {t.role.value:<9} {t.subject:<20} {','.join(s.value for s in t.scopes):<17} "
+            f"{t.id:<17} {t.role.value:<9} {t.subject:<20} {','.join(s.value for s in t.scopes):<25} "
             f"{format_when(t.created_at):<16}  {format_when(t.expires_at, 'never'):<16}  {state}"
         )
     return lines

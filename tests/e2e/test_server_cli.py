@@ -96,3 +96,25 @@ def test_user_tokens_are_not_minted_twice_by_accident_and_revoking_nobody_fails(
     assert nobody.returncode == 1
     assert "No user 'nobody' has an active token; nothing was revoked. Known users: ann." in nobody.stderr
     assert server("site", "list", *d).stdout.strip() == "No sites with active tokens. (--revoked lists the others)"
+
+
+def test_config_mistakes_are_named_with_the_fix_and_durations_take_units(state: Path) -> None:
+    config = state / "config.toml"
+    original = config.read_text()
+    assert "# An attempt without news from its pilot for this long is requeued.\nlease_s = 60.0" in original
+    d = ["--dir", str(state)]
+
+    config.write_text(
+        original.replace("lease_s = 60.0", 'lease_s = "90s"').replace("max_file_mb = 4096", 'max_file_mb = "2G"')
+    )
+    assert server("token", "list", *d).returncode == 0
+
+    for old, new, message in (
+        ("lease_s = 60.0", "leese_s = 60.0", "[server] has no key 'leese_s'; did you mean 'lease_s'?"),
+        ("[server]", "[servr]", "unknown table [servr]; did you mean [server]?"),
+        ("lease_s = 60.0", 'lease_s = "soon"', "[server] lease_s: cannot read 'soon' as a duration."),
+    ):
+        config.write_text(original.replace(old, new))
+        bad = server("serve", *d)
+        assert bad.returncode == 1 and bad.stderr.startswith(f"error: {config}: {message}"), bad.stderr
+        assert "send it again" not in bad.stderr and "TLS" not in bad.stderr
