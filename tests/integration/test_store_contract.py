@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from glidein_client.wire.errors import ConflictError, NotFoundError, ValidationError
@@ -350,3 +352,41 @@ async def test_purge_reports_output_files_nothing_refers_to(store: Store) -> Non
     await store.sync(pid, SyncRequest(finished=fins, free=free(), lifetime_s=80_000, claim=False), NOW, LEASE_S)
     purged = await store.purge_finished(NOW + 1, 100)
     assert (purged.jobs, purged.attempts, purged.orphan_files) == (2, 2, ("e" * 64,))
+
+
+async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Store, tmp_path: Path) -> None:
+    """A database left at the previous schema version gains the newest migration when opened."""
+    ids = await store.add_jobs("alice", [job(), job()], NOW)
+    await store.cancel_job(ids[0], NOW - 100)
+    await store.close()
+    if isinstance(store, SqliteStore):
+        db = sqlite3.connect(store.path)
+        db.executescript(
+            "DROP TRIGGER job_counts_delete; DROP INDEX jobs_finished;"
+            "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
+        )
+        db.close()
+        latest = 2
+    else:
+        assert isinstance(store, PostgresStore)
+        con = await asyncpg.connect(store.url)
+        await con.execute(
+            "DROP TRIGGER jobs_deleted ON jobs; DROP FUNCTION glidein_jobs_deleted(); DROP INDEX jobs_finished;"
+            "DROP INDEX outputs_job; UPDATE meta SET value = '2' WHERE key = 'schema_version'"
+        )
+        await con.close()
+        latest = 3
+    await store.open()
+    assert [j.id for j in (await store.list_jobs(JobFilter()))[0]] == ids
+    # The upgrade's trigger works: a purged job leaves the counts.
+    assert (await store.purge_finished(NOW, 10)).jobs == 1
+    await store.expire(NOW, 10_000)
+    assert (await store.monitoring(NOW, "dataset", NOW)).jobs == [("alice", "idle", False, 1)]
+    if isinstance(store, SqliteStore):
+        db = sqlite3.connect(store.path)
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(latest)
+        db.close()
+    else:
+        con = await asyncpg.connect(store.url)
+        assert await con.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") == str(latest)
+        await con.close()
