@@ -23,7 +23,7 @@ from glidein_server.settings import ServerSettings, StateDir
 SHAPE = PilotShape(cpus=8, memory_mb=8000, disk_mb=1000, walltime_s=3600)
 
 
-async def _server_cli(state: Path, *argv: str) -> str:
+async def _server_cli(state: Path, *argv: str, ok: bool = True) -> str:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -35,7 +35,7 @@ async def _server_cli(state: Path, *argv: str) -> str:
         stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await proc.communicate()
-    assert proc.returncode == 0, out.decode()
+    assert (proc.returncode == 0) is ok, out.decode()
     return out.decode()
 
 
@@ -88,3 +88,15 @@ async def test_a_huge_priority_does_not_take_other_users_cores(
         total = {u: expected[u] + again[u] for u in ("alice", "bob")}
         weight = {"alice": float(share or 1), "bob": 1.0}
         assert abs(total["alice"] / weight["alice"] - total["bob"] / weight["bob"]) <= 1.0, total
+
+
+async def test_a_bad_share_is_refused_with_a_plain_message(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "server")
+    state.write(ServerSettings(port=0, insecure_http=True))
+    for bad in ("-1", "0", "lots"):
+        out = await _server_cli(state.root, "user", "share", "alice", bad, ok=False)
+        assert f"The share '{bad}' is not a positive number" in out and "Traceback" not in out
+    assert state.load().shares == {}
+    await _server_cli(state.root, "user", "share", "alice", "2")
+    await _server_cli(state.root, "user", "share", "alice", "default")
+    assert state.load().shares == {}
