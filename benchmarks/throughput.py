@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -18,10 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import psutil
 
 from glidein_client.wire.api import ApiClient
-from glidein_client.wire.schema import JobSpec, JobState, PilotShape, Role
+from glidein_client.wire.schema import JobSpec, JobState, PilotShape, Role, Scope
 from glidein_server.server import Server, mint_token
 from glidein_server.settings import ServerSettings, StateDir
 
@@ -46,10 +48,28 @@ async def bare_spawn(n: int, concurrency: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-async def through_pilot(n: int, cpus: int, tmp: Path, isolation: str = "auto") -> dict[str, float]:
+async def scrape_every(url: str, token: str, interval_s: float) -> None:
+    """A Prometheus stand-in: GET /metrics every ``interval_s`` until cancelled."""
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+        while True:
+            async with session.get(f"{url}/metrics") as r:
+                await r.read()
+                assert r.status == 200, r.status
+            await asyncio.sleep(interval_s)
+
+
+async def through_pilot(
+    n: int, cpus: int, tmp: Path, isolation: str = "auto", *, metrics: bool = True
+) -> dict[str, float]:
+    """With ``metrics``, the server keeps its metrics and is scraped every second (Prometheus's
+    default is every 15 s); without, it keeps none."""
     state = StateDir(tmp / "server")
-    state.write(ServerSettings(port=0, heartbeat_s=2.0, insecure_http=True))  # loopback only
-    async with Server(str(state.root)) as srv:
+    state.write(ServerSettings(port=0, heartbeat_s=2.0, insecure_http=True, metrics=metrics))  # loopback only
+    async with Server(str(state.root)) as srv, contextlib.AsyncExitStack() as stack:
+        if metrics:
+            scraper = await mint_token(srv.store, Role.OPERATOR, "prometheus", scopes=[Scope.METRICS])
+            task = asyncio.create_task(scrape_every(srv.url, scraper, 1.0))
+            stack.callback(task.cancel)
         user = await mint_token(srv.store, Role.USER, "bench")
         site = await mint_token(srv.store, Role.SITE, "bench")
         async with ApiClient(srv.url, site) as api:
@@ -131,13 +151,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     # the medians are compared.
     bare_runs: list[float] = []
     pilot_runs: list[dict[str, float]] = []
+    plain_runs: list[dict[str, float]] = []  # the server without metrics
     for _ in range(args.rounds):
         bare_runs.append(await bare_spawn(args.jobs, args.cpus))
         with tempfile.TemporaryDirectory(prefix="glidein-bench-") as tmp:
             pilot_runs.append(await through_pilot(args.jobs, args.cpus, Path(tmp), args.isolation))
+        with tempfile.TemporaryDirectory(prefix="glidein-bench-") as tmp:
+            plain_runs.append(await through_pilot(args.jobs, args.cpus, Path(tmp), args.isolation, metrics=False))
     bare_runs.append(await bare_spawn(args.jobs, args.cpus))
     baseline = statistics.median(bare_runs)
     pilot = sorted(pilot_runs, key=lambda r: r["rate_per_s"])[len(pilot_runs) // 2]
+    plain = statistics.median(r["rate_per_s"] for r in plain_runs)
     return {
         "benchmark": "true-jobs-end-to-end",
         "jobs": args.jobs,
@@ -155,7 +179,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "first_done_s": round(pilot["first_done_s"], 3),
         "elapsed_s": round(pilot["elapsed_s"], 3),
         "pilot_cpu_ms_per_job": round(pilot["pilot_cpu_ms_per_job"], 3),
-        "failed": sum(int(r["failed"]) for r in pilot_runs),
+        "failed": sum(int(r["failed"]) for r in [*pilot_runs, *plain_runs]),
+        "without_metrics_per_s": round(plain, 1),
+        "without_metrics_runs_per_s": [round(r["rate_per_s"], 1) for r in plain_runs],
+        "metrics_cost": round(1 - pilot["rate_per_s"] / plain, 3),
+        "target_metrics_cost": 0.05,
     }
 
 
@@ -180,6 +208,8 @@ def main() -> None:
             f"{result['glidein_per_s']:.0f} jobs/s",
         ),
         ("ratio (target >= 0.7)", f"{result['ratio']:.2f}"),
+        ("glidein without metrics (median)", f"{result['without_metrics_per_s']:.0f} jobs/s"),
+        ("cost of metrics, scraped every 1 s (target <= 5%)", f"{100 * float(str(result['metrics_cost'])):.1f}%"),
         (f"submit of {args.jobs} jobs", f"{result['submit_s']:.2f} s"),
         ("first job done after submit", f"{result['first_done_s']:.3f} s"),
         ("pilot CPU per job", f"{result['pilot_cpu_ms_per_job']:.2f} ms"),

@@ -43,7 +43,7 @@ def open_store(state: StateDir, settings: ServerSettings) -> Store:
     shares = Shares(per_user=dict(s.shares), default=s.default_share)
     if is_postgres_url(settings.database):
         return PostgresStore(settings.database, retry=retry, shares=shares)
-    return SqliteStore(str(state.database(settings)), retry=retry, shares=shares)
+    return SqliteStore(str(state.database(settings)), retry=retry, shares=shares, monitoring=s.metrics)
 
 
 async def mint_token(

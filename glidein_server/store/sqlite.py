@@ -12,6 +12,8 @@ import logging
 import sqlite3
 from collections.abc import Callable
 
+from glidein_server.policy.fairshare import Shares
+from glidein_server.policy.retry import RetryPolicy
 from glidein_server.store import sqlfile
 from glidein_server.store.sqlite_base import Q
 from glidein_server.store.sqlite_monitoring import SqliteMonitoring
@@ -25,12 +27,21 @@ log = logging.getLogger(__name__)
 
 
 class SqliteStore(SqliteMonitoring, SqliteRetention, SqlitePilots):
+    """``monitoring=False`` drops the running aggregates the metrics read (rebuilt when turned on again)."""
+
+    def __init__(
+        self, path: str, *, retry: RetryPolicy | None = None, shares: Shares | None = None, monitoring: bool = True
+    ) -> None:
+        super().__init__(path, retry=retry, shares=shares)
+        self.monitoring_on = monitoring
+
     def _prepare(self, db: sqlite3.Connection) -> None:
         db.executescript(Q["schema"])
         self._migrate_tokens(db)
         add_columns(db, "attempts", Q["attempts_migrate"])
         db.executescript(Q["staging_schema"])
-        db.executescript(Q["monitoring_schema"])
+        db.executescript(Q["monitoring_tables"])
+        db.executescript(Q["monitoring_schema"] if self.monitoring_on else Q["monitoring_off"])
         version = db.execute(Q["schema_version"]).fetchone()[0]
         for number, sql in sqlfile.migrations(Q):
             if number > version:

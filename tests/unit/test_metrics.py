@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client.core import Metric
 
+from glidein_client.wire.schema import JobSpec
 from glidein_server.metrics import MetricsConfig, families
 from glidein_server.store.monitoring import Monitoring, PilotRow, SiteRow
+from glidein_server.store.sqlite import SqliteStore
 
 
 def _samples(metrics: list[Metric], name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -36,3 +40,25 @@ def test_pilot_cores_are_weighted_and_a_silent_client_is_down() -> None:
     assert _samples(metrics, "glidein_pilot_internal_efficiency") == {(("site", "a"),): 0.75}
     assert _samples(metrics, "glidein_site_client_up") == {(("site", "a"),): 1.0, (("site", "b"),): 0.0}
     assert _samples(metrics, "glidein_multicore_pressure")[(("site", "a"),)] == 5
+
+
+async def test_the_job_counts_follow_the_jobs_and_are_rebuilt_after_metrics_were_off(tmp_path: Path) -> None:
+    path = str(tmp_path / "g.db")
+
+    async def counts(monitoring: bool, add: int = 0) -> dict[tuple[str, str, bool], int]:
+        store = SqliteStore(path, monitoring=monitoring)
+        await store.open()
+        try:
+            if add:
+                ids = await store.add_jobs("ann", [JobSpec(argv=["true"], cpus=1 + i % 2) for i in range(add)], 1.0)
+                await store.cancel_job(ids[0], 2.0)
+            snap = await store.monitoring(3.0, "dataset", 0.0)
+            return {(o, s, m): n for o, s, m, n in snap.jobs}
+        finally:
+            await store.close()
+
+    first = {("ann", "idle", False): 2, ("ann", "idle", True): 2, ("ann", "cancelled", False): 1}
+    assert await counts(True, add=5) == first
+    assert await counts(False, add=2) == {}  # off: nothing kept
+    rebuilt = {("ann", "idle", False): 2, ("ann", "idle", True): 3, ("ann", "cancelled", False): 2}
+    assert await counts(True) == rebuilt

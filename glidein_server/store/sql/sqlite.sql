@@ -553,7 +553,7 @@ SELECT id, site, host, exit_reason FROM pilots
 WHERE ended_at > ? AND (exit_reason LIKE 'black hole%' OR exit_reason LIKE 'self-test failed%')
 ORDER BY id DESC LIMIT 50;
 
--- name: monitoring_schema
+-- name: monitoring_tables
 -- Running aggregates for the metrics, kept by triggers: scrapes never count a million rows.
 CREATE TABLE IF NOT EXISTS job_counts (
     owner TEXT NOT NULL,
@@ -568,6 +568,8 @@ CREATE TABLE IF NOT EXISTS attempt_outcomes (
     n INTEGER NOT NULL,
     PRIMARY KEY (site, outcome)
 );
+
+-- name: monitoring_schema
 INSERT INTO job_counts SELECT owner, state, cpus > 1, count(*) FROM jobs
 WHERE NOT EXISTS (SELECT 1 FROM job_counts) GROUP BY 1, 2, 3;
 INSERT INTO attempt_outcomes SELECT site, outcome, count(*) FROM attempts
@@ -586,6 +588,14 @@ WHEN NEW.state = 'ended' AND OLD.state != 'ended' AND NEW.outcome IS NOT NULL
 BEGIN
     INSERT INTO attempt_outcomes VALUES (NEW.site, NEW.outcome, 1) ON CONFLICT DO UPDATE SET n = n + 1;
 END;
+
+-- name: monitoring_off
+-- Without metrics: no triggers, and empty aggregates, so that turning metrics on rebuilds them.
+DROP TRIGGER IF EXISTS job_counts_insert;
+DROP TRIGGER IF EXISTS job_counts_update;
+DROP TRIGGER IF EXISTS attempt_outcomes_end;
+DELETE FROM job_counts;
+DELETE FROM attempt_outcomes;
 
 -- name: monitoring_jobs
 SELECT owner, state, multicore, n FROM job_counts WHERE n > 0;
