@@ -35,6 +35,7 @@ class MetricsConfig:
     max_datasets: int = 50  # datasets beyond the busiest this many are summed as "other"
     client_dead_after_s: float = 90.0  # a site client silent this long is shown as down (3 cycles of 30 s)
     pilot_timeout_s: float = 180.0  # pilots silent this long no longer count as alive
+    ui_sample_s: float = 10.0  # the web dashboard samples cores in use per site this often
 
 
 def _datasets(rows: Iterable[tuple[str, str, bool, int, int]], limit: int) -> set[str]:

@@ -125,6 +125,7 @@ class Server:
                     dataset_key=s.dataset_label,
                     client_dead_after_s=s.client_dead_after_s,
                     pilot_timeout_s=s.pilot_timeout_s,
+                    ui_sample_s=s.dashboard_sample_s,
                 )
                 if s.metrics
                 else None,

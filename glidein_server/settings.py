@@ -61,6 +61,7 @@ class ServerSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     metrics: bool = True  # serve GET /metrics (Prometheus) to operator tokens with the metrics scope
     dataset_label: Annotated[str, Meta(min_length=1, max_length=64)] = "dataset"  # the job label naming a dataset
     client_dead_after_s: Annotated[float, Meta(ge=1)] = 90.0  # a site client silent this long is shown as down
+    dashboard_sample_s: Annotated[float, Meta(ge=0.1)] = 10.0  # the web dashboard's plots sample this often
     # Fair share of the cores between users ([server.shares] in config.toml: name = share);
     # a user not named there has default_share. A job's priority orders only its owner's jobs.
     default_share: Annotated[float, Meta(gt=0)] = 1.0

@@ -35,10 +35,9 @@ from glidein_client.wire.schema import (
     SyncRequest,
     SyncResponse,
 )
-from glidein_server.http import auth, ratelimit
+from glidein_server.http import auth, monitoring, ratelimit
 from glidein_server.http.admin import AdminApi
 from glidein_server.http.inputs import check_inputs, own_netlocs
-from glidein_server.http.monitoring import MonitoringApi
 from glidein_server.http.openapi import document
 from glidein_server.http.routing import API, Guard, Route, error_middleware, json_response, parse_int, parse_sha
 from glidein_server.http.staging import StagingApi
@@ -230,7 +229,7 @@ class Api:
         for r in self.routes:
             app.router.add_route(r.method, API + r.path, r.handler)
         if self.metrics is not None:
-            app.router.add_get(auth.METRICS_PATH, MonitoringApi(self.guard, self.metrics).scrape)
+            monitoring.mount(app, self.guard, self.store, self.metrics)
         app.cleanup_ctx.append(self._reaper_ctx)
         app.on_shutdown.append(self._wake_long_polls)
         return app

@@ -1,4 +1,4 @@
-"""``GET /metrics``: the Prometheus exposition, for an operator token with the ``metrics`` scope.
+"""``GET /metrics``: the Prometheus exposition, for an operator token with the ``metrics`` scope; and ``/ui``.
 
 Mint a scrape token that can do nothing else with
 ``glidein-server token add --role operator --subject prometheus --scopes metrics``.
@@ -11,8 +11,17 @@ import time
 from aiohttp import web
 
 from glidein_client.wire.schema import Role
+from glidein_server.http import auth
 from glidein_server.http.routing import Guard
+from glidein_server.http.ui import UiApi
 from glidein_server.metrics import CONTENT_TYPE, Metrics
+from glidein_server.store.base import Store
+
+
+def mount(app: web.Application, guard: Guard, store: Store, metrics: Metrics) -> None:
+    """``GET /metrics`` and the web dashboard under ``/ui``."""
+    app.router.add_get(auth.METRICS_PATH, MonitoringApi(guard, metrics).scrape)
+    UiApi(guard, store, metrics.config, sample_s=metrics.config.ui_sample_s).add_to(app)
 
 
 class MonitoringApi:

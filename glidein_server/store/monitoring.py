@@ -42,7 +42,20 @@ class Monitoring:
     attempts: list[tuple[str, str, int]] = field(default_factory=list)  # site, outcome, n (ever)
 
 
+@dataclass(frozen=True)
+class DatasetRow:
+    name: str  # '' = jobs without the dataset label
+    states: dict[str, int]
+    cores_in_use: int
+    cpu_s: float  # of ended attempts that reported it
+    core_wall_s: float  # their wall time times their cores
+
+
 class MonitoringStore(Protocol):
     async def monitoring(self, now: float, dataset_key: str, live_after: float) -> Monitoring:
         """Counts for the metrics and dashboards; pilots seen after ``live_after`` count as alive."""
+        ...
+
+    async def datasets(self, dataset_key: str) -> list[DatasetRow]:
+        """Progress and CPU efficiency per dataset (reads every job: for a page an operator opens, not scrapes)."""
         ...

@@ -6,7 +6,7 @@ import sqlite3
 
 from glidein_server.policy import demand as dm
 from glidein_server.policy.lifecycle import site_backoff
-from glidein_server.store.monitoring import Monitoring, PilotRow, SiteRow
+from glidein_server.store.monitoring import DatasetRow, Monitoring, PilotRow, SiteRow
 from glidein_server.store.sqlite_base import Q
 from glidein_server.store.sqlite_sites import SqliteSites, sites_from_key
 
@@ -37,5 +37,17 @@ class SqliteMonitoring(SqliteSites):
                 sites=sites,
                 attempts=[(s, o, n) for s, o, n in db.execute(Q["monitoring_attempts"])],
             )
+
+        return await self._run(read, self._conn)
+
+    async def datasets(self, dataset_key: str) -> list[DatasetRow]:
+        def read(db: sqlite3.Connection) -> list[DatasetRow]:
+            states: dict[str, dict[str, int]] = {}
+            cores: dict[str, int] = {}
+            for name, state, n, running_cores in db.execute(Q["dataset_states"], (dataset_key,)):
+                states.setdefault(name, {})[state] = n
+                cores[name] = cores.get(name, 0) + (running_cores or 0)
+            used = {name: (cpu, wall) for name, cpu, wall in db.execute(Q["dataset_efficiency"], (dataset_key,))}
+            return [DatasetRow(name, states[name], cores[name], *used.get(name, (0.0, 0.0))) for name in sorted(states)]
 
         return await self._run(read, self._conn)

@@ -652,3 +652,13 @@ DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('don
 
 -- name: file_referenced
 SELECT EXISTS (SELECT 1 FROM outputs WHERE sha256 = ?) OR EXISTS (SELECT 1 FROM file_owners WHERE sha256 = ?);
+
+-- name: dataset_states
+SELECT coalesce(json_extract(spec, '$.labels.' || json_quote(?)), ''), state, count(*),
+       sum(CASE WHEN state = 'running' THEN cpus ELSE 0 END)
+FROM jobs GROUP BY 1, 2;
+
+-- name: dataset_efficiency
+SELECT coalesce(json_extract(j.spec, '$.labels.' || json_quote(?)), ''), sum(a.cpu_s), sum(a.wall_s * j.cpus)
+FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.state = 'ended' AND a.cpu_s IS NOT NULL AND a.wall_s > 0 GROUP BY 1;
