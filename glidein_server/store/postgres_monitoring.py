@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from glidein_server.policy import demand as dm
 from glidein_server.policy.lifecycle import site_backoff
-from glidein_server.store.monitoring import Monitoring, PilotRow, SiteRow
+from glidein_server.store.monitoring import DatasetRow, Monitoring, PilotRow, SiteRow
 from glidein_server.store.postgres_base import Connection, Q
 from glidein_server.store.postgres_jobs import PostgresJobs
 from glidein_server.store.sqlite_sites import sites_from_key
@@ -35,5 +35,17 @@ class PostgresMonitoring(PostgresJobs):
                 sites=sites,
                 attempts=[(s, o, n) for s, o, n in await con.fetch(Q["monitoring_attempts"])],
             )
+
+        return await self._read(read)
+
+    async def datasets(self, dataset_key: str) -> list[DatasetRow]:
+        async def read(con: Connection) -> list[DatasetRow]:
+            states: dict[str, dict[str, int]] = {}
+            cores: dict[str, int] = {}
+            for name, state, n, running_cores in await con.fetch(Q["dataset_states"], dataset_key):
+                states.setdefault(name, {})[state] = n
+                cores[name] = cores.get(name, 0) + running_cores
+            used = {name: (cpu, wall) for name, cpu, wall in await con.fetch(Q["dataset_efficiency"], dataset_key)}
+            return [DatasetRow(name, states[name], cores[name], *used.get(name, (0.0, 0.0))) for name in sorted(states)]
 
         return await self._read(read)

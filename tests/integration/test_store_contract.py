@@ -294,6 +294,9 @@ async def test_usage_provenance_and_monitoring_counts(store: Store) -> None:
     assert sorted(snap.jobs) == [("alice", "done", True, 1), ("alice", "running", False, 1)]
     assert snap.attempts == [("a", "done", 1)]
     assert [(s.name, s.demand_pilots, s.multicore_idle) for s in snap.sites] == [("a", 0, 0)]
+    datasets = {d.name: d for d in await store.datasets("dataset")}
+    assert (datasets["d1"].states, datasets["d1"].cpu_s, datasets["d1"].core_wall_s) == ({"done": 1}, 4.0, 8.0)
+    assert (datasets[""].states, datasets[""].cores_in_use) == ({"running": 1}, 1)
 
 
 async def test_priority_orders_only_a_users_own_jobs_and_users_share_the_cores(store: Store) -> None:

@@ -637,3 +637,13 @@ DELETE FROM jobs WHERE id = ANY($1::bigint[]);
 
 -- name: file_referenced
 SELECT EXISTS (SELECT 1 FROM outputs WHERE sha256 = $1) OR EXISTS (SELECT 1 FROM file_owners WHERE sha256 = $1);
+
+-- name: dataset_states
+SELECT coalesce(spec -> 'labels' ->> $1, ''), state, count(*),
+       coalesce(sum(CASE WHEN state = 'running' THEN cpus ELSE 0 END), 0)::bigint
+FROM jobs GROUP BY 1, 2;
+
+-- name: dataset_efficiency
+SELECT coalesce(j.spec -> 'labels' ->> $1, ''), sum(a.cpu_s), sum(a.wall_s * j.cpus)
+FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.state = 'ended' AND a.cpu_s IS NOT NULL AND a.wall_s > 0 GROUP BY 1;
