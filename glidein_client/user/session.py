@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from glidein_client.user import config as user_config
 from glidein_client.user import render
@@ -14,10 +16,15 @@ from glidein_client.user.config import UserConfig
 from glidein_client.user.jobfile import bounded
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.codec import encode
-from glidein_client.wire.errors import AuthError, ForbiddenError, GlideinError, NotFoundError
+from glidein_client.wire.errors import AuthError, ForbiddenError, GlideinError, NotFoundError, ServerUnreachable
 from glidein_client.wire.schema import JobList, JobView
 
+T = TypeVar("T")
+
 IDS_PER_REQUEST = 500
+#: How long ``status``, ``wait`` and ``fetch`` keep trying a server that is not answering (a restart).
+RIDE_OUT_S = 120.0
+MAX_RETRY_S = 10.0
 CONCURRENCY = 8
 EXIT_OK, EXIT_ERROR, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 3, 130  # argparse exits 2 on usage errors
 
@@ -91,3 +98,32 @@ def require_found(ids: Sequence[int], jobs: Sequence[JobView]) -> None:
             f"No job {render.compress_ids(missing)} (or not yours).",
             hint="Check the ids with: glidein status",
         )
+
+
+class RideOut:
+    """Retry calls while the server is not answering (connection refused or reset, 502/503 during a
+    restart): 1 s doubling to 10 s, for ``give_up_s`` in all; one line on stderr says so, once."""
+
+    def __init__(self, give_up_s: float = RIDE_OUT_S) -> None:
+        self.give_up_s = give_up_s
+        self.told = False
+
+    async def __call__(self, call: Callable[[], Awaitable[T]]) -> T:
+        deadline = time.monotonic() + self.give_up_s
+        delay = 1.0
+        while True:
+            try:
+                return await call()
+            except ServerUnreachable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                if not self.told:
+                    self.told = True
+                    print(
+                        f"The server is not answering ({exc.message.rstrip('.')}); "
+                        f"trying again for up to {self.give_up_s:.0f} s.",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(MAX_RETRY_S, delay * 2)

@@ -118,3 +118,37 @@ def test_config_mistakes_are_named_with_the_fix_and_durations_take_units(state: 
         bad = server("serve", *d)
         assert bad.returncode == 1 and bad.stderr.startswith(f"error: {config}: {message}"), bad.stderr
         assert "send it again" not in bad.stderr and "TLS" not in bad.stderr
+
+
+def test_glidein_rides_out_a_server_that_is_restarting(state: Path, tmp_path: Path) -> None:
+    token = tmp_path / "ann.token"
+    assert server("user", "add", "ann", "--save", str(token), "--dir", str(state)).returncode == 0
+    port = next(ln for ln in (state / "config.toml").read_text().splitlines() if ln.startswith("port ="))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLIDEIN_")}
+    env.update(
+        GLIDEIN_URL=f"http://127.0.0.1:{port.split('=')[1].strip()}",
+        GLIDEIN_TOKEN_FILE=str(token),
+        XDG_CONFIG_HOME=str(tmp_path / "no-config"),
+    )
+    status = subprocess.Popen(
+        [sys.executable, "-m", "glidein_client.user.cli", "status"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)  # refused meanwhile: the server is down
+    with open(tmp_path / "serve.log", "w") as log:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "glidein_server.cli", "serve", "--dir", str(state)], stdout=log, stderr=log
+        )
+    try:
+        out, err = status.communicate(timeout=90)
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+        if status.poll() is None:
+            status.kill()
+    assert status.returncode == 0 and out == "No jobs.\n", out + err
+    (line,) = err.splitlines()
+    assert line.startswith("The server is not answering (") and line.endswith("trying again for up to 120 s.")

@@ -17,6 +17,7 @@ from glidein_client.user.session import (
     CONCURRENCY,
     EXIT_ERROR,
     EXIT_OK,
+    RideOut,
     about,
     connect,
     emit_json,
@@ -41,8 +42,9 @@ async def cmd_fetch(args: argparse.Namespace) -> int:
     fetched: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
     notes: list[str] = []
+    patiently = RideOut()
     async with connect(args) as api:
-        jobs = (await jobs_by_ids(api, args.ids)).jobs
+        jobs = (await patiently(lambda: jobs_by_ids(api, args.ids))).jobs
         for missing in sorted(set(args.ids) - {j.id for j in jobs}):
             errors.append({"id": missing, "error": f"no job {missing} (or not yours)"})
         items: list[tuple[JobView, str, str, int]] = []
@@ -54,7 +56,7 @@ async def cmd_fetch(args: argparse.Namespace) -> int:
         async def one(item: tuple[JobView, str, str, int]) -> None:
             job, name, sha256, size = item
             try:
-                path, fresh = await fetch_one(api, dest, job.id, name, sha256)
+                path, fresh = await patiently(lambda: fetch_one(api, dest, job.id, name, sha256))
             except GlideinError as exc:
                 stop_if_refused(exc)
                 errors.append({"id": job.id, "name": name, "error": exc.message})

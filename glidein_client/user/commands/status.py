@@ -7,7 +7,7 @@ import sys
 
 from glidein_client.user import render
 from glidein_client.user.args import add_ids, arg_type, label_filter
-from glidein_client.user.session import EXIT_ERROR, EXIT_OK, connect, emit_json, jobs_by_ids, list_all
+from glidein_client.user.session import EXIT_ERROR, EXIT_OK, RideOut, connect, emit_json, jobs_by_ids, list_all
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.schema import JobList, JobState
 
@@ -25,13 +25,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 
 async def cmd_status(args: argparse.Namespace) -> int:
     missing: list[int] = []
+    patiently = RideOut()
     async with connect(args) as api:
         if args.ids:
-            result = await jobs_by_ids(api, args.ids, state=args.state, label=args.label)
+            result = await patiently(lambda: jobs_by_ids(api, args.ids, state=args.state, label=args.label))
             if not args.state and not args.label:
                 missing = sorted(set(args.ids) - {j.id for j in result.jobs})
         else:
-            result = await status_list(api, args)
+            result = await patiently(lambda: status_list(api, args))
     if args.json:
         emit_json(result)
     else:

@@ -14,6 +14,7 @@ from glidein_client.user.session import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_TIMEOUT,
+    RideOut,
     connect,
     emit_json,
     jobs_by_ids,
@@ -66,10 +67,11 @@ async def cmd_wait(args: argparse.Namespace) -> int:
     progress = render.Progress(sys.stderr)
     timed_out = False
     told: set[str] = set()
+    patiently = RideOut()
     async with connect(args) as api:
         try:
             while True:
-                snap = await _poll(api, args)
+                snap = await patiently(lambda: _poll(api, args))
                 counts, total = snap.counts, sum(snap.counts.values())
                 final = sum(counts.get(s.value, 0) for s in JobState if s.final)
                 for note, ids in snap.notes.items():
