@@ -570,7 +570,8 @@ async def test_htcondor_pilot_is_accepted_by_condor_submit(tmp_path: Path, caplo
     commands = fake.condor_ad(batch_id)["commands"]
     assert commands["should_transfer_files"] == "NO" and "when_to_transfer_output" not in commands
     # condor_submit's warning about an unknown key reaches the log (it submits all the same).
-    assert any("'nice_user_x = true' was unused by condor_submit" in r.getMessage() for r in caplog.records)
+    (warning,) = [r.getMessage() for r in caplog.records if "was unused by condor_submit" in r.getMessage()]
+    assert "'nice_user_x = true'" in warning and f"check `batch.extra_directives` in {CONFIG}" in warning
 
 
 async def test_htcondor_without_a_shared_filesystem_sends_the_pilots_files(tmp_path: Path) -> None:

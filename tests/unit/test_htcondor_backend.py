@@ -15,12 +15,11 @@ import pytest
 from glidein_client.site.config import SiteConfig, parse_site_config
 from glidein_client.site.runners.local import CommandResult
 from glidein_client.site.schedulers.base import PilotLaunch, PilotState
-from glidein_client.site.schedulers.htcondor import (
+from glidein_client.site.schedulers.htcondor import HoldInfo, HTCondorScheduler
+from glidein_client.site.schedulers.htcondor_ads import (
     ATTRIBUTES,
     JOB_STATUS,
     NATIVE_STATES,
-    HoldInfo,
-    HTCondorScheduler,
     ad_state,
     classad_string,
     parse_ads,

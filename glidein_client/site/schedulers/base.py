@@ -304,6 +304,10 @@ class BatchScheduler:
         """A line of the cancel tool's answer that reports success, not trouble."""
         return False
 
+    def warning_hint(self, line: str) -> str:
+        """What to add to a warning the submit tool printed on an accepted pilot ("" for nothing)."""
+        return ""
+
     # --- what the base owns -----------------------------------------------------------------
 
     async def submit(self, launch: PilotLaunch) -> str:
@@ -331,7 +335,7 @@ class BatchScheduler:
             )
         for line in result.stderr.splitlines():
             if line.strip():
-                log.warning("%s (pilot %s): %s", self.submit_tool, launch.tag, line.strip())
+                log.warning("%s (pilot %s): %s%s", self.submit_tool, launch.tag, line.strip(), self.warning_hint(line))
         log.info("submitted pilot %s as %s job %s", launch.tag, self.label, batch_id)
         return batch_id
 

@@ -15,7 +15,14 @@
   counts too). ``status`` reports such a pilot as TIMEOUT, not HELD. A ``periodic_remove``
   takes it out of the queue :data:`WALLTIME_GRACE_S` seconds later; that removal is
   recognised later (``condor_history``) by its ``RemoveReason``, which names the
-  ``GlideinWalltimeHeld`` expression.
+  ``GlideinWalltimeHeld`` expression. HTCondor 9.0 ignores ``allowed_execute_duration`` and
+  9.7 to 24.0.18 may not apply it to a job without input transfer (HTCONDOR-3633), so the
+  wrapper also runs the pilot under ``timeout``: exit code 124 is TIMEOUT.
+- Files: with ``batch.shared_filesystem`` (the default) nothing is transferred
+  (``should_transfer_files = NO``) and the pilot starts in its directory; without it the
+  wrapper, token and CA travel with the job (``YES`` / ``ON_EXIT``) and the pilot runs in the
+  job's scratch directory. ``IF_NEEDED`` with ``ON_EXIT_OR_EVICT`` is never written:
+  condor_submit refuses that pair.
 - ``submit`` writes ``<workdir>/pilot.sh`` and ``<workdir>/pilot.sub`` through the runner and
   runs ``condor_submit pilot.sub``; ``1 job(s) submitted to cluster 123.`` gives ``123.0``.
 - ``status`` is one ``condor_q -json`` call (this user's jobs that carry a ``GlideinTag``,
@@ -28,12 +35,11 @@
   and ``HoldReason`` of a held pilot (they are in ``PilotJob.reason`` too), so the client
   can choose between release and remove.
 
-``JobStatus`` numbers map through :data:`JOB_STATUS` (names) and :data:`NATIVE_STATES`.
+``JobStatus`` numbers map through :mod:`.htcondor_ads` (``JOB_STATUS``, ``NATIVE_STATES``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 import re
@@ -48,10 +54,21 @@ from glidein_client.site.schedulers.base import (
     HoldInfo,
     PilotJob,
     PilotLaunch,
-    PilotState,
     Refusal,
     pilot_id_from_tag,
     render_template,
+)
+from glidein_client.site.schedulers.htcondor_ads import (
+    ATTRIBUTES,
+    CONSTRAINT,
+    NATIVE_STATES,
+    WALLTIME_GRACE_S,
+    _int,
+    ad_state,
+    classad_string,
+    hold_info,
+    parse_ads,
+    parse_job_id,
 )
 from glidein_client.wire.errors import ConfigError, SchedulerError
 from glidein_client.wire.staging import Network
@@ -64,54 +81,14 @@ STDOUT = "pilot.out"
 STDERR = "pilot.err"
 USER_LOG = "pilot.log"
 
-#: Seconds a pilot held at its walltime stays in the queue (visible as TIMEOUT) before removal.
-WALLTIME_GRACE_S = 1800
-#: A held pilot whose input is still being spooled has not failed; it waits.
-SPOOLING_HOLD_CODE = 16
-#: Marker in the RemoveReason of a pilot removed after a walltime hold.
-WALLTIME_REMOVE_MARKER = "GlideinWalltimeHeld"
-#: Exit code of coreutils ``timeout`` when it ended the pilot at its walltime (the wrapper).
-TIMEOUT_EXIT_CODE = 124
 #: Seconds between the wrapper's TERM at the walltime and its KILL.
 KILL_AFTER_S = 60
 #: Pilot options naming files in the pilot's directory; without a shared filesystem they are
 #: transferred with the job and named by their base name in its scratch directory.
 TRANSFERRED_OPTIONS = ("--token-file", "--ca-file")
 
-#: The job attributes ``status`` and ``history`` ask for.
-ATTRIBUTES = (
-    "ClusterId,ProcId,JobStatus,GlideinTag,JobBatchName,HoldReason,HoldReasonCode,HoldReasonSubCode,"
-    "QDate,EnteredCurrentStatus,ExitCode,RemoveReason,NumHolds"
-)
-CONSTRAINT = "GlideinTag =!= undefined"
-
-#: HTCondor ``JobStatus`` numbers (job ClassAd attributes, HTCondor 23) and their names.
-JOB_STATUS: dict[int, str] = {
-    0: "Unexpanded",
-    1: "Idle",
-    2: "Running",
-    3: "Removed",
-    4: "Completed",
-    5: "Held",
-    6: "Transferring Output",
-    7: "Suspended",
-}
-
-#: What each ``JobStatus`` name means for a pilot (refined by exit code and hold reason).
-NATIVE_STATES: dict[str, PilotState] = {
-    "UNEXPANDED": PilotState.QUEUED,  # very old schedds: not yet idle
-    "IDLE": PilotState.QUEUED,
-    "RUNNING": PilotState.RUNNING,
-    "TRANSFERRING OUTPUT": PilotState.RUNNING,  # done running, output on its way back
-    "HELD": PilotState.HELD,  # TIMEOUT when held at its walltime
-    "SUSPENDED": PilotState.SUSPENDED,  # started, then suspended by the startd: not waiting
-    "COMPLETED": PilotState.DONE,  # FAILED for a non-zero ExitCode
-    "REMOVED": PilotState.CANCELLED,  # TIMEOUT when removed after a walltime hold
-}
-
 RM_CHUNK = 100
 _JOB_ID = re.compile(r"^\d+\.\d+$")
-_SUBMITTED = re.compile(r"(\d+) job\(s\) submitted to cluster (\d+)\.")
 #: condor_rm / condor_release answers that mean there is nothing (more) to do.
 _NOTHING_TO_DO = re.compile(
     r"Job \d+\.\d+ not found|already marked for removal|not held to be released|"
@@ -124,76 +101,6 @@ _RELEASE_LIMIT = re.compile(r"Job (\d+\.\d+) cannot be released again, has reach
 _TRANSIENT = re.compile(
     r"Failed to connect|Can't find address|Failed to fetch ads|SECMAN|timed out|Connection refused", re.I
 )
-
-
-def classad_string(value: str) -> str:
-    """``value`` as a ClassAd string literal."""
-    if "\n" in value or "\r" in value:
-        raise ValueError("line break")
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def parse_job_id(stdout: str) -> str | None:
-    """``1 job(s) submitted to cluster 123.`` -> ``123.0`` (a pilot is always proc 0)."""
-    match = _SUBMITTED.search(stdout)
-    return f"{match.group(2)}.0" if match else None
-
-
-def parse_ads(text: str) -> list[dict[str, Any]]:
-    """The job ads in ``condor_q -json`` / ``condor_history -json`` output (empty when none)."""
-    if not text.strip():
-        return []  # condor_q prints nothing at all when no job matches
-    try:
-        ads = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SchedulerError(
-            f"HTCondor printed JSON that glidein cannot read ({exc.msg} at line {exc.lineno}).",
-            hint="Check `condor_q -json` by hand; the next cycle tries again.",
-        ) from None
-    if not isinstance(ads, list):
-        raise SchedulerError("HTCondor printed JSON that is not a list of job ads.")
-    return [ad for ad in ads if isinstance(ad, dict)]
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def ad_state(ad: Mapping[str, Any]) -> tuple[str, PilotState | None, str]:
-    """(native name, refined state or None to use the table, reason) for one job ad."""
-    number = _int(ad.get("JobStatus"))
-    native = JOB_STATUS.get(number, f"JobStatus {number}") if number is not None else "JobStatus undefined"
-    if number == 5:
-        hold = hold_info(ad)
-        if hold.walltime:
-            return native, PilotState.TIMEOUT, f"walltime reached: {hold.reason}"
-        if hold.code == SPOOLING_HOLD_CODE:
-            return native, PilotState.QUEUED, str(hold)
-        return native, None, str(hold)
-    if number == 4:
-        code = _int(ad.get("ExitCode"))
-        if code == 0:
-            return native, PilotState.DONE, ""
-        if code == TIMEOUT_EXIT_CODE:
-            return native, PilotState.TIMEOUT, "ended at its walltime by its wrapper (exit code 124)"
-        return native, PilotState.FAILED, f"exit code {code}" if code is not None else "killed by a signal"
-    if number == 3:
-        removed = str(ad.get("RemoveReason", ""))
-        if WALLTIME_REMOVE_MARKER in removed:
-            return native, PilotState.TIMEOUT, f"removed after reaching its walltime: {removed}"
-        return native, PilotState.CANCELLED, removed
-    return native, None, ""
-
-
-def hold_info(ad: Mapping[str, Any]) -> HoldInfo:
-    since = _int(ad.get("EnteredCurrentStatus"))
-    return HoldInfo(
-        code=_int(ad.get("HoldReasonCode")),
-        subcode=_int(ad.get("HoldReasonSubCode")),
-        reason=str(ad.get("HoldReason", "")),
-        num_holds=_int(ad.get("NumHolds")),
-        since=float(since) if since is not None else None,
-    )
 
 
 REFUSALS = (
@@ -456,6 +363,11 @@ class HTCondorScheduler(BatchScheduler):
 
     def detail(self, result: CommandResult) -> str:
         return _detail(result)
+
+    def warning_hint(self, line: str) -> str:
+        if "was unused by condor_submit" in line:  # submit_utils.cpp warn_unused: a key it does not know
+            return f" (check `batch.extra_directives` in {self.site.path})"
+        return ""
 
     def refusal_values(self) -> dict[str, object]:
         return {**super().refusal_values(), "account": self.site.batch.account or ""}
