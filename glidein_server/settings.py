@@ -120,6 +120,9 @@ class StateDir:
                 lines.append(f'{field} = "{_toml_escape(value)}"')
             elif isinstance(value, bool):
                 lines.append(f"{field} = {'true' if value else 'false'}")
+            elif isinstance(value, dict):  # an inline table, names quoted
+                items = ", ".join(f'"{_toml_escape(str(k))}" = {v}' for k, v in sorted(value.items()))
+                lines.append(f"{field} = {{ {items} }}" if items else f"{field} = {{}}")
             else:
                 lines.append(f"{field} = {value}")
         tmp = self.config_path.with_suffix(".tmp")
@@ -155,6 +158,8 @@ KEY_DOCS: dict[str, str] = {
     "totp_key_file": "Key that encrypts operators' TOTP secrets; mode 0600, kept apart from the database.",
     "pilot_token_grace_s": "Pilot tokens outlive queue wait plus walltime by this much.",
     "pilot_token_max_s": "Longest lifetime of a pilot token.",
+    "default_share": "Fair share of the cores of a user not named in shares (priority orders only a user's own jobs).",
+    "shares": 'Fair shares per user, e.g. { "alice" = 3.0 }; set with `glidein-server user share NAME N`.',
 }
 for _role in ("operator", "user", "site", "pilot", "anonymous"):
     KEY_DOCS[f"rate_{_role}_per_s"] = f"Requests per second per {_role} token (anonymous: per address); 0: no limit."
