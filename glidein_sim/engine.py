@@ -29,7 +29,7 @@ from glidein_server.policy.matchmaking import PLAIN_POLICY, Candidate, Capacity,
 from glidein_server.policy.reservation import ReservationPolicy, Reservations
 from glidein_server.policy.retry import RetryPolicy
 from glidein_sim.metrics import Tally, Timeline
-from glidein_sim.queue import IdleQueue, Job
+from glidein_sim.queue import IdleQueue, Job, ShapeKey
 from glidein_sim.scenario import Scenario, SiteSpec
 
 # Event kinds, in the order they run at one instant.
@@ -116,6 +116,7 @@ class Site:
         self.live: dict[int, Pilot] = {}  # running
         self.hungry: set[int] = set()  # running pilots with free cores that the last claim could not fill
         self.rng = random.Random()
+        self.total = Capacity(p.cpus, p.memory_mb, p.gpus, p.disk_mb)
         self.alloc_cores = 0
         self.busy_cores = 0
 
@@ -144,6 +145,8 @@ class Simulation:
         self._alloc = self._busy = 0
         self._offer_due = False
         self._retry_policy = RetryPolicy()
+        self._fail = [w.fail_fraction for w in sc.work]
+        self._needs: dict[ShapeKey, Need] = {}  # one Need per job shape, as the pilot would build per claim
         self._handlers: dict[int, Callable[[Any], None]] = {
             _JOB_END: self._job_end,
             _PILOT_READY: self._pilot_ready,
@@ -205,6 +208,8 @@ class Simulation:
         job.submit_t = self.now
         self.jobs[jid] = job
         self.drain_window_s = max(self.drain_window_s, float(wall))
+        if job.key not in self._needs:
+            self._needs[job.key] = Need(w.cpus, w.memory_mb, w.gpus, w.disk_mb, wall)
         self._enqueue(job)
 
     def _enqueue(self, job: Job) -> None:
@@ -241,7 +246,7 @@ class Simulation:
             site.hungry.discard(p.id)
             return
         self.tally.claims += 1
-        total = Capacity(spec.cpus, spec.memory_mb, spec.gpus, spec.disk_mb)
+        total = site.total
         free = Capacity(p.pool.free_slots, p.mem_free, p.pool.free_gpus, p.disk_free)
         reserve = None
         if self.reservations is not None:
@@ -279,7 +284,7 @@ class Simulation:
             return
         spec = p.site.spec.pilot
         start, give_back = plan_starts(
-            [Need(j.cand.cpus, j.cand.memory_mb, j.cand.gpus, j.cand.disk_mb, j.cand.walltime_s) for j in claimed],
+            [self._needs[j.key] for j in claimed],
             p.pool.free_slots,
             p.pool.free_gpus,
             p.mem_free,
@@ -309,7 +314,7 @@ class Simulation:
         rng = p.site.rng
         if p.black_hole:  # the node cannot run jobs: the pilot fails them within seconds
             duration, outcome = rng.uniform(1.0, 5.0), Outcome.INTERRUPTED
-        elif rng.random() < self.sc.work[job.work].fail_fraction:
+        elif self._fail[job.work] and rng.random() < self._fail[job.work]:
             duration, outcome = rng.uniform(0.0, job.runtime_s), Outcome.FAILED
         else:
             duration, outcome = job.runtime_s, Outcome.DONE

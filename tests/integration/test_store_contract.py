@@ -393,3 +393,21 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
         con = await asyncpg.connect(store.url)
         assert await con.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") == str(latest)
         await con.close()
+
+
+async def test_a_gpu_pilot_claims_the_waiting_gpu_job_first(store: Store) -> None:
+    cpu_jobs = await store.add_jobs("alice", [job() for _ in range(4)], NOW)
+    [gpu_job] = await store.add_jobs("alice", [job(gpus=1)], NOW + 1)
+    pid = await store.new_pilot("a", NOW)
+    res = Resources(cpus=4, memory_mb=16_000, gpus=1, disk_mb=100_000)
+    await store.register_pilot(pid, PilotRegister(resources=res, end_time=NOW + 86_400), NOW)
+    resp = await store.sync(pid, SyncRequest(free=res, lifetime_s=80_000), NOW + 2, LEASE_S)
+    assert [c.job_id for c in resp.jobs] == [gpu_job, *cpu_jobs[:3]]
+
+
+async def test_a_retiring_pilot_claims_the_longest_job_that_still_fits(store: Store) -> None:
+    specs = [JobSpec(argv=["true"], memory_mb=1000, walltime_s=w) for w in (9000, 3000, 6000, 1200)]
+    ids = await store.add_jobs("alice", specs, NOW)
+    pid = await running_pilot(store, cpus=1)
+    resp = await store.sync(pid, SyncRequest(free=free(1), lifetime_s=7000), NOW, LEASE_S)
+    assert [c.job_id for c in resp.jobs] == [ids[2]]  # 6000 s: the best fit for its last 7000 s
