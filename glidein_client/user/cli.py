@@ -77,6 +77,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         argv, command = argv[:cut], argv[cut + 1 :]
         if not command:
             parser.error("nothing follows '--'; give the command to run, e.g. -- python3 analyse.py")
+    if _command_word(argv) == "submit" and not command:
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            words = " ".join([*([args.jobfile] if args.jobfile else []), *extra])
+            parser.error(
+                f"unrecognized arguments: {' '.join(extra)}; to run a command, put it after '--': "
+                f"glidein submit [options] -- {words}"
+            )
     args = parser.parse_args(argv)
     args.argv = command
     if hasattr(args, "ids"):

@@ -95,3 +95,24 @@ async def test_a_bad_input_url_fails_the_attempt_naming_input_url_and_status(
         assert "server unreachable" not in live_server.pilot_logs()
     finally:
         await runner.cleanup()
+
+
+async def test_wait_status_cancel_and_fetch_speak_of_what_was_asked(live_server: Any, glidein: Glidein) -> None:  # noqa: F811
+    r = await glidein("submit", "echo", "hi")
+    assert r.rc == 2 and "put it after '--': glidein submit [options] -- echo hi" in r.err
+    await live_server.start_pilot(cpus=1, idle_timeout_s=30, extra=("--prefetch-s", "0"))
+    r = await glidein("submit", "--walltime", "1m", "-o", "out.txt", "--", "false")
+    failed = r.out.split(": ")[1].strip()
+    assert (await glidein("wait", failed, "--timeout", "60s")).rc == 1
+    r = await glidein("fetch", failed, "-d", str(glidein.cwd / "out"))
+    assert r.rc == 1 and f"error: job {failed}: failed, no outputs came back (asked for out.txt)" in r.err
+
+    r = await glidein("submit", "--walltime", "1m", "--", "sleep", "4")
+    done = r.out.split(": ")[1].strip()
+    r = await glidein("wait", "--timeout", "60s")  # the active job only: the old failure does not count
+    assert r.rc == 0 and r.out.strip() == "1 job: 1 done", r.out + r.err
+    assert (await glidein("wait")).out.strip() == "No active jobs to wait for."
+    r = await glidein("status", "--state", "idle")
+    assert r.rc == 0 and r.out.strip() == "No idle jobs (of 2 jobs)."
+    r = await glidein("cancel", done)
+    assert r.rc == 1 and f"error: job {done} had already finished (done); nothing was cancelled" in r.err

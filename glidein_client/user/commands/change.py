@@ -10,6 +10,7 @@ from glidein_client.user.args import add_ids
 from glidein_client.user.jobfile import bounded
 from glidein_client.user.session import CONCURRENCY, EXIT_ERROR, EXIT_OK, about, connect, emit_json, stop_if_refused
 from glidein_client.wire.errors import GlideinError
+from glidein_client.wire.schema import JobState
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -31,6 +32,13 @@ async def cmd_change(args: argparse.Namespace) -> int:
                 stop_if_refused(exc)
                 results[job_id] = {"id": job_id, "error": exc.message, "hint": exc.hint}
             else:
+                if args.command == "cancel" and view.state in (JobState.DONE, JobState.FAILED):
+                    results[job_id] = {
+                        "id": job_id,
+                        "error": f"job {job_id} had already finished ({view.state.value}); nothing was cancelled",
+                        "hint": None,
+                    }
+                    return
                 results[job_id] = {"id": job_id, "state": view.state.value}
 
         await bounded(CONCURRENCY, one, args.ids)

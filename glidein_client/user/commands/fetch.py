@@ -49,8 +49,13 @@ async def cmd_fetch(args: argparse.Namespace) -> int:
             errors.append({"id": missing, "error": f"no job {missing} (or not yours)"})
         items: list[tuple[JobView, str, str, int]] = []
         for job in jobs:
-            if not job.outputs:
-                notes.append(f"job {job.id}: {job.state.value}, no outputs" + ("" if job.state.final else " yet"))
+            if not job.outputs and job.spec.outputs:
+                why = "no outputs came back" if job.state.final else "no outputs yet"
+                errors.append(
+                    {"id": job.id, "error": f"{job.state.value}, {why} (asked for {', '.join(job.spec.outputs)})"}
+                )
+            elif not job.outputs:
+                notes.append(f"job {job.id}: {job.state.value}, declares no outputs")
             items.extend((job, o.name, o.sha256, o.size) for o in job.outputs)
 
         async def one(item: tuple[JobView, str, str, int]) -> None:

@@ -42,7 +42,10 @@ async def cmd_status(args: argparse.Namespace) -> int:
             print(render.jobs_table(result.jobs))
         if matching > len(result.jobs):
             print(f"... {matching - len(result.jobs)} earlier jobs not shown; --all lists every job.")
-        print(f"{render.plural(total, 'job')}: {render.format_counts(result.counts)}" if total else "No jobs.")
+        if args.state and not matching:
+            print(f"No {args.state} jobs" + (f" (of {render.plural(total, 'job')})." if total else "."))
+        else:
+            print(f"{render.plural(total, 'job')}: {render.format_counts(result.counts)}" if total else "No jobs.")
     if missing:
         print(f"error: no job {render.compress_ids(missing)} (or not yours).", file=sys.stderr)
         return EXIT_ERROR

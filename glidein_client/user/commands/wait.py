@@ -62,6 +62,20 @@ async def _poll(api: ApiClient, args: argparse.Namespace) -> Snapshot:
     return snap
 
 
+async def _active_ids(api: ApiClient, label: str | None) -> list[int]:
+    """Like condor_wait on what condor_q shows: the jobs active now, not every job in history."""
+    listed = await list_all(api, state=None, label=label)
+    return [j.id for j in listed.jobs if not j.state.final]
+
+
+def _nothing_to_wait_for(as_json: bool) -> int:
+    if as_json:
+        emit_json({"total": 0, "counts": {}, "timed_out": False, "failed_ids": []})
+    else:
+        print("No active jobs to wait for.")
+    return EXIT_OK
+
+
 async def cmd_wait(args: argparse.Namespace) -> int:
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     progress = render.Progress(sys.stderr)
@@ -69,6 +83,10 @@ async def cmd_wait(args: argparse.Namespace) -> int:
     told: set[str] = set()
     patiently = RideOut()
     async with connect(args) as api:
+        if not args.ids and not args.label:  # a label names its jobs, finished ones too
+            args.ids = await patiently(lambda: _active_ids(api, None))
+            if not args.ids:
+                return _nothing_to_wait_for(args.json)
         try:
             while True:
                 snap = await patiently(lambda: _poll(api, args))
@@ -89,6 +107,12 @@ async def cmd_wait(args: argparse.Namespace) -> int:
                 await asyncio.sleep(max(0.0, min(POLL_S, left)))
         finally:
             progress.close()
+    return _report(args, snap, timed_out)
+
+
+def _report(args: argparse.Namespace, snap: Snapshot, timed_out: bool) -> int:
+    counts, total = snap.counts, sum(snap.counts.values())
+    final = sum(counts.get(s.value, 0) for s in JobState if s.final)
     failed = counts.get("failed", 0) + counts.get("cancelled", 0)
     if args.json:
         emit_json({"total": total, "counts": counts, "timed_out": timed_out, "failed_ids": snap.bad})
