@@ -47,6 +47,9 @@ from glidein_client.wire.schema import (
 log = logging.getLogger(__name__)
 REPORT_DELAY_S = 0.05
 REPORT_BATCH = 64
+#: While jobs run, a sync (a long poll) is always open, so a cancel reaches the pilot at once;
+#: the next one goes this long after the last was sent, at the earliest.
+LISTEN_GAP_S = 0.25
 
 
 class Phase(enum.Enum):
@@ -197,6 +200,8 @@ class Pilot:
             timeout = self.flights.wait_s(self.heartbeat_s, mono)
             if self.started or self.finished:
                 timeout = min(timeout, self._report_delay())
+            if self.running and self.flights.sync is None:
+                timeout = min(timeout, LISTEN_GAP_S)
             await self._sleep(max(0.01, timeout))
             for flight in self.flights.landed():
                 self.flights.settled(flight, self._settle(flight), time.monotonic())
@@ -305,8 +310,8 @@ class Pilot:
             return False
 
     def _sync_due(self, since_last_s: float) -> bool:
-        if since_last_s >= self.heartbeat_s:
-            return True
+        if since_last_s >= self.heartbeat_s or (self.running and since_last_s >= LISTEN_GAP_S):
+            return True  # (with jobs running: keep listening for their cancels)
         urgent = self._claim_urgent()
         if urgent or self.draining:
             return urgent or bool(self.started or self.finished)
@@ -343,9 +348,10 @@ class Pilot:
         cpus, mem, gpus, disk = self._free_after_backlog()
         idle = not self.running and not self.backlog and not reports[0] and not reports[1]
         wait_s = 0.0
-        if not self.draining and (self._server_empty or idle):
-            # Long poll: the server answers as soon as work arrives. Short while jobs run, so reports flow.
-            wait_s = self.heartbeat_s if not self.running else min(1.0, self.heartbeat_s)
+        if self.running or (not self.draining and (self._server_empty or idle)):
+            # Long poll: the server answers as soon as work arrives, one of the running jobs is
+            # cancelled, or a report sent beside the poll frees cores; news never waits a heartbeat.
+            wait_s = self.heartbeat_s
         held = set(self.running) | {c.attempt_id for c in self.backlog}
         held.update(r.attempt_id for r in reports[0])
         held.update(f.attempt_id for f in reports[1])

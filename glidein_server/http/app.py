@@ -72,6 +72,7 @@ class Api:
         self.guard = Guard(self.auth)
         self.work = self.guard.work  # wakes pilots waiting for something to claim
         self.demand_changed = self.guard.demand_changed  # wakes site clients waiting for new demand
+        self.pilots = self.guard.pilots  # wakes one pilot's long poll
         self.limiter = ratelimit.RateLimiter(config.rate_limits)
         self.admin = AdminApi(self.guard, store, config.totp_key)
         self.staging = StagingApi(self.guard, store, files)
@@ -238,6 +239,7 @@ class Api:
         """Answer waiting pilots and clients at once so that shutting down does not wait for them."""
         self.work.notify()
         self.demand_changed.notify()
+        self.pilots.wake_all()
 
     async def _reaper_ctx(self, app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(self._reaper())
@@ -319,7 +321,15 @@ class Api:
 
     async def cancel(self, request: web.Request) -> web.Response:
         _, job_id = await self._own_job(request)
-        return json_response(await self.store.cancel_job(job_id, time.time()))
+        job = await self.store.cancel_job(job_id, time.time())
+        await self.wake_pilots_of(job_id)
+        return json_response(job)
+
+    async def wake_pilots_of(self, job_id: int) -> None:
+        """The pilots running ``job_id`` hear of its cancel at once: their waiting sync answers with it."""
+        for attempt in await self.store.attempts_of(job_id):
+            if attempt.finished_at is None:
+                self.pilots.wake(attempt.pilot_id)
 
     async def retry(self, request: web.Request) -> web.Response:
         _, job_id = await self._own_job(request)
@@ -456,6 +466,7 @@ class Api:
         principal = await self.guard.who(request, Role.PILOT)
         pilot_id = int(principal.subject)
         req: SyncRequest = await self.guard.body(request, SyncRequest, "pilot sync")
+        mark = self.pilots.mark(pilot_id)  # a cancel or report from here on answers this sync's long poll
         t0 = time.time()
         resp = await self.store.sync(pilot_id, req, t0, self.config.lease_s)
         if self.metrics is not None:
@@ -463,13 +474,29 @@ class Api:
         await self._renew_pilot_token(principal, req.lifetime_s)
         if req.finished:
             self.work.notify()  # requeued or retried jobs may be claimable elsewhere
-        if req.claim and not resp.jobs and not resp.cancel and req.wait_s > 0 and not req.draining:
-            if await self.work.wait(min(req.wait_s, self.config.heartbeat_s)):
-                more = await self.store.claim_more(pilot_id, req.want, time.time(), self.config.lease_s)
-                resp = SyncResponse(jobs=more.jobs, cancel=more.cancel, refused=resp.refused)
+            if not req.claim:
+                self.pilots.wake(pilot_id)  # a report beside its long poll: what it frees can be claimed now
+        if req.claim and not resp.jobs and not resp.cancel and req.wait_s > 0:
+            resp = await self._long_poll(pilot_id, req, resp, mark)
         if self.metrics is not None:
             self.metrics.sync_latency.observe(time.time() - t0)
         return json_response(resp)
+
+    async def _long_poll(self, pilot_id: int, req: SyncRequest, resp: SyncResponse, mark: int) -> SyncResponse:
+        """Hold a pilot's sync until there is news for it: work it can claim (unless it is stopping),
+        a cancel of one of its jobs, or room freed by a report it sent beside this poll. A wake-up
+        that brings nothing for this pilot (another took the work) keeps it waiting, so the pilot
+        is always listening."""
+        deadline = time.monotonic() + min(req.wait_s, self.config.heartbeat_s)
+        work = None if req.draining else self.work
+        while (left_s := deadline - time.monotonic()) > 0:
+            if not await self.pilots.wait(pilot_id, left_s, work, since=mark):
+                break
+            mark = self.pilots.mark(pilot_id)
+            more = await self.store.claim_more(pilot_id, req.want, time.time(), self.config.lease_s)
+            if more.jobs or more.cancel:
+                return SyncResponse(jobs=more.jobs, cancel=more.cancel, refused=resp.refused)
+        return resp
 
     async def put_output(self, request: web.Request) -> web.Response:
         principal = await self.guard.who(request, Role.PILOT)
@@ -487,6 +514,7 @@ class Api:
         principal = await self.guard.who(request, Role.PILOT)
         req: PilotExit = await self.guard.body(request, PilotExit, "pilot exit")
         await self.store.pilot_exit(int(principal.subject), req.reason, req.occupancy, req.jobs_run, time.time())
+        self.pilots.forget(int(principal.subject))
         log.info(
             "pilot %s left: %r (occupancy %.0f%%, %d jobs)",
             principal.subject,

@@ -165,13 +165,22 @@ async def test_unreachable_server_keeps_reports_until_it_returns(tmp_path: Path)
     def hand_out(req: SyncRequest) -> SyncResponse:
         return SyncResponse(jobs=[claim(1, ["true"])])
 
-    # The job is handed out, then two syncs fail: its report must arrive once the server is back.
-    channel = ScriptedChannel([hand_out, away, away])
+    refused: list[SyncRequest] = []
+
+    def away_while_reporting(req: SyncRequest) -> SyncResponse:
+        if req.finished and len(refused) < 2:
+            refused.append(req)
+            raise away
+        return SyncResponse()
+
+    # The job is handed out, then the first two syncs that report it fail: its report must arrive
+    # once the server is back.
+    channel = ScriptedChannel([hand_out, *[away_while_reporting] * 200])
     pilot = make_pilot(tmp_path, channel, idle_s=0.5)
     assert await run(pilot) == 0
     assert channel.finishes()[1].outcome is Outcome.DONE
     failed = [i for i, s in enumerate(channel.syncs) if s.finished]
-    assert len(failed) >= 2  # sent while away, then again once back
+    assert len(failed) >= 3 and len(refused) == 2  # sent twice while away, then again once back
     assert pilot.flights.backoff_s == 0.0
 
 
