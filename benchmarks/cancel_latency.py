@@ -124,7 +124,7 @@ async def measure(path: str, samples: int, pilots: int, cpus: int, heartbeat_s: 
     report_s: list[float] = []
     async with Server(str(state.root)) as srv:
         if path == "heartbeat":
-            srv.api.pilots.wake = lambda pilot_id: None  # type: ignore[method-assign]
+            srv.api.news.pilots.wake = lambda pilot_id: None  # type: ignore[method-assign]
         user = await mint_token(srv.store, Role.USER, "bench")
         procs = [await start_pilot(srv, tmp, n, cpus) for n in range(pilots)]
         try:

@@ -39,6 +39,8 @@ from glidein_server.http import auth, monitoring, ratelimit
 from glidein_server.http.admin import AdminApi
 from glidein_server.http.inputs import check_inputs, own_netlocs
 from glidein_server.http.openapi import document
+from glidein_server.http.pilot_news import PilotNews
+from glidein_server.http.pilot_tokens import PilotTokens
 from glidein_server.http.routing import API, Guard, Route, error_middleware, json_response, parse_int, parse_sha
 from glidein_server.http.staging import StagingApi
 from glidein_server.metrics import Metrics, MetricsConfig
@@ -72,7 +74,10 @@ class Api:
         self.guard = Guard(self.auth)
         self.work = self.guard.work  # wakes pilots waiting for something to claim
         self.demand_changed = self.guard.demand_changed  # wakes site clients waiting for new demand
-        self.pilots = self.guard.pilots  # wakes one pilot's long poll
+        self.pilot_tokens = PilotTokens(
+            store, self.auth, grace_s=config.pilot_token_grace_s, max_s=config.pilot_token_max_s
+        )
+        self.news = PilotNews(store, self.guard.pilots, self.work, wait_s=config.heartbeat_s, lease_s=config.lease_s)
         self.limiter = ratelimit.RateLimiter(config.rate_limits)
         self.admin = AdminApi(self.guard, store, config.totp_key)
         self.staging = StagingApi(self.guard, store, files)
@@ -239,7 +244,7 @@ class Api:
         """Answer waiting pilots and clients at once so that shutting down does not wait for them."""
         self.work.notify()
         self.demand_changed.notify()
-        self.pilots.wake_all()
+        self.news.pilots.wake_all()
 
     async def _reaper_ctx(self, app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(self._reaper())
@@ -321,15 +326,7 @@ class Api:
 
     async def cancel(self, request: web.Request) -> web.Response:
         _, job_id = await self._own_job(request)
-        job = await self.store.cancel_job(job_id, time.time())
-        await self.wake_pilots_of(job_id)
-        return json_response(job)
-
-    async def wake_pilots_of(self, job_id: int) -> None:
-        """The pilots running ``job_id`` hear of its cancel at once: their waiting sync answers with it."""
-        for attempt in await self.store.attempts_of(job_id):
-            if attempt.finished_at is None:
-                self.pilots.wake(attempt.pilot_id)
+        return json_response(await self.news.cancelled(await self.store.cancel_job(job_id, time.time())))
 
     async def retry(self, request: web.Request) -> web.Response:
         _, job_id = await self._own_job(request)
@@ -386,7 +383,7 @@ class Api:
         site, _ = await self.guard.site(request, Role.SITE, Role.OPERATOR)
         grant: PilotGrantRequest = decode(await request.read() or b"{}", PilotGrantRequest, what="pilot grant")
         now = time.time()
-        expires_at = now + await self._pilot_token_life_s(site, grant)
+        expires_at = now + await self.pilot_tokens.life_s(site, grant)
         pilot_id = await self.store.new_pilot(site, now)
         token = auth.new_token()
         token_id = await self.store.add_token(auth.hash_token(token), Role.PILOT, str(pilot_id), expires_at)
@@ -401,26 +398,6 @@ class Api:
             self._tokens_purged_at = now
             await self.store.purge_tokens(now - 7 * 86400)  # expired or revoked a week ago
         return json_response(PilotGrant(pilot_id=pilot_id, token=token, expires_at=expires_at), status=201)
-
-    async def _pilot_token_life_s(self, site: str, grant: PilotGrantRequest) -> float:
-        """A pilot token lives for the pilot's queue wait plus its walltime, plus a grace period."""
-        walltime_s = grant.walltime_s
-        if walltime_s is None:
-            shape = (await self.store.site_shapes()).get(site)
-            walltime_s = shape.walltime_s if shape else 86400
-        queued_s = 86400 if grant.max_queued_s is None else grant.max_queued_s or self.config.pilot_token_max_s
-        return min(queued_s + walltime_s, self.config.pilot_token_max_s) + self.config.pilot_token_grace_s
-
-    async def _renew_pilot_token(self, principal: Principal, lifetime_s: float) -> None:
-        """A running pilot's heartbeat keeps its token valid until its end (plus the grace period)."""
-        if principal.expires_at is None:
-            return
-        grace = self.config.pilot_token_grace_s
-        now = time.time()
-        want = now + min(max(lifetime_s, 0.0), self.config.pilot_token_max_s) + grace
-        if principal.expires_at < want - grace / 2:  # renew rarely: not on every heartbeat
-            await self.store.renew_token(principal.token_id, want)
-            self.auth.renewed(principal.token_id, want)
 
     async def site_wait(self, request: web.Request) -> web.Response:
         site, _ = await self.guard.site(request, Role.SITE, Role.OPERATOR)
@@ -444,7 +421,7 @@ class Api:
         principal = await self.guard.who(request, Role.PILOT)
         req: PilotRegister = await self.guard.body(request, PilotRegister, "pilot registration")
         await self.store.register_pilot(int(principal.subject), req, time.time())
-        await self._renew_pilot_token(principal, req.end_time - time.time())
+        await self.pilot_tokens.renew(principal, req.end_time - time.time())
         r = req.resources
         log.info(
             "pilot %s registered: %d cpus, %d MB, %d GPUs on %r (%r)%s",
@@ -466,37 +443,18 @@ class Api:
         principal = await self.guard.who(request, Role.PILOT)
         pilot_id = int(principal.subject)
         req: SyncRequest = await self.guard.body(request, SyncRequest, "pilot sync")
-        mark = self.pilots.mark(pilot_id)  # a cancel or report from here on answers this sync's long poll
+        mark = self.news.pilots.mark(pilot_id)  # a cancel or report from here on answers this sync's long poll
         t0 = time.time()
         resp = await self.store.sync(pilot_id, req, t0, self.config.lease_s)
         if self.metrics is not None:
             self.metrics.claim_latency.observe(time.time() - t0)
-        await self._renew_pilot_token(principal, req.lifetime_s)
+        await self.pilot_tokens.renew(principal, req.lifetime_s)
         if req.finished:
             self.work.notify()  # requeued or retried jobs may be claimable elsewhere
-            if not req.claim:
-                self.pilots.wake(pilot_id)  # a report beside its long poll: what it frees can be claimed now
-        if req.claim and not resp.jobs and not resp.cancel and req.wait_s > 0:
-            resp = await self._long_poll(pilot_id, req, resp, mark)
+        resp = await self.news.answer(pilot_id, req, resp, mark)
         if self.metrics is not None:
             self.metrics.sync_latency.observe(time.time() - t0)
         return json_response(resp)
-
-    async def _long_poll(self, pilot_id: int, req: SyncRequest, resp: SyncResponse, mark: int) -> SyncResponse:
-        """Hold a pilot's sync until there is news for it: work it can claim (unless it is stopping),
-        a cancel of one of its jobs, or room freed by a report it sent beside this poll. A wake-up
-        that brings nothing for this pilot (another took the work) keeps it waiting, so the pilot
-        is always listening."""
-        deadline = time.monotonic() + min(req.wait_s, self.config.heartbeat_s)
-        work = None if req.draining else self.work
-        while (left_s := deadline - time.monotonic()) > 0:
-            if not await self.pilots.wait(pilot_id, left_s, work, since=mark):
-                break
-            mark = self.pilots.mark(pilot_id)
-            more = await self.store.claim_more(pilot_id, req.want, time.time(), self.config.lease_s)
-            if more.jobs or more.cancel:
-                return SyncResponse(jobs=more.jobs, cancel=more.cancel, refused=resp.refused)
-        return resp
 
     async def put_output(self, request: web.Request) -> web.Response:
         principal = await self.guard.who(request, Role.PILOT)
@@ -514,7 +472,7 @@ class Api:
         principal = await self.guard.who(request, Role.PILOT)
         req: PilotExit = await self.guard.body(request, PilotExit, "pilot exit")
         await self.store.pilot_exit(int(principal.subject), req.reason, req.occupancy, req.jobs_run, time.time())
-        self.pilots.forget(int(principal.subject))
+        self.news.pilots.forget(int(principal.subject))
         log.info(
             "pilot %s left: %r (occupancy %.0f%%, %d jobs)",
             principal.subject,

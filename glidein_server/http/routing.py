@@ -23,6 +23,7 @@ from glidein_client.wire.codec import decode
 from glidein_client.wire.errors import GlideinError, ValidationError
 from glidein_client.wire.schema import MAX_INT, MAX_JOBS_PER_REQUEST, ErrorBody, Role
 from glidein_server.http import auth
+from glidein_server.http.pilot_news import PilotWakeups
 from glidein_server.store.base import Principal
 
 log = logging.getLogger(__name__)
@@ -90,55 +91,6 @@ class WorkSignal:
             return True
         except asyncio.TimeoutError:
             return False
-
-
-class PilotWakeups:
-    """Wakes one pilot's waiting long poll: a cancel of one of its jobs, or a report it sent beside
-    the poll (which may free cores), so a busy pilot hears news within a round trip, not a heartbeat."""
-
-    def __init__(self) -> None:
-        self._waiting: dict[int, list[asyncio.Future[None]]] = {}
-        self._wakes: dict[int, int] = {}  # wake-ups per pilot, so none is lost between a request and its wait
-
-    def mark(self, pilot_id: int) -> int:
-        """Where the pilot's wake-ups stand; a wait ``since`` this mark returns at once after a later wake."""
-        return self._wakes.get(pilot_id, 0)
-
-    def forget(self, pilot_id: int) -> None:
-        self._waiting.pop(pilot_id, None)
-        self._wakes.pop(pilot_id, None)
-
-    def wake(self, pilot_id: int) -> None:
-        self._wakes[pilot_id] = self._wakes.get(pilot_id, 0) + 1
-        for fut in self._waiting.pop(pilot_id, []):
-            if not fut.done():
-                fut.set_result(None)
-
-    def wake_all(self) -> None:
-        for pilot_id in list(self._waiting):
-            self.wake(pilot_id)
-
-    async def wait(self, pilot_id: int, timeout_s: float, work: WorkSignal | None = None, since: int = -1) -> bool:
-        """True when woken (or, with ``work``, when new work arrived) before ``timeout_s``; at once
-        when the pilot was woken after the mark ``since``."""
-        if since >= 0 and self._wakes.get(pilot_id, 0) != since:
-            return True
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(pilot_id, []).append(fut)
-        waits: list[asyncio.Future[Any]] = [fut]
-        if work is not None:
-            waits.append(asyncio.ensure_future(work.wait(timeout_s)))
-        try:
-            done, _ = await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-            mine = self._waiting.get(pilot_id)
-            if mine is not None and fut in mine:
-                mine.remove(fut)
-                if not mine:
-                    del self._waiting[pilot_id]
-        return any(not w.cancelled() and w.result() is not False for w in done)
 
 
 class Guard:

@@ -73,6 +73,6 @@ async def test_a_running_job_is_killed_long_before_the_next_heartbeat(slow_heart
         assert attempt.outcome == "cancelled", attempt
         # the freed core takes the waiting job at once too (its report woke the pilot's sync)
         while (await api.get_job(waiting)).state is not JobState.RUNNING:
-            assert time.monotonic() - t0 < HEARTBEAT_S / 3, (await api.get_job(waiting), await api.attempts(waiting), live.pilot_logs())
+            assert time.monotonic() - t0 < HEARTBEAT_S / 3, "the freed core waited for the heartbeat"
             await asyncio.sleep(0.05)
         await api.cancel(waiting)

@@ -156,7 +156,7 @@ async def test_deploy_carries_the_ca_and_a_renewed_one(
 
         # a new CA (`glidein-server tls renew` after the old CA key was retired) travels with the next deploy
         os.unlink(live.state_dir / "tls" / "ca.key")
-        assert await _dispatch(_parser().parse_args(["--dir", str(live.state_dir), "tls", "renew", "--json"])) == 0
+        assert await _dispatch(_parser().parse_args(["tls", "renew", "--dir", str(live.state_dir), "--json"])) == 0
         capsys.readouterr()
         again = await deploy(site, runner=runner, wheels=wheels)
         assert [s.name for s in again.steps if s.changed] == ["ca"]
