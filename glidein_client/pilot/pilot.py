@@ -398,6 +398,8 @@ class Pilot:
                 self._kill(ref.attempt_id, Outcome.INTERRUPTED, "another attempt owns this job now")
         if resp.jobs:
             log.debug("claimed %d jobs", len(resp.jobs))
+        if resp.leave and not (self.running or self.backlog or resp.jobs):
+            self.request_stop(resp.leave)  # holds no job: nothing is interrupted
 
     # --- starting and stopping jobs -----------------------------------------------------------
 

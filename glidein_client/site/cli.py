@@ -39,6 +39,7 @@ from glidein_client.site.config import SiteConfig, load_site_config
 from glidein_client.site.runners.local import Runner
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.errors import GlideinError
+from glidein_client.wire.schema import Demand, SiteMode
 from glidein_client.wire.units import format_duration
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ def _status_json(site: SiteConfig, status: SiteStatus) -> dict[str, Any]:
         "demand": msgspec.to_builtins(d),
         "pilots": status.counts(),
         "backoff": {"active": d.backoff_s > 0, "start_failures": d.start_failures, "backoff_s": d.backoff_s},
+        "operator": {"mode": d.mode.value, "max_cpus": d.max_cpus},
         "next_cycle": {"submit": nxt.submit, "remove": list(nxt.remove), "reasons": list(nxt.reasons)},
     }
 
@@ -187,10 +189,21 @@ def _status_text(site: SiteConfig, status: SiteStatus) -> str:
         f"  demand     {d.pilots} pilot(s) for {d.jobs:g} job(s), {d.cpus:g} cpus{unfit}",
         f"  pilots     {listed} (its own, in the batch system)",
         f"  back-off   {backoff}",
+        f"  operator   {_operator_text(d)}",
         f"  next cycle would submit {nxt.submit} and remove {len(nxt.remove)}"
         + (f" ({'; '.join(nxt.reasons)})" if nxt.reasons else ""),
     ]
     return "\n".join(lines)
+
+
+def _operator_text(d: Demand) -> str:
+    """What the server's operator set for this site (`glidein-server site drain|pause|resume|cap`)."""
+    text = {
+        SiteMode.OPEN: "open",
+        SiteMode.DRAINING: "DRAINING: no new pilots or claims; running jobs finish, then the pilots leave",
+        SiteMode.PAUSED: "PAUSED: no new pilots or claims until the operator resumes the site",
+    }[d.mode]
+    return text + (f"; at most {d.max_cpus} cores at once" if d.max_cpus is not None else "")
 
 
 # --- run -------------------------------------------------------------------------------------------

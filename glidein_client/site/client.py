@@ -27,7 +27,7 @@ from glidein_client.site.schedulers import make_scheduler
 from glidein_client.site.schedulers.base import HoldHandler, PilotJob, PilotLaunch, PilotState, Scheduler
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.errors import ConfigError, GlideinError, SchedulerError, ServerUnreachable
-from glidein_client.wire.schema import Demand
+from glidein_client.wire.schema import Demand, SiteMode
 from glidein_client.wire.staging import Network
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ class SiteClient:
 
     def _decide(self, demand: Demand, pilots: Sequence[PilotJob]) -> Decision:
         site = self.site
-        return decide(
+        decision = decide(
             demand.pilots,
             pilots,
             site.limits,
@@ -257,6 +257,10 @@ class SiteClient:
             start_failures=demand.start_failures,
             backoff_s=demand.backoff_s,
         )
+        if demand.mode is SiteMode.OPEN:
+            return decision
+        why = f"the server's operator has this site {demand.mode.value}: no new pilots"
+        return Decision(submit=decision.submit, remove=decision.remove, reasons=(why, *decision.reasons))
 
     async def _handle_holds(self, pilots: list[PilotJob], decision: Decision) -> Decision:
         """Release held pilots whose trouble passes; add the others to this cycle's removals."""

@@ -60,6 +60,14 @@ class Role(str, enum.Enum):
     PILOT = "pilot"
 
 
+class SiteMode(str, enum.Enum):
+    """What the operator lets a site do (`glidein-server site drain|pause|resume`)."""
+
+    OPEN = "open"
+    DRAINING = "draining"  # no new pilots, no new claims; running jobs finish, then its pilots leave
+    PAUSED = "paused"  # no new pilots, no new claims, until resumed
+
+
 class Scope(str, enum.Enum):
     """What a token may do, within what its role may do: read (GET), write (the rest), admin and metrics (operators)."""
 
@@ -236,6 +244,8 @@ class Demand(_Strict, kw_only=True):
     unfit_jobs: int = 0  # idle jobs eligible here that do not fit this site's pilot shape
     start_failures: int = 0  # pilots in a row that ended without ever starting work
     backoff_s: float = 0.0  # seconds before this site should submit again (0: no back-off)
+    mode: SiteMode = SiteMode.OPEN  # set by the operator; not open: no pilots are demanded
+    max_cpus: int | None = None  # the operator's cap on the cores the site's jobs hold at once
 
 
 class SiteWait(_Strict, kw_only=True):
@@ -337,6 +347,7 @@ class SyncResponse(_Strict, kw_only=True):
     jobs: list[ClaimedJob] = []
     cancel: list[int] = []
     refused: list[Refusal] = []
+    leave: str | None = None  # why the pilot should leave once it holds no job (its site is draining)
 
 
 class PilotExit(_Strict, kw_only=True):
@@ -353,6 +364,10 @@ class SiteView(_Strict, kw_only=True):
     last_seen: float | None = None
     start_failures: int = 0
     backoff_s: float = 0.0
+    mode: SiteMode = SiteMode.OPEN
+    max_cpus: int | None = None
+    cpus_in_use: int = 0  # cores its running and claimed jobs hold
+    pilot_failure: str | None = None  # why its last pilot that failed at start failed, when known
 
 
 class Summary(_Strict, kw_only=True):

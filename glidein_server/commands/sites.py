@@ -1,4 +1,5 @@
-"""``glidein-server site add|revoke|list``: sites' tokens (revoking a site revokes its pilots too).
+"""``glidein-server site add|revoke|list``: sites' tokens (revoking a site revokes its pilots too);
+``site drain|pause|resume|cap|show``: the operator's hand on a site (:mod:`.site_control`).
 
 More site actions register on the subparsers ``add_subject_commands`` returns.
 """
@@ -8,8 +9,9 @@ from __future__ import annotations
 import argparse
 
 from glidein_client.wire.schema import Role
+from glidein_server.commands import site_control
 from glidein_server.commands.subjects import add_subject_commands
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    add_subject_commands(sub, common, Role.SITE)
+    site_control.register(add_subject_commands(sub, common, Role.SITE), common)

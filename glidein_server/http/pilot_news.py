@@ -84,7 +84,7 @@ class PilotNews:
         poll wakes that poll (what it frees can be claimed now); a sync that found nothing waits for news."""
         if req.finished and not req.claim:
             self.pilots.wake(pilot_id)
-        if not req.claim or resp.jobs or resp.cancel or req.wait_s <= 0:
+        if not req.claim or resp.jobs or resp.cancel or resp.leave or req.wait_s <= 0:
             return resp
         wait_s = min(req.wait_s, self.wait_s)
         return await self._long_poll(pilot_id, req, resp, mark=mark, wait_s=wait_s)

@@ -22,6 +22,7 @@ from glidein_client.wire.schema import (
     PilotShape,
     Role,
     Scope,
+    SiteMode,
     Summary,
     SyncRequest,
     SyncResponse,
@@ -170,6 +171,14 @@ class PilotStore(Protocol):
     async def site_demand(self, site: str, now: float, live_after: float) -> Demand:
         """What the site should run: idle work it could run, net of the free capacity of its pilots
         seen after ``live_after``; with its start failures and back-off."""
+        ...
+
+    async def set_site_mode(self, site: str, mode: SiteMode) -> None:
+        """The operator drains, pauses or resumes (opens) a site."""
+        ...
+
+    async def set_site_cap(self, site: str, max_cpus: int | None) -> None:
+        """The operator caps the cores the site's jobs hold at once (None: no cap)."""
         ...
 
     async def site_shapes(self) -> dict[str, PilotShape]:

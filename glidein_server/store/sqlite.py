@@ -39,6 +39,7 @@ class SqliteStore(SqliteMonitoring, SqliteRetention, SqlitePilots):
         db.executescript(Q["schema"])
         self._migrate_tokens(db)
         add_columns(db, "attempts", Q["attempts_migrate"])
+        add_columns(db, "sites", Q["sites_migrate"])
         db.executescript(Q["staging_schema"])
         db.executescript(Q["monitoring_tables"])
         db.executescript(Q["monitoring_schema"] if self.monitoring_on else Q["monitoring_off"])

@@ -12,12 +12,14 @@ from glidein_client.wire.schema import (
     PilotRegister,
     Refusal,
     Resources,
+    SiteMode,
     SyncRequest,
     SyncResponse,
 )
 from glidein_server.policy.fairshare import fair_order
 from glidein_server.policy.lifecycle import pilot_start_failed, site_health_blend
 from glidein_server.policy.matchmaking import Candidate, Capacity, select
+from glidein_server.policy.site_control import within_room
 from glidein_server.store.sqlite_attempts import SqliteAttempts
 from glidein_server.store.sqlite_base import Q
 from glidein_server.store.sqlite_sites import spec_decoder
@@ -119,7 +121,10 @@ class SqlitePilots(SqliteAttempts):
         jobs: list[ClaimedJob] = []
         if req.claim and not req.draining and (f.cpus > 0 or req.want > 0):
             jobs = self._claim(db, pilot_id, site, req, Capacity(tcpus, tmem, tgpus, tdisk), now, lease_s)
-        return SyncResponse(jobs=jobs, cancel=cancel, refused=refused)
+        leave = None
+        if self._site_control(db, site)[0] is SiteMode.DRAINING:
+            leave = "its site is draining (the operator's `glidein-server site drain`)"
+        return SyncResponse(jobs=jobs, cancel=cancel, refused=refused, leave=leave)
 
     @staticmethod
     def _starts(db: sqlite3.Connection, pilot_id: int, req: SyncRequest, now: float) -> list[Refusal]:
@@ -166,6 +171,9 @@ class SqlitePilots(SqliteAttempts):
         now: float,
         lease_s: float,
     ) -> list[ClaimedJob]:
+        room = self._claim_room(db, site)  # the operator's drain, pause or cap
+        if room == 0:
+            return []
         f = req.free
         # Candidates individually fit the larger of free-now and (for the backlog) the whole pilot.
         cap = total if req.want > 0 else Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
@@ -185,6 +193,9 @@ class SqlitePilots(SqliteAttempts):
         in_use: dict[str, int] = dict(db.execute(Q["busy_cores"]).fetchall()) if len(queues) > 1 else {}
         free = Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
         chosen = select(fair_order(queues, in_use, self.shares), free, total, req.lifetime_s, req.want)
+        if room is not None:
+            cpus = {c.job_id: c.cpus for queue in queues.values() for c in queue}
+            chosen = within_room([(job_id, cpus[job_id]) for job_id in chosen], room)
         if not chosen:
             return []
         specs = dict(db.execute(Q["claim_jobs"], (site, json.dumps(chosen))).fetchall())

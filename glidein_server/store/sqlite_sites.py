@@ -9,9 +9,10 @@ from typing import Any
 
 import msgspec
 
-from glidein_client.wire.schema import Demand, JobSpec, JobState, PilotShape, SiteView, Summary
+from glidein_client.wire.schema import Demand, JobSpec, JobState, PilotShape, SiteMode, SiteView, Summary
 from glidein_client.wire.staging import Network, StagingJob, StagingView
 from glidein_server.policy import demand as dm
+from glidein_server.policy import site_control
 from glidein_server.policy.lifecycle import site_backoff
 from glidein_server.store.sqlite_base import Q
 from glidein_server.store.sqlite_tokens import SqliteTokens
@@ -50,7 +51,13 @@ class SqliteSites(SqliteTokens):
             demand = dm.site_demand(site, shapes, self._site_shapes, free, health)
             row = db.execute(Q["site_failures"], (site,)).fetchone()
             failures, backoff = site_backoff(row[0], row[1], now) if row else (0, 0.0)
-            return msgspec.structs.replace(demand, start_failures=failures, backoff_s=backoff)
+            mode, max_cpus = self._site_control(db, site)
+            shape = self._site_shapes.get(site)
+            alive = db.execute(Q["site_pilots_alive"], (site,)).fetchone()[0] if max_cpus is not None else 0
+            pilots = site_control.demanded_pilots(demand.pilots, mode, max_cpus, shape.cpus if shape else 1, alive)
+            return msgspec.structs.replace(
+                demand, pilots=pilots, start_failures=failures, backoff_s=backoff, mode=mode, max_cpus=max_cpus
+            )
 
         return await self._run(read, self._conn)
 
@@ -64,7 +71,9 @@ class SqliteSites(SqliteTokens):
             occ = db.execute(Q["summary_occupancy"]).fetchone()
             now = time.time()
             sites = []
-            for name, shape, seen, failures_in_a_row, last_failure in db.execute(Q["summary_sites"]).fetchall():
+            for name, shape, seen, failures_in_a_row, last_failure, mode, max_cpus, pilot_failure in db.execute(
+                Q["summary_sites"]
+            ).fetchall():
                 failures, backoff = site_backoff(failures_in_a_row, last_failure, now)
                 counts = dict(db.execute(Q["summary_site_pilots"], (name,)).fetchall())
                 sites.append(
@@ -76,6 +85,10 @@ class SqliteSites(SqliteTokens):
                         last_seen=seen,
                         start_failures=failures,
                         backoff_s=backoff,
+                        mode=SiteMode(mode),
+                        max_cpus=max_cpus,
+                        cpus_in_use=db.execute(Q["site_cpus_in_use"], (name,)).fetchone()[0],
+                        pilot_failure=pilot_failure,
                     )
                 )
             occupancy = occ[0] / occ[1] if occ and occ[1] else None
@@ -86,6 +99,25 @@ class SqliteSites(SqliteTokens):
             return Summary(jobs=jobs, pilots=pilots, sites=sites, occupancy=occupancy, problems=problems)
 
         return await self._run(read, self._conn)
+
+    # --- the operator's hand: drain, pause, cap ---------------------------------------------------
+
+    async def set_site_mode(self, site: str, mode: SiteMode) -> None:
+        await self._tx(lambda db: db.execute(Q["site_mode_set"], (site, mode.value)))
+
+    async def set_site_cap(self, site: str, max_cpus: int | None) -> None:
+        await self._tx(lambda db: db.execute(Q["site_cap_set"], (site, max_cpus)))
+
+    @staticmethod
+    def _site_control(db: sqlite3.Connection, site: str) -> tuple[SiteMode, int | None]:
+        row = db.execute(Q["site_control_get"], (site,)).fetchone()
+        return (SiteMode(row[0]), row[1]) if row else (SiteMode.OPEN, None)
+
+    def _claim_room(self, db: sqlite3.Connection, site: str) -> int | None:
+        """The cores the site's pilots may still claim (None: no limit), as the operator set."""
+        mode, max_cpus = self._site_control(db, site)
+        in_use = db.execute(Q["site_cpus_in_use"], (site,)).fetchone()[0] if max_cpus is not None else 0
+        return site_control.claim_room(mode, max_cpus, in_use)
 
     # --- firewalled sites: out-of-job staging ----------------------------------------------------
 

@@ -157,6 +157,12 @@ id TEXT
 scopes TEXT NOT NULL DEFAULT ''
 revoked_at REAL
 
+-- name: sites_migrate
+-- Columns added after the first release: ALTER TABLE runs for each one missing.
+mode TEXT NOT NULL DEFAULT 'open'
+max_cpus INTEGER
+pilot_failure TEXT
+
 -- name: attempts_migrate
 -- Columns added after the first release: ALTER TABLE runs for each one missing.
 cpu_s REAL
@@ -482,6 +488,22 @@ ON CONFLICT (name) DO UPDATE SET shape = excluded.shape, last_seen = excluded.la
 -- name: site_health_all
 SELECT name, health FROM sites;
 
+-- name: site_control_get
+SELECT mode, max_cpus FROM sites WHERE name = ?;
+
+-- name: site_mode_set
+INSERT INTO sites (name, mode) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET mode = excluded.mode;
+
+-- name: site_cap_set
+INSERT INTO sites (name, max_cpus) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET max_cpus = excluded.max_cpus;
+
+-- name: site_cpus_in_use
+SELECT COALESCE(SUM(j.cpus), 0) FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.site = ? AND a.state != 'ended';
+
+-- name: site_pilots_alive
+SELECT count(*) FROM pilots WHERE site = ? AND state IN ('pending', 'running');
+
 -- name: site_failures
 SELECT start_failures, last_failure_at FROM sites WHERE name = ?;
 
@@ -543,7 +565,7 @@ SELECT sum(occupancy * cpus * (ended_at - started_at)), sum(cpus * (ended_at - s
 FROM pilots WHERE state = 'ended' AND occupancy IS NOT NULL AND started_at IS NOT NULL;
 
 -- name: summary_sites
-SELECT name, shape, last_seen, start_failures, last_failure_at FROM sites ORDER BY name;
+SELECT name, shape, last_seen, start_failures, last_failure_at, mode, max_cpus, pilot_failure FROM sites ORDER BY name;
 
 -- name: summary_site_pilots
 SELECT state, count(*) FROM pilots WHERE site = ? AND state != 'ended' GROUP BY state;
