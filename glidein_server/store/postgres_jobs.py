@@ -19,12 +19,14 @@ from glidein_client.wire.schema import (
     PilotShape,
     Provenance,
     Role,
+    SiteMode,
     SiteView,
     Summary,
     Usage,
 )
 from glidein_client.wire.staging import Network, StagingJob, StagingView
 from glidein_server.policy import demand as dm
+from glidein_server.policy import site_control
 from glidein_server.policy.lifecycle import site_backoff
 from glidein_server.store.base import JobFilter, Principal
 from glidein_server.store.postgres_base import Connection, Q, Record
@@ -202,7 +204,13 @@ class PostgresJobs(PostgresTokens):
             demand = dm.site_demand(site, shapes, self._site_shapes, free, health)
             row = await con.fetchrow(Q["site_failures"], site)
             failures, backoff = site_backoff(row[0], row[1], now) if row else (0, 0.0)
-            return msgspec.structs.replace(demand, start_failures=failures, backoff_s=backoff)
+            mode, max_cpus = await self._site_control(con, site)
+            shape = self._site_shapes.get(site)
+            alive = await con.fetchval(Q["site_pilots_alive"], site) if max_cpus is not None else 0
+            pilots = site_control.demanded_pilots(demand.pilots, mode, max_cpus, shape.cpus if shape else 1, alive)
+            return msgspec.structs.replace(
+                demand, pilots=pilots, start_failures=failures, backoff_s=backoff, mode=mode, max_cpus=max_cpus
+            )
 
         return await self._read(read)
 
@@ -216,7 +224,9 @@ class PostgresJobs(PostgresTokens):
                 live.setdefault(site, {})[state] = n
             now = time.time()
             sites = []
-            for name, shape, seen, failures_in_a_row, last_failure in await con.fetch(Q["summary_sites"]):
+            for name, shape, seen, failures_in_a_row, last_failure, mode, max_cpus, pilot_failure in await con.fetch(
+                Q["summary_sites"]
+            ):
                 failures, backoff = site_backoff(failures_in_a_row, last_failure, now)
                 counts = live.get(name, {})
                 sites.append(
@@ -228,6 +238,10 @@ class PostgresJobs(PostgresTokens):
                         last_seen=seen,
                         start_failures=failures,
                         backoff_s=backoff,
+                        mode=SiteMode(mode),
+                        max_cpus=max_cpus,
+                        cpus_in_use=await con.fetchval(Q["site_cpus_in_use"], name),
+                        pilot_failure=pilot_failure,
                     )
                 )
             occupancy = occ[0] / occ[1] if occ and occ[1] else None
@@ -238,6 +252,25 @@ class PostgresJobs(PostgresTokens):
             return Summary(jobs=jobs, pilots=pilots, sites=sites, occupancy=occupancy, problems=problems)
 
         return await self._read(read)
+
+    # --- the operator's hand: drain, pause, cap ---------------------------------------------------
+
+    async def set_site_mode(self, site: str, mode: SiteMode) -> None:
+        await self.pool.execute(Q["site_mode_set"], site, mode.value)
+
+    async def set_site_cap(self, site: str, max_cpus: int | None) -> None:
+        await self.pool.execute(Q["site_cap_set"], site, max_cpus)
+
+    @staticmethod
+    async def _site_control(con: Connection, site: str) -> tuple[SiteMode, int | None]:
+        row = await con.fetchrow(Q["site_control_get"], site)
+        return (SiteMode(row[0]), row[1]) if row else (SiteMode.OPEN, None)
+
+    async def _claim_room(self, con: Connection, site: str) -> int | None:
+        """The cores the site's pilots may still claim (None: no limit), as the operator set."""
+        mode, max_cpus = await self._site_control(con, site)
+        in_use = await con.fetchval(Q["site_cpus_in_use"], site) if max_cpus is not None else 0
+        return site_control.claim_room(mode, max_cpus, in_use)
 
     # --- firewalled sites: out-of-job staging ----------------------------------------------------
 

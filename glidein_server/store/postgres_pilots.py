@@ -9,11 +9,20 @@ and never share a job.
 from __future__ import annotations
 
 from glidein_client.wire.errors import ConflictError, NotFoundError
-from glidein_client.wire.schema import ClaimedJob, PilotRegister, Refusal, Resources, SyncRequest, SyncResponse
+from glidein_client.wire.schema import (
+    ClaimedJob,
+    PilotRegister,
+    Refusal,
+    Resources,
+    SiteMode,
+    SyncRequest,
+    SyncResponse,
+)
 from glidein_client.wire.staging import Network
 from glidein_server.policy.fairshare import fair_order
 from glidein_server.policy.lifecycle import pilot_start_failed, site_health_blend
 from glidein_server.policy.matchmaking import Candidate, Capacity, select
+from glidein_server.policy.site_control import within_room
 from glidein_server.store.postgres_attempts import PostgresAttempts
 from glidein_server.store.postgres_base import Connection, Q
 from glidein_server.store.postgres_jobs import spec_decoder
@@ -98,7 +107,10 @@ class PostgresPilots(PostgresAttempts):
         jobs: list[ClaimedJob] = []
         if req.claim and not req.draining and (f.cpus > 0 or req.want > 0):
             jobs = await self._claim(con, pilot_id, site, req, Capacity(tcpus, tmem, tgpus, tdisk), now, lease_s)
-        return SyncResponse(jobs=jobs, cancel=cancel, refused=refused)
+        leave = None
+        if (await self._site_control(con, site))[0] is SiteMode.DRAINING:
+            leave = "its site is draining (the operator's `glidein-server site drain`)"
+        return SyncResponse(jobs=jobs, cancel=cancel, refused=refused, leave=leave)
 
     @staticmethod
     async def _starts(con: Connection, pilot_id: int, req: SyncRequest, now: float) -> list[Refusal]:
@@ -138,6 +150,9 @@ class PostgresPilots(PostgresAttempts):
         now: float,
         lease_s: float,
     ) -> list[ClaimedJob]:
+        room = await self._claim_room(con, site)  # the operator's drain, pause or cap
+        if room == 0:
+            return []
         f = req.free
         cap = total if req.want > 0 else Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
         scan = min(CLAIM_SCAN, 2 * (cap.cpus + req.want) + 8)  # rows locked: a few per slot, not the queue
@@ -157,6 +172,9 @@ class PostgresPilots(PostgresAttempts):
         in_use = {r[0]: int(r[1]) for r in await con.fetch(Q["busy_cores"])} if len(queues) > 1 else {}
         free = Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
         chosen = select(fair_order(queues, in_use, self.shares), free, total, req.lifetime_s, req.want)
+        if room is not None:
+            cpus = {c.job_id: c.cpus for queue in queues.values() for c in queue}
+            chosen = within_room([(job_id, cpus[job_id]) for job_id in chosen], room)
         if not chosen:
             return []
         made = {

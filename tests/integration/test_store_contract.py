@@ -25,6 +25,7 @@ from glidein_client.wire.schema import (
     Resources,
     Role,
     Scope,
+    SiteMode,
     SyncRequest,
 )
 from glidein_client.wire.staging import Network
@@ -222,6 +223,40 @@ async def test_start_failures_back_off(store: Store) -> None:
     assert (await store.summary(None)).sites[0].start_failures == 3
     await running_pilot(store)
     assert (await store.site_demand("a", NOW + 10, NOW)).start_failures == 0
+
+
+async def test_operator_drain_pause_and_cap_a_site(store: Store) -> None:
+    await store.report_site("a", PilotShape(cpus=2, memory_mb=4000, disk_mb=10_000, walltime_s=86_400), NOW)
+    await store.add_jobs("alice", [job(cpus=2) for _ in range(4)], NOW)
+    demand = await store.site_demand("a", NOW, NOW - 60)
+    assert (demand.mode, demand.max_cpus, demand.pilots) == (SiteMode.OPEN, None, 4)
+
+    await store.set_site_mode("a", SiteMode.PAUSED)
+    demand = await store.site_demand("a", NOW, NOW - 60)
+    assert (demand.mode, demand.pilots) == (SiteMode.PAUSED, 0)
+    await store.set_site_cap("a", 5)
+    await store.set_site_mode("a", SiteMode.OPEN)
+    assert (await store.site_demand("a", NOW, NOW - 60)).pilots == 2  # 5 cores: two 2-core pilots
+    pid = await running_pilot(store)
+    await store.set_site_mode("a", SiteMode.PAUSED)
+    resp = await store.sync(pid, SyncRequest(free=free(), lifetime_s=80_000), NOW, LEASE_S)
+    assert resp.jobs == [] and resp.leave is None  # paused: no claims, but the pilot may stay
+
+    await store.set_site_mode("a", SiteMode.OPEN)
+    await store.set_site_cap("a", 3)  # one 2-core job fits under 3 cores, a second would not
+    claimed = (await store.sync(pid, SyncRequest(free=free(), lifetime_s=80_000), NOW, LEASE_S)).jobs
+    assert [c.spec.cpus for c in claimed] == [2]
+    [site] = [s for s in (await store.summary(None)).sites if s.name == "a"]
+    assert (site.mode, site.max_cpus, site.cpus_in_use) == (SiteMode.OPEN, 3, 2)
+    assert (await store.site_demand("a", NOW, NOW - 60)).pilots == 0  # 3 cores: one 2-core pilot, and it runs
+
+    await store.set_site_mode("a", SiteMode.DRAINING)
+    resp = await store.sync(pid, SyncRequest(free=free(6), lifetime_s=80_000), NOW, LEASE_S)
+    assert resp.jobs == [] and resp.leave is not None and "draining" in resp.leave
+    assert (await store.claim_more(pid, 4, NOW, LEASE_S)).jobs == []
+    await store.set_site_cap("a", None)
+    await store.set_site_mode("a", SiteMode.OPEN)
+    assert (await store.sync(pid, SyncRequest(free=free(6), lifetime_s=80_000), NOW, LEASE_S)).jobs
 
 
 async def test_concurrent_claims_never_share_a_job(store: Store) -> None:

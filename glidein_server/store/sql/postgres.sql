@@ -197,6 +197,12 @@ FOR EACH STATEMENT EXECUTE FUNCTION glidein_attempts_updated();
 CREATE INDEX jobs_idle_owner ON jobs (owner, priority DESC, cpus DESC, id) WHERE state = 'idle';
 CREATE INDEX jobs_busy_owner ON jobs (owner, cpus) WHERE state IN ('claimed', 'running');
 
+-- name: migration_3
+-- The operator's hand on a site (drain, pause, cap) and why its last failed pilot failed.
+ALTER TABLE sites ADD COLUMN IF NOT EXISTS mode TEXT NOT NULL DEFAULT 'open';
+ALTER TABLE sites ADD COLUMN IF NOT EXISTS max_cpus INTEGER;
+ALTER TABLE sites ADD COLUMN IF NOT EXISTS pilot_failure TEXT;
+
 -- name: schema_version_table
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
@@ -367,6 +373,22 @@ SELECT name, health FROM sites;
 -- name: site_failures
 SELECT start_failures, last_failure_at FROM sites WHERE name = $1;
 
+-- name: site_control_get
+SELECT mode, max_cpus FROM sites WHERE name = $1;
+
+-- name: site_mode_set
+INSERT INTO sites (name, mode) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET mode = excluded.mode;
+
+-- name: site_cap_set
+INSERT INTO sites (name, max_cpus) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET max_cpus = excluded.max_cpus;
+
+-- name: site_cpus_in_use
+SELECT COALESCE(SUM(j.cpus), 0) FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.site = $1 AND a.state != 'ended';
+
+-- name: site_pilots_alive
+SELECT count(*) FROM pilots WHERE site = $1 AND state IN ('pending', 'running');
+
 -- name: site_health_apply
 UPDATE sites SET health = health * $1 + $2 WHERE name = $3;
 
@@ -388,7 +410,7 @@ SELECT sum(occupancy * cpus * (ended_at - started_at)), sum(cpus * (ended_at - s
 FROM pilots WHERE state = 'ended' AND occupancy IS NOT NULL AND started_at IS NOT NULL;
 
 -- name: summary_sites
-SELECT name, shape, last_seen, start_failures, last_failure_at FROM sites ORDER BY name;
+SELECT name, shape, last_seen, start_failures, last_failure_at, mode, max_cpus, pilot_failure FROM sites ORDER BY name;
 
 -- name: summary_site_pilots
 SELECT site, state, count(*) FROM pilots WHERE state != 'ended' GROUP BY site, state;
