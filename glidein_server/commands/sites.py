@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 
 from glidein_client.wire.schema import Role
-from glidein_server.commands import site_control
+from glidein_server.commands.site_control import register as register_site_control
 from glidein_server.commands.subjects import add_subject_commands
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    site_control.register(add_subject_commands(sub, common, Role.SITE), common)
+    register_site_control(add_subject_commands(sub, common, Role.SITE), common)
