@@ -381,7 +381,7 @@ class Pilot:
         )
 
     def _absorb(self, resp: SyncResponse, *, claimed: bool = True) -> None:
-        if claimed:
+        if claimed and not resp.cancel:  # an answer hurried by a cancel says nothing of the queue
             self._server_empty = not resp.jobs
         if self.draining:  # claimed on the way while the pilot began to stop: back to the queue at once
             for claim in resp.jobs:
