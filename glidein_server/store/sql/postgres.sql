@@ -197,7 +197,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION glidein_attempts_updated();
 CREATE INDEX jobs_idle_owner ON jobs (owner, priority DESC, cpus DESC, id) WHERE state = 'idle';
 CREATE INDEX jobs_busy_owner ON jobs (owner, cpus) WHERE state IN ('claimed', 'running');
 
--- name: migration_3
+-- name: migration_4
 -- The operator's hand on a site (drain, pause, cap) and why its last failed pilot failed.
 ALTER TABLE sites ADD COLUMN IF NOT EXISTS mode TEXT NOT NULL DEFAULT 'open';
 ALTER TABLE sites ADD COLUMN IF NOT EXISTS max_cpus INTEGER;
