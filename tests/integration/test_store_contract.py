@@ -413,7 +413,7 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
             "DROP INDEX outputs_job; UPDATE meta SET value = '2' WHERE key = 'schema_version'"
         )
         await con.close()
-        latest = 3
+        latest = 4  # retention (3) and site control (4)
     await store.open()
     assert [j.id for j in (await store.list_jobs(JobFilter()))[0]] == ids
     # The upgrade's trigger works: a purged job leaves the counts.
