@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from glidein_client.pilot.channels.staged import CHANNELS, open_channel
@@ -18,6 +19,34 @@ from glidein_client.pilot.resources import detect
 from glidein_client.pilot.selftest import self_test
 from glidein_client.wire.errors import GlideinError
 from glidein_client.wire.secrets import read_secret_file
+from glidein_client.wire.units import parse_duration_s, parse_memory_mb
+
+
+def _units(parse: Callable[[str], float]) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        try:
+            return parse(text)
+        except (GlideinError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(getattr(exc, "message", str(exc))) from None
+
+    return convert
+
+
+def _plain_or(parse: Callable[[str], int]) -> Callable[[str], float]:
+    """A plain number as it is (the old ``--*-mb``/``--*-s`` spellings), else with units."""
+
+    def read(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            return parse(text)
+
+    return read
+
+
+_size_mb = _units(lambda t: int(_plain_or(parse_memory_mb)(t)))
+_seconds = _units(_plain_or(parse_duration_s))
+_seconds_int = _units(lambda t: int(_plain_or(parse_duration_s)(t)))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,16 +64,41 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--site", default="", help="site name (for logs)")
         sp.add_argument("--scratch", default=os.environ.get("TMPDIR", "/tmp"), help="scratch directory")
         sp.add_argument("--cpus", type=int, help="slots to offer (default: detected)")
-        sp.add_argument("--memory-mb", type=int, help="memory to offer (default: detected)")
+        sp.add_argument(
+            "--memory",
+            "--memory-mb",
+            dest="memory_mb",
+            type=_size_mb,
+            help="memory to offer, e.g. 2G (default: detected)",
+        )
         sp.add_argument("--gpus", type=int, help="GPUs to offer (default: detected)")
-        sp.add_argument("--disk-mb", type=int, help="scratch space to offer (default: detected)")
-        sp.add_argument("--walltime-s", type=int, help="own walltime (default: from the batch system)")
+        sp.add_argument(
+            "--disk",
+            "--disk-mb",
+            dest="disk_mb",
+            type=_size_mb,
+            help="scratch space to offer, e.g. 10G (default: detected)",
+        )
+        sp.add_argument(
+            "--walltime",
+            "--walltime-s",
+            dest="walltime_s",
+            type=_seconds_int,
+            help="own walltime, e.g. 2h (default: from the batch system)",
+        )
         sp.add_argument(
             "--fallback-walltime-s",
             type=int,
             help="walltime to assume when the batch system does not tell the pilot's end time",
         )
-        sp.add_argument("--idle-timeout-s", type=float, default=120.0)
+        sp.add_argument(
+            "--idle-timeout",
+            "--idle-timeout-s",
+            dest="idle_timeout_s",
+            type=_seconds,
+            default=120.0,
+            help="leave after this long without work, e.g. 2m",
+        )
         sp.add_argument(
             "--prefetch-s",
             type=float,

@@ -34,7 +34,7 @@ from typing import NoReturn
 
 from glidein_client.user.args import parse_ids
 from glidein_client.user.commands import register_all
-from glidein_client.user.session import EXIT_ERROR, EXIT_INTERRUPTED
+from glidein_client.user.session import EXIT_ERROR, EXIT_INTERRUPTED, emit_json
 from glidein_client.wire.errors import GlideinError
 
 __all__ = ["build_parser", "main", "parse_args", "parse_ids", "run"]
@@ -119,6 +119,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     except GlideinError as exc:
         if debug:
             traceback.print_exc()
+        if getattr(args, "json", False):  # scripts read stdout: one JSON object saying what went wrong
+            emit_json({"error": exc.message, "hint": exc.hint, "kind": type(exc).__name__})
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -341,3 +342,26 @@ def test_progress_without_terminal_prints_lines_sparingly() -> None:
     progress.message("note: 1 job (2): waiting")
     progress.close()
     assert stream.getvalue() == "[--] 0/2 done 2 idle\nnote: 1 job (2): waiting\n"
+
+
+def test_the_pilot_takes_human_units_and_its_old_spellings() -> None:
+    from glidein_client.pilot.cli import _parser
+
+    new = _parser().parse_args(
+        "run --server-url u --token-file t --memory 2G --walltime 2h --disk 10G --idle-timeout 2m".split()
+    )
+    old = _parser().parse_args(
+        "run --server-url u --token-file t --memory-mb 2048 --walltime-s 7200 --disk-mb 10240 "
+        "--idle-timeout-s 120".split()
+    )
+    for args in (new, old):
+        assert (args.memory_mb, args.walltime_s, args.disk_mb, args.idle_timeout_s) == (2048, 7200, 10240, 120.0)
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_json_errors_are_a_json_object_on_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.run(["status", "--json"]) == 1
+    out, err = capsys.readouterr()
+    error = json.loads(out)
+    assert error["error"] == "No glidein server URL is set." and error["kind"] == "ConfigError" and error["hint"]
+    assert err.startswith("error: No glidein server URL is set.")
