@@ -147,7 +147,19 @@ def test_the_simulator_calls_the_functions_the_server_client_and_pilot_call(monk
 
 def test_the_cli_prints_the_table_writes_json_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     doc = Path(__file__).parents[2] / "examples" / "sim" / "cms-multicore.toml"
-    rc = main([str(doc), "--set", "sim.duration=6h", "--set", "site.0.nodes=5", "--out", str(tmp_path)])
+    rc = main(
+        [
+            str(doc),
+            "--set",
+            "sim.duration=6h",
+            "--set",
+            "site.0.nodes=5",
+            "--set",
+            "site.1.nodes=2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "pilot internal efficiency" in out and "as it was" in out and "improved" in out
@@ -159,7 +171,19 @@ def test_the_cli_prints_the_table_writes_json_and_plots(tmp_path: Path, capsys: 
 
 def test_a_sweep_prints_one_row_per_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     doc = Path(__file__).parents[2] / "examples" / "sim" / "cms-multicore.toml"
-    args = [str(doc), "--set", "sim.duration=3h", "--set", "site.0.nodes=3", "--rules", "plain", "--out", str(tmp_path)]
+    args = [
+        str(doc),
+        "--set",
+        "sim.duration=3h",
+        "--set",
+        "site.0.nodes=3",
+        "--set",
+        "site.1.nodes=2",
+        "--rules",
+        "plain",
+        "--out",
+        str(tmp_path),
+    ]
     assert main([*args, "--sweep", "pilot.walltime=12h,24h"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if "as it was" in line]
     assert [r.split()[0] for r in rows] == ["12h", "24h"]
