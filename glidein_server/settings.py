@@ -160,6 +160,10 @@ KEY_DOCS: dict[str, str] = {
     "pilot_token_max_s": "Longest lifetime of a pilot token.",
     "default_share": "Fair share of the cores of a user not named in shares (priority orders only a user's own jobs).",
     "shares": 'Fair shares per user, e.g. { "alice" = 3.0 }; set with `glidein-server user share NAME N`.',
+    "metrics": "Serve GET /metrics (Prometheus) and the web dashboard /ui; false: neither, and no counts kept.",
+    "dataset_label": "The job label that names a job's dataset in the metrics and the dashboard.",
+    "client_dead_after_s": "A site client silent for this long is shown as down (3 of its cycles).",
+    "dashboard_sample_s": "The web dashboard's plot of cores in use per site takes a sample this often.",
 }
 for _role in ("operator", "user", "site", "pilot", "anonymous"):
     KEY_DOCS[f"rate_{_role}_per_s"] = f"Requests per second per {_role} token (anonymous: per address); 0: no limit."
