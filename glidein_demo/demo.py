@@ -254,12 +254,15 @@ def run(args: argparse.Namespace) -> int:
         say(f"  {stopped} pilots still running were told to stop (they report their occupancy as they leave)")
         token = (root / "user.token").read_text().strip()
 
-        async def summary() -> tuple[dict[str, int], dict[str, int], float | None]:
+        async def summary() -> tuple[dict[str, int], dict[str, int], float | None, float | None]:
             async with ApiClient(url, token, ca_file=demo.ca_file) as api:
                 s = await api.summary()
-                return s.jobs, s.pilots, s.occupancy
+                used = [j.usage for j in (await api.list_jobs(ids=ids, limit=len(ids))).jobs if j.usage]
+            cpu = sum(u.cpu_s or 0.0 for u in used)
+            core_wall = sum((u.wall_s or 0.0) * u.cpus for u in used if u.cpu_s is not None)
+            return s.jobs, s.pilots, s.occupancy, cpu / core_wall if core_wall else None
 
-        jobs, pilots, occupancy = asyncio.run(summary())
+        jobs, pilots, occupancy, efficiency = asyncio.run(summary())
         done, failed = jobs.get("done", 0), jobs.get("failed", 0)
         say("\nSummary")
         say(f"  jobs        {done} done, {failed} failed, {len(ids) - done - failed} other, of {len(ids)} submitted")
@@ -271,6 +274,9 @@ def run(args: argparse.Namespace) -> int:
             f"  time        {t_done - t_submit:.1f} s from submit to the last job done, "
             f"{time.monotonic() - t_start:.1f} s for the whole demo"
         )
+        if efficiency is not None:
+            say(f"  CPU         {100 * efficiency:.0f}% efficiency of the jobs (CPU time over wall time x cores)")
+        say(f"  dashboard   {url}/ui (while the server runs; log in with an operator token), metrics at {url}/metrics")
         ok = done == len(ids) and not bad
         say("\nAll jobs done and verified." if ok else f"\nSomething went wrong; logs are in {root}.")
         return 0 if ok else 1
