@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from types import ModuleType
 
-from glidein_server.commands import certificate, init, operator, purge, serve, sites, tokens, users
+from glidein_server.commands import certificate, init, operator, purge, serve, sites, tokens, top, users
 
-MODULES: tuple[ModuleType, ...] = (init, serve, users, sites, tokens, operator, certificate, purge)
+MODULES: tuple[ModuleType, ...] = (init, serve, users, sites, tokens, operator, certificate, purge, top)
 
 
 def register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
