@@ -167,6 +167,7 @@ def _status_json(site: SiteConfig, status: SiteStatus) -> dict[str, Any]:
         "pilots": status.counts(),
         "backoff": {"active": d.backoff_s > 0, "start_failures": d.start_failures, "backoff_s": d.backoff_s},
         "operator": {"mode": d.mode.value, "max_cpus": d.max_cpus},
+        "pilot_failure": status.failure,
         "next_cycle": {"submit": nxt.submit, "remove": list(nxt.remove), "reasons": list(nxt.reasons)},
     }
 
@@ -190,6 +191,7 @@ def _status_text(site: SiteConfig, status: SiteStatus) -> str:
         f"  pilots     {listed} (its own, in the batch system)",
         f"  back-off   {backoff}",
         f"  operator   {_operator_text(d)}",
+        *([f"  failing    {status.failure}"] if status.failure else []),
         f"  next cycle would submit {nxt.submit} and remove {len(nxt.remove)}"
         + (f" ({'; '.join(nxt.reasons)})" if nxt.reasons else ""),
     ]

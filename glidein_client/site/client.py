@@ -22,6 +22,7 @@ from glidein_client.site.config import SiteConfig
 from glidein_client.site.decisions import Decision, decide, hold_actions
 from glidein_client.site.firewall.forwarder import CLIENT_TOKEN
 from glidein_client.site.firewall.service import Firewall, pilot_network_options
+from glidein_client.site.pilot_failures import PilotFailure, read_failure
 from glidein_client.site.runners.local import LocalRunner, Runner
 from glidein_client.site.schedulers import make_scheduler
 from glidein_client.site.schedulers.base import HoldHandler, PilotJob, PilotLaunch, PilotState, Scheduler
@@ -31,6 +32,7 @@ from glidein_client.wire.schema import Demand, SiteMode
 from glidein_client.wire.staging import Network
 
 log = logging.getLogger(__name__)
+_ENDED = (PilotState.FAILED, PilotState.DONE)  # a pilot that fails at start exits (with an error, or not)
 
 #: Back-off while the server is unreachable: first retry after this, doubling up to cycle_s.
 FIRST_RETRY_S = 1.0
@@ -62,6 +64,7 @@ class SiteStatus:
     demand: Demand
     pilots: tuple[PilotJob, ...]
     next_cycle: Decision  # before holds are looked at
+    failure: str | None = None  # why a pilot failed at start, from its output, with the key to check
 
     def counts(self) -> dict[str, int]:
         """Pilots by state (queued, running, held, ... as far as the batch system still lists them)."""
@@ -144,6 +147,8 @@ class SiteClient:
         self._api: ApiClient | None = None
         self._generation: int | None = None  # of the server's work signal, last seen
         self._ca: bytes | None = None  # the server's CA (site.ca_file), read once
+        self._examined: set[int] = set()  # ended pilots whose output was read
+        self.last_failure: PilotFailure | None = None  # why a pilot last failed at start, when known
         self.firewall: Firewall | None = None  # staging, relay or mailbox of a firewalled site
 
     async def __aenter__(self) -> SiteClient:
@@ -191,8 +196,10 @@ class SiteClient:
             demand = self.firewall.cap(demand)
         pilots = await self.scheduler.status()
         states = {str(p.pilot_id): p.state.value for p in pilots if p.pilot_id > 0}
-        if states:
-            await self.api.pilot_states(site.name, states)
+        start_failure = await self._start_failure(demand, pilots)
+        if states or start_failure:
+            why = start_failure.text(site.path) if start_failure else None
+            await self.api.pilot_states(site.name, states, why)
         decision = await self._handle_holds(pilots, self._decide(demand, pilots))
 
         failure: GlideinError | None = None
@@ -244,7 +251,9 @@ class SiteClient:
         """The demand, the site's pilots in the batch system, and what a cycle would do now; changes nothing."""
         demand = await self.api.demand(self.site.name, self.site.shape)
         pilots = tuple(await self.scheduler.status())
-        return SiteStatus(demand=demand, pilots=pilots, next_cycle=self._decide(demand, pilots))
+        found = await self._start_failure(demand, pilots)
+        failure = found.text(self.site.path) if found else None
+        return SiteStatus(demand=demand, pilots=pilots, next_cycle=self._decide(demand, pilots), failure=failure)
 
     def _decide(self, demand: Demand, pilots: Sequence[PilotJob]) -> Decision:
         site = self.site
@@ -261,6 +270,21 @@ class SiteClient:
             return decision
         why = f"the server's operator has this site {demand.mode.value}: no new pilots"
         return Decision(submit=decision.submit, remove=decision.remove, reasons=(why, *decision.reasons))
+
+    async def _start_failure(self, demand: Demand, pilots: Sequence[PilotJob]) -> PilotFailure | None:
+        """While pilots fail at start: why the newest ended one failed, from its error output (each
+        pilot read once); logged with the config key to check and kept for `glidein-client status`."""
+        if demand.start_failures == 0 and not any(p.state is PilotState.FAILED for p in pilots):
+            return None
+        ended = [p for p in pilots if p.state in _ENDED and p.pilot_id > 0 and p.pilot_id not in self._examined]
+        for pilot in sorted(ended, key=lambda p: -p.pilot_id)[:3]:
+            self._examined.add(pilot.pilot_id)
+            failure = await read_failure(self.runner, self.site, pilot.pilot_id)
+            if failure is not None:
+                log.warning("site %s: %s", self.site.name, failure.text(self.site.path))
+                self.last_failure = failure
+                return failure
+        return None
 
     async def _handle_holds(self, pilots: list[PilotJob], decision: Decision) -> Decision:
         """Release held pilots whose trouble passes; add the others to this cycle's removals."""

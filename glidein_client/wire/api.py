@@ -282,8 +282,9 @@ class ApiClient:
             body=SiteWait(timeout_s=timeout_s, since=since),
         )
 
-    async def pilot_states(self, site: str, states: dict[str, str]) -> None:
-        await self._request("POST", f"/sites/{site}/pilot-states", body=PilotStates(states=states))
+    async def pilot_states(self, site: str, states: dict[str, str], failure: str | None = None) -> None:
+        body = PilotStates(states=states, failure=failure)
+        await self._request("POST", f"/sites/{site}/pilot-states", body=body)
 
     # --- pilots -------------------------------------------------------------------------------
 

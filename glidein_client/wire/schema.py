@@ -277,6 +277,7 @@ class PilotStates(_Strict, kw_only=True):
     """Batch-system view of a site's pilots, sent by its client: pilot id -> state."""
 
     states: dict[str, str]
+    failure: str | None = None  # why the site's last pilot that failed at start failed, from its output
 
 
 class PilotRegister(_Strict, kw_only=True):

@@ -409,7 +409,7 @@ class Api:
         site, _ = await self.guard.site(request, Role.SITE, Role.OPERATOR)
         body: PilotStates = await self.guard.body(request, PilotStates, "pilot states")
         states = {parse_int(k, "pilot id"): v for k, v in body.states.items()}
-        ended = await self.store.pilot_states(site, states, time.time())
+        ended = await self.store.pilot_states(site, states, time.time(), body.failure)
         if ended:
             log.info("site %s: %d pilots ended in the batch system; their jobs are back in the queue", site, ended)
             self.guard.new_work()

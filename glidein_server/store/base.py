@@ -189,7 +189,7 @@ class PilotStore(Protocol):
         """A pending pilot of the site; returns its id."""
         ...
 
-    async def pilot_states(self, site: str, states: dict[int, str], now: float) -> int:
+    async def pilot_states(self, site: str, states: dict[int, str], now: float, failure: str | None = None) -> int:
         """Apply the batch system's view of the site's pilots; those it reports ended release their
         jobs at once. Returns how many ended."""
         ...

@@ -33,8 +33,10 @@ class PostgresPilots(PostgresAttempts):
     async def new_pilot(self, site: str, now: float) -> int:
         return int(await self.pool.fetchval(Q["pilot_insert"], site, now))
 
-    async def pilot_states(self, site: str, states: dict[int, str], now: float) -> int:
+    async def pilot_states(self, site: str, states: dict[int, str], now: float, failure: str | None = None) -> int:
         async def tx(con: Connection) -> int:
+            if failure:
+                await con.execute(Q["site_failure_set"], site, failure[:1000])
             ended = 0
             for pid, state in sorted(states.items()):
                 if state not in TERMINAL_BATCH_STATES:

@@ -37,10 +37,12 @@ class SqlitePilots(SqliteAttempts):
 
         return await self._tx(tx)
 
-    async def pilot_states(self, site: str, states: dict[int, str], now: float) -> int:
+    async def pilot_states(self, site: str, states: dict[int, str], now: float, failure: str | None = None) -> int:
         """Apply the batch system's view; pilots it reports as ended release their jobs at once."""
 
         def tx(db: sqlite3.Connection) -> int:
+            if failure:
+                db.execute(Q["site_failure_set"], (site, failure[:1000]))
             ended = 0
             for pid, state in states.items():
                 if state not in TERMINAL_BATCH_STATES:

@@ -373,6 +373,10 @@ SELECT name, health FROM sites;
 -- name: site_failures
 SELECT start_failures, last_failure_at FROM sites WHERE name = $1;
 
+-- name: site_failure_set
+INSERT INTO sites (name, pilot_failure) VALUES ($1, $2)
+ON CONFLICT (name) DO UPDATE SET pilot_failure = excluded.pilot_failure;
+
 -- name: site_control_get
 SELECT mode, max_cpus FROM sites WHERE name = $1;
 

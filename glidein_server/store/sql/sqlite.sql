@@ -488,6 +488,10 @@ ON CONFLICT (name) DO UPDATE SET shape = excluded.shape, last_seen = excluded.la
 -- name: site_health_all
 SELECT name, health FROM sites;
 
+-- name: site_failure_set
+INSERT INTO sites (name, pilot_failure) VALUES (?, ?)
+ON CONFLICT (name) DO UPDATE SET pilot_failure = excluded.pilot_failure;
+
 -- name: site_control_get
 SELECT mode, max_cpus FROM sites WHERE name = ?;
 
