@@ -190,10 +190,10 @@ def _status_text(site: SiteConfig, status: SiteStatus) -> str:
         f"  demand     {d.pilots} pilot(s) for {d.jobs:g} job(s), {d.cpus:g} cpus{unfit}",
         f"  pilots     {listed} (its own, in the batch system)",
         f"  back-off   {backoff}",
-        f"  operator   {_operator_text(d)}",
-        *([f"  failing    {status.failure}"] if status.failure else []),
         f"  next cycle would submit {nxt.submit} and remove {len(nxt.remove)}"
         + (f" ({'; '.join(nxt.reasons)})" if nxt.reasons else ""),
+        f"  operator   {_operator_text(d)}",
+        *([f"  failing    {status.failure}"] if status.failure else []),
     ]
     return "\n".join(lines)
 
