@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from glidein_client.user import config as user_config
 from glidein_client.user import render
+from glidein_client.user.args import parse_ids
 from glidein_client.user.config import UserConfig
 from glidein_client.user.jobfile import bounded
 from glidein_client.wire.api import ApiClient
@@ -20,6 +25,7 @@ from glidein_client.wire.errors import AuthError, ForbiddenError, GlideinError, 
 from glidein_client.wire.schema import JobList, JobView
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 IDS_PER_REQUEST = 500
 #: How long ``status``, ``wait`` and ``fetch`` keep trying a server that is not answering (a restart).
@@ -127,3 +133,29 @@ class RideOut:
                     )
                 await asyncio.sleep(delay)
                 delay = min(MAX_RETRY_S, delay * 2)
+
+
+def _last_submit_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "glidein" / "last-submit.json"
+
+
+def remember_submit(url: str, ids: Sequence[int]) -> None:
+    """Note the ids of this submit, so that ``glidein wait`` without ids knows them (best effort)."""
+    path = _last_submit_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"url": url, "ids": render.compress_ids(ids)}))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("cannot note the last submit in %s: %s", path, exc)
+
+
+def last_submit(url: str) -> list[int]:
+    """The ids of the last ``glidein submit`` to this server from this account, or none."""
+    try:
+        noted = json.loads(_last_submit_file().read_text())
+        return parse_ids([noted["ids"]]) if noted.get("url") == url and noted.get("ids") else []
+    except (OSError, ValueError, KeyError, TypeError):
+        return []

@@ -11,7 +11,7 @@ from typing import Any
 from glidein_client.user import render
 from glidein_client.user.args import arg_type, key_value, positive
 from glidein_client.user.jobfile import JobDraft, build_drafts, check_all, load_jobfile, read_local_files, upload_files
-from glidein_client.user.session import EXIT_OK, connect, emit_json, load_config
+from glidein_client.user.session import EXIT_OK, connect, emit_json, load_config, remember_submit
 from glidein_client.wire.errors import GlideinError, ValidationError
 from glidein_client.wire.schema import MAX_JOBS_PER_REQUEST
 from glidein_client.wire.units import parse_duration_s, parse_memory_mb
@@ -122,6 +122,7 @@ async def cmd_submit(args: argparse.Namespace) -> int:
                     hint=exc.hint,
                     **exc.fields,
                 ) from None
+    remember_submit(cfg.url, ids)
     if args.json:
         emit_json({"ids": ids})
     else:

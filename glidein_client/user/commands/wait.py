@@ -18,7 +18,9 @@ from glidein_client.user.session import (
     connect,
     emit_json,
     jobs_by_ids,
+    last_submit,
     list_all,
+    load_config,
     require_found,
 )
 from glidein_client.wire.api import ApiClient
@@ -63,7 +65,8 @@ async def _poll(api: ApiClient, args: argparse.Namespace) -> Snapshot:
 
 
 async def _active_ids(api: ApiClient, label: str | None) -> list[int]:
-    """Like condor_wait on what condor_q shows: the jobs active now, not every job in history."""
+    """Like condor_wait on what condor_q shows: the jobs active now (with those of the last submit),
+    not every job in history."""
     listed = await list_all(api, state=None, label=label)
     return [j.id for j in listed.jobs if not j.state.final]
 
@@ -72,7 +75,7 @@ def _nothing_to_wait_for(as_json: bool) -> int:
     if as_json:
         emit_json({"total": 0, "counts": {}, "timed_out": False, "failed_ids": []})
     else:
-        print("No active jobs to wait for.")
+        print("No active or just-submitted jobs to wait for.")
     return EXIT_OK
 
 
@@ -84,7 +87,8 @@ async def cmd_wait(args: argparse.Namespace) -> int:
     patiently = RideOut()
     async with connect(args) as api:
         if not args.ids and not args.label:  # a label names its jobs, finished ones too
-            args.ids = await patiently(lambda: _active_ids(api, None))
+            active = await patiently(lambda: _active_ids(api, None))
+            args.ids = sorted({*active, *last_submit(load_config(args).url)})
             if not args.ids:
                 return _nothing_to_wait_for(args.json)
         try:
