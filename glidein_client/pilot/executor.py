@@ -351,7 +351,9 @@ class JobProcess:
         else:
             outcome = Outcome.DONE if returncode == 0 else Outcome.FAILED
             reason = exit_reason(returncode)
-            if self._max_rss_mb > self.run.spec.memory_mb:  # between two samples, or too short for one
+            if returncode == 1 and self._isolation is not None and (failed := self._exec_failure()) is not None:
+                outcome, reason = failed
+            elif self._max_rss_mb > self.run.spec.memory_mb:  # between two samples, or too short for one
                 outcome = Outcome.MEMORY
                 reason = (
                     f"used up to {self._max_rss_mb:.0f} MB (the peak of its largest process), "
@@ -377,6 +379,18 @@ class JobProcess:
             f" ({reason})" if reason else "",
         )
         return result
+
+    def _exec_failure(self) -> tuple[Outcome, str] | None:
+        """The isolation could not start the command (bwrap says ``bwrap: execvp NAME: ERROR``)."""
+        line = self._tails[1].partition("\n")[0]
+        if not line.startswith("bwrap: execvp "):
+            return None
+        name, _, error = line[len("bwrap: execvp ") :].rpartition(": ")
+        code = {"No such file or directory": errno.ENOENT, "Permission denied": errno.EACCES}.get(error)
+        if code is None:
+            return None
+        exc = (FileNotFoundError if code == errno.ENOENT else PermissionError)(code, error, name)
+        return self._spawn_failure(job_argv(self.run), exc)
 
     def _unstarted(self, outcome: Outcome, reason: str) -> RunResult:
         return RunResult(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import psutil
 import pytest
 
 from glidein_client.pilot.executor import JobProcess, RunResult
+from glidein_client.pilot.isolation import bubblewrap
 from glidein_client.pilot.launch import SCRIPT_NAME, STDOUT_NAME, JobRun, read_tail
 from glidein_client.pilot.proctree import descendant_pids, own_peak_rss_mb, tree_rss_mb
 from glidein_client.wire.schema import LOG_TAIL_BYTES, JobSpec, Outcome
@@ -332,3 +334,15 @@ async def test_without_pidfd_it_polls(tmp_path: Path, monkeypatch: pytest.Monkey
     await killed.start()
     killed.kill(Outcome.INTERRUPTED, "the pilot is stopping")
     assert (await killed.wait()).exit_code == -15
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+async def test_a_missing_command_in_a_bwrap_sandbox_is_named(tmp_path: Path) -> None:
+    box = await bubblewrap()
+    assert not isinstance(box, str), box
+    missing = await run_job(make_run(tmp_path, argv=["no-such-command-here"]), isolation=box)
+    assert (missing.outcome, missing.reason) == (Outcome.FAILED, "command 'no-such-command-here' was not found")
+    script = await run_job(make_run(tmp_path, script="#!/usr/bin/no-such-shell\necho hi\n"), isolation=box)
+    assert script.reason == "the interpreter in the script's first line (#!/usr/bin/no-such-shell) was not found"
+    ok = await run_job(make_run(tmp_path, argv=["sh", "-c", "echo inside"]), isolation=box)
+    assert (ok.outcome, ok.stdout_tail) == (Outcome.DONE, "inside\n")
