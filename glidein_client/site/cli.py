@@ -36,6 +36,7 @@ import msgspec
 
 from glidein_client.site.client import CycleReport, SiteClient, SiteStatus, make_runner
 from glidein_client.site.config import SiteConfig, load_site_config
+from glidein_client.site.lock import site_lock
 from glidein_client.site.runners.local import Runner
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.errors import GlideinError
@@ -115,14 +116,15 @@ def main(argv: list[str] | None = None) -> None:
 
 async def _once(args: argparse.Namespace) -> int:
     site = await asyncio.to_thread(load_site_config, args.config)
-    async with SiteClient(site) as client:
-        try:
-            report = await client.cycle()
-        except GlideinError as exc:
-            partial = exc.fields.get("report")
-            if args.json and isinstance(partial, CycleReport):
-                print(json.dumps({**_report_json(site, partial), "error": str(exc)}))
-            raise
+    with site_lock(site.name, args.config):
+        async with SiteClient(site) as client:
+            try:
+                report = await client.cycle()
+            except GlideinError as exc:
+                partial = exc.fields.get("report")
+                if args.json and isinstance(partial, CycleReport):
+                    print(json.dumps({**_report_json(site, partial), "error": str(exc)}))
+                raise
     if args.json:
         print(json.dumps(_report_json(site, report)))
     else:
@@ -231,8 +233,9 @@ async def _run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        async with SiteClient(site) as client:
-            await client.run_forever(stop=stop)
+        with site_lock(site.name, args.config):
+            async with SiteClient(site) as client:
+                await client.run_forever(stop=stop)
     except asyncio.CancelledError:
         if len(received) < 2:
             raise

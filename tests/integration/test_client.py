@@ -495,6 +495,7 @@ async def test_cli_run_stops_on_sigterm(live_server: LiveServer, tmp_path: Path)
             line = await asyncio.wait_for(proc.stderr.readline(), 30)
             assert line, "".join(seen)
             seen.append(line.decode())
+        second = await cli("once", site.path)  # a second client on the same config is refused
         proc.send_signal(signal.SIGTERM)
         out, err = await asyncio.wait_for(proc.communicate(), 30)
     finally:
@@ -504,6 +505,10 @@ async def test_cli_run_stops_on_sigterm(live_server: LiveServer, tmp_path: Path)
     lines = seen + err.decode().splitlines(keepends=True)
     assert proc.returncode == 0, "".join(lines)
     assert out == b""
+    assert (
+        second[0] == 1
+        and f"Another glidein-client already runs {site.path} (site {SITE}): pid {proc.pid}." in second[2]
+    )
     assert any("received SIGTERM, stopping after the current cycle" in line for line in lines)
     assert lines[-1].rstrip().endswith(f"INFO site {SITE}: stopped")
     assert all(" INFO " in line or " WARNING " in line for line in lines), "".join(lines)
