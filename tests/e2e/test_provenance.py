@@ -119,3 +119,20 @@ async def test_an_older_database_gains_the_usage_columns(tmp_path: Path) -> None
         assert attempt.cpu_s is None and attempt.provenance is None and attempt.cpu_efficiency is None
     finally:
         await store.close()
+
+
+async def test_status_by_dataset_shows_progress_cores_and_efficiency(live_server: Any, glidein: Glidein) -> None:
+    for ds, argv in (("run1", ["true"]), ("run1", ["false"]), ("run2", ["true"]), ("", ["true"])):
+        labels = ["--label", f"dataset={ds}"] if ds else []
+        r = await glidein("submit", "--max-retries", "0", "--walltime", "60s", "--memory", "100M", *labels, "--", *argv)
+        assert r.rc == 0, r.err
+    await live_server.start_pilot(cpus=2, idle_timeout_s=3)
+    await glidein("wait", "--timeout", "60s")
+    r = await glidein("status", "--by", "dataset")
+    lines = {line.split()[0]: line.split() for line in r.out.splitlines()[1:]}
+    assert lines["run1"][1:6] == ["0", "0", "1", "1", "0"], r.out
+    assert lines["run2"][1:6] == ["0", "0", "1", "0", "0"], r.out
+    assert lines["(no"][2:7] == ["0", "0", "1", "0", "0"], r.out
+    assert lines["run1"][7].endswith("%")  # the done job's CPU efficiency
+    got = (await glidein("status", "--by", "dataset", "--json")).json()
+    assert got["run1"]["states"] == {"done": 1, "failed": 1} and got["run1"]["cores_in_use"] == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from glidein_client.user import render
+from glidein_client.user import datasets, render
 from glidein_client.user.args import add_ids, arg_type, label_filter
 from glidein_client.user.session import EXIT_ERROR, EXIT_OK, RideOut, connect, emit_json, jobs_by_ids, list_all
 from glidein_client.wire.api import ApiClient
@@ -20,10 +20,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--state", choices=[s.value for s in JobState])
     p.add_argument("--label", type=arg_type(label_filter), metavar="K=V")
     p.add_argument("--all", action="store_true", help=f"list every job (default: at most {STATUS_ROWS} rows)")
+    p.add_argument("--by", metavar="LABEL", help="progress per value of a label, e.g. --by dataset")
     p.set_defaults(handler=cmd_status)
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
+    if args.by:
+        return await status_by(args)
     missing: list[int] = []
     patiently = RideOut()
     async with connect(args) as api:
@@ -68,3 +71,18 @@ async def status_list(api: ApiClient, args: argparse.Namespace) -> JobList:
     if not result.counts:
         result.counts = render.count_states(result.jobs)
     return result
+
+
+async def status_by(args: argparse.Namespace) -> int:
+    """``--by LABEL``: every matching job, grouped by the label's value."""
+    async with connect(args) as api:
+        if args.ids:
+            result = await RideOut()(lambda: jobs_by_ids(api, args.ids, state=args.state, label=args.label))
+        else:
+            result = await RideOut()(lambda: list_all(api, state=args.state, label=args.label))
+    groups = datasets.by_label(result.jobs, args.by)
+    if args.json:
+        emit_json(datasets.as_json(groups))
+    else:
+        print(datasets.table(groups, args.by) if groups else "No jobs.")
+    return EXIT_OK
