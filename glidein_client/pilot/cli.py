@@ -129,6 +129,13 @@ def _parser() -> argparse.ArgumentParser:
             help="how jobs are kept from the pilot and each other (default: the strongest available)",
         )
         sp.add_argument("--apptainer-image", help="the image jobs run in with --isolation apptainer")
+        sp.add_argument(
+            "--signal-grace-s",
+            type=float,
+            default=0.0,
+            help="seconds the batch system leaves between SIGTERM/SIGUSR1 and its kill (Slurm KillWait, or "
+            "--signal=B:USR1@SECONDS): jobs that end within it finish, others are interrupted (default 0)",
+        )
         sp.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -192,15 +199,13 @@ async def _main(args: argparse.Namespace) -> int:
                 min_disk_mb=args.min_disk_mb,
                 required_commands=tuple(args.require),
                 isolation=await choose_isolation(args.isolation, apptainer_image=args.apptainer_image),
+                signal_grace_s=args.signal_grace_s,
             ),
         )
         loop = asyncio.get_running_loop()
-        for sig, why in (
-            (signal.SIGTERM, "received SIGTERM"),
-            (signal.SIGINT, "received SIGINT"),
-            (signal.SIGUSR1, "received SIGUSR1"),
-        ):
-            loop.add_signal_handler(sig, pilot.request_stop, why)
+        loop.add_signal_handler(signal.SIGINT, pilot.request_stop, "received SIGINT")
+        for sig, why in ((signal.SIGTERM, "received SIGTERM"), (signal.SIGUSR1, "received SIGUSR1")):
+            loop.add_signal_handler(sig, pilot.warned, why)  # the batch system's warning: graceful
         return await pilot.run()
 
 

@@ -72,6 +72,7 @@ class PilotSettings:
     required_commands: tuple[str, ...] = ()
     poll_s: float = 1.0  # memory checks
     grace_s: float = 5.0  # SIGTERM -> SIGKILL for jobs
+    signal_grace_s: float = 0.0  # what the batch system leaves between its warning signal and the kill
     black_hole_failures: int = 5  # this many jobs in a row failing fast: stop taking work
     fast_failure_s: float = 10.0
     outage_s: float = 300.0
@@ -103,6 +104,7 @@ class Pilot:
         self._stop_reason: str | None = None
         self._idle_since = time.monotonic()
         self._drain_deadline = math.inf
+        self._finish_by = 0.0  # a graceful stop: running jobs that end before this finish (0: none)
         self._server_empty = False  # the last claim found no work
         self._server_away = False  # the last sync could not reach the server (logged once)
         self._reporting: set[int] = set()  # attempts whose reports are on their way
@@ -124,11 +126,19 @@ class Pilot:
 
     # --- public -------------------------------------------------------------------------------
 
-    def request_stop(self, reason: str) -> None:
+    def request_stop(self, reason: str, *, grace_s: float = 0.0) -> None:
+        """Stop taking work and leave. With ``grace_s`` (a batch system's warning before its kill),
+        running jobs that will end within it finish; the others are interrupted at once."""
         if self._stop_reason is None:
             self._stop_reason = reason
-            log.info("stopping: %s", reason)
+            if grace_s > 0:
+                self._finish_by = time.time() + grace_s - self.settings.grace_s - 1.0
+            log.info("stopping: %s%s", reason, f" (jobs that end within {grace_s:.0f} s finish)" if grace_s else "")
         self._poke()
+
+    def warned(self, reason: str) -> None:
+        """The batch system's warning signal: a graceful stop within ``signal_grace_s``."""
+        self.request_stop(reason, grace_s=self.settings.signal_grace_s)
 
     @property
     def draining(self) -> bool:
@@ -219,6 +229,9 @@ class Pilot:
                 self._check_idle(mono)
             if self._stop_reason is not None:
                 self._drain(self._stop_reason)
+        if self._finish_by and now >= self._finish_by and self.phase is Phase.DRAINING:
+            self._finish_by = 0.0
+            self._drain(self._stop_reason or "its grace ran out")  # what still runs is interrupted now
         if self.phase is Phase.GONE:
             self.started.clear()
             self.finished.clear()
@@ -454,8 +467,9 @@ class Pilot:
             self._drain_deadline = time.monotonic() + 2 * self.settings.grace_s + 30.0
         while self.backlog:
             self._report_unstarted(self.backlog.popleft(), f"the pilot is stopping: {reason}")
-        for attempt_id in list(self.running):
-            self._kill(attempt_id, Outcome.INTERRUPTED, f"the pilot is stopping: {reason}")
+        for attempt_id, entry in list(self.running.items()):
+            if entry.started_at + entry.claim.spec.walltime_s > self._finish_by:  # cannot end in time
+                self._kill(attempt_id, Outcome.INTERRUPTED, f"the pilot is stopping: {reason}")
 
     async def _run_job(self, entry: Running) -> None:
         await self.attempts.run(entry, started=self._on_started, ended=self._release)
