@@ -60,9 +60,13 @@ def families(snap: Monitoring, now: float, cfg: MetricsConfig) -> list[Metric]:
         running[key] += n
         cores[key] += c
     labels = ["site", "dataset", "type"]
-    running_jobs = GaugeMetricFamily("glidein_running_jobs", "Running jobs by site, dataset and type.", labels=labels)
+    running_jobs = GaugeMetricFamily(
+        "glidein_running_jobs",
+        "Jobs holding cores on pilots (claimed or running), by site, dataset and type.",
+        labels=labels,
+    )
     cores_used = GaugeMetricFamily(
-        "glidein_running_cores", "Cores in use by running jobs, by site, dataset and type.", labels=labels
+        "glidein_running_cores", "Cores held by claimed and running jobs, by site, dataset and type.", labels=labels
     )
     for key in sorted(running):
         running_jobs.add_metric(list(key), running[key])

@@ -146,7 +146,7 @@ async def test_prometheus_scrapes_every_family_and_every_dashboard_query(
     async with live_server.api(await live_server.token(Role.USER, "alice")) as api:
         up = await api.upload_file(data)
         specs = [
-            JobSpec(argv=["sleep", "4"], cpus=cpus, memory_mb=100, walltime_s=60, labels={"dataset": ds})
+            JobSpec(argv=["sleep", "6"], cpus=cpus, memory_mb=100, walltime_s=60, labels={"dataset": ds})
             for ds, cpus in (("run1", 1), ("run1", 2), ("run2", 1))
         ]
         specs.append(JobSpec(argv=["false"], memory_mb=100, walltime_s=60, max_retries=0, labels={"dataset": "run2"}))
@@ -160,7 +160,7 @@ async def test_prometheus_scrapes_every_family_and_every_dashboard_query(
         await live_server.start_pilot(cpus=4, memory_mb=2000, idle_timeout_s=30)
         assert (await prometheus.until('up{job="glidein"} == 1'))[0]["value"][1] == "1"
 
-        running = await prometheus.until('glidein_running_cores{site="local"} > 0')
+        running = await prometheus.until('max_over_time(glidein_running_cores{site="local"}[5m]) > 0')
         assert {"run1", "run2"} & _labels(running, "dataset")
         assert _labels(running, "type") <= {"single", "multicore"}
         await wait_jobs(api, ids[:5], timeout_s=60)

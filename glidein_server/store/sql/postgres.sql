@@ -616,7 +616,7 @@ SELECT owner, state, multicore, sum(n)::bigint FROM job_count_deltas GROUP BY 1,
 -- name: monitoring_running
 SELECT a.site, coalesce(j.spec -> 'labels' ->> $1, ''), j.cpus > 1, count(*), sum(j.cpus)::bigint
 FROM attempts a JOIN jobs j ON j.id = a.job_id
-WHERE a.state = 'running' GROUP BY 1, 2, 3;
+WHERE a.state != 'ended' GROUP BY 1, 2, 3;
 
 -- name: monitoring_pilots
 SELECT site, state, count(*), sum(cpus)::bigint, sum(CASE WHEN state = 'running' THEN free_cpus ELSE 0 END)::bigint,

@@ -629,7 +629,7 @@ SELECT owner, state, multicore, n FROM job_counts WHERE n > 0;
 -- name: monitoring_running
 SELECT a.site, coalesce(json_extract(j.spec, '$.labels.' || json_quote(?)), ''), j.cpus > 1, count(*), sum(j.cpus)
 FROM attempts a JOIN jobs j ON j.id = a.job_id
-WHERE a.state = 'running' GROUP BY 1, 2, 3;
+WHERE a.state != 'ended' GROUP BY 1, 2, 3;
 
 -- name: monitoring_pilots
 SELECT site, state, count(*), sum(cpus), sum(CASE WHEN state = 'running' THEN free_cpus ELSE 0 END),
