@@ -164,7 +164,8 @@ async def test_sigkill_of_one_replica_loses_no_job_and_runs_none_twice(tmp_path:
                         *(sys.executable, "-m", "glidein_client.pilot", "run", "--server-url", url),
                         *("--token-file", str(token), "--site", "local", "--cpus", "2", "--memory-mb", "2048"),
                         *("--disk-mb", "1000", "--walltime-s", "600", "--idle-timeout-s", "5"),
-                        *("--scratch", str(scratch)),
+                        # No sandbox: each job appends to a shared file, the count of its runs.
+                        *("--scratch", str(scratch), "--isolation", "none"),
                         stdout=log,
                         stderr=asyncio.subprocess.STDOUT,
                         start_new_session=True,
