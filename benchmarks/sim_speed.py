@@ -15,7 +15,8 @@ import random
 import time
 from pathlib import Path
 
-from glidein_sim.engine import improved_rules, plain_rules, simulate
+from glidein_sim.engine import simulate
+from glidein_sim.model import improved_rules, plain_rules
 from glidein_sim.scenario import load_document, override, parse
 
 RESULTS = Path(__file__).resolve().parent / "results"

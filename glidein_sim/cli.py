@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from glidein_client.wire.errors import GlideinError, ValidationError
-from glidein_sim.engine import Rules, Simulation, improved_rules, plain_rules, simulate
+from glidein_sim.engine import Simulation, simulate
 from glidein_sim.metrics import summary
+from glidein_sim.model import Rules, improved_rules, plain_rules
 from glidein_sim.report import sweep_table, table, write_json
 from glidein_sim.scenario import Scenario, load_document, override, parse
 

@@ -14,9 +14,10 @@ from pathlib import Path
 from glidein_client.pilot.channels.staged import CHANNELS, open_channel
 from glidein_client.pilot.hardening import harden, take_token
 from glidein_client.pilot.isolation import ISOLATIONS, choose_isolation
-from glidein_client.pilot.pilot import Pilot, PilotSettings
+from glidein_client.pilot.pilot import Pilot
 from glidein_client.pilot.resources import detect
 from glidein_client.pilot.selftest import self_test
+from glidein_client.pilot.settings import PilotSettings
 from glidein_client.wire.errors import GlideinError
 from glidein_client.wire.secrets import read_secret_file
 from glidein_client.wire.units import parse_duration_s, parse_memory_mb

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import math
 import os
 import socket
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from glidein_client.pilot import leftovers
 from glidein_client.pilot.attempt import Attempts, AttemptSettings, Running, finish_report, patiently
@@ -25,10 +22,10 @@ from glidein_client.pilot.backlog import Backlog
 from glidein_client.pilot.channels.base import Channel
 from glidein_client.pilot.executor import RunResult
 from glidein_client.pilot.flights import Flight, Flights
-from glidein_client.pilot.isolation import Isolation, NoIsolation
 from glidein_client.pilot.partition import Need, SlotPool, plan_starts
 from glidein_client.pilot.resources import Detected
 from glidein_client.pilot.selftest import self_test
+from glidein_client.pilot.settings import Phase, PilotSettings
 from glidein_client.pilot.stats import WorkStats
 from glidein_client.wire.errors import ConflictError, GlideinError, ServerUnreachable
 from glidein_client.wire.schema import (
@@ -50,35 +47,6 @@ REPORT_BATCH = 64
 #: While jobs run, a sync (a long poll) is always open, so a cancel reaches the pilot at once;
 #: the next one goes this long after the last was sent, at the earliest.
 LISTEN_GAP_S = 0.25
-
-
-class Phase(enum.Enum):
-    """Where the pilot stands; each turn of the main loop may move it on, never back."""
-
-    WORKING = "working"  # claiming jobs and starting them
-    DRAINING = "draining"  # stopping: no new work, running jobs are stopped, reports still go out
-    GONE = "gone"  # the server no longer knows this pilot: reports are dropped
-    DONE = "done"  # nothing left to do: leave
-
-
-@dataclass(frozen=True)
-class PilotSettings:
-    scratch: Path
-    idle_timeout_s: float = 120.0
-    prefetch_s: float = 2.0  # local backlog: about this many seconds of short work per slot
-    max_backlog: int = 256
-    end_margin_s: float = 5.0  # leave this long before the end time
-    min_disk_mb: int = 100
-    required_commands: tuple[str, ...] = ()
-    poll_s: float = 1.0  # memory checks
-    grace_s: float = 5.0  # SIGTERM -> SIGKILL for jobs
-    signal_grace_s: float = 0.0  # what the batch system leaves between its warning signal and the kill
-    black_hole_failures: int = 5  # this many jobs in a row failing fast: stop taking work
-    fast_failure_s: float = 10.0
-    outage_s: float = 300.0
-    isolation: Isolation = field(
-        default_factory=NoIsolation
-    )  # keep retrying transfers and registration this long while the server is away
 
 
 class Pilot:

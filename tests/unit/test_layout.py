@@ -156,3 +156,15 @@ def test_the_checks_catch_a_circle_and_a_forbidden_import() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _room("glidein_client.pilot.channels.base") == "glidein_client.pilot"
     assert "glidein_client.site" not in ALLOWED["glidein_client.pilot"]
+
+
+MAX_MODULE_LINES = 500
+
+
+def test_no_module_is_longer_than_the_limit() -> None:
+    long = {
+        str(p.relative_to(REPO)): n
+        for p in _modules().values()
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}, f"split these modules by concept (at most {MAX_MODULE_LINES} lines each): {long}"

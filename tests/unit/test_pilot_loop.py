@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from glidein_client.pilot.pilot import Phase, Pilot, PilotSettings
+from glidein_client.pilot.pilot import Pilot
 from glidein_client.pilot.resources import Detected
+from glidein_client.pilot.settings import Phase, PilotSettings
 from glidein_client.wire.errors import ConflictError, GlideinError, ServerUnreachable
 from glidein_client.wire.schema import (
     ClaimedJob,

@@ -19,7 +19,8 @@ import glidein_server.store.sqlite_pilots as real_store
 import glidein_server.store.sqlite_sites as real_sites
 import glidein_sim.engine as engine
 from glidein_sim.cli import main
-from glidein_sim.engine import improved_rules, plain_rules, simulate
+from glidein_sim.engine import simulate
+from glidein_sim.model import improved_rules, plain_rules
 from glidein_sim.scenario import parse
 
 HOUR = 3600.0
