@@ -110,9 +110,11 @@ class Bubblewrap:
             "--unshare-uts",
             "--unshare-cgroup-try",
         ]
+        # A fresh /tmp first, so that a system path below /tmp (a Python in /tmp/venv) is mounted over it, not hidden.
+        out += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         for option, src, dest in self.mounts:
             out += [option, src, dest]
-        out += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/var/tmp"]
+        out += ["--dir", "/var/tmp"]
         if gpus:
             for node in _gpu_devices():
                 out += ["--dev-bind", node, node]

@@ -9,7 +9,9 @@ Set GLIDEIN_UPDATE_GOLDEN=1 to rewrite the golden files after an intended change
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,8 +52,15 @@ def test_bwrap_argv_matches_golden() -> None:
     check_golden("bwrap_argv.txt", "\n".join(argv) + "\n")
 
 
+def test_a_python_below_tmp_is_mounted_over_the_fresh_tmp() -> None:
+    mounts = (("--ro-bind", "/usr", "/usr"), ("--ro-bind", "/tmp/ci/.venv", "/tmp/ci/.venv"))
+    argv = Bubblewrap(bwrap="/usr/bin/bwrap", mounts=mounts).argv(["python3"], run())
+    assert argv.index("--tmpfs") < argv.index("/tmp/ci/.venv")
+
+
 def test_the_bwrap_view_holds_no_home_and_no_scratch() -> None:
-    dests = {dest for _, _, dest in system_mounts()}
+    pythons = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    dests = {dest for _, _, dest in system_mounts()} - pythons  # the pilot's own Python may live anywhere
     assert "/usr" in dests
     assert not any(d == "/home" or d.startswith("/home/") for d in dests)
     assert not any(d == "/etc" or d.startswith(("/tmp", "/scratch", "/var")) for d in dests)
