@@ -276,9 +276,9 @@ async def test_a_short_peak_over_the_request_is_over_memory(
     touch = f"{sys.executable} -c \"x = b'1' * (300 << 20)\"\n"  # 300 MB for a moment, well under a second
     ids = await alice.submit([script_job(touch, memory_mb=100), script_job(touch, memory_mb=600)])
     await finished(alice, ids)
-    over = await alice.attempts(ids[0])
-    assert over[-1].outcome == "memory", over
-    assert "more than its 100 MB" in (over[-1].reason or "")
+    over = await alice.attempts(ids[0])  # the first attempt; a retry at the measured peak may follow
+    assert over[0].outcome == "memory", over
+    assert "more than its 100 MB" in (over[0].reason or "")
     assert (await alice.get_job(ids[1])).state is JobState.DONE
 
 
