@@ -335,9 +335,9 @@ async def test_pilot_past_its_slurm_time_limit_is_timeout_and_its_job_is_requeue
         reported: list[dict[str, str]] = []
         send_states = client.api.pilot_states
 
-        async def record_states(site_name: str, states: dict[str, str]) -> None:
+        async def record_states(site_name: str, states: dict[str, str], failure: str | None = None) -> None:
             reported.append(dict(states))
-            await send_states(site_name, states)
+            await send_states(site_name, states, failure)
 
         monkeypatch.setattr(client.api, "pilot_states", record_states)
 
