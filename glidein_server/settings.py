@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -116,15 +117,7 @@ class StateDir:
             doc = KEY_DOCS.get(field)
             if doc:
                 lines.append(f"# {doc}")
-            if isinstance(value, str):
-                lines.append(f'{field} = "{_toml_escape(value)}"')
-            elif isinstance(value, bool):
-                lines.append(f"{field} = {'true' if value else 'false'}")
-            elif isinstance(value, dict):  # an inline table, names quoted
-                items = ", ".join(f'"{_toml_escape(str(k))}" = {v}' for k, v in sorted(value.items()))
-                lines.append(f"{field} = {{ {items} }}" if items else f"{field} = {{}}")
-            else:
-                lines.append(f"{field} = {value}")
+            lines.append(f"{field} = {toml_value(value)}")
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
         os.chmod(tmp, 0o600)
@@ -141,6 +134,9 @@ KEY_DOCS: dict[str, str] = {
     "public_url": "The URL clients and pilots use (server_url is accepted too); empty: http(s)://host:port.",
     "database": "SQLite database file, relative to this directory.",
     "files_dir": "Uploaded inputs and outputs, relative to this directory.",
+    "retention_days": 'Finished jobs older than this many days ("30d" too) leave with their attempts and outputs; '
+    "0: never.",
+    "retention_interval_s": "How often the server purges jobs past retention_days.",
     "lease_s": "An attempt without news from its pilot for this long is requeued.",
     "heartbeat_s": "Pilots report at least this often.",
     "pilot_timeout_s": "A pilot silent for this long is considered lost.",
@@ -201,28 +197,62 @@ def settings_from_toml(raw: dict[str, Any], path: Path) -> ServerSettings:
         return msgspec.convert(values, type=ServerSettings, strict=True)
     except msgspec.ValidationError as exc:
         text, _, at = str(exc).partition(" - at `$.")
-        key = at.rstrip("`") or "?"
+        key = re.split(r"\W", at, maxsplit=1)[0] or "?"  # of "shares[...]", the table's key
         doc = KEY_DOCS.get(key, "")
+        shown = section.get(key, values.get(key))
         raise ConfigError(
-            f"{path}: [server] {key} = {section.get(key, values.get(key))!r} is not valid: {_plain(text)}.",
+            f"{path}: [server] {key} = {toml_value(shown)} is not valid: {_plain(text)}"
+            + (" (in each entry)." if "[" in at else "."),
             hint=f"{key}: {doc}" if doc else "Fix that value; the server did not start.",
             field=key,
         ) from None
 
 
 def _with_units(path: Path, key: str, value: Any) -> Any:
-    """``"60s"`` for a ``*_s`` key and ``"4G"`` for a ``*_mb`` key, as site configs take them."""
+    """``"60s"`` for a ``*_s`` key, ``"30d"`` for a ``*_days`` key and ``"4G"`` for a ``*_mb`` key, as site
+    configs take them."""
     if not isinstance(value, str):
         return value
     try:
         if key.endswith("_s") and not key.startswith("rate_"):
             return parse_duration_s(value, field=key)
+        if key.endswith("_days"):
+            number = value.strip()
+            return float(number) if number.replace(".", "", 1).isdigit() else parse_duration_s(value, field=key) / 86400
         if key.endswith("_mb"):
             return parse_memory_mb(value, field=key)
     except GlideinError as exc:
-        raise ConfigError(f"{path}: [server] {exc.message}", hint=exc.hint, field=key) from None
+        hint = 'Write a number of days, or a duration such as "30d" or "12h".' if key.endswith("_days") else exc.hint
+        raise ConfigError(f"{path}: [server] {exc.message}", hint=hint, field=key) from None
     return value
 
 
+_TYPES = {
+    "int": "a whole number",
+    "float": "a number",
+    "str": "text in quotes",
+    "bool": "true or false",
+    "object": "a table such as { name = 1 }",
+    "array": "a list",
+    "null": "nothing",
+}
+
+
 def _plain(text: str) -> str:
-    return text.replace("Expected `float`", "expected a number").replace("Expected `int`", "expected a whole number")
+    """msgspec's "Expected `int`, got `str`" in the words of a config file."""
+    text = re.sub(r"Expected `(\w+)`", lambda m: f"expected {_TYPES.get(m[1], m[1])}", text)
+    return re.sub(r"got `(\w+)`", lambda m: f"got {_TYPES.get(m[1], m[1])}", text)
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as it is written in a TOML file."""
+    if isinstance(value, str):
+        return f'"{_toml_escape(value)}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):  # an inline table, names quoted
+        items = ", ".join(f'"{_toml_escape(str(k))}" = {toml_value(v)}' for k, v in sorted(value.items()))
+        return f"{{ {items} }}" if items else "{}"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return str(value)

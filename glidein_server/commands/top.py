@@ -24,6 +24,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--interval", default="2s", help="refresh this often (default 2s)")
     p.add_argument("--once", action="store_true", help="print one screen and stop")
     p.set_defaults(handler=cmd_top)
+    once = sub.add_parser(
+        "summary", parents=[common], help="jobs, cores in use, pilots and sites now: one screen of `top`"
+    )
+    once.set_defaults(handler=cmd_top, once=True, interval="2s")
 
 
 def top_text(snap: Monitoring, now: float, dead_after_s: float) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from glidein_server.settings import ServerSettings
 
 
 def server(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
@@ -118,6 +121,59 @@ def test_config_mistakes_are_named_with_the_fix_and_durations_take_units(state: 
         bad = server("serve", *d)
         assert bad.returncode == 1 and bad.stderr.startswith(f"error: {config}: {message}"), bad.stderr
         assert "send it again" not in bad.stderr and "TLS" not in bad.stderr
+
+
+def test_every_key_is_explained_in_the_file_init_writes_and_wrong_types_are_named_plainly(state: Path) -> None:
+    config = state / "config.toml"
+    original = config.read_text()
+    lines = original.splitlines()
+    keys = [i for i, ln in enumerate(lines) if re.match(r"^\w+ = ", ln)]
+    assert {lines[i].split()[0] for i in keys} == set(ServerSettings.__struct_fields__)
+    assert not [lines[i] for i in keys if not lines[i - 1].startswith("# ")], "keys without a comment above"
+    d = ["--dir", str(state)]
+    config.write_text(original.replace("retention_days = 30.0", 'retention_days = "2d"'))
+    assert server("token", "list", *d).returncode == 0
+    for old, new, message in (
+        ("port = ", 'port = "x" #', '[server] port = "x" is not valid: expected a whole number, got text in quotes.'),
+        ("insecure_http = true", 'insecure_http = "yes"', "expected true or false, got text in quotes."),
+        ("shares = {}", 'shares = { "ann" = -1 }', 'shares = { "ann" = -1 } is not valid: expected a number > 0'),
+        ("retention_days = 30.0", 'retention_days = "2w"', "[server] retention_days: cannot read '2w'"),
+        ("[server]", "[server]\n[tls]\ncert = 1", "unknown table [tls]. Every setting lives in the [server] table."),
+    ):
+        config.write_text(original.replace(old, new, 1))
+        bad = server("serve", *d)
+        assert bad.returncode == 1 and bad.stderr.startswith(f"error: {config}: "), bad.stderr
+        assert message in bad.stderr and "Expected" not in bad.stderr and "`str`" not in bad.stderr, bad.stderr
+
+
+def test_serve_says_the_address_it_bound_and_the_public_url_apart(tmp_path: Path) -> None:
+    root = tmp_path / "srv"
+    url = "https://glidein.example.org:443"
+    assert server("init", str(root), "--port", "0", "--insecure-http", "--server-url", url).returncode == 0
+    with open(tmp_path / "serve.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "glidein_server.cli", "serve", "--dir", str(root)],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stdout and proc.stdout.close()
+    bound = re.fullmatch(r"glidein server listening on 127\.0\.0\.1:(\d+); clients use (\S+)\n", line)
+    assert bound and int(bound[1]) > 0 and bound[2] == url, line
+    logged = (tmp_path / "serve.log").read_text()
+    assert f"listening on 127.0.0.1:{bound[1]}, clients use {url}" in logged
+
+
+def test_summary_prints_one_screen_from_the_database(state: Path) -> None:
+    out = server("summary", "--dir", str(state))
+    assert out.returncode == 0 and out.stdout.splitlines()[1] == "jobs     none", out.stdout
+    assert "site " in out.stdout and "client" in out.stdout
 
 
 def test_glidein_rides_out_a_server_that_is_restarting(state: Path, tmp_path: Path) -> None:
