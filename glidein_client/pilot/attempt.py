@@ -3,7 +3,8 @@
 :class:`Attempts` makes the job's sandbox, places its inputs (checked copies from the
 pilot's cache when they name a sha256), runs the job through :class:`.executor.JobProcess`
 in the site's isolation, uploads its outputs (regular files only, never through a symbolic
-link) and hands the result back to the pilot, whatever happened on the way.
+link; after a failure, whichever of them the job left) and hands the result back to the pilot,
+whatever happened on the way.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ MAX_RETRY_S = 10.0  # longest wait between tries while the server is unreachable
 #: killed by one of these while the pilot's own signal is on its way was interrupted, not at fault.
 STOP_SIGNALS = frozenset({-signal.SIGTERM, -signal.SIGKILL, -signal.SIGINT, -signal.SIGHUP})
 STOP_SIGNAL_GRACE_S = 1.0
+#: Outcomes after which the outputs a job left are still brought back (HTCondor transfers them on exit).
+BRING_BACK_ON_FAILURE = frozenset({Outcome.FAILED, Outcome.MEMORY, Outcome.WALLTIME})
 
 
 @dataclass
@@ -178,9 +181,11 @@ class Attempts:
             if stopping is not None:
                 reason = f"the pilot is stopping: {stopping} ({result.reason})"
                 result = replace(result, outcome=Outcome.INTERRUPTED, reason=reason)
-        if result.outcome is not Outcome.DONE:
-            return result, []
-        return await self._upload_outputs(claim, sandbox, result)
+        if result.outcome is Outcome.DONE:
+            return await self._upload_outputs(claim, sandbox, result)
+        if result.outcome in BRING_BACK_ON_FAILURE and claim.spec.outputs:
+            return result, await self._upload_existing(claim, sandbox)
+        return result, []
 
     async def _patiently(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         return await patiently(what, call, outage_s=self.settings.outage_s, gone=self._gone)
@@ -210,9 +215,24 @@ class Attempts:
                 for name, path in zip(claim.spec.outputs, paths, strict=True):
                     upload = functools.partial(self.channel.upload_output, claim.attempt_id, claim.lease, name, path)
                     uploaded.append(await self._patiently(f"upload {name}", upload))
-        except OutputRefused as exc:
-            return replace(result, outcome=Outcome.FAILED, reason=str(exc)), []
+        except OutputRefused as exc:  # refused before any upload: the job failed; bring back what it left
+            return replace(result, outcome=Outcome.FAILED, reason=str(exc)), await self._upload_existing(claim, sandbox)
         return result, uploaded
+
+    async def _upload_existing(self, claim: ClaimedJob, sandbox: Path) -> list[OutputFile]:
+        """After a failure, as HTCondor does: upload whichever declared outputs the job left (regular
+        files only); one missing, refused or not accepted is skipped, and the failure stays the job's."""
+        uploaded = []
+        for name in claim.spec.outputs:
+            try:
+                with opened_output(sandbox, name) as path:
+                    upload = functools.partial(self.channel.upload_output, claim.attempt_id, claim.lease, name, path)
+                    uploaded.append(await self._patiently(f"upload {name}", upload))
+            except OutputRefused as exc:
+                log.info("job %d failed; not uploading %s: %s", claim.job_id, name, exc)
+            except GlideinError as exc:
+                log.warning("job %d failed; its output %s was not uploaded: %s", claim.job_id, name, exc)
+        return uploaded
 
 
 def finish_report(

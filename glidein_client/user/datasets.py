@@ -30,7 +30,7 @@ def by_label(jobs: Iterable[JobView], key: str) -> dict[str, Progress]:
         if job.state is JobState.RUNNING:
             p.cores_in_use += job.spec.cpus
         u = job.usage
-        if u is not None and u.cpu_s is not None and u.wall_s:
+        if job.state is JobState.DONE and u is not None and u.cpu_s is not None and u.wall_s:
             p.cpu_s += u.cpu_s
             p.core_wall_s += u.wall_s * u.cpus
     return dict(sorted(out.items()))

@@ -209,7 +209,7 @@ class JobView(_Strict, kw_only=True):
     site: str | None = None
     outputs: list[OutputFile] = []
     note: str | None = None
-    usage: Usage | None = None  # of the attempt whose result the job kept (done jobs)
+    usage: Usage | None = None  # of the attempt whose result the job kept (done or failed jobs)
 
 
 class JobList(_Strict, kw_only=True):

@@ -38,7 +38,7 @@ class PostgresAttempts(PostgresMonitoring):
         elif plan.step is Step.RETRY:
             await con.execute(Q["job_retry"], exit_code, plan.reason, job_id)
         elif plan.step is Step.FAIL:
-            await con.execute(Q["job_failed"], now, exit_code, plan.reason, job_id)
+            await con.execute(Q["job_failed"], now, exit_code, plan.reason, attempt_id, job_id)
         elif plan.step is Step.REQUEUE:
             await con.execute(Q["job_requeue"], plan.reason, job_id)
 

@@ -46,7 +46,7 @@ class SqliteAttempts(SqliteJobs):
         elif plan.step is Step.RETRY:
             db.execute(Q["job_retry"], (exit_code, plan.reason, job_id))
         elif plan.step is Step.FAIL:
-            db.execute(Q["job_failed"], (now, exit_code, plan.reason, job_id))
+            db.execute(Q["job_failed"], (now, exit_code, plan.reason, attempt_id, job_id))
         elif plan.step is Step.REQUEUE:
             db.execute(Q["job_requeue"], (plan.reason, job_id))
 

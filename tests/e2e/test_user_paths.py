@@ -109,7 +109,7 @@ async def test_wait_status_cancel_and_fetch_speak_of_what_was_asked(live_server:
     failed = r.out.split(": ")[1].strip()
     assert (await glidein("wait", failed, "--timeout", "60s")).rc == 1
     r = await glidein("fetch", failed, "-d", str(glidein.cwd / "out"))
-    assert r.rc == 1 and f"error: job {failed}: failed, no outputs came back (asked for out.txt)" in r.err
+    assert r.rc == 1 and f"error: job {failed}: failed (exit code 1), no outputs came back (asked for out.txt)" in r.err
 
     r = await glidein("submit", "--walltime", "1m", "--", "sleep", "4")
     done = r.out.split(": ")[1].strip()

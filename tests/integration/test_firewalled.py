@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from glidein_client.site.client import SiteClient
 from glidein_client.site.config import SiteConfig
 from glidein_client.wire.schema import InputFile, JobSpec, JobState, Role
 from tests.conftest import LiveServer
+from tests.e2e.test_cli import Glidein
 from tests.infra import netns as netns_infra
 from tests.infra.netns import NetnsScheduler, WorkerNamespace
 
@@ -84,12 +86,23 @@ async def run_site(
             for a in inputs
         ]
         ids = await user.submit(specs)
+        # A job that fails after writing one of its outputs: that one comes back through the staging area too.
+        failing = JobSpec(
+            script="echo left behind > part.txt; exit 4",
+            outputs=["part.txt", "never.txt"],
+            sites=[site.name],
+            memory_mb=64,
+            disk_mb=10,
+            walltime_s=60,
+        )
+        (failed,) = await user.submit([failing])
         stop = asyncio.Event()
         async with SiteClient(site, scheduler=NetnsScheduler(site, netns=ns.name)) as client:
             task = asyncio.create_task(client.run_forever(stop=stop))
             try:
-                states = await wait_jobs(user, ids, timeout_s=60)
-                assert set(states.values()) == {JobState.DONE}, pilot_logs(site)
+                states = await wait_jobs(user, [*ids, failed], timeout_s=60)
+                assert {states[i] for i in ids} == {JobState.DONE}, pilot_logs(site)
+                assert states[failed] is JobState.FAILED, pilot_logs(site)
                 if checks is not None:
                     result = checks(client)
                     if asyncio.iscoroutine(result):
@@ -109,6 +122,19 @@ async def run_site(
             # The job ran in the worker's network namespace.
             assert bodies["net.txt"].decode().strip() == f"net:[{ns.inode()}]"
             assert {a.site for a in await user.attempts(job_id)} == {site.name}
+    await fetch_failed(live, tmp_path, failed)
+
+
+async def fetch_failed(live: LiveServer, tmp_path: Path, job_id: int) -> None:
+    """``glidein fetch`` of a job that failed brings back the output it left, and says it failed."""
+    token_file = live.write_secret("alice-cli.token", await live.token(Role.USER, "alice"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLIDEIN_")}
+    env.update(XDG_CONFIG_HOME=str(tmp_path / "no-config"), GLIDEIN_URL=live.url, GLIDEIN_TOKEN_FILE=str(token_file))
+    dest = tmp_path / "fetched"
+    r = await Glidein(tmp_path, env)("fetch", str(job_id), "-d", str(dest))
+    assert r.rc == 0, r.out + r.err
+    assert (dest / str(job_id) / "part.txt").read_text() == "left behind\n"
+    assert f"job {job_id}: failed (exit code 4); these are the outputs it left (it left no never.txt)" in r.out
 
 
 def _read(path: Path) -> bytes:

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from glidein_client.user.session import (
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.errors import GlideinError, ValidationError
 from glidein_client.wire.rules import check_relative_path
-from glidein_client.wire.schema import JobView
+from glidein_client.wire.schema import JobState, JobView
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -40,23 +41,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 async def cmd_fetch(args: argparse.Namespace) -> int:
     dest = Path(args.dir)
     fetched: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
-    notes: list[str] = []
     patiently = RideOut()
     async with connect(args) as api:
         jobs = (await patiently(lambda: jobs_by_ids(api, args.ids))).jobs
-        for missing in sorted(set(args.ids) - {j.id for j in jobs}):
-            errors.append({"id": missing, "error": f"no job {missing} (or not yours)"})
-        items: list[tuple[JobView, str, str, int]] = []
-        for job in jobs:
-            if not job.outputs and job.spec.outputs:
-                why = "no outputs came back" if job.state.final else "no outputs yet"
-                errors.append(
-                    {"id": job.id, "error": f"{job.state.value}, {why} (asked for {', '.join(job.spec.outputs)})"}
-                )
-            elif not job.outputs:
-                notes.append(f"job {job.id}: {job.state.value}, declares no outputs")
-            items.extend((job, o.name, o.sha256, o.size) for o in job.outputs)
+        items, errors, notes = _plan(args.ids, jobs)
 
         async def one(item: tuple[JobView, str, str, int]) -> None:
             job, name, sha256, size = item
@@ -66,26 +54,74 @@ async def cmd_fetch(args: argparse.Namespace) -> int:
                 stop_if_refused(exc)
                 errors.append({"id": job.id, "name": name, "error": exc.message})
             else:
-                fetched.append({"id": job.id, "name": name, "path": str(path), "size": size, "fresh": fresh})
+                got = {"id": job.id, "name": name, "path": str(path), "size": size, "fresh": fresh}
+                fetched.append({**got, "job": job.state.value})
 
         await bounded(CONCURRENCY, one, items)
     fetched.sort(key=lambda f: (f["id"], f["name"]))
     if args.json:
-        emit_json({"fetched": fetched, "errors": errors})
+        emit_json({"fetched": fetched, "errors": errors, "notes": notes})
     else:
-        for f in fetched:
-            state = "" if f["fresh"] else "  (already there)"
-            print(f"{f['path']}  {render.format_size(f['size'])}{state}")
-        for note in notes:
-            print(note)
-        fresh = [f for f in fetched if f["fresh"]]
-        size = sum(f["size"] for f in fresh)
-        there = f"; {len(fetched) - len(fresh)} already there" if len(fresh) < len(fetched) else ""
-        print(f"Fetched {render.plural(len(fresh), 'file')} ({render.format_size(size)}) into {dest}{there}")
+        _print_fetched(dest, fetched, notes, nothing=bool(errors))
     for err in errors:
         what = f"job {err['id']}" + (f" output {err['name']!r}" if "name" in err else "")
         print(f"error: {about(what, err['error'])}", file=sys.stderr)
     return EXIT_ERROR if errors else EXIT_OK
+
+
+def _plan(
+    ids: Sequence[int], jobs: Sequence[JobView]
+) -> tuple[list[tuple[JobView, str, str, int]], list[dict[str, Any]], list[str]]:
+    """``(outputs to fetch, errors, notes)``: a job whose asked-for outputs did not come back is an
+    error; the outputs a failed job left are fetched, with a note that it failed."""
+    unknown = sorted(set(ids) - {j.id for j in jobs})
+    errors: list[dict[str, Any]] = [{"id": i, "error": f"no job {i} (or not yours)"} for i in unknown]
+    notes: list[str] = []
+    items: list[tuple[JobView, str, str, int]] = []
+    for job in jobs:
+        if not job.outputs and job.spec.outputs:
+            why = "no outputs came back" if job.state.final else "no outputs yet"
+            errors.append({"id": job.id, "error": f"{_state(job)}, {why} (asked for {', '.join(job.spec.outputs)})"})
+        elif not job.outputs:
+            notes.append(f"job {job.id}: {job.state.value}, declares no outputs")
+        elif job.state is not JobState.DONE:
+            notes.append(_partial_note(job))
+        items.extend((job, o.name, o.sha256, o.size) for o in job.outputs)
+    return items, errors, notes
+
+
+def _print_fetched(dest: Path, fetched: list[dict[str, Any]], notes: list[str], *, nothing: bool) -> None:
+    for f in fetched:
+        state = "" if f["fresh"] else "  (already there)"
+        print(f"{f['path']}  {render.format_size(f['size'])}{state}")
+    for note in notes:
+        print(note)
+    fresh = [f for f in fetched if f["fresh"]]
+    size = sum(f["size"] for f in fresh)
+    there = f"; {len(fetched) - len(fresh)} already there" if len(fresh) < len(fetched) else ""
+    if fetched:
+        print(f"Fetched {render.plural(len(fresh), 'file')} ({render.format_size(size)}) into {dest}{there}")
+    elif nothing:
+        print("Nothing was fetched.")
+
+
+def _state(job: JobView) -> str:
+    """``failed (exit code 1)`` (or why) for a failed job, else its state."""
+    if job.state is JobState.FAILED and job.exit_code:
+        return f"failed (exit code {job.exit_code})"
+    if job.state is JobState.FAILED and job.reason:
+        return f"failed ({job.reason})"
+    return job.state.value
+
+
+def _partial_note(job: JobView) -> str:
+    """What to know about outputs that came back from a job that did not succeed."""
+    got = {o.name for o in job.outputs}
+    left = [name for name in job.spec.outputs if name not in got]
+    text = f"job {job.id}: {_state(job)}; these are the outputs it left"
+    if left:
+        text += f" (it left no {', '.join(left)})"
+    return f"{text}. See: glidein logs {job.id}"
 
 
 async def fetch_one(api: ApiClient, dest: Path, job_id: int, name: str, sha256: str) -> tuple[Path, bool]:

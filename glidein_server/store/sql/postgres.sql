@@ -299,7 +299,8 @@ UPDATE jobs SET state = 'cancelled', finished_at = $1, reason = 'cancelled by re
 SELECT 1 FROM attempts WHERE job_id = $1 AND state != 'ended';
 
 -- name: job_retry_request
-UPDATE jobs SET state = 'idle', retries_used = 0, finished_at = NULL, exit_code = NULL, reason = 'retried by request'
+UPDATE jobs SET state = 'idle', retries_used = 0, finished_at = NULL, exit_code = NULL, reason = 'retried by request',
+    result_attempt = NULL
 WHERE id = $1;
 
 -- name: job_retry_budget
@@ -587,8 +588,10 @@ UPDATE jobs SET state = 'done', finished_at = $1, exit_code = $2, reason = NULL,
 WHERE id = $4 AND state IN ('claimed', 'running');
 
 -- name: job_failed
-UPDATE jobs SET state = 'failed', finished_at = $1, exit_code = $2, reason = $3, retries_used = retries_used + 1
-WHERE id = $4 AND state IN ('claimed', 'running');
+-- The failed attempt is the job's result: the outputs it left are what `glidein fetch` brings back.
+UPDATE jobs SET state = 'failed', finished_at = $1, exit_code = $2, reason = $3, retries_used = retries_used + 1,
+    result_attempt = $4
+WHERE id = $5 AND state IN ('claimed', 'running');
 
 -- name: job_retry
 UPDATE jobs SET state = 'idle', exit_code = $1, reason = $2, retries_used = retries_used + 1

@@ -270,7 +270,9 @@ UPDATE jobs SET state = 'done', finished_at = ?, exit_code = ?, reason = NULL, r
 WHERE id = ? AND state IN ('claimed', 'running');
 
 -- name: job_failed
-UPDATE jobs SET state = 'failed', finished_at = ?, exit_code = ?, reason = ?, retries_used = retries_used + 1
+-- The failed attempt is the job's result: the outputs it left are what `glidein fetch` brings back.
+UPDATE jobs SET state = 'failed', finished_at = ?, exit_code = ?, reason = ?, retries_used = retries_used + 1,
+    result_attempt = ?
 WHERE id = ? AND state IN ('claimed', 'running');
 
 -- name: job_retry
@@ -440,7 +442,7 @@ SELECT 1 FROM attempts WHERE job_id = ? AND state != 'ended';
 
 -- name: job_retry_request
 UPDATE jobs SET state = 'idle', retries_used = 0, finished_at = NULL, exit_code = NULL,
-    reason = 'retried by request'
+    reason = 'retried by request', result_attempt = NULL
 WHERE id = ?;
 
 -- name: job_retry_budget
