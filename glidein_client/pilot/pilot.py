@@ -76,6 +76,7 @@ class Pilot:
         self._server_empty = False  # the last claim found no work
         self._server_away = False  # the last sync could not reach the server (logged once)
         self._reporting: set[int] = set()  # attempts whose reports are on their way
+        self._seq = 0  # syncs sent so far: each carries the next number
         self.attempts = Attempts(
             channel,
             AttemptSettings(
@@ -337,7 +338,10 @@ class Pilot:
         held.update(r.attempt_id for r in reports[0])
         held.update(f.attempt_id for f in reports[1])
         held.update(self._reporting)
+        # Only one claiming sync is in flight at a time, so every earlier one has come back (or been
+        # given up) when this one lists what the pilot holds: the server may take what it omits as lost.
         return SyncRequest(
+            seq=self._next_seq(),
             held=sorted(held),
             started=reports[0],
             finished=reports[1],
@@ -352,6 +356,7 @@ class Pilot:
     def _report_request(self, reports: tuple[list[AttemptRef], list[Finish]]) -> SyncRequest:
         cpus, mem, gpus, disk = self._free_after_backlog()
         return SyncRequest(
+            seq=self._next_seq(),
             started=reports[0],
             finished=reports[1],
             free=Resources(cpus=cpus, memory_mb=mem, gpus=gpus, disk_mb=disk),
@@ -360,6 +365,10 @@ class Pilot:
             draining=self.draining,
             claim=False,
         )
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
 
     def _absorb(self, resp: SyncResponse, *, claimed: bool = True) -> None:
         if claimed and not resp.cancel:  # an answer hurried by a cancel says nothing of the queue

@@ -335,6 +335,12 @@ class SyncRequest(_Strict, kw_only=True):
     # Every attempt the pilot still holds (running, waiting in its backlog, or in a report not yet
     # answered). The server requeues the pilot's other claims: their answer was lost on the way.
     held: list[int] | None = None
+    # This pilot's count of the syncs it sent, 1, 2, 3...: a claim answered to sync N counts as lost
+    # only when a sync numbered above N omits it from ``held`` (the pilot sends ``held`` only once
+    # every earlier sync has come back or been given up). A stale sync that arrives late, after a
+    # newer one's claim, cannot requeue what the newer one claimed. Absent (earlier pilots): any
+    # claim that ``held`` omits counts as lost.
+    seq: PosInt | None = None
     # False: reports only, sent while the pilot's claiming sync waits for work; claims nothing.
     claim: bool = True
 

@@ -102,7 +102,7 @@ class PilotNews:
             if not await self.pilots.wait(pilot_id, left_s, work, since=mark):
                 break
             mark = self.pilots.mark(pilot_id)
-            more = await self.store.claim_more(pilot_id, req.want, time.time(), self.lease_s)
+            more = await self.store.claim_more(pilot_id, req.want, time.time(), self.lease_s, seq=req.seq)
             if more.jobs or more.cancel:
                 return SyncResponse(jobs=more.jobs, cancel=more.cancel, refused=resp.refused)
         return resp

@@ -9,6 +9,8 @@ applies the plan they return (in the same transaction). Nothing here touches a d
   (cancelled jobs stay cancelled).
 - ``site_health_blend``: a site's health is a moving average of attempt success (1) and failure
   (0); jobs interrupted by a pilot's end or cancelled say nothing about the site, a lost pilot does.
+- ``claim_lost``: a claim that a pilot's sync does not list as held was lost on the way, unless
+  that sync was sent before the claim's answer came back (a stale sync that arrived late).
 - ``site_backoff``: after pilots fail at start several times in a row, a site waits before
   submitting more (1 min, doubling, up to 1 h).
 """
@@ -110,6 +112,17 @@ def site_health_blend(values: Iterable[float]) -> tuple[float, float]:
         keep *= 1 - HEALTH_ALPHA
         add = add * (1 - HEALTH_ALPHA) + HEALTH_ALPHA * value
     return keep, add
+
+
+def claim_lost(claim_seq: int | None, sync_seq: int | None) -> bool:
+    """Whether a claim answered to the pilot's sync ``claim_seq``, and not held by its sync ``sync_seq``,
+    was lost on the way. Only a sync sent after that answer came back (a higher number: the pilot
+    lists what it holds only once every earlier sync has come back or been given up) can tell; a
+    stale sync that arrives late says nothing of it. Without numbers (earlier pilots, or claims made
+    before the server numbered them) the omission alone counts, as it always did."""
+    if sync_seq is None or claim_seq is None:
+        return True
+    return claim_seq < sync_seq
 
 
 def site_backoff(failures: int, last_failure_at: float | None, now: float) -> tuple[int, float]:

@@ -203,8 +203,11 @@ class PilotStore(Protocol):
         that fit what it has free. ConflictError if the pilot is not running."""
         ...
 
-    async def claim_more(self, pilot_id: int, want: int, now: float, lease_s: float) -> SyncResponse:
-        """Claim for a waiting long poll from what the pilot reported last."""
+    async def claim_more(
+        self, pilot_id: int, want: int, now: float, lease_s: float, *, seq: int | None = None
+    ) -> SyncResponse:
+        """Claim for a waiting long poll from what the pilot reported last; ``seq`` is the number of
+        the waiting sync, whose answer carries these claims."""
         ...
 
     async def record_output(

@@ -9,6 +9,7 @@ from glidein_server.policy.lifecycle import (
     RetryBudget,
     Step,
     check_outputs,
+    claim_lost,
     needs_budget,
     plan_attempt_end,
     site_health_blend,
@@ -105,10 +106,12 @@ class PostgresAttempts(PostgresMonitoring):
                 con, attempt_id, job_id, Outcome.INTERRUPTED, None, f"its pilot ended: {reason}", now
             )
 
-    async def _drop_lost_claims(self, con: Connection, pilot_id: int, held: set[int], now: float) -> None:
+    async def _drop_lost_claims(
+        self, con: Connection, pilot_id: int, held: set[int], seq: int | None, now: float
+    ) -> None:
         """Requeue claims the pilot does not hold: the answer that carried them never reached it."""
-        for attempt_id, job_id in await con.fetch(Q["active_attempts_of_pilot"], pilot_id):
-            if attempt_id not in held:
+        for attempt_id, job_id, claim_seq in await con.fetch(Q["active_claims_of_pilot"], pilot_id):
+            if attempt_id not in held and claim_lost(claim_seq, seq):
                 why = "its claim never reached the pilot (the answer was lost on the way)"
                 await self._end_attempt(con, attempt_id, job_id, Outcome.INTERRUPTED, None, why, now)
 

@@ -96,7 +96,7 @@ class PostgresPilots(PostgresAttempts):
             else:
                 ran += 1
         if req.held is not None:
-            await self._drop_lost_claims(con, pilot_id, set(req.held), now)
+            await self._drop_lost_claims(con, pilot_id, set(req.held), req.seq, now)
         f = NOTHING_FREE if req.draining else req.free
         lifetime_s = 0.0 if req.draining else req.lifetime_s
         await con.execute(
@@ -125,7 +125,9 @@ class PostgresPilots(PostgresAttempts):
                 refused.append(Refusal(attempt_id=ref.attempt_id, reason="stale or unknown lease"))
         return refused
 
-    async def claim_more(self, pilot_id: int, want: int, now: float, lease_s: float) -> SyncResponse:
+    async def claim_more(
+        self, pilot_id: int, want: int, now: float, lease_s: float, *, seq: int | None = None
+    ) -> SyncResponse:
         async def tx(con: Connection) -> SyncResponse:
             row = await con.fetchrow(Q["pilot_capacity"], pilot_id)
             if row is None:
@@ -136,7 +138,7 @@ class PostgresPilots(PostgresAttempts):
             if lifetime_s < 1 or (fcpus <= 0 and want <= 0):
                 return SyncResponse(cancel=cancel)
             free = Resources(cpus=fcpus, memory_mb=fmem, gpus=fgpus, disk_mb=fdisk)
-            req = SyncRequest(free=free, lifetime_s=lifetime_s, want=want)
+            req = SyncRequest(free=free, lifetime_s=lifetime_s, want=want, seq=seq)
             jobs = await self._claim(con, pilot_id, site, req, Capacity(tcpus, tmem, tgpus, tdisk), now, lease_s)
             return SyncResponse(jobs=jobs, cancel=cancel)
 
@@ -182,7 +184,7 @@ class PostgresPilots(PostgresAttempts):
         made = {
             job_id: (attempt_id, lease, spec)
             for attempt_id, job_id, lease, spec in await con.fetch(
-                Q["claim_jobs"], chosen, site, pilot_id, now, now + lease_s
+                Q["claim_jobs"], chosen, site, pilot_id, now, now + lease_s, req.seq
             )
         }
         out: list[ClaimedJob] = []

@@ -16,6 +16,7 @@ from glidein_server.policy.lifecycle import (
     RetryBudget,
     Step,
     check_outputs,
+    claim_lost,
     needs_budget,
     plan_attempt_end,
     site_health_value,
@@ -117,10 +118,12 @@ class SqliteAttempts(SqliteJobs):
         for attempt_id, job_id in db.execute(Q["active_attempts_of_pilot"], (pilot_id,)).fetchall():
             self._end_attempt(db, attempt_id, job_id, Outcome.INTERRUPTED, None, f"its pilot ended: {reason}", now)
 
-    def _drop_lost_claims(self, db: sqlite3.Connection, pilot_id: int, held: set[int], now: float) -> None:
+    def _drop_lost_claims(
+        self, db: sqlite3.Connection, pilot_id: int, held: set[int], seq: int | None, now: float
+    ) -> None:
         """Requeue claims the pilot does not hold: the answer that carried them never reached it."""
-        for attempt_id, job_id in db.execute(Q["active_attempts_of_pilot"], (pilot_id,)).fetchall():
-            if attempt_id not in held:
+        for attempt_id, job_id, claim_seq in db.execute(Q["active_claims_of_pilot"], (pilot_id,)).fetchall():
+            if attempt_id not in held and claim_lost(claim_seq, seq):
                 self._end_attempt(
                     db,
                     attempt_id,

@@ -106,7 +106,7 @@ class SqlitePilots(SqliteAttempts):
             else:
                 ran += 1
         if req.held is not None:
-            self._drop_lost_claims(db, pilot_id, set(req.held), now)
+            self._drop_lost_claims(db, pilot_id, set(req.held), req.seq, now)
         f = NOTHING_FREE if req.draining else req.free  # a stopping pilot's free cores serve no one
         lifetime_s = 0.0 if req.draining else req.lifetime_s
         db.execute(
@@ -143,10 +143,14 @@ class SqlitePilots(SqliteAttempts):
                 db.execute(Q["job_running"], (row[0],))
         return refused
 
-    async def claim_more(self, pilot_id: int, want: int, now: float, lease_s: float) -> SyncResponse:
-        return await self._tx(self._claim_more, pilot_id, want, now, lease_s)
+    async def claim_more(
+        self, pilot_id: int, want: int, now: float, lease_s: float, *, seq: int | None = None
+    ) -> SyncResponse:
+        return await self._tx(self._claim_more, pilot_id, want, now, lease_s, seq)
 
-    def _claim_more(self, db: sqlite3.Connection, pilot_id: int, want: int, now: float, lease_s: float) -> SyncResponse:
+    def _claim_more(
+        self, db: sqlite3.Connection, pilot_id: int, want: int, now: float, lease_s: float, seq: int | None
+    ) -> SyncResponse:
         """Claim for a waiting long poll from what the pilot reported last: a report sent while the
         poll waited may have used slots, or said the pilot is stopping (no lifetime left)."""
         row = db.execute(Q["pilot_capacity"], (pilot_id,)).fetchone()
@@ -158,7 +162,10 @@ class SqlitePilots(SqliteAttempts):
         if lifetime_s < 1 or (fcpus <= 0 and want <= 0):
             return SyncResponse(cancel=cancel)
         req = SyncRequest(
-            free=Resources(cpus=fcpus, memory_mb=fmem, gpus=fgpus, disk_mb=fdisk), lifetime_s=lifetime_s, want=want
+            free=Resources(cpus=fcpus, memory_mb=fmem, gpus=fgpus, disk_mb=fdisk),
+            lifetime_s=lifetime_s,
+            want=want,
+            seq=seq,
         )
         jobs = self._claim(db, pilot_id, site, req, Capacity(tcpus, tmem, tgpus, tdisk), now, lease_s)
         return SyncResponse(jobs=jobs, cancel=cancel)
@@ -208,6 +215,7 @@ class SqlitePilots(SqliteAttempts):
             if spec is None:
                 continue
             lease = secrets.token_hex(16)
-            attempt_id = db.execute(Q["attempt_insert"], (job_id, pilot_id, site, lease, now, expires)).fetchone()[0]
+            row = (job_id, pilot_id, site, lease, now, expires, req.seq)
+            attempt_id = db.execute(Q["attempt_insert"], row).fetchone()[0]
             out.append(ClaimedJob(attempt_id=attempt_id, job_id=job_id, lease=lease, spec=spec_decoder.decode(spec)))
         return out

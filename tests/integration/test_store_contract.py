@@ -214,6 +214,53 @@ async def test_lost_claims_and_cancel_reach_the_pilot(store: Store) -> None:
     assert ids
 
 
+async def test_a_stale_sync_arriving_late_does_not_requeue_a_newer_claim(store: Store) -> None:
+    """Sync 1 was given up by the pilot (no answer in time) and reaches the server only after sync 2
+    claimed a job the pilot now runs: sync 1's ``held`` predates that claim, so the job stays claimed."""
+    [jid] = await store.add_jobs("alice", [job()], NOW)
+    pid = await running_pilot(store)
+    stale = SyncRequest(free=free(), lifetime_s=80_000, held=[], seq=1)
+    [c] = (await store.sync(pid, SyncRequest(free=free(), lifetime_s=80_000, held=[], seq=2), NOW, LEASE_S)).jobs
+    assert (await store.sync(pid, stale, NOW + 1, LEASE_S)).jobs == []
+    view = await store.get_job(jid)
+    assert view is not None and view.state is JobState.CLAIMED, view
+    [attempt] = await store.attempts_of(jid)
+    assert attempt.finished_at is None
+    start = SyncRequest(
+        free=free(7),
+        lifetime_s=80_000,
+        held=[c.attempt_id],
+        seq=3,
+        started=[AttemptRef(attempt_id=c.attempt_id, lease=c.lease)],
+    )
+    assert (await store.sync(pid, start, NOW + 2, LEASE_S)).refused == []
+    view = await store.get_job(jid)
+    assert view is not None and view.state is JobState.RUNNING
+
+
+async def test_a_claim_that_a_later_sync_omits_is_requeued_with_or_without_numbers(store: Store) -> None:
+    """A sync sent after the claim's answer (a higher number) that does not hold it: the answer was lost.
+    So are claims of a long poll (answered to the same sync). A pilot that numbers nothing: as before."""
+    ids = await store.add_jobs("alice", [job() for _ in range(3)], NOW)
+    pid = await running_pilot(store, cpus=1)
+    [first] = (await store.sync(pid, SyncRequest(free=free(1), lifetime_s=80_000, held=[], seq=4), NOW, LEASE_S)).jobs
+    [more] = (await store.claim_more(pid, 0, NOW, LEASE_S, seq=4)).jobs
+    same = SyncRequest(free=free(0), lifetime_s=80_000, held=[], seq=4, claim=False)  # the same sync, sent again
+    await store.sync(pid, same, NOW + 1, LEASE_S)
+    assert {a.finished_at for j in (first.job_id, more.job_id) for a in await store.attempts_of(j)} == {None}
+    later = SyncRequest(free=free(0), lifetime_s=80_000, held=[first.attempt_id], seq=5, claim=False)
+    await store.sync(pid, later, NOW + 2, LEASE_S)
+    lost = await store.get_job(more.job_id)
+    assert lost is not None and lost.state is JobState.IDLE and lost.retries_used == 0
+    [kept] = await store.attempts_of(first.job_id)
+    assert kept.finished_at is None
+    # A pilot that sends no numbers: whatever its ``held`` omits is lost, as it always was.
+    legacy = SyncRequest(free=free(0), lifetime_s=80_000, held=[], claim=False)
+    await store.sync(pid, legacy, NOW + 3, LEASE_S)
+    view = await store.get_job(first.job_id)
+    assert view is not None and view.state is JobState.IDLE and len(ids) == 3
+
+
 async def test_start_failures_back_off(store: Store) -> None:
     await store.report_site("a", SHAPE, NOW)
     pilots = [await store.new_pilot("a", NOW) for _ in range(3)]
@@ -413,7 +460,7 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
             "DROP INDEX outputs_job; UPDATE meta SET value = '2' WHERE key = 'schema_version'"
         )
         await con.close()
-        latest = 4  # retention (3) and site control (4)
+        latest = 5  # retention (3), site control (4) and numbered claims (5)
     await store.open()
     assert [j.id for j in (await store.list_jobs(JobFilter()))[0]] == ids
     # The upgrade's trigger works: a purged job leaves the counts.

@@ -11,6 +11,7 @@ from glidein_server.policy.lifecycle import (
     RetryBudget,
     Step,
     check_outputs,
+    claim_lost,
     needs_budget,
     pilot_start_failed,
     plan_attempt_end,
@@ -104,3 +105,18 @@ def test_site_backoff() -> None:
     assert site_backoff(4, 90.0, 100.0) == (4, 110.0)
     assert site_backoff(20, 1.0, 100.0) == (20, 3501.0)
     assert pilot_start_failed("pending") and not pilot_start_failed("running")
+
+
+@pytest.mark.parametrize(
+    ("claim_seq", "sync_seq", "lost"),
+    [
+        (3, 4, True),  # a sync sent after the claim's answer came back omits it: lost
+        (3, 3, False),  # the same sync (sent again): it could not know
+        (5, 4, False),  # a stale sync that arrived after a newer one claimed
+        (None, 4, True),  # claimed before claims were numbered
+        (3, None, True),  # a pilot that numbers nothing: as before
+        (None, None, True),
+    ],
+)
+def test_claim_lost_only_by_a_later_sync(claim_seq: int | None, sync_seq: int | None, lost: bool) -> None:
+    assert claim_lost(claim_seq, sync_seq) is lost

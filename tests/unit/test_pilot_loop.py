@@ -129,6 +129,8 @@ async def test_claimed_jobs_run_and_are_reported(tmp_path: Path) -> None:
     assert channel.exits[0].jobs_run == 3
     # Every attempt it held was named in each full sync until its report was answered.
     assert set(channel.syncs[1].held or ()) <= {1, 2, 3}
+    # Each sync carries the next number, reports sent beside a long poll included.
+    assert sorted(s.seq or 0 for s in channel.syncs) == list(range(1, len(channel.syncs) + 1))
 
 
 async def test_stop_interrupts_running_jobs_and_returns_the_backlog(tmp_path: Path) -> None:

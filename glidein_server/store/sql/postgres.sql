@@ -203,6 +203,10 @@ ALTER TABLE sites ADD COLUMN IF NOT EXISTS mode TEXT NOT NULL DEFAULT 'open';
 ALTER TABLE sites ADD COLUMN IF NOT EXISTS max_cpus INTEGER;
 ALTER TABLE sites ADD COLUMN IF NOT EXISTS pilot_failure TEXT;
 
+-- name: migration_5
+-- The number of the pilot's sync whose answer carried a claim: only a later sync can lose it.
+ALTER TABLE attempts ADD COLUMN IF NOT EXISTS claim_seq BIGINT;
+
 -- name: schema_version_table
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
@@ -503,6 +507,10 @@ WHERE a.pilot_id = $1 AND a.state != 'ended' AND j.state = 'cancelled';
 -- name: active_attempts_of_pilot
 SELECT id, job_id FROM attempts WHERE pilot_id = $1 AND state != 'ended' ORDER BY id FOR UPDATE;
 
+-- name: active_claims_of_pilot
+-- With the number of the pilot's sync whose answer carried each claim (NULL: not numbered).
+SELECT id, job_id, claim_seq FROM attempts WHERE pilot_id = $1 AND state != 'ended' ORDER BY id FOR UPDATE;
+
 -- name: expired_attempts
 SELECT id, job_id FROM attempts WHERE state != 'ended' AND lease_expires < $1 ORDER BY id FOR UPDATE SKIP LOCKED;
 
@@ -548,8 +556,8 @@ WITH picked AS (
     FROM picked WHERE j.id = picked.id
     RETURNING j.id, j.spec
 ), made AS (
-    INSERT INTO attempts (job_id, pilot_id, site, lease, state, claimed_at, lease_expires)
-    SELECT id, $3, $2, replace(gen_random_uuid()::text, '-', ''), 'claimed', $4, $5 FROM claimed
+    INSERT INTO attempts (job_id, pilot_id, site, lease, state, claimed_at, lease_expires, claim_seq)
+    SELECT id, $3, $2, replace(gen_random_uuid()::text, '-', ''), 'claimed', $4, $5, $6::bigint FROM claimed
     RETURNING id, job_id, lease
 )
 SELECT made.id, made.job_id, made.lease, claimed.spec::text FROM made JOIN claimed ON claimed.id = made.job_id;

@@ -167,6 +167,7 @@ pilot_failure TEXT
 -- Columns added after the first release: ALTER TABLE runs for each one missing.
 cpu_s REAL
 provenance BLOB
+claim_seq INTEGER
 
 -- name: tokens_index
 UPDATE tokens SET id = substr(hash, 1, 16) WHERE id IS NULL;
@@ -243,8 +244,8 @@ WHERE id IN (SELECT value FROM json_each(?)) AND state = 'idle'
 RETURNING id, spec;
 
 -- name: attempt_insert
-INSERT INTO attempts (job_id, pilot_id, site, lease, state, claimed_at, lease_expires)
-VALUES (?, ?, ?, ?, 'claimed', ?, ?)
+INSERT INTO attempts (job_id, pilot_id, site, lease, state, claimed_at, lease_expires, claim_seq)
+VALUES (?, ?, ?, ?, 'claimed', ?, ?, ?)
 RETURNING id;
 
 -- name: attempt_active
@@ -309,6 +310,10 @@ SELECT a.id, a.job_id FROM attempts a WHERE a.state != 'ended' AND a.lease_expir
 
 -- name: active_attempts_of_pilot
 SELECT id, job_id FROM attempts WHERE pilot_id = ? AND state != 'ended';
+
+-- name: active_claims_of_pilot
+-- With the number of the pilot's sync whose answer carried each claim (NULL: not numbered).
+SELECT id, job_id, claim_seq FROM attempts WHERE pilot_id = ? AND state != 'ended';
 
 -- name: idle_shapes
 SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites, n FROM idle_shapes WHERE n > 0;
