@@ -51,6 +51,10 @@ from glidein_client.wire.schema import (
     PilotStates,
     Revoked,
     Role,
+    SiteCapRequest,
+    SiteMode,
+    SiteModeRequest,
+    SiteView,
     SiteWait,
     SiteWaitResult,
     Summary,
@@ -376,15 +380,27 @@ class ApiClient:
     def _totp(self, code: str) -> dict[str, str]:
         return {TOTP_HEADER: code}
 
-    async def admin_add(self, role: Role, name: str, totp: str, *, expires_in_s: int | None = None) -> TokenGrant:
-        """Add a user or a site and return its first token."""
+    async def admin_add(
+        self, role: Role, name: str, totp: str, *, expires_in_s: int | None = None, another: bool = False
+    ) -> TokenGrant:
+        """Add a user or a site and return its first token (``another``: a further token of one that has one)."""
         return await self._json(
             "POST",
             f"/admin/{role.value}s",
             TokenGrant,
             headers=self._totp(totp),
-            body=NewSubject(name=name, expires_in_s=expires_in_s),
+            body=NewSubject(name=name, expires_in_s=expires_in_s, another=another),
         )
+
+    async def admin_site_mode(self, site: str, mode: SiteMode, totp: str) -> SiteView:
+        """Drain, pause or reopen a site."""
+        body = SiteModeRequest(mode=mode)
+        return await self._json("POST", f"/admin/sites/{site}/mode", SiteView, body=body, headers=self._totp(totp))
+
+    async def admin_site_cap(self, site: str, max_cpus: int | None, totp: str) -> SiteView:
+        """Cap the cores a site's jobs hold at once (None: no cap)."""
+        body = SiteCapRequest(max_cpus=max_cpus)
+        return await self._json("POST", f"/admin/sites/{site}/cap", SiteView, body=body, headers=self._totp(totp))
 
     async def admin_revoke(self, role: Role, name: str, totp: str) -> int:
         """Revoke every token of a user or a site (and of the site's pilots)."""
@@ -393,8 +409,11 @@ class ApiClient:
     async def admin_mint(self, req: TokenRequest, totp: str) -> TokenGrant:
         return await self._json("POST", "/admin/tokens", TokenGrant, body=req, headers=self._totp(totp))
 
-    async def admin_tokens(self, totp: str, *, role: Role | None = None, subject: str | None = None) -> TokenList:
-        params = {k: v for k, v in (("role", role.value if role else ""), ("subject", subject or "")) if v}
+    async def admin_tokens(
+        self, totp: str, *, role: Role | None = None, subject: str | None = None, revoked: bool = False
+    ) -> TokenList:
+        pairs = (("role", role.value if role else ""), ("subject", subject or ""), ("revoked", "1" if revoked else ""))
+        params = {k: v for k, v in pairs if v}
         return await self._json("GET", "/admin/tokens", TokenList, params=params, headers=self._totp(totp))
 
     async def admin_revoke_token(self, token_id: str, totp: str) -> int:

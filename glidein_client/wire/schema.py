@@ -390,6 +390,19 @@ class NewSubject(_Strict, kw_only=True):
 
     name: Name
     expires_in_s: PosInt | None = None  # default: the token never expires (revoke it to end it)
+    another: bool = False  # mint a token for one that already has an active token (else 409)
+
+
+class SiteModeRequest(_Strict, kw_only=True):
+    """An operator drains, pauses or reopens a site."""
+
+    mode: SiteMode
+
+
+class SiteCapRequest(_Strict, kw_only=True):
+    """An operator caps the cores a site's jobs hold at once (null: no cap)."""
+
+    max_cpus: PosInt | None = None
 
 
 class TokenRequest(_Strict, kw_only=True):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from types import ModuleType
 
-from glidein_server.commands import certificate, init, operator, purge, serve, sites, tokens, top, users
+from glidein_server.commands import admin, certificate, init, operator, purge, serve, sites, tokens, top, users
 
-MODULES: tuple[ModuleType, ...] = (init, serve, users, sites, tokens, operator, certificate, purge, top)
+MODULES: tuple[ModuleType, ...] = (init, serve, users, sites, tokens, operator, certificate, purge, top, admin)
 
 
 def register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:

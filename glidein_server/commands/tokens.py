@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     tadd.add_argument("--subject", required=True, help="user, site or operator name")
     tadd.add_argument("--scopes", help="comma-separated: read, write, admin, metrics (default: all the role may use)")
     tadd.add_argument("--expires-in", help="the token expires after this long (e.g. 12h; default: never)")
+    tadd.add_argument("--save", metavar="FILE", help="write the token to FILE (mode 0600) instead of printing it")
     tadd.set_defaults(handler=cmd_add)
     tlist = tsub.add_parser("list", parents=[common], help="list tokens (never the tokens themselves)")
     tlist.add_argument("--role", choices=[r.value for r in Role])

@@ -1,4 +1,5 @@
-"""Operator actions over the API (``/api/v1/admin/...``): add and revoke users, sites and tokens.
+"""Operator actions over the API (``/api/v1/admin/...``): add and revoke users, sites and tokens;
+drain, pause, reopen and cap sites. ``glidein-server admin`` calls them from the command line.
 
 Every one needs an operator token with the admin scope and a fresh one-time code (TOTP) in
 the ``X-Glidein-TOTP`` header. New tokens are shown once, in the answer; the server keeps
@@ -13,7 +14,7 @@ import time
 from aiohttp import web
 
 from glidein_client.wire.codec import convert, decode
-from glidein_client.wire.errors import NotFoundError, ValidationError
+from glidein_client.wire.errors import ConflictError, NotFoundError, ValidationError
 from glidein_client.wire.schema import (
     ROLE_SCOPES,
     Name,
@@ -21,6 +22,9 @@ from glidein_client.wire.schema import (
     Revoked,
     Role,
     Scope,
+    SiteCapRequest,
+    SiteModeRequest,
+    SiteView,
     TokenGrant,
     TokenList,
     TokenRequest,
@@ -93,6 +97,24 @@ class AdminApi:
             ),
             Route(
                 "POST",
+                "/admin/sites/{name}/mode",
+                self.site_mode,
+                "Drain, pause or reopen a site (mode draining, paused or open).",
+                OP,
+                SiteModeRequest,
+                SiteView,
+            ),
+            Route(
+                "POST",
+                "/admin/sites/{name}/cap",
+                self.site_cap,
+                "Let a site's jobs hold at most max_cpus cores at once (null: no cap).",
+                OP,
+                SiteCapRequest,
+                SiteView,
+            ),
+            Route(
+                "POST",
                 "/admin/tokens",
                 self.add_token,
                 "Mint a token with a role, subject, scopes and expiry.",
@@ -133,7 +155,20 @@ class AdminApi:
     async def _add(self, request: web.Request, role: Role) -> web.Response:
         by = await self._operator(request)
         body: NewSubject = decode(await request.read(), NewSubject, what=f"new {role.value}")
-        expires = time.time() + body.expires_in_s if body.expires_in_s else None
+        now = time.time()
+        if not body.another:
+            active = [
+                t.id
+                for t in await self.store.list_tokens(role, body.name, revoked=False)
+                if not t.revoked_at and not (t.expires_at and t.expires_at < now)
+            ]
+            if active:
+                raise ConflictError(
+                    f"The {role.value} {body.name!r} already has an active token ({', '.join(active)}).",
+                    hint="Use that one; or ask for another (another: true); or revoke it first.",
+                    field="name",
+                )
+        expires = now + body.expires_in_s if body.expires_in_s else None
         grant = await mint(self.store, role, body.name, expires_at=expires)
         log.info("operator %s added %s %s (token %s)", by.subject, role.value, body.name, grant.id)
         return json_response(grant, status=201)
@@ -155,6 +190,26 @@ class AdminApi:
         name = _name(request.match_info["name"])
         ids = await self.store.revoke_subject(Role.SITE, name, time.time())
         return await self._revoked(by, ids, f"site {name} and its pilots")
+
+    async def site_mode(self, request: web.Request) -> web.Response:
+        by = await self._operator(request)
+        name = _name(request.match_info["name"])
+        body: SiteModeRequest = decode(await request.read(), SiteModeRequest, what="site mode")
+        await self.store.set_site_mode(name, body.mode)
+        log.info("operator %s set site %s to %s", by.subject, name, body.mode.value)
+        return json_response(await self._site(name))
+
+    async def site_cap(self, request: web.Request) -> web.Response:
+        by = await self._operator(request)
+        name = _name(request.match_info["name"])
+        body: SiteCapRequest = decode(await request.read(), SiteCapRequest, what="site cap")
+        await self.store.set_site_cap(name, body.max_cpus)
+        log.info("operator %s capped site %s at %s cores", by.subject, name, body.max_cpus or "no")
+        return json_response(await self._site(name))
+
+    async def _site(self, name: str) -> SiteView:
+        summary = await self.store.summary(None)
+        return next((s for s in summary.sites if s.name == name), SiteView(name=name))
 
     async def add_token(self, request: web.Request) -> web.Response:
         by = await self._operator(request)

@@ -179,6 +179,8 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("DELETE", "/admin/users/{name}"): Entry(for_operators(200)),
     ("POST", "/admin/sites"): Entry(for_operators(201), body=lambda w: {"name": "c"}),
     ("DELETE", "/admin/sites/{name}"): Entry(for_operators(200)),
+    ("POST", "/admin/sites/{name}/mode"): Entry(for_operators(200), body=lambda w: {"mode": "draining"}),
+    ("POST", "/admin/sites/{name}/cap"): Entry(for_operators(200), body=lambda w: {"max_cpus": 8}),
     ("POST", "/admin/tokens"): Entry(
         for_operators(201), body=lambda w: {"role": "user", "subject": "carol", "scopes": ["read"]}
     ),
