@@ -5,24 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 from glidein_client.user import config as user_config
-from glidein_client.user import render
-from glidein_client.user.args import parse_ids
+from glidein_client.user import lastsubmit, render
 from glidein_client.user.config import UserConfig
 from glidein_client.user.jobfile import bounded
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.codec import encode
 from glidein_client.wire.errors import AuthError, ForbiddenError, GlideinError, NotFoundError, ServerUnreachable
-from glidein_client.wire.schema import JobList, JobView
+from glidein_client.wire.schema import JobList, JobState, JobView
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -32,6 +28,7 @@ IDS_PER_REQUEST = 500
 RIDE_OUT_S = 120.0
 MAX_RETRY_S = 10.0
 CONCURRENCY = 8
+ACTIVE_STATES = (JobState.IDLE, JobState.CLAIMED, JobState.RUNNING)
 EXIT_OK, EXIT_ERROR, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 3, 130  # argparse exits 2 on usage errors
 
 
@@ -135,27 +132,8 @@ class RideOut:
                 delay = min(MAX_RETRY_S, delay * 2)
 
 
-def _last_submit_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "glidein" / "last-submit.json"
-
-
-def remember_submit(url: str, ids: Sequence[int]) -> None:
-    """Note the ids of this submit, so that ``glidein wait`` without ids knows them (best effort)."""
-    path = _last_submit_file()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"url": url, "ids": render.compress_ids(ids)}))
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.debug("cannot note the last submit in %s: %s", path, exc)
-
-
-def last_submit(url: str) -> list[int]:
-    """The ids of the last ``glidein submit`` to this server from this account, or none."""
-    try:
-        noted = json.loads(_last_submit_file().read_text())
-        return parse_ids([noted["ids"]]) if noted.get("url") == url and noted.get("ids") else []
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
+async def default_ids(api: ApiClient, url: str) -> list[int]:
+    """What ``wait`` and ``status`` without ids are about: the jobs of the last submit and every job
+    still active (idle, claimed, running), as ``condor_q`` shows -- not all of history."""
+    active = await bounded(3, lambda s: list_all(api, state=s.value, label=None), ACTIVE_STATES)
+    return sorted({*(j.id for listed in active for j in listed.jobs), *lastsubmit.last(url)})

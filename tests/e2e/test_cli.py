@@ -77,6 +77,7 @@ async def glidein(live_server: Any, tmp_path: Path) -> Glidein:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLIDEIN_")}
     env.update(
         XDG_CONFIG_HOME=str(tmp_path / "no-config"),
+        XDG_STATE_HOME=str(tmp_path / "state"),
         GLIDEIN_URL=live_server.url,
         GLIDEIN_TOKEN_FILE=str(token_file),
     )

@@ -74,6 +74,7 @@ def test_every_readme_command_runs_as_written(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLIDEIN_")}
     env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}")
     env.pop("XDG_CONFIG_HOME", None)
+    env.pop("XDG_STATE_HOME", None)
     proc = subprocess.Popen(
         ["unshare", "-n", "bash", str(tmp_path / "readme.sh")],
         cwd=work,

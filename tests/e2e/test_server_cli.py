@@ -185,6 +185,7 @@ def test_glidein_rides_out_a_server_that_is_restarting(state: Path, tmp_path: Pa
         GLIDEIN_URL=f"http://127.0.0.1:{port.split('=')[1].strip()}",
         GLIDEIN_TOKEN_FILE=str(token),
         XDG_CONFIG_HOME=str(tmp_path / "no-config"),
+        XDG_STATE_HOME=str(tmp_path / "state"),
     )
     status = subprocess.Popen(
         [sys.executable, "-m", "glidein_client.user.cli", "status"],

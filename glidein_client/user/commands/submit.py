@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from glidein_client.user import render
+from glidein_client.user import lastsubmit, render
 from glidein_client.user.args import arg_type, key_value, positive
 from glidein_client.user.jobfile import JobDraft, build_drafts, check_all, load_jobfile, read_local_files, upload_files
-from glidein_client.user.session import EXIT_OK, connect, emit_json, load_config, remember_submit
+from glidein_client.user.session import EXIT_OK, connect, emit_json, load_config
 from glidein_client.wire.errors import GlideinError, ValidationError
 from glidein_client.wire.schema import MAX_JOBS_PER_REQUEST
 from glidein_client.wire.units import parse_duration_s, parse_memory_mb
@@ -116,13 +116,14 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             except GlideinError as exc:
                 if not ids:
                     raise
+                lastsubmit.remember(cfg.url, ids)
                 raise type(exc)(
                     f"{exc.message} Jobs {render.compress_ids(ids)} were submitted before this; "
                     f"{len(specs) - len(ids)} were not.",
                     hint=exc.hint,
                     **exc.fields,
                 ) from None
-    remember_submit(cfg.url, ids)
+    lastsubmit.remember(cfg.url, ids)
     if args.json:
         emit_json({"ids": ids})
     else:

@@ -16,9 +16,9 @@ from glidein_client.user.session import (
     EXIT_TIMEOUT,
     RideOut,
     connect,
+    default_ids,
     emit_json,
     jobs_by_ids,
-    last_submit,
     list_all,
     load_config,
     require_found,
@@ -64,13 +64,6 @@ async def _poll(api: ApiClient, args: argparse.Namespace) -> Snapshot:
     return snap
 
 
-async def _active_ids(api: ApiClient, label: str | None) -> list[int]:
-    """Like condor_wait on what condor_q shows: the jobs active now (with those of the last submit),
-    not every job in history."""
-    listed = await list_all(api, state=None, label=label)
-    return [j.id for j in listed.jobs if not j.state.final]
-
-
 def _nothing_to_wait_for(as_json: bool) -> int:
     if as_json:
         emit_json({"total": 0, "counts": {}, "timed_out": False, "failed_ids": []})
@@ -87,8 +80,7 @@ async def cmd_wait(args: argparse.Namespace) -> int:
     patiently = RideOut()
     async with connect(args) as api:
         if not args.ids and not args.label:  # a label names its jobs, finished ones too
-            active = await patiently(lambda: _active_ids(api, None))
-            args.ids = sorted({*active, *last_submit(load_config(args).url)})
+            args.ids = await patiently(lambda: default_ids(api, load_config(args).url))
             if not args.ids:
                 return _nothing_to_wait_for(args.json)
         try:
