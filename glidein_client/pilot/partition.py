@@ -8,10 +8,14 @@ neighbouring physical cores. A pilot may offer more slots than it has cores
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import heapq
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from glidein_client.wire.schema import Outcome
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,48 @@ def plan_starts(
         free_gpus -= need.gpus
         memory_mb -= need.memory_mb
         disk_mb -= need.disk_mb
+    return start, give_back
+
+
+def plan_starts_by_shape(
+    queues: Iterable[tuple[Need, Iterator[tuple[int, T]]]],
+    free_slots: int,
+    free_gpus: int,
+    memory_mb: int,
+    disk_mb: int,
+    left_s: float,
+) -> tuple[list[T], list[T]]:
+    """:func:`plan_starts` over jobs grouped by what they need, at a cost set by the jobs it starts or
+    gives back and the number of shapes, not by how many wait.
+
+    Each queue holds the jobs of one shape as ``(position, job)`` with ascending positions (their
+    place in the one waiting order). The answer is the same as :func:`plan_starts` on the jobs in
+    position order: it walks them merged by position, and drops a whole shape at its first job that
+    does not fit, since what is free only shrinks as it goes.
+    """
+    heads: list[tuple[int, int, Need, T, Iterator[tuple[int, T]]]] = []
+    for n, (need, jobs) in enumerate(queues):
+        first = next(jobs, None)
+        if first is not None:
+            heads.append((first[0], n, need, first[1], jobs))
+    heapq.heapify(heads)
+    start: list[T] = []
+    give_back: list[T] = []
+    while heads and free_slots > 0:
+        _, n, need, job, jobs = heapq.heappop(heads)
+        if need.walltime_s > left_s:
+            give_back.append(job)
+        elif need.memory_mb > memory_mb or need.disk_mb > disk_mb or need.cpus > free_slots or need.gpus > free_gpus:
+            continue  # neither this job nor any later one of its shape fits this time
+        else:
+            start.append(job)
+            free_slots -= need.cpus
+            free_gpus -= need.gpus
+            memory_mb -= need.memory_mb
+            disk_mb -= need.disk_mb
+        following = next(jobs, None)
+        if following is not None:
+            heapq.heappush(heads, (following[0], n, need, following[1], jobs))
     return start, give_back
 
 

@@ -22,7 +22,7 @@ from glidein_client.pilot.backlog import Backlog
 from glidein_client.pilot.channels.base import Channel
 from glidein_client.pilot.executor import RunResult
 from glidein_client.pilot.flights import Flight, Flights
-from glidein_client.pilot.partition import Need, SlotPool, plan_starts
+from glidein_client.pilot.partition import SlotPool
 from glidein_client.pilot.resources import Detected
 from glidein_client.pilot.selftest import self_test
 from glidein_client.pilot.settings import Phase, PilotSettings
@@ -396,28 +396,22 @@ class Pilot:
     def _dispatch(self, now: float) -> None:
         if not self.backlog or self.pool.free_slots <= 0:
             return
-        waiting = [self.backlog.popleft() for _ in range(len(self.backlog))]
-        start, give_back = plan_starts(
-            [Need(c.spec.cpus, c.spec.memory_mb, c.spec.gpus, c.spec.disk_mb, c.spec.walltime_s) for c in waiting],
-            self.pool.free_slots,
-            self.pool.free_gpus,
-            self.mem_free,
-            self.disk_free,
-            self.end_time - now - self.settings.end_margin_s,
+        left_s = self.end_time - now - self.settings.end_margin_s
+        start, give_back = self.backlog.plan(
+            self.pool.free_slots, self.pool.free_gpus, self.mem_free, self.disk_free, left_s
         )
-        for i in give_back:
-            self._report_unstarted(waiting[i], "it would not finish before the pilot's end")
-        for i in start:
-            claim = waiting[i]
+        for claim in give_back:
+            self.backlog.take(claim.attempt_id)
+            self._report_unstarted(claim, "it would not finish before the pilot's end")
+        for claim in start:
+            self.backlog.take(claim.attempt_id)
             alloc = self.pool.allocate(claim.spec.cpus, claim.spec.gpus)
-            assert alloc is not None  # plan_starts counted the free slots and GPUs
+            assert alloc is not None  # the plan counted the free slots and GPUs
             self.mem_free -= claim.spec.memory_mb
             self.disk_free -= claim.spec.disk_mb
             entry = Running(claim, alloc, time.time())
             self.running[claim.attempt_id] = entry
             entry.task = asyncio.create_task(self._run_job(entry))
-        taken = set(start) | set(give_back)
-        self.backlog.putback([c for i, c in enumerate(waiting) if i not in taken])
 
     def _report_unstarted(self, claim: ClaimedJob, reason: str) -> None:
         self.finished.append(

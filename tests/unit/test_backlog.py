@@ -7,7 +7,8 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from glidein_client.pilot.backlog import Backlog
+from glidein_client.pilot.backlog import Backlog, need_of
+from glidein_client.pilot.partition import plan_starts
 from glidein_client.wire.schema import ClaimedJob, JobSpec
 
 
@@ -31,7 +32,7 @@ def sums(claims: list[ClaimedJob]) -> tuple[int, int, int, int]:
 
 @given(
     st.lists(st.tuples(st.integers(1, 8), st.integers(1, 4000), st.integers(0, 2)), max_size=20),
-    st.lists(st.sampled_from(["pop", "take", "putback"]), max_size=30),
+    st.lists(st.sampled_from(["pop", "take", "add"]), max_size=30),
     st.randoms(),
 )
 def test_sums_follow_every_change(shapes: list[tuple[int, int, int]], ops: list[str], rnd: random.Random) -> None:
@@ -47,10 +48,47 @@ def test_sums_follow_every_change(shapes: list[tuple[int, int, int]], ops: list[
             victim = rnd.choice(model)
             assert b.take(victim.attempt_id) is victim
             model.remove(victim)
-        elif op == "putback" and taken:
-            b.putback(taken)
-            model = taken + model
+        elif op == "add" and taken:
+            b.extend(taken + model[:1])  # one already waiting: not added twice
+            model += taken
             taken = []
         assert list(b) == model
         assert (b.cpus, b.memory_mb, b.gpus, b.disk_mb) == sums(model)
     assert b.take(10_000) is None
+
+
+SHAPES = st.tuples(st.integers(1, 4), st.sampled_from([100, 500, 2000]), st.integers(0, 1), st.sampled_from([60, 7200]))
+
+
+@given(
+    st.lists(SHAPES, max_size=40),
+    st.integers(0, 8),
+    st.integers(0, 2),
+    st.integers(0, 4000),
+    st.randoms(),
+)
+def test_plan_matches_the_walk_over_every_waiting_job(
+    shapes: list[tuple[int, int, int, int]], free_slots: int, free_gpus: int, memory_mb: int, rnd: random.Random
+) -> None:
+    """Grouped by shape, the backlog starts and gives back exactly the jobs that the plain walk over
+    all waiting jobs (plan_starts, the rule the simulator also uses) picks, in the same order."""
+    b = Backlog()
+    claims = [
+        ClaimedJob(
+            attempt_id=1000 - i,  # arrival order, not attempt order, is what counts
+            job_id=i,
+            lease="x",
+            spec=JobSpec(argv=["true"], cpus=c, memory_mb=m, gpus=g, disk_mb=1, walltime_s=w),
+        )
+        for i, (c, m, g, w) in enumerate(shapes)
+    ]
+    b.extend(claims)
+    for victim in rnd.sample(claims, len(claims) // 4):  # cancels leave holes in the order
+        b.take(victim.attempt_id)
+    waiting = list(b)
+    start, give_back = plan_starts([need_of(c) for c in waiting], free_slots, free_gpus, memory_mb, 100, 3600)
+    assert b.plan(free_slots, free_gpus, memory_mb, 100, 3600) == (
+        [waiting[i] for i in start],
+        [waiting[i] for i in give_back],
+    )
+    assert list(b) == waiting  # planning takes nothing out

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import glidein_client.pilot.backlog as real_backlog
 import glidein_client.pilot.partition as partition
 import glidein_client.pilot.pilot as real_pilot
 import glidein_client.pilot.stats as real_stats
@@ -120,7 +121,9 @@ def test_the_simulator_calls_the_functions_the_server_client_and_pilot_call(monk
     assert engine.select is real_store.select is matchmaking.select
     assert engine.site_demand is real_sites.dm.site_demand
     assert engine.decide is real_client.decide is decisions.decide
-    assert engine.plan_starts is real_pilot.plan_starts is partition.plan_starts
+    # The pilot walks its backlog by shape: the same choices as plan_starts (tests/unit/test_backlog.py).
+    assert engine.plan_starts is partition.plan_starts
+    assert real_backlog.plan_starts_by_shape is partition.plan_starts_by_shape
     assert engine.failure_streak is real_stats.failure_streak is partition.failure_streak
     assert engine.SlotPool is real_pilot.SlotPool
     assert engine.plan_attempt_end is real_attempts.plan_attempt_end
