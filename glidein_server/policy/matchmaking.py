@@ -65,8 +65,8 @@ PLAIN_POLICY = MatchPolicy(eol_window_s=0.0, gpu_first=False)
 def claim_order(priority: int, cpus: int, job_id: int) -> tuple[int, int, int]:
     """Sort key of one user's idle jobs for a claim: higher priority, then more cpus, then older (lower id).
 
-    The store's ``idle_candidates_of`` query sorts each user's jobs by the same (``ORDER BY
-    priority DESC, cpus DESC, id``); between users :func:`glidein_server.policy.fairshare.fair_order` decides.
+    The store reads each user's best jobs of each fitting shape and merges them by this key
+    (:mod:`glidein_server.store.candidates`); between users :func:`glidein_server.policy.fairshare.fair_order` decides.
     """
     return (-priority, -cpus, job_id)
 

@@ -23,6 +23,7 @@ from glidein_server.policy.fairshare import fair_order
 from glidein_server.policy.lifecycle import pilot_start_failed, site_health_blend
 from glidein_server.policy.matchmaking import Candidate, Capacity, select
 from glidein_server.policy.site_control import within_room
+from glidein_server.store import candidates
 from glidein_server.store.postgres_attempts import PostgresAttempts
 from glidein_server.store.postgres_base import Connection, Q
 from glidein_server.store.postgres_jobs import spec_decoder
@@ -167,10 +168,12 @@ class PostgresPilots(PostgresAttempts):
             for owner, *row in await con.fetch(Q["idle_candidates_staged"], *args, site):
                 queues.setdefault(owner, []).append(Candidate(*row))
         else:  # each user's best few: however many jobs one user queued, the others are still seen
-            for (owner,) in await con.fetch(Q["idle_owners"]):
-                rows = await con.fetch(Q["idle_candidates_of"], *args, owner)
+            shapes = candidates.fitting(await con.fetch(Q["idle_shapes"]), *args[:4], req.lifetime_s, site)
+            columns = [list(c) for c in zip(*shapes, strict=True)]
+            for (owner,) in await con.fetch(Q["idle_owners"]) if shapes else ():
+                rows = await con.fetch(Q["idle_candidates_by_shape"], *columns, owner, scan)
                 if rows:
-                    queues[owner] = [Candidate(*r) for r in rows]
+                    queues[owner] = [Candidate(*r) for r in candidates.best(rows, scan)]
         if not queues:
             return []
         in_use = {r[0]: int(r[1]) for r in await con.fetch(Q["busy_cores"])} if len(queues) > 1 else {}

@@ -112,10 +112,10 @@ class SqliteJobs(SqliteSites):
             counts = dict(db.execute(counts_sql, args).fetchall())
             return [self._job_view(db, r) for r in rows], counts
 
-        return await self._run(read, self._conn)
+        return await self._read(read, self._conn)
 
     async def get_job(self, job_id: int) -> JobView | None:
-        return await self._run(self._read_job, self._conn, job_id)
+        return await self._read(self._read_job, self._conn, job_id)
 
     async def cancel_job(self, job_id: int, now: float) -> JobView:
         def tx(db: sqlite3.Connection) -> JobView:
@@ -147,14 +147,14 @@ class SqliteJobs(SqliteSites):
         return await self._tx(tx)
 
     async def attempts_of(self, job_id: int) -> list[AttemptView]:
-        return await self._run(lambda db: attempt_views(db, job_id), self._conn)
+        return await self._read(lambda db: attempt_views(db, job_id), self._conn)
 
     async def job_output(self, job_id: int, name: str) -> OutputFile | None:
         def read(db: sqlite3.Connection) -> OutputFile | None:
             row = db.execute(Q["job_output"], (job_id, name)).fetchone()
             return None if row is None else OutputFile(name=row[0], sha256=row[1], size=row[2])
 
-        return await self._run(read, self._conn)
+        return await self._read(read, self._conn)
 
     # --- files ------------------------------------------------------------------------------
 
@@ -172,4 +172,4 @@ class SqliteJobs(SqliteSites):
                 return db.execute(Q["file_user_may_read"], (sha256, who, sha256, who)).fetchone() is not None
             return db.execute(Q["file_pilot_may_read"], (int(principal.subject), sha256, sha256)).fetchone() is not None
 
-        return await self._run(read, self._conn)
+        return await self._read(read, self._conn)

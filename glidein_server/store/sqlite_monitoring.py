@@ -38,7 +38,7 @@ class SqliteMonitoring(SqliteSites):
                 attempts=[(s, o, n) for s, o, n in db.execute(Q["monitoring_attempts"])],
             )
 
-        return await self._run(read, self._conn)
+        return await self._read(read, self._conn)
 
     async def datasets(self, dataset_key: str) -> list[DatasetRow]:
         def read(db: sqlite3.Connection) -> list[DatasetRow]:
@@ -50,4 +50,4 @@ class SqliteMonitoring(SqliteSites):
             used = {name: (cpu, wall) for name, cpu, wall in db.execute(Q["dataset_efficiency"], (dataset_key,))}
             return [DatasetRow(name, states[name], cores[name], *used.get(name, (0.0, 0.0))) for name in sorted(states)]
 
-        return await self._run(read, self._conn)
+        return await self._read(read, self._conn)

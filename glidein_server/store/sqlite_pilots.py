@@ -20,6 +20,7 @@ from glidein_server.policy.fairshare import fair_order
 from glidein_server.policy.lifecycle import pilot_start_failed, site_health_blend
 from glidein_server.policy.matchmaking import Candidate, Capacity, select
 from glidein_server.policy.site_control import within_room
+from glidein_server.store import candidates
 from glidein_server.store.sqlite_attempts import SqliteAttempts
 from glidein_server.store.sqlite_base import Q
 from glidein_server.store.sqlite_sites import spec_decoder
@@ -193,10 +194,15 @@ class SqlitePilots(SqliteAttempts):
                 queues.setdefault(owner, []).append(Candidate(*row))
         else:  # each user's best few: however many jobs one user queued, the others are still seen
             per_user = min(CLAIM_SCAN, 2 * (cap.cpus + req.want) + 8)
-            for (owner,) in db.execute(Q["idle_owners"]).fetchall():
-                rows = db.execute(Q["idle_candidates_of"], (owner, *fits, per_user)).fetchall()
+            shapes = candidates.fitting(db.execute(Q["idle_shapes"]), *fits[:4], req.lifetime_s, site)
+            for (owner,) in db.execute(Q["idle_owners"]).fetchall() if shapes else ():
+                rows = [
+                    row
+                    for shape in shapes
+                    for row in db.execute(Q["idle_candidates_of_shape"], (owner, *shape, per_user))
+                ]
                 if rows:
-                    queues[owner] = [Candidate(*r) for r in rows]
+                    queues[owner] = [Candidate(*r) for r in candidates.best(rows, per_user)]
         if not queues:
             return []
         in_use: dict[str, int] = dict(db.execute(Q["busy_cores"]).fetchall()) if len(queues) > 1 else {}

@@ -59,7 +59,7 @@ class SqliteSites(SqliteTokens):
                 demand, pilots=pilots, start_failures=failures, backoff_s=backoff, mode=mode, max_cpus=max_cpus
             )
 
-        return await self._run(read, self._conn)
+        return await self._read(read, self._conn)
 
     async def summary(self, owner: str | None) -> Summary:
         def read(db: sqlite3.Connection) -> Summary:
@@ -98,7 +98,7 @@ class SqliteSites(SqliteTokens):
             ]
             return Summary(jobs=jobs, pilots=pilots, sites=sites, occupancy=occupancy, problems=problems)
 
-        return await self._run(read, self._conn)
+        return await self._read(read, self._conn)
 
     # --- the operator's hand: drain, pause, cap ---------------------------------------------------
 
@@ -158,7 +158,7 @@ class SqliteSites(SqliteTokens):
             eligible = [job(r) for r in db.execute(Q["staging_eligible"], (f",{site},", *fit, site, limit))]
             return StagingView(staged=staged, eligible=eligible)
 
-        return await self._run(read, self._conn)
+        return await self._read(read, self._conn)
 
     async def report_staging(
         self, site: str, staged: Sequence[int], released: Sequence[int], now: float

@@ -36,7 +36,7 @@ class SqliteTokens(SqliteBase):
 
     async def lookup_token(self, token_hash: str, now: float) -> Principal | None:
         """The token's principal (expired ones too: the caller says so); None if unknown or revoked."""
-        row = await self._run(lambda: self._conn.execute(Q["token_lookup"], (token_hash,)).fetchone())
+        row = await self._read(lambda: self._conn.execute(Q["token_lookup"], (token_hash,)).fetchone())
         if row is None:
             return None
         role = Role(row[0])
@@ -62,7 +62,7 @@ class SqliteTokens(SqliteBase):
                 for i, ro, su, sc, c, e, rv in rows
             ]
 
-        return await self._run(read, self._conn)
+        return await self._read(read, self._conn)
 
     async def revoke_token(self, token_id: str, now: float) -> list[str]:
         return await self._tx(lambda db: [r[0] for r in db.execute(Q["token_revoke"], (now, token_id))])
@@ -88,7 +88,7 @@ class SqliteTokens(SqliteBase):
         await self._tx(lambda db: db.execute(Q["totp_set"], (subject, secret, now)))
 
     async def get_totp(self, subject: str) -> bytes | None:
-        row = await self._run(lambda: self._conn.execute(Q["totp_get"], (subject,)).fetchone())
+        row = await self._read(lambda: self._conn.execute(Q["totp_get"], (subject,)).fetchone())
         return None if row is None else bytes(row[0])
 
     async def use_totp_step(self, subject: str, step: int) -> bool:

@@ -451,7 +451,7 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
             "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
         )
         db.close()
-        latest = 2
+        latest = 3  # retention (2) and claims by shape (3)
     else:
         assert isinstance(store, PostgresStore)
         con = await asyncpg.connect(store.url)
@@ -460,7 +460,7 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
             "DROP INDEX outputs_job; UPDATE meta SET value = '2' WHERE key = 'schema_version'"
         )
         await con.close()
-        latest = 5  # retention (3), site control (4) and numbered claims (5)
+        latest = 6  # retention (3), site control (4), numbered claims (5) and claims by shape (6)
     await store.open()
     assert [j.id for j in (await store.list_jobs(JobFilter()))[0]] == ids
     # The upgrade's trigger works: a purged job leaves the counts.
@@ -470,10 +470,12 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
     if isinstance(store, SqliteStore):
         db = sqlite3.connect(store.path)
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(latest)
+        assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'jobs_idle_shape'").fetchone()[0] == 1
         db.close()
     else:
         con = await asyncpg.connect(store.url)
         assert await con.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") == str(latest)
+        assert await con.fetchval("SELECT count(*) FROM pg_indexes WHERE indexname = 'jobs_idle_shape'") == 1
         await con.close()
 
 

@@ -207,6 +207,14 @@ ALTER TABLE sites ADD COLUMN IF NOT EXISTS pilot_failure TEXT;
 -- The number of the pilot's sync whose answer carried a claim: only a later sync can lose it.
 ALTER TABLE attempts ADD COLUMN IF NOT EXISTS claim_seq BIGINT;
 
+-- name: migration_6
+-- Claims read each fitting shape's best idle jobs (jobs_idle_shape) instead of scanning the idle
+-- jobs in claim order, which walked past every job too big for the pilot.
+DROP INDEX IF EXISTS jobs_idle;
+DROP INDEX IF EXISTS jobs_idle_owner;
+CREATE INDEX IF NOT EXISTS jobs_idle_shape
+ON jobs (owner, cpus, memory_mb, gpus, disk_mb, walltime_s, sites, priority DESC, id) WHERE state = 'idle';
+
 -- name: schema_version_table
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
@@ -523,14 +531,20 @@ WITH RECURSIVE o(owner) AS (
 )
 SELECT owner FROM o WHERE owner IS NOT NULL;
 
--- name: idle_candidates_of
-SELECT id, cpus, memory_mb, gpus, disk_mb, walltime_s
-FROM jobs
-WHERE state = 'idle' AND owner = $8 AND cpus <= $1 AND memory_mb <= $2 AND gpus <= $3 AND disk_mb <= $4
-  AND walltime_s <= $5 AND (sites = '' OR position($6 in sites) > 0)
-ORDER BY priority DESC, cpus DESC, id
-LIMIT $7
-FOR UPDATE SKIP LOCKED;
+-- name: idle_candidates_by_shape
+-- One user's best idle jobs of each shape ($1..$6: the shapes' columns), each an index seek however
+-- long the queue, locked as they are read, skipping rows another claimer holds.
+SELECT j.id, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s, j.priority
+FROM unnest($1::int[], $2::bigint[], $3::int[], $4::bigint[], $5::bigint[], $6::text[])
+     AS s(cpus, memory_mb, gpus, disk_mb, walltime_s, sites)
+CROSS JOIN LATERAL (
+    SELECT id, cpus, memory_mb, gpus, disk_mb, walltime_s, priority FROM jobs
+    WHERE state = 'idle' AND owner = $7 AND cpus = s.cpus AND memory_mb = s.memory_mb AND gpus = s.gpus
+      AND disk_mb = s.disk_mb AND walltime_s = s.walltime_s AND sites = s.sites
+    ORDER BY priority DESC, id
+    LIMIT $8
+    FOR UPDATE SKIP LOCKED
+) j;
 
 -- name: busy_cores
 SELECT owner, sum(cpus)::bigint FROM jobs WHERE state IN ('claimed', 'running') GROUP BY owner;

@@ -52,9 +52,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     site TEXT,
     result_attempt INTEGER
 );
-CREATE INDEX IF NOT EXISTS jobs_idle ON jobs (priority DESC, cpus DESC, id) WHERE state = 'idle';
--- Fair share: each user's idle jobs in that user's own order, and the cores each user holds.
-CREATE INDEX IF NOT EXISTS jobs_idle_owner ON jobs (owner, priority DESC, cpus DESC, id) WHERE state = 'idle';
+-- Each user's idle jobs by shape (jobs_idle_shape, from migration_3) and the cores each user holds.
 CREATE INDEX IF NOT EXISTS jobs_busy_owner ON jobs (owner, cpus) WHERE state IN ('claimed', 'running');
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, id);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
@@ -220,19 +218,20 @@ VALUES (?, 'idle', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 -- name: idle_owners
 -- The users with idle jobs: one index seek per user (a skip scan), not a scan of the idle jobs.
 WITH RECURSIVE o(owner) AS (
-    SELECT min(owner) FROM jobs INDEXED BY jobs_idle_owner WHERE state = 'idle'
+    SELECT min(owner) FROM jobs INDEXED BY jobs_idle_shape WHERE state = 'idle'
     UNION ALL
-    SELECT (SELECT min(owner) FROM jobs INDEXED BY jobs_idle_owner WHERE state = 'idle' AND owner > o.owner)
+    SELECT (SELECT min(owner) FROM jobs INDEXED BY jobs_idle_shape WHERE state = 'idle' AND owner > o.owner)
     FROM o WHERE o.owner IS NOT NULL
 )
 SELECT owner FROM o WHERE owner IS NOT NULL;
 
--- name: idle_candidates_of
-SELECT id, cpus, memory_mb, gpus, disk_mb, walltime_s
-FROM jobs INDEXED BY jobs_idle_owner
-WHERE state = 'idle' AND owner = ? AND cpus <= ? AND memory_mb <= ? AND gpus <= ? AND disk_mb <= ?
-  AND walltime_s <= ? AND (sites = '' OR instr(sites, ?) > 0)
-ORDER BY priority DESC, cpus DESC, id
+-- name: idle_candidates_of_shape
+-- One user's best idle jobs of one shape: a single index seek, however long the queue.
+SELECT id, cpus, memory_mb, gpus, disk_mb, walltime_s, priority
+FROM jobs INDEXED BY jobs_idle_shape
+WHERE state = 'idle' AND owner = ? AND cpus = ? AND memory_mb = ? AND gpus = ? AND disk_mb = ? AND walltime_s = ?
+  AND sites = ?
+ORDER BY priority DESC, id
 LIMIT ?;
 
 -- name: busy_cores
@@ -665,6 +664,14 @@ CREATE TRIGGER IF NOT EXISTS job_counts_delete AFTER DELETE ON jobs
 BEGIN
     UPDATE job_counts SET n = n - 1 WHERE owner = OLD.owner AND state = OLD.state AND multicore = (OLD.cpus > 1);
 END;
+
+-- name: migration_3
+-- Claims read each fitting shape's best idle jobs (jobs_idle_shape) instead of scanning the idle
+-- jobs in claim order, which walked past every job too big for the pilot.
+DROP INDEX IF EXISTS jobs_idle;
+DROP INDEX IF EXISTS jobs_idle_owner;
+CREATE INDEX IF NOT EXISTS jobs_idle_shape
+ON jobs (owner, cpus, memory_mb, gpus, disk_mb, walltime_s, sites, priority DESC, id) WHERE state = 'idle';
 
 -- Retention: finished jobs older than a cutoff leave with their attempts and outputs, in batches.
 

@@ -1,0 +1,45 @@
+"""The claim's candidate scan, bounded by job shape rather than by queue length.
+
+Idle jobs are indexed by (owner, shape, priority, id), where a shape is (cpus, memory, GPUs, disk,
+walltime, sites). A claim reads the shapes that have idle jobs (a small running aggregate), keeps
+those that fit the pilot, reads each fitting shape's best few jobs with one index seek, and merges
+them in claim order. The result is the same set the plain scan "every fitting idle job in claim
+order, first N" gives, but a pilot with room for one small job no longer walks past every large
+job queued before it: the work grows with the number of shapes, not of jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from glidein_server.policy.matchmaking import claim_order
+
+#: (cpus, memory_mb, gpus, disk_mb, walltime_s, sites key) of idle jobs
+Shape = tuple[int, int, int, int, int, str]
+
+
+def fitting(
+    shapes: Iterable[Any],
+    cpus: int,
+    memory_mb: int,
+    gpus: int,
+    disk_mb: int,
+    lifetime_s: float,
+    site: str,
+) -> list[Shape]:
+    """The shapes (first six columns of each row) that fit the capacity, the lifetime and the site."""
+    key = f",{site},"
+    out: list[Shape] = []
+    for row in shapes:
+        c, m, g, d, w, s = (int(row[0]), int(row[1]), int(row[2]), int(row[3]), int(row[4]), str(row[5]))
+        if c <= cpus and m <= memory_mb and g <= gpus and d <= disk_mb and w <= lifetime_s and (not s or key in s):
+            out.append((c, m, g, d, w, s))
+    return out
+
+
+def best(rows: Iterable[Any], limit: int) -> list[tuple[int, int, int, int, int, int]]:
+    """The first ``limit`` rows (id, cpus, memory_mb, gpus, disk_mb, walltime_s, priority) in claim order
+    (priority, then more cores, then oldest), without the priority."""
+    ordered = sorted(rows, key=lambda r: claim_order(r[6], r[1], r[0]))[:limit]
+    return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in ordered]
