@@ -132,7 +132,7 @@ class Demo:
         site_config.write_text(f"""\
 [site]
 name = "local"
-server_url = "{url}"
+url = "{url}"
 ca_file = "{self.ca_file}"
 token_file = "{self.secret("site.token", site["token"])}"
 scheduler = "local"

@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from glidein_client.pilot.channels.staged import CHANNELS, open_channel
 from glidein_client.pilot.hardening import harden, take_token
@@ -50,12 +51,23 @@ _seconds = _units(_plain_or(parse_duration_s))
 _seconds_int = _units(lambda t: int(_plain_or(parse_duration_s)(t)))
 
 
+def _option(sp: argparse.ArgumentParser, name: str, old: str | None, **kw: Any) -> None:
+    """``name`` with its help; ``old`` (an earlier spelling, still on already-submitted pilots' command
+    lines) as a hidden alias of it."""
+    dest = kw.pop("dest", None) or name.lstrip("-").replace("-", "_")
+    sp.add_argument(name, dest=dest, **kw)
+    if old is not None:
+        kw.update(help=argparse.SUPPRESS, default=argparse.SUPPRESS)
+        kw.pop("required", None)
+        sp.add_argument(old, dest=dest, **kw)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glidein-pilot", description="A glidein pilot: claims and runs jobs.")
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, text in (("run", "run the pilot"), ("self-test", "check this node and the server, then exit")):
         sp = sub.add_parser(name, help=text)
-        sp.add_argument("--server-url", required=True)
+        _option(sp, "--url", "--server-url", default=None, help="the glidein server's URL (required)")
         sp.add_argument("--token-file", required=True, help="the pilot's token (mode 0600)")
         sp.add_argument(
             "--ca-file",
@@ -65,48 +77,73 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--site", default="", help="site name (for logs)")
         sp.add_argument("--scratch", default=os.environ.get("TMPDIR", "/tmp"), help="scratch directory")
         sp.add_argument("--cpus", type=int, help="slots to offer (default: detected)")
-        sp.add_argument(
+        _option(
+            sp,
             "--memory",
             "--memory-mb",
             dest="memory_mb",
             type=_size_mb,
+            metavar="SIZE",
             help="memory to offer, e.g. 2G (default: detected)",
         )
         sp.add_argument("--gpus", type=int, help="GPUs to offer (default: detected)")
-        sp.add_argument(
+        _option(
+            sp,
             "--disk",
             "--disk-mb",
             dest="disk_mb",
             type=_size_mb,
+            metavar="SIZE",
             help="scratch space to offer, e.g. 10G (default: detected)",
         )
-        sp.add_argument(
+        _option(
+            sp,
             "--walltime",
             "--walltime-s",
             dest="walltime_s",
             type=_seconds_int,
+            metavar="DURATION",
             help="own walltime, e.g. 2h (default: from the batch system)",
         )
-        sp.add_argument(
+        _option(
+            sp,
+            "--fallback-walltime",
             "--fallback-walltime-s",
-            type=int,
-            help="walltime to assume when the batch system does not tell the pilot's end time",
+            dest="fallback_walltime_s",
+            type=_seconds_int,
+            metavar="DURATION",
+            help="walltime to assume when the batch system does not tell the pilot's end time, e.g. 2h",
         )
-        sp.add_argument(
+        _option(
+            sp,
             "--idle-timeout",
             "--idle-timeout-s",
             dest="idle_timeout_s",
             type=_seconds,
+            metavar="DURATION",
             default=120.0,
-            help="leave after this long without work, e.g. 2m",
+            help="leave after this long without work, e.g. 2m (default 2m)",
         )
-        sp.add_argument(
+        _option(
+            sp,
+            "--prefetch",
             "--prefetch-s",
-            type=float,
+            dest="prefetch_s",
+            type=_seconds,
+            metavar="DURATION",
             default=2.0,
-            help="keep about this many seconds of short jobs per slot claimed ahead (0: never)",
+            help="keep about this long of short jobs per slot claimed ahead, e.g. 2s (0: never; default 2s)",
         )
-        sp.add_argument("--min-disk-mb", type=int, default=100)
+        _option(
+            sp,
+            "--min-disk",
+            "--min-disk-mb",
+            dest="min_disk_mb",
+            type=_size_mb,
+            metavar="SIZE",
+            default=100,
+            help="free scratch space the self-test asks for, e.g. 100M (default 100M)",
+        )
         sp.add_argument(
             "--require",
             action="append",
@@ -118,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
             "--channel",
             choices=CHANNELS,
             default="direct",
-            help="how to reach the server: direct; relay (--server-url is the login node's relay); "
+            help="how to reach the server: direct; relay (--url is the login node's relay); "
             "mailbox (files in --mailbox-dir); relay and mailbox take files from --staging-dir",
         )
         sp.add_argument("--staging-dir", help="the site's staging area on the shared filesystem (relay, mailbox)")
@@ -130,19 +167,27 @@ def _parser() -> argparse.ArgumentParser:
             help="how jobs are kept from the pilot and each other (default: the strongest available)",
         )
         sp.add_argument("--apptainer-image", help="the image jobs run in with --isolation apptainer")
-        sp.add_argument(
+        _option(
+            sp,
+            "--signal-grace",
             "--signal-grace-s",
-            type=float,
+            dest="signal_grace_s",
+            type=_seconds,
+            metavar="DURATION",
             default=0.0,
-            help="seconds the batch system leaves between SIGTERM/SIGUSR1 and its kill (Slurm KillWait, or "
-            "--signal=B:USR1@SECONDS): jobs that end within it finish, others are interrupted (default 0)",
+            help="time the batch system leaves between its warning signal (SIGTERM or SIGUSR1) and its kill, "
+            "e.g. 5m (Slurm: --signal=B:TERM@SECONDS, or KillWait): jobs that end within it finish, the "
+            "others are interrupted (default 0)",
         )
         sp.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.url:
+        parser.error("the following arguments are required: --url")
     # Absolute paths only: jobs are spawned with their sandbox as the working directory (spawn.py).
     for name in ("scratch", "staging_dir", "mailbox_dir"):
         if getattr(args, name, None):
@@ -168,7 +213,7 @@ async def _main(args: argparse.Namespace) -> int:
     scratch = Path(args.scratch)
     async with open_channel(
         args.channel,
-        server_url=args.server_url,
+        server_url=args.url,
         token=token,
         ca_file=args.ca_file,
         staging_dir=args.staging_dir,

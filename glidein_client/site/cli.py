@@ -138,7 +138,7 @@ def _report_json(site: SiteConfig, report: CycleReport) -> dict[str, Any]:
 
 def _report_text(site: SiteConfig, report: CycleReport) -> str:
     lines = [
-        f"site {site.name}: demand {report.demand_pilots} pilot(s), {report.queued} queued, {report.running} running",
+        f"site {site.name}: {report.pilots_text()}",
         f"submitted {len(report.submitted)}: {' '.join(report.submitted) or '-'}",
         f"removed {len(report.removed)}: {' '.join(report.removed) or '-'}",
     ]

@@ -48,12 +48,14 @@ class CycleReport:
     submitted: tuple[str, ...]  # batch ids
     removed: tuple[str, ...]  # batch ids
     reasons: tuple[str, ...]
+    suspended: int = 0  # started, then stopped by the batch system or an admin
+
+    def pilots_text(self) -> str:
+        suspended = f", {self.suspended} suspended" if self.suspended else ""
+        return f"demand {self.demand_pilots} pilot(s), {self.queued} queued, {self.running} running{suspended}"
 
     def summary(self) -> str:
-        text = (
-            f"demand {self.demand_pilots} pilot(s), {self.queued} queued, {self.running} running; "
-            f"submitted {len(self.submitted)}, removed {len(self.removed)}"
-        )
+        text = f"{self.pilots_text()}; submitted {len(self.submitted)}, removed {len(self.removed)}"
         return f"{text} ({'; '.join(self.reasons)})" if self.reasons else text
 
 
@@ -86,11 +88,11 @@ def pilot_command(site: SiteConfig, workdir: str) -> tuple[str, ...]:
     """
     shape = site.shape
     options = {
-        "--server-url": site.site.server_url,
+        "--url": site.site.server_url,
         "--token-file": os.path.join(workdir, "token"),
         "--site": site.name,
-        "--disk-mb": str(shape.disk_mb),
-        "--idle-timeout-s": str(site.idle_timeout_s),
+        "--disk": f"{shape.disk_mb}M",
+        "--idle-timeout": f"{site.idle_timeout_s}s",
         "--scratch": os.path.join(site.site.scratch_dir, "pilots"),
     }
     if site.site.scheduler == "local":
@@ -98,14 +100,16 @@ def pilot_command(site: SiteConfig, workdir: str) -> tuple[str, ...]:
         options.update(
             {
                 "--cpus": str(shape.cpus),
-                "--memory-mb": str(shape.memory_mb),
+                "--memory": f"{shape.memory_mb}M",
                 "--gpus": str(shape.gpus),
-                "--walltime-s": str(shape.walltime_s),
+                "--walltime": f"{shape.walltime_s}s",
             }
         )
     else:
         # The pilot reads its real cores, memory, GPUs and end time from the batch system.
-        options["--fallback-walltime-s"] = str(shape.walltime_s)
+        options["--fallback-walltime"] = f"{shape.walltime_s}s"
+    if site.signal_grace_s:
+        options["--signal-grace"] = f"{site.signal_grace_s}s"  # the batch script asks for the warning signal
     if site.site.ca_file:
         options["--ca-file"] = os.path.join(workdir, PILOT_CA_FILE)
     if site.isolation != "auto":
@@ -224,12 +228,12 @@ class SiteClient:
                     failure = exc
                     break
 
-        queued = sum(1 for p in pilots if p.state.active and p.state is not PilotState.RUNNING)
-        running = sum(1 for p in pilots if p.state is PilotState.RUNNING)
+        started = (PilotState.RUNNING, PilotState.SUSPENDED)
         report = CycleReport(
             demand_pilots=demand.pilots,
-            queued=queued,
-            running=running,
+            queued=sum(1 for p in pilots if p.state.active and p.state not in started),
+            running=sum(1 for p in pilots if p.state is PilotState.RUNNING),
+            suspended=sum(1 for p in pilots if p.state is PilotState.SUSPENDED),
             submitted=tuple(submitted),
             removed=removed,
             reasons=decision.reasons,

@@ -37,7 +37,8 @@ class _Section(Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
 
 class SiteSection(_Section, kw_only=True, frozen=True):
     name: Name
-    server_url: Annotated[str, Meta(pattern=r"^https?://")]
+    #: ``url`` in the file (``server_url``, its older name, is read as ``url``).
+    server_url: Annotated[str, Meta(pattern=r"^https?://")] = msgspec.field(name="url")
     token_file: str
     ca_file: str | None = None
     scheduler: SchedulerName = "local"
@@ -53,6 +54,7 @@ class PilotSection(_Section, kw_only=True, frozen=True):
     disk: str | int = "10G"
     walltime: str | int = "2h"
     idle_timeout: str | int = "2m"
+    signal_grace: str | int = 0  # the batch system's warning signal comes this long before the walltime
     whole_node: bool = False
     isolation: Isolation = "auto"
     apptainer_image: str | None = None
@@ -132,6 +134,8 @@ class SiteConfig(Struct, frozen=True, kw_only=True):
     mailbox_stale_s: int = 3600
     isolation: Isolation = "auto"
     apptainer_image: str | None = None
+    #: Seconds between the batch system's warning signal (SIGTERM) and the end of the walltime (0: none).
+    signal_grace_s: int = 0
 
     @property
     def network(self) -> Network:
@@ -179,7 +183,32 @@ def load_site_config(path: str | Path) -> SiteConfig:
     return parse_site_config(raw, path)
 
 
+#: The longest warning before the walltime: what ``sbatch --signal=B:TERM@SECONDS`` takes.
+SIGNAL_GRACE_MAX_S = 65535
+
+#: Older names of keys, read as the current ones: (section, old name, name).
+ALIASES = (("site", "server_url", "url"),)
+
+
+def _renamed(raw: dict[str, Any], path: str) -> dict[str, Any]:
+    """``raw`` with the older key names read as the current ones; both names at once is an error."""
+    out = dict(raw)
+    for section, old, new in ALIASES:
+        table = out.get(section)
+        if not isinstance(table, dict) or old not in table:
+            continue
+        if new in table:
+            raise ConfigError(
+                f"Site config {path}: [{section}] has both {new} and {old}, two names for one key.",
+                hint=f"Keep {section}.{new} ({old} is its older name).",
+                field=f"{section}.{new}",
+            )
+        out[section] = {(new if k == old else k): v for k, v in table.items()}
+    return out
+
+
 def parse_site_config(raw: dict[str, Any], path: str = "<config>") -> SiteConfig:
+    raw = _renamed(raw, path)
     try:
         data = convert(raw, SiteFile, what=f"site config {path}")
         pilot = data.pilot
@@ -191,6 +220,7 @@ def parse_site_config(raw: dict[str, Any], path: str = "<config>") -> SiteConfig
             walltime_s=parse_duration_s(pilot.walltime, field="pilot.walltime"),
         )
         idle = parse_duration_s(pilot.idle_timeout, field="pilot.idle_timeout")
+        signal_grace = parse_duration_s(pilot.signal_grace, field="pilot.signal_grace")
         max_queued = parse_duration_s(data.limits.max_queued_s, field="limits.max_queued_s")
         quota_mb = parse_memory_mb(data.staging.quota, field="staging.quota") if data.staging else 0
         stale_s = parse_duration_s(data.mailbox.stale_after, field="mailbox.stale_after") if data.mailbox else 3600
@@ -207,6 +237,13 @@ def parse_site_config(raw: dict[str, Any], path: str = "<config>") -> SiteConfig
         raise ConfigError(
             f"Site config {path}: pilot.walltime must be at least 1 minute and pilot.memory positive.",
             field="pilot.walltime",
+        )
+    if signal_grace and not 0 < signal_grace <= min(shape.walltime_s // 2, SIGNAL_GRACE_MAX_S):
+        raise ConfigError(
+            f"Site config {path}: pilot.signal_grace ({signal_grace} s) must be at most half of pilot.walltime "
+            f"({shape.walltime_s} s) and at most {SIGNAL_GRACE_MAX_S} s (what Slurm's --signal takes).",
+            hint='It is the warning before the walltime ends, e.g. "5m"; 0 turns the warning off.',
+            field="pilot.signal_grace",
         )
     if pilot.isolation == "apptainer" and not pilot.apptainer_image:
         raise ConfigError(
@@ -241,6 +278,7 @@ def parse_site_config(raw: dict[str, Any], path: str = "<config>") -> SiteConfig
         mailbox_stale_s=stale_s,
         isolation=pilot.isolation,
         apptainer_image=pilot.apptainer_image,
+        signal_grace_s=signal_grace,
     )
 
 

@@ -348,14 +348,34 @@ def test_the_pilot_takes_human_units_and_its_old_spellings() -> None:
     from glidein_client.pilot.cli import _parser
 
     new = _parser().parse_args(
-        "run --server-url u --token-file t --memory 2G --walltime 2h --disk 10G --idle-timeout 2m".split()
+        "run --url u --token-file t --memory 2G --walltime 2h --disk 10G --idle-timeout 2m "
+        "--fallback-walltime 1h --prefetch 3s --min-disk 1G --signal-grace 5m".split()
     )
     old = _parser().parse_args(
         "run --server-url u --token-file t --memory-mb 2048 --walltime-s 7200 --disk-mb 10240 "
-        "--idle-timeout-s 120".split()
+        "--idle-timeout-s 120 --fallback-walltime-s 3600 --prefetch-s 3 --min-disk-mb 1024 "
+        "--signal-grace-s 300".split()
     )
     for args in (new, old):
+        assert args.url == "u"
         assert (args.memory_mb, args.walltime_s, args.disk_mb, args.idle_timeout_s) == (2048, 7200, 10240, 120.0)
+        assert (args.fallback_walltime_s, args.prefetch_s, args.min_disk_mb, args.signal_grace_s) == (
+            3600,
+            3.0,
+            1024,
+            300.0,
+        )
+
+
+def test_the_pilot_help_shows_one_name_per_concept() -> None:
+    from glidein_client.pilot.cli import _parser
+
+    run = _parser()._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
+    text = run.format_help()
+    for shown in ("--url", "--memory SIZE", "--walltime DURATION", "--signal-grace DURATION", "--min-disk SIZE"):
+        assert shown in text
+    for hidden in ("--server-url", "--memory-mb", "--walltime-s", "--signal-grace-s", "--min-disk-mb", "--prefetch-s"):
+        assert hidden not in text
 
 
 @pytest.mark.usefixtures("clean_env")

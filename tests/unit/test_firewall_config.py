@@ -27,8 +27,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "site_configs" / "firewalled.tom
 def test_example_documents_every_key(table: str, section: type[msgspec.Struct]) -> None:
     body = EXAMPLE.read_text().split(f"[{table}]\n", 1)[1].split("\n[", 1)[0]
     for field in msgspec.structs.fields(section):
-        match = re.search(rf"^(# )?{field.name} = ", body, re.MULTILINE)
-        assert match, f"site_configs/firewalled.toml does not document {table}.{field.name}"
+        match = re.search(rf"^(# )?{field.encode_name} = ", body, re.MULTILINE)
+        assert match, f"site_configs/firewalled.toml does not document {table}.{field.encode_name}"
         assert body[: match.start()].rstrip("\n").splitlines()[-1].startswith("#"), f"{table}.{field.name}"
 
 
@@ -40,7 +40,7 @@ def test_example_parses_into_a_relay_site() -> None:
     assert site.mailbox is None  # documented in the example, used only by network = "none"
     argv = pilot_command(site, "/shared/glidein-hpc2/pilots-meta/glidein-hpc2-7")
     options = dict(zip(argv[4::2], argv[5::2], strict=True))
-    assert options["--channel"] == "relay" and options["--server-url"] == "http://10.1.0.1:8322"
+    assert options["--channel"] == "relay" and options["--url"] == "http://10.1.0.1:8322"
     assert options["--staging-dir"] == "/shared/glidein-hpc2/staging"
 
 
@@ -56,7 +56,7 @@ def test_mailbox_site_gives_each_pilot_its_own_box() -> None:
     argv = pilot_command(site, "/s/pilots-meta/glidein-hpc2-12")
     options = dict(zip(argv[4::2], argv[5::2], strict=True))
     assert options["--channel"] == "mailbox" and options["--mailbox-dir"] == "/shared/mb/glidein-hpc2-12"
-    assert options["--server-url"] == "https://glidein.example.org"  # unused by the pilot, kept for its logs
+    assert options["--url"] == "https://glidein.example.org"  # unused by the pilot, kept for its logs
 
 
 def test_direct_site_has_no_network_options() -> None:

@@ -76,7 +76,7 @@ def test_shipped_example_parses() -> None:
 def test_shipped_example_documents_every_ssh_key() -> None:
     body = EXAMPLE.read_text().split("[ssh]\n", 1)[1]
     for field in msgspec.structs.fields(SshSection):
-        match = re.search(rf"^(# )?{field.name} = ", body, re.MULTILINE)
+        match = re.search(rf"^(# )?{field.encode_name} = ", body, re.MULTILINE)
         assert match, f"site_configs/remote-slurm.toml does not document ssh.{field.name}"
         before = body[: match.start()].rstrip("\n").splitlines()
         assert before and before[-1].startswith("#"), f"ssh.{field.name} has no comment"

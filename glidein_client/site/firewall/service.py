@@ -44,7 +44,7 @@ def pilot_network_options(site: SiteConfig, workdir: str) -> dict[str, str]:
         return {}
     options = {"--staging-dir": site.staging.dir}
     if site.network is Network.RELAY and site.relay is not None:
-        options.update({"--channel": "relay", "--server-url": site.relay.pilot_url})
+        options.update({"--channel": "relay", "--url": site.relay.pilot_url})
     elif site.mailbox is not None:
         options.update(
             {"--channel": "mailbox", "--mailbox-dir": os.path.join(site.mailbox.dir, os.path.basename(workdir))}

@@ -151,6 +151,14 @@ class StateTable:
         return state
 
 
+def warning_timer(site: SiteConfig, kill_after_s: int) -> tuple[int, int]:
+    """``(seconds, kill_after_s)`` for ``timeout --signal=TERM --kill-after=K SECONDS`` in a pilot's script
+    where the batch system sends no warning of its own: with ``pilot.signal_grace`` the pilot gets its
+    SIGTERM that long before the walltime and its KILL ``kill_after_s`` after the walltime."""
+    grace = site.signal_grace_s
+    return site.shape.walltime_s - grace, kill_after_s + grace
+
+
 def render_template(
     name: str, values: dict[str, str], *, quote: bool = True, package: str = "glidein_client.site.schedulers"
 ) -> str:

@@ -57,6 +57,7 @@ from glidein_client.site.schedulers.base import (
     Refusal,
     pilot_id_from_tag,
     render_template,
+    warning_timer,
 )
 from glidein_client.site.schedulers.htcondor_ads import (
     ATTRIBUTES,
@@ -257,8 +258,8 @@ class HTCondorScheduler(BatchScheduler):
             "config": site.path.replace("\n", " "),
             "env_setup_lines": "\n".join(site.batch.env_setup),
             "cd_line": f"cd {workdir} || exit 97" if shared else 'cd "$_CONDOR_SCRATCH_DIR" || exit 97',
-            "walltime_s": str(site.shape.walltime_s),
-            "kill_after_s": str(KILL_AFTER_S),
+            "walltime_s": str(warning_timer(site, KILL_AFTER_S)[0]),
+            "kill_after_s": str(warning_timer(site, KILL_AFTER_S)[1]),
             "pilot_command_lines": shlex.join(self._pilot_argv(launch)),
         }
         return render_template("htcondor_pilot.sh", values, quote=False)
@@ -400,6 +401,14 @@ class HTCondorScheduler(BatchScheduler):
     def _directives(self, site: SiteConfig) -> list[str]:
         batch = site.batch
         out: list[str] = []
+        if site.signal_grace_s:
+            # Removal and eviction: SIGTERM, then up to pilot.signal_grace before the kill (the
+            # execute node's MachineMaxVacateTime may shorten it); the wrapper warns before the walltime.
+            out += [
+                "kill_sig                 = SIGTERM",
+                f"job_max_vacate_time      = {site.signal_grace_s}",
+                "want_graceful_removal    = true",
+            ]
         if batch.account:
             out.append(f"accounting_group         = {self._config_value(batch.account, 'batch.account')}")
         if batch.constraint:

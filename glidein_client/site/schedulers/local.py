@@ -38,6 +38,7 @@ from glidein_client.site.schedulers.base import (
     StateTable,
     pilot_id_from_tag,
     render_template,
+    warning_timer,
 )
 from glidein_client.wire.errors import SchedulerError
 
@@ -101,13 +102,14 @@ class LocalScheduler:
     # --- Scheduler protocol ------------------------------------------------------------------
 
     def render(self, launch: PilotLaunch) -> str:
+        seconds, kill_after_s = warning_timer(launch.site, self.kill_after_s)
         return render_template(
             "local.sh",
             {
                 "tag": launch.tag,
                 "batch_dir": str(self.pilot_dir(launch.tag)),
-                "walltime_s": str(launch.site.shape.walltime_s),
-                "kill_after_s": str(self.kill_after_s),
+                "walltime_s": str(seconds),
+                "kill_after_s": str(kill_after_s),
                 "env_setup_lines": "\n".join(launch.site.batch.env_setup),
                 "pilot_command_lines": shlex.join(launch.pilot_argv),
             },

@@ -289,6 +289,9 @@ class LsfScheduler(BatchScheduler):
             out += [f'-R "rusage[mem={shape.memory_mb}MB]"', f"-M {shape.memory_mb}MB"]
         if shape.gpus:
             out.append(f'-gpu "num={shape.gpus}"')
+        if site.signal_grace_s:
+            # The job warning action: SIGTERM this many minutes (rounded up) before the run limit.
+            out += ["-wa TERM", f"-wt {format_run_limit(site.signal_grace_s)}"]
         if batch.partition:
             out.append(f"-q {self.word(batch.partition, 'batch.partition', config=True)}")
         if batch.account:

@@ -62,6 +62,7 @@ from glidein_client.site.schedulers.base import (
     directive_word,
     pilot_id_from_tag,
     render_template,
+    warning_timer,
 )
 from glidein_client.site.schedulers.pbs_qstat import (
     FINISHED_LETTERS,
@@ -145,6 +146,10 @@ def _detail(result: CommandResult) -> str:
     return re.sub(r"^(qsub|sbatch):\s*(submit error\s*)?(error:\s*)?", "", chosen).strip()
 
 
+#: With pilot.signal_grace: the script's timeout kills the pilot this long after the walltime, should PBS not.
+KILL_AFTER_S = 60
+
+
 class PbsScheduler(BatchScheduler):
     """Submits pilots with ``qsub``; lists them with one ``qstat``; cancels them with ``qdel``.
 
@@ -211,10 +216,19 @@ class PbsScheduler(BatchScheduler):
             "config": site.path.replace("\n", " "),
             "env_setup_lines": "\n".join(site.batch.env_setup),
             "workdir": shlex.quote(workdir),
-            "pilot_command_lines": shlex.join(launch.pilot_argv),
+            "pilot_command_lines": shlex.join([*self._warning(site), *launch.pilot_argv]),
         }
         # Every value above is already quoted for where it goes (#PBS line or shell).
         return render_template("pbs.sh", values, quote=False)
+
+    @staticmethod
+    def _warning(site: SiteConfig) -> list[str]:
+        """PBS sends no warning before the walltime: with ``pilot.signal_grace`` the script's ``timeout``
+        sends the pilot SIGTERM that long before it (PBS itself ends the job at the walltime)."""
+        if not site.signal_grace_s:
+            return []
+        seconds, kill_after_s = warning_timer(site, KILL_AFTER_S)
+        return ["timeout", "--signal=TERM", f"--kill-after={kill_after_s}", str(seconds)]
 
     async def prepare(self) -> None:
         await self.detect_flavour()

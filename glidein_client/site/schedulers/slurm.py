@@ -296,6 +296,10 @@ class SlurmScheduler(BatchScheduler):
             out += [f"--cpus-per-task={shape.cpus}", f"--mem={shape.memory_mb}M"]
         if shape.gpus > 0:
             out.append(f"--gres=gpu:{shape.gpus}")
+        if site.signal_grace_s:
+            # SIGTERM to the batch shell only (which execs the pilot, so its jobs are not signalled),
+            # pilot.signal_grace before the time limit: the pilot lets the jobs that fit finish.
+            out.append(f"--signal=B:TERM@{site.signal_grace_s}")
         for key, option in (
             ("partition", "--partition"),
             ("account", "--account"),

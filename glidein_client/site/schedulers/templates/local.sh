@@ -18,8 +18,8 @@ trap on_term TERM INT HUP
 # Site set-up (batch.env_setup).
 ${env_setup_lines}
 
-# The walltime ends the pilot as a batch system would: TERM at ${walltime_s} s, KILL
-# ${kill_after_s} s later (exit code 124, or 137 when KILL was needed). --foreground keeps
+# The walltime ends the pilot as a batch system would: TERM at ${walltime_s} s (pilot.walltime
+# less pilot.signal_grace, the warning), KILL ${kill_after_s} s later (exit code 124, or 137 when KILL was needed). --foreground keeps
 # timeout and the pilot in this script's process group, so a signal to the group (a cancel,
 # or a kill of the whole "job") reaches all of them, as a batch system's would.
 timeout --foreground --signal=TERM --kill-after=${kill_after_s} ${walltime_s} ${pilot_command_lines} &
