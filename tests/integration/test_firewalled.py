@@ -198,7 +198,7 @@ async def test_relay_site_runs_jobs_with_staged_files(
 
     await run_site(site, ns, live_server, tmp_path, n_jobs=4, checks=relay_checks)
     scripts = _pilot_scripts(site)
-    assert f"--server-url http://{ns.login_address}:{relay_port}" in scripts and "--channel relay" in scripts
+    assert f"--url http://{ns.login_address}:{relay_port}" in scripts and "--channel relay" in scripts
     assert "ip netns exec" in scripts
     await _staging_area_cleaned(site)
 
