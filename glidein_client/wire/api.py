@@ -9,7 +9,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -35,6 +35,7 @@ from glidein_client.wire.errors import (
 from glidein_client.wire.schema import (
     AttemptView,
     Demand,
+    HoldRequest,
     JobIds,
     JobList,
     JobSpec,
@@ -49,6 +50,7 @@ from glidein_client.wire.schema import (
     PilotRegistered,
     PilotShape,
     PilotStates,
+    RetryRequest,
     Revoked,
     Role,
     SiteCapRequest,
@@ -170,7 +172,7 @@ class ApiClient:
         *,
         body: Any = None,
         data: bytes | None = None,
-        params: dict[str, str] | None = None,
+        params: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         headers: dict[str, str] | None = None,
         raw: bool = False,
     ) -> bytes:
@@ -222,20 +224,20 @@ class ApiClient:
         *,
         state: str | None = None,
         owner: str | None = None,
-        label: str | None = None,
+        label: str | Sequence[str] | None = None,
         ids: list[int] | None = None,
         limit: int = 1000,
         offset: int = 0,
     ) -> JobList:
-        params = {"limit": str(limit), "offset": str(offset)}
+        """``label``: ``k=v``, or several that the jobs must all carry."""
+        params = [("limit", str(limit)), ("offset", str(offset))]
         if state:
-            params["state"] = state
+            params.append(("state", state))
         if owner:
-            params["owner"] = owner
-        if label:
-            params["label"] = label
+            params.append(("owner", owner))
+        params += [("label", text) for text in ([label] if isinstance(label, str) else label or [])]
         if ids:
-            params["ids"] = ",".join(map(str, ids))
+            params.append(("ids", ",".join(map(str, ids))))
         return await self._json("GET", "/jobs", JobList, params=params)
 
     async def get_job(self, job_id: int) -> JobView:
@@ -244,8 +246,14 @@ class ApiClient:
     async def cancel(self, job_id: int) -> JobView:
         return await self._json("POST", f"/jobs/{job_id}/cancel", JobView)
 
-    async def retry(self, job_id: int) -> JobView:
-        return await self._json("POST", f"/jobs/{job_id}/retry", JobView)
+    async def retry(self, job_id: int, req: RetryRequest | None = None) -> JobView:
+        return await self._json("POST", f"/jobs/{job_id}/retry", JobView, body=req or RetryRequest())
+
+    async def hold(self, job_id: int, reason: str | None = None) -> JobView:
+        return await self._json("POST", f"/jobs/{job_id}/hold", JobView, body=HoldRequest(reason=reason))
+
+    async def release(self, job_id: int, reason: str | None = None) -> JobView:
+        return await self._json("POST", f"/jobs/{job_id}/release", JobView, body=HoldRequest(reason=reason))
 
     async def attempts(self, job_id: int) -> list[AttemptView]:
         return await self._json("GET", f"/jobs/{job_id}/attempts", list[AttemptView])

@@ -31,6 +31,7 @@ class JobState(str, enum.Enum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    HELD = "held"  # kept out of the queue by its owner or an operator until released (condor_hold)
 
     @property
     def final(self) -> bool:
@@ -195,6 +196,41 @@ class Usage(_Strict, kw_only=True):
     provenance: Provenance | None = None
 
 
+class JobChange(_Strict, kw_only=True):
+    """One requirement a retry changed: ``field`` (cpus, memory_mb, walltime_s, gpus, sites) from ``old`` to ``new``."""
+
+    field: str
+    old: int | list[str] | None = None
+    new: int | list[str] | None = None
+
+
+class JobEvent(_Strict, kw_only=True):
+    """One entry of a job's history: who held, released or retried it, when, why, and what changed."""
+
+    at: float
+    action: str  # held | released | retried
+    by: str  # the user or operator who did it
+    reason: str | None = None
+    changes: list[JobChange] = []
+
+
+class HoldRequest(_Strict, kw_only=True):
+    """Why a job is held or released (kept in its history)."""
+
+    reason: Annotated[str, Meta(max_length=1000)] | None = None
+
+
+class RetryRequest(_Strict, kw_only=True):
+    """Run a failed, cancelled or held job again, with new requirements where given (None: keep)."""
+
+    reason: Annotated[str, Meta(max_length=1000)] | None = None
+    cpus: Annotated[int, Meta(ge=1, le=4096)] | None = None
+    memory_mb: Annotated[int, Meta(ge=1, le=MAX_INT)] | None = None
+    gpus: Annotated[int, Meta(ge=0, le=64)] | None = None
+    walltime_s: Annotated[int, Meta(ge=1, le=30 * 86400)] | None = None
+    sites: list[Name] | None = None  # the sites the job may run at from now on ([] = any site)
+
+
 class JobView(_Strict, kw_only=True):
     id: int
     owner: str
@@ -210,6 +246,7 @@ class JobView(_Strict, kw_only=True):
     outputs: list[OutputFile] = []
     note: str | None = None
     usage: Usage | None = None  # of the attempt whose result the job kept (done or failed jobs)
+    history: list[JobEvent] = []  # holds, releases and retries by request, oldest first
 
 
 class JobList(_Strict, kw_only=True):

@@ -38,6 +38,7 @@ from glidein_client.wire.schema import (
 from glidein_server.http import auth, monitoring, ratelimit
 from glidein_server.http.admin import AdminApi
 from glidein_server.http.inputs import check_inputs, own_netlocs
+from glidein_server.http.job_actions import JobActionsApi
 from glidein_server.http.openapi import document
 from glidein_server.http.pilot_news import PilotNews
 from glidein_server.http.pilot_tokens import PilotTokens
@@ -81,6 +82,7 @@ class Api:
         self.limiter = ratelimit.RateLimiter(config.rate_limits)
         self.admin = AdminApi(self.guard, store, config.totp_key)
         self.staging = StagingApi(self.guard, store, files)
+        self.job_actions = JobActionsApi(self.guard, store, self.news)
         self.metrics = Metrics(store, config.metrics) if config.metrics else None
         self._tokens_purged_at = 0.0
         self.routes = self._routes()
@@ -105,22 +107,15 @@ class Api:
                 "GET",
                 "/jobs",
                 self.list_jobs,
-                "List jobs; filters: state, owner (operator), label=key=value, ids=1,2,3, limit, offset.",
+                "List jobs; filters: state, owner (operator), label=key=value (repeatable: all must match), ids=1,2,3, "
+                "limit, offset.",
                 (U, OP),
                 None,
                 JobList,
             ),
             Route("GET", "/jobs/{job_id}", self.get_job, "Show one job.", (U, OP), None, JobView),
             Route("POST", "/jobs/{job_id}/cancel", self.cancel, "Cancel a job.", (U, OP), None, JobView),
-            Route(
-                "POST",
-                "/jobs/{job_id}/retry",
-                self.retry,
-                "Put a failed or cancelled job back in the queue.",
-                (U, OP),
-                None,
-                JobView,
-            ),
+            *self.job_actions.routes(),
             Route(
                 "GET",
                 "/jobs/{job_id}/attempts",
@@ -299,17 +294,17 @@ class Api:
         principal = await self.guard.who(request, Role.USER, Role.OPERATOR)
         q = request.query
         owner = principal.subject if principal.role is Role.USER else q.get("owner")
-        label = None
-        if "label" in q:
-            key, sep, value = q["label"].partition("=")
+        labels = []
+        for text in q.getall("label", []):
+            key, sep, value = text.partition("=")
             if not sep:
                 raise ValidationError("label filter must look like key=value.", field="label")
-            label = (key, value)
+            labels.append((key, value))
         ids = tuple(parse_int(x, "ids") for x in q["ids"].split(",") if x) if q.get("ids") else None
         flt = JobFilter(
             owner=owner,
             state=q.get("state"),
-            label=label,
+            labels=tuple(labels),
             ids=ids,
             limit=min(parse_int(q.get("limit", "1000"), "limit"), 10_000),
             offset=parse_int(q.get("offset", "0"), "offset"),
@@ -327,12 +322,6 @@ class Api:
     async def cancel(self, request: web.Request) -> web.Response:
         _, job_id = await self._own_job(request)
         return json_response(await self.news.cancelled(await self.store.cancel_job(job_id, time.time())))
-
-    async def retry(self, request: web.Request) -> web.Response:
-        _, job_id = await self._own_job(request)
-        job = await self.store.retry_job(job_id)
-        self.guard.new_work()
-        return json_response(job)
 
     async def attempts(self, request: web.Request) -> web.Response:
         _, job_id = await self._own_job(request)

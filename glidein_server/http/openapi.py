@@ -26,7 +26,7 @@ _QUERY: dict[tuple[str, str], list[tuple[str, bool, dict[str, Any]]]] = {
     ("GET", "/jobs"): [
         ("state", False, _STR),
         ("owner", False, _STR),
-        ("label", False, _STR),
+        ("label", False, {"type": "array", "items": _STR}),  # repeatable: jobs carrying every label
         ("ids", False, _STR),
         ("limit", False, {"type": "integer", "minimum": 0}),
         ("offset", False, {"type": "integer", "minimum": 0}),

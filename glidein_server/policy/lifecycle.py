@@ -13,6 +13,8 @@ applies the plan they return (in the same transaction). Nothing here touches a d
   that sync was sent before the claim's answer came back (a stale sync that arrived late).
 - ``site_backoff``: after pilots fail at start several times in a row, a site waits before
   submitting more (1 min, doubling, up to 1 h).
+- ``plan_hold``, ``check_release``, ``check_retry`` and ``retried_spec``: what a user's hold,
+  release and retry (with new requirements) may do to a job, as condor_hold/condor_release do.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from glidein_client.wire.schema import Finish, JobSpec, Outcome
+import msgspec
+
+from glidein_client.wire.errors import ConflictError
+from glidein_client.wire.schema import Finish, JobChange, JobSpec, JobState, Outcome, RetryRequest
 from glidein_server.policy.demand import start_backoff_s
 from glidein_server.policy.retry import RetryPolicy, next_spec, retries_allowed
 
@@ -137,3 +142,58 @@ def pilot_start_failed(previous_state: str) -> bool:
     """A pilot the batch system reports ended while still pending never reached the server: it
     counts as a failure to start at its site."""
     return previous_state == "pending"
+
+
+#: States a hold takes a job from (a running job is stopped on its pilot, as a cancel is).
+HOLDABLE = (JobState.IDLE, JobState.CLAIMED, JobState.RUNNING)
+#: States a retry by request puts back in the queue.
+RETRYABLE = (JobState.FAILED, JobState.CANCELLED, JobState.HELD)
+#: The requirements a retry may change, in the order its history lists them.
+RETRY_FIELDS = ("cpus", "memory_mb", "gpus", "walltime_s", "sites")
+
+
+def plan_hold(job_id: int, state: JobState) -> bool:
+    """Whether holding the job changes it (False: it is held already); ConflictError for a finished job."""
+    if state is JobState.HELD:
+        return False
+    if state not in HOLDABLE:
+        raise ConflictError(
+            f"Job {job_id} is {state.value}; only idle or running jobs can be held.",
+            hint=f"A {state.value} job is not in the queue; `glidein retry {job_id}` runs it again.",
+        )
+    return True
+
+
+def check_release(job_id: int, state: JobState, winding_down: bool) -> None:
+    """Only a held job is released, and only once its stopped attempt has ended on its pilot."""
+    if state is not JobState.HELD:
+        raise ConflictError(f"Job {job_id} is {state.value}; only held jobs can be released.")
+    if winding_down:
+        raise ConflictError(
+            f"Job {job_id} is still being stopped on its pilot.", hint="Release it again in a few seconds."
+        )
+
+
+def check_retry(job_id: int, state: JobState, winding_down: bool) -> None:
+    """Only failed, cancelled or held jobs run again, once no attempt of theirs is still ending."""
+    if state not in RETRYABLE:
+        raise ConflictError(f"Job {job_id} is {state.value}; only failed, cancelled or held jobs can be retried.")
+    if winding_down:
+        raise ConflictError(f"Job {job_id} still has an attempt winding down.", hint="Retry it again in a few seconds.")
+
+
+def retried_spec(spec: JobSpec, req: RetryRequest) -> tuple[JobSpec, list[JobChange]]:
+    """The job's request after a retry that sets new requirements, and each change (old -> new)."""
+    changes: list[JobChange] = []
+    new: dict[str, object] = {}
+    for name in RETRY_FIELDS:
+        want = getattr(req, name)
+        if want is None:
+            continue
+        if name == "sites":
+            want = sorted(set(want)) or None  # [] = any site again
+        old = getattr(spec, name)
+        if want != old:
+            new[name] = want
+            changes.append(JobChange(field=name, old=old, new=want))
+    return (msgspec.structs.replace(spec, **new) if new else spec), changes

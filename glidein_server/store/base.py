@@ -20,6 +20,7 @@ from glidein_client.wire.schema import (
     OutputFile,
     PilotRegister,
     PilotShape,
+    RetryRequest,
     Role,
     Scope,
     SiteMode,
@@ -55,6 +56,20 @@ class JobFilter:
     ids: tuple[int, ...] | None = None
     limit: int = 1000
     offset: int = 0
+    labels: tuple[tuple[str, str], ...] = ()  # more labels the jobs must all carry (AND, with ``label``)
+
+    @property
+    def all_labels(self) -> tuple[tuple[str, str], ...]:
+        return ((self.label,) if self.label is not None else ()) + self.labels
+
+
+@dataclass(frozen=True)
+class JobAct:
+    """Who holds, releases or retries a job, when, and why (kept in the job's history)."""
+
+    by: str
+    at: float
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,8 +150,18 @@ class JobStore(Protocol):
         """Cancel a job unless it is final; its pilot hears at its next sync. NotFoundError if unknown."""
         ...
 
-    async def retry_job(self, job_id: int) -> JobView:
-        """Queue a failed or cancelled job again with fresh retries; ConflictError otherwise."""
+    async def retry_job(self, job_id: int, act: JobAct | None = None, req: RetryRequest | None = None) -> JobView:
+        """Queue a failed, cancelled or held job again with fresh retries, and with the new requirements of
+        ``req`` where it sets them; recorded in the job's history when ``act`` says who. ConflictError otherwise."""
+        ...
+
+    async def hold_job(self, job_id: int, act: JobAct) -> JobView:
+        """Take an idle or running job out of the queue until released (its pilot hears, as of a cancel);
+        a held job stays as it is; ConflictError for a finished job."""
+        ...
+
+    async def release_job(self, job_id: int, act: JobAct) -> JobView:
+        """Put a held job back in the queue; ConflictError for a job not held."""
         ...
 
     async def attempts_of(self, job_id: int) -> list[AttemptView]:

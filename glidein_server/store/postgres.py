@@ -8,6 +8,7 @@ sql/postgres.sql.
 
 from __future__ import annotations
 
+from glidein_server.store.postgres_actions import PostgresJobActions
 from glidein_server.store.postgres_base import Q, redact
 from glidein_server.store.postgres_pilots import PostgresPilots
 from glidein_server.store.postgres_retention import PostgresRetention
@@ -19,7 +20,7 @@ def is_postgres_url(database: str) -> bool:
     return database.startswith(("postgresql://", "postgres://"))
 
 
-class PostgresStore(PostgresRetention, PostgresPilots):
+class PostgresStore(PostgresRetention, PostgresJobActions, PostgresPilots):
     async def recover(self, now: float, grace_s: float) -> None:
         """After a restart: give pilots ``grace_s`` to reconnect before their jobs count as lost, and
         start listening for the other replicas' news."""

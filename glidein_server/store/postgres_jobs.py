@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
-from glidein_client.wire.errors import ConflictError, NotFoundError
+from glidein_client.wire.errors import NotFoundError
 from glidein_client.wire.schema import (
     AttemptView,
     Demand,
@@ -29,6 +30,7 @@ from glidein_server.policy import demand as dm
 from glidein_server.policy import site_control
 from glidein_server.policy.lifecycle import site_backoff
 from glidein_server.store.base import JobFilter, Principal
+from glidein_server.store.history import events_by_job
 from glidein_server.store.postgres_base import Connection, Q, Record
 from glidein_server.store.postgres_tokens import PostgresTokens
 from glidein_server.store.sqlite_sites import sites_from_key, sites_key
@@ -97,17 +99,25 @@ class PostgresJobs(PostgresTokens):
 
     async def _read_job(self, con: Connection, job_id: int) -> JobView | None:
         row = await con.fetchrow(Q["job_get"], job_id)
-        return None if row is None else await self._job_view(con, row)
+        return None if row is None else (await self._with_history(con, [await self._job_view(con, row)]))[0]
+
+    @staticmethod
+    async def _with_history(con: Connection, views: list[JobView]) -> list[JobView]:
+        """The views with their jobs' history (holds, releases, retries by request), in one query."""
+        if not views:
+            return views
+        events = events_by_job(tuple(r) for r in await con.fetch(Q["job_events_of"], [v.id for v in views]))
+        return [msgspec.structs.replace(v, history=events[v.id]) if v.id in events else v for v in views]
 
     async def list_jobs(self, flt: JobFilter) -> tuple[list[JobView], dict[str, int]]:
-        label = flt.label or (None, None)
+        labels = [json.dumps({k: v}) for k, v in flt.all_labels] or None
         ids = list(flt.ids) if flt.ids is not None else None
-        where = (flt.owner, label[0], label[1], ids)
+        where = (flt.owner, labels, ids)
 
         async def read(con: Connection) -> tuple[list[JobView], dict[str, int]]:
             rows = await con.fetch(Q["job_page"], *where, flt.state or None, flt.limit, flt.offset)
             counts = {s: n for s, n in await con.fetch(Q["job_counts"], *where)}
-            return [await self._job_view(con, r) for r in rows], counts
+            return await self._with_history(con, [await self._job_view(con, r) for r in rows]), counts
 
         return await self._read(read)
 
@@ -121,22 +131,6 @@ class PostgresJobs(PostgresTokens):
                 raise NotFoundError(f"Job {job_id} does not exist.")
             if not JobState(state).final:
                 await con.execute(Q["job_cancel"], now, job_id)
-            view = await self._read_job(con, job_id)
-            assert view is not None
-            return view
-
-        return await self._tx(tx)
-
-    async def retry_job(self, job_id: int) -> JobView:
-        async def tx(con: Connection) -> JobView:
-            state = await con.fetchval(Q["job_state_for_update"], job_id)
-            if state is None:
-                raise NotFoundError(f"Job {job_id} does not exist.")
-            if state not in (JobState.FAILED.value, JobState.CANCELLED.value):
-                raise ConflictError(f"Job {job_id} is {state}; only failed or cancelled jobs can be retried.")
-            if await con.fetchval(Q["job_has_active_attempt"], job_id):
-                raise ConflictError(f"Job {job_id} still has an attempt winding down; retry it in a minute.")
-            await con.execute(Q["job_retry_request"], job_id)
             view = await self._read_job(con, job_id)
             assert view is not None
             return view

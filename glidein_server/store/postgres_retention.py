@@ -15,6 +15,7 @@ class PostgresRetention(PostgresBase):
             hashes = {r[0] for r in await con.fetch(Q["purge_outputs"], ids)}
             attempts = int((await con.execute(Q["purge_attempts"], ids)).split()[-1])
             await con.execute(Q["purge_staged"], ids)
+            await con.execute(Q["purge_events"], ids)
             jobs = int((await con.execute(Q["purge_jobs"], ids)).split()[-1])
             orphans = [h for h in sorted(hashes) if not await con.fetchval(Q["file_referenced"], h)]
             return Purged(jobs=jobs, attempts=attempts, orphan_files=tuple(orphans))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from glidein_server.policy.fairshare import Shares
 from glidein_server.policy.retry import RetryPolicy
 from glidein_server.store import sqlfile
+from glidein_server.store.sqlite_actions import SqliteJobActions
 from glidein_server.store.sqlite_base import Q
 from glidein_server.store.sqlite_monitoring import SqliteMonitoring
 from glidein_server.store.sqlite_pilots import SqlitePilots
@@ -26,7 +27,7 @@ __all__ = ["SqliteStore", "sites_from_key", "sites_key"]
 log = logging.getLogger(__name__)
 
 
-class SqliteStore(SqliteMonitoring, SqliteRetention, SqlitePilots):
+class SqliteStore(SqliteMonitoring, SqliteRetention, SqliteJobActions, SqlitePilots):
     """``monitoring=False`` drops the running aggregates the metrics read (rebuilt when turned on again)."""
 
     def __init__(

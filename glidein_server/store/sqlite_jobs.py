@@ -9,10 +9,11 @@ from typing import Any
 
 import msgspec
 
-from glidein_client.wire.errors import ConflictError, NotFoundError
+from glidein_client.wire.errors import NotFoundError
 from glidein_client.wire.schema import AttemptView, JobSpec, JobState, JobView, OutputFile, Role
 from glidein_server.policy import demand as dm
 from glidein_server.store.base import JobFilter, Principal
+from glidein_server.store.history import events_by_job
 from glidein_server.store.sqlite_base import Q
 from glidein_server.store.sqlite_sites import SqliteSites, sites_key, spec_decoder
 from glidein_server.store.sqlite_usage import attempt_views, result_usage
@@ -87,7 +88,7 @@ class SqliteJobs(SqliteSites):
 
     def _read_job(self, db: sqlite3.Connection, job_id: int) -> JobView | None:
         row = db.execute(Q["job_get"], (job_id,)).fetchone()
-        return None if row is None else self._job_view(db, row)
+        return None if row is None else _with_history(db, [self._job_view(db, row)])[0]
 
     async def list_jobs(self, flt: JobFilter) -> tuple[list[JobView], dict[str, int]]:
         where: list[str] = []
@@ -95,9 +96,9 @@ class SqliteJobs(SqliteSites):
         if flt.owner is not None:
             where.append(Q["job_where_owner"])
             args.append(flt.owner)
-        if flt.label is not None:
+        for label in flt.all_labels:
             where.append(Q["job_where_label"])
-            args.extend(flt.label)
+            args.extend(label)
         if flt.ids is not None:
             where.append(Q["job_where_ids"])
             args.append(json.dumps(list(flt.ids)))
@@ -110,7 +111,7 @@ class SqliteJobs(SqliteSites):
         def read(db: sqlite3.Connection) -> tuple[list[JobView], dict[str, int]]:
             rows = db.execute(page_sql, [*page_args, flt.limit, flt.offset]).fetchall()
             counts = dict(db.execute(counts_sql, args).fetchall())
-            return [self._job_view(db, r) for r in rows], counts
+            return _with_history(db, [self._job_view(db, r) for r in rows]), counts
 
         return await self._read(read, self._conn)
 
@@ -124,22 +125,6 @@ class SqliteJobs(SqliteSites):
                 raise NotFoundError(f"Job {job_id} does not exist.")
             if not JobState(row[0]).final:
                 db.execute(Q["job_cancel"], (now, job_id))
-            view = self._read_job(db, job_id)
-            assert view is not None
-            return view
-
-        return await self._tx(tx)
-
-    async def retry_job(self, job_id: int) -> JobView:
-        def tx(db: sqlite3.Connection) -> JobView:
-            row = db.execute(Q["job_state"], (job_id,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"Job {job_id} does not exist.")
-            if row[0] not in (JobState.FAILED.value, JobState.CANCELLED.value):
-                raise ConflictError(f"Job {job_id} is {row[0]}; only failed or cancelled jobs can be retried.")
-            if db.execute(Q["job_has_active_attempt"], (job_id,)).fetchone():
-                raise ConflictError(f"Job {job_id} still has an attempt winding down; retry it in a minute.")
-            db.execute(Q["job_retry_request"], (job_id,))
             view = self._read_job(db, job_id)
             assert view is not None
             return view
@@ -173,3 +158,13 @@ class SqliteJobs(SqliteSites):
             return db.execute(Q["file_pilot_may_read"], (int(principal.subject), sha256, sha256)).fetchone() is not None
 
         return await self._read(read, self._conn)
+
+
+def _with_history(db: sqlite3.Connection, views: list[JobView]) -> list[JobView]:
+    """The views with their jobs' history (holds, releases, retries by request), in one query."""
+    if not views:
+        return views
+    events = events_by_job(db.execute(Q["job_events_of"], (json.dumps([v.id for v in views]),)))
+    if not events:
+        return views
+    return [msgspec.structs.replace(v, history=events[v.id]) if v.id in events else v for v in views]

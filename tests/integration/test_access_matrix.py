@@ -148,6 +148,8 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/jobs/{job_id}"): Entry(for_users(200, 404)),
     ("POST", "/jobs/{job_id}/cancel"): Entry(for_users(200, 404)),
     ("POST", "/jobs/{job_id}/retry"): Entry(for_users(409, 404)),  # a done job is not retried
+    ("POST", "/jobs/{job_id}/hold"): Entry(for_users(409, 404), body=lambda w: {}),  # nor held
+    ("POST", "/jobs/{job_id}/release"): Entry(for_users(409, 404), body=lambda w: {"reason": "r"}),  # nor released
     ("GET", "/jobs/{job_id}/attempts"): Entry(for_users(200, 404)),
     ("GET", "/jobs/{job_id}/outputs"): Entry(for_users(200, 404), query=lambda w: {"name": "out.txt"}),
     ("PUT", "/files/{sha256}"): Entry(for_users(201), body=lambda w: UPLOAD, sha256=hashlib.sha256(UPLOAD).hexdigest()),

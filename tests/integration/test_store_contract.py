@@ -31,7 +31,7 @@ from glidein_client.wire.schema import (
 from glidein_client.wire.staging import Network
 from glidein_server.policy.fairshare import Shares
 from glidein_server.policy.retry import RetryPolicy
-from glidein_server.store.base import JobFilter, Principal, Purged, Store
+from glidein_server.store.base import JobAct, JobFilter, Principal, Purged, Store
 from glidein_server.store.postgres import PostgresStore
 from glidein_server.store.sqlite import SqliteStore
 
@@ -447,22 +447,24 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
     if isinstance(store, SqliteStore):
         db = sqlite3.connect(store.path)
         db.executescript(
-            "DROP TRIGGER job_counts_delete; DROP INDEX jobs_finished;"
+            "DROP TRIGGER job_counts_delete; DROP INDEX jobs_finished; DROP TABLE job_events;"
             "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
         )
         db.close()
-        latest = 3  # retention (2) and claims by shape (3)
+        latest = 4  # retention (2), claims by shape (3) and job history (4)
     else:
         assert isinstance(store, PostgresStore)
         con = await asyncpg.connect(store.url)
         await con.execute(
             "DROP TRIGGER jobs_deleted ON jobs; DROP FUNCTION glidein_jobs_deleted(); DROP INDEX jobs_finished;"
-            "DROP INDEX outputs_job; UPDATE meta SET value = '2' WHERE key = 'schema_version'"
+            "DROP INDEX outputs_job; DROP TABLE job_events; UPDATE meta SET value = '2' WHERE key = 'schema_version'"
         )
         await con.close()
-        latest = 6  # retention (3), site control (4), numbered claims (5) and claims by shape (6)
+        latest = 7  # retention (3), site control (4), numbered claims (5), claims by shape (6), job history (7)
     await store.open()
     assert [j.id for j in (await store.list_jobs(JobFilter()))[0]] == ids
+    assert (await store.hold_job(ids[1], JobAct(by="alice", at=NOW))).history[0].action == "held"
+    assert (await store.release_job(ids[1], JobAct(by="alice", at=NOW))).state is JobState.IDLE
     # The upgrade's trigger works: a purged job leaves the counts.
     assert (await store.purge_finished(NOW, 10)).jobs == 1
     await store.expire(NOW, 10_000)

@@ -215,6 +215,19 @@ DROP INDEX IF EXISTS jobs_idle_owner;
 CREATE INDEX IF NOT EXISTS jobs_idle_shape
 ON jobs (owner, cpus, memory_mb, gpus, disk_mb, walltime_s, sites, priority DESC, id) WHERE state = 'idle';
 
+-- name: migration_7
+-- A job's history: holds, releases and retries by request, who did them, why, and what they changed.
+CREATE TABLE job_events (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id BIGINT NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,           -- held | released | retried
+    reason TEXT,
+    changes TEXT                    -- JSON: [{"field", "old", "new"}] of a retry's new requirements
+);
+CREATE INDEX job_events_job ON job_events (job_id, id);
+
 -- name: schema_version_table
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
@@ -291,14 +304,14 @@ FROM jobs j WHERE j.id = $1;
 SELECT j.id, j.owner, j.state, j.spec::text, j.retries_used, j.attempts, j.submitted_at, j.finished_at, j.exit_code,
        j.reason, j.site, j.result_attempt
 FROM jobs j
-WHERE ($1::text IS NULL OR j.owner = $1) AND ($2::text IS NULL OR j.spec -> 'labels' ->> $2 = $3)
-  AND ($4::bigint[] IS NULL OR j.id = ANY($4)) AND ($5::text IS NULL OR j.state = $5)
-ORDER BY j.id LIMIT $6 OFFSET $7;
+WHERE ($1::text IS NULL OR j.owner = $1) AND ($2::text[] IS NULL OR j.spec -> 'labels' @> ALL($2::text[]::jsonb[]))
+  AND ($3::bigint[] IS NULL OR j.id = ANY($3)) AND ($4::text IS NULL OR j.state = $4)
+ORDER BY j.id LIMIT $5 OFFSET $6;
 
 -- name: job_counts
 SELECT j.state, count(*) FROM jobs j
-WHERE ($1::text IS NULL OR j.owner = $1) AND ($2::text IS NULL OR j.spec -> 'labels' ->> $2 = $3)
-  AND ($4::bigint[] IS NULL OR j.id = ANY($4))
+WHERE ($1::text IS NULL OR j.owner = $1) AND ($2::text[] IS NULL OR j.spec -> 'labels' @> ALL($2::text[]::jsonb[]))
+  AND ($3::bigint[] IS NULL OR j.id = ANY($3))
 GROUP BY j.state;
 
 -- name: job_state_for_update
@@ -311,9 +324,25 @@ UPDATE jobs SET state = 'cancelled', finished_at = $1, reason = 'cancelled by re
 SELECT 1 FROM attempts WHERE job_id = $1 AND state != 'ended';
 
 -- name: job_retry_request
-UPDATE jobs SET state = 'idle', retries_used = 0, finished_at = NULL, exit_code = NULL, reason = 'retried by request',
-    result_attempt = NULL
+UPDATE jobs SET state = 'idle', retries_used = 0, finished_at = NULL, exit_code = NULL, reason = $2,
+    spec = $3::jsonb, cpus = $4, memory_mb = $5, gpus = $6, walltime_s = $7, sites = $8, result_attempt = NULL
 WHERE id = $1;
+
+-- name: job_spec_for_update
+SELECT state, spec::text FROM jobs WHERE id = $1 FOR UPDATE;
+
+-- name: job_hold
+UPDATE jobs SET state = 'held', reason = $2 WHERE id = $1 AND state IN ('idle', 'claimed', 'running');
+
+-- name: job_release
+UPDATE jobs SET state = 'idle', reason = $2 WHERE id = $1 AND state = 'held';
+
+-- name: job_event_insert
+INSERT INTO job_events (job_id, at, actor, action, reason, changes) VALUES ($1, $2, $3, $4, $5, $6);
+
+-- name: job_events_of
+SELECT job_id, at, actor, action, reason, changes FROM job_events WHERE job_id = ANY($1::bigint[])
+ORDER BY job_id, id;
 
 -- name: job_retry_budget
 SELECT retries_used, max_retries, spec::text FROM jobs WHERE id = $1;
@@ -510,7 +539,7 @@ UPDATE attempts SET lease_expires = $1 WHERE pilot_id = $2 AND state != 'ended' 
 
 -- name: pilot_cancels
 SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
-WHERE a.pilot_id = $1 AND a.state != 'ended' AND j.state = 'cancelled';
+WHERE a.pilot_id = $1 AND a.state != 'ended' AND j.state IN ('cancelled', 'held');
 
 -- name: active_attempts_of_pilot
 SELECT id, job_id FROM attempts WHERE pilot_id = $1 AND state != 'ended' ORDER BY id FOR UPDATE;
@@ -682,6 +711,9 @@ DELETE FROM attempts WHERE job_id = ANY($1::bigint[]);
 
 -- name: purge_staged
 DELETE FROM staged_jobs WHERE job_id = ANY($1::bigint[]);
+
+-- name: purge_events
+DELETE FROM job_events WHERE job_id = ANY($1::bigint[]);
 
 -- name: purge_jobs
 DELETE FROM jobs WHERE id = ANY($1::bigint[]);

@@ -292,8 +292,9 @@ INSERT OR REPLACE INTO outputs (attempt_id, job_id, name, sha256, size) VALUES (
 UPDATE attempts SET lease_expires = ? WHERE pilot_id = ? AND state != 'ended' AND lease_expires < ?;
 
 -- name: pilot_cancels
+-- Attempts the pilot must stop: their job was cancelled or held.
 SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
-WHERE a.pilot_id = ? AND a.state != 'ended' AND j.state = 'cancelled';
+WHERE a.pilot_id = ? AND a.state != 'ended' AND j.state IN ('cancelled', 'held');
 
 -- name: pilot_capacity
 SELECT site, cpus, memory_mb, gpus, disk_mb, free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s, last_seen
@@ -445,9 +446,25 @@ UPDATE jobs SET state = 'cancelled', finished_at = ?, reason = 'cancelled by req
 SELECT 1 FROM attempts WHERE job_id = ? AND state != 'ended';
 
 -- name: job_retry_request
-UPDATE jobs SET state = 'idle', retries_used = 0, finished_at = NULL, exit_code = NULL,
-    reason = 'retried by request', result_attempt = NULL
+UPDATE jobs SET state = 'idle', retries_used = 0, finished_at = NULL, exit_code = NULL, reason = ?,
+    spec = ?, cpus = ?, memory_mb = ?, gpus = ?, walltime_s = ?, sites = ?, result_attempt = NULL
 WHERE id = ?;
+
+-- name: job_spec
+SELECT state, spec FROM jobs WHERE id = ?;
+
+-- name: job_hold
+UPDATE jobs SET state = 'held', reason = ? WHERE id = ? AND state IN ('idle', 'claimed', 'running');
+
+-- name: job_release
+UPDATE jobs SET state = 'idle', reason = ? WHERE id = ? AND state = 'held';
+
+-- name: job_event_insert
+INSERT INTO job_events (job_id, at, actor, action, reason, changes) VALUES (?, ?, ?, ?, ?, ?);
+
+-- name: job_events_of
+SELECT job_id, at, actor, action, reason, changes FROM job_events
+WHERE job_id IN (SELECT value FROM json_each(?)) ORDER BY job_id, id;
 
 -- name: job_retry_budget
 SELECT retries_used, max_retries, spec FROM jobs WHERE id = ?;
@@ -673,6 +690,19 @@ DROP INDEX IF EXISTS jobs_idle_owner;
 CREATE INDEX IF NOT EXISTS jobs_idle_shape
 ON jobs (owner, cpus, memory_mb, gpus, disk_mb, walltime_s, sites, priority DESC, id) WHERE state = 'idle';
 
+-- name: migration_4
+-- A job's history: holds, releases and retries by request, who did them, why, and what they changed.
+CREATE TABLE IF NOT EXISTS job_events (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,           -- held | released | retried
+    reason TEXT,
+    changes TEXT                    -- JSON: [{"field", "old", "new"}] of a retry's new requirements
+);
+CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, id);
+
 -- Retention: finished jobs older than a cutoff leave with their attempts and outputs, in batches.
 
 -- name: purge_pick
@@ -686,6 +716,9 @@ DELETE FROM attempts WHERE job_id IN (SELECT value FROM json_each(?));
 
 -- name: purge_staged
 DELETE FROM staged_jobs WHERE job_id IN (SELECT value FROM json_each(?));
+
+-- name: purge_events
+DELETE FROM job_events WHERE job_id IN (SELECT value FROM json_each(?));
 
 -- name: purge_jobs
 DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('done', 'failed', 'cancelled');
