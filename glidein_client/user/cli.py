@@ -6,11 +6,14 @@
     glidein status [IDS...] [--state S] [--label k=v] [--all]
     glidein wait [IDS...] [--timeout 10m] [--label k=v]
     glidein fetch IDS [-d DIR]
-    glidein cancel IDS / glidein retry IDS
+    glidein cancel IDS / glidein retry IDS [--memory 4G] [--walltime 2h] [--cpus 2] [--site NAME]
+    glidein hold IDS [--reason TEXT] / glidein release IDS
     glidein logs ID [--attempt N]
     glidein show ID                          # where and how each attempt ran: host, versions, CPU, hashes
 
-IDS are numbers and ranges: ``7``, ``1-20``, ``1-5,9``. Every command takes ``--json`` for scripts.
+IDS are numbers and ranges: ``7``, ``1-20``, ``1-5,9``; ``cancel``, ``retry``, ``hold``, ``release``,
+``fetch`` and ``wait`` also choose your jobs by ``--label k=v`` (repeatable: all must match).
+Every command takes ``--json`` for scripts.
 The server and token come from ``--url``/``--token-file``, the environment or the config file
 (see :mod:`glidein_client.user.config`).
 
@@ -34,6 +37,7 @@ from typing import NoReturn
 
 from glidein_client.user.args import parse_ids
 from glidein_client.user.commands import register_all
+from glidein_client.user.selection import missing_selection
 from glidein_client.user.session import EXIT_ERROR, EXIT_INTERRUPTED, emit_json
 from glidein_client.wire.errors import GlideinError
 
@@ -89,7 +93,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.argv = command
     if hasattr(args, "ids"):
         args.ids = list(dict.fromkeys(i for group in args.ids for i in group))
+    if missing_selection(args):
+        what = "give job ids (e.g. 7 or 1-20), or --label K=V to choose your jobs by label"
+        _subparser(parser, args.command).error(what)
     return args
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            sub: argparse.ArgumentParser = action.choices[name]
+            return sub
+    return parser
 
 
 def _command_word(argv: Sequence[str]) -> str | None:

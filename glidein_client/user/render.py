@@ -15,7 +15,7 @@ from glidein_client.wire.units import format_duration
 #: Seconds between progress lines when the output is not a terminal.
 PLAIN_PROGRESS_S = 5.0
 #: The order states are listed in, most interesting to a waiting person first.
-STATE_ORDER = ("done", "failed", "cancelled", "running", "claimed", "idle")
+STATE_ORDER = ("done", "failed", "cancelled", "held", "running", "claimed", "idle")
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, right: Iterable[int] = ()) -> str:
@@ -106,7 +106,7 @@ def progress_line(counts: Mapping[str, int], total: int, *, width: int = 30) -> 
     final = sum(counts.get(s.value, 0) for s in JobState if s.final)
     filled = min(width, round(width * final / total)) if total else width
     parts = [f"[{'#' * filled}{'-' * (width - filled)}] {counts.get('done', 0)}/{total} done"]
-    for state in ("failed", "cancelled", "running", "claimed", "idle"):
+    for state in ("failed", "cancelled", "held", "running", "claimed", "idle"):
         if counts.get(state):
             parts.append(f"{counts[state]} {state}")
     return " ".join(parts)

@@ -28,7 +28,7 @@ IDS_PER_REQUEST = 500
 RIDE_OUT_S = 120.0
 MAX_RETRY_S = 10.0
 CONCURRENCY = 8
-ACTIVE_STATES = (JobState.IDLE, JobState.CLAIMED, JobState.RUNNING)
+ACTIVE_STATES = (JobState.IDLE, JobState.CLAIMED, JobState.RUNNING, JobState.HELD)  # what condor_q lists
 EXIT_OK, EXIT_ERROR, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 3, 130  # argparse exits 2 on usage errors
 
 
@@ -65,7 +65,7 @@ def stop_if_refused(exc: GlideinError) -> None:
 
 
 async def jobs_by_ids(
-    api: ApiClient, ids: Sequence[int], *, state: str | None = None, label: str | None = None
+    api: ApiClient, ids: Sequence[int], *, state: str | None = None, label: str | Sequence[str] | None = None
 ) -> JobList:
     """The jobs among ``ids`` (in id order); ``counts`` covers them all, whatever ``state`` is."""
     chunks = [list(ids[i : i + IDS_PER_REQUEST]) for i in range(0, len(ids), IDS_PER_REQUEST)]
@@ -82,7 +82,7 @@ async def jobs_by_ids(
     return JobList(jobs=jobs, counts=counts or render.count_states(jobs))
 
 
-async def list_all(api: ApiClient, *, state: str | None, label: str | None) -> JobList:
+async def list_all(api: ApiClient, *, state: str | None, label: str | Sequence[str] | None) -> JobList:
     """Page through every matching job; ``counts`` is the server's count over all of them."""
     jobs: list[JobView] = []
     counts: dict[str, int] = {}
@@ -134,6 +134,6 @@ class RideOut:
 
 async def default_ids(api: ApiClient, url: str) -> list[int]:
     """What ``wait`` and ``status`` without ids are about: the jobs of the last submit and every job
-    still active (idle, claimed, running), as ``condor_q`` shows -- not all of history."""
+    still active (idle, claimed, running, held), as ``condor_q`` shows -- not all of history."""
     active = await bounded(3, lambda s: list_all(api, state=s.value, label=None), ACTIVE_STATES)
     return sorted({*(j.id for listed in active for j in listed.jobs), *lastsubmit.last(url)})

@@ -190,7 +190,7 @@ def test_global_options_anywhere(argv: list[str]) -> None:
 def test_global_options_default() -> None:
     args = cli.parse_args(["wait", "1-3", "--timeout", "10m", "--label", "dataset=run42"])
     assert (args.json, args.url, args.token_file) == (False, None, None)
-    assert (args.ids, args.timeout, args.label) == ([1, 2, 3], 600, "dataset=run42")
+    assert (args.ids, args.timeout, args.label) == ([1, 2, 3], 600, ["dataset=run42"])
 
 
 def test_submit_split_skips_global_option_values() -> None:

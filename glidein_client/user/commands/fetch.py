@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from glidein_client.user import render
-from glidein_client.user.args import add_ids
 from glidein_client.user.jobfile import bounded
+from glidein_client.user.selection import add_selection, labelled
 from glidein_client.user.session import (
     CONCURRENCY,
     EXIT_ERROR,
@@ -33,7 +33,7 @@ from glidein_client.wire.schema import JobState, JobView
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("fetch", parents=[common], help="download outputs to DIR/<job id>/")
-    add_ids(p, required=True)
+    add_selection(p, required=True)
     p.add_argument("-d", "--dir", default=".", help="where to put them (default: current directory)")
     p.set_defaults(handler=cmd_fetch)
 
@@ -43,8 +43,12 @@ async def cmd_fetch(args: argparse.Namespace) -> int:
     fetched: list[dict[str, Any]] = []
     patiently = RideOut()
     async with connect(args) as api:
-        jobs = (await patiently(lambda: jobs_by_ids(api, args.ids))).jobs
-        items, errors, notes = _plan(args.ids, jobs)
+        if args.label:  # the caller's jobs carrying every label (among the ids, when given)
+            jobs = (await patiently(lambda: labelled(api, args.ids, args.label))).jobs
+            items, errors, notes = _plan([j.id for j in jobs], jobs)
+        else:
+            jobs = (await patiently(lambda: jobs_by_ids(api, args.ids))).jobs
+            items, errors, notes = _plan(args.ids, jobs)
 
         async def one(item: tuple[JobView, str, str, int]) -> None:
             job, name, sha256, size = item

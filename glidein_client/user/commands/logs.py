@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from glidein_client.user import provenance, render
+from glidein_client.user import history, provenance, render
 from glidein_client.user.args import arg_type, positive
 from glidein_client.user.session import EXIT_OK, connect, emit_json
 from glidein_client.wire.errors import NotFoundError
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 async def cmd_logs(args: argparse.Namespace) -> int:
     async with connect(args) as api:
         attempts = sorted(await api.attempts(args.id), key=lambda a: (a.claimed_at, a.id))
-        job = None if attempts else await api.get_job(args.id)
+        job = None if args.json else await api.get_job(args.id)
     numbered = list(enumerate(attempts, start=1))
     if args.attempt is not None:
         if args.attempt > len(attempts):
@@ -35,9 +35,12 @@ async def cmd_logs(args: argparse.Namespace) -> int:
     if args.json:
         emit_json([a for _, a in numbered])
         return EXIT_OK
-    if job is not None:
+    assert job is not None
+    if not attempts:
         note = f": {render.job_note(job)}" if render.job_note(job) else ""
         print(f"Job {job.id} has not run yet ({job.state.value}){note}")
+    for line in history.history_lines(job):  # holds, releases and retries by request
+        print(line)
     for n, attempt in numbered:
         print(attempt_text(n, len(attempts), attempt))
     return EXIT_OK

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from glidein_client.user import provenance, render
+from glidein_client.user import history, provenance, render
 from glidein_client.user.args import arg_type, positive
 from glidein_client.user.session import EXIT_OK, connect, emit_json
 from glidein_client.wire.schema import AttemptView, JobView
@@ -48,6 +48,7 @@ def job_text(job: JobView, attempts: Sequence[AttemptView]) -> str:
     note = render.job_note(job)
     if note:
         lines.append(f"note:      {note}")
+    lines += history.history_lines(job)
     if not attempts:
         lines.append("It has not run yet.")
     for n, a in enumerate(attempts, start=1):

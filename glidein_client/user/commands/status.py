@@ -10,7 +10,8 @@ import argparse
 import sys
 
 from glidein_client.user import datasets, render
-from glidein_client.user.args import add_ids, arg_type, label_filter
+from glidein_client.user.args import add_ids
+from glidein_client.user.selection import add_label
 from glidein_client.user.session import (
     EXIT_ERROR,
     EXIT_OK,
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p = sub.add_parser("status", parents=[common], help="show jobs in a table")
     add_ids(p, required=False)
     p.add_argument("--state", choices=[s.value for s in JobState])
-    p.add_argument("--label", type=arg_type(label_filter), metavar="K=V")
+    add_label(p)
     p.add_argument(
         "--all",
         action="store_true",

@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass, field
 
 from glidein_client.user import render
-from glidein_client.user.args import add_ids, arg_type, label_filter
+from glidein_client.user.args import add_ids, arg_type
+from glidein_client.user.selection import add_label
 from glidein_client.user.session import (
     EXIT_ERROR,
     EXIT_OK,
@@ -24,6 +25,7 @@ from glidein_client.user.session import (
     require_found,
 )
 from glidein_client.wire.api import ApiClient
+from glidein_client.wire.errors import NotFoundError
 from glidein_client.wire.schema import JobState
 from glidein_client.wire.units import format_duration, parse_duration_s
 
@@ -34,7 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p = sub.add_parser("wait", parents=[common], help="wait until jobs are finished")
     add_ids(p, required=False)
     p.add_argument("--timeout", type=arg_type(parse_duration_s), help="give up after this long, e.g. 10m (exit 3)")
-    p.add_argument("--label", type=arg_type(label_filter), metavar="K=V")
+    add_label(p)
     p.set_defaults(handler=cmd_wait)
 
 
@@ -59,6 +61,8 @@ async def _poll(api: ApiClient, args: argparse.Namespace) -> Snapshot:
     for job in jobs:
         if job.state in (JobState.FAILED, JobState.CANCELLED):
             snap.bad.append(job.id)
+        elif job.state is JobState.HELD:  # waits until released: say by whom and why
+            snap.notes.setdefault(render.job_note(job), []).append(job.id)
         elif not job.state.final and job.note:
             snap.notes.setdefault(job.note, []).append(job.id)
     return snap
@@ -110,6 +114,11 @@ def _report(args: argparse.Namespace, snap: Snapshot, timed_out: bool) -> int:
     counts, total = snap.counts, sum(snap.counts.values())
     final = sum(counts.get(s.value, 0) for s in JobState if s.final)
     failed = counts.get("failed", 0) + counts.get("cancelled", 0)
+    if not total and args.label:  # a label that selects nothing is a mistake, not a finished wait
+        raise NotFoundError(
+            f"No job of yours carries {' and '.join(args.label)}.",
+            hint="See your jobs and their labels with: glidein status --json",
+        )
     if args.json:
         emit_json({"total": total, "counts": counts, "timed_out": timed_out, "failed_ids": snap.bad})
     elif not total:
