@@ -52,7 +52,8 @@ def register(sub: Sub, common: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="the one-time code of your authenticator app; '-' reads it from stdin (default: asked for)",
     )
-    parents = [common, remote]
+    remote.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    parents = [remote]  # not --dir: these actions go through the server, not its state directory
     adm = sub.add_parser(
         "admin",
         parents=parents,
@@ -64,9 +65,8 @@ def register(sub: Sub, common: argparse.ArgumentParser) -> None:
     nouns: dict[Role, Sub] = {}
     for role in (Role.USER, Role.SITE):
         noun = role.value
-        ssub = asub.add_parser(noun, parents=parents, help=f"add or revoke {noun}s").add_subparsers(
-            dest="action", required=True
-        )
+        what = "add, revoke, drain, pause, resume or cap sites" if role is Role.SITE else "add or revoke users"
+        ssub = asub.add_parser(noun, parents=parents, help=what).add_subparsers(dest="action", required=True)
         nouns[role] = ssub
         add = ssub.add_parser("add", parents=parents, help=f"add a {noun} and print its token once")
         add.add_argument("name")
