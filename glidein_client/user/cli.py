@@ -47,14 +47,22 @@ __all__ = ["build_parser", "main", "parse_args", "parse_ids", "run"]
 _VALUE_OPTIONS = ("--url", "--server-url", "--token-file", "--ca-file")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _JsonErrors(argparse.ArgumentParser):
+    """A parser for ``--json`` runs: a usage error is also one JSON object on stdout, for scripts."""
+
+    def error(self, message: str) -> NoReturn:
+        emit_json({"error": message, "hint": f"See: {self.prog} --help", "kind": "UsageError"})
+        super().error(message)
+
+
+def build_parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts")
     common.add_argument("--url", "--server-url", dest="url", default=argparse.SUPPRESS, help="server URL")
     common.add_argument("--token-file", default=argparse.SUPPRESS, help="file holding your token")
     common.add_argument("--ca-file", default=argparse.SUPPRESS, help="CA file that signed the server's certificate")
 
-    parser = argparse.ArgumentParser(
+    parser = (_JsonErrors if json_errors else argparse.ArgumentParser)(
         prog="glidein",
         description="Run jobs on pilots at computing sites: submit, watch, fetch outputs.",
         epilog="Config: ~/.config/glidein/config.toml (url, token_file, ca_file) or GLIDEIN_URL, "
@@ -74,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse ``argv``; for ``submit`` everything after the first ``--`` is the job's command."""
     argv = list(argv)
-    parser = build_parser()
+    parser = build_parser(json_errors="--json" in argv[: argv.index("--") if "--" in argv else len(argv)])
     command: list[str] = []
     if _command_word(argv) == "submit" and "--" in argv:
         cut = argv.index("--")
@@ -135,7 +143,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         if getattr(args, "json", False):  # scripts read stdout: one JSON object saying what went wrong
-            emit_json({"error": exc.message, "hint": exc.hint, "kind": type(exc).__name__})
+            problems = {"errors": exc.fields["errors"]} if exc.fields.get("errors") else {}
+            emit_json({"error": exc.message, "hint": exc.hint, "kind": type(exc).__name__, **problems})
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from glidein_client.user import config as user_config
 from glidein_client.user import lastsubmit, render
 from glidein_client.user.config import UserConfig
-from glidein_client.user.jobfile import bounded
+from glidein_client.user.tasks import bounded
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.codec import encode
 from glidein_client.wire.errors import AuthError, ForbiddenError, GlideinError, NotFoundError, ServerUnreachable

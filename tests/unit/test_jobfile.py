@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from glidein_client.user import jobfile
+from glidein_client.user import drafts
 from glidein_client.user.jobfile import LocalFiles, load_jobfile, read_local_files, upload_files
 from glidein_client.wire.errors import ValidationError
 from glidein_client.wire.rules import check_job
@@ -316,7 +316,7 @@ async def test_upload_concurrency_is_bounded(tmp_path: Path) -> None:
         files.digests[p] = (sha(str(i).encode()), len(str(i)))
     api = FakeApi(delay=0.01)
     assert await upload_files(api, files) == 30  # type: ignore[arg-type]
-    assert api.peak <= jobfile.UPLOAD_CONCURRENCY
+    assert api.peak <= drafts.UPLOAD_CONCURRENCY
     assert api.peak > 1
 
 
