@@ -1,4 +1,4 @@
-"""``glidein status --by dataset``: progress per value of a label (idle, running, done, failed, cores, efficiency)."""
+"""``glidein status --by dataset``: progress per value of a label (states, held jobs, cores, CPU efficiency)."""
 
 from __future__ import annotations
 
@@ -43,10 +43,11 @@ def table(groups: dict[str, Progress], key: str) -> str:
         eff = "-" if p.efficiency is None else f"{100 * p.efficiency:.0f}%"
         rows.append(
             [name or f"(no {key})", str(s.get("idle", 0) + s.get("claimed", 0)), str(s.get("running", 0)),
-             str(s.get("done", 0)), str(s.get("failed", 0)), str(s.get("cancelled", 0)), str(p.cores_in_use), eff]
+             str(s.get("done", 0)), str(s.get("failed", 0)), str(s.get("cancelled", 0)), str(s.get("held", 0)),
+             str(p.cores_in_use), eff]
         )  # fmt: skip
-    headers = [key, "idle", "running", "done", "failed", "cancelled", "cores", "CPU eff"]
-    return render.table(headers, rows, right=range(1, 8))
+    headers = [key, "idle", "running", "done", "failed", "cancelled", "held", "cores", "CPU eff"]
+    return render.table(headers, rows, right=range(1, 9))
 
 
 def as_json(groups: dict[str, Progress]) -> dict[str, object]:

@@ -133,6 +133,6 @@ async def test_status_by_dataset_shows_progress_cores_and_efficiency(live_server
     assert lines["run1"][1:6] == ["0", "0", "1", "1", "0"], r.out
     assert lines["run2"][1:6] == ["0", "0", "1", "0", "0"], r.out
     assert lines["(no"][2:7] == ["0", "0", "1", "0", "0"], r.out
-    assert lines["run1"][7].endswith("%")  # the done job's CPU efficiency
+    assert lines["run1"][8].endswith("%")  # the done job's CPU efficiency
     got = (await glidein("status", "--by", "dataset", "--json")).json()
     assert got["run1"]["states"] == {"done": 1, "failed": 1} and got["run1"]["cores_in_use"] == 0
