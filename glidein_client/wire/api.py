@@ -485,4 +485,5 @@ def _error_from(status: int, content: bytes, url: str) -> GlideinError:
     except msgspec.DecodeError:
         message, hint = content.decode(errors="replace")[:300] or f"HTTP {status}", None
     cls = _STATUS_ERRORS.get(status, ServerUnreachable)
-    return cls(message, hint=hint, status=status)
+    field = body.get("field") if isinstance(body, dict) and isinstance(body.get("field"), str) else None
+    return cls(message, hint=hint, status=status, **({"field": field} if field else {}))

@@ -148,6 +148,8 @@ def pilot_start_failed(previous_state: str) -> bool:
 HOLDABLE = (JobState.IDLE, JobState.CLAIMED, JobState.RUNNING)
 #: States a retry by request puts back in the queue.
 RETRYABLE = (JobState.FAILED, JobState.CANCELLED, JobState.HELD)
+#: The ``field`` of the ConflictError for a job whose stopped attempt has not ended yet (clients wait and ask again).
+WINDING_DOWN = "attempts"
 #: The requirements a retry may change, in the order its history lists them.
 RETRY_FIELDS = ("cpus", "memory_mb", "gpus", "walltime_s", "sites")
 
@@ -170,7 +172,9 @@ def check_release(job_id: int, state: JobState, winding_down: bool) -> None:
         raise ConflictError(f"Job {job_id} is {state.value}; only held jobs can be released.")
     if winding_down:
         raise ConflictError(
-            f"Job {job_id} is still being stopped on its pilot.", hint="Release it again in a few seconds."
+            f"Job {job_id} is still being stopped on its pilot.",
+            hint="Release it again in a few seconds.",
+            field=WINDING_DOWN,
         )
 
 
@@ -179,7 +183,11 @@ def check_retry(job_id: int, state: JobState, winding_down: bool) -> None:
     if state not in RETRYABLE:
         raise ConflictError(f"Job {job_id} is {state.value}; only failed, cancelled or held jobs can be retried.")
     if winding_down:
-        raise ConflictError(f"Job {job_id} still has an attempt winding down.", hint="Retry it again in a few seconds.")
+        raise ConflictError(
+            f"Job {job_id} still has an attempt winding down.",
+            hint="Retry it again in a few seconds.",
+            field=WINDING_DOWN,
+        )
 
 
 def retried_spec(spec: JobSpec, req: RetryRequest) -> tuple[JobSpec, list[JobChange]]:

@@ -89,10 +89,15 @@ async def test_hold_stops_a_running_job_release_runs_it_again(live_server: Any, 
     r = await glidein("release", "--label", "dataset=d1", "--reason", "input is ready")
     assert (r.rc, r.out.strip()) == (0, f"job {slow}: idle"), r.err
     await until(glidein, slow, "running")
+    # Held and released at once: the release waits the moment the pilot takes to stop the attempt.
+    r = await glidein("hold", slow)
+    assert r.rc == 0, r.err
+    r = await glidein("release", slow)
+    assert (r.rc, r.out.strip()) == (0, f"job {slow}: idle"), r.err
     r = await glidein("cancel", "--label", "dataset=d1")
     assert (r.rc, r.out.strip()) == (0, f"job {slow}: cancelled"), r.err
     job = await state_of(glidein, slow)
-    assert [e["action"] for e in job["history"]] == ["held", "released"]
+    assert [e["action"] for e in job["history"]] == ["held", "released", "held", "released"]
 
 
 async def test_retry_with_new_requirements_by_label(live_server: Any, glidein: Glidein) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from glidein_client.user import cli, history
-from glidein_client.user.commands.change import retry_request
-from glidein_client.wire.errors import ValidationError
+from glidein_client.user.commands.change import _patiently, retry_request
+from glidein_client.wire.api import _error_from
+from glidein_client.wire.errors import ConflictError, ValidationError
 from glidein_client.wire.schema import JobChange, JobEvent, JobSpec, JobState, JobView, RetryRequest
 
 
@@ -70,3 +71,31 @@ def test_history_reads_as_who_did_what_and_what_changed() -> None:
     assert lines[0] == "history:"
     assert lines[1].endswith(" held by ann: disk full")
     assert lines[2].endswith(" retried by op (memory 1G -> 4G, sites a -> any)")
+
+
+def test_a_conflict_names_its_field_to_the_client() -> None:
+    exc = _error_from(409, b'{"error": "Job 5 is still being stopped on its pilot.", "field": "attempts"}', "u")
+    assert isinstance(exc, ConflictError) and exc.fields["field"] == "attempts"
+    assert "field" not in _error_from(409, b'{"error": "x"}', "u").fields
+
+
+async def test_release_waits_while_the_stopped_attempt_ends_and_no_longer() -> None:
+    calls: list[int] = []
+    view = JobView(id=5, owner="ann", state=JobState.IDLE, spec=JobSpec(argv=["x"]), submitted_at=0.0)
+
+    async def release(job_id: int) -> JobView:
+        calls.append(job_id)
+        if len(calls) < 3:
+            raise ConflictError("Job 5 is still being stopped on its pilot.", field="attempts")
+        return view
+
+    assert await _patiently(release, 5) == view and calls == [5, 5, 5]
+
+    async def not_held(job_id: int) -> JobView:
+        calls.append(job_id)
+        raise ConflictError("Job 5 is idle; only held jobs can be released.")
+
+    calls.clear()
+    with pytest.raises(ConflictError, match="only held jobs"):
+        await _patiently(not_held, 5)
+    assert calls == [5]  # asked once: waiting would not change it

@@ -10,7 +10,9 @@ the job's history with their reason.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,10 +23,12 @@ from glidein_client.user.selection import add_selection, labelled_ids
 from glidein_client.user.session import CONCURRENCY, EXIT_ERROR, EXIT_OK, about, connect, emit_json, stop_if_refused
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.codec import convert
-from glidein_client.wire.errors import GlideinError
+from glidein_client.wire.errors import ConflictError, GlideinError
 from glidein_client.wire.schema import JobState, JobView, RetryRequest
 from glidein_client.wire.units import parse_duration_s, parse_memory_mb
 
+#: How long a release or retry waits for a job's stopped attempt to end on its pilot.
+WINDING_DOWN_S = 15.0
 _HELP = {
     "cancel": "cancel jobs",
     "retry": "run failed, cancelled or held jobs again, with new requirements if given",
@@ -97,6 +101,19 @@ def _result(command: str, view: JobView) -> dict[str, Any]:
     return result
 
 
+async def _patiently(action: Callable[[int], Awaitable[JobView]], job_id: int) -> JobView:
+    """The action, asked again for a while when the job's stopped attempt is still ending on its pilot
+    (a release or retry right after a hold: the pilot hears at once and stops it within seconds)."""
+    deadline = time.monotonic() + WINDING_DOWN_S
+    while True:
+        try:
+            return await action(job_id)
+        except ConflictError as exc:
+            if exc.fields.get("field") != "attempts" or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.5)
+
+
 async def cmd_change(args: argparse.Namespace) -> int:
     results: dict[int, dict[str, Any]] = {}
     async with connect(args) as api:
@@ -107,7 +124,7 @@ async def cmd_change(args: argparse.Namespace) -> int:
 
         async def one(job_id: int) -> None:
             try:
-                view = await action(job_id)
+                view = await _patiently(action, job_id)
             except GlideinError as exc:
                 stop_if_refused(exc)
                 results[job_id] = {"id": job_id, "error": exc.message, "hint": exc.hint}
