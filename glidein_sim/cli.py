@@ -17,7 +17,7 @@ from typing import Any
 from glidein_client.wire.errors import GlideinError, ValidationError
 from glidein_sim.engine import Simulation, simulate
 from glidein_sim.metrics import summary
-from glidein_sim.model import Rules, improved_rules, plain_rules
+from glidein_sim.model import Rules, backfill_rules, improved_rules, plain_rules
 from glidein_sim.report import sweep_table, table, write_json
 from glidein_sim.scenario import Scenario, load_document, override, parse
 
@@ -30,10 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", type=Path, help="a scenario TOML file (see examples/sim/)")
     p.add_argument(
         "--rules",
-        choices=("both", "plain", "improved"),
+        choices=("both", "all", "plain", "backfill", "improved"),
         default="both",
-        help="plain: the greedy fill as it was; improved: end-of-life backfill, GPU first and reservations "
-        "(default: both, side by side)",
+        help="plain: the greedy fill as it was; backfill: longest fit in the last 3 h, GPU first and "
+        "reservations; improved: backfill with planned last jobs and retiring pilots that leave "
+        "(default: both = plain and improved, side by side; all: the three)",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one scenario key")
     p.add_argument("--sweep", metavar="KEY=V1,V2,...", help="run once per value and print one row each")
@@ -51,7 +52,10 @@ def _key_value(text: str, what: str) -> tuple[str, str]:
 
 
 def _rules(which: str, sc: Scenario) -> list[Rules]:
-    return {"plain": [plain_rules()], "improved": [improved_rules(sc)]}.get(which, [plain_rules(), improved_rules(sc)])
+    named = {"plain": plain_rules(), "backfill": backfill_rules(sc), "improved": improved_rules(sc)}
+    if which == "all":
+        return list(named.values())
+    return [named[which]] if which in named else [named["plain"], named["improved"]]
 
 
 def _run(sc: Scenario, which: str) -> list[tuple[Rules, Simulation, dict[str, Any], float]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -23,8 +24,9 @@ from glidein_client.pilot.partition import Need, SlotPool, failure_streak, plan_
 from glidein_client.site.decisions import PilotJob, PilotState, decide
 from glidein_client.wire.schema import JobSpec, Outcome
 from glidein_server.policy.demand import FreeCapacity, site_demand
+from glidein_server.policy.endoflife import SAMPLES, runtime_ratio
 from glidein_server.policy.lifecycle import RetryBudget, Step, needs_budget, plan_attempt_end
-from glidein_server.policy.matchmaking import Candidate, Capacity, select
+from glidein_server.policy.matchmaking import Candidate, Capacity, leaves, select
 from glidein_server.policy.reservation import Reservations
 from glidein_server.policy.retry import RetryPolicy
 from glidein_sim.metrics import Tally, Timeline
@@ -61,6 +63,8 @@ class Simulation:
         self._offer_due = False
         self._retry_policy = RetryPolicy()
         self._fail = [w.fail_fraction for w in sc.work]
+        self._done_runs: deque[tuple[float, int]] = deque(maxlen=SAMPLES)  # (wall used, walltime) of the latest
+        self.ratio = 1.0  # what jobs use of their walltime, as the server learns it (refreshed every sample)
         self._needs: dict[ShapeKey, Need] = {}  # one Need per job shape, as the pilot would build per claim
         self._handlers: dict[int, Callable[[Any], None]] = {
             _JOB_END: self._job_end,
@@ -170,7 +174,16 @@ class Simulation:
         cands = self.queue.candidates(site.spec.name, free.cpus, free.memory_mb, free.gpus, free.disk_mb, lifetime)
         chosen: list[Job] = []
         if cands:
-            ids = select([j.cand for j in cands], free, total, lifetime, 0, policy=self.rules.match, reserve=reserve)
+            ids = select(
+                [j.cand for j in cands],
+                free,
+                total,
+                lifetime,
+                0,
+                policy=self.rules.match,
+                reserve=reserve,
+                runtime_ratio=self.ratio,
+            )
             if ids:
                 by_id = {j.id: j for j in cands}
                 chosen = [by_id[i] for i in ids]
@@ -185,6 +198,14 @@ class Simulation:
                     site.hungry.add(holder)  # its hold ended: it fills its cores again
                     self._offer_due = True
         self._start(p, chosen)
+        if (
+            not p.running
+            and leaves(lifetime, len(chosen), self.rules.match)
+            and self.queue.too_long(site.spec.name, lifetime)
+        ):
+            self.tally.pilots_retired += 1
+            self._exit(p)
+            return
         if p.pool.free_slots > 0:
             site.hungry.add(p.id)
         else:
@@ -264,6 +285,7 @@ class Simulation:
         spec = p.site.spec.pilot
         if outcome is Outcome.DONE:
             t.jobs_done += 1
+            self._done_runs.append((self.now - t0, job.cand.walltime_s))
             del self.jobs[job_id]
         else:
             t.lost_core_s += job.cand.cpus * (self.now - t0)
@@ -410,6 +432,7 @@ class Simulation:
                 self._start_pilot(nxt)
 
     def _sample(self, _: None) -> None:
+        self.ratio = runtime_ratio(self._done_runs)
         tl = self.timeline
         tl.t.append(self.now)
         for site in self.sites:

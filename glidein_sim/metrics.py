@@ -25,6 +25,7 @@ class Tally:
     pilots: int = 0
     pilots_black_hole: int = 0
     pilots_failed: int = 0
+    pilots_retired: int = 0  # left as soon as they held no job in their last hours
     jobs_done: int = 0
     jobs_failed: int = 0  # gave up after their retries
     attempts: int = 0
@@ -74,6 +75,7 @@ def summary(t: Tally, ramp_cores: int) -> dict[str, float | int | None]:
         "pilots": t.pilots,
         "pilots_black_hole": t.pilots_black_hole,
         "pilots_failed": t.pilots_failed,
+        "pilots_retired": t.pilots_retired,
         "jobs_done": t.jobs_done,
         "jobs_failed": t.jobs_failed,
         "jobs_started_single": len(t.wait_single),

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from glidein_client.pilot.partition import Allocation, SlotPool
 from glidein_client.site.decisions import LimitsSection, PilotJob, PilotState
 from glidein_client.wire.schema import Outcome, PilotShape
-from glidein_server.policy.matchmaking import PLAIN_POLICY, Capacity, MatchPolicy
+from glidein_server.policy.matchmaking import BACKFILL_POLICY, PLAIN_POLICY, Capacity, MatchPolicy
 from glidein_server.policy.reservation import ReservationPolicy
 from glidein_sim.queue import Job
 from glidein_sim.scenario import Scenario, SiteSpec
@@ -27,10 +28,21 @@ def plain_rules() -> Rules:
     return Rules("as it was", PLAIN_POLICY, None)
 
 
-def improved_rules(sc: Scenario) -> Rules:
+def improved_rules(sc: Scenario, label: str = "improved", **knobs: Any) -> Rules:
     return Rules(
-        "improved",
-        MatchPolicy(eol_window_s=sc.eol_window_s, eol_order="shortest" if sc.eol_order == "shortest" else "longest"),
+        label,
+        MatchPolicy(
+            eol_window_s=sc.eol_window_s, eol_order="shortest" if sc.eol_order == "shortest" else "longest", **knobs
+        ),
+        ReservationPolicy(after_s=sc.reservation_after_s, max_hold_s=sc.reservation_max_hold_s),
+    )
+
+
+def backfill_rules(sc: Scenario) -> Rules:
+    """The rules before end-of-life planning: longest fit in the last 3 h, GPU first, reservations."""
+    return Rules(
+        "backfill",
+        BACKFILL_POLICY,
         ReservationPolicy(after_s=sc.reservation_after_s, max_hold_s=sc.reservation_max_hold_s),
     )
 

@@ -113,6 +113,10 @@ class IdleQueue:
             out.sort(key=lambda j: claim_order(j.priority, j.cand.cpus, j.id))
         return out
 
+    def too_long(self, site: str, lifetime_s: float) -> bool:
+        """Whether an idle job for this site asks for more than ``lifetime_s`` (the store's ``idle_too_long``)."""
+        return any(key[5] > lifetime_s for key, _ in self._open(site))
+
     def waiting_multicore(self, site: str, per_shape: int = 4) -> list[Waiting]:
         """The oldest few idle multicore jobs of each shape, in claim order (for reservations)."""
         jobs: list[Job] = []

@@ -47,6 +47,7 @@ ROWS: tuple[tuple[str, str, Any], ...] = (
     ("attempts failed by the job", "job_failures", _num),
     ("retries", "retries", _num),
     ("pilots (black holes, failed)", "pilots", _num),
+    ("pilots that left retiring, holding no job", "pilots_retired", _num),
     ("reservations made", "reservations", _num),
 )
 

@@ -305,7 +305,7 @@ def parse(path: str, doc: dict[str, Any]) -> Scenario:
         ramp_cores=sim.integer("ramp_cores", 0),
         reservation_after_s=server.duration("reservation_after", "30m"),
         reservation_max_hold_s=server.duration("reservation_max_hold", "1h"),
-        eol_window_s=server.duration("eol_window", "3h"),
+        eol_window_s=server.duration("eol_window", "6h"),
         eol_order=server.choice("eol_order", "longest", ("longest", "shortest")),
         sites=sites,
         work=tuple(_work(path, i, t) for i, t in enumerate(work_list)),

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Literal
 
+from glidein_server.policy.endoflife import plan_order
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -52,14 +54,18 @@ EolOrder = Literal["longest", "shortest"]
 
 @dataclass(frozen=True)
 class MatchPolicy:
-    eol_window_s: float = 3 * 3600.0  # 0: no end-of-life backfill
+    eol_window_s: float = 6 * 3600.0  # 0: no end-of-life backfill
     eol_order: EolOrder = "longest"
     gpu_first: bool = True
+    eol_align: bool = True  # a retiring pilot plans its cores' last jobs (endoflife.plan_order)
+    eol_leave: bool = True  # a retiring pilot that holds no job and got none leaves at once
 
 
 #: What the server uses, and the plain greedy fill (every rule off) for comparison.
 DEFAULT_POLICY = MatchPolicy()
-PLAIN_POLICY = MatchPolicy(eol_window_s=0.0, gpu_first=False)
+PLAIN_POLICY = MatchPolicy(eol_window_s=0.0, gpu_first=False, eol_align=False, eol_leave=False)
+#: End-of-life backfill without lining the cores' ends up (the server's rules before that).
+BACKFILL_POLICY = MatchPolicy(eol_window_s=3 * 3600.0, eol_align=False, eol_leave=False)
 
 
 def claim_order(priority: int, cpus: int, job_id: int) -> tuple[int, int, int]:
@@ -91,6 +97,12 @@ def retiring(lifetime_s: float, policy: MatchPolicy = DEFAULT_POLICY) -> bool:
     return lifetime_s < policy.eol_window_s
 
 
+def leaves(lifetime_s: float, claimed: int, policy: MatchPolicy = DEFAULT_POLICY) -> bool:
+    """Whether a pilot that holds no job leaves now instead of waiting for work: it is retiring
+    and its claim came back empty, so what could still fit its last hours is not there."""
+    return policy.eol_leave and claimed == 0 and retiring(lifetime_s, policy)
+
+
 def select(
     candidates: Iterable[Candidate],
     free: Capacity,
@@ -101,12 +113,37 @@ def select(
     *,
     policy: MatchPolicy = DEFAULT_POLICY,
     reserve: Candidate | None = None,
+    runtime_ratio: float = 1.0,
+) -> list[int]:
+    """The ids of the jobs this pilot gets, in the order it should start them.
+
+    ``runtime_ratio`` is how much of their walltime jobs use (:func:`endoflife.runtime_ratio`);
+    a retiring pilot plans its cores' last jobs with it when ``policy.eol_align`` is on.
+    """
+    if not retiring(lifetime_s, policy):
+        return _fill(candidates, free, total, lifetime_s, want, limit, policy, reserve)
+    cands = [c for c in candidates if c.walltime_s <= lifetime_s]
+    if policy.eol_align and len(cands) > 1:
+        keys = plan_order(lifetime_s, (c.walltime_s for c in cands), runtime_ratio)
+        cands.sort(key=lambda c: keys[c.walltime_s])
+    else:
+        sign = -1 if policy.eol_order == "longest" else 1
+        cands.sort(key=lambda c: sign * c.walltime_s)
+    return _fill(cands, free, total, lifetime_s, want, limit, policy, reserve)
+
+
+def _fill(
+    candidates: Iterable[Candidate],
+    free: Capacity,
+    total: Capacity,
+    lifetime_s: float,
+    want: int,
+    limit: int,
+    policy: MatchPolicy,
+    reserve: Candidate | None,
 ) -> list[int]:
     cpus, mem, gpus, disk = free.cpus, free.memory_mb, free.gpus, free.disk_mb
     hold = reserve
-    if retiring(lifetime_s, policy):
-        sign = -1 if policy.eol_order == "longest" else 1
-        candidates = sorted((c for c in candidates if c.walltime_s <= lifetime_s), key=lambda c: sign * c.walltime_s)
     if policy.gpu_first:
         candidates, gpu_hold = _gpu_first(candidates, free)
         hold = gpu_hold or hold

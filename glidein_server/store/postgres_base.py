@@ -49,6 +49,7 @@ class PostgresBase:
         self.retry = retry or RetryPolicy()
         self.shares = shares or Shares()  # users' fair shares of the cores
         self.pool_size = pool_size
+        self._runtime_ratio = (0.0, 1.0)  # (until, ratio): what jobs use of their walltime, learnt
         self._site_shapes: dict[str, PilotShape] = {}  # refreshed from the sites table on every demand read
         self._pool: Pool | None = None
         self._listener: Connection | None = None

@@ -19,15 +19,22 @@ from glidein_client.wire.schema import (
     SyncResponse,
 )
 from glidein_client.wire.staging import Network
+from glidein_server.policy.endoflife import SAMPLES, runtime_ratio
 from glidein_server.policy.fairshare import fair_order
 from glidein_server.policy.lifecycle import pilot_start_failed, site_health_blend
-from glidein_server.policy.matchmaking import Candidate, Capacity, select
+from glidein_server.policy.matchmaking import Candidate, Capacity, leaves, retiring, select
 from glidein_server.policy.site_control import within_room
 from glidein_server.store import candidates
 from glidein_server.store.postgres_attempts import PostgresAttempts
 from glidein_server.store.postgres_base import Connection, Q
 from glidein_server.store.postgres_jobs import spec_decoder
-from glidein_server.store.sqlite_pilots import CLAIM_SCAN, NOTHING_FREE, TERMINAL_BATCH_STATES
+from glidein_server.store.sqlite_pilots import (
+    CLAIM_SCAN,
+    NOTHING_FREE,
+    RATIO_TTL_S,
+    RETIRE_REASON,
+    TERMINAL_BATCH_STATES,
+)
 
 
 class PostgresPilots(PostgresAttempts):
@@ -113,7 +120,18 @@ class PostgresPilots(PostgresAttempts):
         leave = None
         if (await self._site_control(con, site))[0] is SiteMode.DRAINING:
             leave = "its site is draining (the operator's `glidein-server site drain`)"
+        elif req.claim and not req.draining and f.cpus > 0 and leaves(lifetime_s, len(jobs)):
+            if await con.fetchval(Q["idle_too_long"], int(lifetime_s), f",{site},") is not None:
+                leave = RETIRE_REASON
         return SyncResponse(jobs=jobs, cancel=cancel, refused=refused, leave=leave)
+
+    async def _ratio(self, con: Connection, now: float) -> float:
+        """What jobs use of their walltime, from the latest successful attempts (re-read every few minutes)."""
+        until, ratio = self._runtime_ratio
+        if now >= until:
+            ratio = runtime_ratio([(r[0], r[1]) for r in await con.fetch(Q["recent_runtimes"], SAMPLES)])
+            self._runtime_ratio = (now + RATIO_TTL_S, ratio)
+        return ratio
 
     @staticmethod
     async def _starts(con: Connection, pilot_id: int, req: SyncRequest, now: float) -> list[Refusal]:
@@ -178,7 +196,10 @@ class PostgresPilots(PostgresAttempts):
             return []
         in_use = {r[0]: int(r[1]) for r in await con.fetch(Q["busy_cores"])} if len(queues) > 1 else {}
         free = Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
-        chosen = select(fair_order(queues, in_use, self.shares), free, total, req.lifetime_s, req.want)
+        ratio = await self._ratio(con, now) if retiring(req.lifetime_s) else 1.0
+        chosen = select(
+            fair_order(queues, in_use, self.shares), free, total, req.lifetime_s, req.want, runtime_ratio=ratio
+        )
         if room is not None:
             cpus = {c.job_id: c.cpus for queue in queues.values() for c in queue}
             chosen = within_room([(job_id, cpus[job_id]) for job_id in chosen], room)

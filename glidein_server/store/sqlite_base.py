@@ -35,6 +35,7 @@ class SqliteBase:
         self.path = path
         self.retry = retry or RetryPolicy()
         self.shares = shares or Shares()  # users' fair shares of the cores
+        self._runtime_ratio = (0.0, 1.0)  # (until, ratio): what jobs use of their walltime, learnt
         self._site_shapes: dict[str, PilotShape] = {}  # a cache of the sites table's shapes
         self._db: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None

@@ -16,9 +16,10 @@ from glidein_client.wire.schema import (
     SyncRequest,
     SyncResponse,
 )
+from glidein_server.policy.endoflife import SAMPLES, runtime_ratio
 from glidein_server.policy.fairshare import fair_order
 from glidein_server.policy.lifecycle import pilot_start_failed, site_health_blend
-from glidein_server.policy.matchmaking import Candidate, Capacity, select
+from glidein_server.policy.matchmaking import Candidate, Capacity, leaves, retiring, select
 from glidein_server.policy.site_control import within_room
 from glidein_server.store import candidates
 from glidein_server.store.sqlite_attempts import SqliteAttempts
@@ -29,6 +30,9 @@ TERMINAL_BATCH_STATES = {"done", "failed", "timeout", "cancelled"}
 #: At most this many idle candidates are read per claim (best first); matchmaking picks among them.
 CLAIM_SCAN = 2000
 NOTHING_FREE = Resources(cpus=0, memory_mb=0)
+RATIO_TTL_S = 300.0  # how long the learnt runtime ratio is used before it is read again
+#: Why a retiring pilot that holds no job is told to leave (jobs wait, but none fits its last hours).
+RETIRE_REASON = "its remaining lifetime is shorter than the walltime of every idle job it could run"
 
 
 class SqlitePilots(SqliteAttempts):
@@ -127,7 +131,18 @@ class SqlitePilots(SqliteAttempts):
         leave = None
         if self._site_control(db, site)[0] is SiteMode.DRAINING:
             leave = "its site is draining (the operator's `glidein-server site drain`)"
+        elif req.claim and not req.draining and f.cpus > 0 and leaves(lifetime_s, len(jobs)):
+            if db.execute(Q["idle_too_long"], (int(lifetime_s), f",{site},")).fetchone() is not None:
+                leave = RETIRE_REASON
         return SyncResponse(jobs=jobs, cancel=cancel, refused=refused, leave=leave)
+
+    def _ratio(self, db: sqlite3.Connection, now: float) -> float:
+        """What jobs use of their walltime, from the latest successful attempts (re-read every few minutes)."""
+        until, ratio = self._runtime_ratio
+        if now >= until:
+            ratio = runtime_ratio(db.execute(Q["recent_runtimes"], (SAMPLES,)).fetchall())
+            self._runtime_ratio = (now + RATIO_TTL_S, ratio)
+        return ratio
 
     @staticmethod
     def _starts(db: sqlite3.Connection, pilot_id: int, req: SyncRequest, now: float) -> list[Refusal]:
@@ -207,7 +222,10 @@ class SqlitePilots(SqliteAttempts):
             return []
         in_use: dict[str, int] = dict(db.execute(Q["busy_cores"]).fetchall()) if len(queues) > 1 else {}
         free = Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
-        chosen = select(fair_order(queues, in_use, self.shares), free, total, req.lifetime_s, req.want)
+        ratio = self._ratio(db, now) if retiring(req.lifetime_s) else 1.0
+        chosen = select(
+            fair_order(queues, in_use, self.shares), free, total, req.lifetime_s, req.want, runtime_ratio=ratio
+        )
         if room is not None:
             cpus = {c.job_id: c.cpus for queue in queues.values() for c in queue}
             chosen = within_room([(job_id, cpus[job_id]) for job_id in chosen], room)

@@ -491,9 +491,24 @@ async def test_a_gpu_pilot_claims_the_waiting_gpu_job_first(store: Store) -> Non
     assert [c.job_id for c in resp.jobs] == [gpu_job, *cpu_jobs[:3]]
 
 
-async def test_a_retiring_pilot_claims_the_longest_job_that_still_fits(store: Store) -> None:
+async def test_a_retiring_pilot_plans_its_last_jobs_to_idle_least(store: Store) -> None:
     specs = [JobSpec(argv=["true"], memory_mb=1000, walltime_s=w) for w in (9000, 3000, 6000, 1200)]
     ids = await store.add_jobs("alice", specs, NOW)
     pid = await running_pilot(store, cpus=1)
     resp = await store.sync(pid, SyncRequest(free=free(1), lifetime_s=7000), NOW, LEASE_S)
-    assert [c.job_id for c in resp.jobs] == [ids[2]]  # 6000 s: the best fit for its last 7000 s
+    # No job has finished, so jobs are taken to use all they ask: 3000 s, then two of 1200 s would
+    # leave 6 idle minutes of its last 7000 s; the longest fit (6000 s) would leave 16.
+    assert [c.job_id for c in resp.jobs] == [ids[1]]
+    assert resp.leave is None
+
+
+async def test_a_retiring_pilot_that_no_idle_job_fits_is_told_to_leave(store: Store) -> None:
+    pid = await running_pilot(store, cpus=1)
+    resp = await store.sync(pid, SyncRequest(free=free(1), lifetime_s=7000), NOW, LEASE_S)
+    assert resp.jobs == [] and resp.leave is None  # no job waits: it waits for work as before
+    await store.add_jobs("alice", [JobSpec(argv=["true"], memory_mb=1000, walltime_s=9000)], NOW)
+    resp = await store.sync(pid, SyncRequest(free=free(1), lifetime_s=7000), NOW + 1, LEASE_S)
+    assert resp.jobs == []
+    assert resp.leave is not None and "shorter than the walltime" in resp.leave
+    resp = await store.sync(pid, SyncRequest(free=free(1), lifetime_s=30 * 3600), NOW + 2, LEASE_S)
+    assert resp.leave is None and len(resp.jobs) == 1  # a pilot with time left takes it

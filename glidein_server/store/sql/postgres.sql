@@ -519,6 +519,15 @@ WHERE id = $12;
 -- name: pilot_shape
 SELECT state, site, cpus, memory_mb, gpus, disk_mb FROM pilots WHERE id = $1;
 
+-- name: recent_runtimes
+SELECT a.wall_s, j.walltime_s FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.outcome = 'done' AND a.wall_s IS NOT NULL
+ORDER BY a.id DESC LIMIT $1;
+
+-- name: idle_too_long
+SELECT 1 FROM jobs
+WHERE state = 'idle' AND walltime_s > $1 AND (sites = '' OR position($2 in sites) > 0) LIMIT 1;
+
 -- name: pilot_capacity
 SELECT site, cpus, memory_mb, gpus, disk_mb, free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s, last_seen
 FROM pilots WHERE id = $1 AND state = 'running';

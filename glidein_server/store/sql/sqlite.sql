@@ -296,6 +296,15 @@ UPDATE attempts SET lease_expires = ? WHERE pilot_id = ? AND state != 'ended' AN
 SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
 WHERE a.pilot_id = ? AND a.state != 'ended' AND j.state IN ('cancelled', 'held');
 
+-- name: recent_runtimes
+SELECT a.wall_s, j.walltime_s FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.outcome = 'done' AND a.wall_s IS NOT NULL
+ORDER BY a.id DESC LIMIT ?;
+
+-- name: idle_too_long
+SELECT 1 FROM jobs INDEXED BY jobs_idle
+WHERE state = 'idle' AND walltime_s > ? AND (sites = '' OR instr(sites, ?) > 0) LIMIT 1;
+
 -- name: pilot_capacity
 SELECT site, cpus, memory_mb, gpus, disk_mb, free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s, last_seen
 FROM pilots WHERE id = ? AND state = 'running';
