@@ -302,8 +302,7 @@ WHERE a.outcome = 'done' AND a.wall_s IS NOT NULL
 ORDER BY a.id DESC LIMIT ?;
 
 -- name: idle_too_long
-SELECT 1 FROM jobs INDEXED BY jobs_idle
-WHERE state = 'idle' AND walltime_s > ? AND (sites = '' OR instr(sites, ?) > 0) LIMIT 1;
+SELECT 1 FROM idle_shapes WHERE n > 0 AND walltime_s > ? AND (sites = '' OR instr(sites, ?) > 0) LIMIT 1;
 
 -- name: pilot_capacity
 SELECT site, cpus, memory_mb, gpus, disk_mb, free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s, last_seen
