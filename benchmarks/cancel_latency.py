@@ -11,6 +11,8 @@ end. Two paths in the same run, on the same machine:
 
 Run with ``python -m benchmarks.cancel_latency``. Prints a table and writes
 benchmarks/results/cancel_latency.json. Target: p99 kill latency <= 1 s on the wake path.
+``--action hold`` times ``glidein hold`` of a running job instead (the same path to the pilot; the
+job stays held) and writes benchmarks/results/hold_latency.json.
 """
 
 from __future__ import annotations
@@ -75,8 +77,9 @@ async def start_pilot(srv: Server, tmp: Path, n: int, cpus: int) -> asyncio.subp
 class Bench:
     """The user's side of one measurement: keeps every core busy with more jobs waiting, cancels one."""
 
-    def __init__(self, api: ApiClient, slots: int, heartbeat_s: float) -> None:
+    def __init__(self, api: ApiClient, slots: int, heartbeat_s: float, action: str = "cancel") -> None:
         self.api, self.slots, self.heartbeat_s = api, slots, heartbeat_s
+        self.action = action
         self.counter = 0
 
     async def submit(self, n: int) -> None:
@@ -101,7 +104,7 @@ class Bench:
         """Seconds from the cancel request until the job's process is gone, and until the server has its end."""
         marker = job.spec.argv[1]
         t0 = time.monotonic()
-        await self.api.cancel(job.id)
+        await (self.api.hold(job.id, "benchmark") if self.action == "hold" else self.api.cancel(job.id))
         killed = reported = None
         while killed is None or reported is None:
             now = time.monotonic()
@@ -117,7 +120,9 @@ class Bench:
         return killed, reported
 
 
-async def measure(path: str, samples: int, pilots: int, cpus: int, heartbeat_s: float, tmp: Path) -> dict[str, object]:
+async def measure(
+    path: str, samples: int, pilots: int, cpus: int, heartbeat_s: float, tmp: Path, action: str = "cancel"
+) -> dict[str, object]:
     state = StateDir(tmp / "server")
     state.write(ServerSettings(port=0, heartbeat_s=heartbeat_s, insecure_http=True))  # loopback only
     kill_s: list[float] = []
@@ -129,7 +134,7 @@ async def measure(path: str, samples: int, pilots: int, cpus: int, heartbeat_s: 
         procs = [await start_pilot(srv, tmp, n, cpus) for n in range(pilots)]
         try:
             async with ApiClient(srv.url, user) as api:
-                bench = Bench(api, pilots * cpus, heartbeat_s)
+                bench = Bench(api, pilots * cpus, heartbeat_s, action)
                 await bench.submit(pilots * cpus * 2)  # every core busy, as many waiting
                 for i in range(samples):
                     live = await bench.running()
@@ -151,6 +156,7 @@ async def measure(path: str, samples: int, pilots: int, cpus: int, heartbeat_s: 
         "kill_s": stats(kill_s),
         "report_s": stats(report_s),
         "cancelled": states.get(JobState.CANCELLED.value, 0),
+        "held": states.get(JobState.HELD.value, 0),
     }
 
 
@@ -167,14 +173,16 @@ def stats(values: list[float]) -> dict[str, float]:
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="glidein-bench-") as tmp:
-        wake = await measure("wake", args.samples, args.pilots, args.cpus, args.heartbeat_s, Path(tmp) / "wake")
+        wake = await measure(
+            "wake", args.samples, args.pilots, args.cpus, args.heartbeat_s, Path(tmp) / "wake", args.action
+        )
     with tempfile.TemporaryDirectory(prefix="glidein-bench-") as tmp:
         base = await measure(
-            "heartbeat", args.baseline_samples, args.pilots, args.cpus, args.heartbeat_s, Path(tmp) / "hb"
+            "heartbeat", args.baseline_samples, args.pilots, args.cpus, args.heartbeat_s, Path(tmp) / "hb", args.action
         )
     p99 = wake["kill_s"]["p99"]  # type: ignore[index]
     return {
-        "benchmark": "cancel-latency-busy-pilot",
+        "benchmark": f"{args.action}-latency-busy-pilot",
         "pilots": args.pilots,
         "cpus_per_pilot": args.cpus,
         "heartbeat_s": args.heartbeat_s,
@@ -193,8 +201,10 @@ def main() -> None:
     p.add_argument("--pilots", type=int, default=2)
     p.add_argument("--cpus", type=int, default=2, help="cores (job slots) per pilot")
     p.add_argument("--heartbeat-s", type=float, default=10.0, help="the server's heartbeat_s (default: its default)")
-    p.add_argument("--out", type=Path, default=RESULTS / "cancel_latency.json")
+    p.add_argument("--action", choices=("cancel", "hold"), default="cancel", help="what stops the job (default cancel)")
+    p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/ACTION_latency.json")
     args = p.parse_args()
+    args.out = args.out or RESULTS / f"{args.action}_latency.json"
     result = asyncio.run(main_async(args))
     wake, base = result["wake"], result["heartbeat_baseline"]
     assert isinstance(wake, dict) and isinstance(base, dict)
