@@ -5,6 +5,9 @@ For SQLite and PostgreSQL (a throw-away cluster started here, as the tests do, u
 time the demand query, ramp 8-core pilots with 32 claiming at once (first-claim latency, claims
 per second), heartbeat syncs of every pilot, finish-and-claim rounds, one page of ``glidein
 status``, ``/summary`` and a label filter; then the server's RSS and the database's size. The
+server's CPU time per submitted job, per claiming sync and per heartbeat is printed too: on a
+shared machine it varies far less than the rates. On PostgreSQL a second replica then starts on
+the same database, and fresh pilots claim first through one replica, then spread over both. The
 server runs as a real ``glidein-server serve`` process. Prints a table and writes
 benchmarks/results/scale.json; the targets are printed beside each figure, and the SQLite and
 PostgreSQL columns of one run compare the backends on the same machine and load.
@@ -130,7 +133,65 @@ def job_specs(n: int) -> list[JobSpec]:
     ]
 
 
-async def run_backend(name: str, database: str, jobs: int, tmp: Path) -> dict[str, float]:
+def cpu_s(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return float(t.user + t.system)
+
+
+class Fleet:
+    """Pilots minted by one site client and spread over the server replicas' URLs, round robin."""
+
+    def __init__(self, clients: list[ApiClient]) -> None:
+        self.clients = clients
+        self.held: dict[int, list[Any]] = {}
+        self.first: list[float] = []
+
+    @classmethod
+    async def start(cls, sapi: ApiClient, urls: list[str], n: int) -> Fleet:
+        grants = await pool(list(range(n)), lambda _: sapi.new_pilot("bench"))
+        clients = [ApiClient(urls[i % len(urls)], g.token) for i, g in enumerate(grants)]
+        for c in clients:
+            await c.__aenter__()
+        await pool(clients, lambda c: c.register(PilotRegister(resources=FREE, end_time=time.time() + 80_000)))
+        return cls(clients)
+
+    async def close(self) -> None:
+        for c in self.clients:
+            await c.__aexit__(None, None, None)
+
+    async def claim(self) -> tuple[int, float]:
+        """Every pilot's first claim, 32 at once: (jobs claimed, seconds)."""
+
+        async def one(i: int) -> int:
+            t = time.perf_counter()
+            resp = await self.clients[i].sync(SyncRequest(free=FREE, lifetime_s=80_000))
+            self.first.append(time.perf_counter() - t)
+            self.held[i] = resp.jobs
+            return len(resp.jobs)
+
+        t0 = time.perf_counter()
+        claimed = sum(await pool(list(range(len(self.clients))), one))
+        return claimed, time.perf_counter() - t0
+
+    async def heartbeats(self) -> float:
+        busy = Resources(cpus=0, memory_mb=0)
+        t0 = time.perf_counter()
+        await pool(self.clients, lambda c: c.sync(SyncRequest(free=busy, lifetime_s=80_000, claim=False)))
+        return time.perf_counter() - t0
+
+    async def finish_and_claim(self, rounds: int) -> tuple[int, float]:
+        async def one(i: int) -> int:
+            fins = [Finish(attempt_id=j.attempt_id, lease=j.lease, outcome=Outcome.DONE) for j in self.held[i]]
+            resp = await self.clients[i].sync(SyncRequest(finished=fins, free=FREE, lifetime_s=80_000))
+            self.held[i] = resp.jobs
+            return len(fins)
+
+        t0 = time.perf_counter()
+        finished = sum(await pool(list(range(min(len(self.clients), 512))) * rounds, one))
+        return finished, time.perf_counter() - t0
+
+
+async def run_backend(name: str, database: str, jobs: int, tmp: Path, replicas: bool) -> dict[str, float]:
     state = StateDir(tmp / name)
     state.write(
         ServerSettings(
@@ -151,61 +212,52 @@ async def run_backend(name: str, database: str, jobs: int, tmp: Path) -> dict[st
     async with serving(state, tmp / f"{name}.log") as (url, server):
         async with ApiClient(url, user) as api:
             specs = job_specs(jobs)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_s(server)
             for i in range(0, jobs, MAX_JOBS_PER_REQUEST):
                 await api.submit(specs[i : i + MAX_JOBS_PER_REQUEST])
             r["submit_jobs_per_s"] = round(jobs / (time.perf_counter() - t0))
+            r["server_cpu_us_per_submitted_job"] = round(1e6 * (cpu_s(server) - c0) / jobs, 1)
         async with ApiClient(url, site) as sapi:
             r["demand_p99_ms"] = p99_ms(await timed(200, lambda: sapi.demand("bench", SHAPE)))
-            pilots = max(32, min(6250, jobs // 16))
-            grants = await pool(list(range(pilots)), lambda _: sapi.new_pilot("bench"))
-        clients = [ApiClient(url, g.token) for g in grants]
-        for c in clients:
-            await c.__aenter__()
+            fleet = await Fleet.start(sapi, [url], max(32, min(6250, jobs // 16)))
         try:
-            await pool(clients, lambda c: c.register(PilotRegister(resources=FREE, end_time=time.time() + 80_000)))
-            first: list[float] = []
-            held: dict[int, list[Any]] = {}
-
-            async def claim(i: int) -> int:
-                t = time.perf_counter()
-                resp = await clients[i].sync(SyncRequest(free=FREE, lifetime_s=80_000))
-                first.append(time.perf_counter() - t)
-                held[i] = resp.jobs
-                return len(resp.jobs)
-
-            t0 = time.perf_counter()
-            claimed = sum(await pool(list(range(pilots)), claim))
-            ramp_s = time.perf_counter() - t0
-            r["pilots"] = pilots
+            c0 = cpu_s(server)
+            claimed, ramp_s = await fleet.claim()
+            r["pilots"] = len(fleet.clients)
             r["claimed_jobs"] = claimed
             r["claim_jobs_per_s"] = round(claimed / ramp_s)
-            r["first_claim_p99_ms"] = p99_ms(first)
-            busy = Resources(cpus=0, memory_mb=0)
-            t0 = time.perf_counter()
-            await pool(clients, lambda c: c.sync(SyncRequest(free=busy, lifetime_s=80_000, claim=False)))
-            r["heartbeat_syncs_per_s"] = round(pilots / (time.perf_counter() - t0))
-
-            async def finish_and_claim(i: int) -> int:
-                fins = [Finish(attempt_id=j.attempt_id, lease=j.lease, outcome=Outcome.DONE) for j in held[i]]
-                resp = await clients[i].sync(SyncRequest(finished=fins, free=FREE, lifetime_s=80_000))
-                held[i] = resp.jobs
-                return len(fins)
-
-            rounds = list(range(min(pilots, 512))) * 3
-            t0 = time.perf_counter()
-            finished = sum(await pool(rounds, finish_and_claim))
-            r["finish_and_claim_jobs_per_s"] = round(finished / (time.perf_counter() - t0))
+            r["first_claim_p99_ms"] = p99_ms(fleet.first)
+            r["server_cpu_ms_per_claim_sync"] = round(1000 * (cpu_s(server) - c0) / len(fleet.clients), 2)
+            c0 = cpu_s(server)
+            r["heartbeat_syncs_per_s"] = round(len(fleet.clients) / await fleet.heartbeats())
+            r["server_cpu_ms_per_heartbeat"] = round(1000 * (cpu_s(server) - c0) / len(fleet.clients), 2)
+            finished, seconds = await fleet.finish_and_claim(3)
+            r["finish_and_claim_jobs_per_s"] = round(finished / seconds)
         finally:
-            for c in clients:
-                await c.__aexit__(None, None, None)
+            await fleet.close()
         async with ApiClient(url, user) as api:
             r["status_page_p99_ms"] = p99_ms(await timed(20, lambda: api.list_jobs(limit=100)))
             r["summary_p99_ms"] = p99_ms(await timed(20, api.summary))
             r["label_filter_p99_ms"] = p99_ms(await timed(20, lambda: api.list_jobs(label="dataset=ds7", limit=100)))
         r["server_rss_mb"] = round(server.memory_info().rss / 2**20)
+        if replicas:
+            r.update(await replica_claims(state, tmp, url, site, min(512, max(32, jobs // 64))))
     r["database_mb"] = round(await database_mb(state, database), 1)
     return r
+
+
+async def replica_claims(state: StateDir, tmp: Path, url: str, site: str, pilots: int) -> dict[str, float]:
+    """The claim rate of fresh pilots on one replica, then of as many spread over two, in one run."""
+    out: dict[str, float] = {}
+    async with serving(state, tmp / "replica2.log") as (url2, _), ApiClient(url, site) as sapi:
+        for key, urls in (("one_replica_claim_jobs_per_s", [url]), ("two_replicas_claim_jobs_per_s", [url, url2])):
+            fleet = await Fleet.start(sapi, urls, pilots)
+            try:
+                claimed, seconds = await fleet.claim()
+                out[key] = round(claimed / seconds)
+            finally:
+                await fleet.close()
+    return out
 
 
 async def database_mb(state: StateDir, database: str) -> float:
@@ -223,12 +275,13 @@ async def database_mb(state: StateDir, database: str) -> float:
 
 def table(results: dict[str, dict[str, float]]) -> str:
     names = list(results)
-    keys = list(next(iter(results.values())))
-    lines = [f"{'measure':28}" + "".join(f"{n:>14}" for n in names) + "   target"]
+    keys = list(dict.fromkeys(k for r in results.values() for k in r))
+    lines = [f"{'measure':34}" + "".join(f"{n:>14}" for n in names) + "   target"]
     for k in keys:
         target = TARGETS.get(k)
         mark = f"   {'>=' if target[1] == 'min' else '<='} {target[0]:g}" if target else ""
-        lines.append(f"{k:28}" + "".join(f"{results[n][k]:>14g}" for n in names) + mark)
+        cells = "".join(f"{results[n][k]:>14g}" if k in results[n] else f"{'-':>14}" for n in names)
+        lines.append(f"{k:34}" + cells + mark)
     return "\n".join(lines)
 
 
@@ -236,17 +289,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="glidein-scale-") as tmp:
         if "sqlite" in args.backends:
-            results["sqlite"] = await run_backend("sqlite", "glidein.db", args.jobs, Path(tmp))
+            results["sqlite"] = await run_backend("sqlite", "glidein.db", args.jobs, Path(tmp), False)
         if "postgres" in args.backends:
             if args.postgres:
-                results["postgres"] = await run_backend("postgres", args.postgres, args.jobs, Path(tmp))
+                results["postgres"] = await run_backend("postgres", args.postgres, args.jobs, Path(tmp), True)
             else:
                 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: ASYNC240
                 from tests.infra.postgres import running_postgres
 
                 with running_postgres() as pg:
                     pg.run("createdb", "scale")
-                    results["postgres"] = await run_backend("postgres", pg.url("scale"), args.jobs, Path(tmp))
+                    results["postgres"] = await run_backend("postgres", pg.url("scale"), args.jobs, Path(tmp), True)
     return {
         "jobs": args.jobs,
         "machine": {

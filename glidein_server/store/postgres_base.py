@@ -36,6 +36,15 @@ else:
     Connection = Pool = Record = Any
 
 
+class _Unreset(asyncpg.Connection):
+    """The store's pooled connections keep no session state (no SET, LISTEN, open cursor or
+    session-level lock), so a connection handed back to the pool needs no reset query: one round
+    trip less per store call."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 def redact(url: str) -> str:
     """The database URL without its password, for logs and messages."""
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
@@ -57,7 +66,9 @@ class PostgresBase:
 
     async def open(self) -> None:
         try:
-            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size)
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=self.pool_size, connection_class=_Unreset
+            )
         except (OSError, asyncpg.PostgresError) as exc:
             raise ConfigError(
                 f"Cannot reach the PostgreSQL database {redact(self.url)}: {exc}.",

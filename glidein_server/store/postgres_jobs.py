@@ -260,12 +260,6 @@ class PostgresJobs(PostgresTokens):
         row = await con.fetchrow(Q["site_control_get"], site)
         return (SiteMode(row[0]), row[1]) if row else (SiteMode.OPEN, None)
 
-    async def _claim_room(self, con: Connection, site: str) -> int | None:
-        """The cores the site's pilots may still claim (None: no limit), as the operator set."""
-        mode, max_cpus = await self._site_control(con, site)
-        in_use = await con.fetchval(Q["site_cpus_in_use"], site) if max_cpus is not None else 0
-        return site_control.claim_room(mode, max_cpus, in_use)
-
     # --- firewalled sites: out-of-job staging ----------------------------------------------------
 
     async def set_site_network(self, site: str, network: Network, now: float) -> bool:

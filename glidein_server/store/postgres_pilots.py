@@ -8,6 +8,8 @@ and never share a job.
 
 from __future__ import annotations
 
+from typing import Any
+
 from glidein_client.wire.errors import ConflictError, NotFoundError
 from glidein_client.wire.schema import (
     ClaimedJob,
@@ -19,6 +21,7 @@ from glidein_client.wire.schema import (
     SyncResponse,
 )
 from glidein_client.wire.staging import Network
+from glidein_server.policy import site_control
 from glidein_server.policy.endoflife import SAMPLES, runtime_ratio
 from glidein_server.policy.fairshare import fair_order
 from glidein_server.policy.lifecycle import pilot_start_failed, site_health_blend
@@ -84,16 +87,23 @@ class PostgresPilots(PostgresAttempts):
         await self._tx(tx)
 
     async def sync(self, pilot_id: int, req: SyncRequest, now: float, lease_s: float) -> SyncResponse:
-        return await self._tx(self._sync, pilot_id, req, now, lease_s)
+        if req.started or req.finished or req.held is not None or self._claims(req):
+            return await self._tx(self._sync, pilot_id, req, now, lease_s)
+        # A heartbeat alone is two statements, each atomic by itself: no transaction to open.
+        return await self._read(self._sync, pilot_id, req, now, lease_s)
+
+    @staticmethod
+    def _claims(req: SyncRequest) -> bool:
+        return req.claim and not req.draining and (req.free.cpus > 0 or req.want > 0)
 
     async def _sync(self, con: Connection, pilot_id: int, req: SyncRequest, now: float, lease_s: float) -> SyncResponse:
-        prow = await con.fetchrow(Q["pilot_shape"], pilot_id)
-        if prow is None or prow[0] != "running":
+        head = await con.fetchrow(Q["pilot_sync_head"], pilot_id)
+        if head is None or head[0] != "running":
             raise ConflictError(
                 f"Pilot {pilot_id} is not running on the server (it ended or never registered).",
                 hint="The pilot should stop; its jobs have been requeued.",
             )
-        _, site, tcpus, tmem, tgpus, tdisk = prow
+        _, site, tcpus, tmem, tgpus, tdisk, mode, max_cpus, network = head
         refused = await self._starts(con, pilot_id, req, now)
         ran = 0
         health: list[float] = []
@@ -107,18 +117,17 @@ class PostgresPilots(PostgresAttempts):
             await self._drop_lost_claims(con, pilot_id, set(req.held), req.seq, now)
         f = NOTHING_FREE if req.draining else req.free
         lifetime_s = 0.0 if req.draining else req.lifetime_s
-        await con.execute(
-            Q["pilot_update"], f.cpus, f.memory_mb, f.gpus, f.disk_mb, lifetime_s, now, req.occupancy, ran, pilot_id
-        )
+        tail = (f.cpus, f.memory_mb, f.gpus, f.disk_mb, lifetime_s, now, req.occupancy, ran, pilot_id)
+        cancel = [r[0] for r in await con.fetch(Q["pilot_sync_tail"], *tail, now + lease_s, now + 0.75 * lease_s)]
         if health:
             await con.execute(Q["site_health_apply"], *site_health_blend(health), site)
-        await con.execute(Q["pilot_leases"], now + lease_s, pilot_id, now + 0.75 * lease_s)
-        cancel = [r[0] for r in await con.fetch(Q["pilot_cancels"], pilot_id)]
         jobs: list[ClaimedJob] = []
-        if req.claim and not req.draining and (f.cpus > 0 or req.want > 0):
-            jobs = await self._claim(con, pilot_id, site, req, Capacity(tcpus, tmem, tgpus, tdisk), now, lease_s)
+        control = (SiteMode(mode or SiteMode.OPEN.value), max_cpus, network)
+        if self._claims(req):
+            total = Capacity(tcpus, tmem, tgpus, tdisk)
+            jobs = await self._claim(con, pilot_id, site, req, total, now, lease_s, control)
         leave = None
-        if (await self._site_control(con, site))[0] is SiteMode.DRAINING:
+        if control[0] is SiteMode.DRAINING:
             leave = "its site is draining (the operator's `glidein-server site drain`)"
         elif req.claim and not req.draining and f.cpus > 0 and leaves(lifetime_s, len(jobs)):
             if await con.fetchval(Q["idle_too_long"], int(lifetime_s), f",{site},") is not None:
@@ -172,33 +181,37 @@ class PostgresPilots(PostgresAttempts):
         total: Capacity,
         now: float,
         lease_s: float,
+        control: tuple[SiteMode, int | None, str | None] | None = None,
     ) -> list[ClaimedJob]:
-        room = await self._claim_room(con, site)  # the operator's drain, pause or cap
+        if control is None:
+            ctl = await con.fetchrow(Q["site_claim_control"], site)
+            assert ctl is not None  # one row, whether or not the site is known
+            control = (SiteMode(ctl[0] or SiteMode.OPEN.value), ctl[1], ctl[2])
+        mode, max_cpus, network = control
+        in_use = await con.fetchval(Q["site_cpus_in_use"], site) if max_cpus is not None else 0
+        room = site_control.claim_room(mode, max_cpus, in_use)  # the operator's drain, pause or cap
         if room == 0:
             return []
         f = req.free
         cap = total if req.want > 0 else Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
         scan = min(CLAIM_SCAN, 2 * (cap.cpus + req.want) + 8)  # rows locked: a few per slot, not the queue
         args = (cap.cpus, cap.memory_mb, cap.gpus, cap.disk_mb, int(req.lifetime_s), f",{site},", scan)
-        network = await con.fetchval(Q["site_network_get"], site)
         queues: dict[str, list[Candidate]] = {}
         if network is not None and Network(network).stages:
             for owner, *row in await con.fetch(Q["idle_candidates_staged"], *args, site):
                 queues.setdefault(owner, []).append(Candidate(*row))
         else:  # each user's best few: however many jobs one user queued, the others are still seen
-            shapes = candidates.fitting(await con.fetch(Q["idle_shapes"]), *args[:4], req.lifetime_s, site)
-            columns = [list(c) for c in zip(*shapes, strict=True)]
-            for (owner,) in await con.fetch(Q["idle_owners"]) if shapes else ():
-                rows = await con.fetch(Q["idle_candidates_by_shape"], *columns, owner, scan)
-                if rows:
-                    queues[owner] = [Candidate(*r) for r in candidates.best(rows, scan)]
+            rows: dict[str, list[Any]] = {}
+            for owner, *row in await con.fetch(Q["idle_candidates"], *args):
+                rows.setdefault(owner, []).append(row)
+            queues = {owner: [Candidate(*r) for r in candidates.best(mine, scan)] for owner, mine in rows.items()}
         if not queues:
             return []
-        in_use = {r[0]: int(r[1]) for r in await con.fetch(Q["busy_cores"])} if len(queues) > 1 else {}
+        in_use_of = {r[0]: int(r[1]) for r in await con.fetch(Q["busy_cores"])} if len(queues) > 1 else {}
         free = Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
         ratio = await self._ratio(con, now) if retiring(req.lifetime_s) else 1.0
         chosen = select(
-            fair_order(queues, in_use, self.shares), free, total, req.lifetime_s, req.want, runtime_ratio=ratio
+            fair_order(queues, in_use_of, self.shares), free, total, req.lifetime_s, req.want, runtime_ratio=ratio
         )
         if room is not None:
             cpus = {c.job_id: c.cpus for queue in queues.values() for c in queue}

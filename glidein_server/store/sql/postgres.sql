@@ -516,8 +516,29 @@ UPDATE pilots SET state = $1::text, batch_id = $2, host = $3, cpus = $4, memory_
     ended_at = CASE WHEN $1::text = 'ended' THEN $10::float8 END
 WHERE id = $12;
 
--- name: pilot_shape
-SELECT state, site, cpus, memory_mb, gpus, disk_mb FROM pilots WHERE id = $1;
+-- name: pilot_sync_head
+-- A sync's first statement: the pilot, and its site's operator controls and network.
+SELECT p.state, p.site, p.cpus, p.memory_mb, p.gpus, p.disk_mb, s.mode, s.max_cpus, n.network
+FROM pilots p LEFT JOIN sites s ON s.name = p.site LEFT JOIN site_networks n ON n.site = p.site
+WHERE p.id = $1;
+
+-- name: pilot_sync_tail
+-- A sync's last statement (before any claim): what the pilot has free, its leases renewed when a
+-- quarter spent ($10: new expiry; $11: renew those expiring before), and its attempts whose job
+-- was cancelled.
+WITH p AS (
+    UPDATE pilots SET free_cpus = $1, free_memory_mb = $2, free_gpus = $3, free_disk_mb = $4, lifetime_s = $5,
+        last_seen = $6, occupancy = $7, jobs_run = jobs_run + $8
+    WHERE id = $9 AND state = 'running'
+), l AS (
+    UPDATE attempts SET lease_expires = $10 WHERE pilot_id = $9 AND state != 'ended' AND lease_expires < $11
+)
+SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.pilot_id = $9 AND a.state != 'ended' AND j.state = 'cancelled';
+
+-- name: site_claim_control
+SELECT s.mode, s.max_cpus, n.network FROM (SELECT $1::text AS name) x
+LEFT JOIN sites s ON s.name = x.name LEFT JOIN site_networks n ON n.site = x.name;
 
 -- name: recent_runtimes
 SELECT a.wall_s, j.walltime_s FROM attempts a JOIN jobs j ON j.id = a.job_id
@@ -532,19 +553,11 @@ WHERE state = 'idle' AND walltime_s > $1 AND (sites = '' OR position($2 in sites
 SELECT site, cpus, memory_mb, gpus, disk_mb, free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s, last_seen
 FROM pilots WHERE id = $1 AND state = 'running';
 
--- name: pilot_update
-UPDATE pilots SET free_cpus = $1, free_memory_mb = $2, free_gpus = $3, free_disk_mb = $4, lifetime_s = $5,
-    last_seen = $6, occupancy = $7, jobs_run = jobs_run + $8
-WHERE id = $9 AND state = 'running';
-
 -- name: pilot_exit
 UPDATE pilots SET occupancy = $1, exit_reason = $2 WHERE id = $3;
 
 -- name: pilots_silent
 SELECT id FROM pilots WHERE state = 'running' AND last_seen < $1;
-
--- name: pilot_leases
-UPDATE attempts SET lease_expires = $1 WHERE pilot_id = $2 AND state != 'ended' AND lease_expires < $3;
 
 -- name: pilot_cancels
 SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
@@ -560,29 +573,30 @@ SELECT id, job_id, claim_seq FROM attempts WHERE pilot_id = $1 AND state != 'end
 -- name: expired_attempts
 SELECT id, job_id FROM attempts WHERE state != 'ended' AND lease_expires < $1 ORDER BY id FOR UPDATE SKIP LOCKED;
 
--- name: idle_owners
--- The users with idle jobs: one index seek per user (a skip scan), not a scan of the idle jobs.
+-- name: idle_candidates
+-- Every user's best idle jobs of each shape that fits ($1..$6: cpus, memory, GPUs, disk, walltime,
+-- ',site,'; $7: how many of each): one statement, each (user, shape) an index seek however long the
+-- queue; rows are locked as they are read, skipping those another claimer holds.
 WITH RECURSIVE o(owner) AS (
     SELECT min(owner) FROM jobs WHERE state = 'idle'
     UNION ALL
     SELECT (SELECT min(owner) FROM jobs WHERE state = 'idle' AND owner > o.owner) FROM o WHERE o.owner IS NOT NULL
+), s AS (
+    SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites FROM idle_shape_deltas
+    WHERE cpus <= $1 AND memory_mb <= $2 AND gpus <= $3 AND disk_mb <= $4 AND walltime_s <= $5
+      AND (sites = '' OR position($6 in sites) > 0)
+    GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites HAVING sum(n) > 0
 )
-SELECT owner FROM o WHERE owner IS NOT NULL;
-
--- name: idle_candidates_by_shape
--- One user's best idle jobs of each shape ($1..$6: the shapes' columns), each an index seek however
--- long the queue, locked as they are read, skipping rows another claimer holds.
-SELECT j.id, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s, j.priority
-FROM unnest($1::int[], $2::bigint[], $3::int[], $4::bigint[], $5::bigint[], $6::text[])
-     AS s(cpus, memory_mb, gpus, disk_mb, walltime_s, sites)
-CROSS JOIN LATERAL (
+SELECT o.owner, j.id, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s, j.priority
+FROM o CROSS JOIN s CROSS JOIN LATERAL (
     SELECT id, cpus, memory_mb, gpus, disk_mb, walltime_s, priority FROM jobs
-    WHERE state = 'idle' AND owner = $7 AND cpus = s.cpus AND memory_mb = s.memory_mb AND gpus = s.gpus
+    WHERE state = 'idle' AND owner = o.owner AND cpus = s.cpus AND memory_mb = s.memory_mb AND gpus = s.gpus
       AND disk_mb = s.disk_mb AND walltime_s = s.walltime_s AND sites = s.sites
     ORDER BY priority DESC, id
-    LIMIT $8
+    LIMIT $7
     FOR UPDATE SKIP LOCKED
-) j;
+) j
+WHERE o.owner IS NOT NULL;
 
 -- name: busy_cores
 SELECT owner, sum(cpus)::bigint FROM jobs WHERE state IN ('claimed', 'running') GROUP BY owner;
