@@ -179,6 +179,11 @@ def _parser() -> argparse.ArgumentParser:
             "e.g. 5m (Slurm: --signal=B:TERM@SECONDS, or KillWait): jobs that end within it finish, the "
             "others are interrupted (default 0)",
         )
+        sp.add_argument(
+            "--drain-file",
+            help="when this file appears the pilot takes no more jobs, lets its running jobs finish and leaves "
+            "(glidein-client drain writes it)",
+        )
         sp.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.url:
         parser.error("the following arguments are required: --url")
     # Absolute paths only: jobs are spawned with their sandbox as the working directory (spawn.py).
-    for name in ("scratch", "staging_dir", "mailbox_dir"):
+    for name in ("scratch", "staging_dir", "mailbox_dir", "drain_file"):
         if getattr(args, name, None):
             setattr(args, name, os.path.abspath(getattr(args, name)))
     logging.basicConfig(
@@ -246,6 +251,7 @@ async def _main(args: argparse.Namespace) -> int:
                 required_commands=tuple(args.require),
                 isolation=await choose_isolation(args.isolation, apptainer_image=args.apptainer_image),
                 signal_grace_s=args.signal_grace_s,
+                drain_file=Path(args.drain_file) if args.drain_file else None,
             ),
         )
         loop = asyncio.get_running_loop()

@@ -20,6 +20,7 @@ from glidein_client.pilot import leftovers
 from glidein_client.pilot.attempt import Attempts, AttemptSettings, Running, finish_report, patiently
 from glidein_client.pilot.backlog import Backlog
 from glidein_client.pilot.channels.base import Channel
+from glidein_client.pilot.drainfile import DrainFile
 from glidein_client.pilot.executor import RunResult
 from glidein_client.pilot.flights import Flight, Flights
 from glidein_client.pilot.partition import SlotPool
@@ -73,6 +74,7 @@ class Pilot:
         self._idle_since = time.monotonic()
         self._drain_deadline = math.inf
         self._finish_by = 0.0  # a graceful stop: running jobs that end before this finish (0: none)
+        self._drain_file = DrainFile(settings.drain_file)  # written by `glidein-client drain`
         self._server_empty = False  # the last claim found no work
         self._server_away = False  # the last sync could not reach the server (logged once)
         self._reporting: set[int] = set()  # attempts whose reports are on their way
@@ -193,6 +195,9 @@ class Pilot:
         if self.phase is Phase.WORKING:
             if self._stop_reason is None and self.end_time - now <= self.settings.end_margin_s:
                 self.request_stop("reached its end time")
+            if self._stop_reason is None and self._drain_file.asked(mono):
+                # the jobs that can end before the pilot's own end finish; the others go back at once
+                self.request_stop("asked to drain by glidein-client drain", grace_s=max(1.0, self.end_time - now))
             if self._stop_reason is None:
                 self._dispatch(now)
                 self._check_idle(mono)

@@ -34,3 +34,4 @@ class PilotSettings:
     fast_failure_s: float = 10.0
     outage_s: float = 300.0  # keep retrying transfers and registration this long while the server is away
     isolation: Isolation = field(default_factory=NoIsolation)
+    drain_file: Path | None = None  # when it appears: no more jobs, running ones finish, then leave

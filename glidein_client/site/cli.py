@@ -10,6 +10,7 @@
   this checkout in a virtualenv there, the config, the token, and a crontab line running
   ``once`` or a systemd --user unit running ``run``); ``--dry-run`` shows what it would do and
   changes nothing.
+- ``drain`` / ``resume`` / ``stop-pilots``: see :mod:`glidein_client.site.control`.
 
 With an ``[ssh]`` section in the config, ``once``, ``run`` and ``check`` drive that login node
 over one SSH connection (remote mode).
@@ -34,6 +35,7 @@ from typing import Any
 
 import msgspec
 
+from glidein_client.site import cli_control
 from glidein_client.site.client import CycleReport, SiteClient, SiteStatus, make_runner
 from glidein_client.site.config import SiteConfig, load_site_config
 from glidein_client.site.lock import site_lock
@@ -67,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         ("check", "check the config, token, batch commands and server, one line per check"),
         ("status", "show the site's demand, its pilots in the batch system, back-off, and what a cycle would do"),
         ("deploy", "install or upgrade the client on the login node of [ssh] (a crontab line or a systemd unit)"),
+        *cli_control.COMMANDS,
     )
     for name, text in commands:
         sp = sub.add_parser(name, help=text, description=text)
@@ -170,6 +173,8 @@ def _status_json(site: SiteConfig, status: SiteStatus) -> dict[str, Any]:
         "backoff": {"active": d.backoff_s > 0, "start_failures": d.start_failures, "backoff_s": d.backoff_s},
         "operator": {"mode": d.mode.value, "max_cpus": d.max_cpus},
         "pilot_failure": status.failure,
+        "draining": status.draining,
+        "idle_outs": status.idle_outs,
         "next_cycle": {"submit": nxt.submit, "remove": list(nxt.remove), "reasons": list(nxt.reasons)},
     }
 
@@ -196,6 +201,12 @@ def _status_text(site: SiteConfig, status: SiteStatus) -> str:
         + (f" ({'; '.join(nxt.reasons)})" if nxt.reasons else ""),
         f"  operator   {_operator_text(d)}",
         *([f"  failing    {status.failure}"] if status.failure else []),
+        *([f"  idling     {status.idle_outs}"] if status.idle_outs else []),
+        *(
+            ["  draining   yes (glidein-client drain): no new pilots; `glidein-client resume` ends it"]
+            if status.draining
+            else []
+        ),
     ]
     return "\n".join(lines)
 
@@ -353,12 +364,27 @@ async def _host_checks(
         await step(f"command {command}", functools.partial(_find_command, runner, command))
 
     async def scratch() -> str:
-        await runner.makedirs(site.site.scratch_dir, mode=0o700)
-        probe = os.path.join(site.site.scratch_dir, ".glidein-check")
-        await runner.write_file(probe, b"ok\n", mode=0o600)
-        return f"{site.site.scratch_dir} is writable"
+        where = site.site.scratch_dir
+        try:
+            await runner.makedirs(where, mode=0o700)
+            await runner.write_file(os.path.join(where, ".glidein-check"), b"ok\n", mode=0o600)
+        except OSError as exc:
+            raise GlideinError(
+                f"Cannot write in {where} (site.scratch_dir in {site.path}): {exc.strerror or exc}.",
+                hint="Choose a directory the user running glidein-client can create and write, on a filesystem "
+                "the worker nodes share.",
+            ) from None
+        return f"{where} is writable"
 
     await step("scratch dir", scratch)
+    if site.site.ca_file:
+
+        async def ca() -> str:
+            await asyncio.to_thread(site.read_ca)
+            return f"{site.site.ca_file} holds a PEM certificate"
+
+        if not await step("ca file", ca):
+            return out  # the server cannot be checked without the CA it is to be trusted with
     # the health check needs no token, so the server is checked even when the token file is bad
     async with ApiClient(site.site.server_url, token, ca_file=site.site.ca_file, timeout_s=30) as api:
 
@@ -413,6 +439,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] =
     "check": _check,
     "status": _status,
     "deploy": _deploy,
+    **cli_control.HANDLERS,
 }
 
 

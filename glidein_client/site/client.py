@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from glidein_client.site.config import SiteConfig
-from glidein_client.site.decisions import Decision, decide, hold_actions
+from glidein_client.site.control import DRAIN_FILE, is_draining, state_file, tell_pilots_to_drain
+from glidein_client.site.decisions import IDLE_OUTS_BEFORE_BACKOFF, Decision, decide, hold_actions, idle_out_note
 from glidein_client.site.firewall.forwarder import CLIENT_TOKEN
 from glidein_client.site.firewall.service import Firewall, pilot_network_options
+from glidein_client.site.idle_outs import IdleOuts
 from glidein_client.site.pilot_failures import PilotFailure, read_failure
 from glidein_client.site.runners.local import LocalRunner, Runner
 from glidein_client.site.schedulers import make_scheduler
@@ -67,6 +69,8 @@ class SiteStatus:
     pilots: tuple[PilotJob, ...]
     next_cycle: Decision  # before holds are looked at
     failure: str | None = None  # why a pilot failed at start, from its output, with the key to check
+    draining: bool = False  # `glidein-client drain` is in force
+    idle_outs: str | None = None  # pilots keep leaving idle while jobs wait: the likely cause
 
     def counts(self) -> dict[str, int]:
         """Pilots by state (queued, running, held, ... as far as the batch system still lists them)."""
@@ -110,6 +114,7 @@ def pilot_command(site: SiteConfig, workdir: str) -> tuple[str, ...]:
         options["--fallback-walltime"] = f"{shape.walltime_s}s"
     if site.signal_grace_s:
         options["--signal-grace"] = f"{site.signal_grace_s}s"  # the batch script asks for the warning signal
+    options["--drain-file"] = os.path.join(workdir, DRAIN_FILE)  # written by `glidein-client drain`
     if site.site.ca_file:
         options["--ca-file"] = os.path.join(workdir, PILOT_CA_FILE)
     if site.isolation != "auto":
@@ -154,6 +159,9 @@ class SiteClient:
         self._examined: set[int] = set()  # ended pilots whose output was read
         self.last_failure: PilotFailure | None = None  # why a pilot last failed at start, when known
         self.firewall: Firewall | None = None  # staging, relay or mailbox of a firewalled site
+        self.idle_outs = IdleOuts(state_file("idle-outs", site.name, site.path))  # pilots that left idle, jobless
+        self._told_to_drain: set[int] = set()  # pilots given the drain file
+        self._idle_logged = 0  # the idle-out streak last logged
 
     async def __aenter__(self) -> SiteClient:
         token = await asyncio.to_thread(self.site.read_token)
@@ -204,7 +212,11 @@ class SiteClient:
         if states or start_failure:
             why = start_failure.text(site.path) if start_failure else None
             await self.api.pilot_states(site.name, states, why)
-        decision = await self._handle_holds(pilots, self._decide(demand, pilots))
+        draining = is_draining(site.name, site.path)
+        await self._note_idle_outs(demand, pilots)
+        decision = await self._handle_holds(pilots, self._decide(demand, pilots, draining=draining))
+        if draining:
+            await self._tell_to_drain(pilots)
 
         failure: GlideinError | None = None
         removed: tuple[str, ...] = ()
@@ -257,18 +269,31 @@ class SiteClient:
         pilots = tuple(await self.scheduler.status())
         found = await self._start_failure(demand, pilots)
         failure = found.text(self.site.path) if found else None
-        return SiteStatus(demand=demand, pilots=pilots, next_cycle=self._decide(demand, pilots), failure=failure)
+        draining = is_draining(self.site.name, self.site.path)
+        idle = await self._note_idle_outs(demand, pilots)
+        return SiteStatus(
+            demand=demand,
+            pilots=pilots,
+            next_cycle=self._decide(demand, pilots, draining=draining),
+            failure=failure,
+            draining=draining,
+            idle_outs=idle,
+        )
 
-    def _decide(self, demand: Demand, pilots: Sequence[PilotJob]) -> Decision:
+    def _decide(self, demand: Demand, pilots: Sequence[PilotJob], *, draining: bool = False) -> Decision:
         site = self.site
+        now = time.time()
         decision = decide(
             demand.pilots,
             pilots,
             site.limits,
-            now=time.time(),
+            now=now,
             max_queued_s=site.max_queued_s,
             start_failures=demand.start_failures,
             backoff_s=demand.backoff_s,
+            draining=draining,
+            idle_outs=self.idle_outs.streak(),
+            idle_out_age_s=self.idle_outs.age_s(now),
         )
         if demand.mode is SiteMode.OPEN:
             return decision
@@ -289,6 +314,25 @@ class SiteClient:
                 self.last_failure = failure
                 return failure
         return None
+
+    async def _note_idle_outs(self, demand: Demand, pilots: Sequence[PilotJob]) -> str | None:
+        """While jobs wait for this site and its pilots keep leaving idle without one: the line saying
+        so (logged once per new pilot in the streak), else None."""
+        await self.idle_outs.update(self.runner, self.site, pilots, time.time())
+        streak = self.idle_outs.streak()
+        if streak < IDLE_OUTS_BEFORE_BACKOFF or demand.pilots <= 0:
+            return None
+        note = idle_out_note(streak, self.site.shape, self.site.path)
+        if streak != self._idle_logged:
+            self._idle_logged = streak
+            log.warning("site %s: %s", self.site.name, note)
+        return note
+
+    async def _tell_to_drain(self, pilots: Sequence[PilotJob]) -> None:
+        """Draining: each pilot that may run finds the drain file in its directory (written once)."""
+        started = [p for p in pilots if p.state.active and p.pilot_id > 0 and p.pilot_id not in self._told_to_drain]
+        failed = await tell_pilots_to_drain(self.site, self.runner, started)
+        self._told_to_drain.update(p.pilot_id for p in started if p not in failed)
 
     async def _handle_holds(self, pilots: list[PilotJob], decision: Decision) -> Decision:
         """Release held pilots whose trouble passes; add the others to this cycle's removals."""

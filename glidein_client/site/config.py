@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct
@@ -186,6 +186,19 @@ def load_site_config(path: str | Path) -> SiteConfig:
 #: The longest warning before the walltime: what ``sbatch --signal=B:TERM@SECONDS`` takes.
 SIGNAL_GRACE_MAX_S = 65535
 
+
+def _check_choice(raw: dict[str, Any], path: str, section: str, key: str, choices: tuple[str, ...]) -> None:
+    """A value outside its choices, named with every valid one."""
+    table = raw.get(section)
+    value = table.get(key) if isinstance(table, dict) else None
+    if isinstance(value, str) and value not in choices:
+        raise ConfigError(
+            f"Site config {path}: {section}.{key} is {value!r}, which glidein does not know.",
+            hint=f"Choose one of: {', '.join(choices)}.",
+            field=f"{section}.{key}",
+        )
+
+
 #: Older names of keys, read as the current ones: (section, old name, name).
 ALIASES = (("site", "server_url", "url"),)
 
@@ -209,6 +222,8 @@ def _renamed(raw: dict[str, Any], path: str) -> dict[str, Any]:
 
 def parse_site_config(raw: dict[str, Any], path: str = "<config>") -> SiteConfig:
     raw = _renamed(raw, path)
+    _check_choice(raw, path, "site", "scheduler", get_args(SchedulerName))
+    _check_choice(raw, path, "pilot", "isolation", get_args(Isolation))
     try:
         data = convert(raw, SiteFile, what=f"site config {path}")
         pilot = data.pilot

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from glidein_client.site.config import LimitsSection
 from glidein_client.site.schedulers.base import HoldInfo, PilotJob, PilotState
+from glidein_client.wire.schema import PilotShape
 from glidein_client.wire.units import format_duration
 
 #: The decisions and the plain data they take: the simulator imports all of it from here.
@@ -29,6 +30,8 @@ __all__ = [
     "PilotState",
     "decide",
     "hold_actions",
+    "idle_backoff_s",
+    "idle_out_note",
     "release_after_s",
 ]
 
@@ -39,6 +42,9 @@ WAITING = frozenset({PilotState.QUEUED, PilotState.HELD, PilotState.UNKNOWN})
 REMOVABLE = frozenset({PilotState.QUEUED, PilotState.HELD})
 #: After this many pilots in a row failed at start, submit one pilot at a time (a probe).
 FAILURES_BEFORE_PROBING = 3
+#: After this many pilots in a row left idle without ever claiming a job while the demand stayed,
+#: back off: the jobs the server counts for this site probably do not fit its pilots.
+IDLE_OUTS_BEFORE_BACKOFF = 3
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,9 @@ def decide(
     max_queued_s: float,
     start_failures: int = 0,
     backoff_s: float = 0.0,
+    draining: bool = False,
+    idle_outs: int = 0,
+    idle_out_age_s: float = float("inf"),
 ) -> Decision:
     """Choose how many pilots to submit and which waiting pilots to remove.
 
@@ -69,7 +78,11 @@ def decide(
 
     A site whose last ``start_failures`` pilots ended without starting work is in back-off:
     nothing is submitted while ``backoff_s`` (from the server) is positive, then one probe
-    pilot at a time until a pilot starts.
+    pilot at a time until a pilot starts. Likewise after ``idle_outs`` pilots in a row left
+    idle without claiming a job (the latest ``idle_out_age_s`` ago): nothing for
+    :func:`idle_backoff_s`, then one probe pilot at a time until a pilot runs a job.
+
+    A ``draining`` site (``glidein-client drain``) submits nothing and removes all its waiting pilots.
     """
     demand = max(0, demand_pilots)
     active = [p for p in pilots if p.state.active]
@@ -80,6 +93,11 @@ def decide(
 
     # --- removals ----------------------------------------------------------------------------
     removable = [p for p in waiting if p.state in REMOVABLE]
+    if draining:
+        reasons.append("draining (glidein-client drain): no new pilots; `glidein-client resume` ends it")
+        if removable:
+            reasons.append(f"removing {len(removable)} waiting pilot(s): the site is draining")
+        return Decision(submit=0, remove=tuple(p.batch_id for p in removable), reasons=tuple(reasons))
     stale: list[PilotJob] = []
     if max_queued_s > 0:
         stale = sorted(
@@ -123,6 +141,13 @@ def decide(
             reasons.append(f"submitting none: {start_failures} pilots failed at start; waiting for the probe pilot")
             return Decision(submit=0, remove=remove, reasons=tuple(reasons))
         submit, why = 1, f"one probe pilot: {start_failures} pilots in a row failed at start"
+    if submit > 0 and idle_outs >= IDLE_OUTS_BEFORE_BACKOFF:
+        wait_s = idle_backoff_s(idle_outs) - idle_out_age_s
+        if wait_s > 0 or len(active):
+            later = f"one probe pilot in {format_duration(wait_s)}" if wait_s > 0 else "waiting for the probe pilot"
+            reasons.append(f"submitting none: {idle_outs} pilots in a row left idle without a job; {later}")
+            return Decision(submit=0, remove=remove, reasons=tuple(reasons))
+        submit, why = 1, f"one probe pilot: {idle_outs} pilots in a row left idle without a job"
     if submit > 0:
         reasons.append(f"submitting {submit}: {why}")
     elif demand == 0:
@@ -130,6 +155,26 @@ def decide(
     else:
         reasons.append(f"submitting none: {why}")
     return Decision(submit=submit, remove=remove, reasons=tuple(reasons))
+
+
+def idle_backoff_s(idle_outs: int) -> float:
+    """After ``idle_outs`` pilots in a row left idle: wait this long after the latest before a probe
+    (2 min, doubling with each further one, at most 1 h)."""
+    if idle_outs < IDLE_OUTS_BEFORE_BACKOFF:
+        return 0.0
+    return float(min(120.0 * 2.0 ** (idle_outs - IDLE_OUTS_BEFORE_BACKOFF), 3600.0))
+
+
+def idle_out_note(idle_outs: int, shape: PilotShape, config: str) -> str:
+    """The one plain line for the log and ``glidein-client status``: the likely cause and the keys to check."""
+    return (
+        f"{idle_outs} pilots in a row left idle without claiming a job while the server still counts jobs for "
+        f"this site: those jobs probably do not fit this site's pilots ({shape.cpus} core(s), {shape.memory_mb} MB, "
+        f"{format_duration(shape.walltime_s)} walltime less about a minute of start-up and margin). Compare with "
+        f"the idle jobs' cpus, memory and walltime (`glidein status --state idle`) and check pilot.cpus, "
+        f"pilot.memory and pilot.walltime in {config} (and any batch.extra_directives that change what pilots get); "
+        "submitting one probe pilot at a time meanwhile."
+    )
 
 
 def _age_key(p: PilotJob, now: float) -> float:

@@ -44,3 +44,12 @@ def site_lock(site: str, config: str, directory: Path | None = None) -> Iterator
         yield path
     finally:
         os.close(fd)
+
+
+def lock_holder(site: str, config: str, directory: Path | None = None) -> str | None:
+    """Who holds the site's lock now (``pid N``), or None when no client runs this config."""
+    try:
+        with site_lock(site, config, directory):
+            return None
+    except ConfigError as exc:
+        return str(exc.message).split(": ", 1)[-1].rstrip(".") or "another process"

@@ -74,16 +74,19 @@ max_idle_pilots = 1
     return path
 
 
-async def client_cli(cluster: SlurmCluster, shared: Path, *args: str) -> dict[str, object]:
+async def client_cli(cluster: SlurmCluster, shared: Path, *args: str, json_output: bool = True) -> dict[str, object]:
+    """`glidein-client ARGS --json` against the cluster: its JSON (without --json: {"text": stdout})."""
     env = {**cluster.command_env(), "XDG_RUNTIME_DIR": str(shared)}
     proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "glidein_client.site.cli", *args, "--json"),
+        *(sys.executable, "-m", "glidein_client.site.cli", *args, *(["--json"] if json_output else [])),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
+    if not json_output:
+        return {"text": out.decode()}
     result: dict[str, object] = json.loads(out)
     return result
 

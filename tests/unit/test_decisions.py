@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -200,3 +201,61 @@ def test_decide_respects_limits(
     removable_left = [p for p in waiting if p.state is not PilotState.UNKNOWN]
     assert len(d.remove) >= min(len(removable_left), len(waiting) - max(demand, 0))
     assert d.reasons
+
+
+# --- pilots that keep leaving idle, and a draining site ------------------------------------------
+
+
+def test_pilots_leaving_idle_in_a_row_stop_submissions_then_one_probe() -> None:
+    from glidein_client.site.decisions import IDLE_OUTS_BEFORE_BACKOFF, idle_backoff_s
+
+    n = IDLE_OUTS_BEFORE_BACKOFF
+    assert run(5, [], max_submit_per_cycle=5).submit == 5
+    fewer = decide(
+        5, [], LimitsSection(max_idle_pilots=5, max_submit_per_cycle=5), now=NOW, max_queued_s=DAY, idle_outs=n - 1
+    )
+    assert fewer.submit == 5  # two in a row may be chance
+    fresh = decide(5, [], LimitsSection(), now=NOW, max_queued_s=DAY, idle_outs=n, idle_out_age_s=10)
+    assert fresh.submit == 0
+    assert fresh.reasons[-1] == f"submitting none: {n} pilots in a row left idle without a job; one probe pilot in 110s"
+    later = decide(5, [], LimitsSection(), now=NOW, max_queued_s=DAY, idle_outs=n, idle_out_age_s=120)
+    assert later.submit == 1 and "one probe pilot" in later.reasons[-1]
+    probing = decide(
+        5, [pilot(1, PilotState.QUEUED)], LimitsSection(), now=NOW, max_queued_s=DAY, idle_outs=n, idle_out_age_s=999
+    )
+    assert probing.submit == 0 and probing.reasons[-1].endswith("waiting for the probe pilot")
+    assert [idle_backoff_s(k) for k in (n - 1, n, n + 1, n + 10)] == [0.0, 120.0, 240.0, 3600.0]
+    none_wanted = decide(0, [], LimitsSection(), now=NOW, max_queued_s=DAY, idle_outs=n, idle_out_age_s=0)
+    assert none_wanted.reasons[-1].startswith("submitting none: no demand")  # no demand: nothing to say
+
+
+def test_a_draining_site_submits_none_and_removes_every_waiting_pilot() -> None:
+    pilots = [pilot(1, PilotState.QUEUED), pilot(2, PilotState.HELD), pilot(3, PilotState.RUNNING)]
+    decision = decide(9, pilots, LimitsSection(), now=NOW, max_queued_s=DAY, draining=True)
+    assert decision.submit == 0
+    assert sorted(decision.remove) == ["b1", "b2"]  # running pilots finish their jobs and leave by themselves
+    assert decision.reasons[0].startswith("draining (glidein-client drain)")
+
+
+def test_the_idle_note_names_the_shape_and_the_keys() -> None:
+    from glidein_client.site.decisions import idle_out_note
+    from glidein_client.wire.schema import PilotShape
+
+    note = idle_out_note(3, PilotShape(cpus=2, memory_mb=2048, gpus=0, disk_mb=1000, walltime_s=3600), "/s.toml")
+    assert note.startswith("3 pilots in a row left idle without claiming a job")
+    assert "(2 core(s), 2048 MB, 60m00s walltime" in note and "pilot.memory and pilot.walltime in /s.toml" in note
+
+
+@pytest.mark.parametrize(
+    "output, idle",
+    [
+        ("x INFO pilot: pilot 4 leaving: idle for 120 s (ran 0 jobs, occupancy 0%)\n", True),
+        ("x INFO pilot: pilot 4 leaving: idle for 120 s (ran 3 jobs, occupancy 40%)\n", False),
+        ("x INFO pilot: pilot 4 leaving: received SIGTERM (ran 0 jobs, occupancy 0%)\n", False),
+        ("x ERROR pilot: self-test failed, taking no work: disk\n", None),
+    ],
+)
+def test_a_pilots_last_line_tells_whether_it_left_idle_without_a_job(output: str, idle: bool | None) -> None:
+    from glidein_client.site.idle_outs import left_idle
+
+    assert left_idle(output) is idle
