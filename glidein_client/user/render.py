@@ -81,6 +81,14 @@ def format_memory_mb(mb: int) -> str:
     return f"{mb}M"
 
 
+def asked(job: JobView, field: str) -> str:
+    """`` (asked 100M)`` when a retry grew the job's ``memory_mb`` or ``walltime_s``, else ``""``."""
+    value = job.asked.get(field)
+    if value is None:
+        return ""
+    return f" (asked {format_memory_mb(value) if field == 'memory_mb' else format_duration(value)})"
+
+
 def format_time(ts: float | None) -> str:
     if ts is None:
         return "-"
@@ -135,7 +143,7 @@ def jobs_table(jobs: Sequence[JobView], *, now: float | None = None) -> str:
                 str(job.id),
                 job.state.value,
                 str(job.spec.cpus) + (f"+{job.spec.gpus}g" if job.spec.gpus else ""),
-                format_memory_mb(job.spec.memory_mb),
+                format_memory_mb(job.spec.memory_mb) + asked(job, "memory_mb"),
                 job.site or "-",
                 age_or_runtime(job, now),
                 "-" if job.exit_code is None else str(job.exit_code),

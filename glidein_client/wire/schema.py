@@ -247,6 +247,9 @@ class JobView(_Strict, kw_only=True):
     note: str | None = None
     usage: Usage | None = None  # of the attempt whose result the job kept (done or failed jobs)
     history: list[JobEvent] = []  # holds, releases and retries by request, oldest first
+    # The user's own request of each requirement a retry grew (the spec holds the grown one),
+    # e.g. {"memory_mb": 100} for a job retried with more memory after it ran out.
+    asked: dict[str, int] = {}
 
 
 class JobList(_Strict, kw_only=True):

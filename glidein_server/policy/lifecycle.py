@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
 from glidein_client.wire.errors import ConflictError
-from glidein_client.wire.schema import Finish, JobChange, JobSpec, JobState, Outcome, RetryRequest
+from glidein_client.wire.schema import Finish, JobChange, JobEvent, JobSpec, JobState, Outcome, RetryRequest
 from glidein_server.policy.demand import start_backoff_s
 from glidein_server.policy.retry import RetryPolicy, next_spec, retries_allowed
 
@@ -40,6 +40,9 @@ SITE_HEALTH: Mapping[Outcome, float] = {
 }
 #: Weight of one outcome in the site-health moving average.
 HEALTH_ALPHA = 0.05
+#: The history action of a retry whose request the lifecycle grew, by whom, and what it may grow.
+GROWN, GROWN_BY = "grown", "server"
+GROWN_FIELDS = ("memory_mb", "walltime_s")
 
 
 class Step(str, enum.Enum):
@@ -59,6 +62,7 @@ class RetryBudget:
     retries_used: int
     max_retries: int
     spec: JobSpec
+    asked: Mapping[str, int] = field(default_factory=dict)  # what the user asked before earlier growths
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class JobPlan:
     step: Step
     reason: str | None
     grown: JobSpec | None = None  # RETRY only: the larger request of the next attempt
+    changes: tuple[JobChange, ...] = ()  # with ``grown``: each requirement grown, for the job's history
 
 
 def needs_budget(outcome: Outcome) -> bool:
@@ -88,11 +93,36 @@ def plan_attempt_end(
         return JobPlan(Step.REQUEUE, reason)
     if budget is None or budget.retries_used >= retries_allowed(outcome, budget.max_retries, policy):
         return JobPlan(Step.FAIL, reason)
-    grown = next_spec(budget.spec, outcome, policy, peak_mb=peak_mb)
+    original = msgspec.structs.replace(
+        budget.spec,
+        memory_mb=budget.asked.get("memory_mb", budget.spec.memory_mb),
+        walltime_s=budget.asked.get("walltime_s", budget.spec.walltime_s),
+    )
+    grown = next_spec(budget.spec, outcome, policy, peak_mb=peak_mb, original=original)
     if grown is None:
         return JobPlan(Step.RETRY, reason)
     spec, note = grown
-    return JobPlan(Step.RETRY, f"{reason}; {note}", grown=spec)
+    changes = tuple(
+        JobChange(field=name, old=getattr(budget.spec, name), new=getattr(spec, name))
+        for name in GROWN_FIELDS
+        if getattr(spec, name) != getattr(budget.spec, name)
+    )
+    return JobPlan(Step.RETRY, f"{reason}; {note}", grown=spec, changes=changes)
+
+
+def asked_of(history: Iterable[JobEvent]) -> dict[str, int]:
+    """The user's own request of each requirement a retry grew (``{"memory_mb": 100}``), from the
+    job's history: a growth remembers what was asked before it, a retry by request that sets the
+    requirement again makes that the user's own."""
+    asked: dict[str, int] = {}
+    for event in history:
+        for change in event.changes:
+            if event.action == GROWN:
+                if isinstance(change.old, int):
+                    asked.setdefault(change.field, change.old)
+            else:
+                asked.pop(change.field, None)
+    return asked
 
 
 def check_outputs(fin: Finish, uploaded: Mapping[str, tuple[str, int]]) -> tuple[Outcome, str | None]:

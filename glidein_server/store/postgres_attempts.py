@@ -8,6 +8,7 @@ from glidein_server.policy.lifecycle import (
     JobPlan,
     RetryBudget,
     Step,
+    asked_of,
     check_outputs,
     claim_lost,
     needs_budget,
@@ -15,6 +16,7 @@ from glidein_server.policy.lifecycle import (
     site_health_blend,
     site_health_value,
 )
+from glidein_server.store.history import events_by_job, grown_row
 from glidein_server.store.postgres_base import Connection, Q
 from glidein_server.store.postgres_jobs import spec_decoder, spec_encoder
 from glidein_server.store.postgres_monitoring import PostgresMonitoring
@@ -24,7 +26,10 @@ from glidein_server.store.sqlite_usage import provenance_columns
 class PostgresAttempts(PostgresMonitoring):
     async def _budget(self, con: Connection, job_id: int) -> RetryBudget | None:
         row = await con.fetchrow(Q["job_retry_budget"], job_id)
-        return None if row is None else RetryBudget(row[0], row[1], spec_decoder.decode(row[2]))
+        if row is None:
+            return None
+        events = events_by_job(tuple(r) for r in await con.fetch(Q["job_events_of"], [job_id])).get(job_id, [])
+        return RetryBudget(row[0], row[1], spec_decoder.decode(row[2]), asked_of(events))
 
     @staticmethod
     async def _apply(
@@ -36,6 +41,7 @@ class PostgresAttempts(PostgresMonitoring):
             g = plan.grown
             spec = spec_encoder.encode(g).decode()
             await con.execute(Q["job_retry_grown"], exit_code, plan.reason, g.memory_mb, g.walltime_s, spec, job_id)
+            await con.execute(Q["job_event_insert"], *grown_row(job_id, plan, now))
         elif plan.step is Step.RETRY:
             await con.execute(Q["job_retry"], exit_code, plan.reason, job_id)
         elif plan.step is Step.FAIL:

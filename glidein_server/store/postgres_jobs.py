@@ -30,7 +30,7 @@ from glidein_server.policy import demand as dm
 from glidein_server.policy import site_control
 from glidein_server.policy.lifecycle import site_backoff
 from glidein_server.store.base import JobFilter, Principal
-from glidein_server.store.history import events_by_job
+from glidein_server.store.history import events_by_job, with_history
 from glidein_server.store.postgres_base import Connection, Q, Record
 from glidein_server.store.postgres_tokens import PostgresTokens
 from glidein_server.store.sqlite_sites import sites_from_key, sites_key
@@ -107,7 +107,7 @@ class PostgresJobs(PostgresTokens):
         if not views:
             return views
         events = events_by_job(tuple(r) for r in await con.fetch(Q["job_events_of"], [v.id for v in views]))
-        return [msgspec.structs.replace(v, history=events[v.id]) if v.id in events else v for v in views]
+        return with_history(views, events)
 
     async def list_jobs(self, flt: JobFilter) -> tuple[list[JobView], dict[str, int]]:
         labels = [json.dumps({k: v}) for k, v in flt.all_labels] or None

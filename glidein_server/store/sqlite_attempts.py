@@ -6,6 +6,7 @@ the plan. Pilots ending (by report, by the batch system, or by silence) end thei
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 from glidein_client.wire.errors import ConflictError, ValidationError
@@ -15,12 +16,14 @@ from glidein_server.policy.lifecycle import (
     JobPlan,
     RetryBudget,
     Step,
+    asked_of,
     check_outputs,
     claim_lost,
     needs_budget,
     plan_attempt_end,
     site_health_value,
 )
+from glidein_server.store.history import events_by_job, grown_row
 from glidein_server.store.sqlite_base import Q
 from glidein_server.store.sqlite_jobs import SqliteJobs, spec_encoder
 from glidein_server.store.sqlite_sites import spec_decoder
@@ -30,7 +33,10 @@ from glidein_server.store.sqlite_usage import provenance_columns
 class SqliteAttempts(SqliteJobs):
     def _budget(self, db: sqlite3.Connection, job_id: int) -> RetryBudget | None:
         row = db.execute(Q["job_retry_budget"], (job_id,)).fetchone()
-        return None if row is None else RetryBudget(row[0], row[1], spec_decoder.decode(row[2]))
+        if row is None:
+            return None
+        events = events_by_job(db.execute(Q["job_events_of"], (json.dumps([job_id]),))).get(job_id, [])
+        return RetryBudget(row[0], row[1], spec_decoder.decode(row[2]), asked_of(events))
 
     @staticmethod
     def _apply(
@@ -44,6 +50,7 @@ class SqliteAttempts(SqliteJobs):
                 Q["job_retry_grown"],
                 (exit_code, plan.reason, g.memory_mb, g.walltime_s, spec_encoder.encode(g), job_id),
             )
+            db.execute(Q["job_event_insert"], grown_row(job_id, plan, now))
         elif plan.step is Step.RETRY:
             db.execute(Q["job_retry"], (exit_code, plan.reason, job_id))
         elif plan.step is Step.FAIL:

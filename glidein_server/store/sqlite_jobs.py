@@ -13,7 +13,7 @@ from glidein_client.wire.errors import NotFoundError
 from glidein_client.wire.schema import AttemptView, JobSpec, JobState, JobView, OutputFile, Role
 from glidein_server.policy import demand as dm
 from glidein_server.store.base import JobFilter, Principal
-from glidein_server.store.history import events_by_job
+from glidein_server.store.history import events_by_job, with_history
 from glidein_server.store.sqlite_base import Q
 from glidein_server.store.sqlite_sites import SqliteSites, sites_key, spec_decoder
 from glidein_server.store.sqlite_usage import attempt_views, result_usage
@@ -165,6 +165,4 @@ def _with_history(db: sqlite3.Connection, views: list[JobView]) -> list[JobView]
     if not views:
         return views
     events = events_by_job(db.execute(Q["job_events_of"], (json.dumps([v.id for v in views]),)))
-    if not events:
-        return views
-    return [msgspec.structs.replace(v, history=events[v.id]) if v.id in events else v for v in views]
+    return with_history(views, events)

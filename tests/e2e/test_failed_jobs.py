@@ -3,6 +3,7 @@ the outputs a failed job left, and ``fetch`` saying plainly when it fetched noth
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -63,3 +64,29 @@ async def test_a_failed_job_brings_back_the_outputs_it_left(live_server: Any, gl
 
     r = await glidein("show", failed)
     assert "(its result was kept)" in r.out  # the failed attempt is the one whose outputs came back
+
+
+async def test_a_job_out_of_memory_is_retried_at_its_peak_and_shows_what_was_asked(
+    live_server: Any,
+    glidein: Glidein,  # noqa: F811
+) -> None:
+    await live_server.start_pilot(cpus=1, memory_mb=2048, idle_timeout_s=30, extra=("--prefetch-s", "0"))
+    hog = "import time; x = b'1' * (300 << 20); time.sleep(2)"  # 300 MB, held long enough to be seen
+    r = await glidein("submit", "--memory", "100M", "--walltime", "1m", "--", sys.executable, "-c", hog)
+    job = submitted(r.out)
+    r = await glidein("wait", job, "--timeout", "90s")
+    assert r.rc == 0 and "1 job: 1 done" in r.out, r.out + r.err
+
+    got = (await glidein("--json", "status", job)).json()["jobs"][0]
+    grown = got["spec"]["memory_mb"]
+    assert got["asked"] == {"memory_mb": 100} and grown >= 300 * 1.25  # the measured peak plus a margin
+    r = await glidein("status", job)
+    row = r.out.splitlines()[1]
+    assert f" {grown}M (asked 100M) " in row, r.out
+    r = await glidein("show", job)
+    assert f"asked for: 1 core, {grown}M memory (asked 100M), 0 GPUs, walltime 60s\n" in r.out, r.out
+    # It may grow twice: killed while still filling its memory, it used less than its peak the first time.
+    grew = [line for line in r.out.splitlines() if " grown by server: " in line]
+    assert grew and "used" in grew[0] and "more than its 100 MB" in grew[0], r.out
+    assert all("(asked for 100 MB, used " in line for line in grew), grew  # the user's own request, each time
+    assert grew[-1].endswith(f" -> {grown}M)"), grew

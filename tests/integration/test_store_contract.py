@@ -174,6 +174,14 @@ async def test_memory_kill_grows_then_retries_run_out(store: Store) -> None:
         assert view is not None and view.state is expected
     assert view.spec.memory_mb == 2000 and view.retries_used == 2
     assert view.reason == "killed"
+    # The growth is kept in the job's history, and what the user asked stays beside the grown request.
+    asked = job().memory_mb
+    assert view.asked == {"memory_mb": asked}
+    assert [(e.action, e.by, [(c.field, c.old, c.new) for c in e.changes]) for e in view.history] == [
+        ("grown", "server", [("memory_mb", asked, 2000)])
+    ]
+    [listed] = (await store.list_jobs(JobFilter(ids=[jid])))[0]
+    assert listed.asked == view.asked
 
 
 async def test_pilot_exit_requeues_without_charge_and_expiry_loses(store: Store) -> None:

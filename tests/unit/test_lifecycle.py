@@ -5,11 +5,13 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from glidein_client.wire.schema import Finish, JobSpec, Outcome, OutputFile
+from glidein_client.wire.schema import Finish, JobChange, JobEvent, JobSpec, Outcome, OutputFile
 from glidein_server.policy.lifecycle import (
+    GROWN,
     HEALTH_ALPHA,
     RetryBudget,
     Step,
+    asked_of,
     check_outputs,
     claim_lost,
     needs_budget,
@@ -120,3 +122,23 @@ def test_site_backoff() -> None:
 )
 def test_claim_lost_only_by_a_later_sync(claim_seq: int | None, sync_seq: int | None, lost: bool) -> None:
     assert claim_lost(claim_seq, sync_seq) is lost
+
+
+def test_a_growth_names_the_users_own_request_and_history_keeps_it() -> None:
+    grown_once = msgspec.structs.replace(SPEC, memory_mb=1500)
+    plan = plan_attempt_end(
+        Outcome.MEMORY, "used 1400 MB", RetryBudget(1, 0, grown_once, {"memory_mb": 1000}), POLICY, peak_mb=1400
+    )
+    assert plan.grown is not None and plan.grown.memory_mb == 3000
+    assert plan.reason == "used 1400 MB; retrying with 3000 MB of memory (asked for 1000 MB, used 1400 MB)"
+    assert plan.changes == (JobChange(field="memory_mb", old=1500, new=3000),)
+
+    def event(action: str, *changes: JobChange) -> JobEvent:
+        return JobEvent(at=0.0, action=action, by="x", changes=list(changes))
+
+    grew = [event(GROWN, JobChange(field="memory_mb", old=1000, new=1500)), event(GROWN, *plan.changes)]
+    assert asked_of(grew) == {"memory_mb": 1000}  # the first growth remembers what was asked
+    held = [*grew, event("held"), event("retried", JobChange(field="cpus", old=1, new=2))]
+    assert asked_of(held) == {"memory_mb": 1000}
+    own = [*grew, event("retried", JobChange(field="memory_mb", old=3000, new=500))]
+    assert asked_of(own) == {}  # a retry that sets the memory makes it the user's own request again

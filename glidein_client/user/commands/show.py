@@ -39,8 +39,9 @@ def job_text(job: JobView, attempts: Sequence[AttemptView]) -> str:
     lines = [
         f"job {job.id} of {job.owner}: {job.state.value}" + (f" at site {job.site}" if job.site else ""),
         f"command:   {what}",
-        f"asked for: {render.plural(spec.cpus, 'core')}, {render.format_memory_mb(spec.memory_mb)} memory, "
-        f"{spec.gpus} GPUs, walltime {format_duration(spec.walltime_s)}",
+        f"asked for: {render.plural(spec.cpus, 'core')}, {render.format_memory_mb(spec.memory_mb)} memory"
+        f"{render.asked(job, 'memory_mb')}, {spec.gpus} GPUs, walltime {format_duration(spec.walltime_s)}"
+        f"{render.asked(job, 'walltime_s')}",
         f"submitted: {render.format_time(job.submitted_at)}, finished {render.format_time(job.finished_at)}",
     ]
     if spec.labels:
