@@ -15,6 +15,7 @@ import math
 import os
 import socket
 import time
+from collections import Counter
 
 from glidein_client.pilot import leftovers
 from glidein_client.pilot.attempt import Attempts, AttemptSettings, Running, finish_report, patiently
@@ -77,7 +78,9 @@ class Pilot:
         self._drain_file = DrainFile(settings.drain_file)  # written by `glidein-client drain`
         self._server_empty = False  # the last claim found no work
         self._server_away = False  # the last sync could not reach the server (logged once)
-        self._reporting: set[int] = set()  # attempts whose reports are on their way
+        # Attempts whose reports are on their way, counted per report: a job's start may travel in the
+        # long poll while its end travels beside it, and it stays held until both are answered.
+        self._reporting: Counter[int] = Counter()
         self._seq = 0  # syncs sent so far: each carries the next number
         self.attempts = Attempts(
             channel,
@@ -269,8 +272,9 @@ class Pilot:
     def _settle(self, flight: Flight) -> bool:
         """Take in the answer of a finished sync; False when it failed and its reports wait for another."""
         started, finished = flight.reports
-        self._reporting.difference_update(r.attempt_id for r in started)
-        self._reporting.difference_update(f.attempt_id for f in finished)
+        self._reporting.subtract(r.attempt_id for r in started)
+        self._reporting.subtract(f.attempt_id for f in finished)
+        self._reporting = +self._reporting  # drop those with no report left on the way
         try:
             self._absorb(flight.task.result(), claimed=flight.claims)
             self._server_away = False
@@ -342,7 +346,7 @@ class Pilot:
         held = set(self.running) | {c.attempt_id for c in self.backlog}
         held.update(r.attempt_id for r in reports[0])
         held.update(f.attempt_id for f in reports[1])
-        held.update(self._reporting)
+        held.update(self._reporting)  # (the attempts with a report still on its way)
         # Only one claiming sync is in flight at a time, so every earlier one has come back (or been
         # given up) when this one lists what the pilot holds: the server may take what it omits as lost.
         return SyncRequest(
