@@ -65,8 +65,8 @@ async def test_hold_stops_a_running_job_release_runs_it_again(live_server: Any, 
     assert [(e["action"], e["by"], e["reason"]) for e in job["history"]] == [
         ("held", "ann", "input is being rewritten")
     ]
-    r = await glidein("status", slow)
-    assert "held" in r.out and "held by ann: input is being rewritten" in r.out
+    r = await glidein("status")  # without ids: the last submit (the quick job) and active jobs, held ones too
+    assert f"{slow}  held" in r.out and "held by ann: input is being rewritten" in r.out
     r = await glidein("show", slow)
     assert "history:" in r.out and "held by ann: input is being rewritten" in r.out
     r = await glidein("logs", slow)
