@@ -172,9 +172,9 @@ def datasets_page(rows: Sequence[DatasetRow], key: str) -> str:
         idle = st.get("idle", 0) + st.get("claimed", 0)
         out.append(
             (d.name or f"(no {key} label)", idle, st.get("running", 0), st.get("done", 0), st.get("failed", 0),
-             st.get("cancelled", 0), d.cores_in_use, eff)
+             st.get("cancelled", 0), st.get("held", 0), d.cores_in_use, eff)
         )  # fmt: skip
-    headers = ("dataset", "idle", "running", "done", "failed", "cancelled", "cores in use", "CPU efficiency")
+    headers = ("dataset", "idle", "running", "done", "failed", "cancelled", "held", "cores in use", "CPU efficiency")
     done = {d.name or f"(no {key} label)": float(d.states.get("done", 0)) for d in rows}
     return page("Datasets", table(headers, out) + "<h2>Done jobs per dataset</h2>" + bar_chart(done))
 
@@ -190,7 +190,15 @@ def job_page(job: JobView, attempts: Sequence[AttemptView]) -> str:
         ("submitted", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.submitted_at))),
         ("reason", job.reason or "-"),
     ]
-    body = table(("", ""), facts) + "<h2>Attempts</h2>"
+    body = table(("", ""), facts)
+    if job.history:  # holds, releases and retries by request
+        events = [
+            (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev.at)), ev.action, ev.by, ev.reason or "-",
+             ", ".join(f"{c.field} {c.old} -> {c.new}" for c in ev.changes) or "-")
+            for ev in job.history
+        ]  # fmt: skip
+        body += "<h2>History</h2>" + table(("when", "what", "by", "why", "changed"), events)
+    body += "<h2>Attempts</h2>"
     rows = []
     for a in attempts:
         p = a.provenance

@@ -194,7 +194,7 @@ async def test_an_operator_sees_every_page_drawn_and_user_strings_stay_text(
         assert await browser.eval("document.querySelectorAll('script').length") == 0
         text = await browser.eval("document.body.innerText")
         assert EVIL in text and "run7" in text  # the label shows as text and did not run
-        assert re.search(r"run7\t0\t0\t2\t0\t0\t0\t\d+%", text), text
+        assert re.search(r"run7\t0\t0\t2\t0\t0\t0\t0\t\d+%", text), text  # ... cancelled, held, cores
         await browser.screenshot(shots / "datasets.png")
 
         await browser.open(f"{live.url}/ui/jobs/{ids[1]}")
