@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import ssl
@@ -142,8 +143,7 @@ class Server:
             await self.__aexit__(None, None, None)
             raise ConfigError(
                 f"Cannot listen on {self._host}:{self._port}: {os.strerror(exc.errno).lower() if exc.errno else exc}.",
-                hint="Another program (perhaps another glidein server) holds that port: stop it, or choose "
-                "another one with `glidein-server serve --port N` or port in config.toml.",
+                hint=_listen_hint(exc.errno),
                 address=f"{self._host}:{self._port}",
             ) from None
         port = self._runner.addresses[0][1]
@@ -167,3 +167,21 @@ class Server:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.store.close()
+
+
+def _listen_hint(errno_: int | None) -> str:
+    """What to do when the listening socket cannot be had."""
+    if errno_ == errno.EACCES:
+        return (
+            "Ports below 1024 need root: choose one above it with `glidein-server serve --port N` or port in "
+            "config.toml."
+        )
+    if errno_ == errno.EADDRNOTAVAIL:
+        return (
+            "That address is not one of this host's: use one it has (`ip -br addr`), 0.0.0.0 for all of them, "
+            "or 127.0.0.1, with `glidein-server serve --host` or host in config.toml."
+        )
+    return (
+        "Another program (perhaps another glidein server) holds that port: stop it, or choose "
+        "another one with `glidein-server serve --port N` or port in config.toml."
+    )

@@ -84,6 +84,15 @@ def test_a_taken_port_is_one_plain_line(state: Path, serving: subprocess.Popen[s
     assert "--port N" in taken.stderr
 
 
+def test_an_address_this_host_lacks_is_named_with_the_fix(tmp_path: Path) -> None:
+    root = tmp_path / "tls"
+    assert server("init", str(root), "--port", "0").returncode == 0  # TLS: any address may be asked for
+    foreign = server("serve", "--dir", str(root), "--host", "192.0.2.1")  # TEST-NET-1, on no host
+    assert foreign.returncode == 1
+    assert "error: Cannot listen on 192.0.2.1:0: cannot assign requested address." in foreign.stderr
+    assert "not one of this host's" in foreign.stderr and "holds that port" not in foreign.stderr
+
+
 def test_user_tokens_are_not_minted_twice_by_accident_and_revoking_nobody_fails(state: Path) -> None:
     d = ["--dir", str(state)]
     assert server("user", "add", "ann", *d).returncode == 0
