@@ -38,13 +38,20 @@ async def drain(args: argparse.Namespace) -> int:
         if waiting:
             await client.scheduler.cancel([p.batch_id for p in waiting])
         others = [p for p in pilots if p not in waiting]
-        failed = await tell_pilots_to_drain(site, client.runner, others)
+        if site.site.scheduler == "htcondor" and not site.batch.shared_filesystem:
+            # the pilots' directories are on the execute nodes: no file reaches them
+            failed = list(others)
+        else:
+            failed = await tell_pilots_to_drain(site, client.runner, others)
         for p in waiting:
             lines.append(f"removed waiting pilot {pilot_name(site, client.scheduler, p)}")
             data["removed"].append(p.batch_id)
         for p in others:
             if p in failed:
-                lines.append(f"could not reach the directory of pilot {pilot_name(site, client.scheduler, p)}")
+                lines.append(
+                    f"could not reach the directory of pilot {pilot_name(site, client.scheduler, p)}: it takes "
+                    f"jobs until it is idle; `glidein-client stop-pilots {args.config}` removes it now"
+                )
                 data["not_told"].append(p.batch_id)
             else:
                 lines.append(f"pilot {pilot_name(site, client.scheduler, p)} finishes its jobs, then leaves")

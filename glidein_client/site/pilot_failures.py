@@ -36,7 +36,7 @@ _CAUSES: tuple[tuple[re.Pattern[str], str, str], ...] = (
     ),
     (
         re.compile(r"cannot reach|connection refused|timed out|name or service not known|unreachable", re.I),
-        "site.server_url",
+        "site.url",
         "the worker nodes cannot reach the server: check the URL, or give the site a [network] relay or mailbox",
     ),
     (

@@ -27,7 +27,7 @@ from glidein_client.site.pilot_failures import explain
         ),
         (
             "error: cannot reach the server at https://srv:8321: Connection refused\n",
-            "site.server_url",
+            "site.url",
             "Connection refused",
         ),
         ("something odd\nerror: exploded\nbye\n", "the pilot's output", "error: exploded"),
