@@ -110,13 +110,18 @@ class PostgresJobs(PostgresTokens):
         return with_history(views, events)
 
     async def list_jobs(self, flt: JobFilter) -> tuple[list[JobView], dict[str, int]]:
-        labels = [json.dumps({k: v}) for k, v in flt.all_labels] or None
+        if len(dict(flt.all_labels)) < len(set(flt.all_labels)):  # one key asked with two values: no job
+            return [], {}
+        labels = json.dumps(dict(flt.all_labels)) if flt.all_labels else None
         ids = list(flt.ids) if flt.ids is not None else None
         where = (flt.owner, labels, ids)
 
         async def read(con: Connection) -> tuple[list[JobView], dict[str, int]]:
             rows = await con.fetch(Q["job_page"], *where, flt.state or None, flt.limit, flt.offset)
-            counts = {s: n for s, n in await con.fetch(Q["job_counts"], *where)}
+            if labels is None and ids is None:  # from the running aggregate, not a count of the jobs
+                counts = {s: n for s, n in await con.fetch(Q["summary_jobs"], flt.owner)}
+            else:
+                counts = {s: n for s, n in await con.fetch(Q["job_counts"], *where)}
             return await self._with_history(con, [await self._job_view(con, r) for r in rows]), counts
 
         return await self._read(read)

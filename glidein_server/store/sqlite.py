@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class SqliteStore(SqliteMonitoring, SqliteRetention, SqliteJobActions, SqlitePilots):
-    """``monitoring=False`` drops the running aggregates the metrics read (rebuilt when turned on again)."""
+    """``monitoring=False`` drops the attempt outcomes only the metrics read (rebuilt when turned on again)."""
 
     def __init__(
         self, path: str, *, retry: RetryPolicy | None = None, shares: Shares | None = None, monitoring: bool = True
@@ -43,6 +43,7 @@ class SqliteStore(SqliteMonitoring, SqliteRetention, SqliteJobActions, SqlitePil
         add_columns(db, "sites", Q["sites_migrate"])
         db.executescript(Q["staging_schema"])
         db.executescript(Q["monitoring_tables"])
+        db.executescript(Q["job_counts_schema"])
         db.executescript(Q["monitoring_schema"] if self.monitoring_on else Q["monitoring_off"])
         version = db.execute(Q["schema_version"]).fetchone()[0]
         for number, sql in sqlfile.migrations(Q):

@@ -43,6 +43,8 @@ class SqliteJobs(SqliteSites):
         def tx(db: sqlite3.Connection) -> list[int]:
             before = db.execute(Q["jobs_max_id"]).fetchone()[0]
             db.executemany(Q["job_insert"], rows)
+            for counted in ("jobs_added_shapes", "jobs_added_counts", "jobs_added_labels"):
+                db.execute(Q[counted], (before,))
             return [r[0] for r in db.execute(Q["jobs_since"], (before,))]
 
         return await self._tx(tx)
@@ -103,6 +105,9 @@ class SqliteJobs(SqliteSites):
             where.append(Q["job_where_ids"])
             args.append(json.dumps(list(flt.ids)))
         counts_sql = Q["job_counts"].format(where=" AND ".join(where) or "1")
+        counts_args = args
+        if not flt.all_labels and flt.ids is None:  # from the running aggregate, not a count of the jobs
+            counts_sql, counts_args = Q["job_counts_of"], [flt.owner, flt.owner]
         page_where, page_args = where, args
         if flt.state:
             page_where, page_args = [*where, Q["job_where_state"]], [*args, flt.state]
@@ -110,7 +115,7 @@ class SqliteJobs(SqliteSites):
 
         def read(db: sqlite3.Connection) -> tuple[list[JobView], dict[str, int]]:
             rows = db.execute(page_sql, [*page_args, flt.limit, flt.offset]).fetchall()
-            counts = dict(db.execute(counts_sql, args).fetchall())
+            counts = dict(db.execute(counts_sql, counts_args).fetchall())
             return _with_history(db, [self._job_view(db, r) for r in rows]), counts
 
         return await self._read(read, self._conn)

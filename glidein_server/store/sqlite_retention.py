@@ -19,6 +19,7 @@ class SqliteRetention(SqliteBase):
             hashes = {r[0] for r in db.execute(Q["purge_outputs"], (batch,))}
             attempts = db.execute(Q["purge_attempts"], (batch,)).rowcount
             db.execute(Q["purge_staged"], (batch,))
+            db.execute(Q["purge_labels"], (batch,))
             db.execute(Q["purge_events"], (batch,))
             jobs = db.execute(Q["purge_jobs"], (batch,)).rowcount
             orphans = tuple(sorted(h for h in hashes if not db.execute(Q["file_referenced"], (h, h)).fetchone()[0]))

@@ -129,6 +129,45 @@ async def test_jobs_list_filter_cancel_retry(store: Store) -> None:
     assert summary.jobs == {"idle": 3}
 
 
+async def test_counts_and_label_filters_follow_every_change_of_state(store: Store) -> None:
+    """The job list's counts and the summary come from running aggregates: they match a count of the jobs."""
+    a = await store.add_jobs("alice", [job(labels={"ds": "x", "t": "sim"}), job(labels={"ds": "x"}), job()], NOW)
+    b = await store.add_jobs("bob", [job(labels={"ds": "x", "t": "sim"}), job(cpus=2, labels={"ds": "y"})], NOW)
+    pid = await running_pilot(store)
+    assert (await store.sync(pid, SyncRequest(free=free(2), lifetime_s=80_000), NOW, LEASE_S)).jobs
+    await store.cancel_job(a[0], NOW)
+
+    async def truth(flt: JobFilter) -> dict[str, int]:
+        page, _ = await store.list_jobs(JobFilter(owner=flt.owner, ids=flt.ids, limit=10_000))
+        want = {j.id for j in page if all(j.spec.labels.get(k) == v for k, v in flt.all_labels)}
+        out: dict[str, int] = {}
+        for j in page:
+            if j.id in want:
+                out[j.state.value] = out.get(j.state.value, 0) + 1
+        return out
+
+    for flt in (
+        JobFilter(),
+        JobFilter(owner="alice"),
+        JobFilter(owner="bob"),
+        JobFilter(label=("ds", "x")),
+        JobFilter(label=("ds", "x"), labels=(("t", "sim"),)),
+        JobFilter(owner="alice", label=("ds", "x")),
+    ):
+        page, counts = await store.list_jobs(flt)
+        assert counts == await truth(flt), flt
+        assert sum(counts.values()) == len(page)
+    page, _ = await store.list_jobs(JobFilter(label=("ds", "x"), labels=(("t", "sim"),)))
+    assert [j.id for j in page] == [a[0], b[0]]
+    assert (await store.summary(None)).jobs == await truth(JobFilter())
+    assert (await store.summary("bob")).jobs == await truth(JobFilter(owner="bob"))
+    assert (await store.purge_finished(NOW + 10, 100)).jobs == 1  # the cancelled job leaves its labels too
+    page, counts = await store.list_jobs(JobFilter(label=("t", "sim")))
+    assert [j.id for j in page] == [b[0]] and sum(counts.values()) == 1
+    assert (await store.summary("alice")).jobs == await truth(JobFilter(owner="alice"))
+    assert sum((await store.summary("alice")).jobs.values()) == 2
+
+
 async def test_claim_run_and_finish_with_outputs(store: Store) -> None:
     [jid] = await store.add_jobs("alice", [job(cpus=2, outputs=["out.txt"])], NOW)
     await store.report_site("a", SHAPE, NOW)
@@ -459,7 +498,7 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
             "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
         )
         db.close()
-        latest = 4  # retention (2), claims by shape (3) and job history (4)
+        latest = 5  # retention (2), claims by shape (3), job history (4), labels and bulk counts (5)
     else:
         assert isinstance(store, PostgresStore)
         con = await asyncpg.connect(store.url)
@@ -468,7 +507,8 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
             "DROP INDEX outputs_job; DROP TABLE job_events; UPDATE meta SET value = '2' WHERE key = 'schema_version'"
         )
         await con.close()
-        latest = 7  # retention (3), site control (4), numbered claims (5), claims by shape (6), job history (7)
+        latest = 8  # retention (3), site control (4), numbered claims (5), claims by shape (6), job history (7)
+        # and the label index (8)
     await store.open()
     assert [j.id for j in (await store.list_jobs(JobFilter()))[0]] == ids
     assert (await store.hold_job(ids[1], JobAct(by="alice", at=NOW))).history[0].action == "held"

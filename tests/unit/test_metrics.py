@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from prometheus_client.core import Metric
@@ -59,6 +60,10 @@ async def test_the_job_counts_follow_the_jobs_and_are_rebuilt_after_metrics_were
 
     first = {("ann", "idle", False): 2, ("ann", "idle", True): 2, ("ann", "cancelled", False): 1}
     assert await counts(True, add=5) == first
-    assert await counts(False, add=2) == {}  # off: nothing kept
-    rebuilt = {("ann", "idle", False): 2, ("ann", "idle", True): 3, ("ann", "cancelled", False): 2}
-    assert await counts(True) == rebuilt
+    now = {("ann", "idle", False): 2, ("ann", "idle", True): 3, ("ann", "cancelled", False): 2}
+    assert await counts(False, add=2) == now  # kept without metrics too: the job list and summary read them
+    assert await counts(True) == now
+    db = sqlite3.connect(path)  # a database whose metrics were off before the counts were always kept
+    db.executescript("DROP TRIGGER job_counts_update; DELETE FROM job_counts;")
+    db.close()
+    assert await counts(True) == now  # rebuilt from the jobs

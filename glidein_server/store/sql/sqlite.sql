@@ -130,11 +130,7 @@ CREATE TABLE IF NOT EXISTS idle_shapes (
     n INTEGER NOT NULL,
     PRIMARY KEY (cpus, memory_mb, gpus, disk_mb, walltime_s, sites)
 );
-CREATE TRIGGER IF NOT EXISTS jobs_idle_insert AFTER INSERT ON jobs WHEN NEW.state = 'idle'
-BEGIN
-    INSERT INTO idle_shapes VALUES (NEW.cpus, NEW.memory_mb, NEW.gpus, NEW.disk_mb, NEW.walltime_s, NEW.sites, 1)
-    ON CONFLICT DO UPDATE SET n = n + 1;
-END;
+-- New jobs are counted in by their submit's statement `jobs_added_shapes`, not by a trigger per job.
 CREATE TRIGGER IF NOT EXISTS jobs_idle_enter AFTER UPDATE OF state ON jobs
 WHEN NEW.state = 'idle' AND OLD.state != 'idle'
 BEGIN
@@ -418,6 +414,25 @@ SELECT coalesce(max(id), 0) FROM jobs;
 -- name: jobs_since
 SELECT id FROM jobs WHERE id > ? ORDER BY id;
 
+-- A submit counts its jobs into the running aggregates in one statement each (the jobs past ?).
+-- name: jobs_added_shapes
+INSERT INTO idle_shapes (cpus, memory_mb, gpus, disk_mb, walltime_s, sites, n)
+SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites, count(*) FROM jobs WHERE id > ? AND state = 'idle'
+GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites
+ON CONFLICT DO UPDATE SET n = n + excluded.n;
+
+-- name: jobs_added_counts
+INSERT INTO job_counts (owner, state, multicore, n)
+SELECT owner, state, cpus > 1, count(*) FROM jobs WHERE id > ? GROUP BY 1, 2, 3
+ON CONFLICT DO UPDATE SET n = n + excluded.n;
+
+-- name: jobs_added_labels
+INSERT INTO job_labels (key, value, job_id)
+SELECT l.key, l.value, j.id FROM jobs j, json_each(j.spec, '$.labels') l WHERE j.id > ?;
+
+-- name: job_counts_of
+SELECT state, sum(n) FROM job_counts WHERE ? IS NULL OR owner = ? GROUP BY state HAVING sum(n) > 0;
+
 -- name: job_get
 SELECT j.id, j.owner, j.state, j.spec, j.retries_used, j.attempts, j.submitted_at, j.finished_at, j.exit_code,
        j.reason, j.site, j.result_attempt
@@ -436,7 +451,7 @@ SELECT j.state, count(*) FROM jobs j WHERE {where} GROUP BY j.state;
 j.owner = ?
 
 -- name: job_where_label
-json_extract(j.spec, '$.labels.' || json_quote(?)) = ?
+j.id IN (SELECT job_id FROM job_labels WHERE key = ? AND value = ?)
 
 -- name: job_where_ids
 j.id IN (SELECT value FROM json_each(?))
@@ -587,10 +602,10 @@ WHERE a.id = ? AND a.lease = ? AND a.pilot_id = ? AND a.state != 'ended';
 -- The summary.
 
 -- name: summary_jobs
-SELECT state, count(*) FROM jobs GROUP BY state;
+SELECT state, sum(n) FROM job_counts GROUP BY state HAVING sum(n) > 0;
 
 -- name: summary_jobs_of_owner
-SELECT state, count(*) FROM jobs WHERE owner = ? GROUP BY state;
+SELECT state, sum(n) FROM job_counts WHERE owner = ? GROUP BY state HAVING sum(n) > 0;
 
 -- name: summary_pilots
 SELECT state, count(*) FROM pilots GROUP BY state;
@@ -611,7 +626,8 @@ WHERE ended_at > ? AND (exit_reason LIKE 'black hole%' OR exit_reason LIKE 'self
 ORDER BY id DESC LIMIT 50;
 
 -- name: monitoring_tables
--- Running aggregates for the metrics, kept by triggers: scrapes never count a million rows.
+-- Running aggregates, kept by triggers and by the submit's statements: the metrics, the job list's
+-- counts and the summary never count a million rows.
 CREATE TABLE IF NOT EXISTS job_counts (
     owner TEXT NOT NULL,
     state TEXT NOT NULL,
@@ -626,20 +642,19 @@ CREATE TABLE IF NOT EXISTS attempt_outcomes (
     PRIMARY KEY (site, outcome)
 );
 
--- name: monitoring_schema
+-- name: job_counts_schema
+-- Kept whether or not the metrics are on; rebuilt when empty (as a database whose metrics were off left it).
 INSERT INTO job_counts SELECT owner, state, cpus > 1, count(*) FROM jobs
 WHERE NOT EXISTS (SELECT 1 FROM job_counts) GROUP BY 1, 2, 3;
-INSERT INTO attempt_outcomes SELECT site, outcome, count(*) FROM attempts
-WHERE state = 'ended' AND outcome IS NOT NULL AND NOT EXISTS (SELECT 1 FROM attempt_outcomes) GROUP BY 1, 2;
-CREATE TRIGGER IF NOT EXISTS job_counts_insert AFTER INSERT ON jobs
-BEGIN
-    INSERT INTO job_counts VALUES (NEW.owner, NEW.state, NEW.cpus > 1, 1) ON CONFLICT DO UPDATE SET n = n + 1;
-END;
 CREATE TRIGGER IF NOT EXISTS job_counts_update AFTER UPDATE OF state ON jobs WHEN NEW.state != OLD.state
 BEGIN
     UPDATE job_counts SET n = n - 1 WHERE owner = OLD.owner AND state = OLD.state AND multicore = (OLD.cpus > 1);
     INSERT INTO job_counts VALUES (NEW.owner, NEW.state, NEW.cpus > 1, 1) ON CONFLICT DO UPDATE SET n = n + 1;
 END;
+
+-- name: monitoring_schema
+INSERT INTO attempt_outcomes SELECT site, outcome, count(*) FROM attempts
+WHERE state = 'ended' AND outcome IS NOT NULL AND NOT EXISTS (SELECT 1 FROM attempt_outcomes) GROUP BY 1, 2;
 CREATE TRIGGER IF NOT EXISTS attempt_outcomes_end AFTER UPDATE OF state ON attempts
 WHEN NEW.state = 'ended' AND OLD.state != 'ended' AND NEW.outcome IS NOT NULL
 BEGIN
@@ -647,11 +662,8 @@ BEGIN
 END;
 
 -- name: monitoring_off
--- Without metrics: no triggers, and empty aggregates, so that turning metrics on rebuilds them.
-DROP TRIGGER IF EXISTS job_counts_insert;
-DROP TRIGGER IF EXISTS job_counts_update;
+-- Without metrics: no attempt outcomes kept (emptied, so that turning metrics on rebuilds them).
 DROP TRIGGER IF EXISTS attempt_outcomes_end;
-DELETE FROM job_counts;
 DELETE FROM attempt_outcomes;
 
 -- name: monitoring_jobs
@@ -711,6 +723,19 @@ CREATE TABLE IF NOT EXISTS job_events (
 );
 CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, id);
 
+-- name: migration_5
+-- A submit counts its jobs into the idle shapes and job counts with one statement, not a trigger
+-- per job; labels get a table of their own, indexed for the job list's label filter.
+DROP TRIGGER IF EXISTS jobs_idle_insert;
+DROP TRIGGER IF EXISTS job_counts_insert;
+CREATE TABLE IF NOT EXISTS job_labels (
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    job_id INTEGER NOT NULL,
+    PRIMARY KEY (key, value, job_id)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO job_labels SELECT l.key, l.value, j.id FROM jobs j, json_each(j.spec, '$.labels') l;
+
 -- Retention: finished jobs older than a cutoff leave with their attempts and outputs, in batches.
 
 -- name: purge_pick
@@ -727,6 +752,12 @@ DELETE FROM staged_jobs WHERE job_id IN (SELECT value FROM json_each(?));
 
 -- name: purge_events
 DELETE FROM job_events WHERE job_id IN (SELECT value FROM json_each(?));
+
+-- name: purge_labels
+DELETE FROM job_labels WHERE (key, value, job_id) IN (
+    SELECT l.key, l.value, j.id FROM jobs j, json_each(j.spec, '$.labels') l
+    WHERE j.id IN (SELECT value FROM json_each(?)) AND j.state IN ('done', 'failed', 'cancelled')
+);
 
 -- name: purge_jobs
 DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('done', 'failed', 'cancelled');
