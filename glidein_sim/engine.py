@@ -31,7 +31,7 @@ from glidein_server.policy.reservation import Reservations
 from glidein_server.policy.retry import RetryPolicy
 from glidein_sim.metrics import Tally, Timeline
 from glidein_sim.model import Pilot, Rules, Site
-from glidein_sim.queue import IdleQueue, Job, ShapeKey
+from glidein_sim.queue import IdleQueue, Job, MulticoreWaiting, ShapeKey
 from glidein_sim.scenario import Scenario
 
 # Event kinds, in the order they run at one instant.
@@ -122,14 +122,16 @@ class Simulation:
         runtime = max(1.0, w.runtime.draw(self._work_rng[work]))
         wall = w.walltime_for(runtime)
         jid = self._next_job
-        self._next_job += 1
+        self._next_job = jid + 1
         job = Job(jid, work, Candidate(jid, w.cpus, w.memory_mb, w.gpus, w.disk_mb, wall), w.priority, w.sites, runtime)
         job.submit_t = self.now
         self.jobs[jid] = job
-        self.drain_window_s = max(self.drain_window_s, float(wall))
+        if wall > self.drain_window_s:
+            self.drain_window_s = float(wall)
         if job.key not in self._needs:
             self._needs[job.key] = Need(w.cpus, w.memory_mb, w.gpus, w.disk_mb, wall)
-        self._enqueue(job)
+        if self.queue.add(job, self.now):
+            self._offer_due = True
 
     def _enqueue(self, job: Job) -> None:
         if self.queue.add(job, self.now):
@@ -166,14 +168,16 @@ class Simulation:
             return
         self.tally.claims += 1
         total = site.total
-        free = Capacity(p.pool.free_slots, p.mem_free, p.pool.free_gpus, p.disk_free)
+        pool = p.pool
         reserve = None
-        if self.reservations is not None:
-            waiting = self.queue.waiting_multicore(site.spec.name)
+        if self.reservations is not None and self.queue.multicore:  # (a hold is for an idle multicore job)
+            waiting = MulticoreWaiting(self.queue, site.spec.name)  # read only if the pilot may begin a hold
             reserve = self.reservations.for_pilot(p.id, waiting, total, lifetime, self.now)
-        cands = self.queue.candidates(site.spec.name, free.cpus, free.memory_mb, free.gpus, free.disk_mb, lifetime)
+        name = site.spec.name
+        cands = self.queue.candidates(name, pool.free_slots, p.mem_free, pool.free_gpus, p.disk_free, lifetime)
         chosen: list[Job] = []
         if cands:
+            free = Capacity(pool.free_slots, p.mem_free, pool.free_gpus, p.disk_free)
             ids = select(
                 [j.cand for j in cands],
                 free,
@@ -188,10 +192,11 @@ class Simulation:
                 by_id = {j.id: j for j in cands}
                 chosen = [by_id[i] for i in ids]
         refill: set[int] = set()
+        holds = self.reservations is not None and len(self.reservations) > 0
         for job in chosen:
             self.queue.take(job)
             refill.add(job.work)
-            if self.reservations is not None:
+            if holds and self.reservations is not None:
                 holder = self.reservations.holder(job.id)
                 self.reservations.claimed(job.id)
                 if holder is not None and holder != p.id and holder in site.live:
@@ -210,9 +215,10 @@ class Simulation:
             site.hungry.add(p.id)
         else:
             site.hungry.discard(p.id)
+        by_work = self.queue.by_work
         for work in refill:
             keep = self.sc.work[work].keep_idle
-            while self.queue.by_work.get(work, 0) < keep:
+            while by_work.get(work, 0) < keep:
                 self._submit(work)
 
     def _start(self, p: Pilot, claimed: list[Job]) -> None:
@@ -236,8 +242,9 @@ class Simulation:
             self._run_job(p, claimed[i])
 
     def _run_job(self, p: Pilot, job: Job) -> None:
-        c = job.cand
-        alloc = p.pool.allocate(c.cpus, c.gpus)
+        c, now = job.cand, self.now
+        cpus = c.cpus
+        alloc = p.pool.allocate(cpus, c.gpus)
         if alloc is None:  # plan_starts counted what is free; this would be a bug in the simulator
             raise RuntimeError("plan_starts chose a job the slot pool cannot hold")
         p.mem_free -= c.memory_mb
@@ -245,35 +252,38 @@ class Simulation:
         job.attempts += 1
         self.tally.attempts += 1
         if job.first_start < 0:
-            job.first_start = self.now
-            self._record_wait(job, self.now - job.submit_t)
-        rng = p.site.rng
+            job.first_start = now
+            self._record_wait(job, now - job.submit_t)
+        site = p.site
+        fail = self._fail[job.work]
         if p.black_hole:  # the node cannot run jobs: the pilot fails them within seconds
-            duration, outcome = rng.uniform(1.0, 5.0), Outcome.INTERRUPTED
-        elif self._fail[job.work] and rng.random() < self._fail[job.work]:
-            duration, outcome = rng.uniform(0.0, job.runtime_s), Outcome.FAILED
+            duration, outcome = site.rng.uniform(1.0, 5.0), Outcome.INTERRUPTED
+        elif fail and site.rng.random() < fail:
+            duration, outcome = site.rng.uniform(0.0, job.runtime_s), Outcome.FAILED
         else:
             duration, outcome = job.runtime_s, Outcome.DONE
-        p.running[job.id] = (job, alloc, self.now, outcome)
-        p.busy += c.cpus
-        p.site.busy_cores += c.cpus
-        self._busy += c.cpus
-        self._push(self.now + duration, _JOB_END, (p, job.id, p.gen))
+        p.running[job.id] = (job, alloc, now, outcome)
+        p.busy += cpus
+        site.busy_cores += cpus
+        self._busy += cpus
+        heapq.heappush(self._events, (now + duration, _JOB_END, self._seq, (p, job.id, p.gen)))
+        self._seq += 1
 
     def _release(self, p: Pilot, job_id: int) -> tuple[Job, float, Outcome]:
         job, alloc, t0, outcome = p.running.pop(job_id)
-        c = job.cand
+        c, now = job.cand, self.now
+        cpus = c.cpus
         p.pool.release(alloc)
         p.mem_free += c.memory_mb
         p.disk_free += c.disk_mb
-        p.busy -= c.cpus
-        p.site.busy_cores -= c.cpus
-        self._busy -= c.cpus
-        p.runs.append((t0, self.now, c.cpus))
-        self.tally.busy_core_s += c.cpus * (self.now - t0)
+        p.busy -= cpus
+        p.site.busy_cores -= cpus
+        self._busy -= cpus
+        p.runs.append((t0, now, cpus))
+        self.tally.busy_core_s += cpus * (now - t0)
         if not p.running:
-            p.idle_since = self.now
-            self._push(self.now + p.site.spec.pilot.idle_timeout_s, _IDLE, (p, p.gen))
+            p.idle_since = now
+            self._push(now + p.site.spec.pilot.idle_timeout_s, _IDLE, (p, p.gen))
         return job, t0, outcome
 
     def _job_end(self, payload: tuple[Pilot, int, int]) -> None:

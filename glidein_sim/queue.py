@@ -54,10 +54,23 @@ class Job:
         self.key: ShapeKey = (priority, cand.cpus, cand.memory_mb, cand.gpus, cand.disk_mb, cand.walltime_s, sites)
 
 
+class MulticoreWaiting:
+    """:meth:`IdleQueue.waiting_multicore`, read only when iterated (most claims never look)."""
+
+    __slots__ = ("queue", "site")
+
+    def __init__(self, queue: IdleQueue, site: str) -> None:
+        self.queue, self.site = queue, site
+
+    def __iter__(self) -> Iterator[Waiting]:
+        return iter(self.queue.waiting_multicore(self.site))
+
+
 class IdleQueue:
     def __init__(self) -> None:
         self._buckets: dict[ShapeKey, deque[Job]] = {}
         self.count = 0
+        self.multicore = 0  # idle jobs of more than one cpu (no reservation can start without one)
         self.by_work: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -79,6 +92,8 @@ class IdleQueue:
         else:
             bucket.append(job)
         self.count += 1
+        if key[1] > 1:
+            self.multicore += 1
         self.by_work[job.work] = self.by_work.get(job.work, 0) + 1
         return new
 
@@ -89,6 +104,8 @@ class IdleQueue:
         else:
             bucket.remove(job)
         self.count -= 1
+        if job.key[1] > 1:
+            self.multicore -= 1
         self.by_work[job.work] -= 1
 
     def _open(self, site: str) -> Iterator[tuple[ShapeKey, deque[Job]]]:

@@ -11,15 +11,14 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from glidein_client.wire.schema import Outcome
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Allocation:
+class Allocation(NamedTuple):
     """What one job holds: slot ids (ascending) and GPU ids (in the pool's order)."""
 
     slots: tuple[int, ...]
@@ -44,7 +43,7 @@ class SlotPool:
         self._gpu_free = dict.fromkeys(self._gpu_ids, True)
         self._free_slots = slots
         self._free_gpus = len(self._gpu_ids)
-        self._live: dict[tuple[tuple[int, ...], tuple[str, ...]], int] = {}  # (slots, gpus) -> live count
+        self._live: dict[Allocation, int] = {}  # live allocations -> how many (an empty one may be live twice)
 
     @property
     def total_slots(self) -> int:
@@ -69,21 +68,24 @@ class SlotPool:
         if cpus > self._free_slots or gpus > self._free_gpus:
             return None
         slots = self._pick_slots(cpus)
-        chosen_gpus = tuple(g for g in self._gpu_ids if self._gpu_free[g])[:gpus] if gpus else ()
+        free = self._slot_free
         for s in slots:
-            self._slot_free[s] = False
-        for g in chosen_gpus:
-            self._gpu_free[g] = False
-        self._free_slots -= len(slots)
-        self._free_gpus -= len(chosen_gpus)
-        alloc = Allocation(slots=slots, gpus=chosen_gpus)
-        key = (slots, chosen_gpus)
-        self._live[key] = self._live.get(key, 0) + 1
+            free[s] = False
+        self._free_slots -= cpus
+        chosen_gpus: tuple[str, ...] = ()
+        if gpus:
+            chosen_gpus = tuple(g for g in self._gpu_ids if self._gpu_free[g])[:gpus]
+            for g in chosen_gpus:
+                self._gpu_free[g] = False
+            self._free_gpus -= gpus
+        alloc = Allocation(slots, chosen_gpus)
+        live = self._live
+        live[alloc] = live.get(alloc, 0) + 1
         return alloc
 
     def release(self, alloc: Allocation) -> None:
         """Give back an allocation; one that is not live (never made, or released) is a ValueError."""
-        key = (alloc.slots, alloc.gpus)
+        key = Allocation(alloc.slots, alloc.gpus)
         live = self._live.get(key, 0)
         if live <= 0:
             raise ValueError(f"{alloc} is not allocated from this pool; it was released already or never made.")
@@ -91,32 +93,36 @@ class SlotPool:
             del self._live[key]
         else:
             self._live[key] = live - 1
-        for s in alloc.slots:
-            self._slot_free[s] = True
-        for g in alloc.gpus:
-            self._gpu_free[g] = True
-        self._free_slots += len(alloc.slots)
-        self._free_gpus += len(alloc.gpus)
+        slots, gpus = key
+        free = self._slot_free
+        for s in slots:
+            free[s] = True
+        self._free_slots += len(slots)
+        if gpus:
+            for g in gpus:
+                self._gpu_free[g] = True
+            self._free_gpus += len(gpus)
 
     def _pick_slots(self, cpus: int) -> tuple[int, ...]:
         if cpus == 0:
             return ()
         free = self._slot_free
+        n = len(free)
         best_start, best_len = -1, 0
-        start = -1
-        for i, f in enumerate((*free, False)):  # one pass over the runs of free ids
-            if f:
-                if start < 0:
-                    start = i
+        i = 0
+        while i < n:  # one pass over the runs of free ids
+            if not free[i]:
+                i += 1
                 continue
-            if start < 0:
-                continue
-            length = i - start
+            j = i + 1
+            while j < n and free[j]:
+                j += 1
+            length = j - i
             if length >= cpus and (best_start < 0 or length < best_len):
-                best_start, best_len = start, length
+                best_start, best_len = i, length
                 if length == cpus:
                     break
-            start = -1
+            i = j + 1  # free[j] is taken (or j is the end)
         if best_start >= 0:
             return tuple(range(best_start, best_start + cpus))
         return tuple([i for i, f in enumerate(free) if f][:cpus])

@@ -120,7 +120,7 @@ def select(
     ``runtime_ratio`` is how much of their walltime jobs use (:func:`endoflife.runtime_ratio`);
     a retiring pilot plans its cores' last jobs with it when ``policy.eol_align`` is on.
     """
-    if not retiring(lifetime_s, policy):
+    if lifetime_s >= policy.eol_window_s:  # not retiring
         return _fill(candidates, free, total, lifetime_s, want, limit, policy, reserve)
     cands = [c for c in candidates if c.walltime_s <= lifetime_s]
     if policy.eol_align and len(cands) > 1:
@@ -144,7 +144,7 @@ def _fill(
 ) -> list[int]:
     cpus, mem, gpus, disk = free.cpus, free.memory_mb, free.gpus, free.disk_mb
     hold = reserve
-    if policy.gpu_first:
+    if policy.gpu_first and gpus > 0:
         candidates, gpu_hold = _gpu_first(candidates, free)
         hold = gpu_hold or hold
     chosen: list[int] = []
@@ -155,11 +155,11 @@ def _fill(
         if c.walltime_s > lifetime_s:
             continue
         mine = hold is not None and (c.job_id == hold.job_id or (hold.gpus > 0 and c.gpus > 0))
-        if hold is None or mine:
-            room = (cpus, mem, gpus, disk)  # the held-for job (or another GPU job) may use everything
+        if hold is None or mine:  # the held-for job (or another GPU job) may use everything
+            fits = c.cpus <= cpus and c.memory_mb <= mem and c.gpus <= gpus and c.disk_mb <= disk
         else:
-            room = (cpus - hold.cpus, mem - hold.memory_mb, gpus - hold.gpus, disk - hold.disk_mb)
-        if _fits(c, *room):
+            fits = _fits(c, cpus - hold.cpus, mem - hold.memory_mb, gpus - hold.gpus, disk - hold.disk_mb)
+        if fits:
             chosen.append(c.job_id)
             cpus -= c.cpus
             mem -= c.memory_mb
@@ -169,6 +169,6 @@ def _fill(
                 hold = None
         elif len(backlog) < want and _fits(c, total.cpus, total.memory_mb, total.gpus, total.disk_mb):
             backlog.append(c.job_id)
-        if len(backlog) >= want and cpus <= 0:
+        if cpus <= 0 and len(backlog) >= want:
             break
     return chosen + backlog
