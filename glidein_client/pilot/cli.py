@@ -191,8 +191,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
-    if not args.url:
-        parser.error("the following arguments are required: --url")
+    if not args.url:  # required, under either of its names
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subparsers.choices[args.cmd].error("the following arguments are required: --url")
     # Absolute paths only: jobs are spawned with their sandbox as the working directory (spawn.py).
     for name in ("scratch", "staging_dir", "mailbox_dir", "drain_file"):
         if getattr(args, name, None):

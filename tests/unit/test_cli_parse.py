@@ -385,3 +385,12 @@ def test_json_errors_are_a_json_object_on_stdout(capsys: pytest.CaptureFixture[s
     error = json.loads(out)
     assert error["error"] == "No glidein server URL is set." and error["kind"] == "ConfigError" and error["hint"]
     assert err.startswith("error: No glidein server URL is set.")
+
+
+def test_the_pilot_without_its_url_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from glidein_client.pilot.cli import main as pilot_main
+
+    with pytest.raises(SystemExit) as exited:
+        pilot_main(["run", "--token-file", "t"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.endswith("glidein-pilot run: error: the following arguments are required: --url\n")
