@@ -163,21 +163,23 @@ class Simulation:
         if p.stopping or p.state is not PilotState.RUNNING:
             return
         lifetime = p.end - self.now - spec.end_margin_s
-        if p.pool.free_slots <= 0 or lifetime < 1:
+        pool = p.pool
+        free_slots = pool.free_slots
+        if free_slots <= 0 or lifetime < 1:
             site.hungry.discard(p.id)
             return
         self.tally.claims += 1
         total = site.total
-        pool = p.pool
+        name = site.spec.name
         reserve = None
         if self.reservations is not None and self.queue.multicore:  # (a hold is for an idle multicore job)
-            waiting = MulticoreWaiting(self.queue, site.spec.name)  # read only if the pilot may begin a hold
+            waiting = MulticoreWaiting(self.queue, name)  # read only if the pilot may begin a hold
             reserve = self.reservations.for_pilot(p.id, waiting, total, lifetime, self.now)
-        name = site.spec.name
-        cands = self.queue.candidates(name, pool.free_slots, p.mem_free, pool.free_gpus, p.disk_free, lifetime)
+        free_gpus = pool.free_gpus
+        cands = self.queue.candidates(name, free_slots, p.mem_free, free_gpus, p.disk_free, lifetime)
         chosen: list[Job] = []
         if cands:
-            free = Capacity(pool.free_slots, p.mem_free, pool.free_gpus, p.disk_free)
+            free = Capacity(free_slots, p.mem_free, free_gpus, p.disk_free)
             ids = select(
                 [j.cand for j in cands],
                 free,
@@ -188,26 +190,14 @@ class Simulation:
                 reserve=reserve,
                 runtime_ratio=self.ratio,
             )
-            if ids:
+            if len(ids) == 1 and len(cands) == 1:
+                chosen = cands
+            elif ids:
                 by_id = {j.id: j for j in cands}
                 chosen = [by_id[i] for i in ids]
-        refill: set[int] = set()
-        holds = self.reservations is not None and len(self.reservations) > 0
-        for job in chosen:
-            self.queue.take(job)
-            refill.add(job.work)
-            if holds and self.reservations is not None:
-                holder = self.reservations.holder(job.id)
-                self.reservations.claimed(job.id)
-                if holder is not None and holder != p.id and holder in site.live:
-                    site.hungry.add(holder)  # its hold ended: it fills its cores again
-                    self._offer_due = True
+        refill = self._take(p, chosen) if chosen else set()
         self._start(p, chosen)
-        if (
-            not p.running
-            and leaves(lifetime, len(chosen), self.rules.match)
-            and self.queue.too_long(site.spec.name, lifetime)
-        ):
+        if not p.running and leaves(lifetime, len(chosen), self.rules.match) and self.queue.too_long(name, lifetime):
             self.tally.pilots_retired += 1
             self._exit(p)
             return
@@ -221,6 +211,21 @@ class Simulation:
             while by_work.get(work, 0) < keep:
                 self._submit(work)
 
+    def _take(self, p: Pilot, chosen: list[Job]) -> set[int]:
+        """The claimed jobs leave the queue (ending any hold for them); the workloads to refill."""
+        refill: set[int] = set()
+        res = self.reservations if self.reservations is not None and len(self.reservations) > 0 else None
+        for job in chosen:
+            self.queue.take(job)
+            refill.add(job.work)
+            if res is not None:
+                holder = res.holder(job.id)
+                res.claimed(job.id)
+                if holder is not None and holder != p.id and holder in p.site.live:
+                    p.site.hungry.add(holder)  # its hold ended: it fills its cores again
+                    self._offer_due = True
+        return refill
+
     def _start(self, p: Pilot, claimed: list[Job]) -> None:
         if not claimed:
             return
@@ -233,11 +238,12 @@ class Simulation:
             p.disk_free,
             p.end - self.now - spec.end_margin_s,
         )
-        started = set(start)
-        for i, job in enumerate(claimed):
-            if i not in started:
-                self.tally.given_back += 1
-                self._enqueue(job)
+        if len(start) < len(claimed):  # the others go back to the queue
+            started = set(start)
+            for i, job in enumerate(claimed):
+                if i not in started:
+                    self.tally.given_back += 1
+                    self._enqueue(job)
         for i in start:
             self._run_job(p, claimed[i])
 

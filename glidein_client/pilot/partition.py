@@ -110,13 +110,15 @@ class SlotPool:
         n = len(free)
         best_start, best_len = -1, 0
         i = 0
-        while i < n:  # one pass over the runs of free ids
-            if not free[i]:
-                i += 1
-                continue
-            j = i + 1
-            while j < n and free[j]:
-                j += 1
+        while i < n:  # one pass over the runs of free ids, each found by list.index
+            try:
+                i = free.index(True, i)
+            except ValueError:
+                break
+            try:
+                j = free.index(False, i + 1)
+            except ValueError:
+                j = n
             length = j - i
             if length >= cpus and (best_start < 0 or length < best_len):
                 best_start, best_len = i, length

@@ -26,13 +26,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from glidein_server.policy.endoflife import plan_order
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     job_id: int
     cpus: int
     memory_mb: int
@@ -41,8 +40,7 @@ class Candidate:
     walltime_s: int
 
 
-@dataclass(frozen=True)
-class Capacity:
+class Capacity(NamedTuple):
     cpus: int
     memory_mb: int
     gpus: int
