@@ -241,25 +241,30 @@ async def _main(args: argparse.Namespace) -> int:
             walltime_s=args.walltime_s,
             fallback_walltime_s=args.fallback_walltime_s,
         )
-        pilot = Pilot(
-            channel,
-            detected,
-            PilotSettings(
-                scratch=scratch,
-                idle_timeout_s=args.idle_timeout_s,
-                prefetch_s=args.prefetch_s,
-                min_disk_mb=args.min_disk_mb,
-                required_commands=tuple(args.require),
-                isolation=await choose_isolation(args.isolation, apptainer_image=args.apptainer_image),
-                signal_grace_s=args.signal_grace_s,
-                drain_file=Path(args.drain_file) if args.drain_file else None,
-            ),
-        )
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, pilot.request_stop, "received SIGINT")
-        for sig, why in ((signal.SIGTERM, "received SIGTERM"), (signal.SIGUSR1, "received SIGUSR1")):
-            loop.add_signal_handler(sig, pilot.warned, why)  # the batch system's warning: graceful
-        return await pilot.run()
+        workdir = str(scratch) if await asyncio.to_thread(scratch.is_dir) else None
+        isolation = await choose_isolation(args.isolation, apptainer_image=args.apptainer_image, workdir=workdir)
+        try:
+            pilot = Pilot(
+                channel,
+                detected,
+                PilotSettings(
+                    scratch=scratch,
+                    idle_timeout_s=args.idle_timeout_s,
+                    prefetch_s=args.prefetch_s,
+                    min_disk_mb=args.min_disk_mb,
+                    required_commands=tuple(args.require),
+                    isolation=isolation,
+                    signal_grace_s=args.signal_grace_s,
+                    drain_file=Path(args.drain_file) if args.drain_file else None,
+                ),
+            )
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGINT, pilot.request_stop, "received SIGINT")
+            for sig, why in ((signal.SIGTERM, "received SIGTERM"), (signal.SIGUSR1, "received SIGUSR1")):
+                loop.add_signal_handler(sig, pilot.warned, why)  # the batch system's warning: graceful
+            return await pilot.run()
+        finally:
+            isolation.close()  # every job has ended by now
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ its node, and says which in its log.
 
 - ``bwrap`` (bubblewrap): the job runs in new PID, IPC and UTS namespaces and a mount namespace
   that holds only read-only system directories (``/usr`` and the merged ``/bin``, ``/lib``…, a
-  short list of ``/etc`` files, ``/opt``, ``/cvmfs``, the Python the pilot runs on), its own
+  short list of ``/etc`` files as one copy the pilot keeps (:mod:`~glidein_client.pilot.etc_view`),
+  ``/opt``, ``/cvmfs``, the Python the pilot runs on), its own
   ``/proc``, a minimal ``/dev``, an empty ``/tmp``, and its sandbox (read-write, at the same
   path). Neither the pilot's directories (its token, its cache, its logs) nor other sandboxes
   nor home directories exist in there, and it sees no process but its own. Its first process
@@ -28,6 +29,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Protocol
 
+from glidein_client.pilot.etc_view import EtcView
 from glidein_client.pilot.launch import JobRun
 from glidein_client.wire.errors import ConfigError
 
@@ -78,6 +80,10 @@ class Isolation(Protocol):
 
     def describe(self) -> str: ...
 
+    def close(self) -> None:
+        """Remove what the isolation keeps on disk, once no job runs any more."""
+        ...
+
 
 @dataclass(frozen=True)
 class NoIsolation:
@@ -85,6 +91,9 @@ class NoIsolation:
 
     def argv(self, command: list[str], run: JobRun) -> list[str]:
         return command
+
+    def close(self) -> None:
+        return None
 
     def describe(self) -> str:
         return "none: jobs run as the pilot's user and can read whatever it can read"
@@ -94,6 +103,7 @@ class NoIsolation:
 class Bubblewrap:
     bwrap: str  # absolute path of the bwrap program
     mounts: tuple[tuple[str, str, str], ...]  # (bwrap option, source, destination) for the system view
+    etc: EtcView | None = None  # the job's /etc as one copy (else /etc files are among ``mounts``)
     name: str = "bwrap"
 
     def argv(self, command: list[str], run: JobRun) -> list[str]:
@@ -114,6 +124,8 @@ class Bubblewrap:
         out += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         for option, src, dest in self.mounts:
             out += [option, src, dest]
+        if self.etc is not None:
+            out += ["--ro-bind", self.etc.path(), "/etc"]
         out += ["--dir", "/var/tmp"]
         if gpus:
             for node in _gpu_devices():
@@ -126,6 +138,10 @@ class Bubblewrap:
             f"bwrap ({self.bwrap}): each job sees its own sandbox, read-only system directories and its "
             "inputs; not the pilot's files, other sandboxes or other processes"
         )
+
+    def close(self) -> None:
+        if self.etc is not None:
+            self.etc.close()
 
 
 @dataclass(frozen=True)
@@ -142,6 +158,9 @@ class Apptainer:
             out.append("--nv")
         return [*out, self.image, *command]
 
+    def close(self) -> None:
+        return None
+
     def describe(self) -> str:
         return f"apptainer ({self.apptainer}, image {self.image}): each job sees its sandbox inside the image"
 
@@ -150,12 +169,14 @@ def _gpu_devices() -> list[str]:
     return sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri/*"))
 
 
-def system_mounts(extra: tuple[str, ...] = ()) -> tuple[tuple[str, str, str], ...]:
-    """The read-only view of the system this node offers a job: links kept as links, absent ones left out."""
+def system_mounts(extra: tuple[str, ...] = (), *, etc: bool = True) -> tuple[tuple[str, str, str], ...]:
+    """The read-only view of the system this node offers a job: links kept as links, absent ones left
+    out; without ``etc``, none of /etc (an :class:`EtcView` gives it)."""
     mounts: list[tuple[str, str, str]] = []
     seen: set[str] = set()
     pythons = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    for path in (*SYSTEM_DIRS, *(os.path.join("/etc", e) for e in ETC_ENTRIES), *sorted(pythons), *extra):
+    etc_files = (os.path.join("/etc", e) for e in ETC_ENTRIES) if etc else ()
+    for path in (*SYSTEM_DIRS, *etc_files, *sorted(pythons), *extra):
         if path in seen or any(path.startswith(done + "/") for done in seen if done != "/etc"):
             continue
         seen.add(path)
@@ -183,15 +204,19 @@ async def _probe(argv: list[str]) -> str | None:
     return None if proc.returncode == 0 else (err.decode(errors="replace").strip() or f"exit code {proc.returncode}")
 
 
-async def bubblewrap() -> Bubblewrap | str:
-    """Bubblewrap as it works on this node, or why it does not."""
+async def bubblewrap(workdir: str | None = None) -> Bubblewrap | str:
+    """Bubblewrap as it works on this node, or why it does not. Its copy of /etc goes into a private
+    directory below ``workdir`` (the pilot's scratch; by default the system's temporary directory)."""
     path = shutil.which("bwrap")
     if path is None:
         return "bwrap is not installed (Debian/Ubuntu: apt-get install bubblewrap; RHEL: dnf install bubblewrap)"
-    box = Bubblewrap(bwrap=path, mounts=system_mounts())
+    etc = EtcView(ETC_ENTRIES, tempfile.mkdtemp(prefix="glidein-etc-", dir=workdir))
+    await asyncio.to_thread(etc.path)  # the first copy
+    box = Bubblewrap(bwrap=path, mounts=system_mounts(etc=False), etc=etc)
     with tempfile.TemporaryDirectory(prefix="glidein-bwrap-probe-") as sandbox:
         failure = await _probe(box.command(["true"], sandbox, gpus=False))
     if failure is not None:
+        etc.close()
         return (
             f"bwrap cannot make a sandbox here ({failure}); unprivileged user namespaces may be off "
             "(sysctl kernel.unprivileged_userns_clone=1 or user.max_user_namespaces > 0)"
@@ -199,8 +224,11 @@ async def bubblewrap() -> Bubblewrap | str:
     return box
 
 
-async def choose_isolation(setting: str, *, apptainer_image: str | None = None) -> Isolation:
-    """The isolation named by ``setting`` (``auto``: the strongest that works here), or a ConfigError."""
+async def choose_isolation(
+    setting: str, *, apptainer_image: str | None = None, workdir: str | None = None
+) -> Isolation:
+    """The isolation named by ``setting`` (``auto``: the strongest that works here), or a ConfigError.
+    What it keeps on disk goes below ``workdir``; :meth:`Isolation.close` removes it."""
     if setting not in ("auto", *ISOLATIONS):
         raise ConfigError(f"Unknown isolation {setting!r}.", hint=f"Use one of auto, {', '.join(ISOLATIONS)}.")
     chosen: Isolation
@@ -209,7 +237,7 @@ async def choose_isolation(setting: str, *, apptainer_image: str | None = None) 
     elif setting == "apptainer" or (setting == "auto" and apptainer_image and not shutil.which("bwrap")):
         chosen = _apptainer(apptainer_image)
     else:
-        found = await bubblewrap()
+        found = await bubblewrap(workdir)
         if isinstance(found, str):
             if setting == "bwrap":
                 raise ConfigError(
