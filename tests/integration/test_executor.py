@@ -338,7 +338,7 @@ async def test_without_pidfd_it_polls(tmp_path: Path, monkeypatch: pytest.Monkey
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 async def test_a_missing_command_in_a_bwrap_sandbox_is_named(tmp_path: Path) -> None:
-    box = await bubblewrap()
+    box = await bubblewrap(str(tmp_path))
     assert not isinstance(box, str), box
     missing = await run_job(make_run(tmp_path, argv=["no-such-command-here"]), isolation=box)
     assert (missing.outcome, missing.reason) == (Outcome.FAILED, "command 'no-such-command-here' was not found")

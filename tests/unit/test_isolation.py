@@ -72,8 +72,13 @@ def test_no_isolation_runs_the_command_as_it_is() -> None:
 
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
-async def test_auto_takes_bwrap_where_it_works() -> None:
-    assert (await choose_isolation("auto")).name == "bwrap"
+async def test_auto_takes_bwrap_where_it_works(tmp_path: Path) -> None:
+    chosen = await choose_isolation("auto", workdir=str(tmp_path))
+    assert chosen.name == "bwrap"
+    [etc] = os.listdir(tmp_path)  # its copy of /etc, in the pilot's directory ...
+    assert etc.startswith("glidein-etc-")
+    chosen.close()
+    assert os.listdir(tmp_path) == []  # ... until the pilot ends
     assert (await choose_isolation("none")).name == "none"
 
 
