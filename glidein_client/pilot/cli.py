@@ -241,8 +241,9 @@ async def _main(args: argparse.Namespace) -> int:
             walltime_s=args.walltime_s,
             fallback_walltime_s=args.fallback_walltime_s,
         )
-        workdir = str(scratch) if await asyncio.to_thread(scratch.is_dir) else None
-        isolation = await choose_isolation(args.isolation, apptainer_image=args.apptainer_image, workdir=workdir)
+        isolation = await choose_isolation(
+            args.isolation, apptainer_image=args.apptainer_image, workdir=await asyncio.to_thread(_workdir, scratch)
+        )
         try:
             pilot = Pilot(
                 channel,
@@ -265,6 +266,17 @@ async def _main(args: argparse.Namespace) -> int:
             return await pilot.run()
         finally:
             isolation.close()  # every job has ended by now
+
+
+def _workdir(scratch: Path) -> str | None:
+    """The scratch directory, made if need be, for what the isolation keeps on disk (its copy of
+    /etc): it goes with the batch job even if the pilot is killed. None (the system's temporary
+    directory) when it cannot be made; the self-test then says why."""
+    try:
+        scratch.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return str(scratch)
 
 
 if __name__ == "__main__":
