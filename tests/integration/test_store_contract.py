@@ -529,6 +529,24 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
         await con.close()
 
 
+async def test_a_claim_finds_small_jobs_behind_many_big_ones_in_claim_order(store: Store) -> None:
+    """Candidates are read by shape: a pilot with one free core gets the small jobs queued behind
+    every big one, best priority first, then oldest; a whole pilot still takes big jobs first."""
+    big = await store.add_jobs("alice", [job(cpus=4) for _ in range(300)], NOW)
+    other_shape = JobSpec(argv=["true"], memory_mb=2000, walltime_s=600)
+    small = await store.add_jobs("alice", [job(), other_shape, job(priority=5)], NOW)
+    gpu = await store.add_jobs("alice", [job(gpus=1)], NOW)
+    pid = await running_pilot(store)
+    resp = await store.sync(pid, SyncRequest(free=free(1), lifetime_s=80_000), NOW, LEASE_S)
+    assert [c.job_id for c in resp.jobs] == [small[2]]  # the higher priority, though submitted last
+    resp = await store.sync(pid, SyncRequest(free=free(2), lifetime_s=80_000), NOW, LEASE_S)
+    assert [c.job_id for c in resp.jobs] == small[:2]
+    other = await running_pilot(store)
+    resp = await store.sync(other, SyncRequest(free=free(8), lifetime_s=80_000), NOW, LEASE_S)
+    assert [c.job_id for c in resp.jobs] == big[:2]  # no GPU here: the GPU job waits
+    assert (await store.get_job(gpu[0])).state is JobState.IDLE  # type: ignore[union-attr]
+
+
 async def test_a_gpu_pilot_claims_the_waiting_gpu_job_first(store: Store) -> None:
     cpu_jobs = await store.add_jobs("alice", [job() for _ in range(4)], NOW)
     [gpu_job] = await store.add_jobs("alice", [job(gpus=1)], NOW + 1)
