@@ -23,7 +23,7 @@ module load python/3.11
 # less pilot.signal_grace, the warning), KILL 30 s later (exit code 124, or 137 when KILL was needed). --foreground keeps
 # timeout and the pilot in this script's process group, so a signal to the group (a cancel,
 # or a kill of the whole "job") reaches all of them, as a batch system's would.
-timeout --foreground --signal=TERM --kill-after=30 43200 /opt/glidein/bin/python -m glidein_client.pilot run --url http://127.0.0.1:1 --token-file '/scratch/glidein sites/pilots-meta/glidein-test-42/token' --site test --disk 10240M --idle-timeout 120s --scratch '/scratch/glidein sites/pilots' --cpus 1 --memory 2048M --gpus 0 --walltime 43200s --ca-file '/scratch/glidein sites/pilots-meta/glidein-test-42/ca.pem' &
+timeout --foreground --signal=TERM --kill-after=30 43200 /opt/glidein/bin/python -m glidein_client.pilot run --url http://127.0.0.1:1 --token-file '/scratch/glidein sites/pilots-meta/glidein-test-42/token' --site test --disk 10240M --idle-timeout 120s --scratch '/scratch/glidein sites/pilots' --cpus 1 --memory 2048M --gpus 0 --walltime 43200s --drain-file '/scratch/glidein sites/pilots-meta/glidein-test-42/drain' --ca-file '/scratch/glidein sites/pilots-meta/glidein-test-42/ca.pem' &
 child=$!
 while :; do
     wait "$child"
