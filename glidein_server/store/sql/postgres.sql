@@ -531,7 +531,7 @@ WHERE p.id = $1;
 -- name: pilot_sync_tail
 -- A sync's last statement (before any claim): what the pilot has free, its leases renewed when a
 -- quarter spent ($10: new expiry; $11: renew those expiring before), and its attempts whose job
--- was cancelled.
+-- was cancelled or held (the pilot stops them).
 WITH p AS (
     UPDATE pilots SET free_cpus = $1, free_memory_mb = $2, free_gpus = $3, free_disk_mb = $4, lifetime_s = $5,
         last_seen = $6, occupancy = $7, jobs_run = jobs_run + $8
@@ -540,7 +540,7 @@ WITH p AS (
     UPDATE attempts SET lease_expires = $10 WHERE pilot_id = $9 AND state != 'ended' AND lease_expires < $11
 )
 SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
-WHERE a.pilot_id = $9 AND a.state != 'ended' AND j.state = 'cancelled';
+WHERE a.pilot_id = $9 AND a.state != 'ended' AND j.state IN ('cancelled', 'held');
 
 -- name: site_claim_control
 SELECT s.mode, s.max_cpus, n.network FROM (SELECT $1::text AS name) x
