@@ -22,6 +22,7 @@ from glidein_client.wire.errors import AuthError, ConfigError, GlideinError, Not
 from glidein_client.wire.schema import Role, SiteMode, SiteView, Summary, TokenRequest
 from glidein_client.wire.secrets import read_secret_file
 from glidein_server.commands.common import emit, expires_at, format_when, scopes_of
+from glidein_server.commands.site_control import parse_cap
 from glidein_server.commands.subjects import save_secret, token_table
 from glidein_server.policy.site_control import describe
 
@@ -246,17 +247,7 @@ async def cmd_mode(args: argparse.Namespace) -> int:
 
 
 async def cmd_cap(args: argparse.Namespace) -> int:
-    text = str(args.cores).strip().lower()
-    if text in ("none", "off", "no"):
-        cores: int | None = None
-    elif text.isdigit() and int(text) > 0:
-        cores = int(text)
-    else:
-        raise ConfigError(
-            f"{args.cores!r} is not a number of cores.",
-            hint=f"Give a whole number of at least 1, e.g. `glidein-server admin site cap {args.name} 64`, "
-            "or 'none' to lift the cap.",
-        )
+    cores = parse_cap(args.cores, f"glidein-server admin site cap {args.name} 64")
     site = await _call(args, lambda api, c: api.admin_site_cap(args.name, cores, c))
     head = f"site {args.name}: " + (f"capped at {cores} cores." if cores else "no cap.")
     emit(args.json, msgspec.to_builtins(site), *_site_lines(site, head))

@@ -45,19 +45,23 @@ async def cmd_mode(args: argparse.Namespace) -> int:
     return await cmd_show(args, f"site {name}: {mode.value}.")
 
 
+def parse_cap(value: object, example: str) -> int | None:
+    """A cap as given on the command line: a whole number of cores, or none/off/no to lift it."""
+    text = str(value).strip().lower()
+    if text in ("none", "off", "no"):
+        return None
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise ConfigError(
+        f"{value!r} is not a number of cores.",
+        hint=f"Give a whole number of at least 1, e.g. `{example}`, or 'none' to lift the cap "
+        "(`site pause` stops new work altogether).",
+    )
+
+
 async def cmd_cap(args: argparse.Namespace) -> int:
     name = convert(args.name, Name, what="site name")
-    text = str(args.cores).strip().lower()
-    if text in ("none", "off", "no"):
-        cores: int | None = None
-    elif text.isdigit() and int(text) > 0:
-        cores = int(text)
-    else:
-        raise ConfigError(
-            f"{args.cores!r} is not a number of cores.",
-            hint=f"Give a whole number of at least 1, e.g. `glidein-server site cap {name} 64`, or 'none' to lift "
-            "the cap (`site pause` stops new work altogether).",
-        )
+    cores = parse_cap(args.cores, f"glidein-server site cap {name} 64")
     async with open_state_store(state_dir(args)) as store:
         await store.set_site_cap(name, cores)
     return await cmd_show(args, f"site {name}: " + (f"capped at {cores} cores." if cores else "no cap."))
