@@ -189,7 +189,9 @@ async def test_killed_client_resumes_without_downloading_verified_files(
         await asyncio.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     await proc.wait()
-    verified = {k: area.input_path(k).stat().st_ino for k in area.input_keys()}
+    # A file renamed into place whose marker the kill prevented is whole too, and is reused (after a check).
+    whole = {e.name for e in os.scandir(area.inputs) if not e.name.startswith(".") and not e.name.endswith(".ok")}
+    verified = {k: area.input_path(k).stat().st_ino for k in whole}
     assert 3 <= len(verified) < n, "the client was not killed mid-staging"
 
     # A new client goes on from there: it reads what is verified and downloads only the rest.
@@ -198,8 +200,10 @@ async def test_killed_client_resumes_without_downloading_verified_files(
         await client.cycle()
         report = client.firewall.stager.last
     assert isinstance(report, PassReport)
-    assert report.reused == len(verified) and report.downloaded == n - len(verified)
-    assert report.staged == n and report.failed == 0
+    # Jobs whose staging the killed client had already reported are not planned again, so their files
+    # count neither as reused nor as downloaded; none of the verified files is downloaded a second time.
+    assert report.downloaded == n - len(verified) and report.reused <= len(verified)
+    assert report.failed == 0
     assert {k: area.input_path(k).stat().st_ino for k in verified} == verified  # not written again
     for inp in inputs:
         assert area.vouched(inp.sha256 or "") is not None
