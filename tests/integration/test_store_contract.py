@@ -355,11 +355,14 @@ async def test_operator_drain_pause_and_cap_a_site(store: Store) -> None:
 
 async def test_concurrent_claims_never_share_a_job(store: Store) -> None:
     """Pilots claiming at once never get the same job; what one round leaves (rows another claimer
-    held locked), the next round claims."""
+    held locked), the next round claims. There is a pilot per job, and a pilot leaves the race once it
+    got a job, so a round always has a pilot for each job left and every round claims at least one."""
     ids = await store.add_jobs("alice", [job() for _ in range(60)], NOW)
-    pilots = [await running_pilot(store, cpus=4) for _ in range(20)]
+    pilots = [await running_pilot(store, cpus=4) for _ in range(60)]
     claimed: list[int] = []
-    for _ in range(5):
+    for _ in range(60):
+        if len(claimed) == 60:
+            break
         responses = await asyncio.gather(
             *(store.sync(p, SyncRequest(free=free(4), lifetime_s=80_000), NOW, LEASE_S) for p in pilots)
         )
