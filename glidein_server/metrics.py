@@ -1,10 +1,10 @@
 """Prometheus metrics of the server, with the ``prometheus-client`` library.
 
-Two kinds: instruments updated as requests are served (claim and sync latency, staging bytes),
-and gauges read from the store once per scrape (:func:`families`, a pure function of a
-:class:`~glidein_server.store.monitoring.Monitoring` snapshot). Labels are bounded: site,
-dataset (the busiest ``max_datasets``, the rest as ``other``), job type, owner, state,
-outcome — never a job or pilot id.
+Two kinds: instruments updated as requests are served (claim and sync latency, staging bytes;
+plain counts, see :mod:`glidein_server.instruments`), and gauges read from the store once per
+scrape (:func:`families`, a pure function of a :class:`~glidein_server.store.monitoring.Monitoring`
+snapshot). Labels are bounded: site, dataset (the busiest ``max_datasets``, the rest as
+``other``), job type, owner, state, outcome — never a job or pilot id.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from glidein_server.instruments import ByteCounter, Latency
 from glidein_server.store.monitoring import Monitoring, MonitoringStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -132,50 +133,55 @@ def _site_families(snap: Monitoring, now: float, cfg: MetricsConfig) -> list[Met
     return [pressure, demand_pilots, demand_cores, health, failures, backoff, seen, up]
 
 
-class _Snapshot(Collector):
-    """Yields the families of the snapshot read for the scrape being served."""
+class _Families(Collector):
+    """Yields the families of one scrape: the store's snapshot read for it, then the instruments'."""
 
-    def __init__(self) -> None:
+    def __init__(self, instruments: list[Latency | ByteCounter]) -> None:
+        self.instruments = instruments
         self.current: list[Metric] = []
 
     def collect(self) -> Iterator[Metric]:
-        return iter(self.current)
+        yield from self.current
+        for instrument in self.instruments:
+            yield instrument.family()
 
 
 class Metrics:
-    """The server's registry: request instruments plus the store's snapshot, rendered per scrape."""
+    """The server's registry: request instruments plus the store's snapshot, rendered per scrape.
+
+    Nothing is kept per job: the counts come from the store's running aggregates when a scrape
+    asks, and a sync costs two histogram observations (see :mod:`glidein_server.instruments`).
+    """
 
     def __init__(self, store: MonitoringStore, config: MetricsConfig) -> None:
         self.store = store
         self.config = config
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.claim_latency = Histogram(
+        self.claim_latency = Latency(
             "glidein_claim_latency_seconds",
             "Time the store took to answer a pilot's sync (reports and claims), without any long-poll wait.",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            LATENCY_BUCKETS,
         )
-        self.sync_latency = Histogram(
+        self.sync_latency = Latency(
             "glidein_sync_latency_seconds",
             "Time to answer a pilot's sync request, long-poll wait included.",
-            buckets=(*LATENCY_BUCKETS, 5.0, 10.0, 30.0, 60.0),
-            registry=self.registry,
+            (*LATENCY_BUCKETS, 5.0, 10.0, 30.0, 60.0),
         )
-        self.staging_bytes = Counter(
+        self.staging_bytes = ByteCounter(
             "glidein_staging_bytes",
             "Bytes of files received: input (uploaded by users) and output (uploaded by pilots).",
-            ["direction"],
-            registry=self.registry,
+            "direction",
+            ("input", "output"),
         )
-        self._snapshot = _Snapshot()
-        self.registry.register(self._snapshot)
+        self._families = _Families([self.claim_latency, self.sync_latency, self.staging_bytes])
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self._families)
 
     async def render(self, now: float) -> bytes:
         cfg = self.config
         snap = await self.store.monitoring(now, cfg.dataset_key, now - cfg.pilot_timeout_s)
         # No await from here on: concurrent scrapes cannot see each other's snapshot.
-        self._snapshot.current = families(snap, now, cfg)
+        self._families.current = families(snap, now, cfg)
         try:
             return generate_latest(self.registry)
         finally:
-            self._snapshot.current = []
+            self._families.current = []

@@ -344,7 +344,7 @@ class Api:
         size = await self.files.put(sha, request.content)
         await self.store.add_file_owner(sha, principal.subject, size)
         if self.metrics is not None:
-            self.metrics.staging_bytes.labels("input").inc(size)
+            self.metrics.staging_bytes.add("input", size)
         return json_response(OutputFile(name=sha, sha256=sha, size=size), status=201)
 
     async def get_file(self, request: web.Request) -> web.StreamResponse:
@@ -454,7 +454,7 @@ class Api:
         async with self.files.incoming(sha, request.content) as size:  # kept only once recorded
             await self.store.record_output(int(principal.subject), attempt_id, lease, name, sha, size)
         if self.metrics is not None:
-            self.metrics.staging_bytes.labels("output").inc(size)
+            self.metrics.staging_bytes.add("output", size)
         return json_response(OutputFile(name=name, sha256=sha, size=size), status=201)
 
     async def pilot_exit(self, request: web.Request) -> web.Response:

@@ -1,13 +1,20 @@
-"""The gauges of one monitoring snapshot: bounded labels, core-weighted pilots, dead site clients."""
+"""The gauges of one monitoring snapshot: bounded labels, core-weighted pilots, dead site clients; the
+request instruments expose what the library's own would."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from glidein_client.wire.schema import JobSpec
+from glidein_server.instruments import ByteCounter, Latency
 from glidein_server.metrics import MetricsConfig, families
 from glidein_server.store.monitoring import Monitoring, PilotRow, SiteRow
 from glidein_server.store.sqlite import SqliteStore
@@ -67,3 +74,39 @@ async def test_the_job_counts_follow_the_jobs_and_are_rebuilt_after_metrics_were
     db.executescript("DROP TRIGGER job_counts_update; DELETE FROM job_counts;")
     db.close()
     assert await counts(True) == now  # rebuilt from the jobs
+
+
+def _exposition(*collectors: object) -> list[str]:
+    registry = CollectorRegistry(auto_describe=False)
+    for c in collectors:
+        registry.register(cast("Collector", c))
+    return [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+
+
+def test_the_light_instruments_expose_what_the_library_s_own_instruments_do() -> None:
+    buckets = (0.001, 0.01, 0.1, 1.0)
+    observed = [0.0005, 0.001, 0.001, 0.05, 0.1, 0.7, 3.0, 12.5]  # bounds themselves fall in their bucket
+    theirs = CollectorRegistry(auto_describe=False)
+    histogram = Histogram("x_latency_seconds", "Doc.", buckets=buckets, registry=theirs)
+    counter = Counter("x_bytes", "Doc.", ["direction"], registry=theirs)
+    latency = Latency("x_latency_seconds", "Doc.", buckets)
+    staged = ByteCounter("x_bytes", "Doc.", "direction", ("input", "output"))
+    for v in observed:
+        histogram.observe(v)
+        latency.observe(v)
+    for direction, n in (("input", 4096), ("output", 10), ("input", 1)):
+        counter.labels(direction).inc(n)
+        staged.add(direction, n)
+    counter.labels("output")  # the library shows a child once used; ours shows every declared value
+
+    class Both:
+        def collect(self) -> Iterator[Metric]:
+            yield latency.family()
+            yield staged.family()
+
+    assert _exposition(Both()) == [
+        line for line in generate_latest(theirs).decode().splitlines() if "_created" not in line
+    ]
+    assert 'x_latency_seconds_bucket{le="0.001"} 3.0' in _exposition(Both())
+    with pytest.raises(KeyError):
+        staged.add("job-42", 1)  # only the values the server declared: labels stay bounded
