@@ -22,6 +22,7 @@ from glidein_server.http.app import Api, ServerConfig
 from glidein_server.http.ratelimit import Rate, RateLimits
 from glidein_server.metrics import MetricsConfig
 from glidein_server.policy.fairshare import Shares
+from glidein_server.policy.reservation import ReservationPolicy
 from glidein_server.policy.retry import RetryPolicy
 from glidein_server.retention import purge_forever
 from glidein_server.settings import ServerSettings, StateDir
@@ -42,9 +43,13 @@ def open_store(state: StateDir, settings: ServerSettings) -> Store:
         max_walltime_s=s.retry_max_walltime_s,
     )
     shares = Shares(per_user=dict(s.shares), default=s.default_share)
+    reserve = None  # 0 for either setting: no reservations
+    if s.reservation_after_s > 0 and s.reservation_max_hold_s > 0:
+        reserve = ReservationPolicy(after_s=s.reservation_after_s, max_hold_s=s.reservation_max_hold_s)
     if is_postgres_url(settings.database):
-        return PostgresStore(settings.database, retry=retry, shares=shares)
-    return SqliteStore(str(state.database(settings)), retry=retry, shares=shares, monitoring=s.metrics)
+        return PostgresStore(settings.database, retry=retry, shares=shares, reservation=reserve)
+    path = str(state.database(settings))
+    return SqliteStore(path, retry=retry, shares=shares, monitoring=s.metrics, reservation=reserve)
 
 
 async def mint_token(

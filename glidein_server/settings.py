@@ -63,6 +63,10 @@ class ServerSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     dataset_label: Annotated[str, Meta(min_length=1, max_length=64)] = "dataset"  # the job label naming a dataset
     client_dead_after_s: Annotated[float, Meta(ge=1)] = 90.0  # a site client silent this long is shown as down
     dashboard_sample_s: Annotated[float, Meta(ge=0.1)] = 10.0  # the web dashboard's plots sample this often
+    # Bounded reservations: a multicore job idle this long gets one pilot that lets its cores drain
+    # until the job fits, for at most reservation_max_hold_s; 0 for either: no reservations.
+    reservation_after_s: Annotated[float, Meta(ge=0)] = 1800.0
+    reservation_max_hold_s: Annotated[float, Meta(ge=0)] = 3600.0
     # Fair share of the cores between users ([server.shares] in config.toml: name = share);
     # a user not named there has default_share. A job's priority orders only its owner's jobs.
     default_share: Annotated[float, Meta(gt=0)] = 1.0
@@ -154,6 +158,10 @@ KEY_DOCS: dict[str, str] = {
     "totp_key_file": "Key that encrypts operators' TOTP secrets; mode 0600, kept apart from the database.",
     "pilot_token_grace_s": "Pilot tokens outlive queue wait plus walltime by this much.",
     "pilot_token_max_s": "Longest lifetime of a pilot token.",
+    "reservation_after_s": "A multicore job idle this long gets one pilot that keeps its free cores for it (its other "
+    "jobs drain until the job fits), so a stream of single-core jobs cannot starve it; 0: no reservations.",
+    "reservation_max_hold_s": "A pilot keeps cores for such a job at most this long, then fills them again for as long "
+    "before it may hold again; 0: no reservations.",
     "default_share": "Fair share of the cores of a user not named in shares (priority orders only a user's own jobs).",
     "shares": 'Fair shares per user, e.g. { "alice" = 3.0 }; set with `glidein-server user share NAME N`.',
     "metrics": "Serve GET /metrics (Prometheus) and the web dashboard /ui; false: neither, and no counts kept.",

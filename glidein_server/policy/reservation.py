@@ -13,7 +13,7 @@ Pure bookkeeping over plain data; the caller says when a job is claimed and when
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 from glidein_server.policy.matchmaking import Candidate, Capacity
@@ -59,26 +59,19 @@ class Reservations:
         """
         hold = self._by_pilot.get(pilot_id)
         if hold is not None:
-            if now - hold.since <= self.policy.max_hold_s and hold.job.walltime_s <= lifetime_s:
+            if keeps(hold.job, hold.since, lifetime_s, now, self.policy):
                 return hold.job
             self._drop(pilot_id)
-            self._resting[pilot_id] = now + self.policy.max_hold_s
+            self._resting[pilot_id] = rests_until(now, self.policy)
             return None
         if self._resting.get(pilot_id, 0.0) > now:
             return None
-        for w in waiting:
-            job = w.job
-            if now - w.idle_since < self.policy.after_s:
-                continue
-            if job.job_id in self._holder or job.cpus <= 1 or job.walltime_s > lifetime_s:
-                continue
-            if job.cpus > total.cpus or job.memory_mb > total.memory_mb or job.gpus > total.gpus:
-                continue
+        job = starving(waiting, self._holder, total, lifetime_s, now, self.policy)
+        if job is not None:
             self._by_pilot[pilot_id] = _Hold(job, now)
             self._holder[job.job_id] = pilot_id
             self.made += 1
-            return job
-        return None
+        return job
 
     def holder(self, job_id: int) -> int | None:
         """The pilot holding cores for this job, if any."""
@@ -99,3 +92,40 @@ class Reservations:
         hold = self._by_pilot.pop(pilot_id, None)
         if hold is not None:
             self._holder.pop(hold.job.job_id, None)
+
+
+# The decisions themselves, shared by :class:`Reservations` (the simulator) and the server's stores,
+# which keep the holds in their database.
+
+
+def keeps(job: Candidate, since: float, lifetime_s: float, now: float, policy: ReservationPolicy) -> bool:
+    """Whether a pilot holding cores for ``job`` since ``since`` goes on holding them."""
+    return now - since <= policy.max_hold_s and job.walltime_s <= lifetime_s
+
+
+def rests_until(now: float, policy: ReservationPolicy) -> float:
+    """Until when a pilot whose hold ran out at ``now`` fills its cores before it may hold again."""
+    return now + policy.max_hold_s
+
+
+def starving(
+    waiting: Iterable[Waiting],
+    held: Container[int],
+    total: Capacity,
+    lifetime_s: float,
+    now: float,
+    policy: ReservationPolicy,
+) -> Candidate | None:
+    """The first of ``waiting`` (idle multicore jobs in claim order) that has waited ``after_s``,
+    that no other pilot holds cores for (``held``: job ids) and that this pilot could run
+    (``total``: its whole capacity; ``lifetime_s``: its time left); None when there is none."""
+    for w in waiting:
+        job = w.job
+        if now - w.idle_since < policy.after_s:
+            continue
+        if job.job_id in held or job.cpus <= 1 or job.walltime_s > lifetime_s:
+            continue
+        if job.cpus > total.cpus or job.memory_mb > total.memory_mb or job.gpus > total.gpus:
+            continue
+        return job
+    return None

@@ -8,10 +8,14 @@ sql/postgres.sql.
 
 from __future__ import annotations
 
+from glidein_server.policy.fairshare import Shares
+from glidein_server.policy.reservation import ReservationPolicy
+from glidein_server.policy.retry import RetryPolicy
 from glidein_server.store.postgres_actions import PostgresJobActions
 from glidein_server.store.postgres_base import Q, redact
 from glidein_server.store.postgres_pilots import PostgresPilots
 from glidein_server.store.postgres_retention import PostgresRetention
+from glidein_server.store.reservations import DEFAULT_POLICY
 
 __all__ = ["PostgresStore", "is_postgres_url", "redact"]
 
@@ -21,6 +25,20 @@ def is_postgres_url(database: str) -> bool:
 
 
 class PostgresStore(PostgresRetention, PostgresJobActions, PostgresPilots):
+    """``reservation=None`` turns bounded reservations off."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        retry: RetryPolicy | None = None,
+        shares: Shares | None = None,
+        pool_size: int = 10,
+        reservation: ReservationPolicy | None = DEFAULT_POLICY,
+    ) -> None:
+        super().__init__(url, retry=retry, shares=shares, pool_size=pool_size)
+        self.reservation = reservation
+
     async def recover(self, now: float, grace_s: float) -> None:
         """After a restart: give pilots ``grace_s`` to reconnect before their jobs count as lost, and
         start listening for the other replicas' news."""

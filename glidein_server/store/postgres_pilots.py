@@ -31,6 +31,7 @@ from glidein_server.store import candidates
 from glidein_server.store.postgres_attempts import PostgresAttempts
 from glidein_server.store.postgres_base import Connection, Q
 from glidein_server.store.postgres_jobs import spec_decoder
+from glidein_server.store.postgres_reservations import PostgresReservations
 from glidein_server.store.sqlite_pilots import (
     CLAIM_SCAN,
     NOTHING_FREE,
@@ -40,7 +41,7 @@ from glidein_server.store.sqlite_pilots import (
 )
 
 
-class PostgresPilots(PostgresAttempts):
+class PostgresPilots(PostgresReservations, PostgresAttempts):
     async def new_pilot(self, site: str, now: float) -> int:
         return int(await self.pool.fetchval(Q["pilot_insert"], site, now))
 
@@ -197,7 +198,8 @@ class PostgresPilots(PostgresAttempts):
         scan = min(CLAIM_SCAN, 2 * (cap.cpus + req.want) + 8)  # rows locked: a few per slot, not the queue
         args = (cap.cpus, cap.memory_mb, cap.gpus, cap.disk_mb, int(req.lifetime_s), f",{site},", scan)
         queues: dict[str, list[Candidate]] = {}
-        if network is not None and Network(network).stages:
+        staged = network is not None and Network(network).stages
+        if staged:
             for owner, *row in await con.fetch(Q["idle_candidates_staged"], *args, site):
                 queues.setdefault(owner, []).append(Candidate(*row))
         else:  # each user's best few: however many jobs one user queued, the others are still seen
@@ -210,8 +212,16 @@ class PostgresPilots(PostgresAttempts):
         in_use_of = {r[0]: int(r[1]) for r in await con.fetch(Q["busy_cores"])} if len(queues) > 1 else {}
         free = Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
         ratio = await self._ratio(con, now) if retiring(req.lifetime_s) else 1.0
+        # (a job staged at one site only: no reservation, the held job may never be staged here)
+        reserve = None if staged else await self._reserve(con, pilot_id, site, total, req.lifetime_s, now)
         chosen = select(
-            fair_order(queues, in_use_of, self.shares), free, total, req.lifetime_s, req.want, runtime_ratio=ratio
+            fair_order(queues, in_use_of, self.shares),
+            free,
+            total,
+            req.lifetime_s,
+            req.want,
+            reserve=reserve,
+            runtime_ratio=ratio,
         )
         if room is not None:
             cpus = {c.job_id: c.cpus for queue in queues.values() for c in queue}

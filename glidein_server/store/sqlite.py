@@ -13,8 +13,10 @@ import sqlite3
 from collections.abc import Callable
 
 from glidein_server.policy.fairshare import Shares
+from glidein_server.policy.reservation import ReservationPolicy
 from glidein_server.policy.retry import RetryPolicy
 from glidein_server.store import sqlfile
+from glidein_server.store.reservations import DEFAULT_POLICY
 from glidein_server.store.sqlite_actions import SqliteJobActions
 from glidein_server.store.sqlite_base import Q
 from glidein_server.store.sqlite_monitoring import SqliteMonitoring
@@ -28,13 +30,21 @@ log = logging.getLogger(__name__)
 
 
 class SqliteStore(SqliteMonitoring, SqliteRetention, SqliteJobActions, SqlitePilots):
-    """``monitoring=False`` drops the attempt outcomes only the metrics read (rebuilt when turned on again)."""
+    """``monitoring=False`` drops the attempt outcomes only the metrics read (rebuilt when turned on again);
+    ``reservation=None`` turns bounded reservations off."""
 
     def __init__(
-        self, path: str, *, retry: RetryPolicy | None = None, shares: Shares | None = None, monitoring: bool = True
+        self,
+        path: str,
+        *,
+        retry: RetryPolicy | None = None,
+        shares: Shares | None = None,
+        monitoring: bool = True,
+        reservation: ReservationPolicy | None = DEFAULT_POLICY,
     ) -> None:
         super().__init__(path, retry=retry, shares=shares)
         self.monitoring_on = monitoring
+        self.reservation = reservation
 
     def _prepare(self, db: sqlite3.Connection) -> None:
         db.executescript(Q["schema"])

@@ -24,6 +24,7 @@ from glidein_server.policy.site_control import within_room
 from glidein_server.store import candidates
 from glidein_server.store.sqlite_attempts import SqliteAttempts
 from glidein_server.store.sqlite_base import Q
+from glidein_server.store.sqlite_reservations import SqliteReservations
 from glidein_server.store.sqlite_sites import spec_decoder
 
 TERMINAL_BATCH_STATES = {"done", "failed", "timeout", "cancelled"}
@@ -35,7 +36,7 @@ RATIO_TTL_S = 300.0  # how long the learnt runtime ratio is used before it is re
 RETIRE_REASON = "its remaining lifetime is shorter than the walltime of every idle job it could run"
 
 
-class SqlitePilots(SqliteAttempts):
+class SqlitePilots(SqliteReservations, SqliteAttempts):
     async def new_pilot(self, site: str, now: float) -> int:
         def tx(db: sqlite3.Connection) -> int:
             return int(db.execute(Q["pilot_insert"], (site, now)).lastrowid or 0)
@@ -204,7 +205,8 @@ class SqlitePilots(SqliteAttempts):
         cap = total if req.want > 0 else Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
         fits = (cap.cpus, cap.memory_mb, cap.gpus, cap.disk_mb, int(req.lifetime_s), f",{site},")
         queues: dict[str, list[Candidate]] = {}
-        if self._site_stages(db, site):  # its client stages inputs out of the job: only jobs staged there
+        staged = self._site_stages(db, site)
+        if staged:  # its client stages inputs out of the job: only jobs staged there
             for owner, *row in db.execute(Q["idle_candidates_staged"], (site, *fits, CLAIM_SCAN)):
                 queues.setdefault(owner, []).append(Candidate(*row))
         else:  # each user's best few: however many jobs one user queued, the others are still seen
@@ -223,8 +225,16 @@ class SqlitePilots(SqliteAttempts):
         in_use: dict[str, int] = dict(db.execute(Q["busy_cores"]).fetchall()) if len(queues) > 1 else {}
         free = Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
         ratio = self._ratio(db, now) if retiring(req.lifetime_s) else 1.0
+        # (a job staged at one site only: no reservation, the held job may never be staged here)
+        reserve = None if staged else self._reserve(db, pilot_id, site, total, req.lifetime_s, now)
         chosen = select(
-            fair_order(queues, in_use, self.shares), free, total, req.lifetime_s, req.want, runtime_ratio=ratio
+            fair_order(queues, in_use, self.shares),
+            free,
+            total,
+            req.lifetime_s,
+            req.want,
+            reserve=reserve,
+            runtime_ratio=ratio,
         )
         if room is not None:
             cpus = {c.job_id: c.cpus for queue in queues.values() for c in queue}

@@ -232,6 +232,19 @@ CREATE INDEX job_events_job ON job_events (job_id, id);
 -- The job list's label filter: a job's labels contain the wanted ones, found through this index.
 CREATE INDEX IF NOT EXISTS jobs_labels ON jobs USING gin ((spec -> 'labels') jsonb_path_ops);
 
+-- name: migration_9
+-- Bounded reservations: a pilot holding its free cores for a multicore job that waits too long (one
+-- job per pilot, one pilot per job: the unique index stops two replicas reserving one job twice), and
+-- the idle multicore jobs by shape, to find those that wait.
+CREATE TABLE IF NOT EXISTS reservations (
+    pilot_id BIGINT PRIMARY KEY,
+    job_id BIGINT UNIQUE,           -- NULL: the pilot's hold ran out and it rests until rest_until
+    since DOUBLE PRECISION NOT NULL,
+    rest_until DOUBLE PRECISION NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_idle_multicore
+ON jobs (cpus, memory_mb, gpus, disk_mb, walltime_s, sites, priority DESC, id) WHERE state = 'idle' AND cpus > 1;
+
 -- name: schema_version_table
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 

@@ -736,6 +736,18 @@ CREATE TABLE IF NOT EXISTS job_labels (
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO job_labels SELECT l.key, l.value, j.id FROM jobs j, json_each(j.spec, '$.labels') l;
 
+-- name: migration_6
+-- Bounded reservations: a pilot holding its free cores for a multicore job that waits too long (one
+-- job per pilot, one pilot per job), and the idle multicore jobs by shape, to find those that wait.
+CREATE TABLE IF NOT EXISTS reservations (
+    pilot_id INTEGER PRIMARY KEY,
+    job_id INTEGER UNIQUE,          -- NULL: the pilot's hold ran out and it rests until rest_until
+    since REAL NOT NULL,
+    rest_until REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_idle_multicore
+ON jobs (cpus, memory_mb, gpus, disk_mb, walltime_s, sites, priority DESC, id) WHERE state = 'idle' AND cpus > 1;
+
 -- Retention: finished jobs older than a cutoff leave with their attempts and outputs, in batches.
 
 -- name: purge_pick

@@ -1,0 +1,73 @@
+"""Bounded reservations kept in a store's database: what one claiming sync reads and does.
+
+A claiming pilot's sync reads, in one statement, the pilot's own hold (if any) and the first few
+idle multicore jobs of each shape that fits the whole pilot (an index seek per shape, never a scan
+of the queue). :func:`decide` turns those rows into the job the pilot holds its free cores for,
+with the decisions of :mod:`glidein_server.policy.reservation` (the simulator's), and says what the
+store writes: nothing, the end of a hold that ran out, or the start of a new one.
+
+Holds end on their own: a hold whose job is no longer idle (claimed by anyone, cancelled, held),
+whose pilot is no longer running, or that is older than ``max_hold_s`` counts for no one, and the
+next hold for that job or by that pilot replaces its row. One pilot per job is a unique index on
+the job, so two server replicas cannot both reserve one job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from enum import Enum
+from typing import Any
+
+from glidein_server.policy.matchmaking import Candidate, Capacity, claim_order
+from glidein_server.policy.reservation import ReservationPolicy, Waiting, keeps, rests_until, starving
+
+#: What a store does unless told otherwise: the server's defaults (the simulator's seed scenario's).
+DEFAULT_POLICY = ReservationPolicy()
+#: Idle multicore jobs read per shape: the oldest few, as the simulator looks at them.
+PER_SHAPE = 4
+
+
+class Write(Enum):
+    NONE = "none"  # nothing changes
+    LAPSE = "lapse"  # the hold ran out: the pilot rests (rest_until) before it may hold again
+    BEGIN = "begin"  # a new hold begins (unless another pilot took that job first)
+
+
+def read_args(
+    pilot_id: int, site: str, total: Capacity, lifetime_s: float, now: float, policy: ReservationPolicy
+) -> tuple[Any, ...]:
+    """The arguments of the ``reservation_read`` statement (the same order in both backends)."""
+    return (
+        *(pilot_id, now - policy.max_hold_s, total.cpus, total.memory_mb, total.gpus, total.disk_mb),
+        *(int(lifetime_s), f",{site},", PER_SHAPE),
+    )
+
+
+def decide(
+    rows: Iterable[Sequence[Any]], total: Capacity, lifetime_s: float, now: float, policy: ReservationPolicy
+) -> tuple[Candidate | None, Write, float]:
+    """The job to hold for, what to write, and (for a lapse) until when the pilot rests.
+
+    ``rows``: (kind, job id, since, rest until, cpus, memory, gpus, disk, walltime, priority, held);
+    kind 0 is the pilot's own hold (its job columns NULL once the job is no longer idle), kind 1 an
+    idle multicore job (since: its submission; held: another live pilot holds cores for it).
+    """
+    waiting: list[tuple[tuple[int, int, int], Waiting]] = []
+    held: set[int] = set()
+    for kind, job_id, since, rest_until, cpus, mem, gpus, disk, wall, priority, other in rows:
+        if kind == 0:
+            if job_id is not None and cpus is not None:  # holding for a job that still waits
+                job = Candidate(job_id, cpus, mem, gpus, disk, wall)
+                if keeps(job, since, lifetime_s, now, policy):
+                    return job, Write.NONE, 0.0
+                return None, Write.LAPSE, rests_until(now, policy)
+            if job_id is None and rest_until > now:  # resting after a hold that ran out
+                return None, Write.NONE, 0.0
+            continue  # its job was claimed: that hold is over, a new one may begin
+        if other:
+            held.add(job_id)
+        cand = Candidate(job_id, cpus, mem, gpus, disk, wall)
+        waiting.append((claim_order(priority, cpus, job_id), Waiting(cand, since)))
+    waiting.sort(key=lambda w: w[0])
+    found = starving((w for _, w in waiting), held, total, lifetime_s, now, policy)
+    return found, (Write.NONE if found is None else Write.BEGIN), 0.0

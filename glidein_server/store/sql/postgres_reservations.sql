@@ -1,0 +1,51 @@
+-- Bounded reservations in the PostgreSQL store (glidein_server.store.postgres_reservations); the
+-- table and its index are made by migration_9 in postgres.sql.
+
+-- name: reservation_read
+-- The pilot's own hold (kind 0; the job's columns NULL once it is no longer idle), then the first
+-- few idle multicore jobs of each shape that fits the whole pilot (kind 1), each with whether another
+-- running pilot holds cores for it: one index seek per shape. $1 pilot, $2 now - max_hold_s, $3..$6
+-- the pilot's cpus, memory, GPUs, disk, $7 its lifetime, $8 ',site,', $9 jobs per shape.
+SELECT 0 AS kind, r.job_id, r.since, r.rest_until, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s,
+       0 AS priority, false AS held
+FROM reservations r LEFT JOIN jobs j ON j.id = r.job_id AND j.state = 'idle'
+WHERE r.pilot_id = $1
+UNION ALL
+SELECT 1, j.id, j.submitted_at, 0, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s, j.priority,
+       EXISTS (SELECT 1 FROM reservations h JOIN pilots p ON p.id = h.pilot_id
+               WHERE h.job_id = j.id AND h.pilot_id <> $1 AND h.since >= $2 AND p.state = 'running')
+FROM (
+    SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites FROM idle_shape_deltas
+    WHERE cpus > 1 AND cpus <= $3 AND memory_mb <= $4 AND gpus <= $5 AND disk_mb <= $6 AND walltime_s <= $7
+      AND (sites = '' OR position($8 in sites) > 0)
+    GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites HAVING sum(n) > 0
+) s CROSS JOIN LATERAL (
+    SELECT id, cpus, memory_mb, gpus, disk_mb, walltime_s, priority, submitted_at FROM jobs
+    WHERE state = 'idle' AND cpus > 1 AND cpus = s.cpus AND memory_mb = s.memory_mb AND gpus = s.gpus
+      AND disk_mb = s.disk_mb AND walltime_s = s.walltime_s AND sites = s.sites
+    ORDER BY priority DESC, id
+    LIMIT $9
+) j;
+
+-- name: reservation_lapse
+UPDATE reservations SET job_id = NULL, rest_until = $1 WHERE pilot_id = $2;
+
+-- name: reservation_take_over
+-- A hold by another pilot that ran out (its pilot has not synced since): that pilot rests.
+UPDATE reservations SET job_id = NULL, rest_until = since + 2 * $3 WHERE job_id = $1 AND since < $2;
+
+-- name: reservation_clear
+-- The pilot's own old row, and the rows of pilots that are no longer running.
+DELETE FROM reservations r
+WHERE r.pilot_id = $1 OR NOT EXISTS (SELECT 1 FROM pilots p WHERE p.id = r.pilot_id AND p.state = 'running');
+
+-- name: reservation_insert
+-- The unique index on job_id decides between replicas: the second to reserve one job inserts nothing.
+INSERT INTO reservations (pilot_id, job_id, since) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING job_id;
+
+-- name: reservations_live
+SELECT r.pilot_id, r.job_id, r.since FROM reservations r
+JOIN jobs j ON j.id = r.job_id AND j.state = 'idle'
+JOIN pilots p ON p.id = r.pilot_id AND p.state = 'running'
+WHERE r.since >= $1
+ORDER BY r.pilot_id;
