@@ -22,6 +22,7 @@ from glidein_client.wire.schema import PilotShape
 from glidein_server.policy.fairshare import Shares
 from glidein_server.policy.retry import RetryPolicy
 from glidein_server.store import sqlfile
+from glidein_server.store.postgres_statistics import Statistics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,6 +64,7 @@ class PostgresBase:
         self._pool: Pool | None = None
         self._listener: Connection | None = None
         self._wake: Callable[[], None] | None = None
+        self.statistics = Statistics()  # the jobs table's, refreshed after bulk submits
 
     async def open(self) -> None:
         try:
@@ -87,6 +89,7 @@ class PostgresBase:
 
     async def _load(self) -> None:
         """Load what the store keeps in memory."""
+        await self.statistics.load(self.pool)
 
     def watch(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` whenever any replica makes jobs claimable (set before the first request)."""
@@ -104,6 +107,7 @@ class PostgresBase:
             self._wake()
 
     async def close(self) -> None:
+        await self.statistics.close()
         if self._listener is not None:
             listener, self._listener = self._listener, None
             try:

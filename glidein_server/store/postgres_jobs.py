@@ -43,6 +43,7 @@ provenance_decoder = msgspec.json.Decoder(Provenance)
 
 class PostgresJobs(PostgresTokens):
     async def _load(self) -> None:
+        await super()._load()
         await self._refresh_site_shapes(None)
 
     async def _refresh_site_shapes(self, con: Connection | None) -> None:
@@ -61,6 +62,7 @@ class PostgresJobs(PostgresTokens):
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
         rows = await self.pool.fetch(Q["job_insert"], owner, now, *columns)
+        self.statistics.added(len(rows), self.pool)
         return [r[0] for r in rows]
 
     async def _job_view(self, con: Connection, row: Record) -> JobView:

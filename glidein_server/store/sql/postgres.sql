@@ -261,6 +261,10 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 -- name: analyze
 ANALYZE jobs;
 
+-- name: jobs_estimate
+-- The planner's idea of the jobs table's size (-1 before its first analyze).
+SELECT reltuples FROM pg_class WHERE oid = 'jobs'::regclass;
+
 -- Tokens and TOTP.
 
 -- name: token_insert
