@@ -114,12 +114,16 @@ class PostgresAttempts(PostgresMonitoring):
 
     async def _drop_lost_claims(
         self, con: Connection, pilot_id: int, held: set[int], seq: int | None, now: float
-    ) -> None:
-        """Requeue claims the pilot does not hold: the answer that carried them never reached it."""
+    ) -> set[int]:
+        """Requeue claims the pilot does not hold: the answer that carried them never reached it.
+        Returns the attempts so ended."""
+        dropped: set[int] = set()
         for attempt_id, job_id, claim_seq in await con.fetch(Q["active_claims_of_pilot"], pilot_id):
             if attempt_id not in held and claim_lost(claim_seq, seq):
                 why = "its claim never reached the pilot (the answer was lost on the way)"
                 await self._end_attempt(con, attempt_id, job_id, Outcome.INTERRUPTED, None, why, now)
+                dropped.add(attempt_id)
+        return dropped
 
     async def record_output(
         self, pilot_id: int, attempt_id: int, lease: str, name: str, sha256: str, size: int

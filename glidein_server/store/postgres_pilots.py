@@ -98,13 +98,20 @@ class PostgresPilots(PostgresReservations, PostgresAttempts):
         return req.claim and not req.draining and (req.free.cpus > 0 or req.want > 0)
 
     async def _sync(self, con: Connection, pilot_id: int, req: SyncRequest, now: float, lease_s: float) -> SyncResponse:
-        head = await con.fetchrow(Q["pilot_sync_head"], pilot_id)
+        f = NOTHING_FREE if req.draining else req.free
+        lifetime_s = 0.0 if req.draining else req.lifetime_s
+        renew = (now + lease_s, now + 0.75 * lease_s)
+        tail = (f.cpus, f.memory_mb, f.gpus, f.disk_mb, lifetime_s, now, req.occupancy)
+        if req.finished:  # the pilot's state is written after its finished attempts have ended
+            head = await con.fetchrow(Q["pilot_sync_head"], pilot_id)
+        else:  # nothing ends before the write: the pilot read and written in one statement
+            head = await con.fetchrow(Q["pilot_sync_head_tail"], *tail, 0, pilot_id, *renew)
         if head is None or head[0] != "running":
             raise ConflictError(
                 f"Pilot {pilot_id} is not running on the server (it ended or never registered).",
                 hint="The pilot should stop; its jobs have been requeued.",
             )
-        _, site, tcpus, tmem, tgpus, tdisk, mode, max_cpus, network = head
+        site, tcpus, tmem, tgpus, tdisk, mode, max_cpus, network = head[1:9]
         refused = await self._starts(con, pilot_id, req, now)
         ran = 0
         health: list[float] = []
@@ -114,12 +121,13 @@ class PostgresPilots(PostgresReservations, PostgresAttempts):
                 refused.append(Refusal(attempt_id=fin.attempt_id, reason=reason))
             else:
                 ran += 1
+        dropped: set[int] = set()
         if req.held is not None:
-            await self._drop_lost_claims(con, pilot_id, set(req.held), req.seq, now)
-        f = NOTHING_FREE if req.draining else req.free
-        lifetime_s = 0.0 if req.draining else req.lifetime_s
-        tail = (f.cpus, f.memory_mb, f.gpus, f.disk_mb, lifetime_s, now, req.occupancy, ran, pilot_id)
-        cancel = [r[0] for r in await con.fetch(Q["pilot_sync_tail"], *tail, now + lease_s, now + 0.75 * lease_s)]
+            dropped = await self._drop_lost_claims(con, pilot_id, set(req.held), req.seq, now)
+        if req.finished:
+            cancel = [r[0] for r in await con.fetch(Q["pilot_sync_tail"], *tail, ran, pilot_id, *renew)]
+        else:
+            cancel = [a for a in head[9] if a not in dropped]
         if health:
             await con.execute(Q["site_health_apply"], *site_health_blend(health), site)
         jobs: list[ClaimedJob] = []

@@ -259,7 +259,9 @@ INSERT INTO meta (key, value) VALUES ('schema_version', $1)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 
 -- name: analyze
-ANALYZE jobs;
+-- The columns the claims, the demand and the job list filter or sort on: the JSON spec's statistics
+-- (most of the cost of a full ANALYZE) are left to autovacuum.
+ANALYZE jobs (owner, state, cpus, memory_mb, gpus, disk_mb, walltime_s, sites, priority, finished_at);
 
 -- name: jobs_estimate
 -- The planner's idea of the jobs table's size (-1 before its first analyze).
@@ -558,6 +560,24 @@ WITH p AS (
 )
 SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
 WHERE a.pilot_id = $9 AND a.state != 'ended' AND j.state IN ('cancelled', 'held');
+
+-- name: pilot_sync_head_tail
+-- pilot_sync_head and pilot_sync_tail in one statement, for a sync that ends no attempt ($1..$11 as
+-- in pilot_sync_tail): the pilot's row as it was, and the attempts to stop as an array.
+WITH p AS (
+    UPDATE pilots SET free_cpus = $1, free_memory_mb = $2, free_gpus = $3, free_disk_mb = $4, lifetime_s = $5,
+        last_seen = $6, occupancy = $7, jobs_run = jobs_run + $8
+    WHERE id = $9 AND state = 'running'
+    RETURNING id
+), l AS (
+    UPDATE attempts SET lease_expires = $10
+    WHERE pilot_id = $9 AND state != 'ended' AND lease_expires < $11 AND EXISTS (SELECT 1 FROM p)
+)
+SELECT p0.state, p0.site, p0.cpus, p0.memory_mb, p0.gpus, p0.disk_mb, s.mode, s.max_cpus, n.network,
+       ARRAY(SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
+             WHERE a.pilot_id = $9 AND a.state != 'ended' AND j.state IN ('cancelled', 'held') ORDER BY a.id)
+FROM pilots p0 LEFT JOIN sites s ON s.name = p0.site LEFT JOIN site_networks n ON n.site = p0.site
+WHERE p0.id = $9;
 
 -- name: site_claim_control
 SELECT s.mode, s.max_cpus, n.network FROM (SELECT $1::text AS name) x
