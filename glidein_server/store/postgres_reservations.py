@@ -13,7 +13,7 @@ from glidein_server.policy.matchmaking import Candidate, Capacity
 from glidein_server.policy.reservation import ReservationPolicy
 from glidein_server.store import sqlfile
 from glidein_server.store.postgres_base import Connection, PostgresBase
-from glidein_server.store.reservations import DEFAULT_POLICY, Write, decide, read_args
+from glidein_server.store.reservations import DEFAULT_POLICY, Gate, Write, decide, gate_args, read_args
 
 R = sqlfile.load("postgres_reservations.sql")
 
@@ -21,6 +21,7 @@ R = sqlfile.load("postgres_reservations.sql")
 class PostgresReservations(PostgresBase):
     #: None: no reservations (the server's ``reservation_after_s = 0``).
     reservation: ReservationPolicy | None = DEFAULT_POLICY
+    _reservation_gate: Gate | None = None
 
     async def _reserve(
         self, con: Connection, pilot_id: int, site: str, total: Capacity, lifetime_s: float, now: float
@@ -28,6 +29,15 @@ class PostgresReservations(PostgresBase):
         """The job this claiming pilot holds its free cores for, or None (inside the claim's transaction)."""
         policy = self.reservation
         if policy is None:
+            return None
+        gate = self._reservation_gate
+        if gate is None or gate.after_s != policy.after_s:
+            gate = self._reservation_gate = Gate(policy)
+        if gate.due(now):
+            row = await con.fetchrow(R["reservation_gate"], *gate_args(now, policy))
+            assert row is not None  # one row, always
+            gate.refresh(now, row[0], row[1])
+        if not gate.open(now):
             return None
         rows = await con.fetch(R["reservation_read"], *read_args(pilot_id, site, total, lifetime_s, now, policy))
         if not rows:

@@ -27,10 +27,43 @@ DEFAULT_POLICY = ReservationPolicy()
 PER_SHAPE = 4
 
 
+class Gate:
+    """Whether a claim needs to read reservations at all, so that claims pay for them only while a
+    multicore job may be starving.
+
+    Every ``ttl_s`` one query (:meth:`refresh`) reads whether any hold is in force and when the
+    oldest of the idle multicore jobs a claim would look at was submitted. While no hold is in
+    force, no job can begin to starve before that one has waited ``after_s``: until then (or the
+    next refresh) claims skip the read. A job that newly comes to the front of its shape is seen
+    at the next refresh, at most ``ttl_s`` late.
+    """
+
+    def __init__(self, policy: ReservationPolicy) -> None:
+        self.ttl_s = min(30.0, policy.after_s / 4)
+        self.after_s = policy.after_s
+        self.until = 0.0  # refresh when this time has come
+        self.open_at = 0.0  # claims read reservations from this time on
+
+    def due(self, now: float) -> bool:
+        return now >= self.until
+
+    def refresh(self, now: float, holds: int, oldest: float | None) -> None:
+        self.until = now + self.ttl_s
+        self.open_at = now if holds else (float("inf") if oldest is None else oldest + self.after_s)
+
+    def open(self, now: float) -> bool:
+        return now >= self.open_at
+
+
 class Write(Enum):
     NONE = "none"  # nothing changes
     LAPSE = "lapse"  # the hold ran out: the pilot rests (rest_until) before it may hold again
     BEGIN = "begin"  # a new hold begins (unless another pilot took that job first)
+
+
+def gate_args(now: float, policy: ReservationPolicy) -> tuple[Any, ...]:
+    """The arguments of the ``reservation_gate`` statement (the same order in both backends)."""
+    return (now - policy.max_hold_s, PER_SHAPE)
 
 
 def read_args(

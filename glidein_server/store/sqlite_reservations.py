@@ -12,7 +12,7 @@ import sqlite3
 from glidein_server.policy.matchmaking import Candidate, Capacity
 from glidein_server.policy.reservation import ReservationPolicy
 from glidein_server.store import sqlfile
-from glidein_server.store.reservations import DEFAULT_POLICY, Write, decide, read_args
+from glidein_server.store.reservations import DEFAULT_POLICY, Gate, Write, decide, gate_args, read_args
 from glidein_server.store.sqlite_base import SqliteBase
 
 R = sqlfile.load("sqlite_reservations.sql")
@@ -21,6 +21,7 @@ R = sqlfile.load("sqlite_reservations.sql")
 class SqliteReservations(SqliteBase):
     #: None: no reservations (the server's ``reservation_after_s = 0``).
     reservation: ReservationPolicy | None = DEFAULT_POLICY
+    _reservation_gate: Gate | None = None
 
     def _reserve(
         self, db: sqlite3.Connection, pilot_id: int, site: str, total: Capacity, lifetime_s: float, now: float
@@ -28,6 +29,13 @@ class SqliteReservations(SqliteBase):
         """The job this claiming pilot holds its free cores for, or None."""
         policy = self.reservation
         if policy is None:
+            return None
+        gate = self._reservation_gate
+        if gate is None or gate.after_s != policy.after_s:
+            gate = self._reservation_gate = Gate(policy)
+        if gate.due(now):
+            gate.refresh(now, *db.execute(R["reservation_gate"], gate_args(now, policy)).fetchone())
+        if not gate.open(now):
             return None
         rows = db.execute(R["reservation_read"], read_args(pilot_id, site, total, lifetime_s, now, policy)).fetchall()
         if not rows:

@@ -221,3 +221,18 @@ async def test_concurrent_claimers_never_both_reserve_one_job(opener: Opener) ->
         assert sorted(p for p, _, _ in holds) == sorted(holders)  # each that held back holds, alone
         assert len({job for _, job, _ in holds}) == len(holds)
     assert sorted(job for _, job, _ in holds) == bigs
+
+
+async def test_claims_skip_the_read_until_a_job_may_starve_and_then_hold(opener: Opener) -> None:
+    """Claims look at reservations only when a hold is in force or a multicore job may have waited
+    long enough (checked every few seconds); a job that arrives meanwhile is still held for in time."""
+    store = await opener(POLICY)
+    await store.add_jobs("alice", [single() for _ in range(20)], NOW)
+    pid = await pilot(store)
+    assert len(await claim(store, pid, 1, NOW)) == 1  # no multicore job: the gate closes
+    [big] = await store.add_jobs("alice", [four()], NOW + 5)
+    assert len(await claim(store, pid, 1, NOW + 10)) == 1
+    at = NOW + 5 + POLICY.after_s
+    assert await claim(store, pid, 1, at) == []  # the gate looked again and the job waited long enough
+    assert await store.reservations(at) == [(pid, big, at)]
+    assert await claim(store, pid, 1, at + 1) == []  # a hold in force keeps the gate open

@@ -75,3 +75,15 @@ def test_decide_gives_what_the_simulators_reservations_give() -> None:
     # Its job was claimed (the row's job columns are NULL once the job is not idle): a new hold may begin.
     claimed = [(0, big.job_id, 2000.0, 0.0, None, None, None, None, None, 0, False), row(1, other, 0.0)]
     assert store_res.decide(claimed, TOTAL, 36_000, 2500, POLICY) == (other, store_res.Write.BEGIN, 0.0)
+
+
+def test_the_gate_opens_when_a_hold_is_in_force_or_a_job_may_starve() -> None:
+    gate = store_res.Gate(POLICY)
+    assert gate.due(0.0) and gate.ttl_s == 30.0
+    gate.refresh(100.0, 0, None)  # no idle multicore job
+    assert not gate.due(129.0) and gate.due(130.0) and not gate.open(10_000.0)
+    gate.refresh(130.0, 0, 120.0)  # the oldest was submitted at 120 s: no hold before 1920 s
+    assert not gate.open(1919.0) and gate.open(1920.0)
+    gate.refresh(160.0, 1, 150.0)  # a hold is in force
+    assert gate.open(160.0)
+    assert store_res.Gate(ReservationPolicy(after_s=40, max_hold_s=60)).ttl_s == 10.0

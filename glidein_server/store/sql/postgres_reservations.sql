@@ -1,6 +1,21 @@
 -- Bounded reservations in the PostgreSQL store (glidein_server.store.postgres_reservations); the
 -- table and its index are made by migration_9 in postgres.sql.
 
+-- name: reservation_gate
+-- Whether any hold is in force ($1: now - max_hold_s), and the submission of the oldest of the first
+-- few idle multicore jobs of each shape ($2 per shape): read every few seconds, not per claim.
+SELECT (SELECT count(*) FROM reservations r JOIN jobs j ON j.id = r.job_id AND j.state = 'idle' WHERE r.since >= $1),
+       (SELECT min(j.submitted_at) FROM (
+            SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites FROM idle_shape_deltas WHERE cpus > 1
+            GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites HAVING sum(n) > 0
+        ) s CROSS JOIN LATERAL (
+            SELECT submitted_at FROM jobs
+            WHERE state = 'idle' AND cpus > 1 AND cpus = s.cpus AND memory_mb = s.memory_mb AND gpus = s.gpus
+              AND disk_mb = s.disk_mb AND walltime_s = s.walltime_s AND sites = s.sites
+            ORDER BY priority DESC, id
+            LIMIT $2
+        ) j);
+
 -- name: reservation_read
 -- The pilot's own hold (kind 0; the job's columns NULL once it is no longer idle), then the first
 -- few idle multicore jobs of each shape that fits the whole pilot (kind 1), each with whether another

@@ -1,6 +1,18 @@
 -- Bounded reservations in the SQLite store (glidein_server.store.sqlite_reservations); the table and
 -- its index are made by migration_6 in sqlite.sql.
 
+-- name: reservation_gate
+-- Whether any hold is in force (?1: now - max_hold_s), and the submission of the oldest of the first
+-- few idle multicore jobs of each shape (?2 per shape): read every few seconds, not per claim.
+SELECT (SELECT count(*) FROM reservations r JOIN jobs j ON j.id = r.job_id AND j.state = 'idle' WHERE r.since >= ?1),
+       (SELECT min(j.submitted_at) FROM idle_shapes s JOIN jobs j ON j.id IN (
+            SELECT id FROM jobs INDEXED BY jobs_idle_multicore
+            WHERE state = 'idle' AND cpus > 1 AND cpus = s.cpus AND memory_mb = s.memory_mb AND gpus = s.gpus
+              AND disk_mb = s.disk_mb AND walltime_s = s.walltime_s AND sites = s.sites
+            ORDER BY priority DESC, id LIMIT ?2
+        )
+        WHERE s.n > 0 AND s.cpus > 1);
+
 -- name: reservation_read
 -- The pilot's own hold (kind 0; the job's columns NULL once it is no longer idle), then the first
 -- few idle multicore jobs of each shape that fits the whole pilot (kind 1), each with whether another
