@@ -65,23 +65,29 @@ class PostgresJobs(PostgresTokens):
         self.statistics.added(len(rows), self.pool)
         return [r[0] for r in rows]
 
-    async def _job_view(self, con: Connection, row: Record) -> JobView:
+    async def _job_views(self, con: Connection, rows: Sequence[Record]) -> list[JobView]:
+        """The jobs' views; the outputs and usage of the finished ones read for all of them at once."""
+        results = [row[11] for row in rows if row[11] is not None]
+        outputs: dict[int, list[OutputFile]] = {}
+        usage: dict[int, Record] = {}
+        if results:
+            for attempt_id, name, sha, size in await con.fetch(Q["outputs_of_attempts"], results):
+                outputs.setdefault(attempt_id, []).append(OutputFile(name=name, sha256=sha, size=size))
+            usage = {r[0]: r for r in await con.fetch(Q["usage_of_attempts"], results)}
+        return [self._job_view(row, outputs, usage) for row in rows]
+
+    def _job_view(self, row: Record, outputs: dict[int, list[OutputFile]], usage: dict[int, Record]) -> JobView:
         (jid, owner, state, spec_t, retries, attempts, submitted, finished, exit_code, reason, site, result_attempt) = (
             row
         )
         spec = spec_decoder.decode(spec_t)
-        outputs: list[OutputFile] = []
-        if result_attempt is not None:
-            outputs = [
-                OutputFile(name=n, sha256=h, size=sz)
-                for n, h, sz in await con.fetch(Q["outputs_of_attempt"], result_attempt)
-            ]
         note = None
         if state == JobState.IDLE.value:
             sites = frozenset(spec.sites) if spec.sites else None
             note = dm.unrunnable_note(
                 spec.cpus, spec.memory_mb, spec.gpus, spec.disk_mb, spec.walltime_s, sites, self._site_shapes
             )
+        used = usage.get(result_attempt) if result_attempt is not None else None
         return JobView(
             id=jid,
             owner=owner,
@@ -94,14 +100,14 @@ class PostgresJobs(PostgresTokens):
             exit_code=exit_code,
             reason=reason,
             site=site,
-            outputs=outputs,
+            outputs=outputs.get(result_attempt, []) if result_attempt is not None else [],
             note=note,
-            usage=None if result_attempt is None else await self._usage(con, result_attempt, spec.cpus),
+            usage=None if used is None else _usage(used, spec.cpus),
         )
 
     async def _read_job(self, con: Connection, job_id: int) -> JobView | None:
         row = await con.fetchrow(Q["job_get"], job_id)
-        return None if row is None else (await self._with_history(con, [await self._job_view(con, row)]))[0]
+        return None if row is None else (await self._with_history(con, await self._job_views(con, [row])))[0]
 
     @staticmethod
     async def _with_history(con: Connection, views: list[JobView]) -> list[JobView]:
@@ -112,19 +118,31 @@ class PostgresJobs(PostgresTokens):
         return with_history(views, events)
 
     async def list_jobs(self, flt: JobFilter) -> tuple[list[JobView], dict[str, int]]:
-        if len(dict(flt.all_labels)) < len(set(flt.all_labels)):  # one key asked with two values: no job
+        labels = dict(flt.all_labels)
+        if len(labels) < len(set(flt.all_labels)):  # one key asked with two values: no job
             return [], {}
-        labels = json.dumps(dict(flt.all_labels)) if flt.all_labels else None
-        ids = list(flt.ids) if flt.ids is not None else None
-        where = (flt.owner, labels, ids)
+        where: list[tuple[str, Any]] = []
+        if flt.owner is not None:
+            where.append(("job_where_owner", flt.owner))
+        if labels:
+            where.append(("job_where_labels", json.dumps(labels)))
+        if flt.ids is not None:
+            where.append(("job_where_ids", list(flt.ids)))
+        page = [*where, ("job_where_state", flt.state)] if flt.state else where
+        page_sql, page_args = _conditions("job_page", page)
+        n = len(page_args)
+        page_sql = page_sql.replace("{limit}", f"${n + 1}").replace("{offset}", f"${n + 2}")
 
         async def read(con: Connection) -> tuple[list[JobView], dict[str, int]]:
-            rows = await con.fetch(Q["job_page"], *where, flt.state or None, flt.limit, flt.offset)
-            if labels is None and ids is None:  # from the running aggregate, not a count of the jobs
-                counts = {s: n for s, n in await con.fetch(Q["summary_jobs"], flt.owner)}
+            rows = await con.fetch(page_sql, *page_args, flt.limit, flt.offset)
+            if flt.ids is not None or len(labels) > 1:
+                counts = {s: n for s, n in await con.fetch(*_conditions_args("job_counts", where))}
+            elif labels:  # one label: from the running aggregate, not a count of the jobs
+                [(key, value)] = labels.items()
+                counts = {s: n for s, n in await con.fetch(Q["label_counts"], key, value, flt.owner)}
             else:
-                counts = {s: n for s, n in await con.fetch(Q["job_counts"], *where)}
-            return await self._with_history(con, [await self._job_view(con, r) for r in rows]), counts
+                counts = {s: n for s, n in await con.fetch(Q["summary_jobs"], flt.owner)}
+            return await self._with_history(con, await self._job_views(con, rows)), counts
 
         return await self._read(read)
 
@@ -153,21 +171,6 @@ class PostgresJobs(PostgresTokens):
             return out
 
         return await self._read(read)
-
-    async def _usage(self, con: Connection, attempt_id: int, cpus: int) -> Usage | None:
-        row = await con.fetchrow(Q["attempt_usage"], attempt_id)
-        if row is None:
-            return None
-        wall_s, max_rss_mb, cpu_s, prov = row
-        return Usage(
-            attempt_id=attempt_id,
-            cpus=cpus,
-            wall_s=wall_s,
-            max_rss_mb=max_rss_mb,
-            cpu_s=cpu_s,
-            cpu_efficiency=efficiency(cpu_s, wall_s, cpus),
-            provenance=provenance_decoder.decode(prov) if prov else None,
-        )
 
     async def job_output(self, job_id: int, name: str) -> OutputFile | None:
         row = await self.pool.fetchrow(Q["job_output"], job_id, name)
@@ -308,3 +311,27 @@ class PostgresJobs(PostgresTokens):
             return added, dropped
 
         return await self._tx(tx)
+
+
+def _usage(row: Record, cpus: int) -> Usage:
+    attempt_id, wall_s, max_rss_mb, cpu_s, prov = row
+    return Usage(
+        attempt_id=attempt_id,
+        cpus=cpus,
+        wall_s=wall_s,
+        max_rss_mb=max_rss_mb,
+        cpu_s=cpu_s,
+        cpu_efficiency=efficiency(cpu_s, wall_s, cpus),
+        provenance=provenance_decoder.decode(prov) if prov else None,
+    )
+
+
+def _conditions(block: str, where: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    """SQL block ``block`` with its ``{where}`` made of the named conditions, numbered $1, $2, ..."""
+    parts = [Q[name].replace("${n}", f"${i}") for i, (name, _) in enumerate(where, 1)]
+    return Q[block].replace("{where}", " AND ".join(parts) or "true"), [arg for _, arg in where]
+
+
+def _conditions_args(block: str, where: list[tuple[str, Any]]) -> list[Any]:
+    sql, args = _conditions(block, where)
+    return [sql, *args]

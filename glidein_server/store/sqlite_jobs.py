@@ -43,7 +43,7 @@ class SqliteJobs(SqliteSites):
         def tx(db: sqlite3.Connection) -> list[int]:
             before = db.execute(Q["jobs_max_id"]).fetchone()[0]
             db.executemany(Q["job_insert"], rows)
-            for counted in ("jobs_added_shapes", "jobs_added_counts", "jobs_added_labels"):
+            for counted in ("jobs_added_shapes", "jobs_added_counts", "jobs_added_labels", "jobs_added_label_counts"):
                 db.execute(Q[counted], (before,))
             return [r[0] for r in db.execute(Q["jobs_since"], (before,))]
 
@@ -108,6 +108,8 @@ class SqliteJobs(SqliteSites):
         counts_args = args
         if not flt.all_labels and flt.ids is None:  # from the running aggregate, not a count of the jobs
             counts_sql, counts_args = Q["job_counts_of"], [flt.owner, flt.owner]
+        elif len(flt.all_labels) == 1 and flt.ids is None:  # from the counts kept by label
+            counts_sql, counts_args = Q["label_counts_of"], [*flt.all_labels[0], flt.owner, flt.owner]
         page_where, page_args = where, args
         if flt.state:
             page_where, page_args = [*where, Q["job_where_state"]], [*args, flt.state]

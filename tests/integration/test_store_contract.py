@@ -501,8 +501,8 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
             "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
         )
         db.close()
-        latest = 6  # retention (2), claims by shape (3), job history (4), labels and bulk counts (5),
-        # reservations (6)
+        latest = 7  # retention (2), claims by shape (3), job history (4), labels and bulk counts (5),
+        # reservations (6), counts by label (7)
     else:
         assert isinstance(store, PostgresStore)
         con = await asyncpg.connect(store.url)
@@ -511,8 +511,8 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
             "DROP INDEX outputs_job; DROP TABLE job_events; UPDATE meta SET value = '2' WHERE key = 'schema_version'"
         )
         await con.close()
-        latest = 9  # retention (3), site control (4), numbered claims (5), claims by shape (6), job history (7)
-        # the label index (8) and reservations (9)
+        latest = 10  # retention (3), site control (4), numbered claims (5), claims by shape (6), job history (7)
+        # the label index (8), reservations (9) and counts by label (10)
     await store.open()
     assert [j.id for j in (await store.list_jobs(JobFilter()))[0]] == ids
     assert (await store.hold_job(ids[1], JobAct(by="alice", at=NOW))).history[0].action == "held"

@@ -430,6 +430,17 @@ ON CONFLICT DO UPDATE SET n = n + excluded.n;
 INSERT INTO job_labels (key, value, job_id)
 SELECT l.key, l.value, j.id FROM jobs j, json_each(j.spec, '$.labels') l WHERE j.id > ?;
 
+-- name: jobs_added_label_counts
+INSERT INTO label_counts (key, value, owner, state, n)
+SELECT l.key, l.value, j.owner, j.state, count(*) FROM jobs j, json_each(j.spec, '$.labels') l WHERE j.id > ?
+GROUP BY 1, 2, 3, 4
+ON CONFLICT DO UPDATE SET n = n + excluded.n;
+
+-- name: label_counts_of
+-- The job list's counts under one label filter (?: key, value, owner or NULL twice), from the kept counts.
+SELECT state, sum(n) FROM label_counts WHERE key = ? AND value = ? AND (? IS NULL OR owner = ?)
+GROUP BY state HAVING sum(n) > 0;
+
 -- name: job_counts_of
 SELECT state, sum(n) FROM job_counts WHERE ? IS NULL OR owner = ? GROUP BY state HAVING sum(n) > 0;
 
@@ -747,6 +758,34 @@ CREATE TABLE IF NOT EXISTS reservations (
 );
 CREATE INDEX IF NOT EXISTS jobs_idle_multicore
 ON jobs (cpus, memory_mb, gpus, disk_mb, walltime_s, sites, priority DESC, id) WHERE state = 'idle' AND cpus > 1;
+
+-- name: migration_7
+-- Job counts by label, owner and state, kept as jobs are added, change state and are purged, so the
+-- job list's counts under a label filter never count the matching jobs (20,000 of a million for one
+-- dataset took 150 ms).
+CREATE TABLE IF NOT EXISTS label_counts (
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (key, value, owner, state)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO label_counts
+SELECT l.key, l.value, j.owner, j.state, count(*) FROM job_labels l JOIN jobs j ON j.id = l.job_id GROUP BY 1, 2, 3, 4;
+CREATE TRIGGER IF NOT EXISTS label_counts_update AFTER UPDATE OF state ON jobs WHEN NEW.state != OLD.state
+BEGIN
+    UPDATE label_counts SET n = n - 1
+    WHERE owner = OLD.owner AND state = OLD.state AND (key, value) IN (SELECT key, value FROM json_each(OLD.spec, '$.labels'));
+    INSERT INTO label_counts (key, value, owner, state, n)
+    SELECT key, value, NEW.owner, NEW.state, 1 FROM json_each(NEW.spec, '$.labels') WHERE true
+    ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS label_counts_delete AFTER DELETE ON jobs
+BEGIN
+    UPDATE label_counts SET n = n - 1
+    WHERE owner = OLD.owner AND state = OLD.state AND (key, value) IN (SELECT key, value FROM json_each(OLD.spec, '$.labels'));
+END;
 
 -- Retention: finished jobs older than a cutoff leave with their attempts and outputs, in batches.
 
