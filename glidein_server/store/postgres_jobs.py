@@ -134,7 +134,11 @@ class PostgresJobs(PostgresTokens):
         page_sql = page_sql.replace("{limit}", f"${n + 1}").replace("{offset}", f"${n + 2}")
 
         async def read(con: Connection) -> tuple[list[JobView], dict[str, int]]:
-            rows = await con.fetch(page_sql, *page_args, flt.limit, flt.offset)
+            # Planned afresh for each call when labels filter: a plan made for a common label (scan
+            # the jobs in id order) would scan the whole table for a rare one, and the reverse.
+            stmt = await con.prepare(page_sql) if labels else None
+            args = (*page_args, flt.limit, flt.offset)
+            rows = await (stmt.fetch(*args) if stmt is not None else con.fetch(page_sql, *args))
             if flt.ids is not None or len(labels) > 1:
                 counts = {s: n for s, n in await con.fetch(*_conditions_args("job_counts", where))}
             elif labels:  # one label: from the running aggregate, not a count of the jobs
