@@ -13,7 +13,9 @@ from glidein_client.wire.errors import AuthError, ForbiddenError
 from glidein_client.wire.schema import Role, Scope
 from glidein_server.store.base import Principal, Store
 
-CACHE_S = 2.0
+CACHE_S = 1.0
+#: A revocation made by another process is honoured within this many seconds.
+REVOKED_SEEN_S = 2 * CACHE_S
 ADMIN_PREFIX = "/api/v1/admin/"
 METRICS_PATH = "/metrics"
 #: The principal the rate-limit middleware resolved for the request its task is serving.
@@ -41,13 +43,15 @@ class Authenticator:
     """Resolves bearer tokens to principals, with a short cache for the pilots' hot path.
 
     Revocations made through this server drop their cache entries at once (:meth:`forget`);
-    a revocation made by another process (``glidein-server token revoke``) is seen within
-    ``CACHE_S`` seconds.
+    a revocation made by another process (``glidein-server token revoke``, another replica) is
+    seen within ``REVOKED_SEEN_S`` seconds: this cache's ``CACHE_S``, plus as long again for a
+    store that keeps found tokens in memory itself (SQLite).
     """
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._cache: dict[str, tuple[float, Principal]] = {}
+        self._digests: dict[str, str] = {}  # token id -> the digest it is cached under
 
     async def principal(self, header: str | None) -> Principal:
         if not header or not header.startswith("Bearer "):
@@ -71,7 +75,9 @@ class Authenticator:
             principal = found
             if len(self._cache) > 10_000:
                 self._cache.clear()
+                self._digests.clear()
             self._cache[digest] = (now, principal)
+            self._digests[principal.token_id] = digest
         if principal.expires_at is not None and principal.expires_at < time.time():
             self._cache.pop(digest, None)
             when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(principal.expires_at))
@@ -85,16 +91,17 @@ class Authenticator:
         """Drop cached principals: those of ``token_ids`` (revoked), or all of them."""
         if token_ids is None:
             self._cache.clear()
+            self._digests.clear()
             return
-        ids = set(token_ids)
-        for digest in [d for d, (_, p) in self._cache.items() if p.token_id in ids]:
-            del self._cache[digest]
+        for token_id in token_ids:
+            self._cache.pop(self._digests.pop(token_id, ""), None)
 
     def renewed(self, token_id: str, expires_at: float) -> None:
-        """Keep cached principals of a renewed token in step with the store."""
-        for digest, (at, p) in list(self._cache.items()):
-            if p.token_id == token_id:
-                self._cache[digest] = (at, replace(p, expires_at=expires_at))
+        """Keep the cached principal of a renewed token in step with the store."""
+        digest = self._digests.get(token_id, "")
+        hit = self._cache.get(digest)
+        if hit is not None:
+            self._cache[digest] = (hit[0], replace(hit[1], expires_at=expires_at))
 
 
 def require(principal: Principal, *roles: Role) -> None:

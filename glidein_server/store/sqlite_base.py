@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -28,6 +29,8 @@ Q = sqlfile.load("sqlite.sql")
 Call = tuple[Callable[..., Any], tuple[Any, ...], bool, "asyncio.Future[Any]"]
 #: At most this many calls run in one batch (one transaction).
 BATCH = 256
+#: Batches look for other connections' commits at most this often (seconds).
+LOOK_S = 0.25
 
 
 class SqliteBase:
@@ -41,6 +44,8 @@ class SqliteBase:
         self._pool: ThreadPoolExecutor | None = None
         self._waiting: list[Call] = []  # touched only by the event loop's thread
         self._draining = False
+        self._data_version: int | None = None  # changes when another connection commits to the database
+        self.checked_at = -float("inf")  # when a batch last looked for other connections' commits (monotonic)
 
     async def open(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
@@ -57,6 +62,20 @@ class SqliteBase:
 
     def _prepare(self, db: sqlite3.Connection) -> None:
         """Create or upgrade the tables and load what the store keeps in memory (in the worker thread)."""
+
+    def _changed_elsewhere(self) -> None:
+        """Another connection (another process: a ``glidein-server`` command) committed: forget what
+        the store keeps in memory that such a command may change (in the worker thread)."""
+
+    def _look_for_other_writers(self, db: sqlite3.Connection) -> None:
+        """Notice other processes' commits (at most every ``LOOK_S``: the pragma costs a statement)."""
+        if time.monotonic() - self.checked_at < LOOK_S:
+            return
+        version = db.execute(Q["data_version"]).fetchone()[0]
+        if version != self._data_version:
+            self._data_version = version
+            self._changed_elsewhere()
+        self.checked_at = time.monotonic()
 
     async def close(self) -> None:
         if self._pool is None:
@@ -112,6 +131,7 @@ class SqliteBase:
     def _run_batch(self, batch: list[Call]) -> list[tuple[bool, Any]]:
         """In the worker thread: the reads, then the writes in one transaction, one savepoint each."""
         outcomes: list[tuple[bool, Any]] = [(False, None)] * len(batch)
+        self._look_for_other_writers(self._conn)
         for i, (fn, args, writes, _) in enumerate(batch):
             if not writes:
                 try:

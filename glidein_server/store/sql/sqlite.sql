@@ -168,6 +168,10 @@ UPDATE tokens SET id = substr(hash, 1, 16) WHERE id IS NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS tokens_id ON tokens (id);
 CREATE INDEX IF NOT EXISTS tokens_subject ON tokens (role, subject);
 
+-- name: data_version
+-- Changes whenever another connection (another process) commits to the database.
+PRAGMA data_version;
+
 -- name: token_insert
 INSERT INTO tokens (hash, role, subject, created_at, expires_at, id, scopes) VALUES (?, ?, ?, ?, ?, ?, ?);
 
