@@ -98,25 +98,31 @@ class SqliteJobs(SqliteSites):
         if flt.owner is not None:
             where.append(Q["job_where_owner"])
             args.append(flt.owner)
-        for label in flt.all_labels:
-            where.append(Q["job_where_label"])
-            args.extend(label)
         if flt.ids is not None:
             where.append(Q["job_where_ids"])
             args.append(json.dumps(list(flt.ids)))
-        counts_sql = Q["job_counts"].format(where=" AND ".join(where) or "1")
-        counts_args = args
-        if not flt.all_labels and flt.ids is None:  # from the running aggregate, not a count of the jobs
-            counts_sql, counts_args = Q["job_counts_of"], [flt.owner, flt.owner]
-        elif len(flt.all_labels) == 1 and flt.ids is None:  # from the counts kept by label
-            counts_sql, counts_args = Q["label_counts_of"], [*flt.all_labels[0], flt.owner, flt.owner]
         page_where, page_args = where, args
         if flt.state:
             page_where, page_args = [*where, Q["job_where_state"]], [*args, flt.state]
-        page_sql = Q["job_page"].format(where=" AND ".join(page_where) or "1")
+        labels = flt.all_labels
 
         def read(db: sqlite3.Connection) -> tuple[list[JobView], dict[str, int]]:
-            rows = db.execute(page_sql, [*page_args, flt.limit, flt.offset]).fetchall()
+            counts_args: list[Any]
+            if labels:  # walk the rarest label's index in id order, the others looked up per job
+                ordered = sorted(labels, key=lambda kv: db.execute(Q["label_total"], kv).fetchone()[0])
+                page_sql, first = _labelled("job_page_labelled", ordered, page_where)
+                counts_sql, counts_args = _labelled("job_counts_labelled", ordered, where)
+                page_args_all = [*first, *page_args, flt.limit, flt.offset]
+                counts_args = [*counts_args, *args]
+                if len(labels) == 1 and flt.ids is None:  # from the counts kept by label
+                    counts_sql, counts_args = Q["label_counts_of"], [*labels[0], flt.owner, flt.owner]
+            else:
+                page_sql = Q["job_page"].format(where=" AND ".join(page_where) or "1")
+                page_args_all = [*page_args, flt.limit, flt.offset]
+                counts_sql, counts_args = Q["job_counts"].format(where=" AND ".join(where) or "1"), args
+                if flt.ids is None:  # from the running aggregate, not a count of the jobs
+                    counts_sql, counts_args = Q["job_counts_of"], [flt.owner, flt.owner]
+            rows = db.execute(page_sql, page_args_all).fetchall()
             counts = dict(db.execute(counts_sql, counts_args).fetchall())
             return _with_history(db, [self._job_view(db, r) for r in rows]), counts
 
@@ -173,3 +179,11 @@ def _with_history(db: sqlite3.Connection, views: list[JobView]) -> list[JobView]
         return views
     events = events_by_job(db.execute(Q["job_events_of"], (json.dumps([v.id for v in views]),)))
     return with_history(views, events)
+
+
+def _labelled(block: str, labels: Sequence[tuple[str, str]], where: list[str]) -> tuple[str, list[str]]:
+    """SQL block ``block`` over the jobs carrying every label, the first label's index walked; with the
+    arguments of its labels (those of ``where`` follow)."""
+    joins = " ".join(Q["job_join_label"].format(n=i) for i in range(1, len(labels)))
+    sql = Q[block].format(labels=joins, where=" AND ".join(where) or "1")
+    return sql, [x for label in (*labels[1:], labels[0]) for x in label]

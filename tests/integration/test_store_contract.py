@@ -129,6 +129,26 @@ async def test_jobs_list_filter_cancel_retry(store: Store) -> None:
     assert summary.jobs == {"idle": 3}
 
 
+async def test_label_filters_page_in_id_order_with_the_other_filters(store: Store) -> None:
+    """Several labels (the rarer one walked first), with owner, state, ids, limit and offset."""
+    ids = await store.add_jobs(
+        "alice", [job(labels={"ds": "x", "t": "sim" if i % 2 else "reco"}) for i in range(6)], NOW
+    )
+    bob = await store.add_jobs("bob", [job(labels={"ds": "x", "t": "sim"})], NOW)
+    await store.cancel_job(ids[1], NOW)
+    sims = [ids[1], ids[3], ids[5], bob[0]]
+    page, counts = await store.list_jobs(JobFilter(label=("ds", "x"), labels=(("t", "sim"),), limit=2, offset=1))
+    assert [j.id for j in page] == sims[1:3] and counts == {"cancelled": 1, "idle": 3}
+    page, counts = await store.list_jobs(JobFilter(owner="alice", label=("t", "sim"), state="idle"))
+    assert [j.id for j in page] == [ids[3], ids[5]] and counts == {"cancelled": 1, "idle": 2}
+    page, counts = await store.list_jobs(JobFilter(label=("ds", "x"), ids=(ids[0], bob[0], 999_999)))
+    assert [j.id for j in page] == [ids[0], bob[0]] and counts == {"idle": 2}
+    page, counts = await store.list_jobs(JobFilter(label=("ds", "x"), labels=(("ds", "y"),)))
+    assert page == [] and counts == {}
+    page, counts = await store.list_jobs(JobFilter(label=("t", "none")))
+    assert page == [] and counts == {}
+
+
 async def test_counts_and_label_filters_follow_every_change_of_state(store: Store) -> None:
     """The job list's counts and the summary come from running aggregates: they match a count of the jobs."""
     a = await store.add_jobs("alice", [job(labels={"ds": "x", "t": "sim"}), job(labels={"ds": "x"}), job()], NOW)

@@ -459,14 +459,29 @@ SELECT j.id, j.owner, j.state, j.spec, j.retries_used, j.attempts, j.submitted_a
        j.reason, j.site, j.result_attempt
 FROM jobs j WHERE {where} ORDER BY j.id LIMIT ? OFFSET ?;
 
+-- name: job_page_labelled
+-- A label-filtered page walks the first label's index in id order (the caller puts the rarest label
+-- first) and looks each further label ({labels}: job_join_label blocks) up per job.
+SELECT j.id, j.owner, j.state, j.spec, j.retries_used, j.attempts, j.submitted_at, j.finished_at, j.exit_code,
+       j.reason, j.site, j.result_attempt
+FROM job_labels l0 {labels} JOIN jobs j ON j.id = l0.job_id
+WHERE l0.key = ? AND l0.value = ? AND {where} ORDER BY l0.job_id LIMIT ? OFFSET ?;
+
+-- name: job_counts_labelled
+SELECT j.state, count(*) FROM job_labels l0 {labels} JOIN jobs j ON j.id = l0.job_id
+WHERE l0.key = ? AND l0.value = ? AND {where} GROUP BY j.state;
+
+-- name: job_join_label
+JOIN job_labels l{n} ON l{n}.key = ? AND l{n}.value = ? AND l{n}.job_id = l0.job_id
+
+-- name: label_total
+SELECT coalesce(sum(n), 0) FROM label_counts WHERE key = ? AND value = ?;
+
 -- name: job_counts
 SELECT j.state, count(*) FROM jobs j WHERE {where} GROUP BY j.state;
 
 -- name: job_where_owner
 j.owner = ?
-
--- name: job_where_label
-j.id IN (SELECT job_id FROM job_labels WHERE key = ? AND value = ?)
 
 -- name: job_where_ids
 j.id IN (SELECT value FROM json_each(?))
