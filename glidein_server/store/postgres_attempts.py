@@ -95,6 +95,15 @@ class PostgresAttempts(PostgresMonitoring):
 
     async def _finish(self, con: Connection, pilot_id: int, fin: Finish, now: float, health: list[float]) -> str | None:
         """Apply a pilot's report of an ended attempt; the reason it was refused, or None."""
+        if fin.outcome is Outcome.DONE and not fin.outputs:  # nothing to check: one statement
+            row = (fin.exit_code, fin.reason, now, fin.wall_s, fin.max_rss_mb, fin.stdout_tail, fin.stderr_tail)
+            args = (*row, fin.wall_s, fin.attempt_id, *provenance_columns(fin), fin.lease, pilot_id)
+            if await con.fetchval(Q["attempt_end_done"], *args) is None:
+                return "stale or unknown lease: this attempt no longer owns the job"
+            value = site_health_value(Outcome.DONE)
+            if value is not None:
+                health.append(value)
+            return None
         job_id = await con.fetchval(Q["attempt_active"], fin.attempt_id, fin.lease, pilot_id)
         if job_id is None:
             return "stale or unknown lease: this attempt no longer owns the job"

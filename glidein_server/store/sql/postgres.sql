@@ -774,6 +774,21 @@ UPDATE attempts SET state = 'ended', outcome = $1, exit_code = $2, reason = $3, 
 WHERE id = $10
 RETURNING site;
 
+-- name: attempt_end_done
+-- A DONE report without outputs in one statement: the attempt ends, if this pilot's lease still owns
+-- it ($12: lease, $13: pilot), and its job is done; the others as in attempt_end, less the outcome.
+WITH a AS (
+    UPDATE attempts SET state = 'ended', outcome = 'done', exit_code = $1, reason = $2, finished_at = $3,
+        wall_s = $4, max_rss_mb = $5, stdout_tail = $6, stderr_tail = $7, cpu_s = $10, provenance = $11,
+        started_at = coalesce(started_at, CASE WHEN $8::float8 > 0 THEN $3 - $8 END)
+    WHERE id = $9 AND lease = $12 AND pilot_id = $13 AND state != 'ended'
+    RETURNING job_id, site
+), j AS (
+    UPDATE jobs SET state = 'done', finished_at = $3, exit_code = $1, reason = NULL, result_attempt = $9
+    FROM a WHERE jobs.id = a.job_id AND jobs.state IN ('claimed', 'running')
+)
+SELECT job_id FROM a;
+
 -- name: attempt_output_owner
 SELECT a.job_id, j.spec::text FROM attempts a JOIN jobs j ON j.id = a.job_id
 WHERE a.id = $1 AND a.lease = $2 AND a.pilot_id = $3 AND a.state != 'ended';
