@@ -3,8 +3,10 @@ reading of their rows (:func:`glidein_server.store.reservations.decide`) gives t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 import glidein_server.policy.reservation as reservation
@@ -13,6 +15,8 @@ import glidein_server.store.reservations as store_res
 import glidein_server.store.sqlite_reservations as sqlite_res
 from glidein_server.policy.matchmaking import Candidate, Capacity
 from glidein_server.policy.reservation import ReservationPolicy, Reservations, Waiting
+from glidein_server.server import open_store
+from glidein_server.settings import ServerSettings, StateDir
 from glidein_sim.engine import simulate
 from glidein_sim.model import improved_rules
 from glidein_sim.scenario import parse
@@ -87,3 +91,14 @@ def test_the_gate_opens_when_a_hold_is_in_force_or_a_job_may_starve() -> None:
     gate.refresh(160.0, 1, 150.0)  # a hold is in force
     assert gate.open(160.0)
     assert store_res.Gate(ReservationPolicy(after_s=40, max_hold_s=60)).ttl_s == 10.0
+
+
+def test_server_settings_give_the_stores_their_reservation_policy(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    store = open_store(state, ServerSettings())
+    assert store.reservation == ReservationPolicy(after_s=1800.0, max_hold_s=3600.0)  # type: ignore[attr-defined]
+    assert ReservationPolicy() == store.reservation  # type: ignore[attr-defined]  # as the simulator's seed scenario
+    for off in ({"reservation_after_s": 0.0}, {"reservation_max_hold_s": 0.0}):
+        assert open_store(state, msgspec.structs.replace(ServerSettings(), **off)).reservation is None  # type: ignore[attr-defined]
+    tuned = open_store(state, ServerSettings(reservation_after_s=600.0, reservation_max_hold_s=900.0))
+    assert tuned.reservation == ReservationPolicy(after_s=600.0, max_hold_s=900.0)  # type: ignore[attr-defined]
