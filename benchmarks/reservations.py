@@ -4,8 +4,9 @@ Run with ``python -m benchmarks.reservations [--jobs 20000] [--backends sqlite,p
 each queue below, two stores are filled alike (``--jobs`` idle jobs), one with reservations off (the
 baseline) and one with the server's defaults; then pilots with one free core claim, in rounds that
 alternate which store goes first, and each round's CPU per claim is taken: the server process's
-(``time.process_time``, the SQLite worker thread included) plus, for PostgreSQL, its backends'
-(``psutil``). Prints a table of medians and writes benchmarks/results/reservations.json.
+(``time.process_time``, the SQLite worker thread included) plus, for PostgreSQL, that of the
+backends serving the store (``psutil``). Prints the medians (extra: the median of each round's
+difference) and writes benchmarks/results/reservations.json.
 
 Queues: only single-core jobs (the read finds no multicore shape); 1 % 4-core jobs, just
 submitted (it reads them, none waits long enough); 1 % 4-core jobs waiting past ``after_s``, each
@@ -64,22 +65,26 @@ async def pilot(store: Store) -> int:
     return pid
 
 
-def cpu_s(postmaster: psutil.Process | None) -> float:
+def cpu_s(postmaster: psutil.Process | None, store: Store) -> float:
+    """This process's CPU seconds, and those of the PostgreSQL backends serving ``store`` (not
+    autovacuum's or the other store's)."""
     total = time.process_time()
-    if postmaster is not None:
+    if postmaster is not None and isinstance(store, PostgresStore):
+        database = store.url.rsplit("/", 1)[1]
         for proc in postmaster.children():
             with contextlib.suppress(psutil.Error):
-                t = proc.cpu_times()
-                total += t.user + t.system
+                if f" {database} " in " ".join(proc.cmdline()) + " ":
+                    t = proc.cpu_times()
+                    total += t.user + t.system
     return total
 
 
 async def claims_cpu_ms(store: Store, pilots: list[int], postmaster: psutil.Process | None, at: float) -> float:
-    before = cpu_s(postmaster)
+    before = cpu_s(postmaster, store)
     for pid in pilots:
         got = await store.sync(pid, SyncRequest(free=ONE_FREE, lifetime_s=80_000), at, 3600)
         assert len(got.jobs) == 1, "each claim takes one single-core job"
-    return (cpu_s(postmaster) - before) * 1000 / len(pilots)
+    return (cpu_s(postmaster, store) - before) * 1000 / len(pilots)
 
 
 async def compare(
@@ -92,6 +97,10 @@ async def compare(
             await s.open()
             await fill(s, queue, jobs)
         pilots = {id(s): [await pilot(s) for _ in range(claimers)] for s in (off, on)}
+        for s in (off, on):  # no autovacuum in the middle of the rounds
+            if isinstance(s, PostgresStore):
+                async with s.pool.acquire() as con:
+                    await con.execute("VACUUM ANALYZE")
         per: dict[str, list[float]] = {"off": [], "on": []}
         for r in range(rounds):
             order = [("off", off), ("on", on)] if r % 2 == 0 else [("on", on), ("off", off)]
@@ -102,7 +111,8 @@ async def compare(
         for s in (off, on):
             await s.close()
     off_ms, on_ms = statistics.median(per["off"]), statistics.median(per["on"])
-    return {"off_ms": off_ms, "on_ms": on_ms, "extra_ms": on_ms - off_ms, "ratio": on_ms / off_ms, "held": held}
+    extra = statistics.median(b - a for a, b in zip(per["off"], per["on"], strict=True))  # of the pairs
+    return {"off_ms": off_ms, "on_ms": on_ms, "extra_ms": extra, "ratio": on_ms / off_ms, "held": held}
 
 
 def sqlite_stores(tmp: Path) -> Iterator[Store]:

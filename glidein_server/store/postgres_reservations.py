@@ -13,9 +13,9 @@ from glidein_server.policy.matchmaking import Candidate, Capacity
 from glidein_server.policy.reservation import ReservationPolicy
 from glidein_server.store import sqlfile
 from glidein_server.store.postgres_base import Connection, PostgresBase
-from glidein_server.store.reservations import DEFAULT_POLICY, Gate, Write, decide, gate_args, read_args
+from glidein_server.store.reservations import DEFAULT_POLICY, Gate, Write, decide, gate_args, read_args, sql
 
-R = sqlfile.load("postgres_reservations.sql")
+R = sql(sqlfile.load("postgres_reservations.sql"))
 
 
 class PostgresReservations(PostgresBase):

@@ -61,9 +61,15 @@ class Write(Enum):
     BEGIN = "begin"  # a new hold begins (unless another pilot took that job first)
 
 
+def sql(blocks: dict[str, str]) -> dict[str, str]:
+    """The named SQL blocks with ``{per_shape}`` written in: a constant, not a parameter, so that
+    PostgreSQL plans the statement once (with a parameter it planned it again at every claim)."""
+    return {name: text.replace("{per_shape}", str(PER_SHAPE)) for name, text in blocks.items()}
+
+
 def gate_args(now: float, policy: ReservationPolicy) -> tuple[Any, ...]:
     """The arguments of the ``reservation_gate`` statement (the same order in both backends)."""
-    return (now - policy.max_hold_s, PER_SHAPE)
+    return (now - policy.max_hold_s,)
 
 
 def read_args(
@@ -72,7 +78,7 @@ def read_args(
     """The arguments of the ``reservation_read`` statement (the same order in both backends)."""
     return (
         *(pilot_id, now - policy.max_hold_s, total.cpus, total.memory_mb, total.gpus, total.disk_mb),
-        *(int(lifetime_s), f",{site},", PER_SHAPE),
+        *(int(lifetime_s), f",{site},"),
     )
 
 

@@ -12,10 +12,10 @@ import sqlite3
 from glidein_server.policy.matchmaking import Candidate, Capacity
 from glidein_server.policy.reservation import ReservationPolicy
 from glidein_server.store import sqlfile
-from glidein_server.store.reservations import DEFAULT_POLICY, Gate, Write, decide, gate_args, read_args
+from glidein_server.store.reservations import DEFAULT_POLICY, Gate, Write, decide, gate_args, read_args, sql
 from glidein_server.store.sqlite_base import SqliteBase
 
-R = sqlfile.load("sqlite_reservations.sql")
+R = sql(sqlfile.load("sqlite_reservations.sql"))
 
 
 class SqliteReservations(SqliteBase):

@@ -1,10 +1,13 @@
 -- Bounded reservations in the PostgreSQL store (glidein_server.store.postgres_reservations); the
--- table and its index are made by migration_9 in postgres.sql.
+-- table and its index are made by migration_9 in postgres.sql. The reservations table holds a few
+-- rows; each of their jobs and pilots is read by its key through a scalar subquery, which the
+-- planner runs row by row (a join or EXISTS may be planned as a scan of every job or pilot).
 
 -- name: reservation_gate
 -- Whether any hold is in force ($1: now - max_hold_s), and the submission of the oldest of the first
--- few idle multicore jobs of each shape ($2 per shape): read every few seconds, not per claim.
-SELECT (SELECT count(*) FROM reservations r JOIN jobs j ON j.id = r.job_id AND j.state = 'idle' WHERE r.since >= $1),
+-- few idle multicore jobs of each shape: read every few seconds, not per claim.
+SELECT (SELECT count(*) FROM reservations r
+        WHERE r.since >= $1 AND (SELECT j.state FROM jobs j WHERE j.id = r.job_id) = 'idle'),
        (SELECT min(j.submitted_at) FROM (
             SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites FROM idle_shape_deltas WHERE cpus > 1
             GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites HAVING sum(n) > 0
@@ -13,22 +16,22 @@ SELECT (SELECT count(*) FROM reservations r JOIN jobs j ON j.id = r.job_id AND j
             WHERE state = 'idle' AND cpus > 1 AND cpus = s.cpus AND memory_mb = s.memory_mb AND gpus = s.gpus
               AND disk_mb = s.disk_mb AND walltime_s = s.walltime_s AND sites = s.sites
             ORDER BY priority DESC, id
-            LIMIT $2
+            LIMIT {per_shape}
         ) j);
 
 -- name: reservation_read
 -- The pilot's own hold (kind 0; the job's columns NULL once it is no longer idle), then the first
 -- few idle multicore jobs of each shape that fits the whole pilot (kind 1), each with whether another
 -- running pilot holds cores for it: one index seek per shape. $1 pilot, $2 now - max_hold_s, $3..$6
--- the pilot's cpus, memory, GPUs, disk, $7 its lifetime, $8 ',site,', $9 jobs per shape.
+-- the pilot's cpus, memory, GPUs, disk, $7 its lifetime, $8 ',site,'.
 SELECT 0 AS kind, r.job_id, r.since, r.rest_until, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s,
        0 AS priority, false AS held
 FROM reservations r LEFT JOIN jobs j ON j.id = r.job_id AND j.state = 'idle'
 WHERE r.pilot_id = $1
 UNION ALL
 SELECT 1, j.id, j.submitted_at, 0, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s, j.priority,
-       EXISTS (SELECT 1 FROM reservations h JOIN pilots p ON p.id = h.pilot_id
-               WHERE h.job_id = j.id AND h.pilot_id <> $1 AND h.since >= $2 AND p.state = 'running')
+       coalesce((SELECT (SELECT p.state FROM pilots p WHERE p.id = h.pilot_id) FROM reservations h
+                 WHERE h.job_id = j.id AND h.pilot_id <> $1 AND h.since >= $2), '') = 'running'
 FROM (
     SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites FROM idle_shape_deltas
     WHERE cpus > 1 AND cpus <= $3 AND memory_mb <= $4 AND gpus <= $5 AND disk_mb <= $6 AND walltime_s <= $7
@@ -39,7 +42,7 @@ FROM (
     WHERE state = 'idle' AND cpus > 1 AND cpus = s.cpus AND memory_mb = s.memory_mb AND gpus = s.gpus
       AND disk_mb = s.disk_mb AND walltime_s = s.walltime_s AND sites = s.sites
     ORDER BY priority DESC, id
-    LIMIT $9
+    LIMIT {per_shape}
 ) j;
 
 -- name: reservation_lapse
@@ -52,7 +55,7 @@ UPDATE reservations SET job_id = NULL, rest_until = since + 2 * $3 WHERE job_id 
 -- name: reservation_clear
 -- The pilot's own old row, and the rows of pilots that are no longer running.
 DELETE FROM reservations r
-WHERE r.pilot_id = $1 OR NOT EXISTS (SELECT 1 FROM pilots p WHERE p.id = r.pilot_id AND p.state = 'running');
+WHERE r.pilot_id = $1 OR (SELECT p.state FROM pilots p WHERE p.id = r.pilot_id) IS DISTINCT FROM 'running';
 
 -- name: reservation_insert
 -- The unique index on job_id decides between replicas: the second to reserve one job inserts nothing.
@@ -60,7 +63,6 @@ INSERT INTO reservations (pilot_id, job_id, since) VALUES ($1, $2, $3) ON CONFLI
 
 -- name: reservations_live
 SELECT r.pilot_id, r.job_id, r.since FROM reservations r
-JOIN jobs j ON j.id = r.job_id AND j.state = 'idle'
-JOIN pilots p ON p.id = r.pilot_id AND p.state = 'running'
-WHERE r.since >= $1
+WHERE r.since >= $1 AND (SELECT j.state FROM jobs j WHERE j.id = r.job_id) = 'idle'
+  AND (SELECT p.state FROM pilots p WHERE p.id = r.pilot_id) = 'running'
 ORDER BY r.pilot_id;

@@ -3,13 +3,14 @@
 
 -- name: reservation_gate
 -- Whether any hold is in force (?1: now - max_hold_s), and the submission of the oldest of the first
--- few idle multicore jobs of each shape (?2 per shape): read every few seconds, not per claim.
-SELECT (SELECT count(*) FROM reservations r JOIN jobs j ON j.id = r.job_id AND j.state = 'idle' WHERE r.since >= ?1),
+-- few idle multicore jobs of each shape: read every few seconds, not per claim.
+SELECT (SELECT count(*) FROM reservations r
+        WHERE r.since >= ?1 AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = r.job_id AND j.state = 'idle')),
        (SELECT min(j.submitted_at) FROM idle_shapes s JOIN jobs j ON j.id IN (
             SELECT id FROM jobs INDEXED BY jobs_idle_multicore
             WHERE state = 'idle' AND cpus > 1 AND cpus = s.cpus AND memory_mb = s.memory_mb AND gpus = s.gpus
               AND disk_mb = s.disk_mb AND walltime_s = s.walltime_s AND sites = s.sites
-            ORDER BY priority DESC, id LIMIT ?2
+            ORDER BY priority DESC, id LIMIT {per_shape}
         )
         WHERE s.n > 0 AND s.cpus > 1);
 
@@ -17,7 +18,7 @@ SELECT (SELECT count(*) FROM reservations r JOIN jobs j ON j.id = r.job_id AND j
 -- The pilot's own hold (kind 0; the job's columns NULL once it is no longer idle), then the first
 -- few idle multicore jobs of each shape that fits the whole pilot (kind 1), each with whether another
 -- running pilot holds cores for it: one index seek per shape. ?1 pilot, ?2 now - max_hold_s, ?3..?6
--- the pilot's cpus, memory, GPUs, disk, ?7 its lifetime, ?8 ',site,', ?9 jobs per shape.
+-- the pilot's cpus, memory, GPUs, disk, ?7 its lifetime, ?8 ',site,'.
 SELECT 0, r.job_id, r.since, r.rest_until, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s, 0, 0
 FROM reservations r LEFT JOIN jobs j ON j.id = r.job_id AND j.state = 'idle'
 WHERE r.pilot_id = ?1
@@ -29,7 +30,7 @@ FROM idle_shapes s JOIN jobs j ON j.id IN (
     SELECT id FROM jobs INDEXED BY jobs_idle_multicore
     WHERE state = 'idle' AND cpus > 1 AND cpus = s.cpus AND memory_mb = s.memory_mb AND gpus = s.gpus
       AND disk_mb = s.disk_mb AND walltime_s = s.walltime_s AND sites = s.sites
-    ORDER BY priority DESC, id LIMIT ?9
+    ORDER BY priority DESC, id LIMIT {per_shape}
 )
 WHERE s.n > 0 AND s.cpus > 1 AND s.cpus <= ?3 AND s.memory_mb <= ?4 AND s.gpus <= ?5 AND s.disk_mb <= ?6
   AND s.walltime_s <= ?7 AND (s.sites = '' OR instr(s.sites, ?8) > 0);
@@ -50,8 +51,8 @@ WHERE pilot_id = ? OR NOT EXISTS (SELECT 1 FROM pilots p WHERE p.id = reservatio
 INSERT INTO reservations (pilot_id, job_id, since) VALUES (?, ?, ?) ON CONFLICT DO NOTHING RETURNING job_id;
 
 -- name: reservations_live
+-- (from the reservations, a few rows; each job and pilot found by its key)
 SELECT r.pilot_id, r.job_id, r.since FROM reservations r
-JOIN jobs j ON j.id = r.job_id AND j.state = 'idle'
-JOIN pilots p ON p.id = r.pilot_id AND p.state = 'running'
-WHERE r.since >= ?
+WHERE r.since >= ? AND EXISTS (SELECT 1 FROM jobs j WHERE j.id = r.job_id AND j.state = 'idle')
+  AND EXISTS (SELECT 1 FROM pilots p WHERE p.id = r.pilot_id AND p.state = 'running')
 ORDER BY r.pilot_id;
