@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from glidein_client.pilot.partition import Need, SlotPool, failure_streak, plan_starts
+from glidein_client.pilot.partition import Allocation, Need, SlotPool, failure_streak, plan_starts
 from glidein_client.site.decisions import PilotJob, PilotState, decide
 from glidein_client.wire.schema import JobSpec, Outcome
 from glidein_server.policy.demand import FreeCapacity, site_demand
@@ -45,7 +45,7 @@ class Simulation:
         self.now = 0.0
         self._events: list[tuple[float, int, int, Any]] = []
         self._seq = 0
-        self.queue = IdleQueue()
+        self.queue = IdleQueue(len(sc.work))
         self.jobs: dict[int, Job] = {}
         self._next_job = self._next_pilot = 1
         self.sites = [Site(s) for s in sc.sites]
@@ -53,6 +53,8 @@ class Simulation:
             site.rng.seed(sc.seed * 1_000_003 + i)
         self.site_shapes = {s.spec.name: s.shape for s in self.sites}
         self._work_rng = [random.Random(sc.seed * 7919 + i) for i in range(len(sc.work))]
+        self._draw = [w.runtime.sampler(rng) for w, rng in zip(sc.work, self._work_rng, strict=True)]
+        self._shape_of: list[dict[int, tuple[ShapeKey, Need]]] = [{} for _ in sc.work]  # walltime -> shape
         self.reservations = Reservations(rules.reservation) if rules.reservation else None
         self.tally = Tally()
         self.timeline = Timeline(
@@ -64,9 +66,9 @@ class Simulation:
         self._offer_due = False
         self._retry_policy = RetryPolicy()
         self._fail = [w.fail_fraction for w in sc.work]
+        self._keep_idle = [w.keep_idle for w in sc.work]
         self._done_runs: deque[tuple[float, int]] = deque(maxlen=SAMPLES)  # (wall used, walltime) of the latest
         self.ratio = 1.0  # what jobs use of their walltime, as the server learns it (refreshed every sample)
-        self._needs: dict[ShapeKey, Need] = {}  # one Need per job shape, as the pilot would build per claim
         self._handlers: dict[int, Callable[[Any], None]] = {
             _JOB_END: self._job_end,
             _PILOT_READY: self._pilot_ready,
@@ -132,19 +134,27 @@ class Simulation:
 
     def _submit(self, work: int) -> None:
         w = self.sc.work[work]
-        runtime = max(1.0, w.runtime.draw(self._work_rng[work]))
+        runtime = self._draw[work]()
+        if runtime < 1.0:
+            runtime = 1.0
         wall = w.walltime_for(runtime)
+        shape = self._shape_of[work].get(wall)
+        if shape is None:
+            shape = self._new_shape(work, wall)
         jid = self._next_job
         self._next_job = jid + 1
-        job = Job(jid, work, Candidate(jid, w.cpus, w.memory_mb, w.gpus, w.disk_mb, wall), w.priority, w.sites, runtime)
-        job.submit_t = self.now
+        job = Job(Candidate(jid, w.cpus, w.memory_mb, w.gpus, w.disk_mb, wall), work, *shape, runtime, self.now)
         self.jobs[jid] = job
-        if wall > self.drain_window_s:
-            self.drain_window_s = float(wall)
-        if job.key not in self._needs:
-            self._needs[job.key] = Need(w.cpus, w.memory_mb, w.gpus, w.disk_mb, wall)
         if self.queue.add(job, self.now):
             self._offer_due = True
+
+    def _new_shape(self, work: int, wall: int) -> tuple[ShapeKey, Need]:
+        w = self.sc.work[work]
+        key = (w.priority, w.cpus, w.memory_mb, w.gpus, w.disk_mb, wall, w.sites)
+        shape = self._shape_of[work][wall] = (key, Need(w.cpus, w.memory_mb, w.gpus, w.disk_mb, wall))
+        if wall > self.drain_window_s:
+            self.drain_window_s = float(wall)
+        return shape
 
     def _enqueue(self, job: Job) -> None:
         if self.queue.add(job, self.now):
@@ -171,85 +181,71 @@ class Simulation:
     # --- the server's claim and the pilot's start ---------------------------------------------
 
     def _claim(self, p: Pilot) -> None:
-        site = p.site
-        spec = site.spec.pilot
         if p.stopping or p.state is not PilotState.RUNNING:
             return
-        lifetime = p.end - self.now - spec.end_margin_s
+        site = p.site
+        lifetime = p.end - self.now - site.end_margin_s
         pool = p.pool
         free_slots = pool.free_slots
         if free_slots <= 0 or lifetime < 1:
             site.hungry.discard(p.id)
             return
         self.tally.claims += 1
-        total = site.total
-        name = site.spec.name
+        queue, name = self.queue, site.name
         reserve = None
-        if self.reservations is not None and self.queue.multicore:  # (a hold is for an idle multicore job)
-            waiting = MulticoreWaiting(self.queue, name)  # read only if the pilot may begin a hold
-            reserve = self.reservations.for_pilot(p.id, waiting, total, lifetime, self.now)
-        free_gpus = pool.free_gpus
-        cands = self.queue.candidates(name, free_slots, p.mem_free, free_gpus, p.disk_free, lifetime)
+        if self.reservations is not None and queue.multicore:  # (a hold is for an idle multicore job)
+            waiting = MulticoreWaiting(queue, name)  # read only if the pilot may begin a hold
+            reserve = self.reservations.for_pilot(p.id, waiting, site.total, lifetime, self.now)
+        free_gpus, mem, disk = pool.free_gpus, p.mem_free, p.disk_free
+        cands = queue.candidates(name, free_slots, mem, free_gpus, disk, lifetime)
         chosen: list[Job] = []
         if cands:
-            free = Capacity(free_slots, p.mem_free, free_gpus, p.disk_free)
             ids = select(
-                [j.cand for j in cands],
-                free,
-                total,
+                cands,
+                Capacity(free_slots, mem, free_gpus, disk),
+                site.total,
                 lifetime,
                 0,
                 policy=self.rules.match,
                 reserve=reserve,
                 runtime_ratio=self.ratio,
             )
-            if len(ids) == 1 and len(cands) == 1:
-                chosen = cands
-            elif ids:
-                by_id = {j.id: j for j in cands}
-                chosen = [by_id[i] for i in ids]
-        refill = self._take(p, chosen) if chosen else set()
-        self._start(p, chosen)
-        if not p.running and leaves(lifetime, len(chosen), self.rules.match) and self.queue.too_long(name, lifetime):
+            if ids:
+                jobs = self.jobs
+                chosen = [jobs[i] for i in ids]
+                self._take(p, chosen)
+                self._start(p, chosen, lifetime)
+        if not p.running and leaves(lifetime, len(chosen), self.rules.match) and queue.too_long(name, lifetime):
             self.tally.pilots_retired += 1
             self._exit(p)
             return
-        if p.pool.free_slots > 0:
+        if pool.free_slots > 0:
             site.hungry.add(p.id)
         else:
             site.hungry.discard(p.id)
-        by_work = self.queue.by_work
-        for work in refill:
-            keep = self.sc.work[work].keep_idle
-            while by_work.get(work, 0) < keep:
-                self._submit(work)
+        if chosen:  # the workloads kept under pressure refill the queue
+            by_work, keep = queue.by_work, self._keep_idle
+            for work in (chosen[0].work,) if len(chosen) == 1 else {j.work for j in chosen}:
+                while by_work[work] < keep[work]:
+                    self._submit(work)
 
-    def _take(self, p: Pilot, chosen: list[Job]) -> set[int]:
-        """The claimed jobs leave the queue (ending any hold for them); the workloads to refill."""
-        refill: set[int] = set()
+    def _take(self, p: Pilot, chosen: list[Job]) -> None:
+        """The claimed jobs leave the queue, ending any hold for them."""
         res = self.reservations if self.reservations is not None and len(self.reservations) > 0 else None
         for job in chosen:
             self.queue.take(job)
-            refill.add(job.work)
             if res is not None:
                 holder = res.holder(job.id)
                 res.claimed(job.id)
                 if holder is not None and holder != p.id and holder in p.site.live:
                     p.site.hungry.add(holder)  # its hold ended: it fills its cores again
                     self._offer_due = True
-        return refill
 
-    def _start(self, p: Pilot, claimed: list[Job]) -> None:
-        if not claimed:
-            return
-        spec = p.site.spec.pilot
-        start, give_back = plan_starts(
-            [self._needs[j.key] for j in claimed],
-            p.pool.free_slots,
-            p.pool.free_gpus,
-            p.mem_free,
-            p.disk_free,
-            p.end - self.now - spec.end_margin_s,
+    def _start(self, p: Pilot, claimed: list[Job], lifetime: float) -> None:
+        """The pilot starts what it claimed (:func:`plan_starts`); what it does not start goes back."""
+        pool, now = p.pool, self.now
+        start, _ = plan_starts(
+            [j.need for j in claimed], pool.free_slots, pool.free_gpus, p.mem_free, p.disk_free, lifetime
         )
         if len(start) < len(claimed):  # the others go back to the queue
             started = set(start)
@@ -257,65 +253,63 @@ class Simulation:
                 if i not in started:
                     self.tally.given_back += 1
                     self._enqueue(job)
+        site, tally, fail = p.site, self.tally, self._fail
         for i in start:
-            self._run_job(p, claimed[i])
+            job = claimed[i]
+            c = job.cand
+            cpus = c.cpus
+            alloc = pool.allocate(cpus, c.gpus)
+            if alloc is None:  # plan_starts counted what is free; this would be a bug in the simulator
+                raise RuntimeError("plan_starts chose a job the slot pool cannot hold")
+            p.mem_free -= c.memory_mb
+            p.disk_free -= c.disk_mb
+            tally.attempts += 1
+            if job.first_start < 0:
+                job.first_start = now
+                self._record_wait(job, now - job.submit_t)
+            failing = fail[job.work]
+            if p.black_hole:  # the node cannot run jobs: the pilot fails them within seconds
+                duration, outcome = site.rng.uniform(1.0, 5.0), Outcome.INTERRUPTED
+            elif failing and site.rng.random() < failing:
+                duration, outcome = site.rng.uniform(0.0, job.runtime_s), Outcome.FAILED
+            else:
+                duration, outcome = job.runtime_s, Outcome.DONE
+            p.running[job.id] = (job, alloc, now, outcome)
+            site.busy_cores += cpus
+            self._busy += cpus
+            heapq.heappush(self._events, (now + duration, _JOB_END, self._seq, (p, job, p.gen)))
+            self._seq += 1
 
-    def _run_job(self, p: Pilot, job: Job) -> None:
-        c, now = job.cand, self.now
-        cpus = c.cpus
-        alloc = p.pool.allocate(cpus, c.gpus)
-        if alloc is None:  # plan_starts counted what is free; this would be a bug in the simulator
-            raise RuntimeError("plan_starts chose a job the slot pool cannot hold")
-        p.mem_free -= c.memory_mb
-        p.disk_free -= c.disk_mb
-        job.attempts += 1
-        self.tally.attempts += 1
-        if job.first_start < 0:
-            job.first_start = now
-            self._record_wait(job, now - job.submit_t)
-        site = p.site
-        fail = self._fail[job.work]
-        if p.black_hole:  # the node cannot run jobs: the pilot fails them within seconds
-            duration, outcome = site.rng.uniform(1.0, 5.0), Outcome.INTERRUPTED
-        elif fail and site.rng.random() < fail:
-            duration, outcome = site.rng.uniform(0.0, job.runtime_s), Outcome.FAILED
-        else:
-            duration, outcome = job.runtime_s, Outcome.DONE
-        p.running[job.id] = (job, alloc, now, outcome)
-        p.busy += cpus
-        site.busy_cores += cpus
-        self._busy += cpus
-        heapq.heappush(self._events, (now + duration, _JOB_END, self._seq, (p, job.id, p.gen)))
-        self._seq += 1
-
-    def _release(self, p: Pilot, job_id: int) -> tuple[Job, float, Outcome]:
-        job, alloc, t0, outcome = p.running.pop(job_id)
+    def _release(self, p: Pilot, job: Job, alloc: Allocation, t0: float) -> None:
+        """The pilot's bookkeeping when one of its jobs ends."""
         c, now = job.cand, self.now
         cpus = c.cpus
         p.pool.release(alloc)
         p.mem_free += c.memory_mb
         p.disk_free += c.disk_mb
-        p.busy -= cpus
         p.site.busy_cores -= cpus
         self._busy -= cpus
         p.runs.append((t0, now, cpus))
         self.tally.busy_core_s += cpus * (now - t0)
         if not p.running:
             p.idle_since = now
-            self._push(now + p.site.spec.pilot.idle_timeout_s, _IDLE, (p, p.gen))
-        return job, t0, outcome
+            self._push(now + p.site.idle_timeout_s, _IDLE, (p, p.gen))
 
-    def _job_end(self, payload: tuple[Pilot, int, int]) -> None:
-        p, job_id, gen = payload
-        if gen != p.gen or job_id not in p.running:
+    def _job_end(self, payload: tuple[Pilot, Job, int]) -> None:
+        p, job, gen = payload
+        if gen != p.gen:
             return
-        job, t0, outcome = self._release(p, job_id)
+        entry = p.running.pop(job.id, None)
+        if entry is None:
+            return
+        _, alloc, t0, outcome = entry
+        self._release(p, job, alloc, t0)
         t = self.tally
         spec = p.site.spec.pilot
         if outcome is Outcome.DONE:
             t.jobs_done += 1
             self._done_runs.append((self.now - t0, job.cand.walltime_s))
-            del self.jobs[job_id]
+            del self.jobs[job.id]
         else:
             t.lost_core_s += job.cand.cpus * (self.now - t0)
             if p.black_hole:
@@ -413,7 +407,8 @@ class Simulation:
     def _interrupt_all(self, p: Pilot) -> None:
         """The pilot's jobs end without a result (its end came, or its node failed): back to the queue."""
         for job_id in list(p.running):
-            job, t0, _ = self._release(p, job_id)
+            job, alloc, t0, _ = p.running.pop(job_id)
+            self._release(p, job, alloc, t0)
             self.tally.lost_core_s += job.cand.cpus * (self.now - t0)
             self.tally.interrupted += 1
             self._retry_or_fail(job, Outcome.INTERRUPTED)

@@ -50,7 +50,6 @@ def backfill_rules(sc: Scenario) -> Rules:
 class Pilot:
     __slots__ = (
         "black_hole",
-        "busy",
         "disk_free",
         "end",
         "gen",
@@ -82,7 +81,6 @@ class Pilot:
             int, tuple[Job, Allocation, float, Outcome]
         ] = {}  # job id -> job, allocation, start, generation
         self.runs: list[tuple[float, float, int]] = []
-        self.busy = 0
         self.streak = 0
         self.gen = 0
         self.black_hole = False
@@ -93,6 +91,9 @@ class Site:
     def __init__(self, spec: SiteSpec) -> None:
         self.spec = spec
         p = spec.pilot
+        self.name = spec.name
+        self.end_margin_s = p.end_margin_s
+        self.idle_timeout_s = p.idle_timeout_s
         self.shape = PilotShape(
             cpus=p.cpus, memory_mb=p.memory_mb, gpus=p.gpus, disk_mb=p.disk_mb, walltime_s=p.walltime_s
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
+from glidein_client.pilot.partition import Need
 from glidein_server.policy import demand as dm
 from glidein_server.policy.matchmaking import Candidate, claim_order
 from glidein_server.policy.reservation import Waiting
@@ -22,36 +23,27 @@ ShapeKey = tuple[int, int, int, int, int, int, frozenset[str] | None]
 
 
 class Job:
-    __slots__ = (
-        "attempts",
-        "cand",
-        "first_start",
-        "id",
-        "idle_since",
-        "key",
-        "priority",
-        "retries",
-        "runtime_s",
-        "sites",
-        "submit_t",
-        "work",
-    )
+    __slots__ = ("cand", "first_start", "id", "idle_since", "key", "need", "retries", "runtime_s", "submit_t", "work")
 
-    def __init__(
-        self, job_id: int, work: int, cand: Candidate, priority: int, sites: frozenset[str] | None, runtime_s: float
-    ) -> None:
-        self.id = job_id
-        self.work = work
+    def __init__(self, cand: Candidate, work: int, key: ShapeKey, need: Need, runtime_s: float, now: float) -> None:
+        self.id = cand.job_id
         self.cand = cand
-        self.priority = priority
-        self.sites = sites
+        self.work = work
+        self.key = key  # (priority, cpus, memory_mb, gpus, disk_mb, walltime_s, sites)
+        self.need = need  # what the pilot is asked for: one object per shape, as the pilot would build per claim
         self.runtime_s = runtime_s
-        self.submit_t = 0.0
-        self.idle_since = 0.0
+        self.submit_t = now
+        self.idle_since = now
         self.first_start = -1.0
-        self.attempts = 0
         self.retries = 0
-        self.key: ShapeKey = (priority, cand.cpus, cand.memory_mb, cand.gpus, cand.disk_mb, cand.walltime_s, sites)
+
+    @property
+    def priority(self) -> int:
+        return self.key[0]
+
+    @property
+    def sites(self) -> frozenset[str] | None:
+        return self.key[6]
 
 
 class MulticoreWaiting:
@@ -66,12 +58,18 @@ class MulticoreWaiting:
         return iter(self.queue.waiting_multicore(self.site))
 
 
+def _order(job: Job) -> tuple[int, int, int]:
+    return claim_order(job.key[0], job.key[1], job.id)
+
+
 class IdleQueue:
-    def __init__(self) -> None:
+    __slots__ = ("_buckets", "by_work", "count", "multicore")
+
+    def __init__(self, works: int) -> None:
         self._buckets: dict[ShapeKey, deque[Job]] = {}
         self.count = 0
         self.multicore = 0  # idle jobs of more than one cpu (no reservation can start without one)
-        self.by_work: dict[int, int] = {}
+        self.by_work = [0] * works  # idle jobs of each workload
 
     def __len__(self) -> int:
         return self.count
@@ -81,9 +79,9 @@ class IdleQueue:
         job.idle_since = now
         key = job.key
         bucket = self._buckets.get(key)
-        new = not bucket
         if bucket is None:
             bucket = self._buckets[key] = deque()
+        new = not bucket
         if bucket and job.id < bucket[-1].id:
             i = 0
             while bucket[i].id < job.id:
@@ -94,17 +92,18 @@ class IdleQueue:
         self.count += 1
         if key[1] > 1:
             self.multicore += 1
-        self.by_work[job.work] = self.by_work.get(job.work, 0) + 1
+        self.by_work[job.work] += 1
         return new
 
     def take(self, job: Job) -> None:
-        bucket = self._buckets[job.key]
+        key = job.key
+        bucket = self._buckets[key]
         if bucket[0] is job:
             bucket.popleft()
         else:
             bucket.remove(job)
         self.count -= 1
-        if job.key[1] > 1:
+        if key[1] > 1:
             self.multicore -= 1
         self.by_work[job.work] -= 1
 
@@ -113,7 +112,7 @@ class IdleQueue:
             if bucket and (key[6] is None or site in key[6]):
                 yield key, bucket
 
-    def candidates(self, site: str, cpus: int, mem: int, gpus: int, disk: int, lifetime_s: float) -> list[Job]:
+    def candidates(self, site: str, cpus: int, mem: int, gpus: int, disk: int, lifetime_s: float) -> list[Candidate]:
         """The jobs a claim of this much free capacity could get, in claim order (at most ``cpus`` per shape)."""
         life = int(lifetime_s)
         out: list[Job] = []
@@ -127,8 +126,8 @@ class IdleQueue:
             else:
                 out.extend(bucket[i] for i in range(min(cpus, len(bucket))))
         if len(out) > 1:
-            out.sort(key=lambda j: claim_order(j.priority, j.cand.cpus, j.id))
-        return out
+            out.sort(key=_order)
+        return [j.cand for j in out]
 
     def too_long(self, site: str, lifetime_s: float) -> bool:
         """Whether an idle job for this site asks for more than ``lifetime_s`` (the store's ``idle_too_long``)."""
@@ -140,7 +139,7 @@ class IdleQueue:
         for key, bucket in self._open(site):
             if key[1] > 1:
                 jobs.extend(bucket[i] for i in range(min(per_shape, len(bucket))))
-        jobs.sort(key=lambda j: claim_order(j.priority, j.cand.cpus, j.id))
+        jobs.sort(key=_order)
         return [Waiting(j.cand, j.idle_since) for j in jobs]
 
     def shapes(self) -> list[dm.Shape]:

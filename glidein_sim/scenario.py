@@ -12,7 +12,9 @@ import copy
 import math
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,17 @@ class Dist:
         if self.kind == "lognormal":
             return rng.lognormvariate(math.log(self.a), self.b)
         return self.a
+
+    def sampler(self, rng: random.Random) -> Callable[[], float]:
+        """``draw(rng)`` as a call without arguments: the same numbers from the same generator."""
+        if self.kind == "uniform":
+            return partial(rng.uniform, self.a, self.b)
+        if self.kind == "exponential" and self.a > 0:
+            return partial(rng.expovariate, 1.0 / self.a)
+        if self.kind == "lognormal":
+            return partial(rng.lognormvariate, math.log(self.a), self.b)
+        value = 0.0 if self.kind == "exponential" else self.a
+        return partial(float, value)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple, TypeVar
 
 from glidein_client.wire.schema import Outcome
@@ -30,7 +31,7 @@ class SlotPool:
 
     ``allocate`` answers ``None`` when not enough is free; it never hands a slot or GPU to two
     live allocations. Slots go to the smallest contiguous run of free ids that fits (best fit,
-    lowest ids on ties), else to the lowest free ids.
+    lowest ids on ties), else to the lowest free ids (:func:`pick_slots`).
     """
 
     def __init__(self, slots: int, gpu_ids: Sequence[str]) -> None:
@@ -38,7 +39,8 @@ class SlotPool:
             raise ValueError(f"A pilot cannot offer {slots} slots; give zero or more.")
         if len(set(gpu_ids)) != len(gpu_ids):
             raise ValueError(f"GPU ids must be unique, got {list(gpu_ids)}.")
-        self._slot_free = [True] * slots
+        self._slots = slots
+        self._free_mask = (1 << slots) - 1  # bit i set: slot i is free
         self._gpu_ids = tuple(gpu_ids)
         self._gpu_free = dict.fromkeys(self._gpu_ids, True)
         self._free_slots = slots
@@ -47,7 +49,7 @@ class SlotPool:
 
     @property
     def total_slots(self) -> int:
-        return len(self._slot_free)
+        return self._slots
 
     @property
     def total_gpus(self) -> int:
@@ -67,67 +69,75 @@ class SlotPool:
             raise ValueError(f"Cannot allocate {cpus} cpus and {gpus} GPUs; ask for zero or more.")
         if cpus > self._free_slots or gpus > self._free_gpus:
             return None
-        slots = self._pick_slots(cpus)
-        free = self._slot_free
-        for s in slots:
-            free[s] = False
+        alloc, bits = _pick(self._free_mask, cpus)
+        self._free_mask ^= bits
         self._free_slots -= cpus
-        chosen_gpus: tuple[str, ...] = ()
         if gpus:
             chosen_gpus = tuple(g for g in self._gpu_ids if self._gpu_free[g])[:gpus]
             for g in chosen_gpus:
                 self._gpu_free[g] = False
             self._free_gpus -= gpus
-        alloc = Allocation(slots, chosen_gpus)
+            alloc = Allocation(alloc.slots, chosen_gpus)
         live = self._live
         live[alloc] = live.get(alloc, 0) + 1
         return alloc
 
     def release(self, alloc: Allocation) -> None:
         """Give back an allocation; one that is not live (never made, or released) is a ValueError."""
-        key = Allocation(alloc.slots, alloc.gpus)
-        live = self._live.get(key, 0)
+        live = self._live.get(alloc, 0)
         if live <= 0:
             raise ValueError(f"{alloc} is not allocated from this pool; it was released already or never made.")
         if live == 1:
-            del self._live[key]
+            del self._live[alloc]
         else:
-            self._live[key] = live - 1
-        slots, gpus = key
-        free = self._slot_free
-        for s in slots:
-            free[s] = True
+            self._live[alloc] = live - 1
+        slots, gpus = alloc
+        self._free_mask |= _mask_of(slots)
         self._free_slots += len(slots)
         if gpus:
             for g in gpus:
                 self._gpu_free[g] = True
             self._free_gpus += len(gpus)
 
-    def _pick_slots(self, cpus: int) -> tuple[int, ...]:
-        if cpus == 0:
-            return ()
-        free = self._slot_free
-        n = len(free)
-        best_start, best_len = -1, 0
-        i = 0
-        while i < n:  # one pass over the runs of free ids, each found by list.index
-            try:
-                i = free.index(True, i)
-            except ValueError:
+
+def pick_slots(free_mask: int, cpus: int) -> tuple[int, ...]:
+    """The slots a job of ``cpus`` gets from the free ones (bit ``i`` of ``free_mask`` set: slot ``i`` is
+    free): the smallest contiguous run of free ids that fits (lowest ids on ties), else the lowest free ids.
+    The caller checks that enough are free."""
+    if cpus <= 0:
+        return ()
+    best_start, best_len = -1, 0
+    i, rest = 0, free_mask
+    while rest:  # one pass over the runs of free ids, lowest first
+        skip = (rest & -rest).bit_length() - 1  # free ids start here...
+        rest >>= skip
+        i += skip
+        length = (~rest & (rest + 1)).bit_length() - 1  # ...and run this long
+        if length >= cpus and (best_start < 0 or length < best_len):
+            best_start, best_len = i, length
+            if length == cpus:
                 break
-            try:
-                j = free.index(False, i + 1)
-            except ValueError:
-                j = n
-            length = j - i
-            if length >= cpus and (best_start < 0 or length < best_len):
-                best_start, best_len = i, length
-                if length == cpus:
-                    break
-            i = j + 1  # free[j] is taken (or j is the end)
-        if best_start >= 0:
-            return tuple(range(best_start, best_start + cpus))
-        return tuple([i for i, f in enumerate(free) if f][:cpus])
+        rest >>= length
+        i += length
+    if best_start >= 0:
+        return tuple(range(best_start, best_start + cpus))
+    return tuple([i for i in range(free_mask.bit_length()) if free_mask >> i & 1][:cpus])
+
+
+@lru_cache(maxsize=4096)
+def _pick(free_mask: int, cpus: int) -> tuple[Allocation, int]:
+    """:func:`pick_slots` as an allocation without GPUs, and the bits of its slots (a pool holds few
+    distinct free sets, so each is worked out once)."""
+    slots = pick_slots(free_mask, cpus)
+    return Allocation(slots, ()), _mask_of(slots)
+
+
+@lru_cache(maxsize=4096)
+def _mask_of(slots: tuple[int, ...]) -> int:
+    mask = 0
+    for s in slots:
+        mask |= 1 << s
+    return mask
 
 
 def cores_for(slots: Iterable[int], core_ids: Sequence[int]) -> frozenset[int]:

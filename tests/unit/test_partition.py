@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
-from glidein_client.pilot.partition import Allocation, SlotPool, cores_for
+from glidein_client.pilot.partition import Allocation, SlotPool, cores_for, pick_slots
 
 
 def test_empty_pool_counts() -> None:
@@ -142,6 +144,28 @@ def test_contiguous_when_the_pool_is_empty(slots: int, cpus: int) -> None:
         assert alloc is None
     else:
         assert alloc is not None and alloc.slots == tuple(range(cpus))
+
+
+def spec_pick(free: list[bool], cpus: int) -> tuple[int, ...]:
+    """Best fit as written in the pool's docstring: the shortest run of free ids that fits, lowest on ties."""
+    runs, i = [], 0
+    for is_free, group in itertools.groupby(free):
+        n = len(list(group))
+        if is_free:
+            runs.append((n, i))
+        i += n
+    fitting = [r for r in runs if r[0] >= cpus]
+    if fitting:
+        start = min(fitting)[1]
+        return tuple(range(start, start + cpus))
+    return tuple(i for i, f in enumerate(free) if f)[:cpus]
+
+
+@given(free=st.lists(st.booleans(), max_size=80), cpus=st.integers(0, 80))
+def test_pick_slots_is_best_fit_then_lowest_ids(free: list[bool], cpus: int) -> None:
+    mask = sum(1 << i for i, f in enumerate(free) if f)
+    cpus = min(cpus, sum(free))
+    assert pick_slots(mask, cpus) == (spec_pick(free, cpus) if cpus else ())
 
 
 @given(
