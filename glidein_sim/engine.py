@@ -17,6 +17,7 @@ import heapq
 import random
 from collections import deque
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -34,6 +35,8 @@ from glidein_sim.metrics import Tally, Timeline
 from glidein_sim.model import Pilot, Rules, Site
 from glidein_sim.queue import IdleQueue, Job, MulticoreWaiting, ShapeKey
 from glidein_sim.scenario import Scenario
+
+_need = attrgetter("need")
 
 # Event kinds, in the order they run at one instant.
 _JOB_END, _PILOT_READY, _PILOT_END, _NODE_FAIL, _IDLE, _ARRIVE, _CYCLE, _SAMPLE = range(8)
@@ -67,6 +70,9 @@ class Simulation:
         self._retry_policy = RetryPolicy()
         self._fail = [w.fail_fraction for w in sc.work]
         self._keep_idle = [w.keep_idle for w in sc.work]
+        self._fixed_wall = [w.walltime_s for w in sc.work]  # 0: from each job's runtime
+        t = self.tally
+        self._waits = [t.wait_gpu if w.gpus else t.wait_multi if w.cpus > 1 else t.wait_single for w in sc.work]
         self._done_runs: deque[tuple[float, int]] = deque(maxlen=SAMPLES)  # (wall used, walltime) of the latest
         self.ratio = 1.0  # what jobs use of their walltime, as the server learns it (refreshed every sample)
         self._handlers: dict[int, Callable[[Any], None]] = {
@@ -137,7 +143,7 @@ class Simulation:
         runtime = self._draw[work]()
         if runtime < 1.0:
             runtime = 1.0
-        wall = w.walltime_for(runtime)
+        wall = self._fixed_wall[work] or w.walltime_for(runtime)
         shape = self._shape_of[work].get(wall)
         if shape is None:
             shape = self._new_shape(work, wall)
@@ -173,10 +179,7 @@ class Simulation:
                     self._claim(site.live[pid])
 
     def _record_wait(self, job: Job, wait: float) -> None:
-        c = job.cand
-        (self.tally.wait_gpu if c.gpus else self.tally.wait_multi if c.cpus > 1 else self.tally.wait_single).append(
-            wait
-        )
+        self._waits[job.work].append(wait)
 
     # --- the server's claim and the pilot's start ---------------------------------------------
 
@@ -212,7 +215,7 @@ class Simulation:
             )
             if ids:
                 jobs = self.jobs
-                chosen = [jobs[i] for i in ids]
+                chosen = [jobs[ids[0]]] if len(ids) == 1 else [jobs[i] for i in ids]
                 self._take(p, chosen)
                 self._start(p, chosen, lifetime)
         if not p.running and leaves(lifetime, len(chosen), self.rules.match) and queue.too_long(name, lifetime):
@@ -244,16 +247,15 @@ class Simulation:
     def _start(self, p: Pilot, claimed: list[Job], lifetime: float) -> None:
         """The pilot starts what it claimed (:func:`plan_starts`); what it does not start goes back."""
         pool, now = p.pool, self.now
-        start, _ = plan_starts(
-            [j.need for j in claimed], pool.free_slots, pool.free_gpus, p.mem_free, p.disk_free, lifetime
-        )
+        needs = [claimed[0].need] if len(claimed) == 1 else list(map(_need, claimed))
+        start, _ = plan_starts(needs, pool.free_slots, pool.free_gpus, p.mem_free, p.disk_free, lifetime)
         if len(start) < len(claimed):  # the others go back to the queue
             started = set(start)
             for i, job in enumerate(claimed):
                 if i not in started:
                     self.tally.given_back += 1
                     self._enqueue(job)
-        site, tally, fail = p.site, self.tally, self._fail
+        site, tally, fail, waits = p.site, self.tally, self._fail, self._waits
         for i in start:
             job = claimed[i]
             c = job.cand
@@ -266,7 +268,7 @@ class Simulation:
             tally.attempts += 1
             if job.first_start < 0:
                 job.first_start = now
-                self._record_wait(job, now - job.submit_t)
+                waits[job.work].append(now - job.submit_t)
             failing = fail[job.work]
             if p.black_hole:  # the node cannot run jobs: the pilot fails them within seconds
                 duration, outcome = site.rng.uniform(1.0, 5.0), Outcome.INTERRUPTED

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+from operator import attrgetter
 
 from glidein_client.pilot.partition import Need
 from glidein_server.policy import demand as dm
@@ -56,6 +57,9 @@ class MulticoreWaiting:
 
     def __iter__(self) -> Iterator[Waiting]:
         return iter(self.queue.waiting_multicore(self.site))
+
+
+_cand = attrgetter("cand")
 
 
 def _order(job: Job) -> tuple[int, int, int]:
@@ -125,9 +129,10 @@ class IdleQueue:
                 out.append(bucket[0])
             else:
                 out.extend(bucket[i] for i in range(min(cpus, len(bucket))))
-        if len(out) > 1:
-            out.sort(key=_order)
-        return [j.cand for j in out]
+        if len(out) == 1:
+            return [out[0].cand]
+        out.sort(key=_order)
+        return list(map(_cand, out))
 
     def too_long(self, site: str, lifetime_s: float) -> bool:
         """Whether an idle job for this site asks for more than ``lifetime_s`` (the store's ``idle_too_long``)."""

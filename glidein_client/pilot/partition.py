@@ -32,51 +32,39 @@ class SlotPool:
     ``allocate`` answers ``None`` when not enough is free; it never hands a slot or GPU to two
     live allocations. Slots go to the smallest contiguous run of free ids that fits (best fit,
     lowest ids on ties), else to the lowest free ids (:func:`pick_slots`).
+
+    ``total_slots``, ``total_gpus``, ``free_slots`` and ``free_gpus`` are read, never set, by users
+    (plain attributes: a pilot and the simulator read them at every claim).
     """
+
+    __slots__ = ("_free_mask", "_gpu_free", "_gpu_ids", "_live", "free_gpus", "free_slots", "total_gpus", "total_slots")
 
     def __init__(self, slots: int, gpu_ids: Sequence[str]) -> None:
         if slots < 0:
             raise ValueError(f"A pilot cannot offer {slots} slots; give zero or more.")
         if len(set(gpu_ids)) != len(gpu_ids):
             raise ValueError(f"GPU ids must be unique, got {list(gpu_ids)}.")
-        self._slots = slots
         self._free_mask = (1 << slots) - 1  # bit i set: slot i is free
         self._gpu_ids = tuple(gpu_ids)
         self._gpu_free = dict.fromkeys(self._gpu_ids, True)
-        self._free_slots = slots
-        self._free_gpus = len(self._gpu_ids)
         self._live: dict[Allocation, int] = {}  # live allocations -> how many (an empty one may be live twice)
-
-    @property
-    def total_slots(self) -> int:
-        return self._slots
-
-    @property
-    def total_gpus(self) -> int:
-        return len(self._gpu_ids)
-
-    @property
-    def free_slots(self) -> int:
-        return self._free_slots
-
-    @property
-    def free_gpus(self) -> int:
-        return self._free_gpus
+        self.total_slots = self.free_slots = slots
+        self.total_gpus = self.free_gpus = len(self._gpu_ids)
 
     def allocate(self, cpus: int, gpus: int) -> Allocation | None:
         """Take ``cpus`` slots and ``gpus`` GPUs, or answer ``None`` if not enough are free."""
         if cpus < 0 or gpus < 0:
             raise ValueError(f"Cannot allocate {cpus} cpus and {gpus} GPUs; ask for zero or more.")
-        if cpus > self._free_slots or gpus > self._free_gpus:
+        if cpus > self.free_slots or gpus > self.free_gpus:
             return None
         alloc, bits = _pick(self._free_mask, cpus)
         self._free_mask ^= bits
-        self._free_slots -= cpus
+        self.free_slots -= cpus
         if gpus:
             chosen_gpus = tuple(g for g in self._gpu_ids if self._gpu_free[g])[:gpus]
             for g in chosen_gpus:
                 self._gpu_free[g] = False
-            self._free_gpus -= gpus
+            self.free_gpus -= gpus
             alloc = Allocation(alloc.slots, chosen_gpus)
         live = self._live
         live[alloc] = live.get(alloc, 0) + 1
@@ -93,11 +81,11 @@ class SlotPool:
             self._live[alloc] = live - 1
         slots, gpus = alloc
         self._free_mask |= _mask_of(slots)
-        self._free_slots += len(slots)
+        self.free_slots += len(slots)
         if gpus:
             for g in gpus:
                 self._gpu_free[g] = True
-            self._free_gpus += len(gpus)
+            self.free_gpus += len(gpus)
 
 
 def pick_slots(free_mask: int, cpus: int) -> tuple[int, ...]:
