@@ -17,6 +17,7 @@ import heapq
 import random
 from collections import deque
 from collections.abc import Callable
+from functools import lru_cache
 from operator import attrgetter
 from typing import Any
 
@@ -37,6 +38,13 @@ from glidein_sim.queue import IdleQueue, Job, MulticoreWaiting, ShapeKey
 from glidein_sim.scenario import Scenario
 
 _need = attrgetter("need")
+#: A pilot's free capacity takes few distinct values: each is built once (a named tuple costs ~1 µs to make).
+_capacity = lru_cache(maxsize=4096)(Capacity)
+
+# Enum members read once: looking one up on its class costs about half a microsecond.
+_QUEUED, _RUNNING, _CANCELLED, _ENDED = PilotState.QUEUED, PilotState.RUNNING, PilotState.CANCELLED, PilotState.DONE
+_DONE, _FAILED, _INTERRUPTED = Outcome.DONE, Outcome.FAILED, Outcome.INTERRUPTED
+_FAIL, _RETRY = Step.FAIL, Step.RETRY
 
 # Event kinds, in the order they run at one instant.
 _JOB_END, _PILOT_READY, _PILOT_END, _NODE_FAIL, _IDLE, _ARRIVE, _CYCLE, _SAMPLE = range(8)
@@ -184,7 +192,7 @@ class Simulation:
     # --- the server's claim and the pilot's start ---------------------------------------------
 
     def _claim(self, p: Pilot) -> None:
-        if p.stopping or p.state is not PilotState.RUNNING:
+        if p.stopping or p.state is not _RUNNING:
             return
         site = p.site
         lifetime = p.end - self.now - site.end_margin_s
@@ -205,7 +213,7 @@ class Simulation:
         if cands:
             ids = select(
                 cands,
-                Capacity(free_slots, mem, free_gpus, disk),
+                _capacity(free_slots, mem, free_gpus, disk),
                 site.total,
                 lifetime,
                 0,
@@ -216,7 +224,11 @@ class Simulation:
             if ids:
                 jobs = self.jobs
                 chosen = [jobs[ids[0]]] if len(ids) == 1 else [jobs[i] for i in ids]
-                self._take(p, chosen)
+                if self.reservations is not None and len(self.reservations) > 0:
+                    self._take_held(p, chosen)
+                else:
+                    for job in chosen:
+                        queue.take(job)
                 self._start(p, chosen, lifetime)
         if not p.running and leaves(lifetime, len(chosen), self.rules.match) and queue.too_long(name, lifetime):
             self.tally.pilots_retired += 1
@@ -232,17 +244,17 @@ class Simulation:
                 while by_work[work] < keep[work]:
                     self._submit(work)
 
-    def _take(self, p: Pilot, chosen: list[Job]) -> None:
-        """The claimed jobs leave the queue, ending any hold for them."""
-        res = self.reservations if self.reservations is not None and len(self.reservations) > 0 else None
+    def _take_held(self, p: Pilot, chosen: list[Job]) -> None:
+        """The claimed jobs leave the queue while some pilot holds cores: the hold for any of them ends."""
+        res = self.reservations
+        assert res is not None
         for job in chosen:
             self.queue.take(job)
-            if res is not None:
-                holder = res.holder(job.id)
-                res.claimed(job.id)
-                if holder is not None and holder != p.id and holder in p.site.live:
-                    p.site.hungry.add(holder)  # its hold ended: it fills its cores again
-                    self._offer_due = True
+            holder = res.holder(job.id)
+            res.claimed(job.id)
+            if holder is not None and holder != p.id and holder in p.site.live:
+                p.site.hungry.add(holder)  # its hold ended: it fills its cores again
+                self._offer_due = True
 
     def _start(self, p: Pilot, claimed: list[Job], lifetime: float) -> None:
         """The pilot starts what it claimed (:func:`plan_starts`); what it does not start goes back."""
@@ -271,11 +283,11 @@ class Simulation:
                 waits[job.work].append(now - job.submit_t)
             failing = fail[job.work]
             if p.black_hole:  # the node cannot run jobs: the pilot fails them within seconds
-                duration, outcome = site.rng.uniform(1.0, 5.0), Outcome.INTERRUPTED
+                duration, outcome = site.rng.uniform(1.0, 5.0), _INTERRUPTED
             elif failing and site.rng.random() < failing:
-                duration, outcome = site.rng.uniform(0.0, job.runtime_s), Outcome.FAILED
+                duration, outcome = site.rng.uniform(0.0, job.runtime_s), _FAILED
             else:
-                duration, outcome = job.runtime_s, Outcome.DONE
+                duration, outcome = job.runtime_s, _DONE
             p.running[job.id] = (job, alloc, now, outcome)
             site.busy_cores += cpus
             self._busy += cpus
@@ -308,7 +320,7 @@ class Simulation:
         self._release(p, job, alloc, t0)
         t = self.tally
         spec = p.site.spec.pilot
-        if outcome is Outcome.DONE:
+        if outcome is _DONE:
             t.jobs_done += 1
             self._done_runs.append((self.now - t0, job.cand.walltime_s))
             del self.jobs[job.id]
@@ -337,11 +349,11 @@ class Simulation:
             spec = JobSpec(cpus=c.cpus, memory_mb=c.memory_mb, gpus=c.gpus, disk_mb=c.disk_mb, walltime_s=c.walltime_s)
             budget = RetryBudget(job.retries, self.sc.work[job.work].max_retries, spec)
         plan = plan_attempt_end(outcome, None, budget, self._retry_policy)
-        if plan.step is Step.FAIL:
+        if plan.step is _FAIL:
             self.tally.jobs_failed += 1
             del self.jobs[job.id]
             return
-        if plan.step is Step.RETRY:
+        if plan.step is _RETRY:
             job.retries += 1
             self.tally.retries += 1
         self._enqueue(job)
@@ -365,7 +377,7 @@ class Simulation:
         for batch_id in decision.remove:
             gone = site.waiting.pop(int(batch_id), None)
             if gone is not None:
-                gone.state = PilotState.CANCELLED
+                gone.state = _CANCELLED
         for _ in range(decision.submit):
             p = Pilot(self._next_pilot, site, now)
             self._next_pilot += 1
@@ -374,7 +386,7 @@ class Simulation:
         self._push(now + spec.cycle_s, _CYCLE, site)
 
     def _pilot_ready(self, p: Pilot) -> None:
-        if p.state is not PilotState.QUEUED:
+        if p.state is not _QUEUED:
             return
         site = p.site
         if len(site.live) >= site.spec.slots:
@@ -386,8 +398,8 @@ class Simulation:
         site, now = p.site, self.now
         spec = site.spec.pilot
         site.waiting.pop(p.id, None)
-        p.state = PilotState.RUNNING
-        p.job = PilotJob(str(p.id), p.id, PilotState.RUNNING, submitted_at=p.submitted)
+        p.state = _RUNNING
+        p.job = PilotJob(str(p.id), p.id, _RUNNING, submitted_at=p.submitted)
         p.pool = SlotPool(spec.cpus, tuple(f"gpu{i}" for i in range(spec.gpus)))
         p.mem_free, p.disk_free = spec.memory_mb, spec.disk_mb
         p.start, p.end, p.idle_since = now, now + spec.walltime_s, now
@@ -413,17 +425,17 @@ class Simulation:
             self._release(p, job, alloc, t0)
             self.tally.lost_core_s += job.cand.cpus * (self.now - t0)
             self.tally.interrupted += 1
-            self._retry_or_fail(job, Outcome.INTERRUPTED)
+            self._retry_or_fail(job, _INTERRUPTED)
 
     def _pilot_end(self, payload: tuple[Pilot, int]) -> None:
         p, gen = payload
-        if gen == p.gen and p.state is PilotState.RUNNING:
+        if gen == p.gen and p.state is _RUNNING:
             self._interrupt_all(p)
             self._exit(p)
 
     def _node_fail(self, payload: tuple[Pilot, int]) -> None:
         p, gen = payload
-        if gen == p.gen and p.state is PilotState.RUNNING:
+        if gen == p.gen and p.state is _RUNNING:
             self.tally.pilots_failed += 1
             self._interrupt_all(p)
             self._exit(p)
@@ -431,14 +443,14 @@ class Simulation:
     def _idle(self, payload: tuple[Pilot, int]) -> None:
         p, gen = payload
         timeout = p.site.spec.pilot.idle_timeout_s
-        if gen == p.gen and p.state is PilotState.RUNNING and not p.running and self.now - p.idle_since >= timeout:
+        if gen == p.gen and p.state is _RUNNING and not p.running and self.now - p.idle_since >= timeout:
             self._exit(p)
 
     def _exit(self, p: Pilot) -> None:
         site, now = p.site, self.now
         cpus = p.pool.total_slots
         p.gen += 1
-        p.state = PilotState.DONE
+        p.state = _ENDED
         site.live.pop(p.id, None)
         site.hungry.discard(p.id)
         site.alloc_cores -= cpus
@@ -454,7 +466,7 @@ class Simulation:
             self.reservations.gone(p.id)
         while site.ready and len(site.live) < site.spec.slots:
             nxt = site.ready.pop(0)
-            if nxt.state is PilotState.QUEUED:
+            if nxt.state is _QUEUED:
                 self._start_pilot(nxt)
 
     def _sample(self, _: None) -> None:
