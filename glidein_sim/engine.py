@@ -157,7 +157,8 @@ class Simulation:
             shape = self._new_shape(work, wall)
         jid = self._next_job
         self._next_job = jid + 1
-        job = Job(Candidate(jid, w.cpus, w.memory_mb, w.gpus, w.disk_mb, wall), work, *shape, runtime, self.now)
+        key, need = shape
+        job = Job(Candidate(jid, w.cpus, w.memory_mb, w.gpus, w.disk_mb, wall), work, key, need, runtime, self.now)
         self.jobs[jid] = job
         if self.queue.add(job, self.now):
             self._offer_due = True
@@ -224,7 +225,8 @@ class Simulation:
             if ids:
                 jobs = self.jobs
                 chosen = [jobs[ids[0]]] if len(ids) == 1 else [jobs[i] for i in ids]
-                if self.reservations is not None and len(self.reservations) > 0:
+                # Only an idle multicore job is ever held for: without one, no hold can end here.
+                if self.reservations is not None and queue.multicore and len(self.reservations) > 0:
                     self._take_held(p, chosen)
                 else:
                     for job in chosen:
