@@ -204,9 +204,10 @@ async def test_reservations_off_and_young_jobs_hold_nothing(opener: Opener) -> N
 
 async def test_concurrent_claimers_never_both_reserve_one_job(opener: Opener) -> None:
     """Ten pilots, each with one core free, claim at once, round after round, while two 4-core jobs
-    starve: a pilot that took nothing is one that holds, and no job has two (on PostgreSQL each
-    claim is its own transaction on its own connection, as from several replicas)."""
+    starve: a pilot that took nothing is one that holds, and no job has two (on PostgreSQL two
+    stores on one database, as two server replicas, each claim its own transaction)."""
     store = await opener(POLICY)
+    replicas: list[AnyStore] = [store, await opener(POLICY)] if isinstance(store, PostgresStore) else [store]
     # Enough single-core jobs that no claimer finds every candidate locked by the others.
     await store.add_jobs("alice", [single() for _ in range(300)], NOW)
     bigs = await store.add_jobs("alice", [four() for _ in range(2)], NOW)
@@ -214,7 +215,7 @@ async def test_concurrent_claimers_never_both_reserve_one_job(opener: Opener) ->
     holders: set[int] = set()
     for round_ in range(4):
         at = NOW + POLICY.after_s + round_
-        got = await asyncio.gather(*(claim(store, p, 1, at) for p in pilots))
+        got = await asyncio.gather(*(claim(replicas[i % len(replicas)], p, 1, at) for i, p in enumerate(pilots)))
         assert all(len(jobs) <= 1 and bigs[0] not in jobs for jobs in got)
         holders |= {p for p, jobs in zip(pilots, got, strict=True) if not jobs}
         holds = await store.reservations(at)
