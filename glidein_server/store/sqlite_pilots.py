@@ -95,7 +95,12 @@ class SqlitePilots(SqliteReservations, SqliteAttempts):
     def _sync(
         self, db: sqlite3.Connection, pilot_id: int, req: SyncRequest, now: float, lease_s: float
     ) -> SyncResponse:
-        prow = db.execute(Q["pilot_shape"], (pilot_id,)).fetchone()
+        f = NOTHING_FREE if req.draining else req.free  # a stopping pilot's free cores serve no one
+        lifetime_s = 0.0 if req.draining else req.lifetime_s
+        update = (f.cpus, f.memory_mb, f.gpus, f.disk_mb, lifetime_s, now, req.occupancy, pilot_id)
+        # A sync that starts and ends no attempt reads and writes its pilot in one statement.
+        quick = not req.started and not req.finished
+        prow = db.execute(*((Q["pilot_update_shape"], update) if quick else (Q["pilot_shape"], (pilot_id,)))).fetchone()
         if prow is None or prow[0] != "running":
             raise ConflictError(
                 f"Pilot {pilot_id} is not running on the server (it ended or never registered).",
@@ -113,11 +118,8 @@ class SqlitePilots(SqliteReservations, SqliteAttempts):
                 ran += 1
         if req.held is not None:
             self._drop_lost_claims(db, pilot_id, set(req.held), req.seq, now)
-        f = NOTHING_FREE if req.draining else req.free  # a stopping pilot's free cores serve no one
-        lifetime_s = 0.0 if req.draining else req.lifetime_s
-        db.execute(
-            Q["pilot_update"], (f.cpus, f.memory_mb, f.gpus, f.disk_mb, lifetime_s, now, req.occupancy, pilot_id)
-        )
+        if not quick:
+            db.execute(Q["pilot_update"], update)
         if ran:
             db.execute(Q["pilot_jobs_run"], (ran, pilot_id))
         if health:

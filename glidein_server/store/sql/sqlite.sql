@@ -616,6 +616,13 @@ WHERE id = ?;
 -- name: pilot_shape
 SELECT state, site, cpus, memory_mb, gpus, disk_mb FROM pilots WHERE id = ?;
 
+-- name: pilot_update_shape
+-- pilot_update and pilot_shape in one statement, for a sync that starts and ends no attempt.
+UPDATE pilots SET free_cpus = ?, free_memory_mb = ?, free_gpus = ?, free_disk_mb = ?, lifetime_s = ?,
+    last_seen = ?, occupancy = ?
+WHERE id = ? AND state = 'running'
+RETURNING state, site, cpus, memory_mb, gpus, disk_mb;
+
 -- name: pilot_jobs_run
 UPDATE pilots SET jobs_run = jobs_run + ? WHERE id = ?;
 
