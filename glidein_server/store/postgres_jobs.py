@@ -204,15 +204,16 @@ class PostgresJobs(PostgresTokens):
 
     async def site_demand(self, site: str, now: float, live_after: float) -> Demand:
         async def read(con: Connection) -> Demand:
-            await self._refresh_site_shapes(con)
+            sites = await con.fetch(Q["sites_for_demand"])  # every site's shape and health, this one's state
+            self._site_shapes = {r[0]: msgspec.json.decode(r[1], type=PilotShape) for r in sites if r[1] is not None}
             rows = await con.fetch(Q["idle_shapes"])
             shapes = [dm.Shape(c, m, g, d, w, sites_from_key(s), n) for c, m, g, d, w, s, n in rows]
             free = [dm.FreeCapacity(*r) for r in await con.fetch(Q["live_pilots_free"], site, live_after)]
-            health = {name: h for name, h in await con.fetch(Q["site_health_all"])}
+            health = {r[0]: r[2] for r in sites}
             demand = dm.site_demand(site, shapes, self._site_shapes, free, health)
-            row = await con.fetchrow(Q["site_failures"], site)
-            failures, backoff = site_backoff(row[0], row[1], now) if row else (0, 0.0)
-            mode, max_cpus = await self._site_control(con, site)
+            row = next((r for r in sites if r[0] == site), None)
+            failures, backoff = site_backoff(row[3], row[4], now) if row else (0, 0.0)
+            mode, max_cpus = (SiteMode(row[5]), row[6]) if row else (SiteMode.OPEN, None)
             shape = self._site_shapes.get(site)
             alive = await con.fetchval(Q["site_pilots_alive"], site) if max_cpus is not None else 0
             pilots = site_control.demanded_pilots(demand.pilots, mode, max_cpus, shape.cpus if shape else 1, alive)
@@ -268,11 +269,6 @@ class PostgresJobs(PostgresTokens):
 
     async def set_site_cap(self, site: str, max_cpus: int | None) -> None:
         await self.pool.execute(Q["site_cap_set"], site, max_cpus)
-
-    @staticmethod
-    async def _site_control(con: Connection, site: str) -> tuple[SiteMode, int | None]:
-        row = await con.fetchrow(Q["site_control_get"], site)
-        return (SiteMode(row[0]), row[1]) if row else (SiteMode.OPEN, None)
 
     # --- firewalled sites: out-of-job staging ----------------------------------------------------
 

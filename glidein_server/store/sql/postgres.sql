@@ -510,6 +510,11 @@ INSERT INTO attempt_outcome_deltas SELECT site, outcome, sum(n) FROM gone GROUP 
 WITH gone AS (DELETE FROM label_count_deltas RETURNING *)
 INSERT INTO label_count_deltas SELECT key, value, owner, state, sum(n) FROM gone GROUP BY 1, 2, 3, 4 HAVING sum(n) != 0;
 
+-- name: sites_for_demand
+-- A demand read's sites in one statement: every site's shape and health, and the asking site's
+-- start failures and operator controls.
+SELECT name, shape, health, start_failures, last_failure_at, mode, max_cpus FROM sites;
+
 -- name: live_pilots_free
 SELECT free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s FROM pilots
 WHERE site = $1 AND state = 'running' AND last_seen >= $2;
@@ -517,15 +522,9 @@ WHERE site = $1 AND state = 'running' AND last_seen >= $2;
 -- name: site_health_all
 SELECT name, health FROM sites;
 
--- name: site_failures
-SELECT start_failures, last_failure_at FROM sites WHERE name = $1;
-
 -- name: site_failure_set
 INSERT INTO sites (name, pilot_failure) VALUES ($1, $2)
 ON CONFLICT (name) DO UPDATE SET pilot_failure = excluded.pilot_failure;
-
--- name: site_control_get
-SELECT mode, max_cpus FROM sites WHERE name = $1;
 
 -- name: site_mode_set
 INSERT INTO sites (name, mode) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET mode = excluded.mode;
