@@ -28,10 +28,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any
 
 import psutil
 
+from benchmarks.metrics_cost import metrics_cost, metrics_rows, scrape_in_background, server_cpu_per_scrape
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.schema import JobSpec, JobState, PilotShape, Role, Scope
 from glidein_server.server import Server, mint_token
@@ -60,74 +61,17 @@ async def bare_spawn(n: int, concurrency: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-#: A Prometheus stand-in, in its own process as Prometheus is (its CPU is not the server's): GET
-#: /metrics every argv[2] seconds (argv[3] times, or forever) on one kept-alive connection, as
-#: Prometheus scrapes, with the token read from stdin; it exits on any other answer than 200.
-SCRAPER = """
-import http.client, sys, time, urllib.parse
-token = sys.stdin.readline().strip()
-url = urllib.parse.urlsplit(sys.argv[1])
-headers = {"Authorization": "Bearer " + token}
-connection = http.client.HTTPConnection(url.hostname, url.port)
-times = int(sys.argv[3]) if len(sys.argv) > 3 else -1
-while times:
-    connection.request("GET", "/metrics", headers=headers)
-    answer = connection.getresponse()
-    answer.read()
-    if answer.status != 200:
-        sys.exit(f"the scrape got {answer.status}")
-    times -= 1
-    time.sleep(float(sys.argv[2]))
-"""
+def count_calls(obj: object, name: str) -> list[int]:
+    """Counts the calls of an async method of ``obj`` from now on (in ``[0]``)."""
+    calls = [0]
+    method = getattr(obj, name)
 
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return await method(*args, **kwargs)
 
-async def start_scraper(
-    url: str, token: str, interval_s: float, times: int | None = None
-) -> asyncio.subprocess.Process:
-    extra = [] if times is None else [str(times)]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", SCRAPER, url, str(interval_s), *extra, stdin=asyncio.subprocess.PIPE
-    )
-    assert proc.stdin is not None
-    proc.stdin.write(token.encode() + b"\n")
-    await proc.stdin.drain()
-    proc.stdin.close()
-    return proc
-
-
-async def scrape_in_background(url: str, token: str, interval_s: float, stack: contextlib.AsyncExitStack) -> None:
-    proc = await start_scraper(url, token, interval_s)
-
-    async def stop() -> None:
-        assert proc.returncode is None, f"the scraper stopped (exit {proc.returncode})"
-        proc.kill()
-        await proc.wait()
-
-    stack.push_async_callback(stop)
-
-
-async def server_cpu_per_scrape(n_jobs: int, tmp: Path, scrapes: int = 300) -> float:
-    """Server CPU (ms) of one scrape on one kept-alive connection, the server holding ``n_jobs`` idle
-    jobs, one site and its demand, and nothing else to do."""
-    state = StateDir(tmp / "scrape-server")
-    state.write(ServerSettings(port=0, insecure_http=True))  # loopback only
-    async with Server(str(state.root)) as srv:
-        token = await mint_token(srv.store, Role.OPERATOR, "prometheus", scopes=[Scope.METRICS])
-        site = await mint_token(srv.store, Role.SITE, "bench")
-        async with ApiClient(srv.url, site) as api:
-            await api.demand("bench", PilotShape(cpus=2, memory_mb=2048, disk_mb=10_000, walltime_s=3600))
-        user = await mint_token(srv.store, Role.USER, "bench")
-        async with ApiClient(srv.url, user) as api:
-            await api.submit([JobSpec(argv=["/bin/true"], memory_mb=100, disk_mb=1, walltime_s=60)] * n_jobs)
-        await asyncio.sleep(0.5)
-        idle0 = time.process_time()
-        await asyncio.sleep(1.0)  # what the idle server costs a second, taken off below
-        idle_ms_per_s = 1000 * (time.process_time() - idle0)
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        proc = await start_scraper(srv.url, token, 0.01, scrapes)  # 100/s, within the operator rate limit
-        assert await proc.wait() == 0, "the scraper failed"
-        wall, cpu_ms = time.perf_counter() - t0, 1000 * (time.process_time() - cpu0)
-    return max(0.0, cpu_ms - idle_ms_per_s * wall) / scrapes
+    setattr(obj, name, counted)
+    return calls
 
 
 async def through_pilot(
@@ -143,6 +87,7 @@ async def through_pilot(
             await scrape_in_background(srv.url, scraper, scrape_every_s, stack)
         user = await mint_token(srv.store, Role.USER, "bench")
         site = await mint_token(srv.store, Role.SITE, "bench")
+        syncs = count_calls(srv.store, "sync")  # the pilot's syncs: reports, claims, heartbeats
         async with ApiClient(srv.url, site) as api:
             await api.demand("bench", PilotShape(cpus=cpus, memory_mb=cpus * 1024, disk_mb=10_000, walltime_s=3600))
             grant = await api.new_pilot("bench")
@@ -182,7 +127,7 @@ async def through_pilot(
         try:
             async with ApiClient(srv.url, user) as api:
                 await asyncio.sleep(1.0)  # let the pilot start and long-poll, as a warm pilot would
-                t0, cpu0 = time.time(), time.process_time()
+                t0, cpu0, syncs0 = time.time(), time.process_time(), syncs[0]
                 ids = await api.submit(
                     [JobSpec(argv=["/bin/true"], memory_mb=100, disk_mb=1, walltime_s=60) for _ in range(n)]
                 )
@@ -196,7 +141,7 @@ async def through_pilot(
                     if counts.get("done", 0) + counts.get("failed", 0) >= n:
                         break
                     await asyncio.sleep(1.0)
-                server_cpu_s = time.process_time() - cpu0
+                server_cpu_s, n_syncs = time.process_time() - cpu0, syncs[0] - syncs0
                 jobs = [
                     j for offset in range(0, n, 1000) for j in (await api.list_jobs(limit=1000, offset=offset)).jobs
                 ]  # only these on this server
@@ -220,6 +165,8 @@ async def through_pilot(
         "failed": failed,
         "pilot_cpu_ms_per_job": 1000 * pilot_cpu_s / n,
         "server_cpu_ms_per_job": 1000 * server_cpu_s / n,
+        "syncs_per_job": n_syncs / n,
+        "server_cpu_ms_per_sync": 1000 * server_cpu_s / max(1, n_syncs),
     }
 
 
@@ -297,96 +244,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def _quartiles(values: list[float]) -> tuple[float, float, float]:
-    """Lower quartile, median and upper quartile (the median thrice for a single value)."""
-    if len(values) < 2:
-        return values[0], values[0], values[0]
-    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, median, q3
-
-
-def metrics_cost(
-    on: list[dict[str, float]], off: list[dict[str, float]], per_scrape_ms: float, scrape_every_s: float
-) -> dict[str, object]:
-    """The cost of metrics from paired runs (with, without; each pair back to back): for the rate
-    and for the server's CPU per job, each pair's relative cost, their median and interquartile
-    range. The server's CPU per job is the primary figure: other programs on the machine move
-    the rate by ±20 % from run to run and the CPU time by far less."""
-    rate_costs = [1 - a["rate_per_s"] / b["rate_per_s"] for a, b in zip(on, off, strict=True)]
-    cpu_costs = [a["server_cpu_ms_per_job"] / b["server_cpu_ms_per_job"] - 1 for a, b in zip(on, off, strict=True)]
-    rate_q1, rate_median, rate_q3 = _quartiles(rate_costs)
-    cpu_q1, cpu_median, cpu_q3 = _quartiles(cpu_costs)
-    rate_on = statistics.median(r["rate_per_s"] for r in on)
-    return {
-        "metrics_pairs": len(on),
-        "with_metrics_runs_per_s": [round(r["rate_per_s"], 1) for r in on],
-        "without_metrics_per_s": round(statistics.median(r["rate_per_s"] for r in off), 1),
-        "without_metrics_runs_per_s": [round(r["rate_per_s"], 1) for r in off],
-        "metrics_round_ratios": [round(1 - c, 3) for c in rate_costs],
-        "metrics_cost": round(rate_median, 4),
-        "metrics_cost_iqr": [round(rate_q1, 4), round(rate_q3, 4)],
-        "server_cpu_ms_per_job_with_metrics": round(statistics.median(r["server_cpu_ms_per_job"] for r in on), 4),
-        "server_cpu_ms_per_job_without_metrics": round(statistics.median(r["server_cpu_ms_per_job"] for r in off), 4),
-        "server_cpu_ms_per_job_with_metrics_runs": [round(r["server_cpu_ms_per_job"], 4) for r in on],
-        "server_cpu_ms_per_job_without_metrics_runs": [round(r["server_cpu_ms_per_job"], 4) for r in off],
-        "metrics_server_cpu_pair_costs": [round(c, 4) for c in cpu_costs],
-        "metrics_server_cpu_cost": round(cpu_median, 4),
-        "metrics_server_cpu_cost_iqr": [round(cpu_q1, 4), round(cpu_q3, 4)],
-        "server_cpu_ms_per_scrape": round(per_scrape_ms, 3),
-        # What the scrapes alone add per job at this interval and the measured rate.
-        "scrape_cpu_ms_per_job": round(per_scrape_ms / (scrape_every_s * rate_on), 4),
-        "target_metrics_cost": 0.05,
-        "metrics_primary_figure": "server CPU per job",
-        "metrics_target_met": cpu_median <= 0.05,
-        "metrics_target_met_at_upper_quartile": cpu_q3 <= 0.05,
-        "metrics_rate_target_met": rate_median <= 0.05,
-    }
-
-
-def _pct(value: object) -> str:
-    return f"{100 * float(str(value)):+.1f} %"
-
-
-def _metrics_rows(result: dict[str, object], scrape_every_s: float) -> list[tuple[str, str]]:
-    cpu_iqr = cast("list[float]", result["metrics_server_cpu_cost_iqr"])
-    rate_iqr = cast("list[float]", result["metrics_cost_iqr"])
-    cpu_costs = cast("list[float]", result["metrics_server_cpu_pair_costs"])
-    ratios = cast("list[float]", result["metrics_round_ratios"])
-    met = "met" if result["metrics_target_met"] else "NOT met"
-    sure = (
-        "the upper quartile too"
-        if result["metrics_target_met_at_upper_quartile"]
-        else "the upper quartile is not: not confirmed"
-    )
-    return [
-        (f"pairs with / without metrics, scraped every {scrape_every_s:g} s", str(result["metrics_pairs"])),
-        (
-            "rate with / without metrics (median)",
-            f"{result['glidein_per_s']:.0f} / {result['without_metrics_per_s']:.0f} jobs/s",
-        ),
-        ("rate with / without, per pair", " ".join(f"{r:.3f}" for r in ratios)),
-        (
-            "rate cost of metrics: median (IQR)",
-            f"{_pct(result['metrics_cost'])} ({_pct(rate_iqr[0])} to {_pct(rate_iqr[1])})",
-        ),
-        (
-            "server CPU per job with / without metrics (median)",
-            f"{result['server_cpu_ms_per_job_with_metrics']:.3f} / "
-            f"{result['server_cpu_ms_per_job_without_metrics']:.3f} ms",
-        ),
-        ("server CPU cost per pair", " ".join(_pct(c).replace(" ", "") for c in cpu_costs)),
-        (
-            "server CPU cost of metrics: median (IQR) [primary]",
-            f"{_pct(result['metrics_server_cpu_cost'])} ({_pct(cpu_iqr[0])} to {_pct(cpu_iqr[1])})",
-        ),
-        (
-            "server CPU per scrape (its share per job here)",
-            f"{result['server_cpu_ms_per_scrape']:.2f} ms ({result['scrape_cpu_ms_per_job']:.4f} ms)",
-        ),
-        ("metrics <= 5 % of server CPU per job", f"{met} by the median; {sure}"),
-    ]
-
-
 def _rows(result: dict[str, object], args: argparse.Namespace) -> list[tuple[str, str]]:
     rows = []
     if not args.metrics_only:
@@ -408,7 +265,7 @@ def _rows(result: dict[str, object], args: argparse.Namespace) -> list[tuple[str
                 f"{result['pilot_cpu_ms_per_job_no_isolation']:.2f} / {result['pilot_cpu_ms_per_job']:.2f} ms",
             ),
         ]
-    rows += _metrics_rows(result, args.scrape_every)
+    rows += metrics_rows(result, args.scrape_every)
     rows += [
         (f"submit of {args.jobs} jobs", f"{result['submit_s']:.2f} s"),
         ("first job done after submit", f"{result['first_done_s']:.3f} s"),
