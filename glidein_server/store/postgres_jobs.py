@@ -228,6 +228,7 @@ class PostgresJobs(PostgresTokens):
             jobs = {s: n for s, n in await con.fetch(Q["summary_jobs"], owner)}
             pilots = {s: n for s, n in await con.fetch(Q["summary_pilots"])}
             occ = await con.fetchrow(Q["summary_occupancy"])
+            in_use = {name: int(n) for name, n in await con.fetch(Q["sites_cpus_in_use"])}
             live: dict[str, dict[str, int]] = {}
             for site, state, n in await con.fetch(Q["summary_site_pilots"]):
                 live.setdefault(site, {})[state] = n
@@ -249,7 +250,7 @@ class PostgresJobs(PostgresTokens):
                         backoff_s=backoff,
                         mode=SiteMode(mode),
                         max_cpus=max_cpus,
-                        cpus_in_use=await con.fetchval(Q["site_cpus_in_use"], name),
+                        cpus_in_use=in_use.get(name, 0),
                         pilot_failure=pilot_failure,
                     )
                 )

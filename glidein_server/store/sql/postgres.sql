@@ -536,6 +536,11 @@ INSERT INTO sites (name, max_cpus) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE 
 SELECT COALESCE(SUM(j.cpus), 0) FROM attempts a JOIN jobs j ON j.id = a.job_id
 WHERE a.site = $1 AND a.state != 'ended';
 
+-- name: sites_cpus_in_use
+-- The cores each site's active attempts hold, every site in one statement (the summary's).
+SELECT a.site, sum(j.cpus)::bigint FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.state != 'ended' GROUP BY a.site;
+
 -- name: site_pilots_alive
 SELECT count(*) FROM pilots WHERE site = $1 AND state IN ('pending', 'running');
 
