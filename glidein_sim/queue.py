@@ -5,7 +5,7 @@ lifetime, in :func:`~glidein_server.policy.matchmaking.claim_order`. Here jobs o
 in one FIFO bucket (oldest id first), so a claim looks at a few buckets, not at every job. A
 claim with ``want = 0`` picks at most ``free cpus`` jobs, and jobs of one shape are taken in id
 order, so handing out only that many jobs per bucket gives ``select`` the same answer as the
-full list (a test checks this).
+full list (tests/unit/test_sim_queue.py checks this).
 """
 
 from __future__ import annotations

@@ -68,17 +68,18 @@ class SlotPool:
             self.free_gpus -= gpus
             alloc = Allocation(alloc.slots, chosen_gpus)
         live = self._live
-        live[alloc] = live.get(alloc, 0) + 1
+        if cpus or gpus:  # its slots and GPUs were free: no equal allocation is live
+            live[alloc] = 1
+        else:  # an empty one may be live many times
+            live[alloc] = live.get(alloc, 0) + 1
         return alloc
 
     def release(self, alloc: Allocation) -> None:
         """Give back an allocation; one that is not live (never made, or released) is a ValueError."""
-        live = self._live.get(alloc, 0)
+        live = self._live.pop(alloc, 0)
         if live <= 0:
             raise ValueError(f"{alloc} is not allocated from this pool; it was released already or never made.")
-        if live == 1:
-            del self._live[alloc]
-        else:
+        if live > 1:
             self._live[alloc] = live - 1
         slots, gpus = alloc
         self._free_mask |= _mask_of(slots)
