@@ -212,9 +212,15 @@ class SshServer:
         """Completed logins (key and code accepted)."""
         return len(re.findall(r"Accepted keyboard-interactive/pam for \S+ from", self.log_text()))
 
-    def failed_codes(self) -> int:
-        """One-time codes that PAM refused."""
-        return len(re.findall(r"Failed keyboard-interactive/pam for \S+ from", self.log_text()))
+    def failed_codes(self, *, at_least: int = 0) -> int:
+        """One-time codes that PAM refused. sshd may log a refusal just after the client has read it,
+        so a caller that expects ``at_least`` of them waits (up to 5 s) until that many are logged."""
+        deadline = time.monotonic() + 5.0
+        while True:
+            found = len(re.findall(r"Failed keyboard-interactive/pam for \S+ from", self.log_text()))
+            if found >= at_least or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
 
     def connections(self) -> int:
         """TCP connections that reached sshd (logins, failed logins and probes alike)."""

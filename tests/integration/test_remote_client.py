@@ -211,7 +211,7 @@ async def test_wrong_code_gives_a_clear_error_and_no_retry_storm(
     assert str(wrong) in errors[0]
     assert all("Not logging in to" in e for e in errors[1:]), errors
     # ... but the login node saw one login attempt with one code
-    assert (remote.connections(), remote.failed_codes(), remote.logins()) == (1, 1, 0)
+    assert (remote.connections(), remote.failed_codes(at_least=1), remote.logins()) == (1, 1, 0)
 
 
 async def test_daemon_keeps_one_login(
