@@ -22,12 +22,14 @@ from glidein_client.wire.schema import PilotShape
 from glidein_server.policy.fairshare import Shares
 from glidein_server.policy.retry import RetryPolicy
 from glidein_server.store import sqlfile
+from glidein_server.store.postgres_listener import Listener
 from glidein_server.store.postgres_statistics import Statistics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Q = sqlfile.load("postgres.sql")
 CHANNEL = "glidein_work"
+TOKENS_CHANNEL = "glidein_tokens"  # a trigger on the tokens table: the public id of a changed token
 RETRIES = 5
 if TYPE_CHECKING:
     Connection = asyncpg.Connection[asyncpg.Record]
@@ -62,7 +64,7 @@ class PostgresBase:
         self._runtime_ratio = (0.0, 1.0)  # (until, ratio): what jobs use of their walltime, learnt
         self._site_shapes: dict[str, PilotShape] = {}  # refreshed from the sites table on every demand read
         self._pool: Pool | None = None
-        self._listener: Connection | None = None
+        self._listener: Listener | None = None
         self._wake: Callable[[], None] | None = None
         self.statistics = Statistics()  # the jobs table's, refreshed after bulk submits
 
@@ -99,21 +101,31 @@ class PostgresBase:
         """Start listening for other replicas' notifications."""
         if self._listener is not None:
             return
-        self._listener = await asyncpg.connect(self.url)
-        await self._listener.add_listener(CHANNEL, self._notified)
+        listener = Listener(self.url, self._channels(), self._missed)
+        await listener.start()
+        self._listener = listener
 
-    def _notified(self, *_: Any) -> None:
+    def _channels(self) -> dict[str, Callable[[str], None]]:
+        """What to do with each channel's notifications (parts of the store add theirs)."""
+        return {CHANNEL: self._notified}
+
+    def _missed(self) -> None:
+        """Notifications may have been lost (the listening connection was opened or reopened)."""
+        self._notified("")
+
+    def _notified(self, _payload: str) -> None:
         if self._wake is not None:
             self._wake()
+
+    def _heard_within(self, seconds: float) -> bool:
+        """Whether every other replica's change committed more than ``seconds`` ago has been heard."""
+        return self._listener is not None and self._listener.heard_within(seconds)
 
     async def close(self) -> None:
         await self.statistics.close()
         if self._listener is not None:
             listener, self._listener = self._listener, None
-            try:
-                await listener.close(timeout=5)
-            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
-                listener.terminate()
+            await listener.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()

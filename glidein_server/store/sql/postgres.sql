@@ -308,6 +308,18 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- name: migration_11
+-- Each replica keeps the tokens it found valid in memory: any change to a token (a revocation, a
+-- renewal, a purge, by whichever replica or command) tells every replica which one to forget.
+CREATE OR REPLACE FUNCTION glidein_token_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('glidein_tokens', OLD.id);
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS tokens_changed ON tokens;
+CREATE TRIGGER tokens_changed AFTER UPDATE OR DELETE ON tokens
+FOR EACH ROW EXECUTE FUNCTION glidein_token_changed();
+
 -- name: schema_version_table
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
