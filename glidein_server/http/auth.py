@@ -45,7 +45,7 @@ class Authenticator:
     Revocations made through this server drop their cache entries at once (:meth:`forget`);
     a revocation made by another process (``glidein-server token revoke``, another replica) is
     seen within ``REVOKED_SEEN_S`` seconds: this cache's ``CACHE_S``, plus as long again for a
-    store that keeps found tokens in memory itself (SQLite).
+    store that keeps found tokens in memory itself (SQLite; PostgreSQL, whose replicas tell each other).
     """
 
     def __init__(self, store: Store) -> None:
