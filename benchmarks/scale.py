@@ -11,6 +11,11 @@ the same database, and fresh pilots claim first through one replica, then spread
 server runs as a real ``glidein-server serve`` process. Prints a table and writes
 benchmarks/results/scale.json; the targets are printed beside each figure, and the SQLite and
 PostgreSQL columns of one run compare the backends on the same machine and load.
+
+``--phases submit`` times the bulk submit alone (on PostgreSQL with the CPU of the database's own
+processes per job too). ``--against REF`` also runs the server as it was at git commit REF, and
+``--rounds N`` repeats both, alternating which goes first; the table then gives each figure's median
+over the rounds and ``scale.json`` every run.
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ import json
 import os
 import platform
 import socket
+import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +55,8 @@ from glidein_client.wire.schema import (
 from glidein_server.server import mint_token, open_store
 from glidein_server.settings import ServerSettings, StateDir
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
 CONCURRENCY = 32
 SHAPE = PilotShape(cpus=8, memory_mb=32_000, disk_mb=100_000, walltime_s=86_400)
 FREE = Resources(cpus=8, memory_mb=32_000, disk_mb=100_000)
@@ -99,13 +109,17 @@ async def pool(items: list[Any], fn: Callable[[Any], Awaitable[Any]], concurrenc
 
 
 @contextlib.asynccontextmanager
-async def serving(state: StateDir, log: Path) -> AsyncIterator[tuple[str, psutil.Process]]:
+async def serving(state: StateDir, log: Path, tree: Path | None = None) -> AsyncIterator[tuple[str, psutil.Process]]:
+    """A ``glidein-server serve`` process: this checkout's, or the one of the source ``tree``."""
     port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(tree)} if tree else None
     with open(log, "wb") as out:  # noqa: ASYNC230 - handed to the child
         proc = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "glidein_server.cli", "serve", "--dir", str(state.root), "--port", str(port)),
             stdout=out,
             stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            cwd=tree,
         )
     try:
         for _ in range(300):
@@ -136,6 +150,18 @@ def job_specs(n: int) -> list[JobSpec]:
 def cpu_s(proc: psutil.Process) -> float:
     t = proc.cpu_times()
     return float(t.user + t.system)
+
+
+def database_cpu_s(postmaster: psutil.Process | None) -> float:
+    """The CPU seconds of a PostgreSQL cluster: its postmaster, live processes and those already ended."""
+    if postmaster is None:
+        return 0.0
+    t = postmaster.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in postmaster.children():
+        with contextlib.suppress(psutil.Error):
+            total += cpu_s(child)
+    return float(total)
 
 
 class Fleet:
@@ -191,7 +217,14 @@ class Fleet:
         return finished, time.perf_counter() - t0
 
 
-async def run_backend(name: str, database: str, jobs: int, tmp: Path, replicas: bool) -> dict[str, float]:
+class Run:
+    """One run's setting: which phases, the server's source tree (None: this checkout), its database cluster."""
+
+    def __init__(self, phases: str, tree: Path | None, postmaster: psutil.Process | None) -> None:
+        self.phases, self.tree, self.postmaster = phases, tree, postmaster
+
+
+async def run_backend(name: str, database: str, jobs: int, tmp: Path, replicas: bool, how: Run) -> dict[str, float]:
     state = StateDir(tmp / name)
     state.write(
         ServerSettings(
@@ -209,14 +242,19 @@ async def run_backend(name: str, database: str, jobs: int, tmp: Path, replicas: 
     site = await mint_token(store, Role.SITE, "bench")
     await store.close()
     r: dict[str, float] = {}
-    async with serving(state, tmp / f"{name}.log") as (url, server):
+    async with serving(state, tmp / f"{name}.log", how.tree) as (url, server):
         async with ApiClient(url, user) as api:
             specs = job_specs(jobs)
-            t0, c0 = time.perf_counter(), cpu_s(server)
+            t0, c0, d0 = time.perf_counter(), cpu_s(server), database_cpu_s(how.postmaster)
             for i in range(0, jobs, MAX_JOBS_PER_REQUEST):
                 await api.submit(specs[i : i + MAX_JOBS_PER_REQUEST])
             r["submit_jobs_per_s"] = round(jobs / (time.perf_counter() - t0))
             r["server_cpu_us_per_submitted_job"] = round(1e6 * (cpu_s(server) - c0) / jobs, 1)
+            if how.postmaster is not None:
+                r["database_cpu_us_per_submitted_job"] = round(1e6 * (database_cpu_s(how.postmaster) - d0) / jobs, 1)
+        if how.phases == "submit":
+            r["load_avg_1m"] = round(os.getloadavg()[0], 1)
+            return r
         async with ApiClient(url, site) as sapi:
             r["demand_p99_ms"] = p99_ms(await timed(200, lambda: sapi.demand("bench", SHAPE)))
             fleet = await Fleet.start(sapi, [url], max(32, min(6250, jobs // 16)))
@@ -241,15 +279,18 @@ async def run_backend(name: str, database: str, jobs: int, tmp: Path, replicas: 
             r["label_filter_p99_ms"] = p99_ms(await timed(20, lambda: api.list_jobs(label="dataset=ds7", limit=100)))
         r["server_rss_mb"] = round(server.memory_info().rss / 2**20)
         if replicas:
-            r.update(await replica_claims(state, tmp, url, site, min(512, max(32, jobs // 64))))
+            r.update(await replica_claims(state, tmp, url, site, min(512, max(32, jobs // 64)), how.tree))
     r["database_mb"] = round(await database_mb(state, database), 1)
+    r["load_avg_1m"] = round(os.getloadavg()[0], 1)
     return r
 
 
-async def replica_claims(state: StateDir, tmp: Path, url: str, site: str, pilots: int) -> dict[str, float]:
+async def replica_claims(
+    state: StateDir, tmp: Path, url: str, site: str, pilots: int, tree: Path | None
+) -> dict[str, float]:
     """The claim rate of fresh pilots on one replica, then of as many spread over two, in one run."""
     out: dict[str, float] = {}
-    async with serving(state, tmp / "replica2.log") as (url2, _), ApiClient(url, site) as sapi:
+    async with serving(state, tmp / "replica2.log", tree) as (url2, _), ApiClient(url, site) as sapi:
         for key, urls in (("one_replica_claim_jobs_per_s", [url]), ("two_replicas_claim_jobs_per_s", [url, url2])):
             fleet = await Fleet.start(sapi, urls, pilots)
             try:
@@ -285,29 +326,61 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="glidein-scale-") as tmp:
-        if "sqlite" in args.backends:
-            results["sqlite"] = await run_backend("sqlite", "glidein.db", args.jobs, Path(tmp), False)
-        if "postgres" in args.backends:
-            if args.postgres:
-                results["postgres"] = await run_backend("postgres", args.postgres, args.jobs, Path(tmp), True)
-            else:
-                sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: ASYNC240
-                from tests.infra.postgres import running_postgres
+def export(ref: str, into: Path) -> Path:
+    """The source tree of git commit ``ref``, unpacked under ``into``."""
+    data = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=BytesIO(data)) as tar:
+        tar.extractall(into, filter="data")
+    return into
 
-                with running_postgres() as pg:
-                    pg.run("createdb", "scale")
-                    results["postgres"] = await run_backend("postgres", pg.url("scale"), args.jobs, Path(tmp), True)
+
+def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    keys = dict.fromkeys(k for r in runs for k in r)
+    return {k: round(statistics.median(r[k] for r in runs if k in r), 1) for k in keys}
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, float]]] = {}
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="glidein-scale-")))
+        variants: list[tuple[str, Path | None]] = [("", None)]
+        if args.against:
+            variants.append((f"@{args.against}", export(args.against, tmp / "ref")))
+        pg, postmaster = None, None
+        if "postgres" in args.backends and not args.postgres:
+            sys.path.insert(0, str(ROOT))
+            from tests.infra.postgres import running_postgres
+
+            pg = stack.enter_context(running_postgres())
+            postmaster = psutil.Process(int((pg.root / "data" / "postmaster.pid").read_text().split()[0]))
+        n = 0
+        for round_ in range(args.rounds):
+            for suffix, tree in variants if round_ % 2 == 0 else variants[::-1]:
+                for backend in args.backends:
+                    n += 1
+                    run_dir = tmp / f"run{n}"
+                    how = Run(args.phases, tree, postmaster if backend == "postgres" else None)
+                    if backend == "sqlite":
+                        r = await run_backend("sqlite", "glidein.db", args.jobs, run_dir, False, how)
+                    elif args.postgres:
+                        r = await run_backend("postgres", args.postgres, args.jobs, run_dir, True, how)
+                    else:
+                        assert pg is not None
+                        pg.run("createdb", f"scale{n}")
+                        r = await run_backend("postgres", pg.url(f"scale{n}"), args.jobs, run_dir, True, how)
+                        pg.run("dropdb", f"scale{n}")
+                    runs.setdefault(backend + suffix, []).append(r)
     return {
         "jobs": args.jobs,
+        "phases": args.phases,
+        "against": args.against,
         "machine": {
             "cpus": os.cpu_count(),
             "load_avg_at_end": os.getloadavg(),
             "python": platform.python_version(),
         },
-        "results": results,
+        "results": {name: medians(rs) for name, rs in runs.items()},
+        "runs": runs,
     }
 
 
@@ -316,7 +389,12 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1_000_000, help="idle jobs to queue (CI smoke test: 20000)")
     p.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     p.add_argument("--postgres", help="postgresql:// URL of an empty database (default: start a throw-away one)")
+    p.add_argument("--phases", choices=("all", "submit"), default="all", help="submit: the bulk submit alone")
+    p.add_argument("--against", metavar="REF", help="also run the server as it was at this git commit")
+    p.add_argument("--rounds", type=int, default=1, help="runs of each (alternating with --against); medians")
     args = p.parse_args()
+    if args.postgres and (args.rounds > 1 or args.against):
+        p.error("--postgres URL takes one run: each run needs an empty database")
     args.backends = args.backends.split(",")
     out = asyncio.run(main_async(args))
     print(table(out["results"]))
