@@ -24,6 +24,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 IDS_PER_REQUEST = 500
+PAGE_SIZE = 1000  # jobs per page of a listing
 #: How long ``status``, ``wait`` and ``fetch`` keep trying a server that is not answering (a restart).
 RIDE_OUT_S = 120.0
 MAX_RETRY_S = 10.0
@@ -86,12 +87,47 @@ async def list_all(api: ApiClient, *, state: str | None, label: str | Sequence[s
     """Page through every matching job; ``counts`` is the server's count over all of them."""
     jobs: list[JobView] = []
     counts: dict[str, int] = {}
+    async for page in pages(api, state=state, label=label):
+        counts = counts or dict(page.counts)
+        jobs.extend(page.jobs)
+    return JobList(jobs=jobs, counts=counts)
+
+
+async def pages(
+    api: ApiClient,
+    *,
+    state: str | None,
+    label: str | Sequence[str] | None,
+    newest_first: bool = False,
+    size: int = PAGE_SIZE,
+) -> AsyncIterator[JobList]:
+    """The matching jobs page by page, each page asked past the last id of the one before (keyset
+    paging: every page costs the server what the first does, and no job is skipped or listed twice
+    while jobs change state between pages). The first page carries the counts. A server that does
+    not know ``after`` (it answers the first page again) is paged by offset instead."""
+    after: int | None = None
+    listed = 0
+    keyset = True
     while True:
-        got = await api.list_jobs(state=state, label=label, limit=1000, offset=len(jobs))
-        counts = counts or dict(got.counts)
-        jobs.extend(got.jobs)
-        if len(got.jobs) < 1000:
-            return JobList(jobs=jobs, counts=counts)
+        if keyset:
+            page = await api.list_jobs(
+                state=state, label=label, limit=size, after=after, newest_first=newest_first, counts=after is None
+            )
+            if after is not None and page.jobs and not _past(page.jobs[0].id, after, newest_first):
+                keyset = False  # a server from before keyset paging: this page again, by offset
+                continue
+        else:
+            page = await api.list_jobs(state=state, label=label, limit=size, offset=listed, newest_first=newest_first)
+            page.counts = {}
+        yield page
+        listed += len(page.jobs)
+        if len(page.jobs) < size:
+            return
+        after = page.jobs[-1].id
+
+
+def _past(job_id: int, after: int, newest_first: bool) -> bool:
+    return job_id < after if newest_first else job_id > after
 
 
 def require_found(ids: Sequence[int], jobs: Sequence[JobView]) -> None:

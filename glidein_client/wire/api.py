@@ -228,9 +228,15 @@ class ApiClient:
         ids: list[int] | None = None,
         limit: int = 1000,
         offset: int = 0,
+        after: int | None = None,
+        newest_first: bool = False,
+        counts: bool = True,
     ) -> JobList:
-        """``label``: ``k=v``, or several that the jobs must all carry."""
-        params = [("limit", str(limit)), ("offset", str(offset))]
+        """``label``: ``k=v``, or several that the jobs must all carry. ``after``: the last id of the
+        previous page (keyset paging, newest first too); ``counts=False`` leaves the counts out."""
+        params = [("limit", str(limit))] + [("offset", str(offset))] * bool(offset)
+        params += [("after", str(after))] * (after is not None) + [("order", "desc")] * newest_first
+        params += [("counts", "0")] * (not counts)
         if state:
             params.append(("state", state))
         if owner:

@@ -42,7 +42,17 @@ from glidein_server.http.job_actions import JobActionsApi
 from glidein_server.http.openapi import document
 from glidein_server.http.pilot_news import PilotNews
 from glidein_server.http.pilot_tokens import PilotTokens
-from glidein_server.http.routing import API, Guard, Route, error_middleware, json_response, parse_int, parse_sha
+from glidein_server.http.routing import (
+    API,
+    Guard,
+    Route,
+    error_middleware,
+    json_response,
+    parse_choice,
+    parse_count,
+    parse_int,
+    parse_sha,
+)
 from glidein_server.http.staging import StagingApi
 from glidein_server.metrics import Metrics, MetricsConfig
 from glidein_server.store.base import JobFilter, Principal, Store
@@ -107,8 +117,10 @@ class Api:
                 "GET",
                 "/jobs",
                 self.list_jobs,
-                "List jobs; filters: state, owner (operator), label=key=value (repeatable: all must match), ids=1,2,3, "
-                "limit, offset.",
+                "List jobs in id order; filters: state, owner (operator), label=key=value (repeatable: all must "
+                "match), ids=1,2,3; limit; after=ID (the last id of the previous page: the next page costs what "
+                "the first does), order=desc (newest first; after then means older), counts=0 (no counts per "
+                "state, for later pages), offset (deep offsets are slow: page with after).",
                 (U, OP),
                 None,
                 JobList,
@@ -301,13 +313,17 @@ class Api:
                 raise ValidationError("label filter must look like key=value.", field="label")
             labels.append((key, value))
         ids = tuple(parse_int(x, "ids") for x in q["ids"].split(",") if x) if q.get("ids") else None
+        after = q.get("after")
         flt = JobFilter(
             owner=owner,
             state=q.get("state"),
             labels=tuple(labels),
             ids=ids,
-            limit=min(parse_int(q.get("limit", "1000"), "limit"), 10_000),
-            offset=parse_int(q.get("offset", "0"), "offset"),
+            limit=min(parse_count(q.get("limit", "1000"), "limit"), 10_000),
+            offset=parse_count(q.get("offset", "0"), "offset"),
+            after=None if after is None else parse_int(after, "after"),
+            newest_first=parse_choice(q, "order", ("asc", "desc")) == "desc",
+            counts=parse_choice(q, "counts", ("1", "0")) == "1",
         )
         jobs, counts = await self.store.list_jobs(flt)
         return json_response(JobList(jobs=jobs, counts=counts))

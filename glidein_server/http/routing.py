@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,22 @@ def parse_int(text: str, what: str) -> int:
         raise ValidationError(f"{what}: {text!r} is not a whole number.", field=what) from None
     if not -MAX_INT - 1 <= value <= MAX_INT:
         raise ValidationError(f"{what}: {text} is too large.", field=what)
+    return value
+
+
+def parse_count(text: str, what: str) -> int:
+    """A whole number of 0 or more from a query parameter (a limit, an offset)."""
+    value = parse_int(text, what)
+    if value < 0:
+        raise ValidationError(f"{what} must be 0 or more, not {value}.", field=what)
+    return value
+
+
+def parse_choice(query: Mapping[str, str], name: str, allowed: tuple[str, str]) -> str:
+    """A query parameter that is one of ``allowed`` (the first when absent)."""
+    value = query.get(name, allowed[0])
+    if value not in allowed:
+        raise ValidationError(f"{name} must be {' or '.join(allowed)}, not {value!r}.", field=name)
     return value
 
 

@@ -57,6 +57,11 @@ class JobFilter:
     limit: int = 1000
     offset: int = 0
     labels: tuple[tuple[str, str], ...] = ()  # more labels the jobs must all carry (AND, with ``label``)
+    #: Keyset paging: only jobs past this id in the page's order (the last id of the previous page),
+    #: so that the next page costs what the first does, however deep the listing is.
+    after: int | None = None
+    newest_first: bool = False  # the page in descending id order (``after`` then means older)
+    counts: bool = True  # False: no counts per state (a later page of a listing already has them)
 
     @property
     def all_labels(self) -> tuple[tuple[str, str], ...]:
@@ -139,7 +144,9 @@ class JobStore(Protocol):
         ...
 
     async def list_jobs(self, flt: JobFilter) -> tuple[list[JobView], dict[str, int]]:
-        """One page of jobs matching ``flt`` (by id) and the count per state of all that match (state aside)."""
+        """One page of jobs matching ``flt`` (by id, ascending unless ``newest_first``; past ``after`` when
+        set, then ``offset`` skipped) and the count per state of all that match (state, ``after`` and
+        ``offset`` aside; empty when ``flt.counts`` is False)."""
         ...
 
     async def get_job(self, job_id: int) -> JobView | None:

@@ -129,9 +129,12 @@ class PostgresJobs(PostgresTokens):
         if flt.ids is not None:
             where.append(("job_where_ids", list(flt.ids)))
         page = [*where, ("job_where_state", flt.state)] if flt.state else where
+        if flt.after is not None:
+            page = [*page, ("job_where_before" if flt.newest_first else "job_where_after", flt.after)]
         page_sql, page_args = _conditions("job_page", page)
         n = len(page_args)
-        page_sql = page_sql.replace("{limit}", f"${n + 1}").replace("{offset}", f"${n + 2}")
+        order = "DESC" if flt.newest_first else "ASC"
+        page_sql = page_sql.replace("{limit}", f"${n + 1}").replace("{offset}", f"${n + 2}").replace("{order}", order)
 
         async def read(con: Connection) -> tuple[list[JobView], dict[str, int]]:
             # Planned afresh for each call when labels filter: a plan made for a common label (scan
@@ -139,16 +142,21 @@ class PostgresJobs(PostgresTokens):
             stmt = await con.prepare(page_sql) if labels else None
             args = (*page_args, flt.limit, flt.offset)
             rows = await (stmt.fetch(*args) if stmt is not None else con.fetch(page_sql, *args))
-            if flt.ids is not None or len(labels) > 1:
-                counts = {s: n for s, n in await con.fetch(*_conditions_args("job_counts", where))}
-            elif labels:  # one label: from the running aggregate, not a count of the jobs
-                [(key, value)] = labels.items()
-                counts = {s: n for s, n in await con.fetch(Q["label_counts"], key, value, flt.owner)}
-            else:
-                counts = {s: n for s, n in await con.fetch(Q["summary_jobs"], flt.owner)}
-            return await self._with_history(con, await self._job_views(con, rows)), counts
+            views = await self._with_history(con, await self._job_views(con, rows))
+            return views, await self._list_counts(con, flt, labels, where) if flt.counts else {}
 
         return await self._read(read)
+
+    @staticmethod
+    async def _list_counts(
+        con: Connection, flt: JobFilter, labels: dict[str, str], where: list[tuple[str, Any]]
+    ) -> dict[str, int]:
+        if flt.ids is not None or len(labels) > 1:
+            return {s: n for s, n in await con.fetch(*_conditions_args("job_counts", where))}
+        if labels:  # one label: from the running aggregate, not a count of the jobs
+            [(key, value)] = labels.items()
+            return {s: n for s, n in await con.fetch(Q["label_counts"], key, value, flt.owner)}
+        return {s: n for s, n in await con.fetch(Q["summary_jobs"], flt.owner)}
 
     async def get_job(self, job_id: int) -> JobView | None:
         return await self._read(self._read_job, job_id)

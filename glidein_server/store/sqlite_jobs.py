@@ -104,26 +104,31 @@ class SqliteJobs(SqliteSites):
         page_where, page_args = where, args
         if flt.state:
             page_where, page_args = [*where, Q["job_where_state"]], [*args, flt.state]
+        past = ("before" if flt.newest_first else "after") if flt.after is not None else None
+        keyset = [flt.after] if flt.after is not None else []
+        order = "DESC" if flt.newest_first else "ASC"
         labels = flt.all_labels
 
         def read(db: sqlite3.Connection) -> tuple[list[JobView], dict[str, int]]:
             counts_args: list[Any]
             if labels:  # walk the rarest label's index in id order, the others looked up per job
                 ordered = sorted(labels, key=lambda kv: db.execute(Q["label_total"], kv).fetchone()[0])
-                page_sql, first = _labelled("job_page_labelled", ordered, page_where)
-                counts_sql, counts_args = _labelled("job_counts_labelled", ordered, where)
-                page_args_all = [*first, *page_args, flt.limit, flt.offset]
+                walked = [*page_where, Q[f"label_where_{past}"]] if past else page_where
+                page_sql, first = _labelled("job_page_labelled", ordered, walked, order)
+                counts_sql, counts_args = _labelled("job_counts_labelled", ordered, where, order)
+                page_args_all = [*first, *page_args, *keyset, flt.limit, flt.offset]
                 counts_args = [*counts_args, *args]
                 if len(labels) == 1 and flt.ids is None:  # from the counts kept by label
                     counts_sql, counts_args = Q["label_counts_of"], [*labels[0], flt.owner, flt.owner]
             else:
-                page_sql = Q["job_page"].format(where=" AND ".join(page_where) or "1")
-                page_args_all = [*page_args, flt.limit, flt.offset]
+                walked = [*page_where, Q[f"job_where_{past}"]] if past else page_where
+                page_sql = Q["job_page"].format(where=" AND ".join(walked) or "1", order=order)
+                page_args_all = [*page_args, *keyset, flt.limit, flt.offset]
                 counts_sql, counts_args = Q["job_counts"].format(where=" AND ".join(where) or "1"), args
                 if flt.ids is None:  # from the running aggregate, not a count of the jobs
                     counts_sql, counts_args = Q["job_counts_of"], [flt.owner, flt.owner]
             rows = db.execute(page_sql, page_args_all).fetchall()
-            counts = dict(db.execute(counts_sql, counts_args).fetchall())
+            counts = dict(db.execute(counts_sql, counts_args).fetchall()) if flt.counts else {}
             return _with_history(db, [self._job_view(db, r) for r in rows]), counts
 
         return await self._read(read, self._conn)
@@ -181,9 +186,9 @@ def _with_history(db: sqlite3.Connection, views: list[JobView]) -> list[JobView]
     return with_history(views, events)
 
 
-def _labelled(block: str, labels: Sequence[tuple[str, str]], where: list[str]) -> tuple[str, list[str]]:
-    """SQL block ``block`` over the jobs carrying every label, the first label's index walked; with the
-    arguments of its labels (those of ``where`` follow)."""
+def _labelled(block: str, labels: Sequence[tuple[str, str]], where: list[str], order: str) -> tuple[str, list[str]]:
+    """SQL block ``block`` over the jobs carrying every label, the first label's index walked in
+    ``order``; with the arguments of its labels (those of ``where`` follow)."""
     joins = " ".join(Q["job_join_label"].format(n=i) for i in range(1, len(labels)))
-    sql = Q[block].format(labels=joins, where=" AND ".join(where) or "1")
+    sql = Q[block].format(labels=joins, where=" AND ".join(where) or "1", order=order)
     return sql, [x for label in (*labels[1:], labels[0]) for x in label]

@@ -322,9 +322,20 @@ class FakeListing:
         ]
 
     async def list_jobs(
-        self, *, state: str | None = None, label: str | None = None, limit: int = 1000, offset: int = 0
+        self,
+        *,
+        state: str | None = None,
+        label: str | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+        after: int | None = None,
+        newest_first: bool = False,
+        counts: bool = True,
     ) -> JobList:
-        return JobList(jobs=self.jobs[offset : offset + limit], counts={"idle": len(self.jobs)})
+        jobs = self.jobs[::-1] if newest_first else self.jobs
+        if after is not None:
+            jobs = [j for j in jobs if (j.id < after if newest_first else j.id > after)]
+        return JobList(jobs=jobs[offset : offset + limit], counts={"idle": len(self.jobs)} if counts else {})
 
 
 @pytest.mark.parametrize(("flags", "first", "shown"), [([], 71, 50), (["--all"], 1, 120), (["--json"], 1, 120)])

@@ -400,11 +400,12 @@ FROM jobs j WHERE j.id = $1;
 
 -- name: job_page
 -- {where}: the filter's conditions (job_where_*), so that each combination is planned for itself;
--- {limit} and {offset}: the numbers of their parameters.
+-- {limit} and {offset}: the numbers of their parameters; {order}: ASC or DESC. Keyset paging
+-- (job_where_after/before) starts a page past the previous page's last id.
 SELECT j.id, j.owner, j.state, j.spec::text, j.retries_used, j.attempts, j.submitted_at, j.finished_at, j.exit_code,
        j.reason, j.site, j.result_attempt
 FROM jobs j WHERE {where}
-ORDER BY j.id LIMIT {limit} OFFSET {offset};
+ORDER BY j.id {order} LIMIT {limit} OFFSET {offset};
 
 -- name: job_counts
 SELECT j.state, count(*) FROM jobs j WHERE {where} GROUP BY j.state;
@@ -420,6 +421,12 @@ j.id = ANY(${n}::bigint[])
 
 -- name: job_where_state
 j.state = ${n}::text
+
+-- name: job_where_after
+j.id > ${n}::bigint
+
+-- name: job_where_before
+j.id < ${n}::bigint
 
 -- name: label_counts
 -- The job list's counts under one label filter, from the running aggregate.

@@ -453,11 +453,12 @@ SELECT j.id, j.owner, j.state, j.spec, j.retries_used, j.attempts, j.submitted_a
        j.reason, j.site, j.result_attempt
 FROM jobs j WHERE j.id = ?;
 
--- The job list is composed: `{where}` becomes the filters below joined by AND (or 1).
+-- The job list is composed: `{where}` becomes the filters below joined by AND (or 1); `{order}` is ASC
+-- or DESC. Keyset paging (job_where_after/before) starts a page past the previous page's last id.
 -- name: job_page
 SELECT j.id, j.owner, j.state, j.spec, j.retries_used, j.attempts, j.submitted_at, j.finished_at, j.exit_code,
        j.reason, j.site, j.result_attempt
-FROM jobs j WHERE {where} ORDER BY j.id LIMIT ? OFFSET ?;
+FROM jobs j WHERE {where} ORDER BY j.id {order} LIMIT ? OFFSET ?;
 
 -- name: job_page_labelled
 -- A label-filtered page walks the first label's index in id order (the caller puts the rarest label
@@ -465,7 +466,7 @@ FROM jobs j WHERE {where} ORDER BY j.id LIMIT ? OFFSET ?;
 SELECT j.id, j.owner, j.state, j.spec, j.retries_used, j.attempts, j.submitted_at, j.finished_at, j.exit_code,
        j.reason, j.site, j.result_attempt
 FROM job_labels l0 {labels} JOIN jobs j ON j.id = l0.job_id
-WHERE l0.key = ? AND l0.value = ? AND {where} ORDER BY l0.job_id LIMIT ? OFFSET ?;
+WHERE l0.key = ? AND l0.value = ? AND {where} ORDER BY l0.job_id {order} LIMIT ? OFFSET ?;
 
 -- name: job_counts_labelled
 SELECT j.state, count(*) FROM job_labels l0 {labels} JOIN jobs j ON j.id = l0.job_id
@@ -488,6 +489,18 @@ j.id IN (SELECT value FROM json_each(?))
 
 -- name: job_where_state
 j.state = ?
+
+-- name: job_where_after
+j.id > ?
+
+-- name: job_where_before
+j.id < ?
+
+-- name: label_where_after
+l0.job_id > ?
+
+-- name: label_where_before
+l0.job_id < ?
 
 -- name: job_state
 SELECT state FROM jobs WHERE id = ?;
