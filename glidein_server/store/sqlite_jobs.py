@@ -12,6 +12,7 @@ import msgspec
 from glidein_client.wire.errors import NotFoundError
 from glidein_client.wire.schema import AttemptView, JobSpec, JobState, JobView, OutputFile, Role
 from glidein_server.policy import demand as dm
+from glidein_server.store.added import added
 from glidein_server.store.base import JobFilter, Principal
 from glidein_server.store.history import events_by_job, with_history
 from glidein_server.store.sqlite_base import Q
@@ -23,29 +24,40 @@ spec_encoder = msgspec.json.Encoder()
 
 class SqliteJobs(SqliteSites):
     async def add_jobs(self, owner: str, specs: Sequence[JobSpec], now: float) -> list[int]:
-        rows = [
-            (
-                owner,
-                spec_encoder.encode(s),
-                s.cpus,
-                s.memory_mb,
-                s.gpus,
-                s.disk_mb,
-                s.walltime_s,
-                sites_key(s.sites),
-                s.priority,
-                s.max_retries,
-                now,
-            )
-            for s in specs
-        ]
+        groups = added(specs)
+        shapes = [(*shape, n) for shape, n in groups.shapes.items()]
+        counts = [(owner, multicore, n) for multicore, n in groups.multicore.items()]
+        labels = [(key, value, owner, n) for (key, value), n in groups.labels.items()]
 
         def tx(db: sqlite3.Connection) -> list[int]:
-            before = db.execute(Q["jobs_max_id"]).fetchone()[0]
-            db.executemany(Q["job_insert"], rows)
-            for counted in ("jobs_added_shapes", "jobs_added_counts", "jobs_added_labels", "jobs_added_label_counts"):
-                db.execute(Q[counted], (before,))
-            return [r[0] for r in db.execute(Q["jobs_since"], (before,))]
+            # The writer holds the database: the new jobs take the ids SQLite would give them.
+            first = db.execute(Q["jobs_max_id"]).fetchone()[0] + 1
+            db.executemany(
+                Q["job_insert"],
+                [
+                    (
+                        first + i,
+                        owner,
+                        spec_encoder.encode(s),
+                        s.cpus,
+                        s.memory_mb,
+                        s.gpus,
+                        s.disk_mb,
+                        s.walltime_s,
+                        sites_key(s.sites),
+                        s.priority,
+                        s.max_retries,
+                        now,
+                    )
+                    for i, s in enumerate(specs)
+                ],
+            )
+            if labels:
+                db.execute(Q["jobs_added_labels"], (first - 1,))
+                db.executemany(Q["label_counts_add"], labels)
+            db.executemany(Q["idle_shapes_add"], shapes)
+            db.executemany(Q["job_counts_add"], counts)
+            return list(range(first, first + len(specs)))
 
         return await self._tx(tx)
 

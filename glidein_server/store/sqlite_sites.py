@@ -14,15 +14,11 @@ from glidein_client.wire.staging import Network, StagingJob, StagingView
 from glidein_server.policy import demand as dm
 from glidein_server.policy import site_control
 from glidein_server.policy.lifecycle import site_backoff
+from glidein_server.store.added import sites_key as sites_key
 from glidein_server.store.sqlite_base import Q
 from glidein_server.store.sqlite_tokens import SqliteTokens
 
 spec_decoder = msgspec.json.Decoder(JobSpec)
-
-
-def sites_key(sites: Sequence[str] | None) -> str:
-    """How a job's allowed sites are stored: '' for any site, else ',a,b,' (searched with instr)."""
-    return "" if not sites else "," + ",".join(sorted(set(sites))) + ","
 
 
 def sites_from_key(key: str) -> frozenset[str] | None:

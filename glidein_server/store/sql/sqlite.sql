@@ -211,9 +211,9 @@ SELECT secret FROM totp WHERE subject = ?;
 UPDATE totp SET last_step = ? WHERE subject = ? AND last_step < ?;
 
 -- name: job_insert
-INSERT INTO jobs (owner, state, spec, cpus, memory_mb, gpus, disk_mb, walltime_s, sites, priority,
+INSERT INTO jobs (id, owner, state, spec, cpus, memory_mb, gpus, disk_mb, walltime_s, sites, priority,
                   max_retries, submitted_at)
-VALUES (?, 'idle', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+VALUES (?, ?, 'idle', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
 -- name: idle_owners
 -- The users with idle jobs: one index seek per user (a skip scan), not a scan of the idle jobs.
@@ -415,30 +415,23 @@ LIMIT 1;
 -- name: jobs_max_id
 SELECT coalesce(max(id), 0) FROM jobs;
 
--- name: jobs_since
-SELECT id FROM jobs WHERE id > ? ORDER BY id;
-
--- A submit counts its jobs into the running aggregates in one statement each (the jobs past ?).
--- name: jobs_added_shapes
-INSERT INTO idle_shapes (cpus, memory_mb, gpus, disk_mb, walltime_s, sites, n)
-SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites, count(*) FROM jobs WHERE id > ? AND state = 'idle'
-GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites
+-- A submit counts its jobs into the running aggregates with one row per group, worked out from
+-- its specs (glidein_server.store.added), and files their labels with one statement (the jobs past ?).
+-- name: idle_shapes_add
+INSERT INTO idle_shapes (cpus, memory_mb, gpus, disk_mb, walltime_s, sites, n) VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT DO UPDATE SET n = n + excluded.n;
 
--- name: jobs_added_counts
-INSERT INTO job_counts (owner, state, multicore, n)
-SELECT owner, state, cpus > 1, count(*) FROM jobs WHERE id > ? GROUP BY 1, 2, 3
+-- name: job_counts_add
+INSERT INTO job_counts (owner, state, multicore, n) VALUES (?, 'idle', ?, ?)
+ON CONFLICT DO UPDATE SET n = n + excluded.n;
+
+-- name: label_counts_add
+INSERT INTO label_counts (key, value, owner, state, n) VALUES (?, ?, ?, 'idle', ?)
 ON CONFLICT DO UPDATE SET n = n + excluded.n;
 
 -- name: jobs_added_labels
 INSERT INTO job_labels (key, value, job_id)
 SELECT l.key, l.value, j.id FROM jobs j, json_each(j.spec, '$.labels') l WHERE j.id > ?;
-
--- name: jobs_added_label_counts
-INSERT INTO label_counts (key, value, owner, state, n)
-SELECT l.key, l.value, j.owner, j.state, count(*) FROM jobs j, json_each(j.spec, '$.labels') l WHERE j.id > ?
-GROUP BY 1, 2, 3, 4
-ON CONFLICT DO UPDATE SET n = n + excluded.n;
 
 -- name: label_counts_of
 -- The job list's counts under one label filter (?: key, value, owner or NULL twice), from the kept counts.
