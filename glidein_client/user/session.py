@@ -83,6 +83,16 @@ async def jobs_by_ids(
     return JobList(jobs=jobs, counts=counts or render.count_states(jobs))
 
 
+async def counts_of_ids(api: ApiClient, ids: Sequence[int]) -> dict[str, int]:
+    """The count per state of the jobs among ``ids``, without the jobs themselves."""
+    chunks = [list(ids[i : i + IDS_PER_REQUEST]) for i in range(0, len(ids), IDS_PER_REQUEST)]
+    counts: dict[str, int] = {}
+    for page in await bounded(4, lambda chunk: api.list_jobs(ids=chunk, limit=0), chunks):
+        for key, n in page.counts.items():
+            counts[key] = counts.get(key, 0) + n
+    return counts
+
+
 async def list_all(api: ApiClient, *, state: str | None, label: str | Sequence[str] | None) -> JobList:
     """Page through every matching job; ``counts`` is the server's count over all of them."""
     jobs: list[JobView] = []

@@ -63,3 +63,31 @@ async def test_status_and_wait_default_to_the_last_submit_and_active_jobs(live_s
     assert listed_ids(r.out) == [str(big)] and " idle " in r.out.splitlines()[1]
     r = await glidein("status", "--state", "idle")
     assert listed_ids(r.out) == [str(big)] and r.out.splitlines()[-1] == "1 job: 1 idle"
+
+
+async def test_status_of_a_long_queue_shows_the_newest_rows_and_counts_them_all(
+    live_server: Any,
+    glidein: Glidein,  # noqa: F811
+) -> None:
+    """A queue longer than a screen: the newest 50 of the active and last-submitted jobs, and a totals
+    line counting every one of them by state, as ``condor_q`` ends with; --json and --all list them all."""
+    async with live_server.api(await live_server.token(Role.USER, "ann")) as ann:
+        older = await ann.submit([JobSpec(argv=["true"], cpus=64) for _ in range(70)])  # nothing runs them
+        await ann.cancel(older[0])  # finished and not of the last submit: left out
+    new = submitted((await glidein("submit", "--walltime", "1m", "--", "true")).out)
+    assert (await glidein("cancel", new)).rc == 0
+    r = await glidein("status")
+    assert r.rc == 0 and listed_ids(r.out) == [str(i) for i in older[-49:]] + [new], r.out
+    assert r.out.splitlines()[-3:] == [
+        "... 20 earlier jobs not shown; --all lists every job.",
+        "70 jobs: 1 cancelled, 69 idle",
+        "(your last submit and active jobs; --all lists all 71 jobs)",
+    ]
+    r = await glidein("--json", "status")
+    assert [j["id"] for j in r.json()["jobs"]] == [*older[1:], int(new)]
+    assert r.json()["counts"] == {"idle": 69, "cancelled": 1}
+    r = await glidein("status", "--state", "idle")
+    assert listed_ids(r.out) == [str(i) for i in older[-50:]]
+    assert r.out.splitlines()[-2:] == ["... 19 earlier jobs not shown; --all lists every job.", "69 jobs: 69 idle"]
+    r = await glidein("status", "--all")
+    assert len(listed_ids(r.out)) == 71 and r.out.splitlines()[-1] == "71 jobs: 2 cancelled, 69 idle"

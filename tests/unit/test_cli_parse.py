@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from glidein_client.user import cli, render
+from glidein_client.user import cli, lastsubmit, render
 from glidein_client.user.commands import fetch, status, submit
 from glidein_client.user.jobfile import LocalFiles
 from glidein_client.wire.errors import ValidationError
@@ -315,11 +315,14 @@ async def test_fetch_checks_sha256(tmp_path: Path) -> None:
 
 
 class FakeListing:
+    """The server's job list over ``n`` idle jobs; the calls are recorded."""
+
     def __init__(self, n: int) -> None:
         self.jobs = [
             JobView(id=i, owner="ann", state=JobState.IDLE, spec=JobSpec(argv=["true"]), submitted_at=0.0)
             for i in range(1, n + 1)
         ]
+        self.calls: list[dict[str, object]] = []
 
     async def list_jobs(
         self,
@@ -331,11 +334,15 @@ class FakeListing:
         after: int | None = None,
         newest_first: bool = False,
         counts: bool = True,
+        ids: list[int] | None = None,
     ) -> JobList:
-        jobs = self.jobs[::-1] if newest_first else self.jobs
+        self.calls.append({"state": state, "limit": limit, "offset": offset, "after": after, "ids": ids})
+        jobs = [j for j in self.jobs if state in (None, j.state.value) and (ids is None or j.id in ids)]
+        total = len(jobs)
+        jobs = jobs[::-1] if newest_first else jobs
         if after is not None:
             jobs = [j for j in jobs if (j.id < after if newest_first else j.id > after)]
-        return JobList(jobs=jobs[offset : offset + limit], counts={"idle": len(self.jobs)} if counts else {})
+        return JobList(jobs=jobs[offset : offset + limit], counts={"idle": total} if counts and total else {})
 
 
 @pytest.mark.parametrize(("flags", "first", "shown"), [([], 71, 50), (["--all"], 1, 120), (["--json"], 1, 120)])
@@ -343,6 +350,22 @@ async def test_status_shows_newest_rows_unless_all(flags: list[str], first: int,
     args = cli.parse_args(["status", *flags])
     result = await status.status_list(FakeListing(120), args)  # type: ignore[arg-type]
     assert (result.jobs[0].id, len(result.jobs), result.counts) == (first, shown, {"idle": 120})
+
+
+async def test_plain_status_of_a_long_queue_asks_a_few_pages_not_every_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    lastsubmit.remember("http://x", [99_990, 99_999])
+    api = FakeListing(100_000)
+    result, scope = await status.recent_status(api, cli.parse_args(["status"]), "http://x")  # type: ignore[arg-type]
+    assert [j.id for j in result.jobs] == list(range(99_951, 100_001)) and result.counts == {"idle": 100_000}
+    assert scope == ""
+    assert len(api.calls) <= 4 and all(c["offset"] == 0 and c["limit"] <= 50 for c in api.calls), api.calls
+    api.calls.clear()
+    result = await status.status_list(api, cli.parse_args(["status", "--all"]))  # type: ignore[arg-type]
+    assert len(result.jobs) == 100_000 and len(api.calls) == 101 and all(c["offset"] == 0 for c in api.calls)
+    assert [c["after"] for c in api.calls[:3]] == [None, 1000, 2000]
 
 
 def test_progress_without_terminal_prints_lines_sparingly() -> None:
