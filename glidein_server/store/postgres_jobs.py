@@ -29,16 +29,27 @@ from glidein_client.wire.staging import Network, StagingJob, StagingView
 from glidein_server.policy import demand as dm
 from glidein_server.policy import site_control
 from glidein_server.policy.lifecycle import site_backoff
+from glidein_server.store.added import added, sites_key
 from glidein_server.store.base import JobFilter, Principal
 from glidein_server.store.history import events_by_job, with_history
 from glidein_server.store.postgres_base import Connection, Q, Record
 from glidein_server.store.postgres_tokens import PostgresTokens
-from glidein_server.store.sqlite_sites import sites_from_key, sites_key
+from glidein_server.store.sqlite_sites import sites_from_key
 from glidein_server.store.sqlite_usage import attempt_view, efficiency
 
 spec_decoder = msgspec.json.Decoder(JobSpec)
 spec_encoder = msgspec.json.Encoder()
 provenance_decoder = msgspec.json.Decoder(Provenance)
+#: The columns a submit copies into the jobs table, in the order of its rows.
+JOB_COLUMNS = (
+    *("id", "owner", "state", "spec", "cpus", "memory_mb", "gpus", "disk_mb", "walltime_s", "sites", "priority"),
+    *("max_retries", "submitted_at"),
+)
+
+
+def columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows turned into ``width`` columns, as arrays for ``unnest``."""
+    return [[row[i] for row in rows] for i in range(width)]
 
 
 class PostgresJobs(PostgresTokens):
@@ -52,18 +63,30 @@ class PostgresJobs(PostgresTokens):
         self._site_shapes = {name: msgspec.json.decode(shape, type=PilotShape) for name, shape in rows}
 
     async def add_jobs(self, owner: str, specs: Sequence[JobSpec], now: float) -> list[int]:
-        columns: list[list[Any]] = [[] for _ in range(9)]
-        for s in specs:
-            values = (
-                spec_encoder.encode(s).decode(),
-                *(s.cpus, s.memory_mb, s.gpus, s.disk_mb, s.walltime_s),
-                *(sites_key(s.sites), s.priority, s.max_retries),
-            )
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
-        rows = await self.pool.fetch(Q["job_insert"], owner, now, *columns)
-        self.statistics.added(len(rows), self.pool)
-        return [r[0] for r in rows]
+        if not specs:
+            return []
+        groups = added(specs)
+        shapes = columns([(*shape, n) for shape, n in groups.shapes.items()], 7)
+        counts = columns(list(groups.multicore.items()), 2)
+        labels = columns([(*label, n) for label, n in groups.labels.items()], 3)
+
+        async def tx(con: Connection) -> list[int]:
+            ids: list[int] = [r[0] for r in await con.fetch(Q["job_ids"], len(specs))]
+            rows = [
+                (
+                    *(job_id, owner, "idle", spec_encoder.encode(s).decode()),
+                    *(s.cpus, s.memory_mb, s.gpus, s.disk_mb, s.walltime_s),
+                    *(sites_key(s.sites), s.priority, s.max_retries, now),
+                )
+                for job_id, s in zip(ids, specs, strict=True)
+            ]
+            await con.copy_records_to_table("jobs", records=rows, columns=JOB_COLUMNS)
+            await con.execute(Q["jobs_added"], *shapes, owner, *counts, *labels)
+            return ids
+
+        ids = await self._tx(tx)
+        self.statistics.added(len(ids), self.pool)
+        return ids
 
     async def _job_views(self, con: Connection, rows: Sequence[Record]) -> list[JobView]:
         """The jobs' views; the outputs and usage of the finished ones read for all of them at once."""

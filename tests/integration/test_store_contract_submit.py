@@ -3,10 +3,12 @@ feeds (idle jobs by shape, job counts, label counts), checked against the jobs t
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from glidein_client.wire.schema import JobSpec, JobState, PilotShape
@@ -110,3 +112,52 @@ async def test_counts_stay_true_when_the_newest_jobs_were_purged_before_a_submit
         ("alice", "idle", False, 11),
         ("alice", "idle", True, 19),
     ]
+
+
+async def test_jobs_inserted_as_an_earlier_release_does_are_still_counted(postgres_url: str) -> None:
+    """During a rolling upgrade a replica of the previous release inserts jobs with one statement and
+    leaves the counting to the insert trigger: those jobs are counted and wake pilots as before."""
+    store = PostgresStore(postgres_url)
+    await store.open()
+    woken: list[int] = []
+    store.watch(lambda: woken.append(1))
+    await store.listen()
+    try:
+
+        async def woken_by(submit: Awaitable[object]) -> bool:
+            await asyncio.sleep(0.2)  # the listener's own wake-up on connecting has come
+            woken.clear()
+            await submit
+            for _ in range(100):
+                if woken:
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+
+        con = await asyncpg.connect(postgres_url)
+        try:
+            assert await woken_by(
+                con.execute(
+                    "INSERT INTO jobs (owner, state, spec, cpus, memory_mb, gpus, disk_mb, walltime_s, sites, "
+                    "priority, max_retries, submitted_at) SELECT 'bob', 'idle', $1::jsonb, 4, 1000, 0, 100, 600, '', "
+                    "0, 0, $2 FROM generate_series(1, 3)",
+                    '{"argv": ["true"], "cpus": 4, "memory_mb": 1000, "walltime_s": 600, "labels": {"ds": "d1"}}',
+                    NOW,
+                )
+            ), "the trigger's NOTIFY reached the listening replica"
+        finally:
+            await con.close()
+        ours = store.add_jobs("alice", batch(6), NOW)
+        assert await woken_by(ours), "the submit's NOTIFY reached the listening replica"
+        assert sorted((await store.monitoring(NOW, "ds", NOW)).jobs) == [
+            ("alice", "idle", False, 2),
+            ("alice", "idle", True, 4),
+            ("bob", "idle", True, 3),
+        ]
+        want_ids, want_counts = await label_truth(store, "ds", "d1")
+        page, counts = await store.list_jobs(JobFilter(label=("ds", "d1"), limit=10_000))
+        assert sorted(j.id for j in page) == want_ids and counts == want_counts == {"idle": 5}
+        await store.report_site("a", SITE_SHAPE, NOW)
+        assert (await store.site_demand("a", NOW, NOW - 60)).jobs == 9
+    finally:
+        await store.close()

@@ -320,6 +320,23 @@ DROP TRIGGER IF EXISTS tokens_changed ON tokens;
 CREATE TRIGGER tokens_changed AFTER UPDATE OR DELETE ON tokens
 FOR EACH ROW EXECUTE FUNCTION glidein_token_changed();
 
+-- name: migration_12
+-- A submit counts its own jobs into the deltas (job_ids, jobs_added) and says so for its transaction;
+-- the insert trigger counts any other insert, as from a replica of an earlier release during an upgrade.
+CREATE OR REPLACE FUNCTION glidein_jobs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('glidein.counted', true) = 'on' THEN RETURN NULL; END IF;
+    INSERT INTO idle_shape_deltas
+    SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites, count(*) FROM new_rows WHERE state = 'idle'
+    GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites;
+    IF FOUND THEN PERFORM pg_notify('glidein_work', ''); END IF;
+    INSERT INTO job_count_deltas SELECT owner, state, cpus > 1, count(*) FROM new_rows GROUP BY 1, 2, 3;
+    INSERT INTO label_count_deltas
+    SELECT l.key, l.value, r.owner, r.state, count(*) FROM new_rows r, jsonb_each_text(r.spec -> 'labels') l
+    GROUP BY 1, 2, 3, 4;
+    RETURN NULL;
+END $$;
+
 -- name: schema_version_table
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
@@ -384,14 +401,26 @@ UPDATE totp SET last_step = $1 WHERE subject = $2 AND last_step < $1 RETURNING 1
 
 -- Jobs.
 
--- name: job_insert
-INSERT INTO jobs (owner, state, spec, cpus, memory_mb, gpus, disk_mb, walltime_s, sites, priority, max_retries,
-                  submitted_at)
-SELECT $1, 'idle', s::jsonb, c, m, g, d, w, si, p, r, $2
-FROM unnest($3::text[], $4::int[], $5::bigint[], $6::int[], $7::bigint[], $8::bigint[], $9::text[], $10::int[],
-            $11::int[]) WITH ORDINALITY AS t(s, c, m, g, d, w, si, p, r, i)
-ORDER BY i
-RETURNING id;
+-- A submit takes its jobs' ids from the table's sequence, copies the jobs in (COPY, no statement to
+-- parse per job), then counts them into the kept deltas with one row per group worked out from its
+-- specs (glidein_server.store.added) and wakes the replicas' pilots. glidein.counted tells the insert
+-- trigger, for this transaction only, that the jobs are counted already.
+-- name: job_ids
+SELECT nextval((SELECT pg_get_serial_sequence('jobs', 'id'))::regclass)
+FROM (SELECT set_config('glidein.counted', 'on', true)) counted, generate_series(1, $1);
+
+-- name: jobs_added
+WITH shapes AS (
+    INSERT INTO idle_shape_deltas (cpus, memory_mb, gpus, disk_mb, walltime_s, sites, n)
+    SELECT * FROM unnest($1::int[], $2::bigint[], $3::int[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[])
+), counts AS (
+    INSERT INTO job_count_deltas (owner, state, multicore, n)
+    SELECT $8, 'idle', m, n FROM unnest($9::boolean[], $10::bigint[]) AS t(m, n)
+), labels AS (
+    INSERT INTO label_count_deltas (key, value, owner, state, n)
+    SELECT k, v, $8, 'idle', n FROM unnest($11::text[], $12::text[], $13::bigint[]) AS t(k, v, n)
+)
+SELECT pg_notify('glidein_work', '');
 
 -- name: job_get
 SELECT j.id, j.owner, j.state, j.spec::text, j.retries_used, j.attempts, j.submitted_at, j.finished_at, j.exit_code,
