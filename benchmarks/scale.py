@@ -316,12 +316,13 @@ async def database_mb(state: StateDir, database: str) -> float:
 
 def table(results: dict[str, dict[str, float]]) -> str:
     names = list(results)
+    width = max(14, *(len(n) + 2 for n in names))
     keys = list(dict.fromkeys(k for r in results.values() for k in r))
-    lines = [f"{'measure':34}" + "".join(f"{n:>14}" for n in names) + "   target"]
+    lines = [f"{'measure':34}" + "".join(f"{n:>{width}}" for n in names) + "   target"]
     for k in keys:
         target = TARGETS.get(k)
         mark = f"   {'>=' if target[1] == 'min' else '<='} {target[0]:g}" if target else ""
-        cells = "".join(f"{results[n][k]:>14g}" if k in results[n] else f"{'-':>14}" for n in names)
+        cells = "".join(f"{results[n][k]:>{width}g}" if k in results[n] else f"{'-':>{width}}" for n in names)
         lines.append(f"{k:34}" + cells + mark)
     return "\n".join(lines)
 
