@@ -1,12 +1,21 @@
-"""The plumbing of the SQLite store: one connection in one worker thread, group commit.
+"""The plumbing of the SQLite store: one connection, a worker thread, group commit.
 
-Every public method of the store runs in that thread, so the event loop never blocks on the
-database and writes never interleave. Calls that arrive while the thread is busy wait together and
-run as one batch: the reads first, then the writes in one transaction, each write in a savepoint of
-its own (an error rolls back that call alone), committed once for the batch. A caller hears back
-only after the commit, so each call is still atomic and durable as its own transaction would be,
-but a batch pays one thread hand-off and one WAL commit instead of one per call. WAL mode with
-synchronous=NORMAL survives a killed server process.
+Calls on the connection never interleave: they wait together and run as one batch, the reads
+first, then the writes in one transaction, committed once for the batch. A call that fails rolls
+back alone: the batch's writes then run again, each in a savepoint of its own (savepoints cost a
+copy of every page a call changes, so they are taken only then). A caller hears back only after
+the commit, so each call is still atomic and durable as its own transaction would be, but a batch
+pays one WAL commit instead of one per call. WAL mode with synchronous=NORMAL survives a killed
+server process.
+
+Most calls run in the worker thread, so the event loop never waits for a long one (a bulk submit,
+a page of jobs, a purge) nor for another process's write lock, nor for a checkpoint's file syncs.
+The pilots' hot path (a sync, a claim, a token) is quick, a fraction of a millisecond, and
+frequent: those calls run in the event loop's own thread, batched the same way, where handing them
+to the worker and back would cost more than the calls themselves (waking the thread, the
+executor's futures, waking the loop, the two threads contending for the GIL). A batch of quick
+calls runs only between the worker's batches, never beside one, and goes to the worker after all
+when another process holds the write lock.
 """
 
 from __future__ import annotations
@@ -25,12 +34,16 @@ from glidein_server.store import sqlfile
 
 T = TypeVar("T")
 Q = sqlfile.load("sqlite.sql")
-#: A call waiting for the worker: the function, its arguments, whether it writes, and its future.
+#: A call waiting for its batch: the function, its arguments, whether it writes, and its future.
 Call = tuple[Callable[..., Any], tuple[Any, ...], bool, "asyncio.Future[Any]"]
 #: At most this many calls run in one batch (one transaction).
 BATCH = 256
 #: Batches look for other connections' commits at most this often (seconds).
 LOOK_S = 0.25
+#: How long the worker waits for another process's write lock (seconds); the event loop never waits.
+BUSY_S = 30.0
+#: The write-ahead log is copied into the database at most this often (seconds), by the worker.
+CHECKPOINT_S = 1.0
 
 
 class SqliteBase:
@@ -43,17 +56,20 @@ class SqliteBase:
         self._db: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._waiting: list[Call] = []  # touched only by the event loop's thread
+        self._quick: list[Call] = []  # calls run in the event loop's thread (see the module's doc)
         self._draining = False
         self._data_version: int | None = None  # changes when another connection commits to the database
         self.checked_at = -float("inf")  # when a batch last looked for other connections' commits (monotonic)
+        self._checkpointed_at = 0.0  # when the worker last checkpointed (monotonic)
 
     async def open(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         await self._run(self._open)
 
     def _open(self) -> None:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_S)
         db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA wal_autocheckpoint=0")  # the worker checkpoints (CHECKPOINT_S), never a commit
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA cache_size=-262144")  # up to 256 MiB of pages: a million jobs' indexes stay in memory
         db.execute("PRAGMA foreign_keys=OFF")
@@ -93,45 +109,77 @@ class SqliteBase:
 
     async def _tx(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(connection, *args)`` as one atomic write, committed before this returns."""
-        return await self._queue(fn, (self._conn, *args), True)
+        return await self._queue(self._waiting, fn, (self._conn, *args), True)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in the worker thread with the next batch, outside its transaction."""
-        return await self._queue(fn, args, False)
+        return await self._queue(self._waiting, fn, args, False)
 
-    async def _queue(self, fn: Callable[..., T], args: tuple[Any, ...], writes: bool) -> T:
+    async def _quick_tx(self, fn: Callable[..., T], *args: Any) -> T:
+        """As :meth:`_tx`, in the event loop's thread: for a write of well under a millisecond."""
+        return await self._queue(self._quick, fn, (self._conn, *args), True)
+
+    async def _quick_read(self, fn: Callable[..., T], *args: Any) -> T:
+        """As :meth:`_read`, in the event loop's thread: for a read of well under a millisecond."""
+        return await self._queue(self._quick, fn, args, False)
+
+    async def _queue(self, calls: list[Call], fn: Callable[..., T], args: tuple[Any, ...], writes: bool) -> T:
         if self._pool is None:
             raise RuntimeError("store is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._waiting.append((fn, args, writes, future))
+        calls.append((fn, args, writes, future))
         if not self._draining:
             self._draining = True
             loop.create_task(self._drain())  # noqa: RUF006 - it ends when nothing waits; callers await their futures
         return await future
 
     async def _drain(self) -> None:
+        """Run the waiting calls, a batch at a time: the quick ones in this thread, the others in the worker."""
         try:
-            while self._waiting:
-                batch, self._waiting = self._waiting[:BATCH], self._waiting[BATCH:]
-                try:
-                    outcomes = await self._run(self._run_batch, batch)
-                except BaseException as exc:  # the batch could not run or commit: every call hears it
-                    outcomes = [(False, exc)] * len(batch)
-                for (_, _, _, future), (ok, value) in zip(batch, outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
+            while self._quick or self._waiting:
+                wrote = False
+                if self._quick:
+                    batch, self._quick = self._quick[:BATCH], self._quick[BATCH:]
+                    try:
+                        outcomes = self._run_batch(batch, wait=False)
+                    except Exception as exc:  # the batch could not commit: every call hears it
+                        outcomes = [(False, exc)] * len(batch)
+                    if outcomes is None:  # another process holds the write lock: the worker waits for it
+                        outcomes = await self._in_worker(batch)
+                    _settle(batch, outcomes)
+                    wrote = any(writes for _, _, writes, _ in batch)
+                if self._waiting:
+                    batch, self._waiting = self._waiting[:BATCH], self._waiting[BATCH:]
+                    _settle(batch, await self._in_worker(batch))
+                    wrote = wrote or any(writes for _, _, writes, _ in batch)
+                if wrote and time.monotonic() - self._checkpointed_at >= CHECKPOINT_S:
+                    self._checkpointed_at = time.monotonic()
+                    await self._in_worker([(self._checkpoint, (), False, asyncio.get_running_loop().create_future())])
         finally:
             self._draining = False
 
-    def _run_batch(self, batch: list[Call]) -> list[tuple[bool, Any]]:
-        """In the worker thread: the reads, then the writes in one transaction, one savepoint each."""
+    async def _in_worker(self, batch: list[Call]) -> list[tuple[bool, Any]]:
+        try:
+            outcomes = await self._run(self._run_batch, batch)
+        except BaseException as exc:  # the batch could not run or commit: every call hears it
+            return [(False, exc)] * len(batch)
+        assert outcomes is not None  # the worker waits for the write lock
+        return outcomes
+
+    def _checkpoint(self) -> None:
+        """Copy the write-ahead log into the database as far as readers allow (in the worker thread,
+        so that its file syncs never hold up the event loop)."""
+        self._conn.execute(Q["wal_checkpoint"]).fetchall()
+
+    def _run_batch(self, batch: list[Call], wait: bool = True) -> list[tuple[bool, Any]] | None:
+        """The reads, then the writes in one transaction. The writes run as they are, and only when
+        one fails does the transaction roll back and run them again, each in a savepoint of its own
+        (a savepoint copies every page a call changes). Without ``wait`` (a quick batch, in the
+        event loop's thread) None when another process holds the write lock: nothing was done."""
+        db = self._conn
         outcomes: list[tuple[bool, Any]] = [(False, None)] * len(batch)
-        self._look_for_other_writers(self._conn)
+        self._look_for_other_writers(db)
         for i, (fn, args, writes, _) in enumerate(batch):
             if not writes:
                 try:
@@ -140,19 +188,13 @@ class SqliteBase:
                     outcomes[i] = (False, exc)
         if not any(writes for _, _, writes, _ in batch):
             return outcomes
-        db = self._conn
-        db.execute("BEGIN IMMEDIATE")
+        if not self._begin(db, wait):
+            return None
         try:
-            for i, (fn, args, writes, _) in enumerate(batch):
-                if not writes:
-                    continue
-                db.execute("SAVEPOINT call")
-                try:
-                    outcomes[i] = (True, fn(*args))
-                except Exception as exc:
-                    db.execute("ROLLBACK TO call")
-                    outcomes[i] = (False, exc)
-                db.execute("RELEASE call")
+            if not self._writes(db, batch, outcomes, savepoints=False):
+                if not self._begin(db, wait):
+                    return None
+                self._writes(db, batch, outcomes, savepoints=True)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -160,8 +202,56 @@ class SqliteBase:
             raise
         return outcomes
 
+    @staticmethod
+    def _begin(db: sqlite3.Connection, wait: bool) -> bool:
+        """Take the write lock: waiting for another process's commit up to ``BUSY_S``, or, without
+        ``wait``, False at once if another process holds it."""
+        if wait:
+            db.execute("BEGIN IMMEDIATE")
+            return True
+        db.execute("PRAGMA busy_timeout = 0")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:  # busy: another process writes
+            return False
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {int(BUSY_S * 1000)}")
+        return True
+
+    @staticmethod
+    def _writes(db: sqlite3.Connection, batch: list[Call], outcomes: list[tuple[bool, Any]], savepoints: bool) -> bool:
+        """Run the batch's writes in the open transaction; without savepoints, False (rolled back) when one fails."""
+        for i, (fn, args, writes, _) in enumerate(batch):
+            if not writes:
+                continue
+            if savepoints:
+                db.execute("SAVEPOINT call")
+            try:
+                outcomes[i] = (True, fn(*args))
+            except Exception as exc:
+                if not savepoints:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    return False
+                db.execute("ROLLBACK TO call")
+                outcomes[i] = (False, exc)
+            if savepoints:
+                db.execute("RELEASE call")
+        return True
+
     @property
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             raise RuntimeError("store is not open")
         return self._db
+
+
+def _settle(batch: list[Call], outcomes: list[tuple[bool, Any]]) -> None:
+    """Tell each caller of a batch its call's outcome."""
+    for (_, _, _, future), (ok, value) in zip(batch, outcomes, strict=True):
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)

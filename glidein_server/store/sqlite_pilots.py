@@ -90,7 +90,7 @@ class SqlitePilots(SqliteReservations, SqliteAttempts):
         await self._tx(tx)
 
     async def sync(self, pilot_id: int, req: SyncRequest, now: float, lease_s: float) -> SyncResponse:
-        return await self._tx(self._sync, pilot_id, req, now, lease_s)
+        return await self._quick_tx(self._sync, pilot_id, req, now, lease_s)
 
     def _sync(
         self, db: sqlite3.Connection, pilot_id: int, req: SyncRequest, now: float, lease_s: float
@@ -165,7 +165,7 @@ class SqlitePilots(SqliteReservations, SqliteAttempts):
     async def claim_more(
         self, pilot_id: int, want: int, now: float, lease_s: float, *, seq: int | None = None
     ) -> SyncResponse:
-        return await self._tx(self._claim_more, pilot_id, want, now, lease_s, seq)
+        return await self._quick_tx(self._claim_more, pilot_id, want, now, lease_s, seq)
 
     def _claim_more(
         self, db: sqlite3.Connection, pilot_id: int, want: int, now: float, lease_s: float, seq: int | None

@@ -70,7 +70,7 @@ class SqliteTokens(SqliteBase):
         known = self._tokens.get(token_hash)
         if known is not None and time.monotonic() - self.checked_at < FRESH_S:
             return known
-        return await self._read(self._lookup_token, self._conn, token_hash)
+        return await self._quick_read(self._lookup_token, self._conn, token_hash)
 
     def _lookup_token(self, db: sqlite3.Connection, token_hash: str) -> Principal | None:
         row = db.execute(Q["token_lookup"], (token_hash,)).fetchone()
@@ -127,7 +127,7 @@ class SqliteTokens(SqliteBase):
             self._tokens.pop(self._token_hashes.pop(token_id, ""), None)  # read again with its new expiry
             db.execute(Q["token_renew"], (expires_at, token_id, expires_at))
 
-        await self._tx(tx)
+        await self._quick_tx(tx)
 
     async def purge_tokens(self, before: float) -> int:
         def tx(db: sqlite3.Connection) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -64,4 +65,64 @@ async def test_a_batch_that_cannot_commit_fails_every_write_in_it(tmp_path: Path
     other.execute("ROLLBACK")
     other.close()
     assert await store.add_jobs("alice", [JobSpec(argv=["true"])], 1.0) == [1]
+    await store.close()
+
+
+async def test_quick_calls_run_in_the_event_loop_thread_and_a_failing_one_rolls_back_alone(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "g.db"))
+    await store.open()
+    threads: set[int] = set()
+
+    def write(db: sqlite3.Connection, key: str) -> str:
+        threads.add(threading.get_ident())
+        db.execute("INSERT INTO meta (key, value) VALUES (?, 'written')", (key,))
+        if key == "bad":
+            raise ConflictError("refused after writing")
+        return key
+
+    keys = ["a", "b", "bad", "c", "d"]
+    results = await asyncio.gather(*(store._quick_tx(write, k) for k in keys), return_exceptions=True)
+    assert results[:2] == ["a", "b"] and results[3:] == ["c", "d"]
+    assert isinstance(results[2], ConflictError)
+    assert threads == {threading.get_ident()}  # this test's thread runs the event loop
+    written = {r[0] for r in store._conn.execute("SELECT key FROM meta WHERE value = 'written'")}
+    assert written == {"a", "b", "c", "d"}
+    await store.close()
+
+
+async def test_a_quick_call_does_not_hold_up_the_event_loop_while_another_process_writes(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "g.db"))
+    await store.open()
+    other = sqlite3.connect(tmp_path / "g.db", timeout=0)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    call = asyncio.ensure_future(
+        store._quick_tx(lambda db: db.execute("INSERT INTO meta (key, value) VALUES ('quick', 'x')").rowcount)
+    )
+    ticks = 0
+    for _ in range(20):  # the loop keeps turning while the call waits for the lock (in the worker)
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert ticks == 20 and not call.done()
+    other.execute("ROLLBACK")
+    other.close()
+    assert await asyncio.wait_for(call, 10) == 1
+    await store.close()
+
+
+async def test_the_worker_checkpoints_the_log_that_commits_no_longer_do(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "g.db"))
+    await store.open()
+    checkpoints: list[int] = []
+    checkpoint = store._checkpoint
+
+    def counting() -> None:
+        checkpoints.append(threading.get_ident())
+        checkpoint()
+
+    store._checkpoint = counting  # type: ignore[method-assign]
+    store._checkpointed_at = 0.0
+    await store.add_jobs("alice", [JobSpec(argv=["true"])], 1.0)
+    await store._quick_tx(lambda db: db.execute("INSERT INTO meta (key, value) VALUES ('quick', 'x')"))
+    assert len(checkpoints) == 1 and checkpoints[0] != threading.get_ident()
+    assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     await store.close()

@@ -168,6 +168,9 @@ UPDATE tokens SET id = substr(hash, 1, 16) WHERE id IS NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS tokens_id ON tokens (id);
 CREATE INDEX IF NOT EXISTS tokens_subject ON tokens (role, subject);
 
+-- name: wal_checkpoint
+PRAGMA wal_checkpoint(PASSIVE);
+
 -- name: data_version
 -- Changes whenever another connection (another process) commits to the database.
 PRAGMA data_version;
