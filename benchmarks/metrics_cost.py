@@ -108,6 +108,12 @@ def metrics_cost(
     rate_q1, rate_median, rate_q3 = _quartiles(rate_costs)
     cpu_q1, cpu_median, cpu_q3 = _quartiles(cpu_costs)
     rate_on = statistics.median(r["rate_per_s"] for r in on)
+    # Pairs alternate which runs first (with metrics first in pairs 0, 2, ...): what the second run
+    # of a pair loses against the first, whichever has metrics, shows an effect of order alone.
+    order_costs = [
+        1 - (b if i % 2 == 0 else a)["rate_per_s"] / (a if i % 2 == 0 else b)["rate_per_s"]
+        for i, (a, b) in enumerate(zip(on, off, strict=True))
+    ]
     return {
         "metrics_pairs": len(on),
         "with_metrics_runs_per_s": [round(r["rate_per_s"], 1) for r in on],
@@ -130,6 +136,8 @@ def metrics_cost(
         "metrics_server_cpu_per_sync_pair_costs": [round(c, 4) for c in sync_costs],
         "metrics_server_cpu_per_sync_cost": round(sync_median, 4),
         "metrics_server_cpu_per_sync_cost_iqr": [round(sync_q1, 4), round(sync_q3, 4)],
+        "second_run_rate_cost": round(statistics.median(order_costs), 4),
+        "second_run_rate_costs": [round(c, 4) for c in order_costs],
         "server_cpu_ms_per_scrape": round(per_scrape_ms, 3),
         # What the scrapes alone add per job at this interval and the measured rate.
         "scrape_cpu_ms_per_job": round(per_scrape_ms / (scrape_every_s * rate_on), 4),
@@ -138,6 +146,25 @@ def metrics_cost(
         "metrics_target_met": cpu_median <= 0.05,
         "metrics_target_met_at_upper_quartile": cpu_q3 <= 0.05,
         "metrics_rate_target_met": rate_median <= 0.05,
+    }
+
+
+def rate_cost_estimate(
+    off: list[dict[str, float]], scripted: dict[str, object], per_scrape_ms: float, scrape_every_s: float
+) -> dict[str, object]:
+    """What metrics cost the rate by their CPU share: the server CPU they add per job (the upper
+    quartile of the scripted runs' relative cost applied to the server's CPU per job in the runs
+    without metrics, plus the scrapes' share at that rate) over the CPU that everything in a run
+    spends per job (server, pilot, jobs), on a machine whose cores the run keeps busy."""
+    server_ms = statistics.median(r["server_cpu_ms_per_job"] for r in off)
+    all_ms = statistics.median(r["all_cpu_ms_per_job"] for r in off)
+    rate = statistics.median(r["rate_per_s"] for r in off)
+    upper = cast("list[float]", scripted["scripted_metrics_cost_iqr"])[1]  # the less favourable quartile
+    added_ms = max(0.0, upper) * server_ms + per_scrape_ms / (scrape_every_s * rate)
+    return {
+        "all_cpu_ms_per_job_without_metrics": round(all_ms, 3),
+        "estimated_metrics_cpu_ms_per_job": round(added_ms, 4),
+        "estimated_metrics_rate_cost": round(added_ms / all_ms, 4),
     }
 
 
@@ -164,6 +191,7 @@ def metrics_rows(result: dict[str, object], scrape_every_s: float) -> list[tuple
             f"{result['glidein_per_s']:.0f} / {result['without_metrics_per_s']:.0f} jobs/s",
         ),
         ("rate with / without, per pair", " ".join(f"{r:.3f}" for r in ratios)),
+        ("rate lost by the second run of a pair, whichever (median)", _pct(result["second_run_rate_cost"])),
         (
             "rate cost of metrics: median (IQR)",
             f"{_pct(result['metrics_cost'])} ({_pct(rate_iqr[0])} to {_pct(rate_iqr[1])})",

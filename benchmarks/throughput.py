@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -32,7 +34,14 @@ from typing import Any
 
 import psutil
 
-from benchmarks.metrics_cost import metrics_cost, metrics_rows, scrape_in_background, server_cpu_per_scrape
+from benchmarks.metrics_cost import (
+    metrics_cost,
+    metrics_rows,
+    rate_cost_estimate,
+    scrape_in_background,
+    server_cpu_per_scrape,
+)
+from benchmarks.metrics_scripted import scripted_cost, scripted_rows
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.schema import JobSpec, JobState, PilotShape, Role, Scope
 from glidein_server.server import Server, mint_token
@@ -152,6 +161,7 @@ async def through_pilot(
                 failed = sum(j.state is not JobState.DONE for j in jobs)
                 cpu = psutil.Process(pilot.pid).cpu_times()
                 pilot_cpu_s = cpu.user + cpu.system
+                jobs_cpu_s = cpu.children_user + cpu.children_system  # its jobs (and bwrap), reaped
         finally:
             os.killpg(pilot.pid, signal.SIGTERM)
             await pilot.wait()
@@ -164,23 +174,35 @@ async def through_pilot(
         "first_done_s": first_done,
         "failed": failed,
         "pilot_cpu_ms_per_job": 1000 * pilot_cpu_s / n,
+        # Everything the run cost the machine's CPUs per job: server (and this watcher), pilot, jobs.
+        "all_cpu_ms_per_job": 1000 * (server_cpu_s + pilot_cpu_s + jobs_cpu_s) / n,
         "server_cpu_ms_per_job": 1000 * server_cpu_s / n,
         "syncs_per_job": n_syncs / n,
         "server_cpu_ms_per_sync": 1000 * server_cpu_s / max(1, n_syncs),
     }
 
 
-async def _measure(args: argparse.Namespace, metrics: bool, isolation: str | None = None) -> dict[str, float]:
-    """One end-to-end run in a fresh server."""
+def _run_one(n: int, cpus: int, isolation: str, metrics: bool, scrape_every_s: float) -> tuple[dict[str, float], str]:
+    """One end-to-end run, in a process of its own (see ``_measure``)."""
     with tempfile.TemporaryDirectory(prefix="glidein-bench-") as tmp:
-        return await through_pilot(
-            args.jobs,
-            args.cpus,
-            Path(tmp),
-            isolation or args.isolation,
-            metrics=metrics,
-            scrape_every_s=args.scrape_every,
+        result = asyncio.run(
+            through_pilot(n, cpus, Path(tmp), isolation, metrics=metrics, scrape_every_s=scrape_every_s)
         )
+    return result, ISOLATION_SEEN[isolation]
+
+
+async def _measure(args: argparse.Namespace, metrics: bool, isolation: str | None = None) -> dict[str, float]:
+    """One end-to-end run in a fresh server, in a fresh process: a server run in this process after
+    others inherits their heap and its garbage collections, which made the second run of each pair
+    several per cent slower whichever had metrics."""
+    isolation = isolation or args.isolation
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        result, used = await asyncio.get_running_loop().run_in_executor(
+            pool, _run_one, args.jobs, args.cpus, isolation, metrics, args.scrape_every
+        )
+    ISOLATION_SEEN[isolation] = used
+    return result
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
@@ -204,6 +226,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         bare_runs.append(await bare_spawn(args.jobs, args.cpus))
     with tempfile.TemporaryDirectory(prefix="glidein-bench-") as tmp:
         per_scrape_ms = await server_cpu_per_scrape(args.jobs, Path(tmp))
+    scripted = await scripted_cost(args.scripted_pairs, 4000) if args.scripted_pairs else {}
     baseline = statistics.median(bare_runs) if bare_runs else None
     pilot = sorted(pilot_runs, key=lambda r: r["rate_per_s"])[len(pilot_runs) // 2]
     unisolated = sorted(unisolated_runs, key=lambda r: r["rate_per_s"])[len(unisolated_runs) // 2] if compare else pilot
@@ -241,6 +264,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         "pilot_cpu_ms_per_job": round(pilot["pilot_cpu_ms_per_job"], 3),
         "failed": sum(int(r["failed"]) for r in [*pilot_runs, *plain_runs, *unisolated_runs]),
         **metrics_cost(pilot_runs, plain_runs, per_scrape_ms, args.scrape_every),
+        **scripted,
+        **(rate_cost_estimate(plain_runs, scripted, per_scrape_ms, args.scrape_every) if scripted else {}),
     }
 
 
@@ -266,6 +291,15 @@ def _rows(result: dict[str, object], args: argparse.Namespace) -> list[tuple[str
             ),
         ]
     rows += metrics_rows(result, args.scrape_every)
+    if args.scripted_pairs:
+        rows += scripted_rows(result)
+        rows.append(
+            (
+                "estimated rate cost of metrics: their CPU / all CPU per job",
+                f"{result['estimated_metrics_cpu_ms_per_job']:.4f} / {result['all_cpu_ms_per_job_without_metrics']:.2f}"
+                f" ms = {100 * float(str(result['estimated_metrics_rate_cost'])):.2f} %",
+            )
+        )
     rows += [
         (f"submit of {args.jobs} jobs", f"{result['submit_s']:.2f} s"),
         ("first job done after submit", f"{result['first_done_s']:.3f} s"),
@@ -296,6 +330,13 @@ def main() -> None:
         default=15.0,
         help="seconds between scrapes of /metrics (default: Prometheus's default, 15; packaging/grafana/prometheus.yml "
         "asks for 30)",
+    )
+    p.add_argument(
+        "--scripted-pairs",
+        type=int,
+        default=10,
+        help="pairs of scripted runs (a fixed request sequence, 4,000 jobs) with and without metrics, to "
+        "attribute the server CPU that metrics cost (0: none; see benchmarks.metrics_scripted)",
     )
     p.add_argument("--out", type=Path, help="the JSON file (default: benchmarks/results/throughput[-metrics].json)")
     p.add_argument(
