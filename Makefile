@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/ruff check glidein_client glidein_server glidein_demo glidein_sim tests benchmarks
 	$(BIN)/ruff format --check glidein_client glidein_server glidein_demo glidein_sim tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check glidein_client glidein_server glidein_demo glidein_sim tests benchmarks
