@@ -5,8 +5,9 @@ For SQLite and PostgreSQL (a throw-away cluster started here, as the tests do, u
 time the demand query, ramp 8-core pilots with 32 claiming at once (first-claim latency, claims
 per second), heartbeat syncs of every pilot, finish-and-claim rounds, one page of ``glidein
 status``, ``/summary`` and a label filter; then the server's RSS and the database's size. The
-server's CPU time per submitted job, per claiming sync and per heartbeat is printed too: on a
-shared machine it varies far less than the rates. On PostgreSQL a second replica then starts on
+server's CPU time per submitted job, per claiming sync, per heartbeat and per finish-and-claim
+sync is printed too (on PostgreSQL also the database cluster's, and the two together): on a shared
+machine it varies far less than the rates. On PostgreSQL a second replica then starts on
 the same database, and fresh pilots claim first through one replica, then spread over both. The
 server runs as a real ``glidein-server serve`` process. Prints a table and writes
 benchmarks/results/scale.json; the targets are printed beside each figure, and the SQLite and
@@ -164,6 +165,26 @@ def database_cpu_s(postmaster: psutil.Process | None) -> float:
     return float(total)
 
 
+class Cpu:
+    """The server's CPU and the database cluster's (on PostgreSQL) since the last reading, per operation."""
+
+    def __init__(self, server: psutil.Process, postmaster: psutil.Process | None) -> None:
+        self.server, self.postmaster = server, postmaster
+        self.at = self.now()
+
+    def now(self) -> tuple[float, float]:
+        return cpu_s(self.server), database_cpu_s(self.postmaster)
+
+    def per(self, r: dict[str, float], what: str, n: int) -> None:
+        """Record the CPU spent since the last call, in ms per ``what`` (``n`` of them)."""
+        (s0, d0), (s1, d1) = self.at, self.now()
+        self.at = (s1, d1)
+        r[f"server_cpu_ms_per_{what}"] = round(1000 * (s1 - s0) / n, 3)
+        if self.postmaster is not None:
+            r[f"database_cpu_ms_per_{what}"] = round(1000 * (d1 - d0) / n, 3)
+            r[f"total_cpu_ms_per_{what}"] = round(1000 * (s1 - s0 + d1 - d0) / n, 3)
+
+
 class Fleet:
     """Pilots minted by one site client and spread over the server replicas' URLs, round robin."""
 
@@ -259,18 +280,18 @@ async def run_backend(name: str, database: str, jobs: int, tmp: Path, replicas: 
             r["demand_p99_ms"] = p99_ms(await timed(200, lambda: sapi.demand("bench", SHAPE)))
             fleet = await Fleet.start(sapi, [url], max(32, min(6250, jobs // 16)))
         try:
-            c0 = cpu_s(server)
+            cpu = Cpu(server, how.postmaster)
             claimed, ramp_s = await fleet.claim()
             r["pilots"] = len(fleet.clients)
             r["claimed_jobs"] = claimed
             r["claim_jobs_per_s"] = round(claimed / ramp_s)
             r["first_claim_p99_ms"] = p99_ms(fleet.first)
-            r["server_cpu_ms_per_claim_sync"] = round(1000 * (cpu_s(server) - c0) / len(fleet.clients), 2)
-            c0 = cpu_s(server)
+            cpu.per(r, "claim_sync", len(fleet.clients))
             r["heartbeat_syncs_per_s"] = round(len(fleet.clients) / await fleet.heartbeats())
-            r["server_cpu_ms_per_heartbeat"] = round(1000 * (cpu_s(server) - c0) / len(fleet.clients), 2)
+            cpu.per(r, "heartbeat", len(fleet.clients))
             finished, seconds = await fleet.finish_and_claim(3)
             r["finish_and_claim_jobs_per_s"] = round(finished / seconds)
+            cpu.per(r, "finish_and_claim_sync", 3 * min(len(fleet.clients), 512))
         finally:
             await fleet.close()
         async with ApiClient(url, user) as api:
@@ -318,12 +339,12 @@ def table(results: dict[str, dict[str, float]]) -> str:
     names = list(results)
     width = max(14, *(len(n) + 2 for n in names))
     keys = list(dict.fromkeys(k for r in results.values() for k in r))
-    lines = [f"{'measure':34}" + "".join(f"{n:>{width}}" for n in names) + "   target"]
+    lines = [f"{'measure':40}" + "".join(f"{n:>{width}}" for n in names) + "   target"]
     for k in keys:
         target = TARGETS.get(k)
         mark = f"   {'>=' if target[1] == 'min' else '<='} {target[0]:g}" if target else ""
         cells = "".join(f"{results[n][k]:>{width}g}" if k in results[n] else f"{'-':>{width}}" for n in names)
-        lines.append(f"{k:34}" + cells + mark)
+        lines.append(f"{k:40}" + cells + mark)
     return "\n".join(lines)
 
 
@@ -337,7 +358,7 @@ def export(ref: str, into: Path) -> Path:
 
 def medians(runs: list[dict[str, float]]) -> dict[str, float]:
     keys = dict.fromkeys(k for r in runs for k in r)
-    return {k: round(statistics.median(r[k] for r in runs if k in r), 1) for k in keys}
+    return {k: round(statistics.median(r[k] for r in runs if k in r), 3) for k in keys}
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

@@ -8,7 +8,10 @@ and never share a job.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import asyncpg
 
 from glidein_client.wire.errors import ConflictError, NotFoundError
 from glidein_client.wire.schema import (
@@ -39,6 +42,8 @@ from glidein_server.store.sqlite_pilots import (
     RETIRE_REASON,
     TERMINAL_BATCH_STATES,
 )
+
+log = logging.getLogger(__name__)
 
 
 class PostgresPilots(PostgresReservations, PostgresAttempts):
@@ -88,16 +93,35 @@ class PostgresPilots(PostgresReservations, PostgresAttempts):
         await self._tx(tx)
 
     async def sync(self, pilot_id: int, req: SyncRequest, now: float, lease_s: float) -> SyncResponse:
-        if req.started or req.finished or req.held is not None or self._claims(req):
-            return await self._tx(self._sync, pilot_id, req, now, lease_s)
-        # A heartbeat alone is two statements, each atomic by itself: no transaction to open.
-        return await self._read(self._sync, pilot_id, req, now, lease_s)
+        if not (req.started or req.finished or req.held is not None or self._claims(req)):
+            # A heartbeat alone is one statement, atomic by itself: no transaction to open.
+            return await self._read(self._sync, pilot_id, req, now, lease_s, [])
+        health: list[tuple[str, float, float]] = []
+        resp = await self._tx(self._sync, pilot_id, req, now, lease_s, health)
+        for site, keep, add in health:
+            # After the commit: every pilot of a site reports to this one row, which a transaction
+            # would keep locked until its claim is done, making the site's pilots wait in line.
+            try:
+                await self.pool.execute(Q["site_health_apply"], keep, add, site)
+            except (OSError, asyncpg.PostgresError) as exc:  # the sync itself is done: the average can wait
+                log.warning("could not update the health of site %s: %s", site, exc)
+        return resp
 
     @staticmethod
     def _claims(req: SyncRequest) -> bool:
         return req.claim and not req.draining and (req.free.cpus > 0 or req.want > 0)
 
-    async def _sync(self, con: Connection, pilot_id: int, req: SyncRequest, now: float, lease_s: float) -> SyncResponse:
+    async def _sync(
+        self,
+        con: Connection,
+        pilot_id: int,
+        req: SyncRequest,
+        now: float,
+        lease_s: float,
+        health_of: list[tuple[str, float, float]],
+    ) -> SyncResponse:
+        """The sync in ``con``; the site health update its finished attempts make is left in ``health_of``."""
+        health_of.clear()  # a transaction tried again starts afresh
         f = NOTHING_FREE if req.draining else req.free
         lifetime_s = 0.0 if req.draining else req.lifetime_s
         renew = (now + lease_s, now + 0.75 * lease_s)
@@ -129,7 +153,7 @@ class PostgresPilots(PostgresReservations, PostgresAttempts):
         else:
             cancel = [a for a in head[9] if a not in dropped]
         if health:
-            await con.execute(Q["site_health_apply"], *site_health_blend(health), site)
+            health_of.append((site, *site_health_blend(health)))
         jobs: list[ClaimedJob] = []
         control = (SiteMode(mode or SiteMode.OPEN.value), max_cpus, network)
         if self._claims(req):
@@ -212,7 +236,7 @@ class PostgresPilots(PostgresReservations, PostgresAttempts):
                 queues.setdefault(owner, []).append(Candidate(*row))
         else:  # each user's best few: however many jobs one user queued, the others are still seen
             rows: dict[str, list[Any]] = {}
-            for owner, *row in await con.fetch(Q["idle_candidates"], *args):
+            for owner, *row in await con.fetch(Q["idle_candidates"], *args, req.want):
                 rows.setdefault(owner, []).append(row)
             queues = {owner: [Candidate(*r) for r in candidates.best(mine, scan)] for owner, mine in rows.items()}
         if not queues:
