@@ -1,0 +1,41 @@
+"""A large request body is decoded with Python's cycle collector paused, and the collector comes back
+as it was, also when the body is refused."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from glidein_client.wire.codec import decode
+from glidein_client.wire.errors import ValidationError
+from glidein_client.wire.schema import JobSubmit
+from glidein_server.http.routing import collection_paused
+
+
+@pytest.fixture(autouse=True)
+def collector_on() -> Iterator[None]:
+    gc.enable()
+    yield
+    gc.enable()
+
+
+def test_paused_inside_and_on_again_after() -> None:
+    with collection_paused():
+        assert not gc.isenabled()
+        jobs = decode(b'{"jobs": [' + b",".join([b'{"argv": ["true"]}'] * 1000) + b"]}", JobSubmit)
+    assert gc.isenabled() and len(jobs.jobs) == 1000
+
+
+def test_on_again_when_the_body_is_refused() -> None:
+    with pytest.raises(ValidationError, match="jobs"), collection_paused():
+        decode(b'{"jobs": [{"argv": ["true"], "cpus": 0}]}', JobSubmit)
+    assert gc.isenabled()
+
+
+def test_a_collector_turned_off_by_the_operator_stays_off() -> None:
+    gc.disable()
+    with collection_paused():
+        pass
+    assert not gc.isenabled()
