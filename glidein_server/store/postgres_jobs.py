@@ -234,25 +234,23 @@ class PostgresJobs(PostgresTokens):
         return dict(self._site_shapes)
 
     async def site_demand(self, site: str, now: float, live_after: float) -> Demand:
-        async def read(con: Connection) -> Demand:
-            sites = await con.fetch(Q["sites_for_demand"])  # every site's shape and health, this one's state
-            self._site_shapes = {r[0]: msgspec.json.decode(r[1], type=PilotShape) for r in sites if r[1] is not None}
-            rows = await con.fetch(Q["idle_shapes"])
-            shapes = [dm.Shape(c, m, g, d, w, sites_from_key(s), n) for c, m, g, d, w, s, n in rows]
-            free = [dm.FreeCapacity(*r) for r in await con.fetch(Q["live_pilots_free"], site, live_after)]
-            health = {r[0]: r[2] for r in sites}
-            demand = dm.site_demand(site, shapes, self._site_shapes, free, health)
-            row = next((r for r in sites if r[0] == site), None)
-            failures, backoff = site_backoff(row[3], row[4], now) if row else (0, 0.0)
-            mode, max_cpus = (SiteMode(row[5]), row[6]) if row else (SiteMode.OPEN, None)
-            shape = self._site_shapes.get(site)
-            alive = await con.fetchval(Q["site_pilots_alive"], site) if max_cpus is not None else 0
-            pilots = site_control.demanded_pilots(demand.pilots, mode, max_cpus, shape.cpus if shape else 1, alive)
-            return msgspec.structs.replace(
-                demand, pilots=pilots, start_failures=failures, backoff_s=backoff, mode=mode, max_cpus=max_cpus
-            )
-
-        return await self._read(read)
+        # One statement, one round trip: the sites, the idle shapes (kept aggregate), the live pilots.
+        read = await self.pool.fetchrow(Q["site_demand_read"], site, live_after)
+        assert read is not None  # one row, always
+        sites, rows, live, alive = read
+        self._site_shapes = {r[0]: msgspec.json.decode(r[1], type=PilotShape) for r in sites if r[1] is not None}
+        shapes = [dm.Shape(c, m, g, d, w, sites_from_key(s), n) for c, m, g, d, w, s, n in rows]
+        free = [dm.FreeCapacity(*r) for r in live]
+        health = {r[0]: r[2] for r in sites}
+        demand = dm.site_demand(site, shapes, self._site_shapes, free, health)
+        row = next((r for r in sites if r[0] == site), None)
+        failures, backoff = site_backoff(row[3], row[4], now) if row else (0, 0.0)
+        mode, max_cpus = (SiteMode(row[5]), row[6]) if row else (SiteMode.OPEN, None)
+        shape = self._site_shapes.get(site)
+        pilots = site_control.demanded_pilots(demand.pilots, mode, max_cpus, shape.cpus if shape else 1, alive or 0)
+        return msgspec.structs.replace(
+            demand, pilots=pilots, start_failures=failures, backoff_s=backoff, mode=mode, max_cpus=max_cpus
+        )
 
     async def summary(self, owner: str | None) -> Summary:
         async def read(con: Connection) -> Summary:

@@ -126,10 +126,11 @@ class PostgresPilots(PostgresReservations, PostgresAttempts):
         lifetime_s = 0.0 if req.draining else req.lifetime_s
         renew = (now + lease_s, now + 0.75 * lease_s)
         tail = (f.cpus, f.memory_mb, f.gpus, f.disk_mb, lifetime_s, now, req.occupancy)
+        held = req.held or []
         if req.finished:  # the pilot's state is written after its finished attempts have ended
-            head = await con.fetchrow(Q["pilot_sync_head"], pilot_id)
+            head = await con.fetchrow(Q["pilot_sync_head"], pilot_id, held)
         else:  # nothing ends before the write: the pilot read and written in one statement
-            head = await con.fetchrow(Q["pilot_sync_head_tail"], *tail, 0, pilot_id, *renew)
+            head = await con.fetchrow(Q["pilot_sync_head_tail"], *tail, 0, pilot_id, *renew, held)
         if head is None or head[0] != "running":
             raise ConflictError(
                 f"Pilot {pilot_id} is not running on the server (it ended or never registered).",
@@ -146,7 +147,7 @@ class PostgresPilots(PostgresReservations, PostgresAttempts):
             else:
                 ran += 1
         dropped: set[int] = set()
-        if req.held is not None:
+        if req.held is not None and head[10]:  # an active attempt the pilot does not hold: was it lost?
             dropped = await self._drop_lost_claims(con, pilot_id, set(req.held), req.seq, now)
         if req.finished:
             cancel = [r[0] for r in await con.fetch(Q["pilot_sync_tail"], *tail, ran, pilot_id, *renew)]

@@ -558,10 +558,17 @@ INSERT INTO attempt_outcome_deltas SELECT site, outcome, sum(n) FROM gone GROUP 
 WITH gone AS (DELETE FROM label_count_deltas RETURNING *)
 INSERT INTO label_count_deltas SELECT key, value, owner, state, sum(n) FROM gone GROUP BY 1, 2, 3, 4 HAVING sum(n) != 0;
 
--- name: sites_for_demand
--- A demand read's sites in one statement: every site's shape and health, and the asking site's
--- start failures and operator controls.
-SELECT name, shape, health, start_failures, last_failure_at, mode, max_cpus FROM sites;
+-- name: site_demand_read
+-- A demand read in one statement ($1: the site; $2: pilots heard from since): every site's shape,
+-- health, start failures and controls; the idle jobs by shape, from the kept aggregate; the free
+-- room of the site's live pilots; and, only when the site is capped, its pilots alive.
+SELECT ARRAY(SELECT ROW(name, shape, health, start_failures, last_failure_at, mode, max_cpus) FROM sites),
+       ARRAY(SELECT ROW(cpus, memory_mb, gpus, disk_mb, walltime_s, sites, sum(n)::bigint) FROM idle_shape_deltas
+             GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites HAVING sum(n) > 0),
+       ARRAY(SELECT ROW(free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s) FROM pilots
+             WHERE site = $1 AND state = 'running' AND last_seen >= $2),
+       CASE WHEN (SELECT max_cpus FROM sites WHERE name = $1) IS NOT NULL
+            THEN (SELECT count(*) FROM pilots WHERE site = $1 AND state IN ('pending', 'running')) END;
 
 -- name: live_pilots_free
 SELECT free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s FROM pilots
@@ -588,9 +595,6 @@ WHERE a.site = $1 AND a.state != 'ended';
 -- The cores each site's active attempts hold, every site in one statement (the summary's).
 SELECT a.site, sum(j.cpus)::bigint FROM attempts a JOIN jobs j ON j.id = a.job_id
 WHERE a.state != 'ended' GROUP BY a.site;
-
--- name: site_pilots_alive
-SELECT count(*) FROM pilots WHERE site = $1 AND state IN ('pending', 'running');
 
 -- name: site_health_apply
 UPDATE sites SET health = health * $1 + $2 WHERE name = $3;
@@ -676,8 +680,10 @@ UPDATE pilots SET state = $1::text, batch_id = $2, host = $3, cpus = $4, memory_
 WHERE id = $12;
 
 -- name: pilot_sync_head
--- A sync's first statement: the pilot, and its site's operator controls and network.
-SELECT p.state, p.site, p.cpus, p.memory_mb, p.gpus, p.disk_mb, s.mode, s.max_cpus, n.network
+-- A sync's first statement: the pilot, and its site's operator controls and network; last, whether
+-- the pilot has an active attempt it does not list as held ($2): only then are lost claims looked for.
+SELECT p.state, p.site, p.cpus, p.memory_mb, p.gpus, p.disk_mb, s.mode, s.max_cpus, n.network, NULL,
+       EXISTS (SELECT 1 FROM attempts a WHERE a.pilot_id = $1 AND a.state != 'ended' AND a.id <> ALL($2::bigint[]))
 FROM pilots p LEFT JOIN sites s ON s.name = p.site LEFT JOIN site_networks n ON n.site = p.site
 WHERE p.id = $1;
 
@@ -697,7 +703,8 @@ WHERE a.pilot_id = $9 AND a.state != 'ended' AND j.state IN ('cancelled', 'held'
 
 -- name: pilot_sync_head_tail
 -- pilot_sync_head and pilot_sync_tail in one statement, for a sync that ends no attempt ($1..$11 as
--- in pilot_sync_tail): the pilot's row as it was, and the attempts to stop as an array.
+-- in pilot_sync_tail; $12 as $2 in pilot_sync_head): the pilot's row as it was, the attempts to
+-- stop as an array, and whether it has an active attempt it does not hold.
 WITH p AS (
     UPDATE pilots SET free_cpus = $1, free_memory_mb = $2, free_gpus = $3, free_disk_mb = $4, lifetime_s = $5,
         last_seen = $6, occupancy = $7, jobs_run = jobs_run + $8
@@ -709,7 +716,8 @@ WITH p AS (
 )
 SELECT p0.state, p0.site, p0.cpus, p0.memory_mb, p0.gpus, p0.disk_mb, s.mode, s.max_cpus, n.network,
        ARRAY(SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
-             WHERE a.pilot_id = $9 AND a.state != 'ended' AND j.state IN ('cancelled', 'held') ORDER BY a.id)
+             WHERE a.pilot_id = $9 AND a.state != 'ended' AND j.state IN ('cancelled', 'held') ORDER BY a.id),
+       EXISTS (SELECT 1 FROM attempts a WHERE a.pilot_id = $9 AND a.state != 'ended' AND a.id <> ALL($12::bigint[]))
 FROM pilots p0 LEFT JOIN sites s ON s.name = p0.site LEFT JOIN site_networks n ON n.site = p0.site
 WHERE p0.id = $9;
 
