@@ -38,6 +38,18 @@ def fitting(
     return out
 
 
+def per_shape(shape: Shape, cpus: int, memory_mb: int, gpus: int, disk_mb: int, want: int, most: int) -> int:
+    """How many of one shape's best jobs a claim can use (at most ``most``): as many as fit what is
+    free, plus the backlog (``want``). Jobs of one shape differ only in priority and age, and come in
+    that order; once one does not fit, none after it does, so matchmaking never takes one further
+    down (unless a reservation holds cores back, which the caller handles by reading ``most``)."""
+    n = most
+    for need, have in ((shape[0], cpus), (shape[1], memory_mb), (shape[2], gpus), (shape[3], disk_mb)):
+        if need > 0:
+            n = min(n, have // need + want)
+    return max(n, 0)
+
+
 def best(rows: Iterable[Any], limit: int) -> list[tuple[int, int, int, int, int, int]]:
     """The first ``limit`` rows (id, cpus, memory_mb, gpus, disk_mb, walltime_s, priority) in claim order
     (priority, then more cores, then oldest), without the priority."""

@@ -83,6 +83,10 @@ class SqliteBase:
         """Another connection (another process: a ``glidein-server`` command) committed: forget what
         the store keeps in memory that such a command may change (in the worker thread)."""
 
+    def _rolled_back(self) -> None:
+        """A batch's writes were rolled back: forget what the store keeps in memory that its calls
+        may have read from what they wrote."""
+
     def _look_for_other_writers(self, db: sqlite3.Connection) -> None:
         """Notice other processes' commits (at most every ``LOOK_S``: the pragma costs a statement)."""
         if time.monotonic() - self.checked_at < LOOK_S:
@@ -192,6 +196,7 @@ class SqliteBase:
             return None
         try:
             if not self._writes(db, batch, outcomes, savepoints=False):
+                self._rolled_back()
                 if not self._begin(db, wait):
                     return None
                 self._writes(db, batch, outcomes, savepoints=True)
@@ -199,6 +204,7 @@ class SqliteBase:
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            self._rolled_back()
             raise
         return outcomes
 

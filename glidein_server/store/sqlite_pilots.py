@@ -189,6 +189,36 @@ class SqlitePilots(SqliteReservations, SqliteAttempts):
         jobs = self._claim(db, pilot_id, site, req, Capacity(tcpus, tmem, tgpus, tdisk), now, lease_s)
         return SyncResponse(jobs=jobs, cancel=cancel)
 
+    @staticmethod
+    def _candidates(
+        db: sqlite3.Connection,
+        site: str,
+        fits: tuple[int, int, int, int, int, str],
+        shapes: list[candidates.Shape] | None,
+        per_user: int,
+        free: tuple[int, int, int, int, int] | None,
+    ) -> dict[str, list[Candidate]]:
+        """Each user's candidates, best first: only jobs staged at the site if it stages inputs out of
+        the job (``shapes`` None), else each user's best few of every fitting shape, however many
+        jobs one user queued; with ``free`` (cpus, memory, GPUs, disk, backlog wanted), no more of a
+        shape than can be taken (:func:`candidates.per_shape`)."""
+        queues: dict[str, list[Candidate]] = {}
+        if shapes is None:
+            for owner, *row in db.execute(Q["idle_candidates_staged"], (site, *fits, CLAIM_SCAN)):
+                queues.setdefault(owner, []).append(Candidate(*row))
+            return queues
+        limits = [per_user if free is None else candidates.per_shape(shape, *free, per_user) for shape in shapes]
+        for (owner,) in db.execute(Q["idle_owners"]).fetchall() if shapes else ():
+            rows = [
+                row
+                for shape, limit in zip(shapes, limits, strict=True)
+                if limit > 0
+                for row in db.execute(Q["idle_candidates_of_shape"], (owner, *shape, limit))
+            ]
+            if rows:
+                queues[owner] = [Candidate(*r) for r in candidates.best(rows, per_user)]
+        return queues
+
     def _claim(
         self,
         db: sqlite3.Connection,
@@ -206,22 +236,11 @@ class SqlitePilots(SqliteReservations, SqliteAttempts):
         # Candidates individually fit the larger of free-now and (for the backlog) the whole pilot.
         cap = total if req.want > 0 else Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
         fits = (cap.cpus, cap.memory_mb, cap.gpus, cap.disk_mb, int(req.lifetime_s), f",{site},")
-        queues: dict[str, list[Candidate]] = {}
         staged = self._site_stages(db, site)
-        if staged:  # its client stages inputs out of the job: only jobs staged there
-            for owner, *row in db.execute(Q["idle_candidates_staged"], (site, *fits, CLAIM_SCAN)):
-                queues.setdefault(owner, []).append(Candidate(*row))
-        else:  # each user's best few: however many jobs one user queued, the others are still seen
-            per_user = min(CLAIM_SCAN, 2 * (cap.cpus + req.want) + 8)
-            shapes = candidates.fitting(db.execute(Q["idle_shapes"]), *fits[:4], req.lifetime_s, site)
-            for (owner,) in db.execute(Q["idle_owners"]).fetchall() if shapes else ():
-                rows = [
-                    row
-                    for shape in shapes
-                    for row in db.execute(Q["idle_candidates_of_shape"], (owner, *shape, per_user))
-                ]
-                if rows:
-                    queues[owner] = [Candidate(*r) for r in candidates.best(rows, per_user)]
+        per_user = min(CLAIM_SCAN, 2 * (cap.cpus + req.want) + 8)
+        shapes = None if staged else candidates.fitting(db.execute(Q["idle_shapes"]), *fits[:4], req.lifetime_s, site)
+        can_take = (f.cpus, f.memory_mb, f.gpus, f.disk_mb, req.want)
+        queues = self._candidates(db, site, fits, shapes, per_user, can_take)
         if not queues:
             return []
         in_use: dict[str, int] = dict(db.execute(Q["busy_cores"]).fetchall()) if len(queues) > 1 else {}
@@ -229,6 +248,8 @@ class SqlitePilots(SqliteReservations, SqliteAttempts):
         ratio = self._ratio(db, now) if retiring(req.lifetime_s) else 1.0
         # (a job staged at one site only: no reservation, the held job may never be staged here)
         reserve = None if staged else self._reserve(db, pilot_id, site, total, req.lifetime_s, now)
+        if reserve is not None:  # cores held back for it: each user's best few of every shape, as many as may serve
+            queues = self._candidates(db, site, fits, shapes, per_user, None)
         chosen = select(
             fair_order(queues, in_use, self.shares),
             free,

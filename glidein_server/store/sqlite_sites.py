@@ -26,6 +26,29 @@ def sites_from_key(key: str) -> frozenset[str] | None:
 
 
 class SqliteSites(SqliteTokens):
+    """Sites, with what every sync asks of its site kept in memory: the operator's mode and cap, and
+    whether the site stages inputs out of the job. This store's own changes replace them at once;
+    another process's (``glidein-server site drain``) are noticed as its tokens' are (``PRAGMA
+    data_version``, before the next batch at most ``LOOK_S`` after the last look)."""
+
+    _site_controls: dict[str, tuple[SiteMode, int | None]]
+    _site_staging: dict[str, bool]
+
+    def __init__(self, path: str, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._forget_sites()
+
+    def _forget_sites(self) -> None:
+        self._site_controls, self._site_staging = {}, {}
+
+    def _changed_elsewhere(self) -> None:
+        super()._changed_elsewhere()
+        self._forget_sites()
+
+    def _rolled_back(self) -> None:
+        super()._rolled_back()
+        self._forget_sites()
+
     def _load_site_shapes(self, db: sqlite3.Connection) -> None:
         for name, shape in db.execute(Q["site_shapes"]):
             self._site_shapes[name] = msgspec.json.decode(shape, type=PilotShape)
@@ -99,15 +122,26 @@ class SqliteSites(SqliteTokens):
     # --- the operator's hand: drain, pause, cap ---------------------------------------------------
 
     async def set_site_mode(self, site: str, mode: SiteMode) -> None:
-        await self._tx(lambda db: db.execute(Q["site_mode_set"], (site, mode.value)))
+        def tx(db: sqlite3.Connection) -> None:
+            self._site_controls.pop(site, None)
+            db.execute(Q["site_mode_set"], (site, mode.value))
+
+        await self._tx(tx)
 
     async def set_site_cap(self, site: str, max_cpus: int | None) -> None:
-        await self._tx(lambda db: db.execute(Q["site_cap_set"], (site, max_cpus)))
+        def tx(db: sqlite3.Connection) -> None:
+            self._site_controls.pop(site, None)
+            db.execute(Q["site_cap_set"], (site, max_cpus))
 
-    @staticmethod
-    def _site_control(db: sqlite3.Connection, site: str) -> tuple[SiteMode, int | None]:
-        row = db.execute(Q["site_control_get"], (site,)).fetchone()
-        return (SiteMode(row[0]), row[1]) if row else (SiteMode.OPEN, None)
+        await self._tx(tx)
+
+    def _site_control(self, db: sqlite3.Connection, site: str) -> tuple[SiteMode, int | None]:
+        """The operator's mode and cap of the site (kept in memory)."""
+        control = self._site_controls.get(site)
+        if control is None:
+            row = db.execute(Q["site_control_get"], (site,)).fetchone()
+            control = self._site_controls[site] = (SiteMode(row[0]), row[1]) if row else (SiteMode.OPEN, None)
+        return control
 
     def _claim_room(self, db: sqlite3.Connection, site: str) -> int | None:
         """The cores the site's pilots may still claim (None: no limit), as the operator set."""
@@ -121,16 +155,20 @@ class SqliteSites(SqliteTokens):
         """Record how the site's pilots reach the server; True when that changed."""
 
         def tx(db: sqlite3.Connection) -> bool:
+            self._site_staging.pop(site, None)
             row = db.execute(Q["site_network_get"], (site,)).fetchone()
             db.execute(Q["site_network_set"], (site, network.value, now))
             return row is None or row[0] != network.value
 
         return await self._tx(tx)
 
-    @staticmethod
-    def _site_stages(db: sqlite3.Connection, site: str) -> bool:
-        row = db.execute(Q["site_network_get"], (site,)).fetchone()
-        return row is not None and Network(row[0]).stages
+    def _site_stages(self, db: sqlite3.Connection, site: str) -> bool:
+        """Whether the site's client stages inputs out of the job (kept in memory)."""
+        stages = self._site_staging.get(site)
+        if stages is None:
+            row = db.execute(Q["site_network_get"], (site,)).fetchone()
+            stages = self._site_staging[site] = row is not None and Network(row[0]).stages
+        return stages
 
     @staticmethod
     def _site_may_read(db: sqlite3.Connection, site: str, sha256: str) -> bool:
