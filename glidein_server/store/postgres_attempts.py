@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from glidein_client.wire.errors import ConflictError, ValidationError
 from glidein_client.wire.schema import Finish, Outcome
 from glidein_server.policy.lifecycle import (
@@ -21,6 +23,8 @@ from glidein_server.store.postgres_base import Connection, Q
 from glidein_server.store.postgres_jobs import spec_decoder, spec_encoder
 from glidein_server.store.postgres_monitoring import PostgresMonitoring
 from glidein_server.store.sqlite_usage import provenance_columns
+
+STALE = "stale or unknown lease: this attempt no longer owns the job"
 
 
 class PostgresAttempts(PostgresMonitoring):
@@ -93,20 +97,57 @@ class PostgresAttempts(PostgresMonitoring):
             else:
                 await con.execute(Q["site_health_apply"], *site_health_blend([value]), site)
 
+    async def _finish_all(
+        self, con: Connection, pilot_id: int, finished: list[Finish], now: float, health: list[float]
+    ) -> list[tuple[int, str | None]]:
+        """Apply a pilot's reports of ended attempts: (attempt, the reason it was refused or None), in
+        attempt order. Plain DONE reports (no outputs to check) end in one statement together."""
+        counts = Counter(f.attempt_id for f in finished)
+        quick = sorted(
+            (f for f in finished if f.outcome is Outcome.DONE and not f.outputs and counts[f.attempt_id] == 1),
+            key=lambda f: f.attempt_id,
+        )
+        out: list[tuple[int, str | None, list[float]]] = []  # with the health values each adds
+        if len(quick) > 1:
+            ended = await self._finish_done_many(con, pilot_id, quick, now)
+            value = site_health_value(Outcome.DONE)
+            for fin in quick:
+                ok = fin.attempt_id in ended
+                out.append((fin.attempt_id, None if ok else STALE, [value] if ok and value is not None else []))
+            batched = {f.attempt_id for f in quick}
+            finished = [f for f in finished if f.attempt_id not in batched]
+        for fin in sorted(finished, key=lambda f: f.attempt_id):  # one lock order for every replica
+            values: list[float] = []
+            out.append((fin.attempt_id, await self._finish(con, pilot_id, fin, now, values), values))
+        out.sort(key=lambda r: r[0])  # the health averaged in attempt order, as one by one
+        for _, _, values in out:
+            health.extend(values)
+        return [(attempt_id, reason) for attempt_id, reason, _ in out]
+
+    @staticmethod
+    async def _finish_done_many(con: Connection, pilot_id: int, done: list[Finish], now: float) -> set[int]:
+        columns: list[list[object]] = [[] for _ in range(10)]
+        for fin in done:
+            cpu_s, provenance = provenance_columns(fin)
+            row = (fin.exit_code, fin.reason, fin.wall_s, fin.max_rss_mb, fin.stdout_tail, fin.stderr_tail)
+            for column, value in zip(columns, (*row, cpu_s, provenance, fin.attempt_id, fin.lease), strict=True):
+                column.append(value)
+        return {r[0] for r in await con.fetch(Q["attempt_end_done_many"], *columns, now, pilot_id)}
+
     async def _finish(self, con: Connection, pilot_id: int, fin: Finish, now: float, health: list[float]) -> str | None:
         """Apply a pilot's report of an ended attempt; the reason it was refused, or None."""
         if fin.outcome is Outcome.DONE and not fin.outputs:  # nothing to check: one statement
             row = (fin.exit_code, fin.reason, now, fin.wall_s, fin.max_rss_mb, fin.stdout_tail, fin.stderr_tail)
             args = (*row, fin.wall_s, fin.attempt_id, *provenance_columns(fin), fin.lease, pilot_id)
             if await con.fetchval(Q["attempt_end_done"], *args) is None:
-                return "stale or unknown lease: this attempt no longer owns the job"
+                return STALE
             value = site_health_value(Outcome.DONE)
             if value is not None:
                 health.append(value)
             return None
         job_id = await con.fetchval(Q["attempt_active"], fin.attempt_id, fin.lease, pilot_id)
         if job_id is None:
-            return "stale or unknown lease: this attempt no longer owns the job"
+            return STALE
         uploaded: dict[str, tuple[str, int]] = {}
         if fin.outcome is Outcome.DONE and fin.outputs:
             uploaded = {n: (h, s) for n, h, s in await con.fetch(Q["outputs_of_attempt"], fin.attempt_id)}

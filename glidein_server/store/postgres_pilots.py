@@ -140,10 +140,9 @@ class PostgresPilots(PostgresReservations, PostgresAttempts):
         refused = await self._starts(con, pilot_id, req, now)
         ran = 0
         health: list[float] = []
-        for fin in sorted(req.finished, key=lambda f: f.attempt_id):  # one lock order for every replica
-            reason = await self._finish(con, pilot_id, fin, now, health)
+        for attempt_id, reason in await self._finish_all(con, pilot_id, req.finished, now, health):
             if reason:
-                refused.append(Refusal(attempt_id=fin.attempt_id, reason=reason))
+                refused.append(Refusal(attempt_id=attempt_id, reason=reason))
             else:
                 ran += 1
         dropped: set[int] = set()

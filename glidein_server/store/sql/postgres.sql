@@ -852,6 +852,26 @@ WITH a AS (
 )
 SELECT job_id FROM a;
 
+-- name: attempt_end_done_many
+-- Several DONE reports without outputs of one pilot ($12) in one statement, as attempt_end_done:
+-- $1..$10 the reports' columns as arrays (in attempt order), $11 now; the attempts it ended.
+WITH f AS (
+    SELECT * FROM unnest($1::int[], $2::text[], $3::float8[], $4::float8[], $5::text[], $6::text[], $7::float8[],
+                         $8::bytea[], $9::bigint[], $10::text[])
+        AS f(exit_code, reason, wall_s, max_rss_mb, stdout_tail, stderr_tail, cpu_s, provenance, id, lease)
+), a AS (
+    UPDATE attempts t SET state = 'ended', outcome = 'done', exit_code = f.exit_code, reason = f.reason,
+        finished_at = $11, wall_s = f.wall_s, max_rss_mb = f.max_rss_mb, stdout_tail = f.stdout_tail,
+        stderr_tail = f.stderr_tail, cpu_s = f.cpu_s, provenance = f.provenance,
+        started_at = coalesce(t.started_at, CASE WHEN f.wall_s > 0 THEN $11 - f.wall_s END)
+    FROM f WHERE t.id = f.id AND t.lease = f.lease AND t.pilot_id = $12 AND t.state != 'ended'
+    RETURNING t.id, t.job_id, f.exit_code
+), j AS (
+    UPDATE jobs SET state = 'done', finished_at = $11, exit_code = a.exit_code, reason = NULL, result_attempt = a.id
+    FROM a WHERE jobs.id = a.job_id AND jobs.state IN ('claimed', 'running')
+)
+SELECT id FROM a;
+
 -- name: attempt_output_owner
 SELECT a.job_id, j.spec::text FROM attempts a JOIN jobs j ON j.id = a.job_id
 WHERE a.id = $1 AND a.lease = $2 AND a.pilot_id = $3 AND a.state != 'ended';
