@@ -6,6 +6,7 @@ the number of jobs: job and attempt counts are running aggregates the store keep
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,6 +41,18 @@ class Monitoring:
     pilots: list[PilotRow] = field(default_factory=list)
     sites: list[SiteRow] = field(default_factory=list)
     attempts: list[tuple[str, str, int]] = field(default_factory=list)  # site, outcome, n (ever)
+
+
+def running_by_dataset(rows: Iterable[tuple[str, str, str, int, int, int]]) -> list[tuple[str, str, bool, int, int]]:
+    """The running jobs and their cores per site, dataset and multicore, from the kept counts of active
+    attempts: rows (site, key, value, multicore, n, cores), key '' for every job of the site, the
+    dataset key for those carrying it; jobs without the label count under dataset ''."""
+    out: dict[tuple[str, str, bool], tuple[int, int]] = {}
+    for site, key, value, multicore, n, cores in rows:
+        for where, sign in (((site, value), 1), ((site, ""), -1)) if key else (((site, ""), 1),):
+            had_n, had_cores = out.get((*where, bool(multicore)), (0, 0))
+            out[(*where, bool(multicore))] = (had_n + sign * n, had_cores + sign * cores)
+    return [(site, value, multicore, n, cores) for (site, value, multicore), (n, cores) in sorted(out.items()) if n]
 
 
 @dataclass(frozen=True)

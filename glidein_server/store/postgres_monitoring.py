@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from glidein_server.policy import demand as dm
 from glidein_server.policy.lifecycle import site_backoff
-from glidein_server.store.monitoring import DatasetRow, Monitoring, PilotRow, SiteRow
+from glidein_server.store.monitoring import DatasetRow, Monitoring, PilotRow, SiteRow, running_by_dataset
 from glidein_server.store.postgres_base import Connection, Q
 from glidein_server.store.postgres_jobs import PostgresJobs
 from glidein_server.store.sqlite_sites import sites_from_key
@@ -28,9 +28,7 @@ class PostgresMonitoring(PostgresJobs):
                 )
             return Monitoring(
                 jobs=[(o, s, bool(m), n) for o, s, m, n in await con.fetch(Q["monitoring_jobs"])],
-                running=[
-                    (s, d, bool(m), n, c) for s, d, m, n, c in await con.fetch(Q["monitoring_running"], dataset_key)
-                ],
+                running=running_by_dataset(tuple(r) for r in await con.fetch(Q["monitoring_running"], dataset_key)),
                 pilots=[PilotRow(*r) for r in await con.fetch(Q["monitoring_pilots"], live_after)],
                 sites=sites,
                 attempts=[(s, o, n) for s, o, n in await con.fetch(Q["monitoring_attempts"])],

@@ -6,7 +6,7 @@ import sqlite3
 
 from glidein_server.policy import demand as dm
 from glidein_server.policy.lifecycle import site_backoff
-from glidein_server.store.monitoring import DatasetRow, Monitoring, PilotRow, SiteRow
+from glidein_server.store.monitoring import DatasetRow, Monitoring, PilotRow, SiteRow, running_by_dataset
 from glidein_server.store.sqlite_base import Q
 from glidein_server.store.sqlite_sites import SqliteSites, sites_from_key
 
@@ -30,9 +30,7 @@ class SqliteMonitoring(SqliteSites):
                 )
             return Monitoring(
                 jobs=[(o, s, bool(m), n) for o, s, m, n in db.execute(Q["monitoring_jobs"])],
-                running=[
-                    (s, d, bool(m), n, c) for s, d, m, n, c in db.execute(Q["monitoring_running"], (dataset_key,))
-                ],
+                running=running_by_dataset(db.execute(Q["monitoring_running"], (dataset_key,))),
                 pilots=[PilotRow(*r) for r in db.execute(Q["monitoring_pilots"], (live_after,))],
                 sites=sites,
                 attempts=[(s, o, n) for s, o, n in db.execute(Q["monitoring_attempts"])],

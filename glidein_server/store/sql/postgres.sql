@@ -337,6 +337,60 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- name: migration_13
+-- The jobs running at each site (active attempts) and their cores, kept as deltas like the job counts
+-- as attempts begin and end, in total (key '') and per label of the job: the summary's cores in use
+-- and the metrics' running jobs per dataset never join every running attempt to its job.
+CREATE TABLE IF NOT EXISTS active_job_deltas (
+    site TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, multicore BOOLEAN NOT NULL,
+    n BIGINT NOT NULL, cores BIGINT NOT NULL
+);
+DELETE FROM active_job_deltas;  -- counted afresh from the attempts, however far an earlier run got
+INSERT INTO active_job_deltas
+SELECT a.site, l.key, l.value, j.cpus > 1, count(*), sum(j.cpus)
+FROM attempts a JOIN jobs j ON j.id = a.job_id,
+     LATERAL (SELECT '' AS key, '' AS value UNION ALL SELECT * FROM jsonb_each_text(j.spec -> 'labels')) l
+WHERE a.state != 'ended' GROUP BY 1, 2, 3, 4;
+CREATE OR REPLACE FUNCTION glidein_attempts_began() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO active_job_deltas
+    SELECT a.site, l.key, l.value, j.cpus > 1, count(*), sum(j.cpus)
+    FROM new_rows a JOIN jobs j ON j.id = a.job_id,
+         LATERAL (SELECT '' AS key, '' AS value UNION ALL SELECT * FROM jsonb_each_text(j.spec -> 'labels')) l
+    WHERE a.state != 'ended' GROUP BY 1, 2, 3, 4;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS attempts_began ON attempts;
+CREATE TRIGGER attempts_began AFTER INSERT ON attempts REFERENCING NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION glidein_attempts_began();
+CREATE OR REPLACE FUNCTION glidein_attempts_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM new_rows WHERE state = 'ended') THEN  -- a lease renewed, a start
+        RETURN NULL;
+    END IF;
+    INSERT INTO active_job_deltas
+    SELECT a.site, l.key, l.value, j.cpus > 1, -count(*), -sum(j.cpus)
+    FROM old_rows a JOIN new_rows n ON n.id = a.id JOIN jobs j ON j.id = a.job_id,
+         LATERAL (SELECT '' AS key, '' AS value UNION ALL SELECT * FROM jsonb_each_text(j.spec -> 'labels')) l
+    WHERE a.state != 'ended' AND n.state = 'ended' GROUP BY 1, 2, 3, 4;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS attempts_ended ON attempts;
+CREATE TRIGGER attempts_ended AFTER UPDATE ON attempts REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+FOR EACH STATEMENT EXECUTE FUNCTION glidein_attempts_ended();
+CREATE OR REPLACE FUNCTION glidein_attempts_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO active_job_deltas
+    SELECT a.site, l.key, l.value, j.cpus > 1, -count(*), -sum(j.cpus)
+    FROM old_rows a JOIN jobs j ON j.id = a.job_id,
+         LATERAL (SELECT '' AS key, '' AS value UNION ALL SELECT * FROM jsonb_each_text(j.spec -> 'labels')) l
+    WHERE a.state != 'ended' GROUP BY 1, 2, 3, 4;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS attempts_deleted ON attempts;
+CREATE TRIGGER attempts_deleted AFTER DELETE ON attempts REFERENCING OLD TABLE AS old_rows
+FOR EACH STATEMENT EXECUTE FUNCTION glidein_attempts_deleted();
+
 -- name: schema_version_table
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
@@ -557,6 +611,9 @@ WITH gone AS (DELETE FROM attempt_outcome_deltas RETURNING *)
 INSERT INTO attempt_outcome_deltas SELECT site, outcome, sum(n) FROM gone GROUP BY 1, 2 HAVING sum(n) != 0;
 WITH gone AS (DELETE FROM label_count_deltas RETURNING *)
 INSERT INTO label_count_deltas SELECT key, value, owner, state, sum(n) FROM gone GROUP BY 1, 2, 3, 4 HAVING sum(n) != 0;
+WITH gone AS (DELETE FROM active_job_deltas RETURNING *)
+INSERT INTO active_job_deltas SELECT site, key, value, multicore, sum(n), sum(cores) FROM gone
+GROUP BY 1, 2, 3, 4 HAVING sum(n) != 0 OR sum(cores) != 0;
 
 -- name: site_demand_read
 -- A demand read in one statement ($1: the site; $2: pilots heard from since): every site's shape,
@@ -588,13 +645,12 @@ INSERT INTO sites (name, mode) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET 
 INSERT INTO sites (name, max_cpus) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET max_cpus = excluded.max_cpus;
 
 -- name: site_cpus_in_use
-SELECT COALESCE(SUM(j.cpus), 0) FROM attempts a JOIN jobs j ON j.id = a.job_id
-WHERE a.site = $1 AND a.state != 'ended';
+-- From the kept counts of active attempts (migration_13), not a join of every running job.
+SELECT coalesce(sum(cores), 0)::bigint FROM active_job_deltas WHERE site = $1 AND key = '';
 
 -- name: sites_cpus_in_use
--- The cores each site's active attempts hold, every site in one statement (the summary's).
-SELECT a.site, sum(j.cpus)::bigint FROM attempts a JOIN jobs j ON j.id = a.job_id
-WHERE a.state != 'ended' GROUP BY a.site;
+-- The cores each site's active attempts hold, every site in one statement (the summary's), kept.
+SELECT site, sum(cores)::bigint FROM active_job_deltas WHERE key = '' GROUP BY site HAVING sum(cores) != 0;
 
 -- name: site_health_apply
 UPDATE sites SET health = health * $1 + $2 WHERE name = $3;
@@ -914,9 +970,9 @@ UPDATE pilots SET last_seen = greatest(coalesce(last_seen, 0), $1) WHERE state =
 SELECT owner, state, multicore, sum(n)::bigint FROM job_count_deltas GROUP BY 1, 2, 3 HAVING sum(n) > 0;
 
 -- name: monitoring_running
-SELECT a.site, coalesce(j.spec -> 'labels' ->> $1, ''), j.cpus > 1, count(*), sum(j.cpus)::bigint
-FROM attempts a JOIN jobs j ON j.id = a.job_id
-WHERE a.state != 'ended' GROUP BY 1, 2, 3;
+-- The kept counts of active attempts: per site in total (key '') and per value of the dataset label ($1).
+SELECT site, key, value, multicore, sum(n)::bigint, sum(cores)::bigint FROM active_job_deltas
+WHERE key = '' OR key = $1 GROUP BY 1, 2, 3, 4 HAVING sum(n) != 0;
 
 -- name: monitoring_pilots
 SELECT site, state, count(*), sum(cpus)::bigint, sum(CASE WHEN state = 'running' THEN free_cpus ELSE 0 END)::bigint,
