@@ -39,7 +39,7 @@ Job keys:
 ``sites``
     A list of site names the job may run at (default: any site).
 ``priority``
-    A whole number; higher runs first (default 0).
+    A whole number from -2147483648 to 2147483647; higher runs first (default 0).
 ``max_retries``
     How often a job that failed by its own fault is run again (default 0). A job killed for its
     memory or walltime is retried with a bigger request regardless (twice, by default).

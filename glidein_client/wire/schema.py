@@ -116,7 +116,7 @@ class JobSpec(_Strict, kw_only=True):
     outputs: list[str] = []
     labels: dict[str, str] = {}
     sites: list[Name] | None = None
-    priority: int = 0
+    priority: Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)] = 0  # a 32-bit integer, as the stores keep it
     max_retries: Annotated[int, Meta(ge=0, le=100)] = 0  # reruns after the job's own failure (HTCondor: none)
 
 

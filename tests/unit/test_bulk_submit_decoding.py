@@ -1,5 +1,5 @@
-"""A large request body is decoded with Python's cycle collector paused, and the collector comes back
-as it was, also when the body is refused."""
+"""A bulk submit's body: decoded with Python's cycle collector paused (which comes back as it was, also
+when the body is refused), and a value that no store keeps refused by name before any store sees it."""
 
 from __future__ import annotations
 
@@ -39,3 +39,16 @@ def test_a_collector_turned_off_by_the_operator_stays_off() -> None:
     with collection_paused():
         pass
     assert not gc.isenabled()
+
+
+@pytest.mark.parametrize("priority", [2**31, -(2**31) - 1, 2**63])
+def test_a_priority_beyond_32_bits_is_refused_by_name(priority: int) -> None:
+    body = b'{"jobs": [{"argv": ["true"]}, {"argv": ["true"], "priority": %d}]}' % priority
+    with pytest.raises(ValidationError, match="priority") as caught:
+        decode(body, JobSubmit, what="job submission")
+    assert caught.value.fields.get("field") == "jobs[1].priority"
+
+
+def test_the_32_bit_priorities_are_accepted() -> None:
+    body = b'{"jobs": [{"argv": ["true"], "priority": 2147483647}, {"argv": ["true"], "priority": -2147483648}]}'
+    assert [j.priority for j in decode(body, JobSubmit).jobs] == [2**31 - 1, -(2**31)]
