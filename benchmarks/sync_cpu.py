@@ -138,6 +138,11 @@ def summary(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(statistics.median(r[k] for r in runs), 3) for k in MEASURES}
 
 
+def pair_ratios(this: list[dict[str, float]], ref: list[dict[str, float]]) -> dict[str, list[float]]:
+    """Each round's this/ref ratio (the pair ran back to back, so under about the same load), sorted."""
+    return {k: sorted(round(a[k] / b[k], 3) for a, b in zip(this, ref, strict=True)) for k in MEASURES}
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     load0 = os.getloadavg()
     runs: dict[str, list[dict[str, float]]] = {"this": [], "ref": []}
@@ -163,6 +168,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(),
         "this": summary(runs["this"]),
         "ref": summary(runs["ref"]) if runs["ref"] else None,
+        "pair_ratios": pair_ratios(runs["this"], runs["ref"]) if runs["ref"] else None,
         "runs": runs,
     }
 
@@ -178,11 +184,13 @@ def main() -> None:
     t0 = time.perf_counter()
     out = asyncio.run(main_async(args))
     head = f"\n{'server CPU per sync, median ms':34}{'this':>10}"
-    print(head + (f"{'at ' + str(args.against):>16}{'ratio':>8}" if out["ref"] else ""))
+    print(head + (f"{'at ' + str(args.against):>16}{'ratio':>8}   ratio of each pair" if out["ref"] else ""))
     for k in MEASURES:
         line = f"{k:34}{out['this'][k]:>10.3f}"
         if out["ref"]:
+            pairs = out["pair_ratios"][k]
             line += f"{out['ref'][k]:>16.3f}{out['this'][k] / out['ref'][k]:>8.2f}"
+            line += f"   median {statistics.median(pairs):.2f} ({pairs[0]:.2f} to {pairs[-1]:.2f})"
         print(line)
     print(
         f"load average (1 min): {out['loadavg'][0]:.1f} at the start, {out['loadavg'][1]:.1f} at the end "
