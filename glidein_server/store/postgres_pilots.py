@@ -227,7 +227,9 @@ class PostgresPilots(PostgresReservations, PostgresAttempts):
             return []
         f = req.free
         cap = total if req.want > 0 else Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
-        scan = min(CLAIM_SCAN, 2 * (cap.cpus + req.want) + 8)  # rows locked: a few per slot, not the queue
+        # Rows locked: no more than the pilot can take (every job needs a core), not the queue; each
+        # lock costs, and concurrent claimers walk past each other's.
+        scan = min(CLAIM_SCAN, cap.cpus + req.want)
         args = (cap.cpus, cap.memory_mb, cap.gpus, cap.disk_mb, int(req.lifetime_s), f",{site},", scan)
         queues: dict[str, list[Candidate]] = {}
         staged = network is not None and Network(network).stages
@@ -236,9 +238,9 @@ class PostgresPilots(PostgresReservations, PostgresAttempts):
                 queues.setdefault(owner, []).append(Candidate(*row))
         else:  # each user's best few: however many jobs one user queued, the others are still seen
             rows: dict[str, list[Any]] = {}
-            for owner, *row in await con.fetch(Q["idle_candidates"], *args, req.want):
+            for owner, *row in await con.fetch(Q["idle_candidates"], *args):
                 rows.setdefault(owner, []).append(row)
-            queues = {owner: [Candidate(*r) for r in candidates.best(mine, scan)] for owner, mine in rows.items()}
+            queues = {owner: [Candidate(*r) for r in candidates.best(mine, len(mine))] for owner, mine in rows.items()}
         if not queues:
             return []
         in_use_of = {r[0]: int(r[1]) for r in await con.fetch(Q["busy_cores"])} if len(queues) > 1 else {}
