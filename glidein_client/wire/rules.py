@@ -22,8 +22,11 @@ def check_relative_path(name: str, *, field: str) -> str:
     return norm
 
 
-def check_job(spec: JobSpec, index: int | None = None) -> JobSpec:
-    """Rules beyond types and bounds. Raises :class:`ValidationError` naming the field."""
+def check_job(spec: JobSpec, index: int | None = None, *, texts: bool = True) -> JobSpec:
+    """Rules beyond types and bounds. Raises :class:`ValidationError` naming the field.
+
+    ``texts=False`` leaves out the search for NUL characters, for a caller that knows there is none
+    (the server, when a submit's JSON holds no ``\\u0000``)."""
     at = f"jobs[{index}]." if index is not None else ""
     if bool(spec.argv) == bool(spec.script):
         raise ValidationError(
@@ -51,4 +54,28 @@ def check_job(spec: JobSpec, index: int | None = None) -> JobSpec:
     for key in spec.env:
         if not key or "=" in key or "\x00" in key:
             raise ValidationError(f"{at}env: {key!r} is not a valid variable name.", field=f"{at}env")
+    nul = _nul_field(spec) if texts else None
+    if nul is not None:
+        raise ValidationError(
+            f"{at}{nul}: the text holds a NUL character (\\0), which a command, its environment and a "
+            "job's labels cannot carry.",
+            hint="Remove it; nothing from this request was accepted.",
+            field=f"{at}{nul}",
+        )
     return spec
+
+
+def _nul_field(spec: JobSpec) -> str | None:
+    """The first field whose text holds a NUL character (no exec passes it, PostgreSQL keeps none)."""
+    for i, arg in enumerate(spec.argv or ()):
+        if "\x00" in arg:
+            return f"argv[{i}]"
+    if spec.script is not None and "\x00" in spec.script:
+        return "script"
+    for key, value in spec.env.items():
+        if "\x00" in value:
+            return f"env.{key}"
+    for key, value in spec.labels.items():
+        if "\x00" in key or "\x00" in value:
+            return "labels"
+    return None

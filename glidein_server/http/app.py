@@ -293,8 +293,9 @@ class Api:
     async def submit(self, request: web.Request) -> web.Response:
         principal = await self.guard.who(request, Role.USER, Role.OPERATOR)
         body: JobSubmit = await self.guard.body(request, JobSubmit, "job submission")
+        texts = b"\\u0000" in await request.read()  # the body, read already: only JSON can hold a NUL
         for i, spec in enumerate(body.jobs):
-            check_job(spec, i)
+            check_job(spec, i, texts=texts)
         own = own_netlocs(request.host, self.config.public_url)
         await check_inputs(body.jobs, principal, self.store, self.files, own)
         ids = await self.store.add_jobs(principal.subject, body.jobs, time.time())

@@ -46,6 +46,9 @@ async def raw_post(live: LiveServer, token: str, path: str, body: bytes) -> tupl
         ('{"argv": ["true"], "outputs": ["../escape.txt"]}', "jobs[0].outputs[0]", "outside the job's sandbox"),
         ('{"argv": ["true"], "outputs": ["/etc/passwd"]}', "jobs[0].outputs[0]", "outside the job's sandbox"),
         ('{"argv": ["true"], "memory_mb": "lots"}', "jobs[0].memory_mb", "Expected `int`"),
+        ('{"argv": ["true"], "priority": 2147483648}', "jobs[0].priority", "<= 2147483647"),
+        ('{"argv": ["echo", "a\\u0000b"]}', "jobs[0].argv[1]", "NUL character"),
+        ('{"argv": ["true"], "labels": {"ds": "\\u0000"}}', "jobs[0].labels", "NUL character"),
     ],
 )
 async def test_malformed_jobs_get_a_plain_400_naming_the_field(
@@ -72,6 +75,13 @@ async def test_a_bad_job_in_a_batch_rejects_the_whole_request(live_server: LiveS
     assert status == 400 and body["field"] == "jobs[1].cpus"
     async with live_server.api(token) as api:
         assert (await api.list_jobs()).jobs == []
+
+
+async def test_a_backslash_that_only_looks_like_a_nul_is_kept(live_server: LiveServer) -> None:
+    token = await live_server.token(Role.USER, "alice")
+    async with live_server.api(token) as api:
+        (job_id,) = await api.submit([JobSpec(argv=["echo", "\\u0000"])])
+        assert (await api.get_job(job_id)).spec.argv == ["echo", "\\u0000"]
 
 
 async def test_not_json_is_a_400_not_a_500(live_server: LiveServer) -> None:

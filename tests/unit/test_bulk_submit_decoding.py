@@ -10,7 +10,8 @@ import pytest
 
 from glidein_client.wire.codec import decode
 from glidein_client.wire.errors import ValidationError
-from glidein_client.wire.schema import JobSubmit
+from glidein_client.wire.rules import check_job
+from glidein_client.wire.schema import JobSpec, JobSubmit
 from glidein_server.http.routing import collection_paused
 
 
@@ -52,3 +53,25 @@ def test_a_priority_beyond_32_bits_is_refused_by_name(priority: int) -> None:
 def test_the_32_bit_priorities_are_accepted() -> None:
     body = b'{"jobs": [{"argv": ["true"], "priority": 2147483647}, {"argv": ["true"], "priority": -2147483648}]}'
     assert [j.priority for j in decode(body, JobSubmit).jobs] == [2**31 - 1, -(2**31)]
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        (JobSpec(argv=["echo", "a\x00b"]), "jobs[3].argv[1]"),
+        (JobSpec(script="#!/bin/sh\necho \x00\n"), "jobs[3].script"),
+        (JobSpec(argv=["true"], env={"X": "1\x00"}), "jobs[3].env.X"),
+        (JobSpec(argv=["true"], labels={"ds": "\x00"}), "jobs[3].labels"),
+        (JobSpec(argv=["true"], labels={"d\x00s": "x"}), "jobs[3].labels"),
+    ],
+)
+def test_a_nul_character_in_a_jobs_text_is_refused_by_name(spec: JobSpec, field: str) -> None:
+    with pytest.raises(ValidationError, match="NUL") as caught:
+        check_job(spec, 3)
+    assert caught.value.fields.get("field") == field
+    assert "\x00" not in str(caught.value)
+
+
+def test_text_without_nul_characters_passes() -> None:
+    spec = JobSpec(argv=["echo", "\\0 is not a NUL"], env={"X": "\\u0000"}, labels={"ds": "ok"})
+    assert check_job(spec, 0) is spec
