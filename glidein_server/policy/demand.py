@@ -128,12 +128,14 @@ def site_demand(
         total = sum(site_weight(health, s) for s in eligible_sites(shape, site_shapes))
         share[shape] = shape.count * site_weight(health, site) / max(total, 1e-9)
 
-    # Net of what live pilots of this site can take right now (largest jobs first).
+    # Net of what live pilots of this site can take right now (largest jobs first). The shares are
+    # kept in a list beside the shapes while the pilots are walked (a Shape hashes all its fields).
     order = sorted(share, key=lambda s: (-s.cpus, -s.gpus, -s.memory_mb))
+    lefts = [share[shape] for shape in order]
     for cap in free:
         cpus, mem, gpus, disk = cap.cpus, cap.memory_mb, cap.gpus, cap.disk_mb
-        for shape in order:
-            left = share[shape]
+        for i, shape in enumerate(order):
+            left = lefts[i]
             if left <= 0 or not fits(shape, cpus, mem, gpus, disk, cap.lifetime_s):
                 continue
             room = cpus // shape.cpus
@@ -146,12 +148,14 @@ def site_demand(
             take = min(left, float(room))
             if take <= 0:
                 continue
-            share[shape] = left - take
+            lefts[i] = left - take
             used = math.ceil(take)
             cpus -= used * shape.cpus
             mem -= used * shape.memory_mb
             gpus -= used * shape.gpus
             disk -= used * shape.disk_mb
+    for shape, left in zip(order, lefts, strict=True):  # the shapes keep their order in ``share``
+        share[shape] = left
 
     jobs = sum(share.values())
     pilots = sum(n / per_pilot(s, pilot) for s, n in share.items())
