@@ -38,6 +38,9 @@ Q = sqlfile.load("sqlite.sql")
 Call = tuple[Callable[..., Any], tuple[Any, ...], bool, "asyncio.Future[Any]"]
 #: At most this many calls run in one batch (one transaction).
 BATCH = 256
+#: At most this many quick calls run in one batch, in the event loop's thread: the loop turns between
+#: batches, so a burst of claims (every waiting pilot woken by new work) holds it up for tens of ms.
+QUICK_BATCH = 64
 #: Batches look for other connections' commits at most this often (seconds).
 LOOK_S = 0.25
 #: How long the worker waits for another process's write lock (seconds); the event loop never waits.
@@ -144,7 +147,7 @@ class SqliteBase:
             while self._quick or self._waiting:
                 wrote = False
                 if self._quick:
-                    batch, self._quick = self._quick[:BATCH], self._quick[BATCH:]
+                    batch, self._quick = self._quick[:QUICK_BATCH], self._quick[QUICK_BATCH:]
                     try:
                         outcomes = self._run_batch(batch, wait=False)
                     except Exception as exc:  # the batch could not commit: every call hears it
@@ -153,6 +156,8 @@ class SqliteBase:
                         outcomes = await self._in_worker(batch)
                     _settle(batch, outcomes)
                     wrote = any(writes for _, _, writes, _ in batch)
+                    if self._quick and not self._waiting:
+                        await asyncio.sleep(0)  # let the loop serve other requests before the next batch
                 if self._waiting:
                     batch, self._waiting = self._waiting[:BATCH], self._waiting[BATCH:]
                     _settle(batch, await self._in_worker(batch))

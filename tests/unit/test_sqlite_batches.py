@@ -11,6 +11,7 @@ import pytest
 
 from glidein_client.wire.errors import ConflictError
 from glidein_client.wire.schema import JobSpec
+from glidein_server.store import sqlite_base
 from glidein_server.store.base import JobFilter
 from glidein_server.store.sqlite import SqliteStore
 
@@ -125,4 +126,27 @@ async def test_the_worker_checkpoints_the_log_that_commits_no_longer_do(tmp_path
     await store._quick_tx(lambda db: db.execute("INSERT INTO meta (key, value) VALUES ('quick', 'x')"))
     assert len(checkpoints) == 1 and checkpoints[0] != threading.get_ident()
     assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    await store.close()
+
+
+async def test_a_burst_of_quick_calls_lets_the_event_loop_turn_between_batches(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "g.db"))
+    await store.open()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    def write(db: sqlite3.Connection, key: int) -> int:
+        db.execute("INSERT INTO meta (key, value) VALUES (?, 'x')", (f"k{key}",))
+        return ticks
+
+    running = asyncio.ensure_future(ticker())
+    seen = await asyncio.gather(*(store._quick_tx(write, i) for i in range(3 * sqlite_base.QUICK_BATCH)))
+    running.cancel()
+    assert len(set(seen)) == 3  # three batches, the loop turning between them
+    assert store._conn.execute("SELECT count(*) FROM meta WHERE value = 'x'").fetchone()[0] == len(seen)
     await store.close()
