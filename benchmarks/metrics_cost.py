@@ -98,9 +98,10 @@ def metrics_cost(
     on: list[dict[str, float]], off: list[dict[str, float]], per_scrape_ms: float, scrape_every_s: float
 ) -> dict[str, object]:
     """The cost of metrics from paired runs (with, without; each pair back to back): for the rate
-    and for the server's CPU per job, each pair's relative cost, their median and interquartile
-    range. The server's CPU per job is the primary figure: other programs on the machine move
-    the rate by ±20 % from run to run and the CPU time by far less."""
+    and for the server's CPU per job and per sync, each pair's relative cost, their median and
+    interquartile range. The rate is the ``make bench`` figure the target is set on; other
+    programs on the machine move it by ±20 % from run to run, hence the pairs and the CPU figures
+    beside it."""
     rate_costs = [1 - a["rate_per_s"] / b["rate_per_s"] for a, b in zip(on, off, strict=True)]
     cpu_costs = [a["server_cpu_ms_per_job"] / b["server_cpu_ms_per_job"] - 1 for a, b in zip(on, off, strict=True)]
     sync_costs = [a["server_cpu_ms_per_sync"] / b["server_cpu_ms_per_sync"] - 1 for a, b in zip(on, off, strict=True)]
@@ -142,10 +143,9 @@ def metrics_cost(
         # What the scrapes alone add per job at this interval and the measured rate.
         "scrape_cpu_ms_per_job": round(per_scrape_ms / (scrape_every_s * rate_on), 4),
         "target_metrics_cost": 0.05,
-        "metrics_primary_figure": "server CPU per job",
-        "metrics_target_met": cpu_median <= 0.05,
-        "metrics_target_met_at_upper_quartile": cpu_q3 <= 0.05,
-        "metrics_rate_target_met": rate_median <= 0.05,
+        "metrics_primary_figure": "rate (the make bench figure)",
+        "metrics_target_met": rate_median <= 0.05,
+        "metrics_target_met_at_upper_quartile": rate_q3 <= 0.05,
     }
 
 
@@ -193,7 +193,7 @@ def metrics_rows(result: dict[str, object], scrape_every_s: float) -> list[tuple
         ("rate with / without, per pair", " ".join(f"{r:.3f}" for r in ratios)),
         ("rate lost by the second run of a pair, whichever (median)", _pct(result["second_run_rate_cost"])),
         (
-            "rate cost of metrics: median (IQR)",
+            "rate cost of metrics: median (IQR) [primary]",
             f"{_pct(result['metrics_cost'])} ({_pct(rate_iqr[0])} to {_pct(rate_iqr[1])})",
         ),
         (
@@ -203,7 +203,7 @@ def metrics_rows(result: dict[str, object], scrape_every_s: float) -> list[tuple
         ),
         ("server CPU cost per pair", " ".join(_pct(c).replace(" ", "") for c in cpu_costs)),
         (
-            "server CPU cost of metrics: median (IQR) [primary]",
+            "server CPU cost of metrics: median (IQR)",
             f"{_pct(result['metrics_server_cpu_cost'])} ({_pct(cpu_iqr[0])} to {_pct(cpu_iqr[1])})",
         ),
         (
@@ -219,5 +219,5 @@ def metrics_rows(result: dict[str, object], scrape_every_s: float) -> list[tuple
             "server CPU per scrape (its share per job here)",
             f"{result['server_cpu_ms_per_scrape']:.2f} ms ({result['scrape_cpu_ms_per_job']:.4f} ms)",
         ),
-        ("metrics <= 5 % of server CPU per job", f"{met} by the median; {sure}"),
+        ("metrics <= 5 % of the rate", f"{met} by the median; {sure}"),
     ]

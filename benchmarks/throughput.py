@@ -8,9 +8,10 @@ target), and the difference is what the isolation costs per job.
 
 Each round is also a pair of runs with and without the server's metrics (a scraper in its own
 process, every ``--scrape-every`` seconds), back to back in alternating order: the cost of metrics
-is the median of the pairs' costs, with their interquartile range, on the rate and on the server's
-CPU per job (the primary figure: load from other programs barely moves it), beside the server's
-CPU per scrape. ``--metrics-only`` runs just the pairs (9 by default).
+is the median of the pairs' costs, with their interquartile range, on the rate (the primary
+figure) and on the server's CPU per job and per sync, beside the server's CPU per scrape; scripted
+runs (``benchmarks.metrics_scripted``) attribute the server CPU that metrics cost, and give the
+rate cost by CPU share. ``--metrics-only`` runs just the pairs (9 by default).
 """
 
 from __future__ import annotations
