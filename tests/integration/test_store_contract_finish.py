@@ -4,11 +4,6 @@ applied once."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
 from glidein_client.wire.schema import (
     Finish,
     JobSpec,
@@ -20,26 +15,10 @@ from glidein_client.wire.schema import (
     SyncRequest,
 )
 from glidein_server.store.base import JobFilter, Store
-from glidein_server.store.postgres import PostgresStore
-from glidein_server.store.sqlite import SqliteStore
 
 NOW = 1_000_000.0
 LEASE_S = 600.0
 FREE = Resources(cpus=8, memory_mb=16_000, disk_mb=100_000)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store
-    if request.param == "sqlite":
-        s = SqliteStore(str(tmp_path / "glidein.db"))
-    else:
-        s = PostgresStore(request.getfixturevalue("postgres_url"))
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def test_a_sync_ending_several_attempts_ends_each_as_reported(store: Store) -> None:

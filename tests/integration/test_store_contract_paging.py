@@ -8,33 +8,16 @@ claimed, cancelled and purged between its pages; an offset-paged listing skips o
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from glidein_client.wire.schema import JobSpec, PilotRegister, Resources, SyncRequest
 from glidein_server.store.base import JobFilter, Store
-from glidein_server.store.postgres import PostgresStore
-from glidein_server.store.sqlite import SqliteStore
 
 NOW = 1_000_000.0
 LEASE_S = 600.0
 FREE = Resources(cpus=2, memory_mb=16_000, disk_mb=100_000)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store
-    if request.param == "sqlite":
-        s = SqliteStore(str(tmp_path / "glidein.db"))
-    else:
-        s = PostgresStore(request.getfixturevalue("postgres_url"))
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def job(i: int) -> JobSpec:

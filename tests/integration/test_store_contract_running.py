@@ -9,11 +9,8 @@ holds, cancels and purges, and an upgrade must build them from the attempts alre
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
-import pytest
 
 from glidein_client.wire.schema import (
     AttemptRef,
@@ -31,20 +28,6 @@ from glidein_server.store.sqlite import SqliteStore
 
 NOW = 1_000_000.0
 LEASE_S = 600.0
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store
-    if request.param == "sqlite":
-        s = SqliteStore(str(tmp_path / "glidein.db"))
-    else:
-        s = PostgresStore(request.getfixturevalue("postgres_url"))
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def job(i: int) -> JobSpec:

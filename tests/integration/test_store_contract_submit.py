@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable
-from pathlib import Path
+from collections.abc import Awaitable
 
 import asyncpg
 import pytest
@@ -14,24 +13,9 @@ import pytest
 from glidein_client.wire.schema import JobSpec, JobState, PilotShape
 from glidein_server.store.base import JobFilter, Store
 from glidein_server.store.postgres import PostgresStore
-from glidein_server.store.sqlite import SqliteStore
 
 NOW = 1_000_000.0
 SITE_SHAPE = PilotShape(cpus=8, memory_mb=16_000, disk_mb=100_000, walltime_s=86_400)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store
-    if request.param == "sqlite":
-        s = SqliteStore(str(tmp_path / "glidein.db"))
-    else:
-        s = PostgresStore(request.getfixturevalue("postgres_url"))
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def batch(n: int, salt: int = 0) -> list[JobSpec]:
