@@ -19,11 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.scale import SHAPE, Fleet, cpu_s, job_specs, serving
+from benchmarks.scale import SHAPE, Fleet, bench_state, cpu_s, job_specs, serving
 from glidein_client.wire.api import ApiClient
-from glidein_client.wire.schema import MAX_JOBS_PER_REQUEST, Role
-from glidein_server.server import mint_token, open_store
-from glidein_server.settings import ServerSettings, StateDir
+from glidein_client.wire.schema import MAX_JOBS_PER_REQUEST
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PILOTS = 16  # 8 cores each
@@ -33,22 +31,7 @@ async def scripted_run(tmp: Path, metrics: bool, jobs: int) -> dict[str, float]:
     """One run: ``jobs`` mixed 1- and 4-core jobs with labels submitted, then claimed and finished
     by 16 scripted 8-core pilots until none is left. The server's CPU counts from the submit to
     the last sync; its start-up does not count."""
-    state = StateDir(tmp / ("on" if metrics else "off"))
-    state.write(
-        ServerSettings(
-            insecure_http=True,  # loopback only
-            metrics=metrics,
-            lease_s=600,
-            heartbeat_s=60,
-            pilot_timeout_s=1800,
-            **{f"rate_{r}_per_s": 0.0 for r in ("operator", "user", "site", "pilot", "anonymous")},  # type: ignore[arg-type]
-        )
-    )
-    store = open_store(state, state.load())
-    await store.open()
-    user = await mint_token(store, Role.USER, "bench")
-    site = await mint_token(store, Role.SITE, "bench")
-    await store.close()
+    state, user, site = await bench_state(tmp / ("on" if metrics else "off"), metrics=metrics)
     async with serving(state, tmp / "server.log") as (url, server):
         async with ApiClient(url, site) as sapi:
             await sapi.demand("bench", SHAPE)

@@ -245,16 +245,18 @@ class Run:
         self.phases, self.tree, self.postmaster = phases, tree, postmaster
 
 
-async def run_backend(name: str, database: str, jobs: int, tmp: Path, replicas: bool, how: Run) -> dict[str, float]:
-    state = StateDir(tmp / name)
+async def bench_state(root: Path, **settings: Any) -> tuple[StateDir, str, str]:
+    """A server's state directory for a benchmark (plain HTTP on loopback, long leases, no rate
+    limits, and ``settings``), with a user's and a site's token."""
+    state = StateDir(root)
     state.write(
         ServerSettings(
-            database=database,
             insecure_http=True,
             lease_s=600,
             heartbeat_s=60,
             pilot_timeout_s=1800,
-            **{f"rate_{r}_per_s": 0.0 for r in ("operator", "user", "site", "pilot", "anonymous")},  # type: ignore[arg-type]
+            **{f"rate_{r}_per_s": 0.0 for r in ("operator", "user", "site", "pilot", "anonymous")},
+            **settings,
         )
     )
     store = open_store(state, state.load())
@@ -262,6 +264,11 @@ async def run_backend(name: str, database: str, jobs: int, tmp: Path, replicas: 
     user = await mint_token(store, Role.USER, "bench")
     site = await mint_token(store, Role.SITE, "bench")
     await store.close()
+    return state, user, site
+
+
+async def run_backend(name: str, database: str, jobs: int, tmp: Path, replicas: bool, how: Run) -> dict[str, float]:
+    state, user, site = await bench_state(tmp / name, database=database)
     r: dict[str, float] = {}
     async with serving(state, tmp / f"{name}.log", how.tree) as (url, server):
         async with ApiClient(url, user) as api:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -24,16 +23,14 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from benchmarks.scale import Fleet, cpu_s, free_port, job_specs
+from benchmarks.scale import Fleet, cpu_s, job_specs, serving
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.schema import MAX_JOBS_PER_REQUEST
+from glidein_server.settings import StateDir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -69,31 +66,6 @@ def export(ref: str, into: Path) -> Path:
     return into
 
 
-@contextlib.asynccontextmanager
-async def serving(tree: Path, state: Path) -> AsyncIterator[tuple[str, psutil.Process]]:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    port = free_port()
-    with open(state / "server.log", "wb") as out:  # noqa: ASYNC230 - handed to the child
-        proc = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "glidein_server.cli", "serve", "--dir", str(state), "--port", str(port)),
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            cwd=tree,
-        )
-    try:
-        for _ in range(300):
-            with contextlib.suppress(OSError):
-                _, w = await asyncio.open_connection("127.0.0.1", port)
-                w.close()
-                break
-            await asyncio.sleep(0.1)
-        yield f"http://127.0.0.1:{port}", psutil.Process(proc.pid)
-    finally:
-        proc.terminate()
-        await proc.wait()
-
-
 async def measure(tree: Path, state: Path, jobs: int, pilots: int, heartbeats: int) -> dict[str, float]:
     """One server from ``tree`` on a fresh database: its CPU per sync of each kind, in ms."""
     setup = subprocess.run(  # noqa: ASYNC221 - before the server starts, nothing else runs
@@ -109,7 +81,7 @@ async def measure(tree: Path, state: Path, jobs: int, pilots: int, heartbeats: i
     if not tokens["code"].startswith(str(tree)):
         sys.exit(f"sync_cpu: the server code came from {tokens['code']}, not from {tree}")
     r: dict[str, float] = {}
-    async with serving(tree, state) as (url, server):
+    async with serving(StateDir(state), state / "server.log", tree) as (url, server):
         async with ApiClient(url, tokens["user"]) as api:
             specs = job_specs(jobs)
             for i in range(0, jobs, MAX_JOBS_PER_REQUEST):
