@@ -90,9 +90,10 @@ class SqliteBase:
         """A batch's writes were rolled back: forget what the store keeps in memory that its calls
         may have read from what they wrote."""
 
-    def _look_for_other_writers(self, db: sqlite3.Connection) -> None:
-        """Notice other processes' commits (at most every ``LOOK_S``: the pragma costs a statement)."""
-        if time.monotonic() - self.checked_at < LOOK_S:
+    def _look_for_other_writers(self, db: sqlite3.Connection, now: bool = False) -> None:
+        """Notice other processes' commits (at most every ``LOOK_S``: the pragma costs a statement;
+        ``now``: whenever asked, for what an operator or a site client reads)."""
+        if not now and time.monotonic() - self.checked_at < LOOK_S:
             return
         version = db.execute(Q["data_version"]).fetchone()[0]
         if version != self._data_version:
