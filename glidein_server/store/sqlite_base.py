@@ -92,7 +92,7 @@ class SqliteBase:
 
     def _look_for_other_writers(self, db: sqlite3.Connection, now: bool = False) -> None:
         """Notice other processes' commits (at most every ``LOOK_S``: the pragma costs a statement;
-        ``now``: whenever asked, for what an operator or a site client reads)."""
+        ``now``: whenever asked, as for a batch in the worker: what operators and site clients ask)."""
         if not now and time.monotonic() - self.checked_at < LOOK_S:
             return
         version = db.execute(Q["data_version"]).fetchone()[0]
@@ -189,7 +189,7 @@ class SqliteBase:
         event loop's thread) None when another process holds the write lock: nothing was done."""
         db = self._conn
         outcomes: list[tuple[bool, Any]] = [(False, None)] * len(batch)
-        self._look_for_other_writers(db)
+        self._look_for_other_writers(db, now=wait)
         for i, (fn, args, writes, _) in enumerate(batch):
             if not writes:
                 try:

@@ -29,8 +29,8 @@ class SqliteSites(SqliteTokens):
     """Sites, with what every sync asks of its site kept in memory: the operator's mode and cap, and
     whether the site stages inputs out of the job. This store's own changes replace them at once;
     another process's (``glidein-server site drain``) are noticed as its tokens' are (``PRAGMA
-    data_version``, before the next batch at most ``LOOK_S`` after the last look), and by a site's
-    demand at once."""
+    data_version``: by the worker's next batch, by the pilots' quick calls at most ``LOOK_S`` after
+    the last look)."""
 
     _site_controls: dict[str, tuple[SiteMode, int | None]]
     _site_staging: dict[str, bool]
@@ -63,7 +63,6 @@ class SqliteSites(SqliteTokens):
 
     async def site_demand(self, site: str, now: float, live_after: float) -> Demand:
         def read(db: sqlite3.Connection) -> Demand:
-            self._look_for_other_writers(db, now=True)  # a drain or pause just made by the operator's command
             shapes = [
                 dm.Shape(c, m, g, d, w, sites_from_key(s), n) for c, m, g, d, w, s, n in db.execute(Q["idle_shapes"])
             ]
