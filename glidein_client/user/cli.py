@@ -4,7 +4,7 @@
     glidein submit --script run.sh -i data.txt -o result.txt
     glidein submit jobs.toml                 # many jobs; see glidein_client/user/jobfile.py or examples/jobs.toml
     glidein status [IDS...] [--state S] [--label k=v] [--all]
-    glidein wait [IDS...] [--timeout 10m] [--label k=v]
+    glidein wait [IDS...] [--timeout 10m] [--label k=v]   # no ids: until none of your jobs is active
     glidein fetch IDS [-d DIR]
     glidein cancel IDS / glidein retry IDS [--memory 4G] [--walltime 2h] [--cpus 2] [--site NAME]
     glidein hold IDS [--reason TEXT] / glidein release IDS

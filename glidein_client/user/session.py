@@ -110,18 +110,20 @@ async def pages(
     label: str | Sequence[str] | None,
     newest_first: bool = False,
     size: int = PAGE_SIZE,
+    after: int | None = None,
 ) -> AsyncIterator[JobList]:
     """The matching jobs page by page, each page asked past the last id of the one before (keyset
     paging: every page costs the server what the first does, and no job is skipped or listed twice
     while jobs change state between pages). The first page carries the counts. A server that does
-    not know ``after`` (it answers the first page again) is paged by offset instead."""
-    after: int | None = None
+    not know ``after`` (it answers the first page again) is paged by offset instead. ``after``: start
+    past this id (the first page then carries no counts)."""
     listed = 0
+    first = after is None
     keyset = True
     while True:
         if keyset:
             page = await api.list_jobs(
-                state=state, label=label, limit=size, after=after, newest_first=newest_first, counts=after is None
+                state=state, label=label, limit=size, after=after, newest_first=newest_first, counts=first
             )
             if after is not None and page.jobs and not _past(page.jobs[0].id, after, newest_first):
                 keyset = False  # a server from before keyset paging: this page again, by offset
@@ -130,6 +132,7 @@ async def pages(
             page = await api.list_jobs(state=state, label=label, limit=size, offset=listed, newest_first=newest_first)
             page.counts = {}
         yield page
+        first = False
         listed += len(page.jobs)
         if len(page.jobs) < size:
             return

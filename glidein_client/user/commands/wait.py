@@ -1,4 +1,9 @@
-"""``glidein wait``: wait until jobs are finished, showing progress and why jobs wait."""
+"""``glidein wait``: wait until jobs are finished, showing progress and why jobs wait.
+
+Without ids or a label it waits for every job of yours still active (those you submit meanwhile too)
+and those of your last submit; what each round asks the server is in
+:mod:`glidein_client.user.waiting`.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +11,12 @@ import argparse
 import asyncio
 import sys
 import time
-from dataclasses import dataclass, field
 
 from glidein_client.user import render
 from glidein_client.user.args import add_ids, arg_type
 from glidein_client.user.selection import add_label
-from glidein_client.user.session import (
-    EXIT_ERROR,
-    EXIT_OK,
-    EXIT_TIMEOUT,
-    RideOut,
-    connect,
-    default_ids,
-    emit_json,
-    jobs_by_ids,
-    list_all,
-    load_config,
-    require_found,
-)
+from glidein_client.user.session import EXIT_ERROR, EXIT_OK, EXIT_TIMEOUT, RideOut, connect, emit_json, load_config
+from glidein_client.user.waiting import IdsWatch, LabelWatch, MineWatch, Snapshot, Watch
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.errors import NotFoundError
 from glidein_client.wire.schema import JobState
@@ -40,32 +33,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.set_defaults(handler=cmd_wait)
 
 
-@dataclass
-class Snapshot:
-    counts: dict[str, int]
-    bad: list[int] = field(default_factory=list)  # failed or cancelled, when the jobs were listed
-    notes: dict[str, list[int]] = field(default_factory=dict)  # why unfinished jobs wait -> their ids
-
-
-async def _poll(api: ApiClient, args: argparse.Namespace) -> Snapshot:
+def _watch(api: ApiClient, args: argparse.Namespace) -> Watch:
     if args.ids:
-        jobs = (await jobs_by_ids(api, args.ids, label=args.label)).jobs
-        if not args.label:
-            require_found(args.ids, jobs)
-    else:
-        first = await api.list_jobs(label=args.label, limit=1)
-        if first.counts:
-            return Snapshot(dict(first.counts))
-        jobs = (await list_all(api, state=None, label=args.label)).jobs
-    snap = Snapshot(render.count_states(jobs))
-    for job in jobs:
-        if job.state in (JobState.FAILED, JobState.CANCELLED):
-            snap.bad.append(job.id)
-        elif job.state is JobState.HELD:  # waits until released: say by whom and why
-            snap.notes.setdefault(render.job_note(job), []).append(job.id)
-        elif not job.state.final and job.note:
-            snap.notes.setdefault(job.note, []).append(job.id)
-    return snap
+        return IdsWatch(api, args.ids, args.label)
+    if args.label:  # a label names its jobs, finished ones too
+        return LabelWatch(api, args.label)
+    return MineWatch(api, load_config(args).url)
 
 
 def _nothing_to_wait_for(as_json: bool) -> int:
@@ -83,13 +56,12 @@ async def cmd_wait(args: argparse.Namespace) -> int:
     told: set[str] = set()
     patiently = RideOut()
     async with connect(args) as api:
-        if not args.ids and not args.label:  # a label names its jobs, finished ones too
-            args.ids = await patiently(lambda: default_ids(api, load_config(args).url))
-            if not args.ids:
-                return _nothing_to_wait_for(args.json)
+        watch = _watch(api, args)
+        if not await patiently(watch.start):
+            return _nothing_to_wait_for(args.json)
         try:
             while True:
-                snap = await patiently(lambda: _poll(api, args))
+                snap = await patiently(watch.poll)
                 counts, total = snap.counts, sum(snap.counts.values())
                 final = sum(counts.get(s.value, 0) for s in JobState if s.final)
                 for note, ids in snap.notes.items():
@@ -105,6 +77,7 @@ async def cmd_wait(args: argparse.Namespace) -> int:
                     break
                 left = POLL_S if deadline is None else deadline - time.monotonic()
                 await asyncio.sleep(max(0.0, min(POLL_S, left)))
+            snap = await patiently(lambda: watch.finish(snap))
         finally:
             progress.close()
     return _report(args, snap, timed_out)
