@@ -45,7 +45,11 @@ def open_store(state: StateDir, settings: ServerSettings) -> Store:
     shares = Shares(per_user=dict(s.shares), default=s.default_share)
     reserve = None  # 0 for either setting: no reservations
     if s.reservation_after_s > 0 and s.reservation_max_hold_s > 0:
-        reserve = ReservationPolicy(after_s=s.reservation_after_s, max_hold_s=s.reservation_max_hold_s)
+        reserve = ReservationPolicy(
+            after_s=s.reservation_after_s,
+            max_hold_s=s.reservation_max_hold_s,
+            max_per_owner=s.reservation_per_owner,
+        )
     if is_postgres_url(settings.database):
         return PostgresStore(settings.database, retry=retry, shares=shares, reservation=reserve)
     path = str(state.database(settings))

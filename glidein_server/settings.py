@@ -67,6 +67,7 @@ class ServerSettings(Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     # until the job fits, for at most reservation_max_hold_s; 0 for either: no reservations.
     reservation_after_s: Annotated[float, Meta(ge=0)] = 1800.0
     reservation_max_hold_s: Annotated[float, Meta(ge=0)] = 3600.0
+    reservation_per_owner: Annotated[int, Meta(ge=0)] = 4  # pilots holding for one owner's jobs at once; 0: no limit
     # Fair share of the cores between users ([server.shares] in config.toml: name = share);
     # a user not named there has default_share. A job's priority orders only its owner's jobs.
     default_share: Annotated[float, Meta(gt=0)] = 1.0
@@ -162,6 +163,8 @@ KEY_DOCS: dict[str, str] = {
     "jobs drain until the job fits), so a stream of single-core jobs cannot starve it; 0: no reservations.",
     "reservation_max_hold_s": "A pilot keeps cores for such a job at most this long, then fills them again for as long "
     "before it may hold again; 0: no reservations.",
+    "reservation_per_owner": "At most this many pilots hold cores for one user's jobs at once (whatever their shapes), "
+    "so one user's many large jobs cannot keep many pilots idle while others' jobs wait; 0: no such limit.",
     "default_share": "Fair share of the cores of a user not named in shares (priority orders only a user's own jobs).",
     "shares": 'Fair shares per user, e.g. { "alice" = 3.0 }; set with `glidein-server user share NAME N`.',
     "metrics": "Serve GET /metrics (Prometheus) and the web dashboard /ui; false: neither, and no counts kept.",

@@ -5,15 +5,18 @@ multicore job may wait until a fresh pilot starts. When a multicore job has wait
 ``after_s``, one pilot that could run it is asked to hold its free cores for it
 (:func:`glidein_server.policy.matchmaking.select` with ``reserve``): other jobs then use only
 what that job leaves free. The hold is bounded: at most one pilot per waiting job, at most
-``max_hold_s`` long, and a pilot whose hold ran out fills its cores for ``max_hold_s`` before it
-may hold again. The cost is the cores held idle; the simulator measures it.
+``max_hold_s`` long, a pilot whose hold ran out fills its cores for ``max_hold_s`` before it
+may hold again, and at most ``max_per_owner`` pilots hold for one owner's jobs at once (0: no such
+limit), so that one user's many large jobs of many shapes cannot keep many pilots' cores idle
+while other users' jobs wait. The cost is the cores held idle; the simulator measures it.
 
 Pure bookkeeping over plain data; the caller says when a job is claimed and when a pilot leaves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
+from collections import Counter
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 
 from glidein_server.policy.matchmaking import Candidate, Capacity
@@ -23,6 +26,7 @@ from glidein_server.policy.matchmaking import Candidate, Capacity
 class ReservationPolicy:
     after_s: float = 1800.0
     max_hold_s: float = 3600.0
+    max_per_owner: int = 4  # pilots holding for one owner's jobs at once; 0: no such limit
 
 
 @dataclass(frozen=True)
@@ -31,12 +35,14 @@ class Waiting:
 
     job: Candidate
     idle_since: float
+    owner: str | None = None  # None: not known (the simulator models no users), so not limited per owner
 
 
 @dataclass(frozen=True)
 class _Hold:
     job: Candidate
     since: float
+    owner: str | None = None
 
 
 class Reservations:
@@ -66,12 +72,14 @@ class Reservations:
             return None
         if self._resting.get(pilot_id, 0.0) > now:
             return None
-        job = starving(waiting, self._holder, total, lifetime_s, now, self.policy)
-        if job is not None:
-            self._by_pilot[pilot_id] = _Hold(job, now)
-            self._holder[job.job_id] = pilot_id
-            self.made += 1
-        return job
+        owners = Counter(h.owner for h in self._by_pilot.values() if h.owner is not None)
+        chosen = starving(waiting, self._holder, total, lifetime_s, now, self.policy, owners)
+        if chosen is None:
+            return None
+        self._by_pilot[pilot_id] = _Hold(chosen.job, now, chosen.owner)
+        self._holder[chosen.job.job_id] = pilot_id
+        self.made += 1
+        return chosen.job
 
     def holder(self, job_id: int) -> int | None:
         """The pilot holding cores for this job, if any."""
@@ -108,6 +116,12 @@ def rests_until(now: float, policy: ReservationPolicy) -> float:
     return now + policy.max_hold_s
 
 
+def owner_may_hold(owner: str, holds_by_owner: Mapping[str, int], policy: ReservationPolicy) -> bool:
+    """Whether one more pilot may begin to hold for a job of ``owner``, who has ``holds_by_owner``
+    holds in force by other pilots: fewer than ``max_per_owner`` (or no such limit)."""
+    return policy.max_per_owner <= 0 or holds_by_owner.get(owner, 0) < policy.max_per_owner
+
+
 def starving(
     waiting: Iterable[Waiting],
     held: Container[int],
@@ -115,10 +129,12 @@ def starving(
     lifetime_s: float,
     now: float,
     policy: ReservationPolicy,
-) -> Candidate | None:
+    holds_by_owner: Mapping[str, int] | None = None,
+) -> Waiting | None:
     """The first of ``waiting`` (idle multicore jobs in claim order) that has waited ``after_s``,
-    that no other pilot holds cores for (``held``: job ids) and that this pilot could run
-    (``total``: its whole capacity; ``lifetime_s``: its time left); None when there is none."""
+    that no other pilot holds cores for (``held``: job ids), whose owner may have one more hold
+    (``holds_by_owner``: the holds in force by other pilots, per owner) and that this pilot could
+    run (``total``: its whole capacity; ``lifetime_s``: its time left); None when there is none."""
     for w in waiting:
         job = w.job
         if now - w.idle_since < policy.after_s:
@@ -127,5 +143,7 @@ def starving(
             continue
         if job.cpus > total.cpus or job.memory_mb > total.memory_mb or job.gpus > total.gpus:
             continue
-        return job
+        if w.owner is not None and not owner_may_hold(w.owner, holds_by_owner or {}, policy):
+            continue
+        return w
     return None

@@ -1,19 +1,23 @@
 """Bounded reservations kept in a store's database: what one claiming sync reads and does.
 
-A claiming pilot's sync reads, in one statement, the pilot's own hold (if any) and the first few
+A claiming pilot's sync reads, in one statement, the pilot's own hold (if any), the first few
 idle multicore jobs of each shape that fits the whole pilot (an index seek per shape, never a scan
-of the queue). :func:`decide` turns those rows into the job the pilot holds its free cores for,
-with the decisions of :mod:`glidein_server.policy.reservation` (the simulator's), and says what the
-store writes: nothing, the end of a hold that ran out, or the start of a new one.
+of the queue) and the owners of the other holds in force (a few rows: at most ``max_per_owner`` per
+owner). :func:`decide` turns those rows into the job the pilot holds its free cores for, with the
+decisions of :mod:`glidein_server.policy.reservation` (the simulator's), and says what the store
+writes: nothing, the end of a hold that ran out, or the start of a new one.
 
 Holds end on their own: a hold whose job is no longer idle (claimed by anyone, cancelled, held),
 whose pilot is no longer running, or that is older than ``max_hold_s`` counts for no one, and the
 next hold for that job or by that pilot replaces its row. One pilot per job is a unique index on
-the job, so two server replicas cannot both reserve one job.
+the job, so two server replicas cannot both reserve one job. The limit per owner is read with the
+holds: claims on several replicas at the same moment may each begin one more before they see the
+others' (one SQLite server never does).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from enum import Enum
 from typing import Any
@@ -39,6 +43,7 @@ class Gate:
     """
 
     def __init__(self, policy: ReservationPolicy) -> None:
+        self.policy = policy
         self.ttl_s = min(30.0, policy.after_s / 4)
         self.after_s = policy.after_s
         self.until = 0.0  # refresh when this time has come
@@ -53,6 +58,11 @@ class Gate:
 
     def open(self, now: float) -> bool:
         return now >= self.open_at
+
+
+def gate_for(gate: Gate | None, policy: ReservationPolicy) -> Gate:
+    """A store's gate for ``policy``: the one it has, or a new one when there is none or the policy changed."""
+    return gate if gate is not None and gate.policy == policy else Gate(policy)
 
 
 class Write(Enum):
@@ -87,13 +97,18 @@ def decide(
 ) -> tuple[Candidate | None, Write, float]:
     """The job to hold for, what to write, and (for a lapse) until when the pilot rests.
 
-    ``rows``: (kind, job id, since, rest until, cpus, memory, gpus, disk, walltime, priority, held);
-    kind 0 is the pilot's own hold (its job columns NULL once the job is no longer idle), kind 1 an
-    idle multicore job (since: its submission; held: another live pilot holds cores for it).
+    ``rows``: (kind, job id, since, rest until, cpus, memory, gpus, disk, walltime, priority, held,
+    owner); kind 0 is the pilot's own hold (its job columns NULL once the job is no longer idle), kind 1
+    an idle multicore job (since: its submission; held: another live pilot holds cores for it), kind 2
+    a hold in force by another pilot (only its job id and the job's owner count).
     """
     waiting: list[tuple[tuple[int, int, int], Waiting]] = []
     held: set[int] = set()
-    for kind, job_id, since, rest_until, cpus, mem, gpus, disk, wall, priority, other in rows:
+    holds_by_owner: Counter[str] = Counter()
+    for kind, job_id, since, rest_until, cpus, mem, gpus, disk, wall, priority, other, owner in rows:
+        if kind == 2:
+            holds_by_owner[owner] += 1
+            continue
         if kind == 0:
             if job_id is not None and cpus is not None:  # holding for a job that still waits
                 job = Candidate(job_id, cpus, mem, gpus, disk, wall)
@@ -106,7 +121,7 @@ def decide(
         if other:
             held.add(job_id)
         cand = Candidate(job_id, cpus, mem, gpus, disk, wall)
-        waiting.append((claim_order(priority, cpus, job_id), Waiting(cand, since)))
+        waiting.append((claim_order(priority, cpus, job_id), Waiting(cand, since, owner)))
     waiting.sort(key=lambda w: w[0])
-    found = starving((w for _, w in waiting), held, total, lifetime_s, now, policy)
-    return found, (Write.NONE if found is None else Write.BEGIN), 0.0
+    found = starving((w for _, w in waiting), held, total, lifetime_s, now, policy, holds_by_owner)
+    return (None, Write.NONE, 0.0) if found is None else (found.job, Write.BEGIN, 0.0)

@@ -12,7 +12,16 @@ import sqlite3
 from glidein_server.policy.matchmaking import Candidate, Capacity
 from glidein_server.policy.reservation import ReservationPolicy
 from glidein_server.store import sqlfile
-from glidein_server.store.reservations import DEFAULT_POLICY, Gate, Write, decide, gate_args, read_args, sql
+from glidein_server.store.reservations import (
+    DEFAULT_POLICY,
+    Gate,
+    Write,
+    decide,
+    gate_args,
+    gate_for,
+    read_args,
+    sql,
+)
 from glidein_server.store.sqlite_base import SqliteBase
 
 R = sql(sqlfile.load("sqlite_reservations.sql"))
@@ -30,9 +39,7 @@ class SqliteReservations(SqliteBase):
         policy = self.reservation
         if policy is None:
             return None
-        gate = self._reservation_gate
-        if gate is None or gate.after_s != policy.after_s:
-            gate = self._reservation_gate = Gate(policy)
+        gate = self._reservation_gate = gate_for(self._reservation_gate, policy)
         if gate.due(now):
             gate.refresh(now, *db.execute(R["reservation_gate"], gate_args(now, policy)).fetchone())
         if not gate.open(now):

@@ -4,13 +4,15 @@ A 4-core job waits while single-core jobs keep arriving. Without a reservation, 
 frees is refilled at once by a single-core job and the 4-core job starves; with one, the pilot
 that holds for it lets its cores drain until the job fits, then claims it. A hold ends when its
 job is claimed, when its pilot ends, or after ``max_hold_s``; one pilot holds for a job, and two
-claimers at once (two replicas on PostgreSQL) never both hold for it.
+claimers at once (two replicas on PostgreSQL) never both hold for it; one owner's jobs get at most
+``max_per_owner`` holds, whatever their shapes.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,9 @@ from glidein_client.wire.schema import (
     SyncRequest,
 )
 from glidein_server.policy.reservation import ReservationPolicy
+from glidein_server.store.base import Store
 from glidein_server.store.postgres import PostgresStore
+from glidein_server.store.reservations import DEFAULT_POLICY
 from glidein_server.store.sqlite import SqliteStore
 
 NOW = 1_000_000.0
@@ -237,3 +241,31 @@ async def test_claims_skip_the_read_until_a_job_may_starve_and_then_hold(opener:
     assert await claim(store, pid, 1, at) == []  # the gate looked again and the job waited long enough
     assert await store.reservations(at) == [(pid, big, at)]
     assert await claim(store, pid, 1, at + 1) == []  # a hold in force keeps the gate open
+
+
+async def test_one_owners_many_shapes_hold_at_most_the_per_owner_limit(store: Store) -> None:
+    """Mallory submits large jobs of six shapes (the limit of 4 holds per shape never binds), then
+    Bob one: with the server's default policy (on ``store``: SQLite, then PostgreSQL), at most 4
+    pilots hold for Mallory's jobs, the next holds for Bob's, which it then runs, and the last fills
+    its core. Without the limit per owner, Mallory's jobs take every pilot that holds."""
+    assert isinstance(store, SqliteStore | PostgresStore)
+    assert store.reservation == DEFAULT_POLICY and DEFAULT_POLICY.max_per_owner == 4
+    await store.add_jobs("alice", [single() for _ in range(20)], NOW)
+    hers = await store.add_jobs("mallory", [four_of(1000 + i) for i in range(6)], NOW)
+    [his] = await store.add_jobs("bob", [four()], NOW + 1)
+    pilots = [await pilot(store) for _ in range(6)]
+    at = NOW + DEFAULT_POLICY.after_s + 10
+    got = [await claim(store, p, 1, at + i) for i, p in enumerate(pilots)]
+    assert got[:5] == [[]] * 5 and len(got[5]) == 1  # five hold; the sixth finds no one it may hold for
+    holds = {job: p for p, job, _ in await store.reservations(at + 6)}
+    assert sorted(holds) == [*hers[:4], his] and holds[his] == pilots[4]
+    assert [c.job_id for c in await claim(store, pilots[4], 4, at + 7)] == [his]  # Bob's job runs
+
+    store.reservation = replace(DEFAULT_POLICY, max_per_owner=0)  # no limit per owner
+    late = await pilot(store)
+    assert await claim(store, late, 1, at + 8) == []
+    assert (late, hers[4]) in {(p, job) for p, job, _ in await store.reservations(at + 8)}
+
+
+def four_of(memory_mb: int) -> JobSpec:
+    return JobSpec(argv=["true"], cpus=4, memory_mb=memory_mb, walltime_s=3600)

@@ -52,10 +52,19 @@ def test_the_stores_use_the_simulators_decisions(monkeypatch: pytest.MonkeyPatch
     assert calls.get("keeps", 0) >= 1 and calls.get("starving", 0) >= 1
 
 
-def row(kind: int, job: Candidate | None, since: float, *, rest: float = 0.0, prio: int = 0, held: bool = False) -> Any:
+def row(
+    kind: int,
+    job: Candidate | None,
+    since: float,
+    *,
+    rest: float = 0.0,
+    prio: int = 0,
+    held: bool = False,
+    owner: str | None = "ann",
+) -> Any:
     if job is None:
-        return (kind, None, since, rest, None, None, None, None, None, prio, held)
-    return (kind, job.job_id, since, rest, *job[1:], prio, held)
+        return (kind, None, since, rest, None, None, None, None, None, prio, held, owner)
+    return (kind, job.job_id, since, rest, *job[1:], prio, held, owner)
 
 
 def test_decide_gives_what_the_simulators_reservations_give() -> None:
@@ -77,8 +86,29 @@ def test_decide_gives_what_the_simulators_reservations_give() -> None:
     assert store_res.decide(resting, TOTAL, 36_000, 6000, POLICY) == (None, store_res.Write.NONE, 0.0)
     assert store_res.decide(resting, TOTAL, 36_000, 9301, POLICY)[1] is store_res.Write.BEGIN
     # Its job was claimed (the row's job columns are NULL once the job is not idle): a new hold may begin.
-    claimed = [(0, big.job_id, 2000.0, 0.0, None, None, None, None, None, 0, False), row(1, other, 0.0)]
+    claimed = [(0, big.job_id, 2000.0, 0.0, None, None, None, None, None, 0, False, None), row(1, other, 0.0)]
     assert store_res.decide(claimed, TOTAL, 36_000, 2500, POLICY) == (other, store_res.Write.BEGIN, 0.0)
+
+
+def test_one_owner_has_at_most_max_per_owner_holds_whatever_the_shapes() -> None:
+    policy = ReservationPolicy(after_s=1800, max_hold_s=3600, max_per_owner=2)
+    hers = [Candidate(i, 4, 1000 + i, 0, 0, 3600) for i in range(1, 5)]  # four shapes, one user
+    his = Candidate(9, 4, 1000, 0, 0, 3600)
+    r = Reservations(policy)
+    waiting = [*(Waiting(j, 0.0, "mallory") for j in hers), Waiting(his, 0.0, "bob")]
+    assert [r.for_pilot(p, waiting, TOTAL, 36_000, 2000) for p in (1, 2, 3, 4)] == [hers[0], hers[1], his, None]
+    rows = [*(row(1, j, 0.0, owner="mallory") for j in hers), row(1, his, 0.0, owner="bob")]
+    in_force = [
+        row(2, hers[0], 2000.0, held=True, owner="mallory"),
+        row(2, hers[1], 2000.0, held=True, owner="mallory"),
+    ]
+    assert store_res.decide(rows, TOTAL, 36_000, 2000, policy)[0] == hers[0]
+    assert store_res.decide([*rows, *in_force], TOTAL, 36_000, 2000, policy)[0] == his  # her two are in force
+    no_limit = ReservationPolicy(after_s=1800, max_hold_s=3600, max_per_owner=0)
+    assert store_res.decide([*rows, *in_force], TOTAL, 36_000, 2000, no_limit)[0] == hers[0]
+    unknown = Reservations(policy)  # the simulator's jobs have no owner: not limited per owner
+    anon = [Waiting(j, 0.0) for j in hers]
+    assert [unknown.for_pilot(p, anon, TOTAL, 36_000, 2000) for p in (1, 2, 3, 4)] == hers
 
 
 def test_the_gate_opens_when_a_hold_is_in_force_or_a_job_may_starve() -> None:
@@ -100,5 +130,7 @@ def test_server_settings_give_the_stores_their_reservation_policy(tmp_path: Path
     assert ReservationPolicy() == store.reservation  # type: ignore[attr-defined]  # as the simulator's seed scenario
     for off in ({"reservation_after_s": 0.0}, {"reservation_max_hold_s": 0.0}):
         assert open_store(state, msgspec.structs.replace(ServerSettings(), **off)).reservation is None  # type: ignore[attr-defined]
-    tuned = open_store(state, ServerSettings(reservation_after_s=600.0, reservation_max_hold_s=900.0))
-    assert tuned.reservation == ReservationPolicy(after_s=600.0, max_hold_s=900.0)  # type: ignore[attr-defined]
+    tuned = open_store(
+        state, ServerSettings(reservation_after_s=600.0, reservation_max_hold_s=900.0, reservation_per_owner=2)
+    )
+    assert tuned.reservation == ReservationPolicy(after_s=600.0, max_hold_s=900.0, max_per_owner=2)  # type: ignore[attr-defined]

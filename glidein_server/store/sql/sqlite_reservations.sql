@@ -17,15 +17,17 @@ SELECT (SELECT count(*) FROM reservations r
 -- name: reservation_read
 -- The pilot's own hold (kind 0; the job's columns NULL once it is no longer idle), then the first
 -- few idle multicore jobs of each shape that fits the whole pilot (kind 1), each with whether another
--- running pilot holds cores for it: one index seek per shape. ?1 pilot, ?2 now - max_hold_s, ?3..?6
--- the pilot's cpus, memory, GPUs, disk, ?7 its lifetime, ?8 ',site,'.
-SELECT 0, r.job_id, r.since, r.rest_until, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s, 0, 0
+-- running pilot holds cores for it: one index seek per shape; then the other running pilots' holds in
+-- force (kind 2), for their jobs' owners. ?1 pilot, ?2 now - max_hold_s, ?3..?6 the pilot's cpus,
+-- memory, GPUs, disk, ?7 its lifetime, ?8 ',site,'.
+SELECT 0, r.job_id, r.since, r.rest_until, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s, 0, 0, NULL
 FROM reservations r LEFT JOIN jobs j ON j.id = r.job_id AND j.state = 'idle'
 WHERE r.pilot_id = ?1
 UNION ALL
 SELECT 1, j.id, j.submitted_at, 0, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s, j.priority,
        EXISTS (SELECT 1 FROM reservations h JOIN pilots p ON p.id = h.pilot_id
-               WHERE h.job_id = j.id AND h.pilot_id != ?1 AND h.since >= ?2 AND p.state = 'running')
+               WHERE h.job_id = j.id AND h.pilot_id != ?1 AND h.since >= ?2 AND p.state = 'running'),
+       j.owner
 FROM idle_shapes s JOIN jobs j ON j.id IN (
     SELECT id FROM jobs INDEXED BY jobs_idle_multicore
     WHERE state = 'idle' AND cpus > 1 AND cpus = s.cpus AND memory_mb = s.memory_mb AND gpus = s.gpus
@@ -33,7 +35,12 @@ FROM idle_shapes s JOIN jobs j ON j.id IN (
     ORDER BY priority DESC, id LIMIT {per_shape}
 )
 WHERE s.n > 0 AND s.cpus > 1 AND s.cpus <= ?3 AND s.memory_mb <= ?4 AND s.gpus <= ?5 AND s.disk_mb <= ?6
-  AND s.walltime_s <= ?7 AND (s.sites = '' OR instr(s.sites, ?8) > 0);
+  AND s.walltime_s <= ?7 AND (s.sites = '' OR instr(s.sites, ?8) > 0)
+UNION ALL
+SELECT 2, h.job_id, h.since, 0, NULL, NULL, NULL, NULL, NULL, 0, 1, j.owner
+FROM reservations h JOIN jobs j ON j.id = h.job_id AND j.state = 'idle'
+JOIN pilots p ON p.id = h.pilot_id AND p.state = 'running'
+WHERE h.pilot_id != ?1 AND h.since >= ?2;
 
 -- name: reservation_lapse
 UPDATE reservations SET job_id = NULL, rest_until = ? WHERE pilot_id = ?;
