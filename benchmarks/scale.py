@@ -267,8 +267,30 @@ async def bench_state(root: Path, **settings: Any) -> tuple[StateDir, str, str]:
     return state, user, site
 
 
+async def tree_state(tree: Path | None, root: Path, database: str) -> tuple[StateDir, str, str]:
+    """:func:`bench_state` made by the code of the source ``tree`` (None: this checkout), so that the
+    database has that code's schema and indexes, not this checkout's."""
+    if tree is None:
+        return await bench_state(root, database=database)
+    code = (
+        "import asyncio, json, sys; from pathlib import Path; from benchmarks.scale import bench_state; "
+        "s, u, t = asyncio.run(bench_state(Path(sys.argv[1]), database=sys.argv[2])); print(json.dumps([u, t]))"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-c", code, str(root), database),
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"setting up the state with the code of {tree} failed")
+    user, site = json.loads(out.decode().strip().splitlines()[-1])
+    return StateDir(root), user, site
+
+
 async def run_backend(name: str, database: str, jobs: int, tmp: Path, replicas: bool, how: Run) -> dict[str, float]:
-    state, user, site = await bench_state(tmp / name, database=database)
+    state, user, site = await tree_state(how.tree, tmp / name, database)
     r: dict[str, float] = {}
     async with serving(state, tmp / f"{name}.log", how.tree) as (url, server):
         async with ApiClient(url, user) as api:

@@ -68,7 +68,7 @@ class PostgresJobs(PostgresTokens):
         groups = added(specs)
         shapes = columns([(*shape, n) for shape, n in groups.shapes.items()], 7)
         counts = columns(list(groups.multicore.items()), 2)
-        labels = columns([(*label, n) for label, n in groups.labels.items()], 3)
+        labels = columns([(*label, len(jobs)) for label, jobs in groups.labels.items()], 3)
 
         async def tx(con: Connection) -> list[int]:
             ids: list[int] = [r[0] for r in await con.fetch(Q["job_ids"], len(specs))]

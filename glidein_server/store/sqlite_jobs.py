@@ -16,10 +16,11 @@ from glidein_server.store.added import added
 from glidein_server.store.base import JobFilter, Principal
 from glidein_server.store.history import events_by_job, with_history
 from glidein_server.store.sqlite_base import Q
-from glidein_server.store.sqlite_sites import SqliteSites, sites_key, spec_decoder
+from glidein_server.store.sqlite_sites import SqliteSites, spec_decoder
 from glidein_server.store.sqlite_usage import attempt_views, result_usage
 
 spec_encoder = msgspec.json.Encoder()
+list_encoder = msgspec.json.Encoder()
 
 
 class SqliteJobs(SqliteSites):
@@ -27,7 +28,8 @@ class SqliteJobs(SqliteSites):
         groups = added(specs)
         shapes = [(*shape, n) for shape, n in groups.shapes.items()]
         counts = [(owner, multicore, n) for multicore, n in groups.multicore.items()]
-        labels = [(key, value, owner, n) for (key, value), n in groups.labels.items()]
+        labels = [(key, value, owner, len(jobs)) for (key, value), jobs in groups.labels.items()]
+        encode = spec_encoder.encode
 
         def tx(db: sqlite3.Connection) -> list[int]:
             # The writer holds the database: the new jobs take the ids SQLite would give them.
@@ -35,25 +37,15 @@ class SqliteJobs(SqliteSites):
             db.executemany(
                 Q["job_insert"],
                 [
-                    (
-                        first + i,
-                        owner,
-                        spec_encoder.encode(s),
-                        s.cpus,
-                        s.memory_mb,
-                        s.gpus,
-                        s.disk_mb,
-                        s.walltime_s,
-                        sites_key(s.sites),
-                        s.priority,
-                        s.max_retries,
-                        now,
-                    )
-                    for i, s in enumerate(specs)
+                    (first + i, owner, encode(s), *shape, s.priority, s.max_retries, now)
+                    for i, (s, shape) in enumerate(zip(specs, groups.job_shapes, strict=True))
                 ],
             )
-            if labels:
-                db.execute(Q["jobs_added_labels"], (first - 1,))
+            if labels:  # one row per label, with the batch's jobs that carry it
+                db.executemany(
+                    Q["job_labels_add"],
+                    [(key, value, first, list_encoder.encode(jobs)) for (key, value), jobs in groups.labels.items()],
+                )
                 db.executemany(Q["label_counts_add"], labels)
             db.executemany(Q["idle_shapes_add"], shapes)
             db.executemany(Q["job_counts_add"], counts)

@@ -521,8 +521,9 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
             "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
         )
         db.close()
-        latest = 8  # retention (2), claims by shape (3), job history (4), labels and bulk counts (5),
-        # reservations (6), counts by label (7), running jobs kept per site and label (8)
+        latest = 9  # retention (2), claims by shape (3), job history (4), labels and bulk counts (5),
+        # reservations (6), counts by label (7), running jobs kept per site and label (8), finished jobs'
+        # index by finish time (9)
     else:
         assert isinstance(store, PostgresStore)
         con = await asyncpg.connect(store.url)
@@ -546,6 +547,8 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
         db = sqlite3.connect(store.path)
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(latest)
         assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'jobs_idle_shape'").fetchone()[0] == 1
+        finished = db.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs_finished'").fetchone()[0]
+        assert finished.endswith("WHERE finished_at IS NOT NULL")
         db.close()
     else:
         con = await asyncpg.connect(store.url)
