@@ -18,8 +18,9 @@ SELECT (SELECT count(*) FROM reservations r
 -- The pilot's own hold (kind 0; the job's columns NULL once it is no longer idle), then the first
 -- few idle multicore jobs of each shape that fits the whole pilot (kind 1), each with whether another
 -- running pilot holds cores for it: one index seek per shape; then the other running pilots' holds in
--- force (kind 2), for their jobs' owners. ?1 pilot, ?2 now - max_hold_s, ?3..?6 the pilot's cpus,
--- memory, GPUs, disk, ?7 its lifetime, ?8 ',site,'.
+-- force (kind 2), for their jobs' owners: the few rows of reservations, each job and pilot found by
+-- its key (CROSS JOIN keeps that order; a join was planned as a walk of every idle job). ?1 pilot,
+-- ?2 now - max_hold_s, ?3..?6 the pilot's cpus, memory, GPUs, disk, ?7 its lifetime, ?8 ',site,'.
 SELECT 0, r.job_id, r.since, r.rest_until, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s, 0, 0, NULL
 FROM reservations r LEFT JOIN jobs j ON j.id = r.job_id AND j.state = 'idle'
 WHERE r.pilot_id = ?1
@@ -38,8 +39,8 @@ WHERE s.n > 0 AND s.cpus > 1 AND s.cpus <= ?3 AND s.memory_mb <= ?4 AND s.gpus <
   AND s.walltime_s <= ?7 AND (s.sites = '' OR instr(s.sites, ?8) > 0)
 UNION ALL
 SELECT 2, h.job_id, h.since, 0, NULL, NULL, NULL, NULL, NULL, 0, 1, j.owner
-FROM reservations h JOIN jobs j ON j.id = h.job_id AND j.state = 'idle'
-JOIN pilots p ON p.id = h.pilot_id AND p.state = 'running'
+FROM reservations h CROSS JOIN jobs j ON j.id = h.job_id AND j.state = 'idle'
+CROSS JOIN pilots p ON p.id = h.pilot_id AND p.state = 'running'
 WHERE h.pilot_id != ?1 AND h.since >= ?2;
 
 -- name: reservation_lapse
