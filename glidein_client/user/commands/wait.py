@@ -26,7 +26,14 @@ POLL_S = 1.0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("wait", parents=[common], help="wait until jobs are finished")
+    p = sub.add_parser(
+        "wait",
+        parents=[common],
+        help="wait until jobs are finished",
+        description="Wait until the jobs are finished: IDS, or those with --label, or (neither) every job "
+        "of yours still active, those you submit meanwhile too, and those of your last submit. "
+        "Exit 0 when all are done, 1 if any failed or was cancelled, 3 on --timeout.",
+    )
     add_ids(p, required=False)
     p.add_argument("--timeout", type=arg_type(parse_duration_s), help="give up after this long, e.g. 10m (exit 3)")
     add_label(p)
