@@ -2,15 +2,16 @@
 
 A real ``glidein-server serve`` (SQLite; PostgreSQL too with ``--backends sqlite,postgres``, a
 throw-away cluster started here) holds, for each size in ``--jobs``, one user's idle jobs (mixed 1-
-and 4-core, as ``benchmarks.scale`` submits them; no pilot runs them, so the wait never ends). The real
-``glidein wait --timeout`` command of this checkout, without ids (every active job of the user), talks
-to the server through a counting proxy here, which notes each request's ids and the jobs in its
-answer and reads the server process's CPU time (on PostgreSQL the database cluster's too) before and
-after it. The requests come in bursts a poll interval apart: the first is the start and first round,
-each later one a round (but the last, which a wait cut short by its timeout may run into the one before
-it). With ``--against REF`` the command as it was at git commit REF runs too,
-against the same server, alternating which goes first. Prints a table of the start's and the median
-round's requests, ids asked, jobs read and server CPU, and writes benchmarks/results/wait_rounds.json.
+and 4-core, as ``benchmarks.scale`` submits them; no pilot runs them, so the wait never ends). The
+real ``glidein wait --timeout`` command of this checkout, without ids (every active job of the
+user), talks to the server through a counting proxy here, which notes each request's ids and the
+jobs in its answer and reads the server process's time on a CPU (on PostgreSQL the database
+cluster's processes' too) before and after it. The requests come in bursts a poll interval apart:
+the first is the start and first round, each later one a round (but the last, which a wait cut
+short by its timeout may run into the one before it). With ``--against REF`` the command as it was
+at git commit REF runs too, against the same server, alternating which goes first. Prints a table
+of the start's and the median round's requests, ids asked, jobs read and server CPU, and writes
+benchmarks/results/wait_rounds.json.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import aiohttp
 import psutil
 from aiohttp import web
 
-from benchmarks.scale import ROOT, bench_state, cpu_s, database_cpu_s, export, job_specs, serving
+from benchmarks.scale import ROOT, bench_state, cpu_s, export, job_specs, serving
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.schema import MAX_JOBS_PER_REQUEST, Role
 from glidein_server.server import mint_token, open_store
@@ -61,7 +62,11 @@ class Proxy:
         self.http: aiohttp.ClientSession | None = None
 
     def cpu(self) -> float:
-        return on_cpu_s(self.server.pid) + database_cpu_s(self.postmaster)
+        total = on_cpu_s(self.server.pid)
+        if self.postmaster is not None:  # the database's processes that live through the run (its backends)
+            with contextlib.suppress(psutil.Error):
+                total += sum(on_cpu_s(p.pid) for p in [self.postmaster, *self.postmaster.children()])
+        return total
 
     async def handle(self, request: web.Request) -> web.Response:
         assert self.http is not None
