@@ -27,6 +27,8 @@ def check_job(spec: JobSpec, index: int | None = None, *, texts: bool = True) ->
 
     ``texts=False`` leaves out the search for NUL characters, for a caller that knows there is none
     (the server, when a submit's JSON holds no ``\\u0000``)."""
+    if spec.argv and spec.script is None and not (spec.inputs or spec.outputs or spec.env or texts):
+        return spec  # a bulk submit's usual job: a command, nothing else to check
     at = f"jobs[{index}]." if index is not None else ""
     if bool(spec.argv) == bool(spec.script):
         raise ValidationError(
