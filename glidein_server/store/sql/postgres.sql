@@ -718,6 +718,12 @@ DELETE FROM staged_jobs WHERE site = $1 AND job_id = ANY($2::bigint[]);
 SELECT pg_notify('glidein_work', '');
 
 -- Pilots, claims and attempts.
+--
+-- A statement that reaches a job from its attempt tests the job's state on the row alone: a
+-- per-row subquery, or `(jobs.state || '')`, which no index on the state can serve. The planner's
+-- statistics of the state lag behind (taken when the queue was all idle, a claimed or held job
+-- looks one in a million), so a bare `jobs.state IN (...)` made it scan every claimed and running
+-- job (jobs_busy_owner, jobs_state) for each report instead of reading one job by its id.
 
 -- name: pilot_insert
 INSERT INTO pilots (site, state, created_at) VALUES ($1, 'pending', $2) RETURNING id;
@@ -754,8 +760,8 @@ WITH p AS (
 ), l AS (
     UPDATE attempts SET lease_expires = $10 WHERE pilot_id = $9 AND state != 'ended' AND lease_expires < $11
 )
-SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
-WHERE a.pilot_id = $9 AND a.state != 'ended' AND j.state IN ('cancelled', 'held');
+SELECT a.id FROM attempts a
+WHERE a.pilot_id = $9 AND a.state != 'ended' AND (SELECT j.state FROM jobs j WHERE j.id = a.job_id) IN ('cancelled', 'held');
 
 -- name: pilot_sync_head_tail
 -- pilot_sync_head and pilot_sync_tail in one statement, for a sync that ends no attempt ($1..$11 as
@@ -771,8 +777,9 @@ WITH p AS (
     WHERE pilot_id = $9 AND state != 'ended' AND lease_expires < $11 AND EXISTS (SELECT 1 FROM p)
 )
 SELECT p0.state, p0.site, p0.cpus, p0.memory_mb, p0.gpus, p0.disk_mb, s.mode, s.max_cpus, n.network,
-       ARRAY(SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
-             WHERE a.pilot_id = $9 AND a.state != 'ended' AND j.state IN ('cancelled', 'held') ORDER BY a.id),
+       ARRAY(SELECT a.id FROM attempts a
+             WHERE a.pilot_id = $9 AND a.state != 'ended'
+               AND (SELECT j.state FROM jobs j WHERE j.id = a.job_id) IN ('cancelled', 'held') ORDER BY a.id),
        EXISTS (SELECT 1 FROM attempts a WHERE a.pilot_id = $9 AND a.state != 'ended' AND a.id <> ALL($12::bigint[]))
 FROM pilots p0 LEFT JOIN sites s ON s.name = p0.site LEFT JOIN site_networks n ON n.site = p0.site
 WHERE p0.id = $9;
@@ -801,8 +808,8 @@ UPDATE pilots SET occupancy = $1, exit_reason = $2 WHERE id = $3;
 SELECT id FROM pilots WHERE state = 'running' AND last_seen < $1;
 
 -- name: pilot_cancels
-SELECT a.id FROM attempts a JOIN jobs j ON j.id = a.job_id
-WHERE a.pilot_id = $1 AND a.state != 'ended' AND j.state IN ('cancelled', 'held');
+SELECT a.id FROM attempts a
+WHERE a.pilot_id = $1 AND a.state != 'ended' AND (SELECT j.state FROM jobs j WHERE j.id = a.job_id) IN ('cancelled', 'held');
 
 -- name: active_attempts_of_pilot
 SELECT id, job_id FROM attempts WHERE pilot_id = $1 AND state != 'ended' ORDER BY id FOR UPDATE;
@@ -881,7 +888,7 @@ WITH a AS (
     WHERE id = $2 AND lease = $3 AND pilot_id = $4 AND state = 'claimed'
     RETURNING job_id
 ), j AS (
-    UPDATE jobs SET state = 'running' FROM a WHERE jobs.id = a.job_id AND jobs.state = 'claimed'
+    UPDATE jobs SET state = 'running' FROM a WHERE jobs.id = a.job_id AND (jobs.state || '') = 'claimed'
 )
 SELECT job_id FROM a;
 
@@ -903,7 +910,7 @@ WITH a AS (
     RETURNING job_id, site
 ), j AS (
     UPDATE jobs SET state = 'done', finished_at = $3, exit_code = $1, reason = NULL, result_attempt = $9
-    FROM a WHERE jobs.id = a.job_id AND jobs.state IN ('claimed', 'running')
+    FROM a WHERE jobs.id = a.job_id AND (jobs.state || '') IN ('claimed', 'running')
 )
 SELECT job_id FROM a;
 
@@ -923,7 +930,7 @@ WITH f AS (
     RETURNING t.id, t.job_id, f.exit_code
 ), j AS (
     UPDATE jobs SET state = 'done', finished_at = $11, exit_code = a.exit_code, reason = NULL, result_attempt = a.id
-    FROM a WHERE jobs.id = a.job_id AND jobs.state IN ('claimed', 'running')
+    FROM a WHERE jobs.id = a.job_id AND (jobs.state || '') IN ('claimed', 'running')
 )
 SELECT id FROM a;
 
