@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from glidein_client.wire.errors import ConfigError
+from glidein_server.collector import long_lived_heap_frozen
 from glidein_server.commands.common import state_dir
 from glidein_server.server import Server
 from glidein_server.store.postgres import is_postgres_url
@@ -64,7 +65,8 @@ async def cmd_serve(args: argparse.Namespace) -> int:
             if lock is not None:
                 _describe(lock, srv)
             print(f"glidein server listening on {srv.listen}; clients use {srv.url}", flush=True)
-            await stop.wait()
+            with long_lived_heap_frozen(loop):  # no full walk of the pilots' connections per request burst
+                await stop.wait()
     return 0
 
 
