@@ -2,9 +2,12 @@
 
 PostgreSQL's autovacuum analyzes a table once about a tenth of it changed, but it looks only every
 minute or so: right after a million jobs arrive, the planner would still believe the table nearly
-empty. The store counts the jobs it inserts and, once they reach a tenth of the table (and at least
+empty. The store counts the jobs it inserts and, once they reach half the table (and at least
 ``min_rows``), runs ``ANALYZE jobs`` on a pooled connection in a task of its own: a request never
-waits for it, and at most one runs at a time in each replica.
+waits for it, and at most one runs at a time in each replica. Half, not a tenth: the planner scales
+the table's size to its current pages between analyzes, so what an analyze adds is the columns'
+distributions, which a bulk load barely moves; at a tenth, analyzes (0.23 s of PostgreSQL's CPU each
+at 200,000 jobs) followed each other through a long bulk load, twice as many, about 5 µs per job.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ Q = sqlfile.load("postgres.sql")
 
 
 class Statistics:
-    def __init__(self, min_rows: int = 20_000, growth: float = 0.1) -> None:
+    def __init__(self, min_rows: int = 20_000, growth: float = 0.5) -> None:
         self.min_rows = min_rows
         self.growth = growth
         self.rows = 0.0  # the table's size at the last analyze, as the planner knows it

@@ -40,7 +40,7 @@ async def test_a_large_submit_is_analyzed_in_the_background_and_a_small_one_is_n
         assert await settled(store, postgres_url, 1) == 1
         assert store.statistics.rows == 1100  # the planner now knows the table's size
         assert await analyzes(postgres_url) >= 1
-        await store.add_jobs("alice", [spec] * 100, 1.0)  # under a tenth of the table: no new analyze
+        await store.add_jobs("alice", [spec] * 100, 1.0)  # under half the table: no new analyze
         await asyncio.sleep(0.3)
         assert store.statistics.analyzed == 1
         await store.add_jobs("alice", [spec] * 500, 1.0)
