@@ -71,7 +71,7 @@ class PostgresJobs(PostgresTokens):
         labels = columns([(*label, len(jobs)) for label, jobs in groups.labels.items()], 3)
 
         async def tx(con: Connection) -> list[int]:
-            ids: list[int] = [r[0] for r in await con.fetch(Q["job_ids"], len(specs))]
+            ids: list[int] = await con.fetchval(Q["job_ids"], len(specs))
             rows = [
                 (
                     *(job_id, owner, "idle", spec_encoder.encode(s).decode()),
