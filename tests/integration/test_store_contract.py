@@ -532,9 +532,9 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
             "DROP INDEX outputs_job; DROP TABLE job_events; UPDATE meta SET value = '2' WHERE key = 'schema_version'"
         )
         await con.close()
-        latest = 13  # retention (3), site control (4), numbered claims (5), claims by shape (6), job history (7)
+        latest = 14  # retention (3), site control (4), numbered claims (5), claims by shape (6), job history (7)
         # the label index (8), reservations (9), counts by label (10), token change notices (11), submits
-        # counted by the store (12) and running jobs kept per site and label (13)
+        # counted by the store (12), running jobs kept per site and label (13) and cheaper counting (14)
     await store.open()
     assert [j.id for j in (await store.list_jobs(JobFilter()))[0]] == ids
     assert (await store.hold_job(ids[1], JobAct(by="alice", at=NOW))).history[0].action == "held"

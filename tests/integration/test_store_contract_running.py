@@ -113,8 +113,8 @@ async def test_an_upgrade_counts_the_attempts_already_running(store: Store) -> N
         con = await asyncpg.connect(store.url)
         await con.execute(
             "DROP TABLE active_job_deltas; DROP TRIGGER attempts_began ON attempts;"
-            "DROP TRIGGER attempts_ended ON attempts; DROP TRIGGER attempts_deleted ON attempts;"
-            "DROP FUNCTION glidein_attempts_began(); DROP FUNCTION glidein_attempts_ended();"
+            "DROP TRIGGER attempt_ended ON attempts; DROP TRIGGER attempts_deleted ON attempts;"
+            "DROP FUNCTION glidein_attempts_began(); DROP FUNCTION glidein_attempt_ended();"
             "DROP FUNCTION glidein_attempts_deleted(); UPDATE meta SET value = '12' WHERE key = 'schema_version'"
         )
         await con.close()
