@@ -230,15 +230,15 @@ class PostgresPilots(PostgresReservations, PostgresAttempts):
         # Rows locked: no more than the pilot can take (every job needs a core), not the queue; each
         # lock costs, and concurrent claimers walk past each other's.
         scan = min(CLAIM_SCAN, cap.cpus + req.want)
-        args = (cap.cpus, cap.memory_mb, cap.gpus, cap.disk_mb, int(req.lifetime_s), f",{site},", scan)
+        args = (cap.cpus, cap.memory_mb, cap.gpus, cap.disk_mb, int(req.lifetime_s), f",{site},")
         queues: dict[str, list[Candidate]] = {}
         staged = network is not None and Network(network).stages
         if staged:
-            for owner, *row in await con.fetch(Q["idle_candidates_staged"], *args, site):
+            for owner, *row in await con.fetch(Q["idle_candidates_staged"], *args, scan, site):
                 queues.setdefault(owner, []).append(Candidate(*row))
         else:  # each user's best few: however many jobs one user queued, the others are still seen
             rows: dict[str, list[Any]] = {}
-            for owner, *row in await con.fetch(Q["idle_candidates"], *args):
+            for owner, *row in await con.fetch(Q["idle_candidates"].replace("{scan}", str(int(scan))), *args):
                 rows.setdefault(owner, []).append(row)
             queues = {owner: [Candidate(*r) for r in candidates.best(mine, len(mine))] for owner, mine in rows.items()}
         if not queues:

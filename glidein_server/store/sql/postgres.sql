@@ -886,10 +886,13 @@ SELECT id, job_id FROM attempts WHERE state != 'ended' AND lease_expires < $1 OR
 
 -- name: idle_candidates
 -- Every user's best idle jobs of each shape that fits ($1..$6: cpus, memory, GPUs, disk, walltime,
--- ',site,'; $7: how many of each): one statement, each (user, shape) an index seek however long the
--- queue; rows are locked as they are read, skipping those another claimer holds. (A limit worked
+-- ',site,'; {scan}: how many of each): one statement, each (user, shape) an index seek however long
+-- the queue; rows are locked as they are read, skipping those another claimer holds. (A limit worked
 -- out per shape here, from the room, is unknown to the planner, which then plans for a tenth of the
--- shape's jobs: at 100,000 jobs that made a claim's candidate read eight times dearer.)
+-- shape's jobs: at 100,000 jobs that made a claim's candidate read eight times dearer.) The limit is
+-- written into the text, one prepared statement per value (at most CLAIM_SCAN of them): with it a
+-- parameter, the plan made without its value was so bad that PostgreSQL planned every claim afresh,
+-- which cost as much as running it.
 WITH RECURSIVE o(owner) AS (
     SELECT min(owner) FROM jobs WHERE state = 'idle'
     UNION ALL
@@ -906,7 +909,7 @@ FROM o CROSS JOIN s CROSS JOIN LATERAL (
     WHERE state = 'idle' AND owner = o.owner AND cpus = s.cpus AND memory_mb = s.memory_mb AND gpus = s.gpus
       AND disk_mb = s.disk_mb AND walltime_s = s.walltime_s AND sites = s.sites
     ORDER BY priority DESC, id
-    LIMIT $7
+    LIMIT {scan}
     FOR UPDATE SKIP LOCKED
 ) j
 WHERE o.owner IS NOT NULL;
