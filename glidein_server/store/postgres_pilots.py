@@ -262,10 +262,11 @@ class PostgresPilots(PostgresReservations, PostgresAttempts):
             chosen = within_room([(job_id, cpus[job_id]) for job_id in chosen], room)
         if not chosen:
             return []
+        ids = ", ".join(f"${n}::bigint" for n in range(6, 6 + len(chosen)))
         made = {
             job_id: (attempt_id, lease, spec)
             for attempt_id, job_id, lease, spec in await con.fetch(
-                Q["claim_jobs"], chosen, site, pilot_id, now, now + lease_s, req.seq
+                Q["claim_jobs"].replace("{ids}", ids), site, pilot_id, now, now + lease_s, req.seq, *chosen
             )
         }
         out: list[ClaimedJob] = []

@@ -930,16 +930,19 @@ FOR UPDATE OF j SKIP LOCKED;
 -- claimers (on any replica) get disjoint candidates and never wait for each other; the scan is
 -- bounded by the pilot's size. The claim of the chosen ones is then one statement: mark them
 -- claimed and create their attempts (SKIP LOCKED there too, should a caller not hold the locks).
+-- {ids}: one parameter per chosen job ($6, $7, ...), one prepared statement per count: with the ids
+-- as one array, the plan made without its length looked dearer than one for two jobs, so PostgreSQL
+-- planned every claim afresh; $1 site, $2 pilot, $3 now, $4 lease expiry, $5 the sync's number.
 -- name: claim_jobs
 WITH picked AS (
-    SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND state = 'idle' ORDER BY id FOR UPDATE SKIP LOCKED
+    SELECT id FROM jobs WHERE id IN ({ids}) AND state = 'idle' ORDER BY id FOR UPDATE SKIP LOCKED
 ), claimed AS (
-    UPDATE jobs j SET state = 'claimed', attempts = j.attempts + 1, site = $2
+    UPDATE jobs j SET state = 'claimed', attempts = j.attempts + 1, site = $1
     FROM picked WHERE j.id = picked.id
     RETURNING j.id, j.spec
 ), made AS (
     INSERT INTO attempts (job_id, pilot_id, site, lease, state, claimed_at, lease_expires, claim_seq)
-    SELECT id, $3, $2, replace(gen_random_uuid()::text, '-', ''), 'claimed', $4, $5, $6::bigint FROM claimed
+    SELECT id, $2, $1, replace(gen_random_uuid()::text, '-', ''), 'claimed', $3, $4, $5::bigint FROM claimed
     RETURNING id, job_id, lease
 )
 SELECT made.id, made.job_id, made.lease, claimed.spec::text FROM made JOIN claimed ON claimed.id = made.job_id;
