@@ -42,7 +42,9 @@ from typing import Any
 
 import psutil
 
+from benchmarks.pilot_http import ANSWER, Held, Pool
 from glidein_client.wire.api import ApiClient
+from glidein_client.wire.codec import encode
 from glidein_client.wire.schema import (
     MAX_JOBS_PER_REQUEST,
     Finish,
@@ -198,62 +200,70 @@ class Cpu:
             r[f"total_cpu_ms_per_{what}"] = round(1000 * (s1 - s0 + d1 - d0) / n, 3)
 
 
-class Fleet:
-    """Pilots minted by one site client and spread over the server replicas' URLs, round robin."""
+REGISTER = encode(PilotRegister(resources=FREE, end_time=time.time() + 80_000))
+CLAIM = encode(SyncRequest(free=FREE, lifetime_s=80_000))
+HEARTBEAT = encode(SyncRequest(free=Resources(cpus=0, memory_mb=0), lifetime_s=80_000, claim=False))
 
-    def __init__(self, clients: list[ApiClient]) -> None:
-        self.clients = clients
-        self.held: dict[int, list[Any]] = {}
+
+class Fleet:
+    """Pilots minted by one site client and spread over the server replicas' URLs, round robin.
+
+    They speak through :mod:`benchmarks.pilot_http`: each sync is one ``POST`` with the pilot's own
+    token over a shared pool of keep-alive connections, so that this process, on the server's cores,
+    spends as little CPU per sync as it can (see that module)."""
+
+    def __init__(self, pools: list[Pool], syncs: list[tuple[Pool, bytes]]) -> None:
+        self.pools, self.syncs = pools, syncs
+        self.held: dict[int, list[Held]] = {}
         self.first: list[float] = []
 
     @classmethod
     async def start(cls, sapi: ApiClient, urls: list[str], n: int) -> Fleet:
         grants = await pool(list(range(n)), lambda _: sapi.new_pilot("bench"))
-        clients = [ApiClient(urls[i % len(urls)], g.token) for i, g in enumerate(grants)]
-        for c in clients:
-            await c.__aenter__()
-        await pool(clients, lambda c: c.register(PilotRegister(resources=FREE, end_time=time.time() + 80_000)))
-        # This process's pilots are thousands of HTTP sessions (~50 objects each): a full cycle collection
-        # of them stalls every pilot here for 0.2 to 0.5 s, which the latencies measured here would show
-        # as the server's. They live until the fleet closes, so they are kept out of the collector's walks.
+        pools = [Pool(url, CONCURRENCY) for url in urls]
+        pilots = [(pools[i % len(pools)], g.token) for i, g in enumerate(grants)]
+        await pool(pilots, lambda p: p[0].post(p[0].request_head("/pilot/register", p[1]), REGISTER))
+        # Everything made so far lives until the fleet closes: kept out of the collector's walks, so
+        # that no full collection stalls the pilots here in the middle of a measured phase.
         gc.collect()
         gc.freeze()
-        return cls(clients)
+        return cls(pools, [(p, p.request_head("/pilot/sync", token)) for p, token in pilots])
 
     async def close(self) -> None:
-        for c in self.clients:
-            await c.__aexit__(None, None, None)
+        for p in self.pools:
+            await p.close()
         gc.unfreeze()
 
     async def claim(self) -> tuple[int, float]:
         """Every pilot's first claim, 32 at once: (jobs claimed, seconds)."""
 
         async def one(i: int) -> int:
+            p, head = self.syncs[i]
             t = time.perf_counter()
-            resp = await self.clients[i].sync(SyncRequest(free=FREE, lifetime_s=80_000))
+            answer = await p.post(head, CLAIM)
             self.first.append(time.perf_counter() - t)
-            self.held[i] = resp.jobs
-            return len(resp.jobs)
+            jobs = self.held[i] = ANSWER.decode(answer).jobs
+            return len(jobs)
 
         t0 = time.perf_counter()
-        claimed = sum(await pool(list(range(len(self.clients))), one))
+        claimed = sum(await pool(list(range(len(self.syncs))), one))
         return claimed, time.perf_counter() - t0
 
     async def heartbeats(self) -> float:
-        busy = Resources(cpus=0, memory_mb=0)
         t0 = time.perf_counter()
-        await pool(self.clients, lambda c: c.sync(SyncRequest(free=busy, lifetime_s=80_000, claim=False)))
+        await pool(self.syncs, lambda s: s[0].post(s[1], HEARTBEAT))
         return time.perf_counter() - t0
 
     async def finish_and_claim(self, rounds: int) -> tuple[int, float]:
         async def one(i: int) -> int:
+            p, head = self.syncs[i]
             fins = [Finish(attempt_id=j.attempt_id, lease=j.lease, outcome=Outcome.DONE) for j in self.held[i]]
-            resp = await self.clients[i].sync(SyncRequest(finished=fins, free=FREE, lifetime_s=80_000))
-            self.held[i] = resp.jobs
+            answer = await p.post(head, encode(SyncRequest(finished=fins, free=FREE, lifetime_s=80_000)))
+            self.held[i] = ANSWER.decode(answer).jobs
             return len(fins)
 
         t0 = time.perf_counter()
-        finished = sum(await pool(list(range(min(len(self.clients), 512))) * rounds, one))
+        finished = sum(await pool(list(range(min(len(self.syncs), 512))) * rounds, one))
         return finished, time.perf_counter() - t0
 
 
@@ -330,16 +340,16 @@ async def run_backend(name: str, database: str, jobs: int, tmp: Path, replicas: 
         try:
             cpu = Cpu(server, how.postmaster)
             claimed, ramp_s = await fleet.claim()
-            r["pilots"] = len(fleet.clients)
+            r["pilots"] = len(fleet.syncs)
             r["claimed_jobs"] = claimed
             r["claim_jobs_per_s"] = round(claimed / ramp_s)
             spread(r, "first_claim", fleet.first)
-            cpu.per(r, "claim_sync", len(fleet.clients))
-            r["heartbeat_syncs_per_s"] = round(len(fleet.clients) / await fleet.heartbeats())
-            cpu.per(r, "heartbeat", len(fleet.clients))
+            cpu.per(r, "claim_sync", len(fleet.syncs))
+            r["heartbeat_syncs_per_s"] = round(len(fleet.syncs) / await fleet.heartbeats())
+            cpu.per(r, "heartbeat", len(fleet.syncs))
             finished, seconds = await fleet.finish_and_claim(3)
             r["finish_and_claim_jobs_per_s"] = round(finished / seconds)
-            cpu.per(r, "finish_and_claim_sync", 3 * min(len(fleet.clients), 512))
+            cpu.per(r, "finish_and_claim_sync", 3 * min(len(fleet.syncs), 512))
         finally:
             await fleet.close()
         async with ApiClient(url, user) as api:
