@@ -42,7 +42,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.pilot_http import ANSWER, Held, Pool
+from benchmarks.pilot_http import ANSWER, Held, Link
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.codec import encode
 from glidein_client.wire.schema import (
@@ -209,38 +209,38 @@ class Fleet:
     """Pilots minted by one site client and spread over the server replicas' URLs, round robin.
 
     They speak through :mod:`benchmarks.pilot_http`: each sync is one ``POST`` with the pilot's own
-    token over a shared pool of keep-alive connections, so that this process, on the server's cores,
-    spends as little CPU per sync as it can (see that module)."""
+    token over its own kept-alive connection, written and read by a client that spends as little of
+    the server's cores per sync as it can (see that module)."""
 
-    def __init__(self, pools: list[Pool], syncs: list[tuple[Pool, bytes]]) -> None:
-        self.pools, self.syncs = pools, syncs
+    def __init__(self, links: list[Link]) -> None:
+        self.links = links
+        self.syncs = [(link, link.head("/pilot/sync")) for link in links]
         self.held: dict[int, list[Held]] = {}
         self.first: list[float] = []
 
     @classmethod
     async def start(cls, sapi: ApiClient, urls: list[str], n: int) -> Fleet:
         grants = await pool(list(range(n)), lambda _: sapi.new_pilot("bench"))
-        pools = [Pool(url, CONCURRENCY) for url in urls]
-        pilots = [(pools[i % len(pools)], g.token) for i, g in enumerate(grants)]
-        await pool(pilots, lambda p: p[0].post(p[0].request_head("/pilot/register", p[1]), REGISTER))
+        links = [Link(urls[i % len(urls)], g.token) for i, g in enumerate(grants)]
+        await pool(links, lambda link: link.post(link.head("/pilot/register"), REGISTER))
         # Everything made so far lives until the fleet closes: kept out of the collector's walks, so
         # that no full collection stalls the pilots here in the middle of a measured phase.
         gc.collect()
         gc.freeze()
-        return cls(pools, [(p, p.request_head("/pilot/sync", token)) for p, token in pilots])
+        return cls(links)
 
     async def close(self) -> None:
-        for p in self.pools:
-            await p.close()
+        for link in self.links:
+            await link.aclose()
         gc.unfreeze()
 
     async def claim(self) -> tuple[int, float]:
         """Every pilot's first claim, 32 at once: (jobs claimed, seconds)."""
 
         async def one(i: int) -> int:
-            p, head = self.syncs[i]
+            link, head = self.syncs[i]
             t = time.perf_counter()
-            answer = await p.post(head, CLAIM)
+            answer = await link.post(head, CLAIM)
             self.first.append(time.perf_counter() - t)
             jobs = self.held[i] = ANSWER.decode(answer).jobs
             return len(jobs)
@@ -256,9 +256,9 @@ class Fleet:
 
     async def finish_and_claim(self, rounds: int) -> tuple[int, float]:
         async def one(i: int) -> int:
-            p, head = self.syncs[i]
+            link, head = self.syncs[i]
             fins = [Finish(attempt_id=j.attempt_id, lease=j.lease, outcome=Outcome.DONE) for j in self.held[i]]
-            answer = await p.post(head, encode(SyncRequest(finished=fins, free=FREE, lifetime_s=80_000)))
+            answer = await link.post(head, encode(SyncRequest(finished=fins, free=FREE, lifetime_s=80_000)))
             self.held[i] = ANSWER.decode(answer).jobs
             return len(fins)
 
