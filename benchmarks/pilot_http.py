@@ -4,12 +4,14 @@ The benchmark runs on the same cores as the server it measures, so every millise
 client spends is taken from the server and depresses the rates it reports; real pilots run on other
 machines. One ``ApiClient`` (an aiohttp session) per pilot cost about half the server's CPU per sync.
 Here the server is asked exactly the same as before: one ``POST`` per pilot sync, with that pilot's
-own bearer token, the same JSON body and ``Content-Type``, each pilot over its own kept-alive
-HTTP/1.1 connection, as a real pilot's (the server thus still holds one connection per pilot, whose
-objects its memory and cycle collector carry). A connection idle for 15 s is closed here and a new
-one opened at the pilot's next request, as aiohttp's client does. What is lighter is only this side:
-each request is written as bytes prepared once per pilot and path, constant bodies are encoded once,
-and an answer is read by its ``Content-Length`` and decoded only as far as the benchmark needs it.
+own bearer token, the same JSON body and ``Content-Type`` (aiohttp's ``Accept``, ``Accept-Encoding``
+and ``User-Agent`` headers, which the server does not read, are left out), each pilot over its own
+kept-alive HTTP/1.1 connection, as a real pilot's (the server thus still holds one connection per
+pilot, whose objects its memory and cycle collector carry). A connection idle for 15 s is closed
+here and a new one opened at the pilot's next request, as aiohttp's client does. What is lighter is
+only this side: each request is written as bytes prepared once per pilot and path, constant bodies
+are encoded once, and an answer is read by its ``Content-Length`` and decoded only as far as the
+benchmark needs it.
 """
 
 from __future__ import annotations

@@ -9,8 +9,11 @@ server's CPU time per submitted job, per claiming sync, per heartbeat and per fi
 sync is printed too (on PostgreSQL also the database cluster's, and the two together): on a shared
 machine it varies far less than the rates. On PostgreSQL a second replica then starts on
 the same database, and fresh pilots claim first through one replica, then spread over both. The
-server runs as a real ``glidein-server serve`` process. Prints a table and writes
-benchmarks/results/scale.json; the targets are printed beside each figure, and the SQLite and
+server runs as a real ``glidein-server serve`` process. Its pilots are this process's: each sends
+the requests a real pilot sends, with its own token over its own kept-alive connection, through the
+light client of :mod:`benchmarks.pilot_http`, which takes far less of the server's cores per sync
+than an aiohttp session per pilot did (``client_cpu_ms_per_*`` is this process's CPU per sync).
+Prints a table and writes benchmarks/results/scale.json; the targets are printed beside each figure, and the SQLite and
 PostgreSQL columns of one run compare the backends on the same machine and load.
 
 ``--phases submit`` times the bulk submit alone (on PostgreSQL with the CPU of the database's own
