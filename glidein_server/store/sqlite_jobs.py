@@ -20,7 +20,6 @@ from glidein_server.store.sqlite_sites import SqliteSites, spec_decoder
 from glidein_server.store.sqlite_usage import attempt_views, result_usage
 
 spec_encoder = msgspec.json.Encoder()
-list_encoder = msgspec.json.Encoder()
 
 
 class SqliteJobs(SqliteSites):
@@ -44,7 +43,7 @@ class SqliteJobs(SqliteSites):
             if labels:  # one row per label, with the batch's jobs that carry it
                 db.executemany(
                     Q["job_labels_add"],
-                    [(key, value, first, list_encoder.encode(jobs)) for (key, value), jobs in groups.labels.items()],
+                    [(key, value, first, encode(jobs)) for (key, value), jobs in groups.labels.items()],
                 )
                 db.executemany(Q["label_counts_add"], labels)
             db.executemany(Q["idle_shapes_add"], shapes)
