@@ -1,14 +1,18 @@
-"""Pilots in the PostgreSQL store: start, heartbeat (sync) and the claim, each one transaction.
+"""Pilots in the PostgreSQL store: start, heartbeat (sync) and the claim.
 
-The claim reads and locks the best idle candidates with ``FOR UPDATE SKIP LOCKED`` (a few per
-free slot), lets matchmaking pack them into the pilot's free capacity, then claims the chosen ones
-in one statement (``claim_jobs``): concurrent claimers, on any replica, never wait for each other
-and never share a job.
+A sync that writes (starts, finished attempts, a claim) waits for a transaction it shares with
+the other syncs waiting then, up to BATCH of them, with RUNNERS such transactions at a time: what
+each statement costs PostgreSQL is mostly per statement, and their claims are made together
+(:mod:`postgres_claims`). Should one of them fail, the transaction is rolled back and each sync runs
+again alone, so one sync's error is its own. A pilot that is not running is refused before its
+sync writes anything, and the others go on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -23,30 +27,47 @@ from glidein_client.wire.schema import (
     SyncRequest,
     SyncResponse,
 )
-from glidein_client.wire.staging import Network
-from glidein_server.policy import site_control
-from glidein_server.policy.endoflife import SAMPLES, runtime_ratio
-from glidein_server.policy.fairshare import fair_order
 from glidein_server.policy.lifecycle import pilot_start_failed, site_health_blend
-from glidein_server.policy.matchmaking import Candidate, Capacity, leaves, retiring, select
-from glidein_server.policy.site_control import within_room
-from glidein_server.store import candidates
-from glidein_server.store.postgres_attempts import PostgresAttempts
+from glidein_server.policy.matchmaking import Capacity, leaves
 from glidein_server.store.postgres_base import Connection, Q
-from glidein_server.store.postgres_jobs import spec_decoder
-from glidein_server.store.postgres_reservations import PostgresReservations
-from glidein_server.store.sqlite_pilots import (
-    CLAIM_SCAN,
-    NOTHING_FREE,
-    RATIO_TTL_S,
-    RETIRE_REASON,
-    TERMINAL_BATCH_STATES,
-)
+from glidein_server.store.postgres_claims import Ask, PostgresClaims
+from glidein_server.store.sqlite_pilots import NOTHING_FREE, RETIRE_REASON, TERMINAL_BATCH_STATES
 
 log = logging.getLogger(__name__)
+#: At most this many syncs share one transaction, and this many such transactions run at once.
+BATCH = 16
+RUNNERS = 2
 
 
-class PostgresPilots(PostgresReservations, PostgresAttempts):
+@dataclass(frozen=True)
+class Sync:
+    pilot_id: int
+    req: SyncRequest
+    now: float
+    lease_s: float
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A sync's work done up to its claim, and what its answer needs."""
+
+    ask: Ask
+    refused: list[Refusal]
+    cancel: list[int]
+    health: list[float]  # what its finished attempts add to the site's health average
+
+
+#: A sync's answer (or the error that refused it) and the (site, value) health samples it adds.
+Outcome = tuple[SyncResponse | Exception, list[tuple[str, float]]]
+
+
+class PostgresPilots(PostgresClaims):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._waiting: list[tuple[Sync, asyncio.Future[SyncResponse]]] = []
+        self._runners = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
     async def new_pilot(self, site: str, now: float) -> int:
         return int(await self.pool.fetchval(Q["pilot_insert"], site, now))
 
@@ -93,38 +114,94 @@ class PostgresPilots(PostgresReservations, PostgresAttempts):
         await self._tx(tx)
 
     async def sync(self, pilot_id: int, req: SyncRequest, now: float, lease_s: float) -> SyncResponse:
+        call = Sync(pilot_id, req, now, lease_s)
         if not (req.started or req.finished or req.held is not None or self._claims(req)):
             # A heartbeat alone is one statement, atomic by itself: no transaction to open.
-            return await self._read(self._sync, pilot_id, req, now, lease_s, [])
-        health: list[tuple[str, float, float]] = []
-        resp = await self._tx(self._sync, pilot_id, req, now, lease_s, health)
-        for site, keep, add in health:
-            # After the commit: every pilot of a site reports to this one row, which a transaction
-            # would keep locked until its claim is done, making the site's pilots wait in line.
+            result = (await self._read(self._sync_all, [call]))[0][0]
+        else:
+            future: asyncio.Future[SyncResponse] = asyncio.get_running_loop().create_future()
+            self._waiting.append((call, future))
+            if self._runners < RUNNERS:
+                self._runners += 1
+                task = asyncio.create_task(self._run_syncs())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            return await future
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def _run_syncs(self) -> None:
+        """Run the waiting syncs, up to BATCH at a time in one transaction."""
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:BATCH], self._waiting[BATCH:]
+                batch = [(call, future) for call, future in batch if not future.done()]
+                if not batch:
+                    continue
+                try:
+                    outcomes = await self._tx(self._sync_all, [call for call, _ in batch])
+                except Exception as exc:  # one call's failure: each runs again alone, and fails alone
+                    outcomes = [(exc, [])] if len(batch) == 1 else [await self._alone(call) for call, _ in batch]
+                await self._apply_health(outcomes)
+                for (_, future), (result, _) in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._runners -= 1
+
+    async def _alone(self, call: Sync) -> Outcome:
+        try:
+            return (await self._tx(self._sync_all, [call]))[0]
+        except Exception as exc:
+            return exc, []
+
+    async def _apply_health(self, outcomes: list[Outcome]) -> None:
+        """After the commit: every pilot of a site reports to this one row, which a transaction would
+        keep locked until its claims are done, making the site's pilots wait in line."""
+        values: dict[str, list[float]] = {}
+        for _, health in outcomes:
+            for site, value in health:
+                values.setdefault(site, []).append(value)
+        for site, seen in values.items():
             try:
-                await self.pool.execute(Q["site_health_apply"], keep, add, site)
-            except (OSError, asyncpg.PostgresError) as exc:  # the sync itself is done: the average can wait
+                await self.pool.execute(Q["site_health_apply"], *site_health_blend(seen), site)
+            except (OSError, asyncpg.PostgresError) as exc:  # the syncs themselves are done: the average can wait
                 log.warning("could not update the health of site %s: %s", site, exc)
-        return resp
 
     @staticmethod
     def _claims(req: SyncRequest) -> bool:
         return req.claim and not req.draining and (req.free.cpus > 0 or req.want > 0)
 
-    async def _sync(
-        self,
-        con: Connection,
-        pilot_id: int,
-        req: SyncRequest,
-        now: float,
-        lease_s: float,
-        health_of: list[tuple[str, float, float]],
-    ) -> SyncResponse:
-        """The sync in ``con``; the site health update its finished attempts make is left in ``health_of``."""
-        health_of.clear()  # a transaction tried again starts afresh
+    async def _sync_all(self, con: Connection, calls: list[Sync]) -> list[Outcome]:
+        """The syncs in ``con``, their claims made together; each one's response, or the error that
+        refused it before it wrote anything, and the site health values its finished attempts add."""
+        out: list[Outcome] = [(ConflictError("not run"), [])] * len(calls)
+        ready: list[tuple[int, Pending]] = []
+        for i in sorted(range(len(calls)), key=lambda i: calls[i].pilot_id):  # one lock order for all
+            try:
+                ready.append((i, await self._before_claim(con, calls[i])))
+            except ConflictError as exc:
+                out[i] = (exc, [])
+        claiming = [(i, p) for i, p in ready if self._claims(p.ask.req)]
+        got = dict.fromkeys((i for i, _ in claiming), list[ClaimedJob]())
+        if claiming:
+            jobs = await self._claim_many(con, [p.ask for _, p in claiming], calls[0].lease_s)
+            got = {i: mine for (i, _), mine in zip(claiming, jobs, strict=True)}
+        for i, p in ready:
+            out[i] = (await self._after_claim(con, p, got.get(i, [])), [(p.ask.site, h) for h in p.health])
+        return out
+
+    async def _before_claim(self, con: Connection, call: Sync) -> Pending:
+        """A sync's work up to its claim: the pilot's state, its starts and finished attempts."""
+        pilot_id, req, now = call.pilot_id, call.req, call.now
         f = NOTHING_FREE if req.draining else req.free
         lifetime_s = 0.0 if req.draining else req.lifetime_s
-        renew = (now + lease_s, now + 0.75 * lease_s)
+        renew = (now + call.lease_s, now + 0.75 * call.lease_s)
         tail = (f.cpus, f.memory_mb, f.gpus, f.disk_mb, lifetime_s, now, req.occupancy)
         held = req.held or []
         if req.finished:  # the pilot's state is written after its finished attempts have ended
@@ -152,28 +229,20 @@ class PostgresPilots(PostgresReservations, PostgresAttempts):
             cancel = [r[0] for r in await con.fetch(Q["pilot_sync_tail"], *tail, ran, pilot_id, *renew)]
         else:
             cancel = [a for a in head[9] if a not in dropped]
-        if health:
-            health_of.append((site, *site_health_blend(health)))
-        jobs: list[ClaimedJob] = []
         control = (SiteMode(mode or SiteMode.OPEN.value), max_cpus, network)
-        if self._claims(req):
-            total = Capacity(tcpus, tmem, tgpus, tdisk)
-            jobs = await self._claim(con, pilot_id, site, req, total, now, lease_s, control)
-        leave = None
-        if control[0] is SiteMode.DRAINING:
-            leave = "its site is draining (the operator's `glidein-server site drain`)"
-        elif req.claim and not req.draining and f.cpus > 0 and leaves(lifetime_s, len(jobs)):
-            if await con.fetchval(Q["idle_too_long"], int(lifetime_s), f",{site},") is not None:
-                leave = RETIRE_REASON
-        return SyncResponse(jobs=jobs, cancel=cancel, refused=refused, leave=leave)
+        ask = Ask(pilot_id, site, req, Capacity(tcpus, tmem, tgpus, tdisk), control, now)
+        return Pending(ask, refused, cancel, health)
 
-    async def _ratio(self, con: Connection, now: float) -> float:
-        """What jobs use of their walltime, from the latest successful attempts (re-read every few minutes)."""
-        until, ratio = self._runtime_ratio
-        if now >= until:
-            ratio = runtime_ratio([(r[0], r[1]) for r in await con.fetch(Q["recent_runtimes"], SAMPLES)])
-            self._runtime_ratio = (now + RATIO_TTL_S, ratio)
-        return ratio
+    async def _after_claim(self, con: Connection, p: Pending, jobs: list[ClaimedJob]) -> SyncResponse:
+        """The sync's answer, once its claim (if any) is made: whether the pilot should leave."""
+        req, site = p.ask.req, p.ask.site
+        leave = None
+        if p.ask.control[0] is SiteMode.DRAINING:
+            leave = "its site is draining (the operator's `glidein-server site drain`)"
+        elif self._claims(req) and req.free.cpus > 0 and leaves(req.lifetime_s, len(jobs)):
+            if await con.fetchval(Q["idle_too_long"], int(req.lifetime_s), f",{site},") is not None:
+                leave = RETIRE_REASON
+        return SyncResponse(jobs=jobs, cancel=p.cancel, refused=p.refused, leave=leave)
 
     @staticmethod
     async def _starts(con: Connection, pilot_id: int, req: SyncRequest, now: float) -> list[Refusal]:
@@ -200,80 +269,10 @@ class PostgresPilots(PostgresReservations, PostgresAttempts):
                 return SyncResponse(cancel=cancel)
             free = Resources(cpus=fcpus, memory_mb=fmem, gpus=fgpus, disk_mb=fdisk)
             req = SyncRequest(free=free, lifetime_s=lifetime_s, want=want, seq=seq)
-            jobs = await self._claim(con, pilot_id, site, req, Capacity(tcpus, tmem, tgpus, tdisk), now, lease_s)
-            return SyncResponse(jobs=jobs, cancel=cancel)
-
-        return await self._tx(tx)
-
-    async def _claim(
-        self,
-        con: Connection,
-        pilot_id: int,
-        site: str,
-        req: SyncRequest,
-        total: Capacity,
-        now: float,
-        lease_s: float,
-        control: tuple[SiteMode, int | None, str | None] | None = None,
-    ) -> list[ClaimedJob]:
-        if control is None:
             ctl = await con.fetchrow(Q["site_claim_control"], site)
             assert ctl is not None  # one row, whether or not the site is known
             control = (SiteMode(ctl[0] or SiteMode.OPEN.value), ctl[1], ctl[2])
-        mode, max_cpus, network = control
-        in_use = await con.fetchval(Q["site_cpus_in_use"], site) if max_cpus is not None else 0
-        room = site_control.claim_room(mode, max_cpus, in_use)  # the operator's drain, pause or cap
-        if room == 0:
-            return []
-        f = req.free
-        cap = total if req.want > 0 else Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
-        # Rows locked: no more than the pilot can take (every job needs a core), not the queue; each
-        # lock costs, and concurrent claimers walk past each other's.
-        scan = min(CLAIM_SCAN, cap.cpus + req.want)
-        args = (cap.cpus, cap.memory_mb, cap.gpus, cap.disk_mb, int(req.lifetime_s), f",{site},")
-        queues: dict[str, list[Candidate]] = {}
-        staged = network is not None and Network(network).stages
-        if staged:
-            for owner, *row in await con.fetch(Q["idle_candidates_staged"], *args, scan, site):
-                queues.setdefault(owner, []).append(Candidate(*row))
-        else:  # each user's best few: however many jobs one user queued, the others are still seen
-            rows: dict[str, list[Any]] = {}
-            for owner, *row in await con.fetch(Q["idle_candidates"].replace("{scan}", str(int(scan))), *args):
-                rows.setdefault(owner, []).append(row)
-            queues = {owner: [Candidate(*r) for r in candidates.best(mine, len(mine))] for owner, mine in rows.items()}
-        if not queues:
-            return []
-        in_use_of = {r[0]: int(r[1]) for r in await con.fetch(Q["busy_cores"])} if len(queues) > 1 else {}
-        free = Capacity(f.cpus, f.memory_mb, f.gpus, f.disk_mb)
-        ratio = await self._ratio(con, now) if retiring(req.lifetime_s) else 1.0
-        # (a job staged at one site only: no reservation, the held job may never be staged here)
-        reserve = None if staged else await self._reserve(con, pilot_id, site, total, req.lifetime_s, now)
-        chosen = select(
-            fair_order(queues, in_use_of, self.shares),
-            free,
-            total,
-            req.lifetime_s,
-            req.want,
-            reserve=reserve,
-            runtime_ratio=ratio,
-        )
-        if room is not None:
-            cpus = {c.job_id: c.cpus for queue in queues.values() for c in queue}
-            chosen = within_room([(job_id, cpus[job_id]) for job_id in chosen], room)
-        if not chosen:
-            return []
-        ids = ", ".join(f"${n}::bigint" for n in range(6, 6 + len(chosen)))
-        made = {
-            job_id: (attempt_id, lease, spec)
-            for attempt_id, job_id, lease, spec in await con.fetch(
-                Q["claim_jobs"].replace("{ids}", ids), site, pilot_id, now, now + lease_s, req.seq, *chosen
-            )
-        }
-        out: list[ClaimedJob] = []
-        for job_id in chosen:  # keep the matchmaking order
-            if job_id in made:
-                attempt_id, lease, spec = made[job_id]
-                out.append(
-                    ClaimedJob(attempt_id=attempt_id, job_id=job_id, lease=lease, spec=spec_decoder.decode(spec))
-                )
-        return out
+            ask = Ask(pilot_id, site, req, Capacity(tcpus, tmem, tgpus, tdisk), control, now)
+            return SyncResponse(jobs=(await self._claim_many(con, [ask], lease_s))[0], cancel=cancel)
+
+        return await self._tx(tx)

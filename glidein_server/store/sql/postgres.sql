@@ -707,6 +707,11 @@ INSERT INTO sites (name, mode) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET 
 -- name: site_cap_set
 INSERT INTO sites (name, max_cpus) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET max_cpus = excluded.max_cpus;
 
+-- name: site_claims_lock
+-- Claims for a site with a cap on its cores wait for each other (any replica's), so that each
+-- counts the cores the ones before it claimed; claims for other sites never wait.
+SELECT 1 FROM sites WHERE name = $1 FOR UPDATE;
+
 -- name: site_cpus_in_use
 -- From the kept counts of active attempts (migration_13), not a join of every running job.
 SELECT coalesce(sum(cores), 0)::bigint FROM active_job_deltas WHERE site = $1 AND key = '';
@@ -928,21 +933,25 @@ FOR UPDATE OF j SKIP LOCKED;
 
 -- Candidates are locked as they are read, skipping rows another claimer holds, so concurrent
 -- claimers (on any replica) get disjoint candidates and never wait for each other; the scan is
--- bounded by the pilot's size. The claim of the chosen ones is then one statement: mark them
--- claimed and create their attempts (SKIP LOCKED there too, should a caller not hold the locks).
--- {ids}: one parameter per chosen job ($6, $7, ...), one prepared statement per count: with the ids
--- as one array, the plan made without its length looked dearer than one for two jobs, so PostgreSQL
--- planned every claim afresh; $1 site, $2 pilot, $3 now, $4 lease expiry, $5 the sync's number.
+-- bounded by the pilots' size. The claim of the chosen ones, for every pilot claiming in the
+-- transaction, is then one statement: mark them claimed and create their attempts (SKIP LOCKED
+-- there too, should a caller not hold the locks). $1 now, $2 lease expiry; {rows}: four parameters
+-- per chosen job from $3 (the job, its pilot, the pilot's sync number, the site), one prepared
+-- statement per count: with arrays instead, the plan made without their length looked dearer than
+-- one for two jobs, so PostgreSQL planned every claim afresh.
 -- name: claim_jobs
-WITH picked AS (
-    SELECT id FROM jobs WHERE id IN ({ids}) AND state = 'idle' ORDER BY id FOR UPDATE SKIP LOCKED
+WITH want (id, pilot_id, seq, site) AS (
+    VALUES {rows}
+), picked AS (
+    SELECT j.id FROM jobs j JOIN want w ON w.id = j.id WHERE j.state = 'idle' ORDER BY j.id FOR UPDATE OF j SKIP LOCKED
 ), claimed AS (
-    UPDATE jobs j SET state = 'claimed', attempts = j.attempts + 1, site = $1
-    FROM picked WHERE j.id = picked.id
+    UPDATE jobs j SET state = 'claimed', attempts = j.attempts + 1, site = w.site
+    FROM picked JOIN want w ON w.id = picked.id WHERE j.id = picked.id
     RETURNING j.id, j.spec
 ), made AS (
     INSERT INTO attempts (job_id, pilot_id, site, lease, state, claimed_at, lease_expires, claim_seq)
-    SELECT id, $2, $1, replace(gen_random_uuid()::text, '-', ''), 'claimed', $3, $4, $5::bigint FROM claimed
+    SELECT c.id, w.pilot_id, w.site, replace(gen_random_uuid()::text, '-', ''), 'claimed', $1, $2, w.seq
+    FROM claimed c JOIN want w ON w.id = c.id
     RETURNING id, job_id, lease
 )
 SELECT made.id, made.job_id, made.lease, claimed.spec::text FROM made JOIN claimed ON claimed.id = made.job_id;
