@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from glidein_server.policy.matchmaking import claim_order
+from glidein_server.policy.matchmaking import Candidate, Capacity, claim_order
 
 #: (cpus, memory_mb, gpus, disk_mb, walltime_s, sites key) of idle jobs
 Shape = tuple[int, int, int, int, int, str]
@@ -55,3 +55,55 @@ def best(rows: Iterable[Any], limit: int) -> list[tuple[int, int, int, int, int,
     (priority, then more cores, then oldest), without the priority."""
     ordered = sorted(rows, key=lambda r: claim_order(r[6], r[1], r[0]))[:limit]
     return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in ordered]
+
+
+#: Each user's candidates by size (cpus, memory, GPUs, disk, walltime), each with its place in
+#: the user's claim order, each size's in that order.
+Pool = dict[str, dict[tuple[int, ...], list[tuple[int, Candidate]]]]
+
+
+def pool_of(queues: dict[str, list[Candidate]]) -> Pool:
+    """Candidates for several pilots (each user's in claim order), grouped by size."""
+    pool: Pool = {}
+    for owner, queue in queues.items():
+        sizes = pool.setdefault(owner, {})
+        for place, c in enumerate(queue):
+            sizes.setdefault(tuple(c[1:]), []).append((place, c))
+    return pool
+
+
+def offer(pool: Pool, taken: set[int], cap: Capacity, lifetime_s: float, most: int) -> dict[str, list[Candidate]]:
+    """What one pilot of several claiming together is offered: each user's candidates not yet
+    ``taken`` that fit ``cap`` and the lifetime, at most ``most`` of each size (what the pilot's
+    own scan would have read), in claim order. Jobs of one size come in claim order and are
+    interchangeable to matchmaking, so a pilot that cannot use the first ``most`` of a size cannot
+    use any of it; each size is checked once, not each job."""
+    out: dict[str, list[Candidate]] = {}
+    for owner, sizes in pool.items():
+        mine: list[tuple[int, Candidate]] = []
+        for queue in sizes.values():
+            first = queue[0][1]
+            if not fits(first, cap, lifetime_s):
+                continue
+            n = 0
+            for entry in queue:
+                if entry[1].job_id not in taken:
+                    mine.append(entry)
+                    n += 1
+                    if n == most:
+                        break
+        if mine:
+            mine.sort()
+            out[owner] = [c for _, c in mine]
+    return out
+
+
+def fits(c: Candidate, cap: Capacity, lifetime_s: float) -> bool:
+    """Whether a candidate fits ``cap`` and the lifetime."""
+    return (
+        c.cpus <= cap.cpus
+        and c.memory_mb <= cap.memory_mb
+        and c.gpus <= cap.gpus
+        and c.disk_mb <= cap.disk_mb
+        and c.walltime_s <= lifetime_s
+    )

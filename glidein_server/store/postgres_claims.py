@@ -28,6 +28,8 @@ from glidein_server.store.postgres_jobs import spec_decoder
 from glidein_server.store.postgres_reservations import PostgresReservations
 from glidein_server.store.sqlite_pilots import CLAIM_SCAN, RATIO_TTL_S
 
+#: At most this many jobs are claimed by one statement (four parameters each; PostgreSQL takes 32,767).
+CLAIM_ROWS = 1024
 #: The site's mode, its cap on cores in use (None: none) and its network, as the operator set them.
 Control = tuple[SiteMode, int | None, str | None]
 
@@ -63,17 +65,6 @@ def scan_for(asks: list[Ask]) -> int:
     return min(CLAIM_SCAN, 1 << (need - 1).bit_length())
 
 
-def fits(row: Candidate, cap: Capacity, lifetime_s: float) -> bool:
-    """Whether a candidate fits ``cap`` and the lifetime."""
-    return (
-        row.cpus <= cap.cpus
-        and row.memory_mb <= cap.memory_mb
-        and row.gpus <= cap.gpus
-        and row.disk_mb <= cap.disk_mb
-        and row.walltime_s <= lifetime_s
-    )
-
-
 class PostgresClaims(PostgresReservations, PostgresAttempts):
     async def _claim_many(self, con: Connection, asks: list[Ask], lease_s: float) -> list[list[ClaimedJob]]:
         """What each of ``asks`` gets, in its matchmaking order (inside the caller's transaction);
@@ -90,18 +81,22 @@ class PostgresClaims(PostgresReservations, PostgresAttempts):
         rows = [
             (job_id, asks[i].pilot_id, asks[i].req.seq, asks[i].site) for i, ids in enumerate(chosen) for job_id in ids
         ]
-        if not rows:
-            return [[] for _ in asks]
-        values = ", ".join(
-            f"(${n}::bigint, ${n + 1}::bigint, ${n + 2}::bigint, ${n + 3}::text)"
-            for n in range(3, 3 + 4 * len(rows), 4)
-        )
-        made = {
-            job_id: ClaimedJob(attempt_id=attempt_id, job_id=job_id, lease=lease, spec=spec_decoder.decode(spec))
-            for attempt_id, job_id, lease, spec in await con.fetch(
-                Q["claim_jobs"].replace("{rows}", values), now, now + lease_s, *(v for row in rows for v in row)
+        made: dict[int, ClaimedJob] = {}
+        for start in range(0, len(rows), CLAIM_ROWS):
+            part: list[tuple[int | None, int | None, int | None, str | None]] = list(rows[start : start + CLAIM_ROWS])
+            # rows of nulls, which claim nothing, up to a power of two: a few prepared statements, not one per count
+            part += [(None, None, None, None)] * ((1 << (len(part) - 1).bit_length()) - len(part))
+            values = ", ".join(
+                f"(${n}::bigint, ${n + 1}::bigint, ${n + 2}::bigint, ${n + 3}::text)"
+                for n in range(3, 3 + 4 * len(part), 4)
             )
-        }
+            sql = Q["claim_jobs"].replace("{rows}", values)
+            for attempt_id, job_id, lease, spec in await con.fetch(
+                sql, now, now + lease_s, *(v for r in part for v in r)
+            ):
+                made[job_id] = ClaimedJob(
+                    attempt_id=attempt_id, job_id=job_id, lease=lease, spec=spec_decoder.decode(spec)
+                )
         return [[made[job_id] for job_id in ids if job_id in made] for ids in chosen]
 
     async def _pick(self, con: Connection, asks: list[Ask]) -> list[list[int]]:
@@ -114,10 +109,11 @@ class PostgresClaims(PostgresReservations, PostgresAttempts):
             in_use = await con.fetchval(Q["site_cpus_in_use"], site)
         if site_control.claim_room(mode, max_cpus, in_use) == 0:
             return [[] for _ in asks]
-        pool = await self._candidates(con, asks)
-        owner_of = {c.job_id: owner for owner, queue in pool.items() for c in queue}
-        cpus_of = {c.job_id: c.cpus for queue in pool.values() for c in queue}
-        in_use_of = {r[0]: int(r[1]) for r in await con.fetch(Q["busy_cores"])} if len(pool) > 1 else {}
+        queues = await self._candidates(con, asks)
+        owner_of = {c.job_id: owner for owner, queue in queues.items() for c in queue}
+        cpus_of = {c.job_id: c.cpus for queue in queues.values() for c in queue}
+        in_use_of = {r[0]: int(r[1]) for r in await con.fetch(Q["busy_cores"])} if len(queues) > 1 else {}
+        pool = candidates.pool_of(queues)
         taken: set[int] = set()
         out: list[list[int]] = []
         for ask in asks:
@@ -154,17 +150,13 @@ class PostgresClaims(PostgresReservations, PostgresAttempts):
         self,
         con: Connection,
         ask: Ask,
-        pool: dict[str, list[Candidate]],
+        pool: candidates.Pool,
         taken: set[int],
         in_use_of: dict[str, int],
     ) -> list[int]:
         """Matchmaking for one pilot, from what the pool still holds that fits it."""
         req, cap, now = ask.req, ask.cap, ask.now
-        queues = {
-            owner: [c for c in rows if c.job_id not in taken and fits(c, cap, req.lifetime_s)]
-            for owner, rows in pool.items()
-        }
-        queues = {owner: queue for owner, queue in queues.items() if queue}
+        queues = candidates.offer(pool, taken, cap, req.lifetime_s, ask.cap.cpus + req.want)
         if not queues:
             return []
         f = req.free

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from glidein_client.wire.errors import ConflictError
 from glidein_client.wire.schema import JobSpec, JobState, PilotRegister, PilotShape, Resources, SyncRequest
+from glidein_server.store import postgres_claims
 from glidein_server.store.base import JobFilter, Store
 from glidein_server.store.postgres import PostgresStore
 
@@ -88,5 +91,25 @@ async def test_postgres_claims_pilots_syncing_together_in_few_transactions(postg
         assert sorted(len(r.jobs) for r in responses) == [2] * 16
         transactions = await store.pool.fetchval("SELECT count(DISTINCT xmin::text) FROM attempts")
         assert transactions < 8
+    finally:
+        await store.close()
+
+
+async def test_postgres_claims_many_jobs_in_statements_of_a_bounded_size(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres_claims, "CLAIM_ROWS", 3)  # 11 jobs: statements of 3, 3, 3 and 2 (padded to 2)
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        ids = await store.add_jobs("alice", [job() for _ in range(11)], NOW)
+        one = await pilot(store, "a", 8)
+        other = await pilot(store, "a", 8)
+        first, second = await asyncio.gather(
+            store.sync(one, ask(8), NOW, LEASE_S), store.sync(other, ask(3), NOW, LEASE_S)
+        )
+        claimed = [c.job_id for c in first.jobs + second.jobs]
+        assert sorted(claimed) == ids and len(first.jobs) == 8 and len(second.jobs) == 3
+        assert len({c.attempt_id for c in first.jobs + second.jobs}) == 11
     finally:
         await store.close()

@@ -66,3 +66,30 @@ def test_a_shape_that_cannot_fit_is_not_read_and_one_that_can_is_read_as_far_as_
     assert candidates.per_shape(four, 8, 12000, 0, 1000, 3, 24) == 4  # and the backlog wanted
     assert candidates.per_shape(four, 2, 32000, 0, 1000, 0, 24) == 0
     assert candidates.per_shape((1, 0, 0, 0, 60, ""), 100, 0, 0, 0, 0, 24) == 24  # at most the scan
+
+
+@given(
+    jobs=st.lists(st.tuples(st.integers(0, len(SHAPES) - 1), st.integers(0, 2), st.booleans()), max_size=60),
+    cpus=st.integers(0, 8),
+    mem=st.integers(0, 20000),
+    want=st.integers(0, 3),
+    lifetime=st.sampled_from([1800.0, 4000.0, 6000.0, 10000.0, 40000.0]),
+    policy=st.sampled_from([PLAIN_POLICY, MatchPolicy()]),
+)
+@settings(max_examples=300, deadline=None)
+def test_a_pilot_claiming_with_others_is_offered_what_its_own_scan_would_give_select(
+    jobs: list[tuple[int, int, bool]], cpus: int, mem: int, want: int, lifetime: float, policy: MatchPolicy
+) -> None:
+    """Several pilots share one read of candidates; each is offered the untaken ones, at most
+    (cores + backlog) of each size, and select chooses as it would from every untaken fitting job."""
+    free = Capacity(cpus, mem, 1, 1000)
+    cap = TOTAL if want > 0 else free
+    rows = [(job_id, *SHAPES[shape], prio) for job_id, (shape, prio, _) in enumerate(jobs, start=1)]
+    order = [Candidate(*r[:6]) for r in sorted(rows, key=lambda r: claim_order(r[6], r[1], r[0]))]
+    taken = {job_id for job_id, (_, _, gone) in enumerate(jobs, start=1) if gone}
+    every = [c for c in order if c.job_id not in taken and candidates.fits(c, cap, lifetime)]
+    offered = candidates.offer(candidates.pool_of({"alice": order}), taken, cap, lifetime, cap.cpus + want)
+    mine = offered.get("alice", [])
+    assert mine == [c for c in every if c in mine]  # untaken and fitting, in claim order
+    args = (free, TOTAL, lifetime, want)
+    assert select(mine, *args, policy=policy) == select(every, *args, policy=policy)
