@@ -1,11 +1,12 @@
 """Pilots in the PostgreSQL store: start, heartbeat (sync) and the claim.
 
-A sync that writes (starts, finished attempts, a claim) waits for a transaction it shares with
-the other syncs waiting then, up to BATCH of them, with RUNNERS such transactions at a time: what
-each statement costs PostgreSQL is mostly per statement, and their claims are made together
-(:mod:`postgres_claims`). Should one of them fail, the transaction is rolled back and each sync runs
-again alone, so one sync's error is its own. A pilot that is not running is refused before its
-sync writes anything, and the others go on.
+A sync that writes (starts, finished attempts, a claim), and a waiting pilot's claim when work
+arrives (``claim_more``: a burst of them when a submit wakes every waiting pilot), waits for a
+transaction it shares with the other such calls waiting then, up to BATCH of them, with RUNNERS
+such transactions at a time: what a statement costs PostgreSQL is mostly per statement, and their
+claims are made together (:mod:`postgres_claims`). Should one of them fail, the transaction is
+rolled back and each call runs again alone, so one call's error is its own. A pilot that is not
+running is refused before its sync writes anything, and the others go on.
 """
 
 from __future__ import annotations
@@ -48,13 +49,25 @@ class Sync:
 
 
 @dataclass(frozen=True)
-class Pending:
-    """A sync's work done up to its claim, and what its answer needs."""
+class More:
+    """A waiting pilot's claim when work arrives (``claim_more``)."""
 
-    ask: Ask
+    pilot_id: int
+    want: int
+    now: float
+    lease_s: float
+    seq: int | None
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A call's work done up to its claim, and what its answer needs."""
+
+    ask: Ask | None  # None: it claims nothing
     refused: list[Refusal]
     cancel: list[int]
     health: list[float]  # what its finished attempts add to the site's health average
+    sync: bool = True  # a sync (which may be told to leave), not a waiting pilot's claim
 
 
 #: A sync's answer (or the error that refused it) and the (site, value) health samples it adds.
@@ -64,7 +77,7 @@ Outcome = tuple[SyncResponse | Exception, list[tuple[str, float]]]
 class PostgresPilots(PostgresClaims):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._waiting: list[tuple[Sync, asyncio.Future[SyncResponse]]] = []
+        self._waiting: list[tuple[Sync | More, asyncio.Future[SyncResponse]]] = []
         self._runners = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -119,20 +132,24 @@ class PostgresPilots(PostgresClaims):
             # A heartbeat alone is one statement, atomic by itself: no transaction to open.
             result = (await self._read(self._sync_all, [call]))[0][0]
         else:
-            future: asyncio.Future[SyncResponse] = asyncio.get_running_loop().create_future()
-            self._waiting.append((call, future))
-            if self._runners < RUNNERS:
-                self._runners += 1
-                task = asyncio.create_task(self._run_syncs())
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            return await future
+            return await self._queued(call)
         if isinstance(result, Exception):
             raise result
         return result
 
+    async def _queued(self, call: Sync | More) -> SyncResponse:
+        """Run ``call`` in the next transaction that has room, with the others waiting then."""
+        future: asyncio.Future[SyncResponse] = asyncio.get_running_loop().create_future()
+        self._waiting.append((call, future))
+        if self._runners < RUNNERS:
+            self._runners += 1
+            task = asyncio.create_task(self._run_syncs())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
     async def _run_syncs(self) -> None:
-        """Run the waiting syncs, up to BATCH at a time in one transaction."""
+        """Run the waiting calls, up to BATCH at a time in one transaction."""
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting[:BATCH], self._waiting[BATCH:]
@@ -154,7 +171,7 @@ class PostgresPilots(PostgresClaims):
         finally:
             self._runners -= 1
 
-    async def _alone(self, call: Sync) -> Outcome:
+    async def _alone(self, call: Sync | More) -> Outcome:
         try:
             return (await self._tx(self._sync_all, [call]))[0]
         except Exception as exc:
@@ -177,23 +194,26 @@ class PostgresPilots(PostgresClaims):
     def _claims(req: SyncRequest) -> bool:
         return req.claim and not req.draining and (req.free.cpus > 0 or req.want > 0)
 
-    async def _sync_all(self, con: Connection, calls: list[Sync]) -> list[Outcome]:
-        """The syncs in ``con``, their claims made together; each one's response, or the error that
+    async def _sync_all(self, con: Connection, calls: list[Sync | More]) -> list[Outcome]:
+        """The calls in ``con``, their claims made together; each one's response, or the error that
         refused it before it wrote anything, and the site health values its finished attempts add."""
         out: list[Outcome] = [(ConflictError("not run"), [])] * len(calls)
         ready: list[tuple[int, Pending]] = []
         for i in sorted(range(len(calls)), key=lambda i: calls[i].pilot_id):  # one lock order for all
+            call = calls[i]
             try:
-                ready.append((i, await self._before_claim(con, calls[i])))
+                before = self._before_more(con, call) if isinstance(call, More) else self._before_claim(con, call)
+                ready.append((i, await before))
             except ConflictError as exc:
                 out[i] = (exc, [])
-        claiming = [(i, p) for i, p in ready if self._claims(p.ask.req)]
-        got = dict.fromkeys((i for i, _ in claiming), list[ClaimedJob]())
+        claiming = [(i, p.ask) for i, p in ready if p.ask is not None and self._claims(p.ask.req)]
+        got: dict[int, list[ClaimedJob]] = {}
         if claiming:
-            jobs = await self._claim_many(con, [p.ask for _, p in claiming], calls[0].lease_s)
+            jobs = await self._claim_many(con, [ask for _, ask in claiming], calls[0].lease_s)
             got = {i: mine for (i, _), mine in zip(claiming, jobs, strict=True)}
         for i, p in ready:
-            out[i] = (await self._after_claim(con, p, got.get(i, [])), [(p.ask.site, h) for h in p.health])
+            site = p.ask.site if p.ask is not None else ""
+            out[i] = (await self._after_claim(con, p, got.get(i, [])), [(site, h) for h in p.health])
         return out
 
     async def _before_claim(self, con: Connection, call: Sync) -> Pending:
@@ -234,15 +254,34 @@ class PostgresPilots(PostgresClaims):
         return Pending(ask, refused, cancel, health)
 
     async def _after_claim(self, con: Connection, p: Pending, jobs: list[ClaimedJob]) -> SyncResponse:
-        """The sync's answer, once its claim (if any) is made: whether the pilot should leave."""
-        req, site = p.ask.req, p.ask.site
+        """The call's answer, once its claim (if any) is made: whether the pilot should leave."""
         leave = None
-        if p.ask.control[0] is SiteMode.DRAINING:
-            leave = "its site is draining (the operator's `glidein-server site drain`)"
-        elif self._claims(req) and req.free.cpus > 0 and leaves(req.lifetime_s, len(jobs)):
-            if await con.fetchval(Q["idle_too_long"], int(req.lifetime_s), f",{site},") is not None:
-                leave = RETIRE_REASON
+        if p.sync and p.ask is not None:
+            req, site = p.ask.req, p.ask.site
+            if p.ask.control[0] is SiteMode.DRAINING:
+                leave = "its site is draining (the operator's `glidein-server site drain`)"
+            elif self._claims(req) and req.free.cpus > 0 and leaves(req.lifetime_s, len(jobs)):
+                if await con.fetchval(Q["idle_too_long"], int(req.lifetime_s), f",{site},") is not None:
+                    leave = RETIRE_REASON
         return SyncResponse(jobs=jobs, cancel=p.cancel, refused=p.refused, leave=leave)
+
+    async def _before_more(self, con: Connection, call: More) -> Pending:
+        """A waiting pilot's claim up to the claim: what it has free now, and the attempts to stop."""
+        row = await con.fetchrow(Q["pilot_capacity"], call.pilot_id)
+        if row is None:
+            return Pending(None, [], [], [], sync=False)
+        site, tcpus, tmem, tgpus, tdisk, fcpus, fmem, fgpus, fdisk, lifetime_s, last_seen = row
+        lifetime_s -= call.now - (last_seen or call.now)
+        cancel = [r[0] for r in await con.fetch(Q["pilot_cancels"], call.pilot_id)]
+        if lifetime_s < 1 or (fcpus <= 0 and call.want <= 0):
+            return Pending(None, [], cancel, [], sync=False)
+        free = Resources(cpus=fcpus, memory_mb=fmem, gpus=fgpus, disk_mb=fdisk)
+        req = SyncRequest(free=free, lifetime_s=lifetime_s, want=call.want, seq=call.seq)
+        ctl = await con.fetchrow(Q["site_claim_control"], site)
+        assert ctl is not None  # one row, whether or not the site is known
+        control = (SiteMode(ctl[0] or SiteMode.OPEN.value), ctl[1], ctl[2])
+        ask = Ask(call.pilot_id, site, req, Capacity(tcpus, tmem, tgpus, tdisk), control, call.now)
+        return Pending(ask, [], cancel, [], sync=False)
 
     @staticmethod
     async def _starts(con: Connection, pilot_id: int, req: SyncRequest, now: float) -> list[Refusal]:
@@ -258,21 +297,4 @@ class PostgresPilots(PostgresClaims):
     async def claim_more(
         self, pilot_id: int, want: int, now: float, lease_s: float, *, seq: int | None = None
     ) -> SyncResponse:
-        async def tx(con: Connection) -> SyncResponse:
-            row = await con.fetchrow(Q["pilot_capacity"], pilot_id)
-            if row is None:
-                return SyncResponse()
-            site, tcpus, tmem, tgpus, tdisk, fcpus, fmem, fgpus, fdisk, lifetime_s, last_seen = row
-            lifetime_s -= now - (last_seen or now)
-            cancel = [r[0] for r in await con.fetch(Q["pilot_cancels"], pilot_id)]
-            if lifetime_s < 1 or (fcpus <= 0 and want <= 0):
-                return SyncResponse(cancel=cancel)
-            free = Resources(cpus=fcpus, memory_mb=fmem, gpus=fgpus, disk_mb=fdisk)
-            req = SyncRequest(free=free, lifetime_s=lifetime_s, want=want, seq=seq)
-            ctl = await con.fetchrow(Q["site_claim_control"], site)
-            assert ctl is not None  # one row, whether or not the site is known
-            control = (SiteMode(ctl[0] or SiteMode.OPEN.value), ctl[1], ctl[2])
-            ask = Ask(pilot_id, site, req, Capacity(tcpus, tmem, tgpus, tdisk), control, now)
-            return SyncResponse(jobs=(await self._claim_many(con, [ask], lease_s))[0], cancel=cancel)
-
-        return await self._tx(tx)
+        return await self._queued(More(pilot_id, want, now, lease_s, seq))

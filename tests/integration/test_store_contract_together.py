@@ -113,3 +113,13 @@ async def test_postgres_claims_many_jobs_in_statements_of_a_bounded_size(
         assert len({c.attempt_id for c in first.jobs + second.jobs}) == 11
     finally:
         await store.close()
+
+
+async def test_waiting_pilots_woken_together_share_the_new_work(store: Store) -> None:
+    """A submit wakes every waiting pilot at once: each claims what fits what it has free, no job twice."""
+    pilots = [await pilot(store, "a", 2) for _ in range(10)]
+    ids = await store.add_jobs("alice", [job() for _ in range(15)], NOW)
+    got = await asyncio.gather(*(store.claim_more(p, 0, NOW, LEASE_S) for p in pilots))
+    claimed = [c.job_id for r in got for c in r.jobs]
+    assert sorted(claimed) == ids  # 20 free cores for 15 one-core jobs
+    assert all(len(r.jobs) <= 2 for r in got)
