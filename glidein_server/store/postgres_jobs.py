@@ -151,7 +151,8 @@ class PostgresJobs(PostgresTokens):
             where.append(("job_where_labels", json.dumps(labels)))
         if flt.ids is not None:
             where.append(("job_where_ids", list(flt.ids)))
-        page = [*where, ("job_where_state", flt.state)] if flt.state else where
+        state = "job_where_state" if flt.state == JobState.IDLE.value else "job_where_state_not_idle"
+        page = [*where, (state, flt.state)] if flt.state else where
         if flt.after is not None:
             page = [*page, ("job_where_before" if flt.newest_first else "job_where_after", flt.after)]
         page_sql, page_args = _conditions("job_page", page)

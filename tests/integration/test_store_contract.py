@@ -129,6 +129,32 @@ async def test_jobs_list_filter_cancel_retry(store: Store) -> None:
     assert summary.jobs == {"idle": 3}
 
 
+async def test_a_state_other_than_idle_lists_its_jobs_in_id_order_with_the_other_filters(store: Store) -> None:
+    """Held and cancelled jobs among idle ones, by state alone, with an owner, a label, keyset and
+    newest first; idle still lists every idle job."""
+    ids = await store.add_jobs("alice", [job(labels={"ds": "x" if i % 2 else "y"}) for i in range(8)], NOW)
+    bob = await store.add_jobs("bob", [job(labels={"ds": "x"})], NOW)
+    for i in (1, 2, 5):
+        await store.hold_job(ids[i], JobAct(by="alice", at=NOW))
+    await store.hold_job(bob[0], JobAct(by="bob", at=NOW))
+    await store.cancel_job(ids[6], NOW)
+    held = [ids[1], ids[2], ids[5], bob[0]]
+    assert [j.id for j in (await store.list_jobs(JobFilter(state="held")))[0]] == held
+    assert [j.id for j in (await store.list_jobs(JobFilter(state="held", owner="alice")))[0]] == held[:3]
+    assert [j.id for j in (await store.list_jobs(JobFilter(state="held", label=("ds", "x"))))[0]] == [
+        ids[1],
+        ids[5],
+        bob[0],
+    ]
+    assert [j.id for j in (await store.list_jobs(JobFilter(state="held", after=ids[2])))[0]] == held[2:]
+    newest = JobFilter(state="held", newest_first=True, limit=2)
+    assert [j.id for j in (await store.list_jobs(newest))[0]] == held[:1:-1]
+    assert [j.id for j in (await store.list_jobs(JobFilter(state="cancelled")))[0]] == [ids[6]]
+    assert (await store.list_jobs(JobFilter(state="failed")))[0] == []
+    idle = [ids[0], ids[3], ids[4], ids[7]]
+    assert [j.id for j in (await store.list_jobs(JobFilter(state="idle")))[0]] == idle
+
+
 async def test_label_filters_page_in_id_order_with_the_other_filters(store: Store) -> None:
     """Several labels (the rarer one walked first), with owner, state, ids, limit and offset."""
     ids = await store.add_jobs(
@@ -518,23 +544,26 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
         db = sqlite3.connect(store.path)
         db.executescript(
             "DROP TRIGGER job_counts_delete; DROP INDEX jobs_finished; DROP TABLE job_events;"
+            "DROP INDEX jobs_not_idle; CREATE INDEX jobs_state ON jobs (state);"
             "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
         )
         db.close()
-        latest = 9  # retention (2), claims by shape (3), job history (4), labels and bulk counts (5),
+        latest = 10  # retention (2), claims by shape (3), job history (4), labels and bulk counts (5),
         # reservations (6), counts by label (7), running jobs kept per site and label (8), finished jobs'
-        # index by finish time (9)
+        # index by finish time (9), the index of states but idle (10)
     else:
         assert isinstance(store, PostgresStore)
         con = await asyncpg.connect(store.url)
         await con.execute(
             "DROP TRIGGER jobs_deleted ON jobs; DROP FUNCTION glidein_jobs_deleted(); DROP INDEX jobs_finished;"
-            "DROP INDEX outputs_job; DROP TABLE job_events; UPDATE meta SET value = '2' WHERE key = 'schema_version'"
+            "DROP INDEX outputs_job; DROP TABLE job_events; DROP INDEX jobs_not_idle;"
+            "CREATE INDEX jobs_state ON jobs (state); UPDATE meta SET value = '2' WHERE key = 'schema_version'"
         )
         await con.close()
-        latest = 14  # retention (3), site control (4), numbered claims (5), claims by shape (6), job history (7)
+        latest = 15  # retention (3), site control (4), numbered claims (5), claims by shape (6), job history (7)
         # the label index (8), reservations (9), counts by label (10), token change notices (11), submits
-        # counted by the store (12), running jobs kept per site and label (13) and cheaper counting (14)
+        # counted by the store (12), running jobs kept per site and label (13), cheaper counting (14) and
+        # the index of states but idle (15)
     await store.open()
     assert [j.id for j in (await store.list_jobs(JobFilter()))[0]] == ids
     assert (await store.hold_job(ids[1], JobAct(by="alice", at=NOW))).history[0].action == "held"
@@ -549,11 +578,15 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
         assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'jobs_idle_shape'").fetchone()[0] == 1
         finished = db.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs_finished'").fetchone()[0]
         assert finished.endswith("WHERE finished_at IS NOT NULL")
+        names = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE name LIKE 'jobs_%'")}
+        assert "jobs_not_idle" in names and "jobs_state" not in names
         db.close()
     else:
         con = await asyncpg.connect(store.url)
         assert await con.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") == str(latest)
         assert await con.fetchval("SELECT count(*) FROM pg_indexes WHERE indexname = 'jobs_idle_shape'") == 1
+        names = {n for (n,) in await con.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'jobs'")}
+        assert "jobs_not_idle" in names and "jobs_state" not in names
         await con.close()
 
 

@@ -453,6 +453,14 @@ DROP TRIGGER IF EXISTS attempt_ended ON attempts;
 CREATE TRIGGER attempt_ended AFTER UPDATE ON attempts FOR EACH ROW
 WHEN (OLD.state <> 'ended' AND NEW.state = 'ended') EXECUTE FUNCTION glidein_attempt_ended();
 
+-- name: migration_15
+-- The jobs in each state but idle, in id order, for the job list's state filter. The index of every
+-- job's state it replaces took each submitted job in (2-3 µs of PostgreSQL's CPU per job) although
+-- the queue of idle jobs is listed in id order without it and claims read jobs_idle_shape. The
+-- planner proves a query may use it only from the condition itself (job_where_state_not_idle).
+DROP INDEX IF EXISTS jobs_state;
+CREATE INDEX IF NOT EXISTS jobs_not_idle ON jobs (state, id) WHERE state <> 'idle';
+
 -- name: schema_version_table
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
@@ -567,6 +575,9 @@ j.id = ANY(${n}::bigint[])
 
 -- name: job_where_state
 j.state = ${n}::text
+
+-- name: job_where_state_not_idle
+j.state = ${n}::text AND j.state <> 'idle'
 
 -- name: job_where_after
 j.id > ${n}::bigint

@@ -55,7 +55,6 @@ CREATE TABLE IF NOT EXISTS jobs (
 -- Each user's idle jobs by shape (jobs_idle_shape, from migration_3) and the cores each user holds.
 CREATE INDEX IF NOT EXISTS jobs_busy_owner ON jobs (owner, cpus) WHERE state IN ('claimed', 'running');
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, id);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY,
     job_id INTEGER NOT NULL,
@@ -486,6 +485,9 @@ j.id IN (SELECT value FROM json_each(?))
 -- name: job_where_state
 j.state = ?
 
+-- name: job_where_state_not_idle
+j.state = ? AND j.state != 'idle'
+
 -- name: job_where_after
 j.id > ?
 
@@ -881,6 +883,14 @@ END;
 -- no new job enters.
 DROP INDEX IF EXISTS jobs_finished;
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+
+-- name: migration_10
+-- The jobs in each state but idle, in id order, for the job list's state filter. The index of every
+-- job's state it replaces took each submitted job in (3 µs of its 19 in the store) although the
+-- queue of idle jobs is listed in id order without it and claims read jobs_idle_shape. SQLite uses
+-- it only for a query that names its condition (job_where_state_not_idle).
+DROP INDEX IF EXISTS jobs_state;
+CREATE INDEX IF NOT EXISTS jobs_not_idle ON jobs (state) WHERE state != 'idle';
 
 -- Retention: finished jobs older than a cutoff leave with their attempts and outputs, in batches.
 
