@@ -23,6 +23,7 @@ from glidein_server.policy.fairshare import Shares
 from glidein_server.policy.retry import RetryPolicy
 from glidein_server.store import sqlfile
 from glidein_server.store.postgres_listener import Listener
+from glidein_server.store.postgres_pool import ConnectionPool
 from glidein_server.store.postgres_statistics import Statistics
 
 log = logging.getLogger(__name__)
@@ -33,19 +34,9 @@ TOKENS_CHANNEL = "glidein_tokens"  # a trigger on the tokens table: the public i
 RETRIES = 5
 if TYPE_CHECKING:
     Connection = asyncpg.Connection[asyncpg.Record]
-    Pool = asyncpg.Pool[asyncpg.Record]
     Record = asyncpg.Record
 else:
-    Connection = Pool = Record = Any
-
-
-class _Unreset(asyncpg.Connection):
-    """The store's pooled connections keep no session state (no SET, LISTEN, open cursor or
-    session-level lock), so a connection handed back to the pool needs no reset query: one round
-    trip less per store call."""
-
-    def get_reset_query(self) -> str:
-        return ""
+    Connection = Record = Any
 
 
 def redact(url: str) -> str:
@@ -63,22 +54,24 @@ class PostgresBase:
         self.pool_size = pool_size
         self._runtime_ratio = (0.0, 1.0)  # (until, ratio): what jobs use of their walltime, learnt
         self._site_shapes: dict[str, PilotShape] = {}  # refreshed from the sites table on every demand read
-        self._pool: Pool | None = None
+        self._pool: ConnectionPool | None = None
         self._listener: Listener | None = None
         self._wake: Callable[[], None] | None = None
         self.statistics = Statistics()  # the jobs table's, refreshed after bulk submits
 
     async def open(self) -> None:
+        # The store's connections keep no session state (no SET, LISTEN, open cursor or
+        # session-level lock), so one handed back to the pool needs no reset.
+        pool = ConnectionPool(self.url, self.pool_size)
         try:
-            self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=self.pool_size, connection_class=_Unreset
-            )
+            await pool.open()
         except (OSError, asyncpg.PostgresError) as exc:
             raise ConfigError(
                 f"Cannot reach the PostgreSQL database {redact(self.url)}: {exc}.",
                 hint="Check that PostgreSQL runs and that the URL (database = ... in config.toml) is right.",
             ) from None
-        async with self._pool.acquire() as con, con.transaction():
+        self._pool = pool
+        async with pool.acquire() as con, con.transaction():
             await con.execute(Q["schema_lock"])  # replicas starting together migrate one at a time
             await con.execute(Q["schema_version_table"])
             version = await con.fetchval(Q["schema_version"])
@@ -131,7 +124,7 @@ class PostgresBase:
             await pool.close()
 
     @property
-    def pool(self) -> Pool:
+    def pool(self) -> ConnectionPool:
         if self._pool is None:
             raise RuntimeError("store is not open")
         return self._pool

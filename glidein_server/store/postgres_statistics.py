@@ -15,16 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from glidein_server.store import sqlfile
-
-if TYPE_CHECKING:
-    Pool = asyncpg.Pool[asyncpg.Record]
-else:
-    Pool = Any
+from glidein_server.store.postgres_pool import ConnectionPool as Pool
 
 log = logging.getLogger(__name__)
 Q = sqlfile.load("postgres.sql")
