@@ -32,6 +32,7 @@ from glidein_server.policy.lifecycle import pilot_start_failed, site_health_blen
 from glidein_server.policy.matchmaking import Capacity, leaves
 from glidein_server.store.postgres_base import Connection, Q
 from glidein_server.store.postgres_claims import Ask, PostgresClaims
+from glidein_server.store.postgres_heartbeat import DRAINING_REASON, heartbeat, not_running, only_reports
 from glidein_server.store.sqlite_pilots import NOTHING_FREE, RETIRE_REASON, TERMINAL_BATCH_STATES
 
 log = logging.getLogger(__name__)
@@ -127,15 +128,9 @@ class PostgresPilots(PostgresClaims):
         await self._tx(tx)
 
     async def sync(self, pilot_id: int, req: SyncRequest, now: float, lease_s: float) -> SyncResponse:
-        call = Sync(pilot_id, req, now, lease_s)
-        if not (req.started or req.finished or req.held is not None or self._claims(req)):
-            # A heartbeat alone is one statement, atomic by itself: no transaction to open.
-            result = (await self._read(self._sync_all, [call]))[0][0]
-        else:
-            return await self._queued(call)
-        if isinstance(result, Exception):
-            raise result
-        return result
+        if only_reports(req, self._claims(req)):  # a heartbeat: one statement, atomic by itself
+            return await self._read(heartbeat, pilot_id, req, now, lease_s)
+        return await self._queued(Sync(pilot_id, req, now, lease_s))
 
     async def _queued(self, call: Sync | More) -> SyncResponse:
         """Run ``call`` in the next transaction that has room, with the others waiting then."""
@@ -229,10 +224,7 @@ class PostgresPilots(PostgresClaims):
         else:  # nothing ends before the write: the pilot read and written in one statement
             head = await con.fetchrow(Q["pilot_sync_head_tail"], *tail, 0, pilot_id, *renew, held)
         if head is None or head[0] != "running":
-            raise ConflictError(
-                f"Pilot {pilot_id} is not running on the server (it ended or never registered).",
-                hint="The pilot should stop; its jobs have been requeued.",
-            )
+            raise not_running(pilot_id)
         site, tcpus, tmem, tgpus, tdisk, mode, max_cpus, network = head[1:9]
         refused = await self._starts(con, pilot_id, req, now)
         ran = 0
@@ -259,7 +251,7 @@ class PostgresPilots(PostgresClaims):
         if p.sync and p.ask is not None:
             req, site = p.ask.req, p.ask.site
             if p.ask.control[0] is SiteMode.DRAINING:
-                leave = "its site is draining (the operator's `glidein-server site drain`)"
+                leave = DRAINING_REASON
             elif self._claims(req) and req.free.cpus > 0 and leaves(req.lifetime_s, len(jobs)):
                 if await con.fetchval(Q["idle_too_long"], int(req.lifetime_s), f",{site},") is not None:
                     leave = RETIRE_REASON
