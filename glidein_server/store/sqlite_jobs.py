@@ -106,8 +106,7 @@ class SqliteJobs(SqliteSites):
             args.append(json.dumps(list(flt.ids)))
         page_where, page_args = where, args
         if flt.state:
-            condition = Q["job_where_state" if flt.state == JobState.IDLE.value else "job_where_state_not_idle"]
-            page_where, page_args = [*where, condition], [*args, flt.state]
+            page_where, page_args = [*where, Q["job_where_state"]], [*args, flt.state]
         past = ("before" if flt.newest_first else "after") if flt.after is not None else None
         keyset = [flt.after] if flt.after is not None else []
         order = "DESC" if flt.newest_first else "ASC"

@@ -544,13 +544,12 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
         db = sqlite3.connect(store.path)
         db.executescript(
             "DROP TRIGGER job_counts_delete; DROP INDEX jobs_finished; DROP TABLE job_events;"
-            "DROP INDEX jobs_not_idle; CREATE INDEX jobs_state ON jobs (state);"
             "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
         )
         db.close()
-        latest = 10  # retention (2), claims by shape (3), job history (4), labels and bulk counts (5),
+        latest = 11  # retention (2), claims by shape (3), job history (4), labels and bulk counts (5),
         # reservations (6), counts by label (7), running jobs kept per site and label (8), finished jobs'
-        # index by finish time (9), the index of states but idle (10)
+        # index by finish time (9), the index of states but idle (10) and every state's again (11)
     else:
         assert isinstance(store, PostgresStore)
         con = await asyncpg.connect(store.url)
@@ -579,7 +578,7 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
         finished = db.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs_finished'").fetchone()[0]
         assert finished.endswith("WHERE finished_at IS NOT NULL")
         names = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE name LIKE 'jobs_%'")}
-        assert "jobs_not_idle" in names and "jobs_state" not in names
+        assert "jobs_state" in names and "jobs_not_idle" not in names
         db.close()
     else:
         con = await asyncpg.connect(store.url)
