@@ -32,7 +32,7 @@ from glidein_server.policy.lifecycle import pilot_start_failed, site_health_blen
 from glidein_server.policy.matchmaking import Capacity, leaves
 from glidein_server.store.postgres_base import Connection, Q
 from glidein_server.store.postgres_claims import Ask, PostgresClaims
-from glidein_server.store.postgres_heartbeat import DRAINING_REASON, heartbeat, not_running, only_reports
+from glidein_server.store.postgres_heartbeat import DRAINING_REASON, PostgresHeartbeats, not_running, only_reports
 from glidein_server.store.sqlite_pilots import NOTHING_FREE, RETIRE_REASON, TERMINAL_BATCH_STATES
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class Pending:
 Outcome = tuple[SyncResponse | Exception, list[tuple[str, float]]]
 
 
-class PostgresPilots(PostgresClaims):
+class PostgresPilots(PostgresClaims, PostgresHeartbeats):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._waiting: list[tuple[Sync | More, asyncio.Future[SyncResponse]]] = []
@@ -128,8 +128,8 @@ class PostgresPilots(PostgresClaims):
         await self._tx(tx)
 
     async def sync(self, pilot_id: int, req: SyncRequest, now: float, lease_s: float) -> SyncResponse:
-        if only_reports(req, self._claims(req)):  # a heartbeat: one statement, atomic by itself
-            return await self._read(heartbeat, pilot_id, req, now, lease_s)
+        if only_reports(req, self._claims(req)):  # a heartbeat: one statement, maybe shared
+            return await self._heartbeat(pilot_id, req, now, lease_s)
         return await self._queued(Sync(pilot_id, req, now, lease_s))
 
     async def _queued(self, call: Sync | More) -> SyncResponse:

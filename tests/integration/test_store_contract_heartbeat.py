@@ -5,11 +5,22 @@ the pilot seen, records what it has free, and is refused once the pilot has ende
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from glidein_client.wire.errors import ConflictError
-from glidein_client.wire.schema import JobSpec, JobState, PilotRegister, Resources, SiteMode, SyncRequest
+from glidein_client.wire.schema import (
+    JobSpec,
+    JobState,
+    PilotRegister,
+    Resources,
+    SiteMode,
+    SyncRequest,
+    SyncResponse,
+)
 from glidein_server.store.base import Store
+from glidein_server.store.postgres import PostgresStore
 
 NOW = 1_000_000.0
 LEASE_S = 60.0
@@ -75,3 +86,21 @@ async def test_a_heartbeat_keeps_the_pilot_seen_and_records_what_it_has_free(sto
     await store.pilot_exit(seen, "done", 1.0, 1, NOW + 47)
     with pytest.raises(ConflictError, match="not running"):
         await store.sync(seen, beat(), NOW + 48, LEASE_S)
+
+
+async def test_heartbeats_arriving_together_are_each_answered_as_alone(store: Store) -> None:
+    pilots = [await pilot_with_a_job(store) for _ in range(6)]
+    (ended, _, _), (_, cancelled_job, cancelled_attempt) = pilots[0], pilots[1]
+    await store.pilot_exit(ended, "done", 1.0, 0, NOW + 1)
+    await store.cancel_job(cancelled_job, NOW + 1)
+    beats = [store.sync(pid, beat(i % 2), NOW + 20 + i, LEASE_S) for i, (pid, _, _) in enumerate(pilots)]
+    beats += [store.sync(pid, beat(), NOW + 30, LEASE_S) for pid, _, _ in pilots[2:4]]  # a pilot twice at once
+    results = await asyncio.gather(*beats, return_exceptions=True)
+    assert isinstance(results[0], ConflictError) and "not running" in str(results[0])
+    assert isinstance(results[1], SyncResponse) and results[1].cancel == [cancelled_attempt]
+    assert all(isinstance(r, SyncResponse) and r.cancel == [] and r.leave is None for r in results[2:])
+    if isinstance(store, PostgresStore):  # the heartbeats waiting shared a statement
+        assert store.largest_heartbeat_batch > 1
+    # every running pilot's leases renewed from its own heartbeat (NOW + 20 + i + 60): none lost at NOW + 61
+    assert await store.expire(NOW + LEASE_S + 1, 10_000) == 0
+    assert await store.expire(NOW + 100, 10_000) == 5

@@ -886,6 +886,30 @@ SELECT (SELECT s.mode FROM sites s WHERE s.name = p.site),
                AND (SELECT j.state FROM jobs j WHERE j.id = a.job_id) IN ('cancelled', 'held') ORDER BY a.id)
 FROM p;
 
+-- name: pilot_heartbeats
+-- pilot_heartbeat for many pilots at once, each its own as alone: one array per parameter of
+-- pilot_heartbeat, the pilots in id order (the order rows are locked in everywhere); a row for
+-- each pilot running, with its id first.
+WITH b AS (
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::bigint[], $6::float8[],
+                         $7::float8[], $8::float8[], $9::float8[], $10::float8[])
+        AS b(id, cpus, memory_mb, gpus, disk_mb, lifetime_s, now, occupancy, renew, renew_before)
+), p AS (
+    UPDATE pilots SET free_cpus = b.cpus, free_memory_mb = b.memory_mb, free_gpus = b.gpus, free_disk_mb = b.disk_mb,
+        lifetime_s = b.lifetime_s, last_seen = b.now, occupancy = b.occupancy
+    FROM b WHERE pilots.id = b.id AND pilots.state = 'running'
+    RETURNING pilots.id, pilots.site
+), l AS (
+    UPDATE attempts a SET lease_expires = b.renew FROM b
+    WHERE a.pilot_id = ANY($1) AND a.pilot_id = b.id AND a.state != 'ended' AND a.lease_expires < b.renew_before
+      AND b.id IN (SELECT id FROM p)
+)
+SELECT p.id, (SELECT s.mode FROM sites s WHERE s.name = p.site),
+       ARRAY(SELECT a.id FROM attempts a
+             WHERE a.pilot_id = p.id AND a.state != 'ended'
+               AND (SELECT j.state FROM jobs j WHERE j.id = a.job_id) IN ('cancelled', 'held') ORDER BY a.id)
+FROM p;
+
 -- name: site_claim_control
 SELECT s.mode, s.max_cpus, n.network FROM (SELECT $1::text AS name) x
 LEFT JOIN sites s ON s.name = x.name LEFT JOIN site_networks n ON n.site = x.name;
