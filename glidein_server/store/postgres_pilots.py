@@ -194,11 +194,17 @@ class PostgresPilots(PostgresClaims, PostgresHeartbeats):
         refused it before it wrote anything, and the site health values its finished attempts add."""
         out: list[Outcome] = [(ConflictError("not run"), [])] * len(calls)
         ready: list[tuple[int, Pending]] = []
-        for i in sorted(range(len(calls)), key=lambda i: calls[i].pilot_id):  # one lock order for all
+        order = sorted(range(len(calls)), key=lambda i: calls[i].pilot_id)  # one lock order for all
+        heads = await self._heads(
+            con, [(i, c) for i in order if isinstance(c := calls[i], Sync) and not c.req.finished]
+        )
+        for i in order:
             call = calls[i]
             try:
-                before = self._before_more(con, call) if isinstance(call, More) else self._before_claim(con, call)
-                ready.append((i, await before))
+                if isinstance(call, More):
+                    ready.append((i, await self._before_more(con, call)))
+                else:
+                    ready.append((i, await self._before_claim(con, call, heads.get(i))))
             except ConflictError as exc:
                 out[i] = (exc, [])
         claiming = [(i, p.ask) for i, p in ready if p.ask is not None and self._claims(p.ask.req)]
@@ -211,18 +217,38 @@ class PostgresPilots(PostgresClaims, PostgresHeartbeats):
             out[i] = (await self._after_claim(con, p, got.get(i, [])), [(site, h) for h in p.health])
         return out
 
-    async def _before_claim(self, con: Connection, call: Sync) -> Pending:
-        """A sync's work up to its claim: the pilot's state, its starts and finished attempts."""
+    async def _heads(self, con: Connection, calls: list[tuple[int, Sync]]) -> dict[int, Any]:
+        """For syncs that end no attempt, all in one statement: each pilot read as it was and written
+        (what it has free, its leases renewed), by the sync's place in ``calls``. The time is the
+        latest sync's."""
+        if not calls:
+            return {}
+        now = max(c.now for _, c in calls)
+        lease_s = calls[0][1].lease_s
+        columns: list[list[Any]] = [[] for _ in range(7)]
+        held: tuple[list[int], list[int]] = ([], [])
+        for _, c in calls:
+            f = NOTHING_FREE if c.req.draining else c.req.free
+            lifetime_s = 0.0 if c.req.draining else c.req.lifetime_s
+            row = (c.pilot_id, f.cpus, f.memory_mb, f.gpus, f.disk_mb, lifetime_s, c.req.occupancy)
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+            for attempt_id in c.req.held or []:
+                held[0].append(c.pilot_id)
+                held[1].append(attempt_id)
+        rows = await con.fetch(Q["pilot_sync_heads"], *columns, now, now + lease_s, now + 0.75 * lease_s, *held)
+        return {calls[r[0] - 1][0]: r[1:] for r in rows}
+
+    async def _before_claim(self, con: Connection, call: Sync, head: Any) -> Pending:
+        """A sync's work up to its claim: the pilot's state (``head``, read already unless it ends
+        attempts), its starts and finished attempts."""
         pilot_id, req, now = call.pilot_id, call.req, call.now
         f = NOTHING_FREE if req.draining else req.free
         lifetime_s = 0.0 if req.draining else req.lifetime_s
         renew = (now + call.lease_s, now + 0.75 * call.lease_s)
         tail = (f.cpus, f.memory_mb, f.gpus, f.disk_mb, lifetime_s, now, req.occupancy)
-        held = req.held or []
         if req.finished:  # the pilot's state is written after its finished attempts have ended
-            head = await con.fetchrow(Q["pilot_sync_head"], pilot_id, held)
-        else:  # nothing ends before the write: the pilot read and written in one statement
-            head = await con.fetchrow(Q["pilot_sync_head_tail"], *tail, 0, pilot_id, *renew, held)
+            head = await con.fetchrow(Q["pilot_sync_head"], pilot_id, req.held or [])
         if head is None or head[0] != "running":
             raise not_running(pilot_id)
         site, tcpus, tmem, tgpus, tdisk, mode, max_cpus, network = head[1:9]
