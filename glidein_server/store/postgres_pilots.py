@@ -225,19 +225,30 @@ class PostgresPilots(PostgresClaims, PostgresHeartbeats):
             return {}
         now = max(c.now for _, c in calls)
         lease_s = calls[0][1].lease_s
-        columns: list[list[Any]] = [[] for _ in range(7)]
-        held: tuple[list[int], list[int]] = ([], [])
+        values: list[Any] = []
         for _, c in calls:
             f = NOTHING_FREE if c.req.draining else c.req.free
             lifetime_s = 0.0 if c.req.draining else c.req.lifetime_s
-            row = (c.pilot_id, f.cpus, f.memory_mb, f.gpus, f.disk_mb, lifetime_s, c.req.occupancy)
-            for column, value in zip(columns, row, strict=True):
-                column.append(value)
-            for attempt_id in c.req.held or []:
-                held[0].append(c.pilot_id)
-                held[1].append(attempt_id)
-        rows = await con.fetch(Q["pilot_sync_heads"], *columns, now, now + lease_s, now + 0.75 * lease_s, *held)
-        return {calls[r[0] - 1][0]: r[1:] for r in rows}
+            values += (
+                c.pilot_id,
+                f.cpus,
+                f.memory_mb,
+                f.gpus,
+                f.disk_mb,
+                lifetime_s,
+                c.req.occupancy,
+                c.req.held or [],
+            )
+        size = 1 << (len(calls) - 1).bit_length()  # rows of nulls, which match no pilot, up to a power of two
+        values += [None] * 8 * (size - len(calls))
+        rows = ", ".join(
+            f"(${n}::bigint, ${n + 1}::int, ${n + 2}::bigint, ${n + 3}::int, ${n + 4}::bigint, ${n + 5}::float8, "
+            f"${n + 6}::float8, ${n + 7}::bigint[], {k})"
+            for k, n in enumerate(range(4, 4 + 8 * size, 8))
+        )
+        sql = Q["pilot_sync_heads"].replace("{rows}", rows)
+        found = await con.fetch(sql, now, now + lease_s, now + 0.75 * lease_s, *values)
+        return {calls[r[0]][0]: r[1:] for r in found}
 
     async def _before_claim(self, con: Connection, call: Sync, head: Any) -> Pending:
         """A sync's work up to its claim: the pilot's state (``head``, read already unless it ends

@@ -824,28 +824,27 @@ WHERE id = $12;
 -- The first statement of the syncs that end no attempt, all in one (one round trip, not one per
 -- sync): each pilot's row as it was, written (what it has free, its leases renewed when a quarter
 -- spent); the attempts to stop as an array; whether it has an active attempt it does not hold.
--- $1..$7 one element per sync (the pilot, its free cores, memory, GPUs and disk, its lifetime and
--- occupancy), $8 now, $9 the new lease expiry, $10 renew those expiring before it; $11/$12 the
--- (pilot, attempt) pairs the syncs list as held. One row per sync, by its place (k).
-WITH i AS (
-    SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::int[], $5::bigint[], $6::float8[], $7::float8[])
-        WITH ORDINALITY AS i (id, free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s, occupancy, k)
+-- $1 now, $2 the new lease expiry, $3 renew those expiring before it; {rows}: eight parameters per
+-- sync from $4 (the pilot, its free cores, memory, GPUs and disk, its lifetime and occupancy, the
+-- attempts it holds) and its place, one prepared statement per count. (With a parameter per column
+-- as an array, the plan made without the arrays' length looked dearer than one for a single sync,
+-- so PostgreSQL planned every call afresh: six times the cost of a heartbeat.)
+WITH i (id, free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s, occupancy, held, k) AS (
+    VALUES {rows}
 ), p AS (
     UPDATE pilots SET free_cpus = i.free_cpus, free_memory_mb = i.free_memory_mb, free_gpus = i.free_gpus,
-        free_disk_mb = i.free_disk_mb, lifetime_s = i.lifetime_s, last_seen = $8, occupancy = i.occupancy
+        free_disk_mb = i.free_disk_mb, lifetime_s = i.lifetime_s, last_seen = $1, occupancy = i.occupancy
     FROM i WHERE pilots.id = i.id AND pilots.state = 'running'
     RETURNING pilots.id
 ), l AS (
-    UPDATE attempts SET lease_expires = $9
-    WHERE pilot_id IN (SELECT id FROM p) AND state != 'ended' AND lease_expires < $10
+    UPDATE attempts SET lease_expires = $2
+    WHERE pilot_id IN (SELECT id FROM p) AND state != 'ended' AND lease_expires < $3
 )
 SELECT i.k, p0.state, p0.site, p0.cpus, p0.memory_mb, p0.gpus, p0.disk_mb, s.mode, s.max_cpus, n.network,
        ARRAY(SELECT a.id FROM attempts a
              WHERE a.pilot_id = i.id AND a.state != 'ended'
                AND (SELECT j.state FROM jobs j WHERE j.id = a.job_id) IN ('cancelled', 'held') ORDER BY a.id),
-       EXISTS (SELECT 1 FROM attempts a WHERE a.pilot_id = i.id AND a.state != 'ended'
-               AND NOT EXISTS (SELECT 1 FROM unnest($11::bigint[], $12::bigint[]) h (pilot, attempt)
-                               WHERE h.pilot = i.id AND h.attempt = a.id))
+       EXISTS (SELECT 1 FROM attempts a WHERE a.pilot_id = i.id AND a.state != 'ended' AND a.id <> ALL(i.held))
 FROM i JOIN pilots p0 ON p0.id = i.id LEFT JOIN sites s ON s.name = p0.site LEFT JOIN site_networks n ON n.site = p0.site;
 
 -- name: pilot_sync_head
