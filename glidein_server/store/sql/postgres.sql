@@ -869,27 +869,6 @@ WITH p AS (
 SELECT a.id FROM attempts a
 WHERE a.pilot_id = $9 AND a.state != 'ended' AND (SELECT j.state FROM jobs j WHERE j.id = a.job_id) IN ('cancelled', 'held');
 
--- name: pilot_sync_head_tail
--- pilot_sync_head and pilot_sync_tail in one statement, for a sync that ends no attempt ($1..$11 as
--- in pilot_sync_tail; $12 as $2 in pilot_sync_head): the pilot's row as it was, the attempts to
--- stop as an array, and whether it has an active attempt it does not hold.
-WITH p AS (
-    UPDATE pilots SET free_cpus = $1, free_memory_mb = $2, free_gpus = $3, free_disk_mb = $4, lifetime_s = $5,
-        last_seen = $6, occupancy = $7, jobs_run = jobs_run + $8
-    WHERE id = $9 AND state = 'running'
-    RETURNING id
-), l AS (
-    UPDATE attempts SET lease_expires = $10
-    WHERE pilot_id = $9 AND state != 'ended' AND lease_expires < $11 AND EXISTS (SELECT 1 FROM p)
-)
-SELECT p0.state, p0.site, p0.cpus, p0.memory_mb, p0.gpus, p0.disk_mb, s.mode, s.max_cpus, n.network,
-       ARRAY(SELECT a.id FROM attempts a
-             WHERE a.pilot_id = $9 AND a.state != 'ended'
-               AND (SELECT j.state FROM jobs j WHERE j.id = a.job_id) IN ('cancelled', 'held') ORDER BY a.id),
-       EXISTS (SELECT 1 FROM attempts a WHERE a.pilot_id = $9 AND a.state != 'ended' AND a.id <> ALL($12::bigint[]))
-FROM pilots p0 LEFT JOIN sites s ON s.name = p0.site LEFT JOIN site_networks n ON n.site = p0.site
-WHERE p0.id = $9;
-
 -- name: pilot_heartbeat
 -- A heartbeat: a sync that only reports (no start, finished attempt, held list or claim). In one
 -- statement the pilot's row is written ($1..$7: free cpus, memory, GPUs, disk, lifetime, now,
@@ -897,7 +876,7 @@ WHERE p0.id = $9;
 -- those expiring before), and its site's mode (a draining site's pilots leave) and its attempts whose
 -- job was cancelled or held (the pilot stops them) read. No row: the pilot is not running. The row
 -- written is the one read, and no more is read than a heartbeat answers: about a fifth less of
--- PostgreSQL's CPU than pilot_sync_head_tail.
+-- PostgreSQL's CPU than a sync's own first statement.
 WITH p AS (
     UPDATE pilots SET free_cpus = $1, free_memory_mb = $2, free_gpus = $3, free_disk_mb = $4, lifetime_s = $5,
         last_seen = $6, occupancy = $7
