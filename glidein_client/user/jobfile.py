@@ -251,7 +251,10 @@ def _build_one(
                 ValidationError(f"script: must be the path of a script file, got {entry['script']!r}.", field="script")
             )
         else:
-            script_path = _local_path(entry["script"], base_dir)
+            try:
+                script_path = _local_path(entry["script"], base_dir, "script")
+            except ValidationError as exc:
+                errors.append(exc)
     try:
         spec = None if errors else _convert_spec(data)
     except ValidationError as exc:
@@ -337,14 +340,21 @@ def _inputs(raw: Any, base_dir: Path) -> tuple[list[InputFile], list[LocalInput]
             inputs.append(InputFile(name=name, url=url))
         else:
             assert path is not None
-            resolved = _local_path(path, base_dir)
+            resolved = _local_path(path, base_dir, where)
             local.append(LocalInput(index=len(inputs), path=resolved))
             inputs.append(InputFile(name=name or resolved.name))
     return inputs, local
 
 
-def _local_path(text: str, base_dir: Path) -> Path:
-    path = Path(text).expanduser()
+def _local_path(text: str, base_dir: Path, where: str) -> Path:
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # ~name of a user this machine does not know (or no home directory at all)
+        raise ValidationError(
+            f"{where}: cannot tell whose home directory {text.split('/', 1)[0]!r} means in {text!r}.",
+            hint="Write the path in full, or relative to the job file's directory.",
+            field=where,
+        ) from None
     return path if path.is_absolute() else base_dir / path
 
 

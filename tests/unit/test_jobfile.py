@@ -363,3 +363,24 @@ async def test_empty_script_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path / "jobs.toml", '[[job]]\nscript = "run.sh"\n')
     with pytest.raises(ValidationError, match=r"job\[0\]\.script: .*run.sh is empty"):
         await read_local_files(load_jobfile(path))
+
+
+def test_a_home_directory_of_an_unknown_user_is_a_plain_error(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "jobs.toml",
+        """
+        [[job]]
+        argv = ["true"]
+        inputs = ["~no-such-user-here/a.txt"]
+        [[job]]
+        script = "~no-such-user-here/run.sh"
+        """,
+    )
+    with pytest.raises(ValidationError) as err:
+        load_jobfile(path)
+    assert "'~no-such-user-here'" in err.value.message
+    assert "job[0].inputs[0]" in err.value.message and "job[1].script" in err.value.message
+    one = write(tmp_path / "one.toml", '[[job]]\nargv = ["true"]\ninputs = ["~no-such-user-here/a.txt"]\n')
+    with pytest.raises(ValidationError) as err:
+        load_jobfile(one)
+    assert "relative to the job file" in (err.value.hint or "")
