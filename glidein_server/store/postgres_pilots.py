@@ -16,8 +16,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
-
 from glidein_client.wire.errors import ConflictError, NotFoundError
 from glidein_client.wire.schema import (
     ClaimedJob,
@@ -148,23 +146,30 @@ class PostgresPilots(PostgresClaims, PostgresHeartbeats):
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting[:BATCH], self._waiting[BATCH:]
-                batch = [(call, future) for call, future in batch if not future.done()]
-                if not batch:
-                    continue
                 try:
-                    outcomes = await self._tx(self._sync_all, [call for call, _ in batch])
-                except Exception as exc:  # one call's failure: each runs again alone, and fails alone
-                    outcomes = [(exc, [])] if len(batch) == 1 else [await self._alone(call) for call, _ in batch]
-                await self._apply_health(outcomes)
-                for (_, future), (result, _) in zip(batch, outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(result, Exception):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
+                    await self._run_batch([(call, future) for call, future in batch if not future.done()])
+                finally:  # (only when the server stops does a batch end unanswered)
+                    for _, future in batch:
+                        if not future.done():
+                            future.cancel()
         finally:
             self._runners -= 1
+
+    async def _run_batch(self, batch: list[tuple[Sync | More, asyncio.Future[SyncResponse]]]) -> None:
+        if not batch:
+            return
+        try:
+            outcomes = await self._tx(self._sync_all, [call for call, _ in batch])
+        except Exception as exc:  # one call's failure: each runs again alone, and fails alone
+            outcomes = [(exc, [])] if len(batch) == 1 else [await self._alone(call) for call, _ in batch]
+        await self._apply_health(outcomes)
+        for (_, future), (result, _) in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     async def _alone(self, call: Sync | More) -> Outcome:
         try:
@@ -182,7 +187,7 @@ class PostgresPilots(PostgresClaims, PostgresHeartbeats):
         for site, seen in values.items():
             try:
                 await self.pool.execute(Q["site_health_apply"], *site_health_blend(seen), site)
-            except (OSError, asyncpg.PostgresError) as exc:  # the syncs themselves are done: the average can wait
+            except Exception as exc:  # the syncs themselves are done: the average can wait
                 log.warning("could not update the health of site %s: %s", site, exc)
 
     @staticmethod
