@@ -46,7 +46,6 @@ from glidein_server.http.routing import (
     API,
     Guard,
     Route,
-    collection_paused,
     error_middleware,
     json_response,
     parse_choice,
@@ -293,20 +292,16 @@ class Api:
 
     async def submit(self, request: web.Request) -> web.Response:
         principal = await self.guard.who(request, Role.USER, Role.OPERATOR)
-        with collection_paused():  # the batch's objects are freed before the collector would walk them
-            ids = await self._add_jobs(request, principal)
-        log.info("%s submitted %d jobs (%d-%d)", principal.subject, len(ids), ids[0], ids[-1])
-        self.guard.new_work()
-        return json_response(JobIds(ids=ids), status=201)
-
-    async def _add_jobs(self, request: web.Request, principal: Principal) -> list[int]:
         body: JobSubmit = await self.guard.body(request, JobSubmit, "job submission")
         texts = b"\\u0000" in await request.read()  # the body, read already: only JSON can hold a NUL
         for i, spec in enumerate(body.jobs):
             check_job(spec, i, texts=texts)
         own = own_netlocs(request.host, self.config.public_url)
         await check_inputs(body.jobs, principal, self.store, self.files, own)
-        return await self.store.add_jobs(principal.subject, body.jobs, time.time())
+        ids = await self.store.add_jobs(principal.subject, body.jobs, time.time())
+        log.info("%s submitted %d jobs (%d-%d)", principal.subject, len(ids), ids[0], ids[-1])
+        self.guard.new_work()
+        return json_response(JobIds(ids=ids), status=201)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         principal = await self.guard.who(request, Role.USER, Role.OPERATOR)

@@ -1,6 +1,5 @@
-"""A bulk submit: decoded and stored with Python's cycle collector paused (which comes back as it was,
-also when the body is refused, once the last of overlapping submits ends), and a value that no store
-keeps refused by name before any store sees it."""
+"""A bulk submit's body: decoded with Python's cycle collector paused (which comes back as it was, also
+when the body is refused), and a value that no store keeps refused by name before any store sees it."""
 
 from __future__ import annotations
 
@@ -41,25 +40,6 @@ def test_a_collector_turned_off_by_the_operator_stays_off() -> None:
     with collection_paused():
         pass
     assert not gc.isenabled()
-
-
-def test_overlapping_pauses_keep_it_off_until_the_last_ends() -> None:
-    """Two submits whose awaits interleave: the first to end leaves the collector off for the other."""
-    first, second = collection_paused(), collection_paused()
-    first.__enter__()
-    second.__enter__()
-    first.__exit__(None, None, None)
-    assert not gc.isenabled()
-    second.__exit__(None, None, None)
-    assert gc.isenabled()
-
-
-def test_a_pause_that_fails_inside_another_keeps_it_off_until_the_outer_ends() -> None:
-    with collection_paused():
-        with pytest.raises(ValidationError), collection_paused():
-            decode(b'{"jobs": []}', JobSubmit)
-        assert not gc.isenabled()
-    assert gc.isenabled()
 
 
 @pytest.mark.parametrize("priority", [2**31, -(2**31) - 1, 2**63])
