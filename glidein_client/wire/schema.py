@@ -343,12 +343,12 @@ class ClaimedJob(_Strict, kw_only=True):
 
 
 class AttemptRef(_Strict, kw_only=True):
-    attempt_id: int
+    attempt_id: PosInt
     lease: str
 
 
 class Finish(_Strict, kw_only=True):
-    attempt_id: int
+    attempt_id: PosInt
     lease: str
     outcome: Outcome
     exit_code: int | None = None
@@ -374,7 +374,7 @@ class SyncRequest(_Strict, kw_only=True):
     draining: bool = False
     # Every attempt the pilot still holds (running, waiting in its backlog, or in a report not yet
     # answered). The server requeues the pilot's other claims: their answer was lost on the way.
-    held: list[int] | None = None
+    held: list[PosInt] | None = None
     # This pilot's count of the syncs it sent, 1, 2, 3...: a claim answered to sync N counts as lost
     # only when a sync numbered above N omits it from ``held`` (the pilot sends ``held`` only once
     # every earlier sync has come back or been given up). A stale sync that arrives late, after a

@@ -340,3 +340,27 @@ async def test_a_stopping_pilot_waiting_long_poll_does_not_take_back_the_job_it_
         finally:
             await pilot.__aexit__(None, None, None)
             await other.__aexit__(None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("field", "sync"),
+    [
+        ("held[0]", '"held": [9223372036854775808]'),
+        ("started[0].attempt_id", '"started": [{"attempt_id": 0, "lease": "x"}]'),
+        ("finished[0].attempt_id", '"finished": [{"attempt_id": -1, "lease": "x", "outcome": "done"}]'),
+    ],
+)
+async def test_an_attempt_number_no_database_holds_is_a_plain_400(
+    live_server: LiveServer, field: str, sync: str
+) -> None:
+    """A pilot's sync naming an attempt outside 1..2**63-1 is refused by name, before any store sees it."""
+    pilot = await pilot_client(live_server)
+    try:
+        token = pilot._token
+        assert token is not None
+        body = f'{{"free": {{"cpus": 4, "memory_mb": 4000}}, "lifetime_s": 3000, {sync}}}'.encode()
+        status, answer = await raw_post(live_server, token, "/pilot/sync", body)
+        assert status == 400 and answer["field"] == field
+        assert (await pilot.sync(SyncRequest(free=FREE, lifetime_s=3000))).leave is None  # the pilot goes on
+    finally:
+        await pilot.__aexit__(None, None, None)
