@@ -9,7 +9,9 @@ pays one WAL commit instead of one per call. WAL mode with synchronous=NORMAL su
 server process.
 
 Most calls run in the worker thread, so the event loop never waits for a long one (a bulk submit,
-a page of jobs, a purge) nor for another process's write lock, nor for a checkpoint's file syncs.
+a page of jobs, a purge) nor for another process's write lock. Checkpoints run in a thread and on a
+connection of their own, beside the batches: neither the loop nor the batches wait for a
+checkpoint's copying and file syncs (in the worker they held up every call for tens of ms each second).
 The pilots' hot path (a sync, a claim, a token) is quick, a fraction of a millisecond, and
 frequent: those calls run in the event loop's own thread, batched the same way, where handing them
 to the worker and back would cost more than the calls themselves (waking the thread, the
@@ -21,6 +23,7 @@ when another process holds the write lock.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
@@ -33,6 +36,7 @@ from glidein_server.policy.retry import RetryPolicy
 from glidein_server.store import sqlfile
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 Q = sqlfile.load("sqlite.sql")
 #: A call waiting for its batch: the function, its arguments, whether it writes, and its future.
 Call = tuple[Callable[..., Any], tuple[Any, ...], bool, "asyncio.Future[Any]"]
@@ -45,7 +49,7 @@ QUICK_BATCH = 64
 LOOK_S = 0.25
 #: How long the worker waits for another process's write lock (seconds); the event loop never waits.
 BUSY_S = 30.0
-#: The write-ahead log is copied into the database at most this often (seconds), by the worker.
+#: The write-ahead log is copied into the database at most this often (seconds), beside the batches.
 CHECKPOINT_S = 1.0
 
 
@@ -58,19 +62,27 @@ class SqliteBase:
         self._site_shapes: dict[str, PilotShape] = {}  # a cache of the sites table's shapes
         self._db: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._checkpointer: ThreadPoolExecutor | None = None  # its thread and connection copy the log
+        self._checkpoint_db: sqlite3.Connection | None = None
+        self._checkpointing: asyncio.Future[None] | None = None
         self._waiting: list[Call] = []  # touched only by the event loop's thread
         self._quick: list[Call] = []  # calls run in the event loop's thread (see the module's doc)
         self._draining = False
         self._data_version: int | None = None  # changes when another connection commits to the database
         self.checked_at = -float("inf")  # when a batch last looked for other connections' commits (monotonic)
-        self._checkpointed_at = 0.0  # when the worker last checkpointed (monotonic)
+        self._checkpointed_at = 0.0  # when the last checkpoint began (monotonic)
 
     async def open(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         await self._run(self._open)
+        self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-checkpoint")
+        self._checkpoint_db = await asyncio.get_running_loop().run_in_executor(self._checkpointer, self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_S)
 
     def _open(self) -> None:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_S)
+        db = self._connect()
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA wal_autocheckpoint=0")  # the worker checkpoints (CHECKPOINT_S), never a commit
         db.execute("PRAGMA synchronous=NORMAL")
@@ -104,6 +116,13 @@ class SqliteBase:
     async def close(self) -> None:
         if self._pool is None:
             return
+        if self._checkpointer is not None:
+            if self._checkpointing is not None:
+                await asyncio.wait([self._checkpointing])
+            if self._checkpoint_db is not None:
+                await asyncio.get_running_loop().run_in_executor(self._checkpointer, self._checkpoint_db.close)
+            self._checkpointer.shutdown(wait=True)
+            self._checkpointer, self._checkpoint_db, self._checkpointing = None, None, None
         if self._db is not None:
             await self._run(self._db.close)
         self._pool.shutdown(wait=True)
@@ -164,8 +183,7 @@ class SqliteBase:
                     _settle(batch, await self._in_worker(batch))
                     wrote = wrote or any(writes for _, _, writes, _ in batch)
                 if wrote and time.monotonic() - self._checkpointed_at >= CHECKPOINT_S:
-                    self._checkpointed_at = time.monotonic()
-                    await self._in_worker([(self._checkpoint, (), False, asyncio.get_running_loop().create_future())])
+                    self._start_checkpoint()
         finally:
             self._draining = False
 
@@ -177,10 +195,19 @@ class SqliteBase:
         assert outcomes is not None  # the worker waits for the write lock
         return outcomes
 
+    def _start_checkpoint(self) -> None:
+        """Begin copying the log into the database unless a copy is under way; nothing waits for it."""
+        if self._checkpointer is None or (self._checkpointing is not None and not self._checkpointing.done()):
+            return
+        self._checkpointed_at = time.monotonic()
+        self._checkpointing = asyncio.get_running_loop().run_in_executor(self._checkpointer, self._checkpoint)
+        self._checkpointing.add_done_callback(_checkpointed)
+
     def _checkpoint(self) -> None:
-        """Copy the write-ahead log into the database as far as readers allow (in the worker thread,
-        so that its file syncs never hold up the event loop)."""
-        self._conn.execute(Q["wal_checkpoint"]).fetchall()
+        """Copy the write-ahead log into the database as far as readers allow (PASSIVE: batches go on
+        writing meanwhile), in the checkpoint thread, on its connection."""
+        if self._checkpoint_db is not None:
+            self._checkpoint_db.execute(Q["wal_checkpoint"]).fetchall()
 
     def _run_batch(self, batch: list[Call], wait: bool = True) -> list[tuple[bool, Any]] | None:
         """The reads, then the writes in one transaction. The writes run as they are, and only when
@@ -267,3 +294,9 @@ def _settle(batch: list[Call], outcomes: list[tuple[bool, Any]]) -> None:
             future.set_result(value)
         else:
             future.set_exception(value)
+
+
+def _checkpointed(done: asyncio.Future[None]) -> None:
+    """A failed checkpoint is logged; the log is copied again at the next one."""
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("checkpoint of the SQLite log failed; it will be tried again: %s", done.exception())

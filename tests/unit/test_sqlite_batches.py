@@ -110,21 +110,38 @@ async def test_a_quick_call_does_not_hold_up_the_event_loop_while_another_proces
     await store.close()
 
 
-async def test_the_worker_checkpoints_the_log_that_commits_no_longer_do(tmp_path: Path) -> None:
+async def test_the_log_is_checkpointed_beside_the_batches_that_never_wait_for_it(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "g.db"))
     await store.open()
     checkpoints: list[int] = []
+    may_finish = threading.Event()
     checkpoint = store._checkpoint
 
-    def counting() -> None:
+    def slow() -> None:  # a checkpoint syncing a large log to a slow disk
         checkpoints.append(threading.get_ident())
+        assert may_finish.wait(10)
         checkpoint()
 
-    store._checkpoint = counting  # type: ignore[method-assign]
+    store._checkpoint = slow  # type: ignore[method-assign]
     store._checkpointed_at = 0.0
     await store.add_jobs("alice", [JobSpec(argv=["true"])], 1.0)
+    await asyncio.sleep(0.05)
+    worker = await store._run(threading.get_ident)
+    assert len(checkpoints) == 1 and checkpoints[0] not in (threading.get_ident(), worker)
+    # While it copies, batches in the worker and quick ones in the loop go on and commit.
+    assert len(await store.add_jobs("alice", [JobSpec(argv=["true"])] * 3, 2.0)) == 3
     await store._quick_tx(lambda db: db.execute("INSERT INTO meta (key, value) VALUES ('quick', 'x')"))
-    assert len(checkpoints) == 1 and checkpoints[0] != threading.get_ident()
+    store._checkpointed_at = 0.0
+    await store.add_jobs("alice", [JobSpec(argv=["true"])], 3.0)
+    assert len(checkpoints) == 1  # one copy at a time
+    may_finish.set()
+    await store.close()  # waits for the copy
+    db = sqlite3.connect(tmp_path / "g.db")
+    assert db.execute("SELECT count(*) FROM jobs").fetchone()[0] == 5
+    assert db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0
+    db.close()
+    store = SqliteStore(str(tmp_path / "g.db"))
+    await store.open()
     assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     await store.close()
 
