@@ -1,4 +1,4 @@
-"""The serve command's cycle collector: survivors of a full collection frozen, cycles freed at the thaw."""
+"""The serve command's cycle collector: survivors of middle and full collections frozen, cycles freed at the thaw."""
 
 from __future__ import annotations
 
@@ -38,7 +38,20 @@ async def test_what_survives_a_full_collection_is_frozen_and_the_next_ones_skip_
     assert gc.collect() >= 0 and kept
 
 
-async def test_a_cycle_of_frozen_objects_is_freed_after_the_thaw() -> None:
+async def test_what_survives_a_middle_collection_is_frozen_before_any_full_one_walks_it() -> None:
+    loop = asyncio.get_running_loop()
+    with long_lived_heap_frozen(loop, thaw_s=3600) as collector:
+        kept = [Node() for _ in range(5_000)]  # a burst of pilots' new connections, say
+        frozen = gc.get_freeze_count()
+        gc.collect(1)
+        await asyncio.sleep(0)
+        assert collector.freezes >= 1
+        assert gc.get_freeze_count() >= frozen + len(kept)
+        assert not any(o is kept[0] for o in gc.get_objects(2))  # the next full collection skips them
+    assert kept
+
+
+async def test_a_cycle_of_frozen_objects_is_freed_at_the_thaw() -> None:
     loop = asyncio.get_running_loop()
     with long_lived_heap_frozen(loop, thaw_s=3600) as collector:
         held = cycle()
@@ -48,9 +61,10 @@ async def test_a_cycle_of_frozen_objects_is_freed_after_the_thaw() -> None:
         del held
         gc.collect()  # garbage now (nothing refers to it) but frozen: a full collection leaves it
         assert dead() is not None
-        collector.thaw_s = 0.0  # due: the next full collection's follow-up thaws instead of freezing
-        gc.collect()
+        collector.thaw_s = 0.0  # due: the next collection's follow-up thaws and walks everything at once
+        gc.collect(1)
         await asyncio.sleep(0)
-        assert gc.get_freeze_count() == 0
-        gc.collect()
-        assert dead() is None
+        collector.thaw_s = 3600
+        assert dead() is None and collector.freed_at_thaws >= 2
+        await asyncio.sleep(0)  # what lived through the thaw's walk is frozen again
+        assert gc.get_freeze_count() > 0
