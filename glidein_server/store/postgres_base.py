@@ -62,7 +62,7 @@ class PostgresBase:
     async def open(self) -> None:
         # The store's connections keep no session state (no SET, LISTEN, open cursor or
         # session-level lock), so one handed back to the pool needs no reset.
-        pool = ConnectionPool(self.url, self.pool_size)
+        pool = ConnectionPool(self.url, self.pool_size, warm=Q["connection_types"])
         try:
             await pool.open()
         except (OSError, asyncpg.PostgresError) as exc:

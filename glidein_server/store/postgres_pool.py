@@ -12,7 +12,11 @@ in the background (asyncpg first has PostgreSQL cancel a statement still running
 whenever a caller gives up on one), and its place is free once it is gone; a new one is opened
 when needed. An error that PostgreSQL reported, or one raised by the store's own code between
 statements, leaves the connection as good as it was. Connections are opened on demand, up to
-``size``; a caller who finds them all busy waits for one, first come first served.
+``size``; a caller who finds them all busy waits for one, first come first served. Each new
+connection first runs the pool's ``warm`` statement, if any, with an empty list for each parameter:
+asyncpg then learns the types that it names (array and record types, which it asks PostgreSQL
+about, once per connection and type) before the connection is lent, not at a caller's first
+statement that uses them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import re
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +43,10 @@ CLOSE_S = 10.0
 
 
 class ConnectionPool:
-    def __init__(self, url: str, size: int) -> None:
+    def __init__(self, url: str, size: int, warm: str | None = None) -> None:
         self.url = url
         self.size = max(1, size)
+        self.warm = warm
         self._idle: list[Connection] = []  # last in, first out: the warmest connection first
         self._waiters: collections.deque[asyncio.Future[Connection | None]] = collections.deque()
         self._count = 0  # connections open or being opened, idle or lent
@@ -57,7 +63,14 @@ class ConnectionPool:
             raise
 
     async def _connect(self) -> Connection:
-        return await asyncpg.connect(self.url)
+        con: Connection = await asyncpg.connect(self.url)
+        if self.warm is not None:
+            try:
+                await con.fetchrow(self.warm, *([] for _ in set(re.findall(r"\$\d+", self.warm))))
+            except BaseException:
+                con.terminate()
+                raise
+        return con
 
     def acquire(self) -> Lease:
         """``async with pool.acquire() as con:`` one connection, for the block."""

@@ -158,3 +158,27 @@ async def test_a_closed_pool_lends_nothing_and_fails_its_waiters(postgres_url: s
             break
         await asyncio.sleep(0.02)
     assert await backends(postgres_url) == set()  # the lent one was closed as it came back
+
+
+async def test_a_new_connection_knows_the_warm_statements_types_before_it_is_lent(postgres_url: str) -> None:
+    from glidein_server.store.postgres_base import Q
+
+    def known(con: asyncpg.Connection[asyncpg.Record], type_name: str) -> bool:
+        settings = con._protocol.get_settings()  # asyncpg's codecs of this connection
+        return any(settings.get_data_codec(oid) is not None for oid in oids[type_name])
+
+    plain = await asyncpg.connect(postgres_url)
+    oids = {t: [await plain.fetchval(f"SELECT '{t}'::regtype::oid")] for t in ("bigint[]", "double precision[]")}
+    assert not known(plain, "bigint[]")  # asyncpg asks PostgreSQL at the first statement using it
+    await plain.close()
+    pool = ConnectionPool(postgres_url, 2, warm=Q["connection_types"])
+    await pool.open()
+    async with pool.acquire() as a, pool.acquire() as b:  # the first, and one opened on demand
+        assert all(known(con, t) for con in (a, b) for t in oids)
+        assert await b.fetchval("SELECT cardinality($1::bigint[])", [1, 2]) == 2
+    await pool.close()
+    bad = ConnectionPool(postgres_url, 1, warm="SELECT $1::no_such_type[]")
+    with pytest.raises(asyncpg.PostgresError):
+        await bad.open()
+    assert bad._count == 0
+    await bad.close()
