@@ -84,7 +84,7 @@ class SqliteBase:
     def _open(self) -> None:
         db = self._connect()
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA wal_autocheckpoint=0")  # the worker checkpoints (CHECKPOINT_S), never a commit
+        db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpoint thread copies the log (CHECKPOINT_S), never a commit
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA cache_size=-262144")  # up to 256 MiB of pages: a million jobs' indexes stay in memory
         db.execute("PRAGMA foreign_keys=OFF")
@@ -116,13 +116,14 @@ class SqliteBase:
     async def close(self) -> None:
         if self._pool is None:
             return
-        if self._checkpointer is not None:
+        checkpointer, self._checkpointer = self._checkpointer, None  # no checkpoint begins from here on
+        if checkpointer is not None:
             if self._checkpointing is not None:
                 await asyncio.wait([self._checkpointing])
             if self._checkpoint_db is not None:
-                await asyncio.get_running_loop().run_in_executor(self._checkpointer, self._checkpoint_db.close)
-            self._checkpointer.shutdown(wait=True)
-            self._checkpointer, self._checkpoint_db, self._checkpointing = None, None, None
+                await asyncio.get_running_loop().run_in_executor(checkpointer, self._checkpoint_db.close)
+            checkpointer.shutdown(wait=True)
+            self._checkpoint_db, self._checkpointing = None, None
         if self._db is not None:
             await self._run(self._db.close)
         self._pool.shutdown(wait=True)
@@ -206,7 +207,7 @@ class SqliteBase:
     def _checkpoint(self) -> None:
         """Copy the write-ahead log into the database as far as readers allow (PASSIVE: batches go on
         writing meanwhile), in the checkpoint thread, on its connection."""
-        if self._checkpoint_db is not None:
+        if self._checkpoint_db is not None:  # None until open has made it
             self._checkpoint_db.execute(Q["wal_checkpoint"]).fetchall()
 
     def _run_batch(self, batch: list[Call], wait: bool = True) -> list[tuple[bool, Any]] | None:
