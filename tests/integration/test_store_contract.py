@@ -559,10 +559,10 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
             "CREATE INDEX jobs_state ON jobs (state); UPDATE meta SET value = '2' WHERE key = 'schema_version'"
         )
         await con.close()
-        latest = 15  # retention (3), site control (4), numbered claims (5), claims by shape (6), job history (7)
+        latest = 16  # retention (3), site control (4), numbered claims (5), claims by shape (6), job history (7)
         # the label index (8), reservations (9), counts by label (10), token change notices (11), submits
-        # counted by the store (12), running jobs kept per site and label (13), cheaper counting (14) and
-        # the index of states but idle (15)
+        # counted by the store (12), running jobs kept per site and label (13), cheaper counting (14), the
+        # index of states but idle (15) and the idle jobs keyed by a hash of their shape (16)
     await store.open()
     assert [j.id for j in (await store.list_jobs(JobFilter()))[0]] == ids
     assert (await store.hold_job(ids[1], JobAct(by="alice", at=NOW))).history[0].action == "held"
@@ -583,7 +583,8 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
     else:
         con = await asyncpg.connect(store.url)
         assert await con.fetchval("SELECT value FROM meta WHERE key = 'schema_version'") == str(latest)
-        assert await con.fetchval("SELECT count(*) FROM pg_indexes WHERE indexname = 'jobs_idle_shape'") == 1
+        shape = await con.fetchval("SELECT indexdef FROM pg_indexes WHERE indexname = 'jobs_idle_shape'")
+        assert "glidein_shape_key(cpus, memory_mb, gpus, disk_mb, walltime_s, sites)" in shape
         names = {n for (n,) in await con.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'jobs'")}
         assert "jobs_not_idle" in names and "jobs_state" not in names
         await con.close()
