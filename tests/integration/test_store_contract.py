@@ -633,6 +633,9 @@ async def test_a_retiring_pilot_that_no_idle_job_fits_is_told_to_leave(store: St
     pid = await running_pilot(store, cpus=1)
     resp = await store.sync(pid, SyncRequest(free=free(1), lifetime_s=7000), NOW, LEASE_S)
     assert resp.jobs == [] and resp.leave is None  # no job waits: it waits for work as before
+    await store.add_jobs("alice", [JobSpec(argv=["true"], memory_mb=1000, walltime_s=9000, sites=["b"])], NOW)
+    resp = await store.sync(pid, SyncRequest(free=free(1), lifetime_s=7000), NOW, LEASE_S)
+    assert resp.jobs == [] and resp.leave is None  # the long job waits for another site only
     await store.add_jobs("alice", [JobSpec(argv=["true"], memory_mb=1000, walltime_s=9000)], NOW)
     resp = await store.sync(pid, SyncRequest(free=free(1), lifetime_s=7000), NOW + 1, LEASE_S)
     assert resp.jobs == []

@@ -948,8 +948,11 @@ WHERE a.outcome = 'done' AND a.wall_s IS NOT NULL
 ORDER BY a.id DESC LIMIT $1;
 
 -- name: idle_too_long
-SELECT 1 FROM jobs
-WHERE state = 'idle' AND walltime_s > $1 AND (sites = '' OR position($2 in sites) > 0) LIMIT 1;
+-- Whether a job longer than a retiring pilot's time left waits for its site: read from the kept
+-- aggregate of idle shapes, whatever the queue's length (the jobs themselves would be read to the
+-- end when no such job waits).
+SELECT 1 FROM idle_shape_deltas WHERE walltime_s > $1 AND (sites = '' OR position($2 in sites) > 0)
+GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites HAVING sum(n) > 0 LIMIT 1;
 
 -- name: pilot_capacity
 SELECT site, cpus, memory_mb, gpus, disk_mb, free_cpus, free_memory_mb, free_gpus, free_disk_mb, lifetime_s, last_seen
