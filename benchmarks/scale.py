@@ -19,7 +19,8 @@ PostgreSQL columns of one run compare the backends on the same machine and load.
 ``--phases submit`` times the bulk submit alone (on PostgreSQL with the CPU of the database's own
 processes per job too). ``--against REF`` also runs the server as it was at git commit REF, and
 ``--rounds N`` repeats both, alternating which goes first; the table then gives each figure's median
-over the rounds and ``scale.json`` every run.
+over the rounds and ``scale.json`` every run. ``--users N`` submits the jobs as N users, their
+requests in turn, so that every claim weighs the users' fair shares.
 """
 
 from __future__ import annotations
@@ -273,8 +274,8 @@ class Fleet:
 class Run:
     """One run's setting: which phases, the server's source tree (None: this checkout), its database cluster."""
 
-    def __init__(self, phases: str, tree: Path | None, postmaster: psutil.Process | None) -> None:
-        self.phases, self.tree, self.postmaster = phases, tree, postmaster
+    def __init__(self, phases: str, tree: Path | None, postmaster: psutil.Process | None, users: int = 1) -> None:
+        self.phases, self.tree, self.postmaster, self.users = phases, tree, postmaster, users
 
 
 async def bench_state(root: Path, **settings: Any) -> tuple[StateDir, str, str]:
@@ -299,37 +300,54 @@ async def bench_state(root: Path, **settings: Any) -> tuple[StateDir, str, str]:
     return state, user, site
 
 
-async def tree_state(tree: Path | None, root: Path, database: str) -> tuple[StateDir, str, str]:
+#: Run by the code of the source tree under test: its state directory with the tokens of ``users``
+#: users (bench, bench2, ...) and of a site.
+TREE_STATE = """
+import asyncio, json, sys
+from pathlib import Path
+from benchmarks.scale import bench_state
+from glidein_client.wire.schema import Role
+from glidein_server.server import mint_token, open_store
+
+async def main() -> None:
+    state, user, site = await bench_state(Path(sys.argv[1]), database=sys.argv[2])
+    store = open_store(state, state.load())
+    await store.open()
+    more = [await mint_token(store, Role.USER, f"bench{i}") for i in range(2, int(sys.argv[3]) + 1)]
+    await store.close()
+    print(json.dumps([[user, *more], site]))
+
+asyncio.run(main())
+"""
+
+
+async def tree_state(tree: Path | None, root: Path, database: str, users: int) -> tuple[StateDir, list[str], str]:
     """:func:`bench_state` made by the code of the source ``tree`` (None: this checkout), so that the
-    database has that code's schema and indexes, not this checkout's."""
-    if tree is None:
-        return await bench_state(root, database=database)
-    code = (
-        "import asyncio, json, sys; from pathlib import Path; from benchmarks.scale import bench_state; "
-        "s, u, t = asyncio.run(bench_state(Path(sys.argv[1]), database=sys.argv[2])); print(json.dumps([u, t]))"
-    )
+    database has that code's schema and indexes, not this checkout's; with ``users`` users' tokens."""
     proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-c", code, str(root), database),
-        cwd=tree,
-        env={**os.environ, "PYTHONPATH": str(tree)},
+        *(sys.executable, "-c", TREE_STATE, str(root), database, str(users)),
+        cwd=tree or ROOT,
+        env={**os.environ, "PYTHONPATH": str(tree or ROOT)},
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await proc.communicate()
     if proc.returncode:
-        raise RuntimeError(f"setting up the state with the code of {tree} failed")
-    user, site = json.loads(out.decode().strip().splitlines()[-1])
-    return StateDir(root), user, site
+        raise RuntimeError(f"setting up the state with the code of {tree or ROOT} failed")
+    tokens, site = json.loads(out.decode().strip().splitlines()[-1])
+    return StateDir(root), tokens, site
 
 
 async def run_backend(name: str, database: str, jobs: int, tmp: Path, replicas: bool, how: Run) -> dict[str, float]:
-    state, user, site = await tree_state(how.tree, tmp / name, database)
+    state, users, site = await tree_state(how.tree, tmp / name, database, how.users)
+    user = users[0]
     r: dict[str, float] = {}
     async with serving(state, tmp / f"{name}.log", how.tree) as (url, server):
-        async with ApiClient(url, user) as api:
+        async with contextlib.AsyncExitStack() as clients:
+            apis = [await clients.enter_async_context(ApiClient(url, u)) for u in users]
             specs = job_specs(jobs)
             t0, c0, d0 = time.perf_counter(), cpu_s(server), database_cpu_s(how.postmaster)
-            for i in range(0, jobs, MAX_JOBS_PER_REQUEST):
-                await api.submit(specs[i : i + MAX_JOBS_PER_REQUEST])
+            for n, i in enumerate(range(0, jobs, MAX_JOBS_PER_REQUEST)):  # the users' requests in turn
+                await apis[n % len(apis)].submit(specs[i : i + MAX_JOBS_PER_REQUEST])
             r["submit_jobs_per_s"] = round(jobs / (time.perf_counter() - t0))
             r["server_cpu_us_per_submitted_job"] = round(1e6 * (cpu_s(server) - c0) / jobs, 1)
             if how.postmaster is not None:
@@ -442,7 +460,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 for backend in args.backends:
                     n += 1
                     run_dir = tmp / f"run{n}"
-                    how = Run(args.phases, tree, postmaster if backend == "postgres" else None)
+                    how = Run(args.phases, tree, postmaster if backend == "postgres" else None, args.users)
                     if backend == "sqlite":
                         r = await run_backend("sqlite", "glidein.db", args.jobs, run_dir, False, how)
                     elif args.postgres:
@@ -457,6 +475,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "jobs": args.jobs,
         "phases": args.phases,
         "against": args.against,
+        "users": args.users,
         "machine": {
             "cpus": os.cpu_count(),
             "load_avg_at_end": os.getloadavg(),
@@ -475,6 +494,7 @@ def main() -> None:
     p.add_argument("--phases", choices=("all", "submit"), default="all", help="submit: the bulk submit alone")
     p.add_argument("--against", metavar="REF", help="also run the server as it was at this git commit")
     p.add_argument("--rounds", type=int, default=1, help="runs of each (alternating with --against); medians")
+    p.add_argument("--users", type=int, default=1, help="users submitting the jobs in turn (fair share between them)")
     args = p.parse_args()
     if args.postgres and (args.rounds > 1 or args.against):
         p.error("--postgres URL takes one run: each run needs an empty database")

@@ -1,7 +1,7 @@
 """What a submit adds to the running aggregates, worked out from its specs before they are stored.
 
-A store counts a submitted batch into its kept aggregates (idle jobs by shape, jobs by owner, state
-and multicore, jobs by label, owner and state) with one row per group, instead of one per job or a
+A store counts a submitted batch into its kept aggregates (idle jobs by shape, jobs and their cores by
+owner, state and multicore, jobs by label, owner and state) with one row per group, instead of one per job or a
 statement that reads the batch's rows back and parses their specs again; it files the jobs' labels
 with one row per label, naming the batch's jobs that carry it.
 """
@@ -23,12 +23,13 @@ def sites_key(sites: Sequence[str] | None) -> str:
 
 
 class Added(NamedTuple):
-    """One submitted batch (all its jobs idle): each job's shape, and its groups: jobs by shape, by
-    multicore, and the positions in the batch of the jobs carrying each label."""
+    """One submitted batch (all its jobs idle): each job's shape, and its groups: jobs by shape, jobs and
+    their cores by multicore, and the positions in the batch of the jobs carrying each label."""
 
     job_shapes: list[Shape]
     shapes: dict[Shape, int]
     multicore: dict[bool, int]
+    cores: dict[bool, int]
     labels: dict[tuple[str, str], list[int]]
 
 
@@ -53,6 +54,8 @@ def added(specs: Sequence[JobSpec]) -> Added:
                 else:
                     jobs.append(i)
     multicore: dict[bool, int] = {}
+    cores: dict[bool, int] = {}
     for shape, n in shapes.items():
         multicore[shape[0] > 1] = multicore.get(shape[0] > 1, 0) + n
-    return Added(job_shapes, shapes, multicore, labels)
+        cores[shape[0] > 1] = cores.get(shape[0] > 1, 0) + shape[0] * n
+    return Added(job_shapes, shapes, multicore, cores, labels)

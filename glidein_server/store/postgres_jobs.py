@@ -67,7 +67,7 @@ class PostgresJobs(PostgresTokens):
             return []
         groups = added(specs)
         shapes = columns([(*shape, n) for shape, n in groups.shapes.items()], 7)
-        counts = columns(list(groups.multicore.items()), 2)
+        counts = columns([(m, n, groups.cores[m]) for m, n in groups.multicore.items()], 3)
         labels = columns([(*label, len(jobs)) for label, jobs in groups.labels.items()], 3)
 
         async def tx(con: Connection) -> list[int]:

@@ -53,6 +53,7 @@ class SqliteStore(SqliteMonitoring, SqliteRetention, SqliteJobActions, SqlitePil
         add_columns(db, "sites", Q["sites_migrate"])
         db.executescript(Q["staging_schema"])
         db.executescript(Q["monitoring_tables"])
+        add_columns(db, "job_counts", Q["job_counts_migrate"])
         db.executescript(Q["job_counts_schema"])
         db.executescript(Q["monitoring_schema"] if self.monitoring_on else Q["monitoring_off"])
         version = db.execute(Q["schema_version"]).fetchone()[0]

@@ -26,7 +26,7 @@ class SqliteJobs(SqliteSites):
     async def add_jobs(self, owner: str, specs: Sequence[JobSpec], now: float) -> list[int]:
         groups = added(specs)
         shapes = [(*shape, n) for shape, n in groups.shapes.items()]
-        counts = [(owner, multicore, n) for multicore, n in groups.multicore.items()]
+        counts = [(owner, multicore, n, groups.cores[multicore]) for multicore, n in groups.multicore.items()]
         labels = [(key, value, owner, len(jobs)) for (key, value), jobs in groups.labels.items()]
         encode = spec_encoder.encode
 

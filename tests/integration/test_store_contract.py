@@ -544,25 +544,29 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
         db = sqlite3.connect(store.path)
         db.executescript(
             "DROP TRIGGER job_counts_delete; DROP INDEX jobs_finished; DROP TABLE job_events;"
+            "CREATE INDEX jobs_busy_owner ON jobs (owner, cpus) WHERE state IN ('claimed', 'running');"
             "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
         )
         db.close()
-        latest = 11  # retention (2), claims by shape (3), job history (4), labels and bulk counts (5),
+        latest = 12  # retention (2), claims by shape (3), job history (4), labels and bulk counts (5),
         # reservations (6), counts by label (7), running jobs kept per site and label (8), finished jobs'
-        # index by finish time (9), the index of states but idle (10) and every state's again (11)
+        # index by finish time (9), the index of states but idle (10), every state's again (11) and the
+        # cores kept with the counts (12)
     else:
         assert isinstance(store, PostgresStore)
         con = await asyncpg.connect(store.url)
         await con.execute(
             "DROP TRIGGER jobs_deleted ON jobs; DROP FUNCTION glidein_jobs_deleted(); DROP INDEX jobs_finished;"
             "DROP INDEX outputs_job; DROP TABLE job_events; DROP INDEX jobs_not_idle;"
-            "CREATE INDEX jobs_state ON jobs (state); UPDATE meta SET value = '2' WHERE key = 'schema_version'"
+            "CREATE INDEX jobs_state ON jobs (state); UPDATE meta SET value = '2' WHERE key = 'schema_version';"
+            "CREATE INDEX jobs_busy_owner ON jobs (owner, cpus) WHERE state IN ('claimed', 'running')"
         )
         await con.close()
-        latest = 16  # retention (3), site control (4), numbered claims (5), claims by shape (6), job history (7)
+        latest = 17  # retention (3), site control (4), numbered claims (5), claims by shape (6), job history (7)
         # the label index (8), reservations (9), counts by label (10), token change notices (11), submits
         # counted by the store (12), running jobs kept per site and label (13), cheaper counting (14), the
-        # index of states but idle (15) and the idle jobs keyed by a hash of their shape (16)
+        # index of states but idle (15), the idle jobs keyed by a hash of their shape (16) and the cores
+        # kept with the counts (17)
     await store.open()
     assert [j.id for j in (await store.list_jobs(JobFilter()))[0]] == ids
     assert (await store.hold_job(ids[1], JobAct(by="alice", at=NOW))).history[0].action == "held"
@@ -578,7 +582,7 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
         finished = db.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs_finished'").fetchone()[0]
         assert finished.endswith("WHERE finished_at IS NOT NULL")
         names = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE name LIKE 'jobs_%'")}
-        assert "jobs_state" in names and "jobs_not_idle" not in names
+        assert "jobs_state" in names and "jobs_not_idle" not in names and "jobs_busy_owner" not in names
         db.close()
     else:
         con = await asyncpg.connect(store.url)
@@ -586,7 +590,7 @@ async def test_an_older_schema_is_upgraded_in_place_keeping_every_job(store: Sto
         shape = await con.fetchval("SELECT indexdef FROM pg_indexes WHERE indexname = 'jobs_idle_shape'")
         assert "glidein_shape_key(cpus, memory_mb, gpus, disk_mb, walltime_s, sites)" in shape
         names = {n for (n,) in await con.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'jobs'")}
-        assert "jobs_not_idle" in names and "jobs_state" not in names
+        assert "jobs_not_idle" in names and "jobs_state" not in names and "jobs_busy_owner" not in names
         await con.close()
 
 

@@ -477,6 +477,75 @@ CREATE INDEX IF NOT EXISTS jobs_idle_shape
 ON jobs (owner, glidein_shape_key(cpus, memory_mb, gpus, disk_mb, walltime_s, sites), priority DESC, id)
 WHERE state = 'idle';
 
+-- name: migration_17
+-- The cores of each user's jobs in each state, kept in the deltas with their counts: a claim's fair
+-- share reads each user's cores in use from them instead of summing every running job (8.4 ms a
+-- claim at 50,000 running jobs). The rows kept so far count no cores; one row per group adds them.
+-- The index of the busy jobs by user, which the sums read, goes (a claimed job no longer enters it).
+DROP INDEX IF EXISTS jobs_busy_owner;
+ALTER TABLE job_count_deltas ADD COLUMN IF NOT EXISTS cores BIGINT NOT NULL DEFAULT 0;
+INSERT INTO job_count_deltas (owner, state, multicore, n, cores)
+SELECT owner, state, cpus > 1, 0, sum(cpus) FROM jobs GROUP BY 1, 2, 3;
+CREATE OR REPLACE FUNCTION glidein_jobs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('glidein.counted', true) = 'on' THEN RETURN NULL; END IF;
+    INSERT INTO idle_shape_deltas
+    SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites, count(*) FROM new_rows WHERE state = 'idle'
+    GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites;
+    IF FOUND THEN PERFORM pg_notify('glidein_work', ''); END IF;
+    INSERT INTO job_count_deltas SELECT owner, state, cpus > 1, count(*), sum(cpus) FROM new_rows GROUP BY 1, 2, 3;
+    INSERT INTO label_count_deltas
+    SELECT l.key, l.value, r.owner, r.state, count(*) FROM new_rows r, jsonb_each_text(r.spec -> 'labels') l
+    GROUP BY 1, 2, 3, 4;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION glidein_jobs_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO job_count_deltas SELECT owner, state, cpus > 1, -count(*), -sum(cpus) FROM old_rows GROUP BY 1, 2, 3;
+    INSERT INTO label_count_deltas
+    SELECT l.key, l.value, r.owner, r.state, -count(*) FROM old_rows r, jsonb_each_text(r.spec -> 'labels') l
+    GROUP BY 1, 2, 3, 4;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION glidein_jobs_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE entered BIGINT;
+BEGIN
+    WITH ch AS MATERIALIZED (
+        SELECT o.owner AS o_owner, o.state AS o_state, o.cpus AS o_cpus, o.memory_mb AS o_memory_mb,
+               o.gpus AS o_gpus, o.disk_mb AS o_disk_mb, o.walltime_s AS o_walltime_s, o.sites AS o_sites,
+               o.spec -> 'labels' AS o_labels,
+               n.owner AS n_owner, n.state AS n_state, n.cpus AS n_cpus, n.memory_mb AS n_memory_mb,
+               n.gpus AS n_gpus, n.disk_mb AS n_disk_mb, n.walltime_s AS n_walltime_s, n.sites AS n_sites,
+               n.spec -> 'labels' AS n_labels
+        FROM new_rows n JOIN old_rows o ON o.id = n.id WHERE n.state != o.state
+    ), shapes AS (
+        INSERT INTO idle_shape_deltas
+        SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites, sum(d) FROM (
+            SELECT n_cpus, n_memory_mb, n_gpus, n_disk_mb, n_walltime_s, n_sites, 1 FROM ch WHERE n_state = 'idle'
+            UNION ALL
+            SELECT o_cpus, o_memory_mb, o_gpus, o_disk_mb, o_walltime_s, o_sites, -1 FROM ch WHERE o_state = 'idle'
+        ) x (cpus, memory_mb, gpus, disk_mb, walltime_s, sites, d)
+        GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites HAVING sum(d) != 0
+    ), counts AS (
+        INSERT INTO job_count_deltas
+        SELECT owner, state, multicore, sum(d), sum(c) FROM (
+            SELECT n_owner, n_state, n_cpus > 1, 1, n_cpus FROM ch
+            UNION ALL
+            SELECT o_owner, o_state, o_cpus > 1, -1, -o_cpus FROM ch
+        ) x (owner, state, multicore, d, c) GROUP BY 1, 2, 3 HAVING sum(d) != 0 OR sum(c) != 0
+    ), labels AS (
+        INSERT INTO label_count_deltas
+        SELECT l.key, l.value, x.owner, x.state, sum(x.d) FROM (
+            SELECT n_owner, n_state, n_labels, 1 FROM ch
+            UNION ALL
+            SELECT o_owner, o_state, o_labels, -1 FROM ch
+        ) x (owner, state, labels, d), jsonb_each_text(x.labels) l GROUP BY 1, 2, 3, 4 HAVING sum(x.d) != 0
+    )
+    SELECT count(*) INTO entered FROM ch WHERE n_state = 'idle';
+    IF entered > 0 THEN PERFORM pg_notify('glidein_work', ''); END IF;
+    RETURN NULL;
+END $$;
+
 -- name: connection_types
 -- Run by each new connection of the store's pool, with empty arrays: asyncpg learns here the array
 -- and record types the store's statements use (it asks PostgreSQL once per connection and type,
@@ -561,11 +630,11 @@ WITH shapes AS (
     INSERT INTO idle_shape_deltas (cpus, memory_mb, gpus, disk_mb, walltime_s, sites, n)
     SELECT * FROM unnest($1::int[], $2::bigint[], $3::int[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[])
 ), counts AS (
-    INSERT INTO job_count_deltas (owner, state, multicore, n)
-    SELECT $8, 'idle', m, n FROM unnest($9::boolean[], $10::bigint[]) AS t(m, n)
+    INSERT INTO job_count_deltas (owner, state, multicore, n, cores)
+    SELECT $8, 'idle', m, n, c FROM unnest($9::boolean[], $10::bigint[], $11::bigint[]) AS t(m, n, c)
 ), labels AS (
     INSERT INTO label_count_deltas (key, value, owner, state, n)
-    SELECT k, v, $8, 'idle', n FROM unnest($11::text[], $12::text[], $13::bigint[]) AS t(k, v, n)
+    SELECT k, v, $8, 'idle', n FROM unnest($12::text[], $13::text[], $14::bigint[]) AS t(k, v, n)
 )
 SELECT pg_notify('glidein_work', '');
 
@@ -702,7 +771,8 @@ INSERT INTO idle_shape_deltas
 SELECT cpus, memory_mb, gpus, disk_mb, walltime_s, sites, sum(n) FROM gone
 GROUP BY cpus, memory_mb, gpus, disk_mb, walltime_s, sites HAVING sum(n) != 0;
 WITH gone AS (DELETE FROM job_count_deltas RETURNING *)
-INSERT INTO job_count_deltas SELECT owner, state, multicore, sum(n) FROM gone GROUP BY 1, 2, 3 HAVING sum(n) != 0;
+INSERT INTO job_count_deltas SELECT owner, state, multicore, sum(n), sum(cores) FROM gone GROUP BY 1, 2, 3
+HAVING sum(n) != 0 OR sum(cores) != 0;
 WITH gone AS (DELETE FROM attempt_outcome_deltas RETURNING *)
 INSERT INTO attempt_outcome_deltas SELECT site, outcome, sum(n) FROM gone GROUP BY 1, 2 HAVING sum(n) != 0;
 WITH gone AS (DELETE FROM label_count_deltas RETURNING *)
@@ -1012,7 +1082,9 @@ FROM o CROSS JOIN s CROSS JOIN LATERAL (
 WHERE o.owner IS NOT NULL;
 
 -- name: busy_cores
-SELECT owner, sum(cpus)::bigint FROM jobs WHERE state IN ('claimed', 'running') GROUP BY owner;
+-- Each user's cores in use, from the kept deltas (summing the running jobs cost 8.4 ms a claim at 50,000).
+SELECT owner, sum(cores)::bigint FROM job_count_deltas WHERE state IN ('claimed', 'running') GROUP BY owner
+HAVING sum(cores) > 0;
 
 -- name: idle_candidates_staged
 SELECT j.owner, j.id, j.cpus, j.memory_mb, j.gpus, j.disk_mb, j.walltime_s

@@ -52,8 +52,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     site TEXT,
     result_attempt INTEGER
 );
--- Each user's idle jobs by shape (jobs_idle_shape, from migration_3) and the cores each user holds.
-CREATE INDEX IF NOT EXISTS jobs_busy_owner ON jobs (owner, cpus) WHERE state IN ('claimed', 'running');
+-- Each user's jobs (each user's idle jobs by shape: jobs_idle_shape, from migration_3).
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, id);
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY,
@@ -237,7 +236,8 @@ ORDER BY priority DESC, id
 LIMIT ?;
 
 -- name: busy_cores
-SELECT owner, sum(cpus) FROM jobs INDEXED BY jobs_busy_owner WHERE state IN ('claimed', 'running') GROUP BY owner;
+-- Each user's cores in use, from the kept counts (summing the running jobs cost 3.8 ms a claim at 50,000).
+SELECT owner, sum(cores) FROM job_counts WHERE state IN ('claimed', 'running') GROUP BY owner HAVING sum(cores) > 0;
 
 -- name: claim_jobs
 UPDATE jobs SET state = 'claimed', attempts = attempts + 1, site = ?
@@ -424,8 +424,8 @@ INSERT INTO idle_shapes (cpus, memory_mb, gpus, disk_mb, walltime_s, sites, n) V
 ON CONFLICT DO UPDATE SET n = n + excluded.n;
 
 -- name: job_counts_add
-INSERT INTO job_counts (owner, state, multicore, n) VALUES (?, 'idle', ?, ?)
-ON CONFLICT DO UPDATE SET n = n + excluded.n;
+INSERT INTO job_counts (owner, state, multicore, n, cores) VALUES (?, 'idle', ?, ?, ?)
+ON CONFLICT DO UPDATE SET n = n + excluded.n, cores = cores + excluded.cores;
 
 -- name: label_counts_add
 INSERT INTO label_counts (key, value, owner, state, n) VALUES (?, ?, ?, 'idle', ?)
@@ -678,6 +678,7 @@ CREATE TABLE IF NOT EXISTS job_counts (
     state TEXT NOT NULL,
     multicore INTEGER NOT NULL,
     n INTEGER NOT NULL,
+    cores INTEGER NOT NULL DEFAULT 0,  -- the cores the jobs ask for (a claim's fair share reads the busy ones)
     PRIMARY KEY (owner, state, multicore)
 );
 CREATE TABLE IF NOT EXISTS attempt_outcomes (
@@ -687,14 +688,20 @@ CREATE TABLE IF NOT EXISTS attempt_outcomes (
     PRIMARY KEY (site, outcome)
 );
 
+-- name: job_counts_migrate
+-- Columns added to job_counts after its first release (migration_12 fills them in).
+cores INTEGER NOT NULL DEFAULT 0
+
 -- name: job_counts_schema
 -- Kept whether or not the metrics are on; rebuilt when empty (as a database whose metrics were off left it).
-INSERT INTO job_counts SELECT owner, state, cpus > 1, count(*) FROM jobs
+INSERT INTO job_counts (owner, state, multicore, n, cores) SELECT owner, state, cpus > 1, count(*), sum(cpus) FROM jobs
 WHERE NOT EXISTS (SELECT 1 FROM job_counts) GROUP BY 1, 2, 3;
 CREATE TRIGGER IF NOT EXISTS job_counts_update AFTER UPDATE OF state ON jobs WHEN NEW.state != OLD.state
 BEGIN
-    UPDATE job_counts SET n = n - 1 WHERE owner = OLD.owner AND state = OLD.state AND multicore = (OLD.cpus > 1);
-    INSERT INTO job_counts VALUES (NEW.owner, NEW.state, NEW.cpus > 1, 1) ON CONFLICT DO UPDATE SET n = n + 1;
+    UPDATE job_counts SET n = n - 1, cores = cores - OLD.cpus
+    WHERE owner = OLD.owner AND state = OLD.state AND multicore = (OLD.cpus > 1);
+    INSERT INTO job_counts (owner, state, multicore, n, cores) VALUES (NEW.owner, NEW.state, NEW.cpus > 1, 1, NEW.cpus)
+    ON CONFLICT DO UPDATE SET n = n + 1, cores = cores + excluded.cores;
 END;
 
 -- name: monitoring_schema
@@ -896,6 +903,30 @@ CREATE INDEX IF NOT EXISTS jobs_not_idle ON jobs (state) WHERE state != 'idle';
 -- one), as do a firewalled site's reads of inputs and the staging's pick of jobs.
 DROP INDEX IF EXISTS jobs_not_idle;
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+
+-- name: migration_12
+-- The cores of each user's jobs in each state, kept with their counts: a claim's fair share reads each
+-- user's cores in use from them instead of summing every running job (3.8 ms a claim at 50,000
+-- running jobs). The counts are worked out afresh, the triggers made again with the cores; the index
+-- of the busy jobs by user, which the sums read, goes (a claimed job no longer enters it).
+DROP INDEX IF EXISTS jobs_busy_owner;
+DELETE FROM job_counts;
+INSERT INTO job_counts (owner, state, multicore, n, cores) SELECT owner, state, cpus > 1, count(*), sum(cpus) FROM jobs
+GROUP BY 1, 2, 3;
+DROP TRIGGER IF EXISTS job_counts_update;
+CREATE TRIGGER job_counts_update AFTER UPDATE OF state ON jobs WHEN NEW.state != OLD.state
+BEGIN
+    UPDATE job_counts SET n = n - 1, cores = cores - OLD.cpus
+    WHERE owner = OLD.owner AND state = OLD.state AND multicore = (OLD.cpus > 1);
+    INSERT INTO job_counts (owner, state, multicore, n, cores) VALUES (NEW.owner, NEW.state, NEW.cpus > 1, 1, NEW.cpus)
+    ON CONFLICT DO UPDATE SET n = n + 1, cores = cores + excluded.cores;
+END;
+DROP TRIGGER IF EXISTS job_counts_delete;
+CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs
+BEGIN
+    UPDATE job_counts SET n = n - 1, cores = cores - OLD.cpus
+    WHERE owner = OLD.owner AND state = OLD.state AND multicore = (OLD.cpus > 1);
+END;
 
 -- Retention: finished jobs older than a cutoff leave with their attempts and outputs, in batches.
 
