@@ -57,12 +57,24 @@ class Ask:
         return network is not None and Network(network).stages
 
 
+def pow2(n: int) -> int:
+    """``n`` rounded up to a power of two (0 stays 0)."""
+    return 0 if n <= 0 else 1 << (n - 1).bit_length()
+
+
 def scan_for(asks: list[Ask]) -> int:
     """How many of each (user, shape)'s best jobs to lock for ``asks``: no more than they can take
     together, rounded up to a power of two (the number is written into the statement: a few
     prepared statements, not one per sum)."""
-    need = max(1, sum(a.cap.cpus + a.req.want for a in asks))
-    return min(CLAIM_SCAN, 1 << (need - 1).bit_length())
+    return min(CLAIM_SCAN, pow2(max(1, sum(a.cap.cpus + a.req.want for a in asks))))
+
+
+def shape_limit(asks: list[Ask]) -> str:
+    """The candidate read's limit for each (user, shape ``s``) of ``asks``, in SQL: the jobs of that
+    shape they can take together (their cores over the shape's, plus their backlogs), no more than
+    :func:`scan_for`; each sum a power of two, so a few prepared statements serve every claim."""
+    cores, backlog = pow2(sum(a.cap.cpus for a in asks)), pow2(sum(a.req.want for a in asks))
+    return f"least({scan_for(asks)}, {cores} / s.cpus + {backlog})"
 
 
 class PostgresClaims(PostgresReservations, PostgresAttempts):
@@ -142,7 +154,7 @@ class PostgresClaims(PostgresReservations, PostgresAttempts):
                 pool.setdefault(owner, []).append(Candidate(*row))
             return pool
         rows: dict[str, list[Any]] = {}
-        for owner, *row in await con.fetch(Q["idle_candidates"].replace("{scan}", str(scan_for(asks))), *args):
+        for owner, *row in await con.fetch(Q["idle_candidates"].replace("{limit}", shape_limit(asks)), *args):
             rows.setdefault(owner, []).append(row)
         return {owner: [Candidate(*r) for r in candidates.best(mine, len(mine))] for owner, mine in rows.items()}
 

@@ -1050,13 +1050,15 @@ SELECT id, job_id FROM attempts WHERE state != 'ended' AND lease_expires < $1 OR
 
 -- name: idle_candidates
 -- Every user's best idle jobs of each shape that fits ($1..$6: cpus, memory, GPUs, disk, walltime,
--- ',site,'; {scan}: how many of each): one statement, each (user, shape) an index seek however long
--- the queue; rows are locked as they are read, skipping those another claimer holds. (A limit worked
--- out per shape here, from the room, is unknown to the planner, which then plans for a tenth of the
--- shape's jobs: at 100,000 jobs that made a claim's candidate read eight times dearer.) The limit is
--- written into the text, one prepared statement per value (at most CLAIM_SCAN of them): with it a
--- parameter, the plan made without its value was so bad that PostgreSQL planned every claim afresh,
--- which cost as much as running it.
+-- ',site,'; the limit of each: as many of that shape as the claimers can take together, their cores
+-- over the shape's plus their backlogs): one statement, each (user, shape) an index seek however long
+-- the queue; rows are locked as they are read, skipping those another claimer holds. Every row locked
+-- and not claimed costs: claimers in flight together skip each other's locked rows, so a limit of
+-- the claimers' cores for every shape (four times the 4-core jobs they could take, and every user's)
+-- made two users' candidate reads 6 ms each instead of 0.8. The limit's numbers are written into the
+-- text as powers of two, a few prepared statements (parameters there made plans so bad that
+-- PostgreSQL planned every claim afresh, which cost as much as running it); with the limit over the
+-- shape's cores the planner still reads each seek in index order, as the plan test checks.
 WITH RECURSIVE o(owner) AS (
     SELECT min(owner) FROM jobs WHERE state = 'idle'
     UNION ALL
@@ -1076,7 +1078,7 @@ FROM o CROSS JOIN s CROSS JOIN LATERAL (
       AND cpus = s.cpus AND memory_mb = s.memory_mb AND gpus = s.gpus
       AND disk_mb = s.disk_mb AND walltime_s = s.walltime_s AND sites = s.sites
     ORDER BY priority DESC, id
-    LIMIT {scan}
+    LIMIT {limit}
     FOR UPDATE SKIP LOCKED
 ) j
 WHERE o.owner IS NOT NULL;
