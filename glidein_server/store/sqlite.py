@@ -54,7 +54,6 @@ class SqliteStore(SqliteMonitoring, SqliteRetention, SqliteJobActions, SqlitePil
         db.executescript(Q["staging_schema"])
         db.executescript(Q["monitoring_tables"])
         add_columns(db, "job_counts", Q["job_counts_migrate"])
-        db.executescript(Q["job_counts_schema"])
         db.executescript(Q["monitoring_schema"] if self.monitoring_on else Q["monitoring_off"])
         version = db.execute(Q["schema_version"]).fetchone()[0]
         for number, sql in sqlfile.migrations(Q):
@@ -64,6 +63,7 @@ class SqliteStore(SqliteMonitoring, SqliteRetention, SqliteJobActions, SqlitePil
                 db.executescript(f"BEGIN IMMEDIATE;\n{sql.rstrip().rstrip(';')};\n{set_version}\nCOMMIT;")
                 version = number
         db.execute(Q["schema_version_set"], (str(version),))
+        db.executescript(Q["job_counts_schema"])
         self._load_site_shapes(db)
 
     def watch(self, wake: Callable[[], None]) -> None:

@@ -693,7 +693,8 @@ CREATE TABLE IF NOT EXISTS attempt_outcomes (
 cores INTEGER NOT NULL DEFAULT 0
 
 -- name: job_counts_schema
--- Kept whether or not the metrics are on; rebuilt when empty (as a database whose metrics were off left it).
+-- Kept whether or not the metrics are on; rebuilt when empty (as a database whose metrics were off left
+-- it). Run after the migrations, which may drop the triggers to have them made anew here.
 INSERT INTO job_counts (owner, state, multicore, n, cores) SELECT owner, state, cpus > 1, count(*), sum(cpus) FROM jobs
 WHERE NOT EXISTS (SELECT 1 FROM job_counts) GROUP BY 1, 2, 3;
 CREATE TRIGGER IF NOT EXISTS job_counts_update AFTER UPDATE OF state ON jobs WHEN NEW.state != OLD.state
@@ -702,6 +703,11 @@ BEGIN
     WHERE owner = OLD.owner AND state = OLD.state AND multicore = (OLD.cpus > 1);
     INSERT INTO job_counts (owner, state, multicore, n, cores) VALUES (NEW.owner, NEW.state, NEW.cpus > 1, 1, NEW.cpus)
     ON CONFLICT DO UPDATE SET n = n + 1, cores = cores + excluded.cores;
+END;
+CREATE TRIGGER IF NOT EXISTS job_counts_delete AFTER DELETE ON jobs
+BEGIN
+    UPDATE job_counts SET n = n - 1, cores = cores - OLD.cpus
+    WHERE owner = OLD.owner AND state = OLD.state AND multicore = (OLD.cpus > 1);
 END;
 
 -- name: monitoring_schema
@@ -907,26 +913,15 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 -- name: migration_12
 -- The cores of each user's jobs in each state, kept with their counts: a claim's fair share reads each
 -- user's cores in use from them instead of summing every running job (3.8 ms a claim at 50,000
--- running jobs). The counts are worked out afresh, the triggers made again with the cores; the index
--- of the busy jobs by user, which the sums read, goes (a claimed job no longer enters it).
+-- running jobs). The counts are worked out afresh and the triggers dropped, to be made anew with the
+-- cores (job_counts_schema, after the migrations); the index of the busy jobs by user, which the sums
+-- read, goes (a claimed job no longer enters it).
 DROP INDEX IF EXISTS jobs_busy_owner;
+DROP TRIGGER IF EXISTS job_counts_update;
+DROP TRIGGER IF EXISTS job_counts_delete;
 DELETE FROM job_counts;
 INSERT INTO job_counts (owner, state, multicore, n, cores) SELECT owner, state, cpus > 1, count(*), sum(cpus) FROM jobs
 GROUP BY 1, 2, 3;
-DROP TRIGGER IF EXISTS job_counts_update;
-CREATE TRIGGER job_counts_update AFTER UPDATE OF state ON jobs WHEN NEW.state != OLD.state
-BEGIN
-    UPDATE job_counts SET n = n - 1, cores = cores - OLD.cpus
-    WHERE owner = OLD.owner AND state = OLD.state AND multicore = (OLD.cpus > 1);
-    INSERT INTO job_counts (owner, state, multicore, n, cores) VALUES (NEW.owner, NEW.state, NEW.cpus > 1, 1, NEW.cpus)
-    ON CONFLICT DO UPDATE SET n = n + 1, cores = cores + excluded.cores;
-END;
-DROP TRIGGER IF EXISTS job_counts_delete;
-CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs
-BEGIN
-    UPDATE job_counts SET n = n - 1, cores = cores - OLD.cpus
-    WHERE owner = OLD.owner AND state = OLD.state AND multicore = (OLD.cpus > 1);
-END;
 
 -- Retention: finished jobs older than a cutoff leave with their attempts and outputs, in batches.
 
