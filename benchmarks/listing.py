@@ -31,7 +31,8 @@ from typing import Any
 import aiohttp
 import psutil
 
-from benchmarks.scale import ROOT, SHAPE, Fleet, cpu_s, database_cpu_s, export, job_specs, serving
+from benchmarks.fleet import SHAPE, Fleet
+from benchmarks.scale import ROOT, cpu_s, database_cpu_s, export, job_specs, serving
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.schema import MAX_JOBS_PER_REQUEST, Role
 from glidein_server.server import mint_token, open_store

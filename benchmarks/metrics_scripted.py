@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.scale import SHAPE, Fleet, bench_state, cpu_s, job_specs, serving
+from benchmarks.fleet import SHAPE, Fleet
+from benchmarks.scale import bench_state, cpu_s, job_specs, serving
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.schema import MAX_JOBS_PER_REQUEST
 

@@ -32,7 +32,8 @@ from typing import Any
 
 import psutil
 
-from benchmarks.scale import Fleet, cpu_s, database_cpu_s, job_specs, serving
+from benchmarks.fleet import Fleet
+from benchmarks.scale import cpu_s, database_cpu_s, job_specs, serving
 from glidein_client.wire.api import ApiClient
 from glidein_client.wire.schema import MAX_JOBS_PER_REQUEST
 from glidein_server.settings import StateDir
